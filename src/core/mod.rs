@@ -1,0 +1,11 @@
+//! Pure, synchronous, deterministic core: the model, the commands that change it, and the
+//! replicated state machine. No tokio, no tonic, no clock, no randomness: the time of a
+//! command and every generated id are arguments, chosen by the proposer before replication,
+//! so every manager applies the same log to the same result.
+
+pub mod model;
+pub mod state;
+pub mod validate;
+
+pub use model::*;
+pub use state::{ClusterState, Command, Outcome, StateError};

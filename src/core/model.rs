@@ -1,0 +1,150 @@
+//! Model types of the replicated cluster state.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 10_000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    #[default]
+    Worker,
+    Manager,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    #[default]
+    Any,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// 0 = unlimited.
+    pub max_attempts: u32,
+    pub delay_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRequirements {
+    pub reservations: Resources,
+    pub limits: Resources,
+}
+
+/// What an operator asks for when creating or updating a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    /// Signed so that a negative request reaches validation; stored values are 0..=MAX_REPLICAS.
+    pub replicas: i64,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub resources: ResourceRequirements,
+    pub restart_policy: RestartPolicy,
+    pub constraints: Vec<String>,
+    pub stop_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub spec: ServiceSpec,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Raft log index of the last change to this service.
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    #[default]
+    Unknown,
+    Ready,
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Availability {
+    #[default]
+    Active,
+    Drain,
+    Pause,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub role: Role,
+    pub address: String,
+    pub status: NodeStatus,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub last_heartbeat_ms: i64,
+    pub created_at_ms: i64,
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    #[default]
+    New,
+    Pending,
+    Assigned,
+    Preparing,
+    Starting,
+    Running,
+    Complete,
+    Failed,
+    Shutdown,
+    Rejected,
+    Orphaned,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    pub slot: u32,
+    pub node_id: String,
+    pub desired_state: TaskState,
+    pub state: TaskState,
+    pub message: String,
+    pub error: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub version: u64,
+}
+
+/// A join token as the replicated state keeps it: only a hash of the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub role: Role,
+    /// Hex SHA-256 of the whole token string.
+    pub hash_hex: String,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+}

@@ -1,0 +1,531 @@
+//! The replicated state machine: `ClusterState::apply(index, command) -> Result<Outcome, StateError>`.
+//!
+//! Every manager applies the same committed log to its own copy; apply is deterministic
+//! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
+
+use super::model::*;
+use super::validate;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Why a command was refused. The variants are what callers branch on (the gRPC layer maps
+/// them to status codes in one place).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StateError {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{kind} {name:?} already exists; choose another name or update the existing one")]
+    AlreadyExists { kind: String, name: String },
+    #[error("{kind} {name:?} not found; list them with `warren {kind} ls`")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name:?} is at version {actual}, not {expected}; read it again and retry")]
+    VersionConflict {
+        kind: String,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+impl StateError {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        StateError::InvalidArgument {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+    fn not_found(kind: &str, name: &str) -> Self {
+        StateError::NotFound {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// A change to the cluster state. Ids and times are chosen by the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of a new cluster: fixes its id.
+    InitCluster { cluster_id: String, now_ms: i64 },
+    CreateService {
+        id: String,
+        spec: ServiceSpec,
+        now_ms: i64,
+    },
+    UpdateService {
+        service: String,
+        spec: ServiceSpec,
+        /// 0 = any version.
+        expected_version: u64,
+        now_ms: i64,
+    },
+    ScaleService {
+        service: String,
+        replicas: i64,
+        expected_version: u64,
+        now_ms: i64,
+    },
+    DeleteService { service: String },
+    /// Adds a node or refreshes one that joins again with the same id.
+    RegisterNode {
+        id: String,
+        role: Role,
+        address: String,
+        labels: BTreeMap<String, String>,
+        capacity: Resources,
+        now_ms: i64,
+    },
+    UpdateNode {
+        id: String,
+        availability: Option<Availability>,
+        labels: Option<BTreeMap<String, String>>,
+        expected_version: u64,
+    },
+    RemoveNode { id: String, force: bool },
+    /// Stores a join token's hash; `rotate` drops the role's earlier tokens.
+    SetJoinToken {
+        role: Role,
+        hash_hex: String,
+        expires_at_ms: i64,
+        rotate: bool,
+        now_ms: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    ClusterInitialized { cluster_id: String },
+    Service(Service),
+    ServiceDeleted { id: String },
+    Node(Node),
+    NodeRemoved { id: String },
+    JoinTokenSet { role: Role, expires_at_ms: i64 },
+}
+
+/// The whole replicated state; also the snapshot format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    pub services: BTreeMap<String, Service>,
+    /// Service name -> id.
+    pub service_names: BTreeMap<String, String>,
+    pub nodes: BTreeMap<String, Node>,
+    pub tasks: BTreeMap<String, Task>,
+    pub join_tokens: Vec<JoinTokenRecord>,
+}
+
+impl ClusterState {
+    /// Looks a service up by id, then by name.
+    pub fn service(&self, id_or_name: &str) -> Option<&Service> {
+        self.services.get(id_or_name).or_else(|| {
+            self.service_names
+                .get(id_or_name)
+                .and_then(|id| self.services.get(id))
+        })
+    }
+
+    fn service_id(&self, id_or_name: &str) -> Result<String, StateError> {
+        self.service(id_or_name)
+            .map(|s| s.id.clone())
+            .ok_or_else(|| StateError::not_found("service", id_or_name))
+    }
+
+    fn check_version(kind: &str, name: &str, expected: u64, actual: u64) -> Result<(), StateError> {
+        if expected != 0 && expected != actual {
+            return Err(StateError::VersionConflict {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies one committed command at log `index`. Validation happens before any change,
+    /// so an error leaves the state exactly as it was.
+    pub fn apply(&mut self, index: u64, command: Command) -> Result<Outcome, StateError> {
+        match command {
+            Command::InitCluster { cluster_id, .. } => {
+                if cluster_id.is_empty() {
+                    return Err(StateError::invalid("cluster_id", "must not be empty"));
+                }
+                if !self.cluster_id.is_empty() && self.cluster_id != cluster_id {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "cluster is already initialized with id {}",
+                        self.cluster_id
+                    )));
+                }
+                self.cluster_id = cluster_id.clone();
+                Ok(Outcome::ClusterInitialized { cluster_id })
+            }
+            Command::CreateService { id, spec, now_ms } => {
+                validate::service_spec(&spec)?;
+                if id.is_empty() {
+                    return Err(StateError::invalid("id", "must not be empty"));
+                }
+                if self.service_names.contains_key(&spec.name) {
+                    return Err(StateError::AlreadyExists {
+                        kind: "service".into(),
+                        name: spec.name,
+                    });
+                }
+                if self.services.contains_key(&id) {
+                    return Err(StateError::AlreadyExists {
+                        kind: "service id".into(),
+                        name: id,
+                    });
+                }
+                let service = Service {
+                    id: id.clone(),
+                    spec,
+                    created_at_ms: now_ms,
+                    updated_at_ms: now_ms,
+                    version: index,
+                };
+                self.service_names
+                    .insert(service.spec.name.clone(), id.clone());
+                self.services.insert(id, service.clone());
+                Ok(Outcome::Service(service))
+            }
+            Command::UpdateService {
+                service,
+                spec,
+                expected_version,
+                now_ms,
+            } => {
+                validate::service_spec(&spec)?;
+                let id = self.service_id(&service)?;
+                let current = &self.services[&id];
+                Self::check_version("service", &service, expected_version, current.version)?;
+                if spec.name != current.spec.name {
+                    return Err(StateError::invalid(
+                        "name",
+                        format!(
+                            "a service cannot be renamed ({:?} -> {:?}); create a new one",
+                            current.spec.name, spec.name
+                        ),
+                    ));
+                }
+                let s = self.services.get_mut(&id).expect("id resolved above");
+                s.spec = spec;
+                s.updated_at_ms = now_ms;
+                s.version = index;
+                Ok(Outcome::Service(s.clone()))
+            }
+            Command::ScaleService {
+                service,
+                replicas,
+                expected_version,
+                now_ms,
+            } => {
+                validate::replicas(replicas)?;
+                let id = self.service_id(&service)?;
+                let s = self.services.get_mut(&id).expect("id resolved above");
+                Self::check_version("service", &service, expected_version, s.version)?;
+                s.spec.replicas = replicas;
+                s.updated_at_ms = now_ms;
+                s.version = index;
+                Ok(Outcome::Service(s.clone()))
+            }
+            Command::DeleteService { service } => {
+                let id = self.service_id(&service)?;
+                let removed = self.services.remove(&id).expect("id resolved above");
+                self.service_names.remove(&removed.spec.name);
+                self.tasks.retain(|_, t| t.service_id != id);
+                Ok(Outcome::ServiceDeleted { id })
+            }
+            Command::RegisterNode {
+                id,
+                role,
+                address,
+                labels,
+                capacity,
+                now_ms,
+            } => {
+                if id.is_empty() {
+                    return Err(StateError::invalid("node id", "must not be empty"));
+                }
+                let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
+                    id,
+                    role,
+                    address: String::new(),
+                    status: NodeStatus::Unknown,
+                    availability: Availability::Active,
+                    labels: BTreeMap::new(),
+                    capacity: Resources::default(),
+                    last_heartbeat_ms: now_ms,
+                    created_at_ms: now_ms,
+                    version: index,
+                });
+                node.role = role;
+                node.address = address;
+                node.labels = labels;
+                node.capacity = capacity;
+                node.status = NodeStatus::Ready;
+                node.last_heartbeat_ms = now_ms;
+                node.version = index;
+                Ok(Outcome::Node(node.clone()))
+            }
+            Command::UpdateNode {
+                id,
+                availability,
+                labels,
+                expected_version,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StateError::not_found("node", &id))?;
+                Self::check_version("node", &id, expected_version, node.version)?;
+                if let Some(a) = availability {
+                    node.availability = a;
+                }
+                if let Some(l) = labels {
+                    node.labels = l;
+                }
+                node.version = index;
+                Ok(Outcome::Node(node.clone()))
+            }
+            Command::RemoveNode { id, force } => {
+                let node = self
+                    .nodes
+                    .get(&id)
+                    .ok_or_else(|| StateError::not_found("node", &id))?;
+                if node.status == NodeStatus::Ready && !force {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "node {id:?} is ready; drain it and stop its agent first, or pass --force"
+                    )));
+                }
+                self.nodes.remove(&id);
+                Ok(Outcome::NodeRemoved { id })
+            }
+            Command::SetJoinToken {
+                role,
+                hash_hex,
+                expires_at_ms,
+                rotate,
+                now_ms,
+            } => {
+                if hash_hex.len() != 64 || !hash_hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(StateError::invalid("token hash", "must be 64 hex digits"));
+                }
+                if expires_at_ms <= now_ms {
+                    return Err(StateError::invalid("ttl", "a token must expire in the future"));
+                }
+                // Expired records are dropped on every issue so the list stays bounded.
+                self.join_tokens
+                    .retain(|t| t.expires_at_ms > now_ms && !(rotate && t.role == role));
+                self.join_tokens.push(JoinTokenRecord {
+                    role,
+                    hash_hex,
+                    issued_at_ms: now_ms,
+                    expires_at_ms,
+                });
+                Ok(Outcome::JoinTokenSet {
+                    role,
+                    expires_at_ms,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, replicas: i64) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            image: "busybox:latest".into(),
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    fn create(id: &str, name: &str, replicas: i64) -> Command {
+        Command::CreateService {
+            id: id.into(),
+            spec: spec(name, replicas),
+            now_ms: 1_000,
+        }
+    }
+
+    fn register(id: &str) -> Command {
+        Command::RegisterNode {
+            id: id.into(),
+            role: Role::Worker,
+            address: "10.0.0.1:4000".into(),
+            labels: BTreeMap::new(),
+            capacity: Resources {
+                cpu_millis: 2000,
+                memory_bytes: 1 << 30,
+            },
+            now_ms: 5,
+        }
+    }
+
+    /// A state with service "web" (id s1, version 1, 3 replicas) and ready node "n1".
+    fn base() -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(1, create("s1", "web", 3)).unwrap();
+        st.apply(2, register("n1")).unwrap();
+        st
+    }
+
+    /// Every command that must be refused, with the error kind it must give. Each one is
+    /// applied to `base()` and must leave the state exactly as it was.
+    #[test]
+    fn refused_commands_change_nothing() {
+        let cases: Vec<(&str, Command, fn(&StateError) -> bool)> = vec![
+            ("invalid name", create("s2", "UPPER", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("underscore", create("s2", "a_b", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("empty name", create("s2", "", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("64 chars", create("s2", &"a".repeat(64), 1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("negative replicas", create("s2", "api", -1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("too many replicas", create("s2", "api", 10_001), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("empty image", Command::CreateService { id: "s2".into(), spec: ServiceSpec { image: String::new(), ..spec("api", 1) }, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("empty id", create("", "api", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("duplicate name", create("s2", "web", 1), |e| matches!(e, StateError::AlreadyExists { .. })),
+            ("duplicate id", create("s1", "api", 1), |e| matches!(e, StateError::AlreadyExists { .. })),
+            ("scale unknown", Command::ScaleService { service: "nope".into(), replicas: 1, expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::NotFound { .. })),
+            ("scale negative", Command::ScaleService { service: "web".into(), replicas: -1, expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("scale stale version", Command::ScaleService { service: "web".into(), replicas: 5, expected_version: 99, now_ms: 1 }, |e| matches!(e, StateError::VersionConflict { expected: 99, actual: 1, .. })),
+            ("update unknown", Command::UpdateService { service: "nope".into(), spec: spec("nope", 1), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::NotFound { .. })),
+            ("update stale", Command::UpdateService { service: "web".into(), spec: spec("web", 1), expected_version: 7, now_ms: 1 }, |e| matches!(e, StateError::VersionConflict { .. })),
+            ("update rename", Command::UpdateService { service: "web".into(), spec: spec("web2", 1), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("update invalid", Command::UpdateService { service: "web".into(), spec: spec("web", 20_000), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("delete unknown", Command::DeleteService { service: "nope".into() }, |e| matches!(e, StateError::NotFound { .. })),
+            ("register empty id", Command::RegisterNode { id: String::new(), role: Role::Worker, address: String::new(), labels: BTreeMap::new(), capacity: Resources::default(), now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("update unknown node", Command::UpdateNode { id: "n9".into(), availability: Some(Availability::Drain), labels: None, expected_version: 0 }, |e| matches!(e, StateError::NotFound { .. })),
+            ("update node stale", Command::UpdateNode { id: "n1".into(), availability: Some(Availability::Drain), labels: None, expected_version: 1 }, |e| matches!(e, StateError::VersionConflict { .. })),
+            ("remove unknown node", Command::RemoveNode { id: "n9".into(), force: false }, |e| matches!(e, StateError::NotFound { .. })),
+            ("remove ready node", Command::RemoveNode { id: "n1".into(), force: false }, |e| matches!(e, StateError::FailedPrecondition(_))),
+            ("token bad hash", Command::SetJoinToken { role: Role::Worker, hash_hex: "zz".into(), expires_at_ms: 10, rotate: false, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("token expired", Command::SetJoinToken { role: Role::Worker, hash_hex: "a".repeat(64), expires_at_ms: 1, rotate: false, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
+            ("init other cluster", Command::InitCluster { cluster_id: "other".into(), now_ms: 1 }, |e| matches!(e, StateError::FailedPrecondition(_))),
+        ];
+        for (what, cmd, expect) in cases {
+            let mut st = base();
+            st.cluster_id = "c1".into();
+            let before = st.clone();
+            let err = st.apply(10, cmd).expect_err(what);
+            assert!(expect(&err), "{what}: unexpected error {err:?}");
+            assert_eq!(st, before, "{what}: a refused command changed the state");
+        }
+    }
+
+    #[test]
+    fn create_get_by_id_and_name() {
+        let st = base();
+        let s = st.service("web").expect("by name");
+        assert_eq!(s.id, "s1");
+        assert_eq!(s.version, 1);
+        assert_eq!(s.created_at_ms, 1_000);
+        assert_eq!(st.service("s1").unwrap().spec.name, "web");
+        assert!(st.service("api").is_none());
+    }
+
+    #[test]
+    fn scale_sets_replicas_and_version() {
+        let mut st = base();
+        let out = st
+            .apply(
+                7,
+                Command::ScaleService {
+                    service: "web".into(),
+                    replicas: 0,
+                    expected_version: 1,
+                    now_ms: 2_000,
+                },
+            )
+            .unwrap();
+        let Outcome::Service(s) = out else { panic!("{out:?}") };
+        assert_eq!((s.spec.replicas, s.version, s.updated_at_ms), (0, 7, 2_000));
+        assert_eq!(st.service("web").unwrap().spec.replicas, 0);
+        // by id, any version
+        st.apply(8, Command::ScaleService { service: "s1".into(), replicas: 10_000, expected_version: 0, now_ms: 1 }).unwrap();
+        assert_eq!(st.service("web").unwrap().spec.replicas, 10_000);
+    }
+
+    #[test]
+    fn update_replaces_spec() {
+        let mut st = base();
+        let mut new = spec("web", 2);
+        new.image = "nginx:1".into();
+        new.env.insert("A".into(), "1".into());
+        st.apply(4, Command::UpdateService { service: "web".into(), spec: new.clone(), expected_version: 1, now_ms: 9 }).unwrap();
+        let s = st.service("web").unwrap();
+        assert_eq!(s.spec, new);
+        assert_eq!(s.version, 4);
+        assert_eq!(s.created_at_ms, 1_000);
+    }
+
+    #[test]
+    fn delete_frees_the_name() {
+        let mut st = base();
+        let out = st.apply(3, Command::DeleteService { service: "web".into() }).unwrap();
+        assert_eq!(out, Outcome::ServiceDeleted { id: "s1".into() });
+        assert!(st.services.is_empty() && st.service_names.is_empty());
+        st.apply(4, create("s2", "web", 1)).unwrap();
+        assert_eq!(st.service("web").unwrap().id, "s2");
+    }
+
+    #[test]
+    fn node_lifecycle() {
+        let mut st = base();
+        assert_eq!(st.nodes["n1"].status, NodeStatus::Ready);
+        st.apply(5, Command::UpdateNode { id: "n1".into(), availability: Some(Availability::Drain), labels: None, expected_version: 2 }).unwrap();
+        assert_eq!(st.nodes["n1"].availability, Availability::Drain);
+        assert_eq!(st.nodes["n1"].version, 5);
+        // re-register keeps availability and creation time
+        st.apply(6, register("n1")).unwrap();
+        assert_eq!(st.nodes["n1"].availability, Availability::Drain);
+        st.apply(7, Command::RemoveNode { id: "n1".into(), force: true }).unwrap();
+        assert!(st.nodes.is_empty());
+    }
+
+    #[test]
+    fn join_tokens_rotate_and_expire() {
+        let mut st = ClusterState::default();
+        let set = |role, c: char, rotate, now_ms| Command::SetJoinToken { role, hash_hex: c.to_string().repeat(64), expires_at_ms: now_ms + 100, rotate, now_ms };
+        st.apply(1, set(Role::Worker, 'a', false, 0)).unwrap();
+        st.apply(2, set(Role::Manager, 'b', false, 0)).unwrap();
+        st.apply(3, set(Role::Worker, 'c', false, 0)).unwrap();
+        assert_eq!(st.join_tokens.len(), 3);
+        st.apply(4, set(Role::Worker, 'd', true, 0)).unwrap();
+        let hashes: Vec<_> = st.join_tokens.iter().map(|t| &t.hash_hex[..1]).collect();
+        assert_eq!(hashes, ["b", "d"]);
+        // at t=150 both earlier ones have expired and are dropped
+        st.apply(5, set(Role::Worker, 'e', false, 150)).unwrap();
+        assert_eq!(st.join_tokens.len(), 1);
+    }
+
+    #[test]
+    fn init_cluster_is_idempotent() {
+        let mut st = ClusterState::default();
+        st.apply(1, Command::InitCluster { cluster_id: "c1".into(), now_ms: 0 }).unwrap();
+        st.apply(2, Command::InitCluster { cluster_id: "c1".into(), now_ms: 0 }).unwrap();
+        assert_eq!(st.cluster_id, "c1");
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let log: Vec<Command> = (0..50)
+            .map(|i| match i % 3 {
+                0 => create(&format!("s{i}"), &format!("svc-{i}"), i),
+                1 => Command::ScaleService { service: format!("svc-{}", i - 1), replicas: i * 2, expected_version: 0, now_ms: i },
+                _ => Command::DeleteService { service: format!("svc-{}", i - 2) },
+            })
+            .collect();
+        let run = || {
+            let mut st = ClusterState::default();
+            let outs: Vec<_> = log.iter().cloned().enumerate().map(|(i, c)| st.apply(i as u64 + 1, c)).collect();
+            (st, outs)
+        };
+        assert_eq!(run(), run());
+    }
+}
