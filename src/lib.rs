@@ -1,1 +1,11 @@
 pub mod core;
+pub mod raft;
+pub mod proto {
+    //! Generated gRPC types.
+    pub mod v1 {
+        tonic::include_proto!("warren.v1");
+    }
+    pub mod internal {
+        tonic::include_proto!("warren.internal.v1");
+    }
+}

@@ -96,6 +96,8 @@ pub enum Command {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// A Raft-internal entry (blank or membership) with no effect on the cluster state.
+    Internal,
     ClusterInitialized { cluster_id: String },
     Service(Service),
     ServiceDeleted { id: String },

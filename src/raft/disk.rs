@@ -1,0 +1,122 @@
+//! The disk seam: where the redb database lives. A real file (fsync on commit) in production;
+//! a simulated disk under madsim that survives a node restart and loses unsynced writes.
+
+use std::path::Path;
+
+/// Opens (or creates) the manager's database at `path`.
+#[cfg(not(madsim))]
+pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Database::builder().create(path)
+}
+
+#[cfg(madsim)]
+pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Database::builder().create_with_backend(sim::SimBackend::open(path))
+}
+
+#[cfg(madsim)]
+pub mod sim {
+    //! A simulated disk keyed by path. `durable` is what an fsync has made permanent; `open`
+    //! starts a new incarnation from it (unsynced writes are lost, as after a power cut) and
+    //! bumps an epoch so handles held by a killed incarnation get I/O errors instead of
+    //! writing into the new one (redb's clean close on drop would otherwise persist data that
+    //! was never synced).
+
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    #[derive(Debug, Default)]
+    struct DiskState {
+        epoch: u64,
+        current: Vec<u8>,
+        durable: Vec<u8>,
+    }
+
+    type Disks = Mutex<BTreeMap<PathBuf, Arc<Mutex<DiskState>>>>;
+
+    fn disks() -> &'static Disks {
+        static DISKS: OnceLock<Disks> = OnceLock::new();
+        DISKS.get_or_init(Default::default)
+    }
+
+    /// Forgets every simulated disk (between simulation runs in one process).
+    pub fn reset_all() {
+        disks().lock().unwrap().clear();
+    }
+
+    /// True when a simulated file exists at `path`.
+    pub fn exists(path: &Path) -> bool {
+        disks().lock().unwrap().contains_key(path)
+    }
+
+    #[derive(Debug)]
+    pub struct SimBackend {
+        disk: Arc<Mutex<DiskState>>,
+        epoch: u64,
+    }
+
+    impl SimBackend {
+        pub fn open(path: &Path) -> Self {
+            let disk = disks()
+                .lock()
+                .unwrap()
+                .entry(path.to_path_buf())
+                .or_default()
+                .clone();
+            let epoch = {
+                let mut d = disk.lock().unwrap();
+                d.epoch += 1;
+                d.current = d.durable.clone();
+                d.epoch
+            };
+            SimBackend { disk, epoch }
+        }
+
+        fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> T) -> io::Result<T> {
+            let mut d = self.disk.lock().unwrap();
+            if d.epoch != self.epoch {
+                return Err(io::Error::other("simulated disk: handle of a crashed incarnation"));
+            }
+            Ok(f(&mut d))
+        }
+    }
+
+    impl redb::StorageBackend for SimBackend {
+        fn len(&self) -> io::Result<u64> {
+            self.with(|d| d.current.len() as u64)
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            self.with(|d| {
+                let start = offset as usize;
+                let end = start + out.len();
+                if end > d.current.len() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"));
+                }
+                out.copy_from_slice(&d.current[start..end]);
+                Ok(())
+            })?
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.with(|d| d.current.resize(len as usize, 0))
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            self.with(|d| d.durable = d.current.clone())
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.with(|d| {
+                let start = offset as usize;
+                let end = start + data.len();
+                if end > d.current.len() {
+                    d.current.resize(end, 0);
+                }
+                d.current[start..end].copy_from_slice(data);
+            })
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! openraft's `AsyncRuntime` on madsim. openraft 0.9's `TokioRuntime` calls real tokio, which
+//! has no reactor inside the simulator; this routes spawn/sleep/timeout through madsim-tokio
+//! (renamed `tokio`) and randomness through madsim's seeded RNG.
+
+use openraft::{AsyncRuntime, OptionalSend, TokioInstant};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct MadsimRuntime;
+
+/// madsim's `timeout` returns an unnameable future, so it is boxed here.
+pub struct BoxTimeout<R>(Pin<Box<dyn Future<Output = Result<R, tokio::time::error::Elapsed>> + Send>>);
+
+impl<R> Future for BoxTimeout<R> {
+    type Output = Result<R, tokio::time::error::Elapsed>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+fn to_std(i: TokioInstant) -> std::time::Instant {
+    i.into_std()
+}
+
+impl AsyncRuntime for MadsimRuntime {
+    type JoinError = tokio::task::JoinError;
+    type JoinHandle<T: OptionalSend + 'static> = tokio::task::JoinHandle<T>;
+    type Sleep = tokio::time::Sleep;
+    // madsim intercepts clock_gettime, so tokio's Instant reads simulated time.
+    type Instant = TokioInstant;
+    type TimeoutError = tokio::time::error::Elapsed;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = BoxTimeout<R>;
+    type ThreadLocalRng = madsim::rand::GlobalRng;
+    type OneshotSender<T: OptionalSend> = openraft::async_runtime::TokioOneShotSender<T>;
+    type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
+    type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
+
+    fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+    where
+        T: Future + OptionalSend + 'static,
+        T::Output: OptionalSend + 'static,
+    {
+        tokio::task::spawn(future)
+    }
+
+    fn sleep(duration: Duration) -> Self::Sleep {
+        tokio::time::sleep(duration)
+    }
+
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        tokio::time::sleep_until(to_std(deadline).into())
+    }
+
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+        let fut = tokio::time::timeout(duration, future);
+        BoxTimeout(Box::pin(fut))
+    }
+
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+        let now = std::time::Instant::now();
+        let d = to_std(deadline).saturating_duration_since(now);
+        Self::timeout(d, future)
+    }
+
+    fn is_panic(_join_error: &Self::JoinError) -> bool {
+        false
+    }
+
+    fn thread_rng() -> Self::ThreadLocalRng {
+        madsim::rand::thread_rng()
+    }
+
+    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    where
+        T: OptionalSend,
+    {
+        openraft::TokioRuntime::oneshot()
+    }
+}

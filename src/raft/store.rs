@@ -1,0 +1,450 @@
+//! Raft log and state machine storage on redb.
+//!
+//! - The log, the vote and the committed id are written in redb transactions that fsync on
+//!   commit (`Durability::Immediate`, redb's default) before openraft is told they are
+//!   persisted, so an acknowledged write survives `kill -9`.
+//! - The state machine lives in memory and is rebuilt on start from the last snapshot plus the
+//!   committed log after it (openraft re-applies from `applied_state` up to `read_committed`).
+//! - Snapshots are the whole `ClusterState`, stored in the same database; openraft's snapshot
+//!   policy decides when to build one, after which it purges the log up to it.
+
+use super::{ManagerNode, NodeId, TypeConfig, WriteResult};
+use crate::core::{ClusterState, Outcome};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+const KEY_SNAPSHOT_META: &str = "meta";
+const KEY_SNAPSHOT_DATA: &str = "data";
+/// The manager's own identity (see `manager::identity`), kept beside the log it belongs to.
+pub const KEY_IDENTITY: &str = "identity";
+
+type SErr = StorageError<NodeId>;
+
+fn any(e: impl Into<redb::Error>) -> AnyError {
+    AnyError::new(&e.into())
+}
+fn enc_err(e: bincode::Error) -> AnyError {
+    AnyError::new(&*e)
+}
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory serialization of Raft types cannot fail")
+}
+
+/// Errors opening the store, which the daemon reports as a bad data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database {path}: {source}")]
+    Database {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("the database {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// The state machine as held in memory: what the managers serve reads from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateMachineData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, ManagerNode>,
+    pub state: ClusterState,
+}
+
+pub type SharedState = Arc<RwLock<StateMachineData>>;
+
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    data: SharedState,
+}
+
+/// Opens the database at `path` (creating it when absent) and loads the last snapshot.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let shown = path.display().to_string();
+    let db = super::disk::open_database(path).map_err(|e| OpenError::Database {
+        path: shown.clone(),
+        source: e.into(),
+    })?;
+    let db = Arc::new(db);
+    let init = || -> Result<(), redb::Error> {
+        let tx = db.begin_write()?;
+        tx.open_table(LOGS)?;
+        tx.open_table(META)?;
+        tx.open_table(SNAPSHOT)?;
+        tx.commit()?;
+        Ok(())
+    };
+    init().map_err(|e| OpenError::Database {
+        path: shown.clone(),
+        source: e,
+    })?;
+    let data = match read_snapshot(&db).map_err(|e| OpenError::Corrupt {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })? {
+        Some((meta, bytes)) => {
+            let mut d: StateMachineData =
+                bincode::deserialize(&bytes).map_err(|e| OpenError::Corrupt {
+                    path: shown.clone(),
+                    reason: format!("snapshot {}: {e}", meta.snapshot_id),
+                })?;
+            d.last_applied = meta.last_log_id;
+            d.membership = meta.last_membership;
+            d
+        }
+        None => StateMachineData::default(),
+    };
+    Ok((
+        LogStore { db: db.clone() },
+        StateMachineStore {
+            db,
+            data: Arc::new(RwLock::new(data)),
+        },
+    ))
+}
+
+type SnapshotRecord = (SnapshotMeta<NodeId, ManagerNode>, Vec<u8>);
+
+fn read_snapshot(db: &Database) -> Result<Option<SnapshotRecord>, AnyError> {
+    let tx = db.begin_read().map_err(any)?;
+    let t = tx.open_table(SNAPSHOT).map_err(any)?;
+    let (Some(meta), Some(data)) = (
+        t.get(KEY_SNAPSHOT_META).map_err(any)?,
+        t.get(KEY_SNAPSHOT_DATA).map_err(any)?,
+    ) else {
+        return Ok(None);
+    };
+    let meta = bincode::deserialize(meta.value()).map_err(enc_err)?;
+    Ok(Some((meta, data.value().to_vec())))
+}
+
+impl LogStore {
+    fn meta_get<T: for<'a> Deserialize<'a>>(&self, key: &str) -> Result<Option<T>, AnyError> {
+        let tx = self.db.begin_read().map_err(any)?;
+        let t = tx.open_table(META).map_err(any)?;
+        match t.get(key).map_err(any)? {
+            Some(v) => Ok(Some(bincode::deserialize(v.value()).map_err(enc_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), AnyError> {
+        let tx = self.db.begin_write().map_err(any)?;
+        tx.open_table(META)
+            .map_err(any)?
+            .insert(key, enc(value).as_slice())
+            .map_err(any)?;
+        tx.commit().map_err(any)
+    }
+
+    /// Reads a value the daemon keeps beside the log (its identity).
+    pub fn read_identity<T: for<'a> Deserialize<'a>>(&self) -> Result<Option<T>, AnyError> {
+        self.meta_get(KEY_IDENTITY)
+    }
+
+    pub fn write_identity<T: Serialize>(&self, value: &T) -> Result<(), AnyError> {
+        self.meta_put(KEY_IDENTITY, value)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let read = || -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+            let tx = self.db.begin_read().map_err(any)?;
+            let t = tx.open_table(LOGS).map_err(any)?;
+            let mut out = Vec::new();
+            for row in t.range(range).map_err(any)? {
+                let (_, v) = row.map_err(any)?;
+                out.push(bincode::deserialize(v.value()).map_err(enc_err)?);
+            }
+            Ok(out)
+        };
+        read().map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let read = || -> Result<LogState<TypeConfig>, AnyError> {
+            let last_purged_log_id: Option<LogId<NodeId>> = self.meta_get(KEY_PURGED)?;
+            let tx = self.db.begin_read().map_err(any)?;
+            let t = tx.open_table(LOGS).map_err(any)?;
+            let last = match t.last().map_err(any)? {
+                Some((_, v)) => {
+                    let e: Entry<TypeConfig> = bincode::deserialize(v.value()).map_err(enc_err)?;
+                    Some(e.log_id)
+                }
+                None => last_purged_log_id,
+            };
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id: last,
+            })
+        };
+        read().map_err(|e| StorageIOError::read_logs(e).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        self.meta_put(KEY_VOTE, vote)
+            .map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        self.meta_get(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        self.meta_put(KEY_COMMITTED, &committed)
+            .map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        self.meta_get::<Option<LogId<NodeId>>>(KEY_COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| StorageIOError::read(e).into())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // One transaction, one fsync, for the whole batch; only then report it flushed.
+        let write = || -> Result<(), AnyError> {
+            let tx = self.db.begin_write().map_err(any)?;
+            {
+                let mut t = tx.open_table(LOGS).map_err(any)?;
+                for e in entries {
+                    t.insert(e.log_id.index, enc(&e).as_slice()).map_err(any)?;
+                }
+            }
+            tx.commit().map_err(any)
+        };
+        let res = write().map_err(std::io::Error::other);
+        let ok = res.is_ok();
+        callback.log_io_completed(res);
+        if !ok {
+            return Err(StorageIOError::write_logs(AnyError::error("append failed")).into());
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let write = || -> Result<(), AnyError> {
+            let tx = self.db.begin_write().map_err(any)?;
+            tx.open_table(LOGS)
+                .map_err(any)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(any)?;
+            tx.commit().map_err(any)
+        };
+        write().map_err(|e| StorageIOError::write_logs(e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let write = || -> Result<(), AnyError> {
+            let tx = self.db.begin_write().map_err(any)?;
+            tx.open_table(META)
+                .map_err(any)?
+                .insert(KEY_PURGED, enc(&log_id).as_slice())
+                .map_err(any)?;
+            tx.open_table(LOGS)
+                .map_err(any)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(any)?;
+            tx.commit().map_err(any)
+        };
+        write().map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+impl StateMachineStore {
+    /// The state the manager serves reads from.
+    pub fn shared(&self) -> SharedState {
+        self.data.clone()
+    }
+
+    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, ManagerNode>, data: &[u8]) -> Result<(), AnyError> {
+        let tx = self.db.begin_write().map_err(any)?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(any)?;
+            t.insert(KEY_SNAPSHOT_META, enc(meta).as_slice()).map_err(any)?;
+            t.insert(KEY_SNAPSHOT_DATA, data).map_err(any)?;
+        }
+        tx.commit().map_err(any)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let (bytes, last_applied, membership) = {
+            let d = self.data.read().unwrap();
+            (enc(&*d), d.last_applied, d.membership.clone())
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.save_snapshot(&meta, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ManagerNode>), SErr> {
+        let d = self.data.read().unwrap();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteResult>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut d = self.data.write().unwrap();
+        let mut out = Vec::new();
+        for entry in entries {
+            d.last_applied = Some(entry.log_id);
+            let res = match entry.payload {
+                EntryPayload::Blank => Ok(Outcome::Internal),
+                EntryPayload::Normal(cmd) => d.state.apply(entry.log_id.index, cmd),
+                EntryPayload::Membership(m) => {
+                    d.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(Outcome::Internal)
+                }
+            };
+            out.push(WriteResult(res));
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ManagerNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let bytes = snapshot.into_inner();
+        let mut new: StateMachineData = bincode::deserialize(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), enc_err(e)))?;
+        new.last_applied = meta.last_log_id;
+        new.membership = meta.last_membership.clone();
+        self.save_snapshot(meta, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        *self.data.write().unwrap() = new;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let snap = read_snapshot(&self.db).map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        Ok(snap.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), SErr> {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, sm) = open(&dir.path().join("warren.redb")).unwrap();
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own conformance suite for storage implementations.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn log_vote_and_snapshot_survive_reopen() {
+        use openraft::{CommittedLeaderId, Membership};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.redb");
+        let lid = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        {
+            let (mut log, mut sm) = open(&path).unwrap();
+            log.save_vote(&Vote::new(3, 1)).await.unwrap();
+            let mut members = std::collections::BTreeMap::new();
+            members.insert(1, ManagerNode::default());
+            let entries = vec![
+                Entry { log_id: lid(1), payload: EntryPayload::Membership(Membership::new(vec![[1].into()], members)) },
+                Entry {
+                    log_id: lid(2),
+                    payload: EntryPayload::Normal(crate::core::Command::InitCluster { cluster_id: "c".into(), now_ms: 0 }),
+                },
+            ];
+            sm.apply(entries.clone()).await.unwrap();
+            openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries).await.unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        }
+        let (mut log, mut sm) = open(&path).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(lid(2)));
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(lid(2)));
+        assert_eq!(sm.shared().read().unwrap().state.cluster_id, "c");
+    }
+}
