@@ -1,1 +1,24 @@
-fn main(){}
+use clap::Parser;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = warren::cli::Cli::parse();
+    // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
+    let default = match &cli.command {
+        warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_)) => "info,openraft=warn",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_writer(std::io::stderr)
+        .init();
+    match warren::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(warren::cli::exit_code(&e))
+        }
+    }
+}

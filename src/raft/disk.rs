@@ -25,7 +25,8 @@ pub mod sim {
     use std::collections::BTreeMap;
     use std::io;
     use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Debug, Default)]
     struct DiskState {
@@ -34,21 +35,22 @@ pub mod sim {
         durable: Vec<u8>,
     }
 
-    type Disks = Mutex<BTreeMap<PathBuf, Arc<Mutex<DiskState>>>>;
+    type Disks = BTreeMap<PathBuf, Arc<Mutex<DiskState>>>;
 
-    fn disks() -> &'static Disks {
-        static DISKS: OnceLock<Disks> = OnceLock::new();
-        DISKS.get_or_init(Default::default)
+    thread_local! {
+        // madsim runs a whole simulation on one thread, so a thread-local set of disks
+        // isolates simulations that the test harness runs in parallel.
+        static DISKS: RefCell<Disks> = RefCell::new(BTreeMap::new());
     }
 
-    /// Forgets every simulated disk (between simulation runs in one process).
+    /// Forgets every simulated disk of this simulation (call at the start of each run).
     pub fn reset_all() {
-        disks().lock().unwrap().clear();
+        DISKS.with(|d| d.borrow_mut().clear());
     }
 
     /// True when a simulated file exists at `path`.
     pub fn exists(path: &Path) -> bool {
-        disks().lock().unwrap().contains_key(path)
+        DISKS.with(|d| d.borrow().contains_key(path))
     }
 
     #[derive(Debug)]
@@ -59,12 +61,7 @@ pub mod sim {
 
     impl SimBackend {
         pub fn open(path: &Path) -> Self {
-            let disk = disks()
-                .lock()
-                .unwrap()
-                .entry(path.to_path_buf())
-                .or_default()
-                .clone();
+            let disk = DISKS.with(|d| d.borrow_mut().entry(path.to_path_buf()).or_default().clone());
             let epoch = {
                 let mut d = disk.lock().unwrap();
                 d.epoch += 1;

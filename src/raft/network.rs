@@ -1,1 +1,138 @@
-// placeholder
+//! The Raft network over gRPC: each openraft message is bincode-encoded into a `RaftPayload`
+//! and sent to the peer's Raft address. The server half lives in `manager::raft_service`.
+
+use super::{ManagerNode, NodeId, TypeConfig};
+use crate::proto::internal::raft_service_client::RaftServiceClient;
+use crate::proto::internal::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// A new TCP connection to a peer that does not answer fails after this long, so a dead
+/// peer never holds up replication to the others.
+pub const CONNECT_TIMEOUT_MS: u64 = 300;
+
+pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
+    RaftPayload {
+        data: bincode::serialize(v).expect("serializing an in-memory value cannot fail"),
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, bincode::Error> {
+    bincode::deserialize(&p.data)
+}
+
+/// Opens a channel to `addr` (host:port) with bounded connect and request times.
+pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .timeout(request_timeout)
+        .connect()
+        .await
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &ManagerNode) -> Connection {
+        Connection {
+            target,
+            addr: node.raft_addr.clone(),
+            client: None,
+        }
+    }
+}
+
+pub struct Connection {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftServiceClient<Channel>>,
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let ttl = option.hard_ttl();
+        if self.client.is_none() {
+            let ch = connect(&self.addr, ttl).await.map_err(|e| {
+                tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
+                RPCError::Unreachable(Unreachable::new(&e))
+            })?;
+            self.client = Some(RaftServiceClient::new(ch));
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let mut request = tonic::Request::new(encode(req));
+        request.set_timeout(ttl);
+        let res = match method {
+            Method::Append => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = match res {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                // Reconnect on the next call: the peer may have restarted.
+                self.client = None;
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&*e)))?;
+        answer.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, ManagerNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}

@@ -10,13 +10,29 @@ use std::time::Duration;
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
 pub struct MadsimRuntime;
 
-/// madsim's `timeout` returns an unnameable future, so it is boxed here.
-pub struct BoxTimeout<R>(Pin<Box<dyn Future<Output = Result<R, tokio::time::error::Elapsed>> + Send>>);
+/// A timeout made of the future and a madsim sleep; the future is polled first, so a result
+/// that is ready at the deadline wins (deterministically).
+pub struct SimTimeout<T> {
+    future: Pin<Box<T>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
 
-impl<R> Future for BoxTimeout<R> {
-    type Output = Result<R, tokio::time::error::Elapsed>;
+#[derive(Debug)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline elapsed")
+    }
+}
+
+impl<R, T: Future<Output = R>> Future for SimTimeout<T> {
+    type Output = Result<R, Elapsed>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
+        if let std::task::Poll::Ready(r) = self.future.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(r));
+        }
+        self.sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -30,8 +46,8 @@ impl AsyncRuntime for MadsimRuntime {
     type Sleep = tokio::time::Sleep;
     // madsim intercepts clock_gettime, so tokio's Instant reads simulated time.
     type Instant = TokioInstant;
-    type TimeoutError = tokio::time::error::Elapsed;
-    type Timeout<R, T: Future<Output = R> + OptionalSend> = BoxTimeout<R>;
+    type TimeoutError = Elapsed;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = SimTimeout<T>;
     type ThreadLocalRng = madsim::rand::GlobalRng;
     type OneshotSender<T: OptionalSend> = openraft::async_runtime::TokioOneShotSender<T>;
     type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
@@ -54,14 +70,17 @@ impl AsyncRuntime for MadsimRuntime {
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        let fut = tokio::time::timeout(duration, future);
-        BoxTimeout(Box::pin(fut))
+        SimTimeout {
+            future: Box::pin(future),
+            sleep: Box::pin(tokio::time::sleep(duration)),
+        }
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
-        let now = std::time::Instant::now();
-        let d = to_std(deadline).saturating_duration_since(now);
-        Self::timeout(d, future)
+        SimTimeout {
+            future: Box::pin(future),
+            sleep: Box::pin(Self::sleep_until(deadline)),
+        }
     }
 
     fn is_panic(_join_error: &Self::JoinError) -> bool {

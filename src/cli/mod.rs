@@ -1,0 +1,277 @@
+//! The `warren` command line: daemons (`cluster init`) and the operator commands that drive
+//! them over gRPC. `main.rs` only calls `run`.
+
+mod output;
+
+use crate::client::{Client, ClientError};
+use crate::manager::{self, ManagerOpts};
+use crate::proto::v1 as pb;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "A container orchestrator for small and edge clusters")]
+pub struct Cli {
+    /// Manager API address(es) to talk to, comma separated; any manager will do.
+    #[arg(long, global = true, env = "WARREN_MANAGER", default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    pub manager: Vec<String>,
+    /// Output format of list, inspect and info commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create, inspect and run the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Start the first manager of a new cluster (or resume it from its data dir).
+    Init(ManagerOpts),
+    /// Show the cluster id, the leader and the managers.
+    Info {
+        /// Linearizable read through the leader.
+        #[arg(long)]
+        consistent: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service: `warren service create web --image nginx --replicas 3 -- CMD ARGS...`
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "ls")]
+    List,
+    /// Show one service as JSON.
+    Inspect { service: String },
+    /// Change the replica count: `scale NAME --replicas N` or `scale NAME=N`.
+    Scale {
+        service: String,
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: Option<i64>,
+    },
+    /// Delete a service.
+    #[command(alias = "rm")]
+    Delete { service: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub image: String,
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub replicas: i64,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Command and arguments run in the container.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes.
+    #[command(alias = "ls")]
+    List,
+    /// Show one node as JSON.
+    Inspect { id: String },
+}
+
+fn key_values(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("{flag} {kv:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// Parses `NAME=N` or `NAME` + `--replicas N` for `service scale`.
+fn scale_target(service: &str, replicas: Option<i64>) -> anyhow::Result<(String, i64)> {
+    match (service.split_once('='), replicas) {
+        (Some(_), Some(_)) => anyhow::bail!("give the count once: `scale NAME=N` or `scale NAME --replicas N`"),
+        (Some((name, n)), None) => {
+            let n = n
+                .parse()
+                .with_context(|| format!("{n:?} in {service:?} is not a number of replicas"))?;
+            Ok((name.to_string(), n))
+        }
+        (None, Some(n)) => Ok((service.to_string(), n)),
+        (None, None) => anyhow::bail!("missing replica count: `warren service scale {service} --replicas N` or `{service}=N`"),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(not(madsim))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(madsim)]
+    std::future::pending::<()>().await
+}
+
+/// Runs the parsed command; errors carry the message shown to the operator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || Client::new(&cli.manager);
+    let out = cli.output;
+    match cli.command {
+        Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, shutdown_signal()).await,
+        Cmd::Cluster(ClusterCmd::Info { consistent }) => {
+            let info = client()?
+                .call(|mut s| async move { s.cluster.get_cluster_info(pb::GetClusterInfoRequest { consistent }).await })
+                .await?;
+            output::cluster_info(out, &info)
+        }
+        Cmd::Service(cmd) => service(client()?, out, cmd).await,
+        Cmd::Node(cmd) => node(client()?, out, cmd).await,
+    }
+}
+
+async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let spec = pb::ServiceSpec {
+                name: a.name,
+                image: a.image,
+                replicas: a.replicas,
+                env: key_values("--env", &a.env)?,
+                labels: key_values("--label", &a.labels)?,
+                command: a.command,
+                ..Default::default()
+            };
+            let s = c
+                .call(|mut s| {
+                    let spec = spec.clone();
+                    async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+                })
+                .await?;
+            output::created(out, &s)
+        }
+        ServiceCmd::List => {
+            let r = c
+                .call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await })
+                .await?;
+            output::services(out, &r.services)
+        }
+        ServiceCmd::Inspect { service } => {
+            let s = c
+                .call(|mut s| {
+                    let service = service.clone();
+                    async move { s.services.get_service(pb::GetServiceRequest { service, consistent: false }).await }
+                })
+                .await?;
+            output::json(&output::service_json(&s))
+        }
+        ServiceCmd::Scale { service, replicas } => {
+            let (service, replicas) = scale_target(&service, replicas)?;
+            let s = c
+                .call(|mut s| {
+                    let service = service.clone();
+                    async move {
+                        s.services
+                            .scale_service(pb::ScaleServiceRequest { service, replicas, expected_version: 0 })
+                            .await
+                    }
+                })
+                .await?;
+            output::created(out, &s)
+        }
+        ServiceCmd::Delete { service } => {
+            let r = c
+                .call(|mut s| {
+                    let service = service.clone();
+                    async move { s.services.delete_service(pb::DeleteServiceRequest { service }).await }
+                })
+                .await?;
+            println!("{}", r.id);
+            Ok(())
+        }
+    }
+}
+
+async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::List => {
+            let r = c
+                .call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await })
+                .await?;
+            output::nodes(out, &r.nodes)
+        }
+        NodeCmd::Inspect { id } => {
+            let n = c
+                .call(|mut s| {
+                    let id = id.clone();
+                    async move { s.nodes.get_node(pb::GetNodeRequest { id, consistent: false }).await }
+                })
+                .await?;
+            output::json(&output::node_json(&n))
+        }
+    }
+}
+
+/// Exit code for an error: 2 for bad usage, 1 otherwise (gRPC errors included).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::NoManagers | ClientError::BadAddress { .. }) => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_forms() {
+        assert_eq!(scale_target("web=3", None).unwrap(), ("web".into(), 3));
+        assert_eq!(scale_target("web", Some(0)).unwrap(), ("web".into(), 0));
+        assert_eq!(scale_target("web", Some(-1)).unwrap(), ("web".into(), -1));
+        assert!(scale_target("web=3", Some(2)).is_err());
+        assert!(scale_target("web", None).is_err());
+        assert!(scale_target("web=x", None).unwrap_err().to_string().contains("not a number"));
+    }
+
+    #[test]
+    fn parses_create_with_command() {
+        let cli = Cli::try_parse_from([
+            "warren", "service", "create", "web", "--image", "busybox", "--replicas", "-1", "-e", "A=1", "--", "sleep", "10",
+        ])
+        .unwrap();
+        let Cmd::Service(ServiceCmd::Create(a)) = cli.command else { panic!() };
+        assert_eq!((a.replicas, a.command), (-1, vec!["sleep".to_string(), "10".into()]));
+        assert_eq!(key_values("--env", &a.env).unwrap()["A"], "1");
+        assert!(key_values("--env", &["NOEQ".into()]).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Human tables and JSON for the CLI.
+
+use super::Output;
+use crate::proto::v1 as pb;
+use comfy_table::{presets::NOTHING, Table};
+use serde_json::{json, Value};
+
+pub fn json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING).set_header(header.iter().map(|h| h.to_string()));
+    t
+}
+
+fn time(ms: i64) -> String {
+    // RFC 3339-ish UTC without pulling in a date library.
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+pub fn service_json(s: &pb::Service) -> Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    json!({
+        "id": s.id,
+        "name": spec.name,
+        "image": spec.image,
+        "replicas": spec.replicas,
+        "command": spec.command,
+        "args": spec.args,
+        "env": spec.env,
+        "labels": spec.labels,
+        "constraints": spec.constraints,
+        "created_at": time(s.created_at_ms),
+        "updated_at": time(s.updated_at_ms),
+        "version": s.version,
+    })
+}
+
+pub fn node_json(n: &pb::Node) -> Value {
+    json!({
+        "id": n.id,
+        "role": pb::Role::try_from(n.role).map(|r| r.as_str_name()).unwrap_or("?"),
+        "address": n.address,
+        "status": pb::NodeStatus::try_from(n.status).map(|r| r.as_str_name()).unwrap_or("?"),
+        "availability": pb::NodeAvailability::try_from(n.availability).map(|r| r.as_str_name()).unwrap_or("?"),
+        "labels": n.labels,
+        "version": n.version,
+    })
+}
+
+pub fn created(out: Output, s: &pb::Service) -> anyhow::Result<()> {
+    match out {
+        Output::Json => json(&service_json(s)),
+        Output::Table => {
+            println!("{}", s.id);
+            Ok(())
+        }
+    }
+}
+
+pub fn services(out: Output, list: &[pb::Service]) -> anyhow::Result<()> {
+    if out == Output::Json {
+        return json(&Value::Array(list.iter().map(service_json).collect()));
+    }
+    let mut t = table(&["ID", "NAME", "IMAGE", "REPLICAS", "UPDATED"]);
+    for s in list {
+        let spec = s.spec.clone().unwrap_or_default();
+        t.add_row(vec![s.id.clone(), spec.name, spec.image, spec.replicas.to_string(), time(s.updated_at_ms)]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn nodes(out: Output, list: &[pb::Node]) -> anyhow::Result<()> {
+    if out == Output::Json {
+        return json(&Value::Array(list.iter().map(node_json).collect()));
+    }
+    let mut t = table(&["ID", "ROLE", "STATUS", "AVAILABILITY", "ADDRESS"]);
+    for n in list {
+        let v = node_json(n);
+        t.add_row(vec![n.id.clone(), v["role"].to_string(), v["status"].to_string(), v["availability"].to_string(), n.address.clone()]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
+    let managers: Vec<Value> = i
+        .managers
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.node_id, "api_addr": m.api_addr, "raft_addr": m.raft_addr,
+                "voter": m.voter, "reachable": m.reachable, "replication_lag": m.replication_lag,
+                "leader": m.node_id == i.leader_id,
+            })
+        })
+        .collect();
+    if out == Output::Json {
+        return json(&json!({
+            "cluster_id": i.cluster_id, "leader_id": i.leader_id, "leader_api_addr": i.leader_api_addr,
+            "term": i.term, "commit_index": i.commit_index, "last_applied": i.last_applied,
+            "answered_by": i.answered_by, "services": i.services, "nodes": i.nodes, "tasks": i.tasks,
+            "managers": managers,
+        }));
+    }
+    println!("Cluster:      {}", i.cluster_id);
+    println!("Leader:       {} ({})", i.leader_id, i.leader_api_addr);
+    println!("Term:         {}", i.term);
+    println!("Applied:      {}", i.last_applied);
+    println!("Services:     {}", i.services);
+    println!("Answered by:  {}", i.answered_by);
+    let mut t = table(&["ID", "API", "RAFT", "ROLE", "REACHABLE", "LAG"]);
+    for m in &i.managers {
+        let role = match (m.node_id == i.leader_id, m.voter) {
+            (true, _) => "leader",
+            (false, true) => "voter",
+            (false, false) => "learner",
+        };
+        t.add_row(vec![
+            m.node_id.to_string(),
+            m.api_addr.clone(),
+            m.raft_addr.clone(),
+            role.to_string(),
+            m.reachable.to_string(),
+            m.replication_lag.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time(1_795_824_000_000), "2026-11-28T00:00:00Z");
+        assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,132 @@
+//! A client for a list of managers: it talks to one and moves to the next when that one does
+//! not answer. Writes need no leader-finding here: any manager forwards them to the leader.
+
+use crate::proto::v1::cluster_service_client::ClusterServiceClient;
+use crate::proto::v1::node_service_client::NodeServiceClient;
+use crate::proto::v1::service_service_client::ServiceServiceClient;
+use crate::proto::v1::task_service_client::TaskServiceClient;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Longer than the managers' own write deadline, so their answer (not ours) reaches the user.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no manager given; pass --manager HOST:PORT[,HOST:PORT...] or set WARREN_MANAGER")]
+    NoManagers,
+    #[error("{address:?} is not a manager address: {reason}; use HOST:PORT, for example 127.0.0.1:8080")]
+    BadAddress { address: String, reason: String },
+    #[error("no manager answered ({tried}): {last}; check that a manager runs there and the address is its --api-addr")]
+    Unreachable { tried: String, last: String },
+    #[error("{}", .0.message())]
+    Status(Status),
+}
+
+impl ClientError {
+    /// The gRPC code, for callers that branch on it.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            ClientError::Unreachable { .. } => Code::Unavailable,
+            _ => Code::InvalidArgument,
+        }
+    }
+}
+
+pub struct Client {
+    endpoints: Vec<(String, Endpoint)>,
+    current: AtomicUsize,
+}
+
+/// The four API services on one channel.
+#[derive(Clone)]
+pub struct Stubs {
+    pub cluster: ClusterServiceClient<Channel>,
+    pub nodes: NodeServiceClient<Channel>,
+    pub services: ServiceServiceClient<Channel>,
+    pub tasks: TaskServiceClient<Channel>,
+}
+
+impl Client {
+    pub fn new<S: AsRef<str>>(managers: &[S]) -> Result<Self, ClientError> {
+        let mut endpoints = Vec::new();
+        for m in managers.iter().map(|m| m.as_ref().trim()).filter(|m| !m.is_empty()) {
+            let url = if m.contains("://") { m.to_string() } else { format!("http://{m}") };
+            let ep = Endpoint::from_shared(url).map_err(|e| ClientError::BadAddress {
+                address: m.to_string(),
+                reason: e.to_string(),
+            })?;
+            endpoints.push((
+                m.to_string(),
+                ep.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)),
+            ));
+        }
+        if endpoints.is_empty() {
+            return Err(ClientError::NoManagers);
+        }
+        Ok(Client {
+            endpoints,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` against the current manager; on a connection failure (or `Unavailable` from
+    /// a manager that cannot reach a leader) tries the next one, each at most once.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let (addr, ep) = &self.endpoints[i];
+            let ch = match ep.connect().await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = format!("{addr}: {}", error_chain(&e));
+                    continue;
+                }
+            };
+            let stubs = Stubs {
+                cluster: ClusterServiceClient::new(ch.clone()),
+                nodes: NodeServiceClient::new(ch.clone()),
+                services: ServiceServiceClient::new(ch.clone()),
+                tasks: TaskServiceClient::new(ch),
+            };
+            match f(stubs).await {
+                Ok(r) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Err(s) if s.code() == Code::Unavailable && k + 1 < n => {
+                    last = format!("{addr}: {}", s.message());
+                }
+                Err(s) => return Err(ClientError::Status(s)),
+            }
+        }
+        Err(ClientError::Unreachable {
+            tried: self.endpoints.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", "),
+            last,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,351 @@
+//! The public `warren.v1` API. Reads come from this manager's applied state (or, with
+//! `consistent`, after a read-index check on the leader); writes go through `Manager::write`.
+
+use super::convert::{service_to_pb, spec_from_pb};
+use super::{now_ms, ApiError, ApiResult, ManagerRef};
+use crate::core::{self, Command, Outcome, StateError};
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
+use crate::proto::v1::node_service_server::{NodeService, NodeServiceServer};
+use crate::proto::v1::service_service_server::{ServiceService, ServiceServiceServer};
+use crate::proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use std::future::Future;
+use std::net::SocketAddr;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+struct Api {
+    m: ManagerRef,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn ok<T>(r: ApiResult<T>) -> Reply<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+fn unexpected(o: Outcome) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine outcome {o:?}"))
+}
+
+fn not_found(kind: &str, name: &str) -> ApiError {
+    ApiError::State(StateError::NotFound {
+        kind: kind.into(),
+        name: name.into(),
+    })
+}
+
+impl Api {
+    /// Waits until this manager has applied everything the leader had committed when the
+    /// read arrived (read-index), when the caller asked for a linearizable read.
+    async fn read_barrier(&self, consistent: bool) -> ApiResult<()> {
+        if !consistent {
+            return Ok(());
+        }
+        self.m.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
+            ApiError::Unavailable(format!(
+                "a consistent read needs the leader: {e}; retry against the leader or without --consistent"
+            ))
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&core::ClusterState) -> T) -> T {
+        f(&self.m.state.read().unwrap().state)
+    }
+
+    async fn write_service(&self, cmd: Command) -> ApiResult<pb::Service> {
+        match self.m.write(cmd).await? {
+            Outcome::Service(s) => Ok(service_to_pb(&s)),
+            o => Err(unexpected(o)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ServiceService for Api {
+    async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
+        let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default());
+        let id = super::new_id();
+        let span = tracing::info_span!("create_service", service_id = %id, name = %spec.name);
+        let _e = span.enter();
+        let cmd = Command::CreateService {
+            id: id.clone(),
+            spec,
+            now_ms: now_ms(),
+        };
+        let res = match self.write_service(cmd).await {
+            // A forwarded attempt that timed out may have committed: our own id already
+            // being there means it did, so answer with it rather than a false conflict.
+            Err(ApiError::State(StateError::AlreadyExists { kind, .. })) if kind == "service id" => self
+                .read(|st| st.services.get(&id).map(service_to_pb))
+                .ok_or_else(|| ApiError::Internal("service id collision".into())),
+            r => r,
+        };
+        ok(res)
+    }
+
+    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Reply<pb::Service> {
+        let req = req.into_inner();
+        self.read_barrier(req.consistent).await?;
+        ok(self
+            .read(|st| st.service(&req.service).map(service_to_pb))
+            .ok_or_else(|| not_found("service", &req.service)))
+    }
+
+    async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Reply<pb::ListServicesResponse> {
+        self.read_barrier(req.into_inner().consistent).await?;
+        let mut services: Vec<pb::Service> = self.read(|st| st.services.values().map(service_to_pb).collect());
+        services.sort_by(|a, b| {
+            let name = |s: &pb::Service| s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            name(a).cmp(&name(b))
+        });
+        ok(Ok(pb::ListServicesResponse { services }))
+    }
+
+    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
+        let req = req.into_inner();
+        ok(self
+            .write_service(Command::UpdateService {
+                service: req.service,
+                spec: spec_from_pb(req.spec.unwrap_or_default()),
+                expected_version: req.expected_version,
+                now_ms: now_ms(),
+            })
+            .await)
+    }
+
+    async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Reply<pb::Service> {
+        let req = req.into_inner();
+        ok(self
+            .write_service(Command::ScaleService {
+                service: req.service,
+                replicas: req.replicas,
+                expected_version: req.expected_version,
+                now_ms: now_ms(),
+            })
+            .await)
+    }
+
+    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Reply<pb::DeleteServiceResponse> {
+        let req = req.into_inner();
+        ok(match self.m.write(Command::DeleteService { service: req.service }).await {
+            Ok(Outcome::ServiceDeleted { id }) => Ok(pb::DeleteServiceResponse { id }),
+            Ok(o) => Err(unexpected(o)),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+fn role_to_pb(r: core::Role) -> pb::Role {
+    match r {
+        core::Role::Worker => pb::Role::Worker,
+        core::Role::Manager => pb::Role::Manager,
+    }
+}
+
+fn node_to_pb(n: &core::Node) -> pb::Node {
+    pb::Node {
+        id: n.id.clone(),
+        role: role_to_pb(n.role) as i32,
+        address: n.address.clone(),
+        status: match n.status {
+            core::NodeStatus::Unknown => pb::NodeStatus::Unknown,
+            core::NodeStatus::Ready => pb::NodeStatus::Ready,
+            core::NodeStatus::Down => pb::NodeStatus::Down,
+        } as i32,
+        availability: match n.availability {
+            core::Availability::Active => pb::NodeAvailability::Active,
+            core::Availability::Drain => pb::NodeAvailability::Drain,
+            core::Availability::Pause => pb::NodeAvailability::Pause,
+        } as i32,
+        labels: n.labels.clone(),
+        capacity: Some(pb::Resources {
+            cpu_millis: n.capacity.cpu_millis,
+            memory_bytes: n.capacity.memory_bytes,
+        }),
+        last_heartbeat_ms: n.last_heartbeat_ms,
+        created_at_ms: n.created_at_ms,
+        version: n.version,
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for Api {
+    async fn register_node(&self, _: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
+        Err(Status::unimplemented("worker registration arrives with workers (issue #5)"))
+    }
+
+    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
+        Err(Status::unimplemented("worker heartbeats arrive with workers (issue #5)"))
+    }
+
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
+        self.read_barrier(req.into_inner().consistent).await?;
+        ok(Ok(pb::ListNodesResponse {
+            nodes: self.read(|st| st.nodes.values().map(node_to_pb).collect()),
+        }))
+    }
+
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Reply<pb::Node> {
+        let req = req.into_inner();
+        self.read_barrier(req.consistent).await?;
+        ok(self
+            .read(|st| st.nodes.get(&req.id).map(node_to_pb))
+            .ok_or_else(|| not_found("node", &req.id)))
+    }
+
+    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::Node> {
+        let req = req.into_inner();
+        let availability = match pb::NodeAvailability::try_from(req.availability) {
+            Ok(pb::NodeAvailability::Active) => Some(core::Availability::Active),
+            Ok(pb::NodeAvailability::Drain) => Some(core::Availability::Drain),
+            Ok(pb::NodeAvailability::Pause) => Some(core::Availability::Pause),
+            Ok(pb::NodeAvailability::Unspecified) => None,
+            Err(_) => {
+                return Err(ApiError::State(StateError::invalid("availability", "use active, drain or pause")).into())
+            }
+        };
+        let cmd = Command::UpdateNode {
+            id: req.id,
+            availability,
+            labels: req.set_labels.then_some(req.labels),
+            expected_version: req.expected_version,
+        };
+        ok(match self.m.write(cmd).await {
+            Ok(Outcome::Node(n)) => Ok(node_to_pb(&n)),
+            Ok(o) => Err(unexpected(o)),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::RemoveNodeResponse> {
+        let req = req.into_inner();
+        ok(self
+            .m
+            .write(Command::RemoveNode { id: req.id, force: req.force })
+            .await
+            .map(|_| pb::RemoveNodeResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for Api {
+    async fn get_cluster_info(&self, req: Request<pb::GetClusterInfoRequest>) -> Reply<pb::ClusterInfo> {
+        self.read_barrier(req.into_inner().consistent).await?;
+        let metrics = self.m.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader;
+        let membership = metrics.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let last_log = metrics.last_log_index.unwrap_or(0);
+        let replication = match &metrics.state {
+            openraft::ServerState::Leader => metrics.replication.clone(),
+            _ => None,
+        };
+        let managers = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+                pb::ManagerInfo {
+                    node_id: *id,
+                    api_addr: node.api_addr.clone(),
+                    raft_addr: node.raft_addr.clone(),
+                    voter: voters.contains(id),
+                    // Only the leader knows its followers' progress; elsewhere report what
+                    // this manager can see (itself and the leader).
+                    reachable: replication.as_ref().map_or(Some(*id) == leader || *id == self.m.id, |r| {
+                        *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
+                    }),
+                    last_contact_ms: 0,
+                    replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
+                }
+            })
+            .collect();
+        let leader_api_addr = leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
+            .unwrap_or_default();
+        let (cluster_id, services, nodes, tasks) = self.read(|st| {
+            (st.cluster_id.clone(), st.services.len() as u32, st.nodes.len() as u32, st.tasks.len() as u32)
+        });
+        ok(Ok(pb::ClusterInfo {
+            cluster_id,
+            leader_id: leader.unwrap_or(0),
+            leader_api_addr,
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map_or(0, |l| l.index),
+            last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            managers,
+            answered_by: self.m.id,
+            services,
+            nodes,
+            tasks,
+        }))
+    }
+
+    async fn generate_join_token(&self, _: Request<pb::GenerateJoinTokenRequest>) -> Reply<pb::JoinToken> {
+        Err(Status::unimplemented("join tokens arrive with high availability (issue #3)"))
+    }
+
+    async fn join_cluster(&self, _: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
+        Err(Status::unimplemented("manager join arrives with high availability (issue #3)"))
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for Api {
+    type WatchAssignmentsStream = futures::stream::Empty<Result<pb::AssignmentEvent, Status>>;
+
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
+        let req = req.into_inner();
+        self.read_barrier(req.consistent).await?;
+        let service_id = if req.service.is_empty() {
+            None
+        } else {
+            Some(
+                self.read(|st| st.service(&req.service).map(|s| s.id.clone()))
+                    .ok_or_else(|| Status::from(not_found("service", &req.service)))?,
+            )
+        };
+        let tasks = self.read(|st| {
+            st.tasks
+                .values()
+                .filter(|t| service_id.as_ref().is_none_or(|s| &t.service_id == s))
+                .filter(|t| req.node_id.is_empty() || t.node_id == req.node_id)
+                .map(|t| pb::Task {
+                    id: t.id.clone(),
+                    service_id: t.service_id.clone(),
+                    service_name: st.services.get(&t.service_id).map(|s| s.spec.name.clone()).unwrap_or_default(),
+                    slot: t.slot,
+                    node_id: t.node_id.clone(),
+                    message: t.message.clone(),
+                    error: t.error.clone(),
+                    created_at_ms: t.created_at_ms,
+                    updated_at_ms: t.updated_at_ms,
+                    version: t.version,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        ok(Ok(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Reply<pb::Task> {
+        let id = req.into_inner().id;
+        Err(not_found("task", &id).into())
+    }
+
+    async fn watch_assignments(&self, _: Request<pb::WatchAssignmentsRequest>) -> Reply<Self::WatchAssignmentsStream> {
+        Err(Status::unimplemented("assignment streams arrive with workers (issue #5)"))
+    }
+}
+
+pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let api = Api { m };
+    tonic::transport::Server::builder()
+        .add_service(ClusterServiceServer::new(api.clone()))
+        .add_service(NodeServiceServer::new(api.clone()))
+        .add_service(ServiceServiceServer::new(api.clone()))
+        .add_service(TaskServiceServer::new(api))
+        .serve_with_shutdown(addr, stop)
+        .await
+        .map_err(|e| anyhow::anyhow!("API server on {addr}: {e}; is another process using --api-addr?"))
+}

@@ -1,0 +1,109 @@
+//! Conversions between the wire types (`proto::v1`) and the core model.
+
+use crate::core::{self, model};
+use crate::proto::v1 as pb;
+
+pub fn spec_from_pb(s: pb::ServiceSpec) -> model::ServiceSpec {
+    let resources = s.resources.unwrap_or_default();
+    let res = |r: Option<pb::Resources>| {
+        let r = r.unwrap_or_default();
+        model::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        }
+    };
+    let rp = s.restart_policy.unwrap_or_default();
+    model::ServiceSpec {
+        name: s.name,
+        image: s.image,
+        replicas: s.replicas,
+        command: s.command,
+        args: s.args,
+        env: s.env,
+        labels: s.labels,
+        resources: model::ResourceRequirements {
+            reservations: res(resources.reservations),
+            limits: res(resources.limits),
+        },
+        restart_policy: model::RestartPolicy {
+            condition: match pb::RestartCondition::try_from(rp.condition).unwrap_or_default() {
+                pb::RestartCondition::None => model::RestartCondition::None,
+                pb::RestartCondition::OnFailure => model::RestartCondition::OnFailure,
+                pb::RestartCondition::Any | pb::RestartCondition::Unspecified => {
+                    model::RestartCondition::Any
+                }
+            },
+            max_attempts: rp.max_attempts,
+            delay_ms: rp.delay_ms,
+        },
+        constraints: s.constraints,
+        stop_timeout_ms: s.stop_timeout_ms,
+    }
+}
+
+fn res_to_pb(r: model::Resources) -> pb::Resources {
+    pb::Resources {
+        cpu_millis: r.cpu_millis,
+        memory_bytes: r.memory_bytes,
+    }
+}
+
+pub fn spec_to_pb(s: &model::ServiceSpec) -> pb::ServiceSpec {
+    pb::ServiceSpec {
+        name: s.name.clone(),
+        image: s.image.clone(),
+        replicas: s.replicas,
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: s.env.clone(),
+        labels: s.labels.clone(),
+        resources: Some(pb::ResourceRequirements {
+            reservations: Some(res_to_pb(s.resources.reservations)),
+            limits: Some(res_to_pb(s.resources.limits)),
+        }),
+        restart_policy: Some(pb::RestartPolicy {
+            condition: match s.restart_policy.condition {
+                model::RestartCondition::None => pb::RestartCondition::None,
+                model::RestartCondition::OnFailure => pb::RestartCondition::OnFailure,
+                model::RestartCondition::Any => pb::RestartCondition::Any,
+            } as i32,
+            max_attempts: s.restart_policy.max_attempts,
+            delay_ms: s.restart_policy.delay_ms,
+        }),
+        constraints: s.constraints.clone(),
+        stop_timeout_ms: s.stop_timeout_ms,
+    }
+}
+
+pub fn service_to_pb(s: &core::Service) -> pb::Service {
+    pb::Service {
+        id: s.id.clone(),
+        spec: Some(spec_to_pb(&s.spec)),
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        version: s.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips() {
+        let mut spec = model::ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 3,
+            command: vec!["sh".into()],
+            args: vec!["-c".into(), "sleep 1".into()],
+            constraints: vec!["node.labels.zone==a".into()],
+            stop_timeout_ms: 5,
+            ..Default::default()
+        };
+        spec.env.insert("A".into(), "1".into());
+        spec.resources.limits.memory_bytes = 1 << 20;
+        spec.restart_policy.condition = model::RestartCondition::OnFailure;
+        assert_eq!(spec_from_pb(spec_to_pb(&spec)), spec);
+    }
+}

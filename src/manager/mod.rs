@@ -1,0 +1,286 @@
+//! The manager daemon: opens its data directory, runs a Raft member, and serves the public
+//! API and the internal Raft RPCs. `start` is what both the binary and the simulator call.
+
+mod api;
+pub mod convert;
+pub mod error;
+mod raft_service;
+mod write;
+
+use crate::core::Command;
+use crate::raft::store::{self, SharedState};
+use crate::raft::{network::Network, ManagerNode, NodeId, Raft};
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn, Instrument};
+
+pub use error::{ApiError, ApiResult};
+
+/// The database file inside a data directory.
+pub const DB_FILE: &str = "warren.redb";
+
+/// Flags of `warren cluster init` (and of the managers the simulator starts).
+#[derive(Args, Clone, Debug)]
+pub struct ManagerOpts {
+    /// This manager's Raft node id (unique in the cluster, > 0).
+    #[arg(long, default_value_t = 1)]
+    pub node_id: NodeId,
+    /// Address clients and workers use (gRPC API).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_addr: String,
+    /// Address the other managers use for Raft traffic.
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    pub bind_addr: String,
+    /// Directory holding this manager's Raft log, snapshots and identity.
+    #[arg(long, default_value = "./warren-data")]
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range; a follower campaigns after missing the leader this long.
+    #[arg(long, default_value_t = 250)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many applied entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_logs: u64,
+    /// Bootstrap a multi-voter cluster directly (used by the simulator until `manager join`
+    /// exists): `ID=API_ADDR/RAFT_ADDR` per voter, comma separated.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub initial_voters: Vec<String>,
+}
+
+/// What a data directory remembers about its manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub api_addr: String,
+    pub raft_addr: String,
+}
+
+/// A running manager, shared by its gRPC services.
+pub struct Manager {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub identity: Identity,
+}
+
+pub type ManagerRef = Arc<Manager>;
+
+fn parse_voters(specs: &[String]) -> anyhow::Result<BTreeMap<NodeId, ManagerNode>> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let (id, addrs) = s
+            .split_once('=')
+            .with_context(|| format!("--initial-voters entry {s:?}: expected ID=API_ADDR/RAFT_ADDR"))?;
+        let (api, raft) = addrs
+            .split_once('/')
+            .with_context(|| format!("--initial-voters entry {s:?}: expected ID=API_ADDR/RAFT_ADDR"))?;
+        out.insert(
+            id.parse().with_context(|| format!("--initial-voters entry {s:?}: bad id"))?,
+            ManagerNode {
+                api_addr: api.into(),
+                raft_addr: raft.into(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Checks that `dir` is ours (or empty / absent) and returns the database path.
+pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let db = dir.join(DB_FILE);
+    #[cfg(madsim)]
+    {
+        // The simulated disk is keyed by path; there is no directory to inspect.
+        Ok(db)
+    }
+    #[cfg(not(madsim))]
+    {
+        if dir.exists() {
+            if !dir.is_dir() {
+                bail!("data dir {} is a file, not a directory; pass a directory for --data-dir", dir.display());
+            }
+            if !db.exists() {
+                let mut entries: Vec<String> = std::fs::read_dir(dir)
+                    .with_context(|| format!("cannot read data dir {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect();
+                if !entries.is_empty() {
+                    entries.sort();
+                    entries.truncate(5);
+                    bail!(
+                        "data dir {} is not a Warren data directory (it holds {}); pass an empty or new directory to --data-dir",
+                        dir.display(),
+                        entries.join(", ")
+                    );
+                }
+            }
+        } else {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        }
+        Ok(db)
+    }
+}
+
+fn raft_config(opts: &ManagerOpts) -> anyhow::Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: "warren".into(),
+        heartbeat_interval: opts.heartbeat_interval_ms,
+        election_timeout_min: opts.election_timeout_min_ms,
+        election_timeout_max: opts.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
+        max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
+        ..Default::default()
+    };
+    cfg.validate().context("invalid Raft timing flags")
+}
+
+fn socket_addr(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.parse()
+        .with_context(|| format!("{flag} {addr:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:8080"))
+}
+
+pub fn new_id() -> String {
+    format!("{:025x}", madsim::rand::random::<u128>() >> 28)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs a manager until `shutdown` resolves. Re-running on an existing data directory
+/// resumes that manager; it never bootstraps twice.
+pub async fn start(opts: ManagerOpts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if opts.node_id == 0 {
+        bail!("--node-id must be greater than 0");
+    }
+    let api_sock = socket_addr("--api-addr", &opts.api_addr)?;
+    let raft_sock = socket_addr("--bind-addr", &opts.bind_addr)?;
+    let config = Arc::new(raft_config(&opts)?);
+    let db_path = check_data_dir(&opts.data_dir)?;
+    let (log_store, sm_store) = store::open(&db_path).with_context(|| {
+        format!("cannot use data dir {}; if it is corrupt, restore it from a backup or remove this manager and join a new one", opts.data_dir.display())
+    })?;
+
+    let (identity, fresh) = match log_store.read_identity::<Identity>().map_err(|e| anyhow::anyhow!("{e}"))? {
+        Some(id) => {
+            if id.node_id != opts.node_id {
+                bail!(
+                    "data dir {} belongs to manager {}, not --node-id {}; use the matching --node-id or another --data-dir",
+                    opts.data_dir.display(),
+                    id.node_id,
+                    opts.node_id
+                );
+            }
+            (id, false)
+        }
+        None => {
+            let id = Identity {
+                node_id: opts.node_id,
+                cluster_id: new_id(),
+                api_addr: opts.api_addr.clone(),
+                raft_addr: opts.bind_addr.clone(),
+            };
+            log_store.write_identity(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            (id, true)
+        }
+    };
+    let span = tracing::info_span!("manager", node_id = identity.node_id);
+    async move {
+        let state = sm_store.shared();
+        let raft = Raft::new(identity.node_id, config, Network, log_store, sm_store)
+            .await
+            .context("starting Raft")?;
+
+        if !raft.is_initialized().await.context("reading Raft state")? {
+            let voters = if opts.initial_voters.is_empty() {
+                BTreeMap::from([(
+                    identity.node_id,
+                    ManagerNode {
+                        api_addr: identity.api_addr.clone(),
+                        raft_addr: identity.raft_addr.clone(),
+                    },
+                )])
+            } else {
+                parse_voters(&opts.initial_voters)?
+            };
+            // With several initial voters only the lowest id bootstraps; the others learn
+            // the membership from it.
+            if voters.keys().next() == Some(&identity.node_id) {
+                info!(voters = voters.len(), fresh, "bootstrapping a new cluster");
+                if let Err(e) = raft.initialize(voters).await {
+                    warn!(error = %e, "initialize");
+                }
+            }
+        } else {
+            info!("resuming from data dir");
+        }
+
+        let manager = Arc::new(Manager {
+            id: identity.node_id,
+            raft: raft.clone(),
+            state,
+            identity,
+        });
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let cluster_id_task = tokio::spawn(write::ensure_cluster_id(manager.clone(), stop_rx.clone()));
+        let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
+        let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
+        info!(api = %api_sock, raft = %raft_sock, "manager listening");
+
+        // Whichever ends first: shutdown, or a server failing (address in use...).
+        let mut servers = futures::future::select(raft_server, api_server);
+        let shutdown = std::pin::pin!(shutdown);
+        let result = tokio::select! {
+            biased;
+            _ = shutdown => Ok(()),
+            r = &mut servers => {
+                let (r, _) = match r { futures::future::Either::Left(x) | futures::future::Either::Right(x) => x };
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+                }
+            }
+        };
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        cluster_id_task.abort();
+        let _ = raft.shutdown().await;
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Manager {
+    /// Proposes `cmd` through Raft (forwarding to the leader when needed) and returns the
+    /// state machine's answer.
+    pub async fn write(&self, cmd: Command) -> ApiResult<crate::core::Outcome> {
+        write::propose(self, cmd, Duration::from_millis(write::WRITE_DEADLINE_MS)).await
+    }
+}

@@ -1,0 +1,51 @@
+//! Server half of the internal RPCs: Raft messages from peers and forwarded writes.
+
+use super::write::{local_write, ForwardReply};
+use super::ManagerRef;
+use crate::core::Command;
+use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
+use crate::proto::internal::RaftPayload;
+use crate::raft::network::{decode, encode};
+use std::future::Future;
+use std::net::SocketAddr;
+use tonic::{Request, Response, Status};
+
+struct RaftRpc {
+    m: ManagerRef,
+}
+
+fn bad_payload(e: bincode::Error) -> Status {
+    Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.m.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.m.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&self.m.raft.install_snapshot(rpc).await)))
+    }
+
+    async fn forward_write(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
+        let reply: ForwardReply = local_write(&self.m, cmd).await;
+        Ok(Response::new(encode(&reply)))
+    }
+}
+
+pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .add_service(RaftServiceServer::new(RaftRpc { m }).max_decoding_message_size(64 << 20))
+        .serve_with_shutdown(addr, stop)
+        .await
+        .map_err(|e| anyhow::anyhow!("Raft server on {addr}: {e}; is another process using --bind-addr?"))
+}
