@@ -1,0 +1,162 @@
+//! Real-process tests: `warren cluster init` as a child process on 127.0.0.1 with a temp data
+//! dir, driven through the `warren` CLI binary.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn service_lifecycle_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let mut m = ManagerProc::start(&dir);
+    let api = m.api.clone();
+
+    let out = warren(&api, &["service", "create", "web", "--image", "busybox:latest", "--replicas", "3", "-e", "MODE=prod", "--", "httpd", "-f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web_id = stdout(&out).trim().to_string();
+    assert_eq!(web_id.len(), 25, "create prints the new id: {web_id:?}");
+    for (name, replicas) in [("api", "2"), ("db", "1")] {
+        let out = warren(&api, &["service", "create", name, "--image", "busybox", "--replicas", replicas]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    let table = stdout(&warren(&api, &["service", "ls"]));
+    for name in ["web", "api", "db"] {
+        assert!(table.contains(name), "table lacks {name}:\n{table}");
+    }
+    assert!(table.contains("REPLICAS"));
+
+    let out = warren(&api, &["service", "inspect", "web"]);
+    assert!(out.status.success());
+    let web: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(web["id"], web_id.as_str());
+    assert_eq!(web["replicas"], 3);
+    assert_eq!(web["env"]["MODE"], "prod");
+    assert_eq!(web["command"], serde_json::json!(["httpd", "-f"]));
+    // by id too
+    assert!(warren(&api, &["service", "inspect", &web_id]).status.success());
+
+    assert!(warren(&api, &["service", "scale", "web=5"]).status.success());
+    assert!(warren(&api, &["service", "scale", "api", "--replicas", "0"]).status.success());
+    assert!(warren(&api, &["service", "rm", "db"]).status.success());
+    let before = services(&api);
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["api", "web"]);
+    assert_eq!(before["web"]["replicas"], 5);
+    assert_eq!(before["api"]["replicas"], 0);
+    let cluster_before: serde_json::Value =
+        serde_json::from_slice(&warren(&api, &["cluster", "info", "-o", "json"]).stdout).unwrap();
+
+    m.kill9();
+    assert!(!warren(&api, &["service", "ls"]).status.success(), "the manager is down");
+    let m2 = ManagerProc::start_on(&dir, &m.api, &m.raft);
+    let after = services(&m2.api);
+    assert_eq!(after, before, "every acknowledged change survives kill -9");
+    let cluster_after: serde_json::Value =
+        serde_json::from_slice(&warren(&api, &["cluster", "info", "-o", "json"]).stdout).unwrap();
+    assert_eq!(cluster_after["cluster_id"], cluster_before["cluster_id"], "restart resumes, never re-bootstraps");
+}
+
+/// Each bad input gives a non-zero exit and a message naming the problem, and changes nothing.
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let api = m.api.as_str();
+    assert!(warren(api, &["service", "create", "web", "--image", "busybox", "--replicas", "2"]).status.success());
+    let before = services(api);
+
+    let long = "a".repeat(64);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["service", "create", "UPPER", "--image", "busybox"], "not a valid service name"),
+        (vec!["service", "create", "a_b", "--image", "busybox"], "'_' is not allowed"),
+        (vec!["service", "create", &long, "--image", "busybox"], "64 characters"),
+        (vec!["service", "create", "", "--image", "busybox"], "it is empty"),
+        (vec!["service", "create", "api", "--image", "busybox", "--replicas", "-1"], "between 0 and 10000"),
+        (vec!["service", "create", "api", "--image", "busybox", "--replicas", "10001"], "between 0 and 10000"),
+        (vec!["service", "create", "api", "--image", ""], "an image is required"),
+        (vec!["service", "create", "web", "--image", "busybox"], "already exists"),
+        (vec!["service", "inspect", "nope"], "\"nope\" not found"),
+        (vec!["service", "scale", "nope=2"], "\"nope\" not found"),
+        (vec!["service", "scale", "web=-1"], "between 0 and 10000"),
+        (vec!["service", "scale", "web", "--replicas", "10001"], "between 0 and 10000"),
+        (vec!["service", "scale", "web=x"], "not a number"),
+        (vec!["service", "delete", "nope"], "\"nope\" not found"),
+        (vec!["service", "rm", "nope"], "\"nope\" not found"),
+    ];
+    for (args, expect) in cases {
+        let out = warren(api, &args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr(&out).contains(expect), "{args:?}: stderr {:?} lacks {expect:?}", stderr(&out));
+    }
+    assert_eq!(services(api), before, "refused commands changed the state");
+
+    // A manager address with nothing behind it.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = warren(&dead, &["service", "ls"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no manager answered"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&dead));
+    // With a list, the live one is used.
+    let both = format!("{dead},{api}");
+    assert!(warren(&both, &["service", "ls"]).status.success());
+}
+
+#[test]
+fn data_dir_that_is_not_ours_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &std::path::Path, node_id: &str| {
+        let api = format!("127.0.0.1:{}", free_port());
+        let raft = format!("127.0.0.1:{}", free_port());
+        let mut args = ManagerProc::init_args(&api, &raft, dir);
+        args[3] = node_id.into();
+        Command::new(bin()).args(&args).output().unwrap()
+    };
+
+    // A directory holding something else.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"keep me").unwrap();
+    let out = run(&other, "1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not a Warren data directory") && stderr(&out).contains("notes.txt"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "nothing was written");
+    assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"keep me");
+
+    // A corrupt database file.
+    let corrupt = tmp.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("warren.redb"), vec![0x5a; 8192]).unwrap();
+    let out = run(&corrupt, "1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot use data dir"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(corrupt.join("warren.redb")).unwrap(), vec![0x5a; 8192], "corrupt file left as it was");
+
+    // A data dir of another node id.
+    let dir = tmp.path().join("m1");
+    drop(ManagerProc::start(&dir));
+    let out = run(&dir, "2");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("belongs to manager 1, not --node-id 2"), "{}", stderr(&out));
+
+    // A file where a directory should be.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(&file, "1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is a file, not a directory"), "{}", stderr(&out));
+}
+
+#[test]
+fn api_address_in_use_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let raft = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(bin())
+        .args(ManagerProc::init_args(&m.api, &raft, &tmp.path().join("m2")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is another process using --api-addr"), "{}", stderr(&out));
+}

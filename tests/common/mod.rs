@@ -1,0 +1,140 @@
+//! Helpers for the real-process tests: a `warren` manager as a child process on loopback.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("warren")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A manager child process; killed with SIGKILL (by its PID) when dropped.
+pub struct ManagerProc {
+    pub child: Child,
+    pub api: String,
+    pub raft: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ManagerProc {
+    pub fn init_args(api: &str, raft: &str, data_dir: &Path) -> Vec<String> {
+        vec![
+            "cluster".into(),
+            "init".into(),
+            "--node-id".into(),
+            "1".into(),
+            "--api-addr".into(),
+            api.into(),
+            "--bind-addr".into(),
+            raft.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ]
+    }
+
+    /// Starts `warren cluster init` and waits until it answers `cluster info`.
+    pub fn start(data_dir: &Path) -> ManagerProc {
+        let api = format!("127.0.0.1:{}", free_port());
+        let raft = format!("127.0.0.1:{}", free_port());
+        Self::start_on(data_dir, &api, &raft)
+    }
+
+    pub fn start_on(data_dir: &Path, api: &str, raft: &str) -> ManagerProc {
+        let log = data_dir.with_extension(format!("{}.log", free_port()));
+        let child = Command::new(bin())
+            .args(Self::init_args(api, raft, data_dir))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning warren");
+        let m = ManagerProc {
+            child,
+            api: api.into(),
+            raft: raft.into(),
+            data_dir: data_dir.into(),
+            log,
+        };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = warren(&self.api, &["cluster", "info", "-o", "json"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if v["leader_id"] == 1 && !v["cluster_id"].as_str().unwrap_or("").is_empty() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "manager did not become ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the `warren` CLI against `manager`.
+pub fn warren(manager: &str, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--manager")
+        .arg(manager)
+        .args(args)
+        .env_remove("WARREN_MANAGER")
+        .output()
+        .expect("running warren")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `service ls -o json` as (name -> json).
+pub fn services(manager: &str) -> serde_json::Map<String, serde_json::Value> {
+    let out = warren(manager, &["service", "ls", "-o", "json"]);
+    assert!(out.status.success(), "service ls failed: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
