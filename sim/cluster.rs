@@ -50,7 +50,9 @@ impl Cluster {
         let handle = Handle::current();
         let seed = handle.seed();
         eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
-        let voters: Vec<String> = (1..=n).map(|i| format!("{i}={}/{}", api_addr(i), raft_addr(i))).collect();
+        let voters: Vec<String> = (1..=n)
+            .map(|i| format!("{i}={}/{}", api_addr(i), raft_addr(i)))
+            .collect();
         let mut managers = BTreeMap::new();
         for i in 1..=n {
             let voters = voters.join(",");
@@ -122,14 +124,28 @@ pub fn client_of_all(ids: impl IntoIterator<Item = u64>) -> Client {
 
 pub async fn cluster_info(id: u64) -> Option<pb::ClusterInfo> {
     let c = client_of(id);
-    let call = c.call(|mut s| async move { s.cluster.get_cluster_info(pb::GetClusterInfoRequest::default()).await });
-    tokio::time::timeout(Duration::from_secs(2), call).await.ok()?.ok()
+    let call = c.call(|mut s| async move {
+        s.cluster
+            .get_cluster_info(pb::GetClusterInfoRequest::default())
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .ok()?
+        .ok()
 }
 
 pub async fn list_services(id: u64) -> Option<Vec<pb::Service>> {
     let c = client_of(id);
-    let call = c.call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await });
-    Some(tokio::time::timeout(Duration::from_secs(2), call).await.ok()?.ok()?.services)
+    let call =
+        c.call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await });
+    Some(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .ok()?
+            .ok()?
+            .services,
+    )
 }
 
 /// Polls `check` every 50 ms of simulated time until it yields a value or `deadline` passes.

@@ -21,7 +21,11 @@ async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
     for name in names {
         let call = client.call(|mut s| {
             let spec = spec(&name);
-            async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+            async move {
+                s.services
+                    .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                    .await
+            }
         });
         // Unacknowledged (failed or timed out) creates may or may not have committed: they
         // are neither required nor forbidden afterwards.
@@ -39,11 +43,17 @@ async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
 async fn leader_kill_keeps_acknowledged_creates() {
     let c = Cluster::start(3, "scenarios::leader_kill_keeps_acknowledged_creates");
     let all = vec![1, 2, 3];
-    let leader = c.on_client(agreed_leader(all.clone(), Duration::from_secs(10))).await;
+    let leader = c
+        .on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
+        .await;
 
     let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
     let mut acked = c.on_client(create_all(all.clone(), before)).await;
-    assert_eq!(acked.len(), 10, "with a healthy cluster every create is acknowledged");
+    assert_eq!(
+        acked.len(),
+        10,
+        "with a healthy cluster every create is acknowledged"
+    );
 
     // Creates race the kill: some land before it, some during the election.
     let during: Vec<String> = (0..10).map(|i| format!("during-{i}")).collect();
@@ -54,12 +64,18 @@ async fn leader_kill_keeps_acknowledged_creates() {
     acked.extend(racing.await.unwrap());
 
     let survivors: Vec<u64> = all.iter().copied().filter(|&i| i != leader).collect();
-    let new_leader = c.on_client(agreed_leader(survivors.clone(), Duration::from_secs(10))).await;
+    let new_leader = c
+        .on_client(agreed_leader(survivors.clone(), Duration::from_secs(10)))
+        .await;
     assert_ne!(new_leader, leader, "a killed manager cannot still be leader");
 
     let after: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
     let acked_after = c.on_client(create_all(survivors.clone(), after)).await;
-    assert_eq!(acked_after.len(), 5, "survivors with quorum acknowledge every create");
+    assert_eq!(
+        acked_after.len(),
+        5,
+        "survivors with quorum acknowledge every create"
+    );
     acked.extend(acked_after);
 
     c.restart(leader);
@@ -67,29 +83,38 @@ async fn leader_kill_keeps_acknowledged_creates() {
     let expected_len = expected.len();
     let lists = c
         .on_client(async move {
-            wait_for("all managers to hold every acknowledged service", Duration::from_secs(20), || {
-                let expected = expected.clone();
-                async move {
-                    let mut lists = Vec::new();
-                    for id in [1, 2, 3] {
-                        let names: BTreeSet<String> = list_services(id)
-                            .await?
-                            .into_iter()
-                            .map(|s| s.spec.unwrap_or_default().name)
-                            .collect();
-                        if !expected.is_subset(&names) {
-                            return None;
+            wait_for(
+                "all managers to hold every acknowledged service",
+                Duration::from_secs(20),
+                || {
+                    let expected = expected.clone();
+                    async move {
+                        let mut lists = Vec::new();
+                        for id in [1, 2, 3] {
+                            let names: BTreeSet<String> = list_services(id)
+                                .await?
+                                .into_iter()
+                                .map(|s| s.spec.unwrap_or_default().name)
+                                .collect();
+                            if !expected.is_subset(&names) {
+                                return None;
+                            }
+                            lists.push(names);
                         }
-                        lists.push(names);
+                        Some(lists)
                     }
-                    Some(lists)
-                }
-            })
+                },
+            )
             .await
         })
         .await;
-    assert!(lists.windows(2).all(|w| w[0] == w[1]), "managers disagree after heal: {lists:?}");
-    let leader_again = c.on_client(agreed_leader(all.clone(), Duration::from_secs(10))).await;
+    assert!(
+        lists.windows(2).all(|w| w[0] == w[1]),
+        "managers disagree after heal: {lists:?}"
+    );
+    let leader_again = c
+        .on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
+        .await;
     assert!(all.contains(&leader_again));
     eprintln!(
         "killed leader {leader} after {delay_ms} ms, new leader {new_leader}, {} services on every manager, {} acknowledged",
@@ -104,11 +129,14 @@ async fn leader_kill_keeps_acknowledged_creates() {
 async fn whole_cluster_restart_resumes_state() {
     let c = Cluster::start(3, "scenarios::whole_cluster_restart_resumes_state");
     let all = vec![1, 2, 3];
-    c.on_client(agreed_leader(all.clone(), Duration::from_secs(10))).await;
+    c.on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
+        .await;
     let names: Vec<String> = (0..8).map(|i| format!("svc-{i}")).collect();
     let acked = c.on_client(create_all(all.clone(), names)).await;
     assert_eq!(acked.len(), 8);
-    let cluster_id = c.on_client(async { cluster_info(1).await.unwrap().cluster_id }).await;
+    let cluster_id = c
+        .on_client(async { cluster_info(1).await.unwrap().cluster_id })
+        .await;
 
     for id in &all {
         c.kill(*id);
@@ -116,26 +144,36 @@ async fn whole_cluster_restart_resumes_state() {
     for id in &all {
         c.restart(*id);
     }
-    c.on_client(agreed_leader(all.clone(), Duration::from_secs(10))).await;
+    c.on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
+        .await;
     let expected: BTreeSet<String> = acked.into_iter().collect();
     c.on_client(async move {
-        wait_for("every manager to serve the pre-restart services", Duration::from_secs(10), || {
-            let expected = expected.clone();
-            async move {
-                for id in [1, 2, 3] {
-                    let names: BTreeSet<String> =
-                        list_services(id).await?.into_iter().map(|s| s.spec.unwrap_or_default().name).collect();
-                    if names != expected {
-                        return None;
+        wait_for(
+            "every manager to serve the pre-restart services",
+            Duration::from_secs(10),
+            || {
+                let expected = expected.clone();
+                async move {
+                    for id in [1, 2, 3] {
+                        let names: BTreeSet<String> = list_services(id)
+                            .await?
+                            .into_iter()
+                            .map(|s| s.spec.unwrap_or_default().name)
+                            .collect();
+                        if names != expected {
+                            return None;
+                        }
                     }
+                    Some(())
                 }
-                Some(())
-            }
-        })
+            },
+        )
         .await
     })
     .await;
-    let id_after = c.on_client(async { cluster_info(2).await.unwrap().cluster_id }).await;
+    let id_after = c
+        .on_client(async { cluster_info(2).await.unwrap().cluster_id })
+        .await;
     assert_eq!(id_after, cluster_id, "a restart must not bootstrap a new cluster");
     assert!(!cluster_id.is_empty());
 }

@@ -55,8 +55,16 @@ pub struct Stubs {
 impl Client {
     pub fn new<S: AsRef<str>>(managers: &[S]) -> Result<Self, ClientError> {
         let mut endpoints = Vec::new();
-        for m in managers.iter().map(|m| m.as_ref().trim()).filter(|m| !m.is_empty()) {
-            let url = if m.contains("://") { m.to_string() } else { format!("http://{m}") };
+        for m in managers
+            .iter()
+            .map(|m| m.as_ref().trim())
+            .filter(|m| !m.is_empty())
+        {
+            let url = if m.contains("://") {
+                m.to_string()
+            } else {
+                format!("http://{m}")
+            };
             let ep = Endpoint::from_shared(url).map_err(|e| ClientError::BadAddress {
                 address: m.to_string(),
                 reason: e.to_string(),
@@ -114,7 +122,12 @@ impl Client {
             }
         }
         Err(ClientError::Unreachable {
-            tried: self.endpoints.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", "),
+            tried: self
+                .endpoints
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             last,
         })
     }

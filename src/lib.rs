@@ -9,6 +9,6 @@ pub mod proto {
         tonic::include_proto!("warren.internal.v1");
     }
 }
-pub mod manager;
-pub mod client;
 pub mod cli;
+pub mod client;
+pub mod manager;

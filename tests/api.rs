@@ -1,3 +1,4 @@
+#![cfg(not(madsim))]
 //! The gRPC API's status codes for bad input, through the client library against a real
 //! manager process.
 
@@ -20,7 +21,11 @@ fn spec(name: &str, replicas: i64) -> pb::ServiceSpec {
 async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren::client::ClientError> {
     c.call(|mut s| {
         let spec = spec.clone();
-        async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+        async move {
+            s.services
+                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .await
+        }
     })
     .await
 }
@@ -29,7 +34,7 @@ async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren
 async fn status_codes_for_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
-    let c = Client::new(&[m.api.clone()]).unwrap();
+    let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
     let web = create(&c, spec("web", 1)).await.unwrap();
 
     for (spec, code) in [
@@ -42,7 +47,11 @@ async fn status_codes_for_bad_input() {
         (spec("web", 1), Code::AlreadyExists),
     ] {
         let name = spec.name.clone();
-        assert_eq!(create(&c, spec).await.unwrap_err().code(), code, "create {name:?}");
+        assert_eq!(
+            create(&c, spec).await.unwrap_err().code(),
+            code,
+            "create {name:?}"
+        );
     }
     let scale = |service: &str, replicas: i64, expected_version: u64| {
         let service = service.to_string();
@@ -50,31 +59,66 @@ async fn status_codes_for_bad_input() {
         async move {
             c.call(|mut s| {
                 let service = service.clone();
-                async move { s.services.scale_service(pb::ScaleServiceRequest { service, replicas, expected_version }).await }
+                async move {
+                    s.services
+                        .scale_service(pb::ScaleServiceRequest {
+                            service,
+                            replicas,
+                            expected_version,
+                        })
+                        .await
+                }
             })
             .await
         }
     };
     assert_eq!(scale("nope", 1, 0).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(scale("web", -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(scale("web", 2, web.version + 100).await.unwrap_err().code(), Code::Aborted, "stale version");
+    assert_eq!(
+        scale("web", -1, 0).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        scale("web", 2, web.version + 100).await.unwrap_err().code(),
+        Code::Aborted,
+        "stale version"
+    );
     let get = c
-        .call(|mut s| async move { s.services.get_service(pb::GetServiceRequest { service: "nope".into(), consistent: true }).await })
+        .call(|mut s| async move {
+            s.services
+                .get_service(pb::GetServiceRequest {
+                    service: "nope".into(),
+                    consistent: true,
+                })
+                .await
+        })
         .await;
     assert_eq!(get.unwrap_err().code(), Code::NotFound);
     let del = c
-        .call(|mut s| async move { s.services.delete_service(pb::DeleteServiceRequest { service: "nope".into() }).await })
+        .call(|mut s| async move {
+            s.services
+                .delete_service(pb::DeleteServiceRequest {
+                    service: "nope".into(),
+                })
+                .await
+        })
         .await;
     assert_eq!(del.unwrap_err().code(), Code::NotFound);
 
     // Nothing changed: web is as created, alone.
     let list = c
-        .call(|mut s| async move { s.services.list_services(pb::ListServicesRequest { consistent: true }).await })
+        .call(|mut s| async move {
+            s.services
+                .list_services(pb::ListServicesRequest { consistent: true })
+                .await
+        })
         .await
         .unwrap();
     assert_eq!(list.services, vec![web.clone()]);
     // A version-checked scale with the right version goes through.
-    assert_eq!(scale("web", 4, web.version).await.unwrap().spec.unwrap().replicas, 4);
+    assert_eq!(
+        scale("web", 4, web.version).await.unwrap().spec.unwrap().replicas,
+        4
+    );
 
     let dead = Client::new(&[format!("127.0.0.1:{}", free_port())]).unwrap();
     let err = create(&dead, spec("x", 1)).await.unwrap_err();

@@ -1,3 +1,4 @@
+#![cfg(not(madsim))]
 //! Real-process tests: `warren cluster init` as a child process on 127.0.0.1 with a temp data
 //! dir, driven through the `warren` CLI binary.
 
@@ -13,12 +14,39 @@ fn service_lifecycle_survives_kill_9() {
     let mut m = ManagerProc::start(&dir);
     let api = m.api.clone();
 
-    let out = warren(&api, &["service", "create", "web", "--image", "busybox:latest", "--replicas", "3", "-e", "MODE=prod", "--", "httpd", "-f"]);
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox:latest",
+            "--replicas",
+            "3",
+            "-e",
+            "MODE=prod",
+            "--",
+            "httpd",
+            "-f",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let web_id = stdout(&out).trim().to_string();
     assert_eq!(web_id.len(), 25, "create prints the new id: {web_id:?}");
     for (name, replicas) in [("api", "2"), ("db", "1")] {
-        let out = warren(&api, &["service", "create", name, "--image", "busybox", "--replicas", replicas]);
+        let out = warren(
+            &api,
+            &[
+                "service",
+                "create",
+                name,
+                "--image",
+                "busybox",
+                "--replicas",
+                replicas,
+            ],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
@@ -39,7 +67,9 @@ fn service_lifecycle_survives_kill_9() {
     assert!(warren(&api, &["service", "inspect", &web_id]).status.success());
 
     assert!(warren(&api, &["service", "scale", "web=5"]).status.success());
-    assert!(warren(&api, &["service", "scale", "api", "--replicas", "0"]).status.success());
+    assert!(warren(&api, &["service", "scale", "api", "--replicas", "0"])
+        .status
+        .success());
     assert!(warren(&api, &["service", "rm", "db"]).status.success());
     let before = services(&api);
     assert_eq!(before.keys().collect::<Vec<_>>(), ["api", "web"]);
@@ -49,13 +79,19 @@ fn service_lifecycle_survives_kill_9() {
         serde_json::from_slice(&warren(&api, &["cluster", "info", "-o", "json"]).stdout).unwrap();
 
     m.kill9();
-    assert!(!warren(&api, &["service", "ls"]).status.success(), "the manager is down");
+    assert!(
+        !warren(&api, &["service", "ls"]).status.success(),
+        "the manager is down"
+    );
     let m2 = ManagerProc::start_on(&dir, &m.api, &m.raft);
     let after = services(&m2.api);
     assert_eq!(after, before, "every acknowledged change survives kill -9");
     let cluster_after: serde_json::Value =
         serde_json::from_slice(&warren(&api, &["cluster", "info", "-o", "json"]).stdout).unwrap();
-    assert_eq!(cluster_after["cluster_id"], cluster_before["cluster_id"], "restart resumes, never re-bootstraps");
+    assert_eq!(
+        cluster_after["cluster_id"], cluster_before["cluster_id"],
+        "restart resumes, never re-bootstraps"
+    );
 }
 
 /// Each bad input gives a non-zero exit and a message naming the problem, and changes nothing.
@@ -64,23 +100,76 @@ fn bad_input_is_refused_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let api = m.api.as_str();
-    assert!(warren(api, &["service", "create", "web", "--image", "busybox", "--replicas", "2"]).status.success());
+    assert!(warren(
+        api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "2"
+        ]
+    )
+    .status
+    .success());
     let before = services(api);
 
     let long = "a".repeat(64);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["service", "create", "UPPER", "--image", "busybox"], "not a valid service name"),
-        (vec!["service", "create", "a_b", "--image", "busybox"], "'_' is not allowed"),
-        (vec!["service", "create", &long, "--image", "busybox"], "64 characters"),
+        (
+            vec!["service", "create", "UPPER", "--image", "busybox"],
+            "not a valid service name",
+        ),
+        (
+            vec!["service", "create", "a_b", "--image", "busybox"],
+            "'_' is not allowed",
+        ),
+        (
+            vec!["service", "create", &long, "--image", "busybox"],
+            "64 characters",
+        ),
         (vec!["service", "create", "", "--image", "busybox"], "it is empty"),
-        (vec!["service", "create", "api", "--image", "busybox", "--replicas", "-1"], "between 0 and 10000"),
-        (vec!["service", "create", "api", "--image", "busybox", "--replicas", "10001"], "between 0 and 10000"),
-        (vec!["service", "create", "api", "--image", ""], "an image is required"),
-        (vec!["service", "create", "web", "--image", "busybox"], "already exists"),
+        (
+            vec![
+                "service",
+                "create",
+                "api",
+                "--image",
+                "busybox",
+                "--replicas",
+                "-1",
+            ],
+            "between 0 and 10000",
+        ),
+        (
+            vec![
+                "service",
+                "create",
+                "api",
+                "--image",
+                "busybox",
+                "--replicas",
+                "10001",
+            ],
+            "between 0 and 10000",
+        ),
+        (
+            vec!["service", "create", "api", "--image", ""],
+            "an image is required",
+        ),
+        (
+            vec!["service", "create", "web", "--image", "busybox"],
+            "already exists",
+        ),
         (vec!["service", "inspect", "nope"], "\"nope\" not found"),
         (vec!["service", "scale", "nope=2"], "\"nope\" not found"),
         (vec!["service", "scale", "web=-1"], "between 0 and 10000"),
-        (vec!["service", "scale", "web", "--replicas", "10001"], "between 0 and 10000"),
+        (
+            vec!["service", "scale", "web", "--replicas", "10001"],
+            "between 0 and 10000",
+        ),
         (vec!["service", "scale", "web=x"], "not a number"),
         (vec!["service", "delete", "nope"], "\"nope\" not found"),
         (vec!["service", "rm", "nope"], "\"nope\" not found"),
@@ -88,7 +177,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     for (args, expect) in cases {
         let out = warren(api, &args);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(stderr(&out).contains(expect), "{args:?}: stderr {:?} lacks {expect:?}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expect),
+            "{args:?}: stderr {:?} lacks {expect:?}",
+            stderr(&out)
+        );
     }
     assert_eq!(services(api), before, "refused commands changed the state");
 
@@ -120,8 +213,16 @@ fn data_dir_that_is_not_ours_is_refused_untouched() {
     std::fs::write(other.join("notes.txt"), b"keep me").unwrap();
     let out = run(&other, "1");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is not a Warren data directory") && stderr(&out).contains("notes.txt"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "nothing was written");
+    assert!(
+        stderr(&out).contains("is not a Warren data directory") && stderr(&out).contains("notes.txt"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(&other).unwrap().count(),
+        1,
+        "nothing was written"
+    );
     assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"keep me");
 
     // A corrupt database file.
@@ -131,21 +232,33 @@ fn data_dir_that_is_not_ours_is_refused_untouched() {
     let out = run(&corrupt, "1");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot use data dir"), "{}", stderr(&out));
-    assert_eq!(std::fs::read(corrupt.join("warren.redb")).unwrap(), vec![0x5a; 8192], "corrupt file left as it was");
+    assert_eq!(
+        std::fs::read(corrupt.join("warren.redb")).unwrap(),
+        vec![0x5a; 8192],
+        "corrupt file left as it was"
+    );
 
     // A data dir of another node id.
     let dir = tmp.path().join("m1");
     drop(ManagerProc::start(&dir));
     let out = run(&dir, "2");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("belongs to manager 1, not --node-id 2"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to manager 1, not --node-id 2"),
+        "{}",
+        stderr(&out)
+    );
 
     // A file where a directory should be.
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let out = run(&file, "1");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is a file, not a directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a file, not a directory"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -158,5 +271,9 @@ fn api_address_in_use_is_reported() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is another process using --api-addr"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is another process using --api-addr"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -11,10 +11,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 
 #[derive(Parser, Debug)]
-#[command(name = "warren", version, about = "A container orchestrator for small and edge clusters")]
+#[command(
+    name = "warren",
+    version,
+    about = "A container orchestrator for small and edge clusters"
+)]
 pub struct Cli {
     /// Manager API address(es) to talk to, comma separated; any manager will do.
-    #[arg(long, global = true, env = "WARREN_MANAGER", default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_MANAGER",
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ','
+    )]
     pub manager: Vec<String>,
     /// Output format of list, inspect and info commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -115,7 +125,9 @@ fn key_values(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, S
 /// Parses `NAME=N` or `NAME` + `--replicas N` for `service scale`.
 fn scale_target(service: &str, replicas: Option<i64>) -> anyhow::Result<(String, i64)> {
     match (service.split_once('='), replicas) {
-        (Some(_), Some(_)) => anyhow::bail!("give the count once: `scale NAME=N` or `scale NAME --replicas N`"),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give the count once: `scale NAME=N` or `scale NAME --replicas N`")
+        }
         (Some((name, n)), None) => {
             let n = n
                 .parse()
@@ -123,7 +135,9 @@ fn scale_target(service: &str, replicas: Option<i64>) -> anyhow::Result<(String,
             Ok((name.to_string(), n))
         }
         (None, Some(n)) => Ok((service.to_string(), n)),
-        (None, None) => anyhow::bail!("missing replica count: `warren service scale {service} --replicas N` or `{service}=N`"),
+        (None, None) => anyhow::bail!(
+            "missing replica count: `warren service scale {service} --replicas N` or `{service}=N`"
+        ),
     }
 }
 
@@ -150,7 +164,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, shutdown_signal()).await,
         Cmd::Cluster(ClusterCmd::Info { consistent }) => {
             let info = client()?
-                .call(|mut s| async move { s.cluster.get_cluster_info(pb::GetClusterInfoRequest { consistent }).await })
+                .call(|mut s| async move {
+                    s.cluster
+                        .get_cluster_info(pb::GetClusterInfoRequest { consistent })
+                        .await
+                })
                 .await?;
             output::cluster_info(out, &info)
         }
@@ -174,14 +192,20 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             let s = c
                 .call(|mut s| {
                     let spec = spec.clone();
-                    async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+                    async move {
+                        s.services
+                            .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                            .await
+                    }
                 })
                 .await?;
             output::created(out, &s)
         }
         ServiceCmd::List => {
             let r = c
-                .call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await })
+                .call(
+                    |mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await },
+                )
                 .await?;
             output::services(out, &r.services)
         }
@@ -189,7 +213,14 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             let s = c
                 .call(|mut s| {
                     let service = service.clone();
-                    async move { s.services.get_service(pb::GetServiceRequest { service, consistent: false }).await }
+                    async move {
+                        s.services
+                            .get_service(pb::GetServiceRequest {
+                                service,
+                                consistent: false,
+                            })
+                            .await
+                    }
                 })
                 .await?;
             output::json(&output::service_json(&s))
@@ -201,7 +232,11 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                     let service = service.clone();
                     async move {
                         s.services
-                            .scale_service(pb::ScaleServiceRequest { service, replicas, expected_version: 0 })
+                            .scale_service(pb::ScaleServiceRequest {
+                                service,
+                                replicas,
+                                expected_version: 0,
+                            })
                             .await
                     }
                 })
@@ -212,7 +247,11 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             let r = c
                 .call(|mut s| {
                     let service = service.clone();
-                    async move { s.services.delete_service(pb::DeleteServiceRequest { service }).await }
+                    async move {
+                        s.services
+                            .delete_service(pb::DeleteServiceRequest { service })
+                            .await
+                    }
                 })
                 .await?;
             println!("{}", r.id);
@@ -233,7 +272,14 @@ async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
             let n = c
                 .call(|mut s| {
                     let id = id.clone();
-                    async move { s.nodes.get_node(pb::GetNodeRequest { id, consistent: false }).await }
+                    async move {
+                        s.nodes
+                            .get_node(pb::GetNodeRequest {
+                                id,
+                                consistent: false,
+                            })
+                            .await
+                    }
                 })
                 .await?;
             output::json(&output::node_json(&n))
@@ -260,17 +306,37 @@ mod tests {
         assert_eq!(scale_target("web", Some(-1)).unwrap(), ("web".into(), -1));
         assert!(scale_target("web=3", Some(2)).is_err());
         assert!(scale_target("web", None).is_err());
-        assert!(scale_target("web=x", None).unwrap_err().to_string().contains("not a number"));
+        assert!(scale_target("web=x", None)
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
     }
 
     #[test]
     fn parses_create_with_command() {
         let cli = Cli::try_parse_from([
-            "warren", "service", "create", "web", "--image", "busybox", "--replicas", "-1", "-e", "A=1", "--", "sleep", "10",
+            "warren",
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "-1",
+            "-e",
+            "A=1",
+            "--",
+            "sleep",
+            "10",
         ])
         .unwrap();
-        let Cmd::Service(ServiceCmd::Create(a)) = cli.command else { panic!() };
-        assert_eq!((a.replicas, a.command), (-1, vec!["sleep".to_string(), "10".into()]));
+        let Cmd::Service(ServiceCmd::Create(a)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.replicas, a.command),
+            (-1, vec!["sleep".to_string(), "10".into()])
+        );
         assert_eq!(key_values("--env", &a.env).unwrap()["A"], "1");
         assert!(key_values("--env", &["NOEQ".into()]).is_err());
     }

@@ -12,7 +12,8 @@ pub fn json(v: &Value) -> anyhow::Result<()> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(header.iter().map(|h| h.to_string()));
+    t.load_preset(NOTHING)
+        .set_header(header.iter().map(|h| h.to_string()));
     t
 }
 
@@ -22,7 +23,12 @@ fn time(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
@@ -85,7 +91,13 @@ pub fn services(out: Output, list: &[pb::Service]) -> anyhow::Result<()> {
     let mut t = table(&["ID", "NAME", "IMAGE", "REPLICAS", "UPDATED"]);
     for s in list {
         let spec = s.spec.clone().unwrap_or_default();
-        t.add_row(vec![s.id.clone(), spec.name, spec.image, spec.replicas.to_string(), time(s.updated_at_ms)]);
+        t.add_row(vec![
+            s.id.clone(),
+            spec.name,
+            spec.image,
+            spec.replicas.to_string(),
+            time(s.updated_at_ms),
+        ]);
     }
     println!("{t}");
     Ok(())
@@ -98,7 +110,13 @@ pub fn nodes(out: Output, list: &[pb::Node]) -> anyhow::Result<()> {
     let mut t = table(&["ID", "ROLE", "STATUS", "AVAILABILITY", "ADDRESS"]);
     for n in list {
         let v = node_json(n);
-        t.add_row(vec![n.id.clone(), v["role"].to_string(), v["status"].to_string(), v["availability"].to_string(), n.address.clone()]);
+        t.add_row(vec![
+            n.id.clone(),
+            v["role"].to_string(),
+            v["status"].to_string(),
+            v["availability"].to_string(),
+            n.address.clone(),
+        ]);
     }
     println!("{t}");
     Ok(())

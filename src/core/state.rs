@@ -48,7 +48,10 @@ impl StateError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// First entry of a new cluster: fixes its id.
-    InitCluster { cluster_id: String, now_ms: i64 },
+    InitCluster {
+        cluster_id: String,
+        now_ms: i64,
+    },
     CreateService {
         id: String,
         spec: ServiceSpec,
@@ -67,7 +70,9 @@ pub enum Command {
         expected_version: u64,
         now_ms: i64,
     },
-    DeleteService { service: String },
+    DeleteService {
+        service: String,
+    },
     /// Adds a node or refreshes one that joins again with the same id.
     RegisterNode {
         id: String,
@@ -83,7 +88,10 @@ pub enum Command {
         labels: Option<BTreeMap<String, String>>,
         expected_version: u64,
     },
-    RemoveNode { id: String, force: bool },
+    RemoveNode {
+        id: String,
+        force: bool,
+    },
     /// Stores a join token's hash; `rotate` drops the role's earlier tokens.
     SetJoinToken {
         role: Role,
@@ -98,12 +106,21 @@ pub enum Command {
 pub enum Outcome {
     /// A Raft-internal entry (blank or membership) with no effect on the cluster state.
     Internal,
-    ClusterInitialized { cluster_id: String },
+    ClusterInitialized {
+        cluster_id: String,
+    },
     Service(Service),
-    ServiceDeleted { id: String },
+    ServiceDeleted {
+        id: String,
+    },
     Node(Node),
-    NodeRemoved { id: String },
-    JoinTokenSet { role: Role, expires_at_ms: i64 },
+    NodeRemoved {
+        id: String,
+    },
+    JoinTokenSet {
+        role: Role,
+        expires_at_ms: i64,
+    },
 }
 
 /// The whole replicated state; also the snapshot format.
@@ -187,8 +204,7 @@ impl ClusterState {
                     updated_at_ms: now_ms,
                     version: index,
                 };
-                self.service_names
-                    .insert(service.spec.name.clone(), id.clone());
+                self.service_names.insert(service.spec.name.clone(), id.clone());
                 self.services.insert(id, service.clone());
                 Ok(Outcome::Service(service))
             }
@@ -326,10 +342,7 @@ impl ClusterState {
                     issued_at_ms: now_ms,
                     expires_at_ms,
                 });
-                Ok(Outcome::JoinTokenSet {
-                    role,
-                    expires_at_ms,
-                })
+                Ok(Outcome::JoinTokenSet { role, expires_at_ms })
             }
         }
     }
@@ -382,33 +395,211 @@ mod tests {
     /// applied to `base()` and must leave the state exactly as it was.
     #[test]
     fn refused_commands_change_nothing() {
-        let cases: Vec<(&str, Command, fn(&StateError) -> bool)> = vec![
-            ("invalid name", create("s2", "UPPER", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("underscore", create("s2", "a_b", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("empty name", create("s2", "", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("64 chars", create("s2", &"a".repeat(64), 1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("negative replicas", create("s2", "api", -1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("too many replicas", create("s2", "api", 10_001), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("empty image", Command::CreateService { id: "s2".into(), spec: ServiceSpec { image: String::new(), ..spec("api", 1) }, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("empty id", create("", "api", 1), |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("duplicate name", create("s2", "web", 1), |e| matches!(e, StateError::AlreadyExists { .. })),
-            ("duplicate id", create("s1", "api", 1), |e| matches!(e, StateError::AlreadyExists { .. })),
-            ("scale unknown", Command::ScaleService { service: "nope".into(), replicas: 1, expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::NotFound { .. })),
-            ("scale negative", Command::ScaleService { service: "web".into(), replicas: -1, expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("scale stale version", Command::ScaleService { service: "web".into(), replicas: 5, expected_version: 99, now_ms: 1 }, |e| matches!(e, StateError::VersionConflict { expected: 99, actual: 1, .. })),
-            ("update unknown", Command::UpdateService { service: "nope".into(), spec: spec("nope", 1), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::NotFound { .. })),
-            ("update stale", Command::UpdateService { service: "web".into(), spec: spec("web", 1), expected_version: 7, now_ms: 1 }, |e| matches!(e, StateError::VersionConflict { .. })),
-            ("update rename", Command::UpdateService { service: "web".into(), spec: spec("web2", 1), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("update invalid", Command::UpdateService { service: "web".into(), spec: spec("web", 20_000), expected_version: 0, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("delete unknown", Command::DeleteService { service: "nope".into() }, |e| matches!(e, StateError::NotFound { .. })),
-            ("register empty id", Command::RegisterNode { id: String::new(), role: Role::Worker, address: String::new(), labels: BTreeMap::new(), capacity: Resources::default(), now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("update unknown node", Command::UpdateNode { id: "n9".into(), availability: Some(Availability::Drain), labels: None, expected_version: 0 }, |e| matches!(e, StateError::NotFound { .. })),
-            ("update node stale", Command::UpdateNode { id: "n1".into(), availability: Some(Availability::Drain), labels: None, expected_version: 1 }, |e| matches!(e, StateError::VersionConflict { .. })),
-            ("remove unknown node", Command::RemoveNode { id: "n9".into(), force: false }, |e| matches!(e, StateError::NotFound { .. })),
-            ("remove ready node", Command::RemoveNode { id: "n1".into(), force: false }, |e| matches!(e, StateError::FailedPrecondition(_))),
-            ("token bad hash", Command::SetJoinToken { role: Role::Worker, hash_hex: "zz".into(), expires_at_ms: 10, rotate: false, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("token expired", Command::SetJoinToken { role: Role::Worker, hash_hex: "a".repeat(64), expires_at_ms: 1, rotate: false, now_ms: 1 }, |e| matches!(e, StateError::InvalidArgument { .. })),
-            ("init other cluster", Command::InitCluster { cluster_id: "other".into(), now_ms: 1 }, |e| matches!(e, StateError::FailedPrecondition(_))),
+        type Case<'a> = (&'a str, Command, fn(&StateError) -> bool);
+        let cases: Vec<Case> = vec![
+            ("invalid name", create("s2", "UPPER", 1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("underscore", create("s2", "a_b", 1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("empty name", create("s2", "", 1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("64 chars", create("s2", &"a".repeat(64), 1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("negative replicas", create("s2", "api", -1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("too many replicas", create("s2", "api", 10_001), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            (
+                "empty image",
+                Command::CreateService {
+                    id: "s2".into(),
+                    spec: ServiceSpec {
+                        image: String::new(),
+                        ..spec("api", 1)
+                    },
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            ("empty id", create("", "api", 1), |e| {
+                matches!(e, StateError::InvalidArgument { .. })
+            }),
+            ("duplicate name", create("s2", "web", 1), |e| {
+                matches!(e, StateError::AlreadyExists { .. })
+            }),
+            ("duplicate id", create("s1", "api", 1), |e| {
+                matches!(e, StateError::AlreadyExists { .. })
+            }),
+            (
+                "scale unknown",
+                Command::ScaleService {
+                    service: "nope".into(),
+                    replicas: 1,
+                    expected_version: 0,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::NotFound { .. }),
+            ),
+            (
+                "scale negative",
+                Command::ScaleService {
+                    service: "web".into(),
+                    replicas: -1,
+                    expected_version: 0,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "scale stale version",
+                Command::ScaleService {
+                    service: "web".into(),
+                    replicas: 5,
+                    expected_version: 99,
+                    now_ms: 1,
+                },
+                |e| {
+                    matches!(
+                        e,
+                        StateError::VersionConflict {
+                            expected: 99,
+                            actual: 1,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "update unknown",
+                Command::UpdateService {
+                    service: "nope".into(),
+                    spec: spec("nope", 1),
+                    expected_version: 0,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::NotFound { .. }),
+            ),
+            (
+                "update stale",
+                Command::UpdateService {
+                    service: "web".into(),
+                    spec: spec("web", 1),
+                    expected_version: 7,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::VersionConflict { .. }),
+            ),
+            (
+                "update rename",
+                Command::UpdateService {
+                    service: "web".into(),
+                    spec: spec("web2", 1),
+                    expected_version: 0,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "update invalid",
+                Command::UpdateService {
+                    service: "web".into(),
+                    spec: spec("web", 20_000),
+                    expected_version: 0,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "delete unknown",
+                Command::DeleteService {
+                    service: "nope".into(),
+                },
+                |e| matches!(e, StateError::NotFound { .. }),
+            ),
+            (
+                "register empty id",
+                Command::RegisterNode {
+                    id: String::new(),
+                    role: Role::Worker,
+                    address: String::new(),
+                    labels: BTreeMap::new(),
+                    capacity: Resources::default(),
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "update unknown node",
+                Command::UpdateNode {
+                    id: "n9".into(),
+                    availability: Some(Availability::Drain),
+                    labels: None,
+                    expected_version: 0,
+                },
+                |e| matches!(e, StateError::NotFound { .. }),
+            ),
+            (
+                "update node stale",
+                Command::UpdateNode {
+                    id: "n1".into(),
+                    availability: Some(Availability::Drain),
+                    labels: None,
+                    expected_version: 1,
+                },
+                |e| matches!(e, StateError::VersionConflict { .. }),
+            ),
+            (
+                "remove unknown node",
+                Command::RemoveNode {
+                    id: "n9".into(),
+                    force: false,
+                },
+                |e| matches!(e, StateError::NotFound { .. }),
+            ),
+            (
+                "remove ready node",
+                Command::RemoveNode {
+                    id: "n1".into(),
+                    force: false,
+                },
+                |e| matches!(e, StateError::FailedPrecondition(_)),
+            ),
+            (
+                "token bad hash",
+                Command::SetJoinToken {
+                    role: Role::Worker,
+                    hash_hex: "zz".into(),
+                    expires_at_ms: 10,
+                    rotate: false,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "token expired",
+                Command::SetJoinToken {
+                    role: Role::Worker,
+                    hash_hex: "a".repeat(64),
+                    expires_at_ms: 1,
+                    rotate: false,
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::InvalidArgument { .. }),
+            ),
+            (
+                "init other cluster",
+                Command::InitCluster {
+                    cluster_id: "other".into(),
+                    now_ms: 1,
+                },
+                |e| matches!(e, StateError::FailedPrecondition(_)),
+            ),
         ];
         for (what, cmd, expect) in cases {
             let mut st = base();
@@ -445,11 +636,22 @@ mod tests {
                 },
             )
             .unwrap();
-        let Outcome::Service(s) = out else { panic!("{out:?}") };
+        let Outcome::Service(s) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!((s.spec.replicas, s.version, s.updated_at_ms), (0, 7, 2_000));
         assert_eq!(st.service("web").unwrap().spec.replicas, 0);
         // by id, any version
-        st.apply(8, Command::ScaleService { service: "s1".into(), replicas: 10_000, expected_version: 0, now_ms: 1 }).unwrap();
+        st.apply(
+            8,
+            Command::ScaleService {
+                service: "s1".into(),
+                replicas: 10_000,
+                expected_version: 0,
+                now_ms: 1,
+            },
+        )
+        .unwrap();
         assert_eq!(st.service("web").unwrap().spec.replicas, 10_000);
     }
 
@@ -459,7 +661,16 @@ mod tests {
         let mut new = spec("web", 2);
         new.image = "nginx:1".into();
         new.env.insert("A".into(), "1".into());
-        st.apply(4, Command::UpdateService { service: "web".into(), spec: new.clone(), expected_version: 1, now_ms: 9 }).unwrap();
+        st.apply(
+            4,
+            Command::UpdateService {
+                service: "web".into(),
+                spec: new.clone(),
+                expected_version: 1,
+                now_ms: 9,
+            },
+        )
+        .unwrap();
         let s = st.service("web").unwrap();
         assert_eq!(s.spec, new);
         assert_eq!(s.version, 4);
@@ -469,7 +680,14 @@ mod tests {
     #[test]
     fn delete_frees_the_name() {
         let mut st = base();
-        let out = st.apply(3, Command::DeleteService { service: "web".into() }).unwrap();
+        let out = st
+            .apply(
+                3,
+                Command::DeleteService {
+                    service: "web".into(),
+                },
+            )
+            .unwrap();
         assert_eq!(out, Outcome::ServiceDeleted { id: "s1".into() });
         assert!(st.services.is_empty() && st.service_names.is_empty());
         st.apply(4, create("s2", "web", 1)).unwrap();
@@ -480,20 +698,42 @@ mod tests {
     fn node_lifecycle() {
         let mut st = base();
         assert_eq!(st.nodes["n1"].status, NodeStatus::Ready);
-        st.apply(5, Command::UpdateNode { id: "n1".into(), availability: Some(Availability::Drain), labels: None, expected_version: 2 }).unwrap();
+        st.apply(
+            5,
+            Command::UpdateNode {
+                id: "n1".into(),
+                availability: Some(Availability::Drain),
+                labels: None,
+                expected_version: 2,
+            },
+        )
+        .unwrap();
         assert_eq!(st.nodes["n1"].availability, Availability::Drain);
         assert_eq!(st.nodes["n1"].version, 5);
         // re-register keeps availability and creation time
         st.apply(6, register("n1")).unwrap();
         assert_eq!(st.nodes["n1"].availability, Availability::Drain);
-        st.apply(7, Command::RemoveNode { id: "n1".into(), force: true }).unwrap();
+        st.apply(
+            7,
+            Command::RemoveNode {
+                id: "n1".into(),
+                force: true,
+            },
+        )
+        .unwrap();
         assert!(st.nodes.is_empty());
     }
 
     #[test]
     fn join_tokens_rotate_and_expire() {
         let mut st = ClusterState::default();
-        let set = |role, c: char, rotate, now_ms| Command::SetJoinToken { role, hash_hex: c.to_string().repeat(64), expires_at_ms: now_ms + 100, rotate, now_ms };
+        let set = |role, c: char, rotate, now_ms| Command::SetJoinToken {
+            role,
+            hash_hex: c.to_string().repeat(64),
+            expires_at_ms: now_ms + 100,
+            rotate,
+            now_ms,
+        };
         st.apply(1, set(Role::Worker, 'a', false, 0)).unwrap();
         st.apply(2, set(Role::Manager, 'b', false, 0)).unwrap();
         st.apply(3, set(Role::Worker, 'c', false, 0)).unwrap();
@@ -509,8 +749,22 @@ mod tests {
     #[test]
     fn init_cluster_is_idempotent() {
         let mut st = ClusterState::default();
-        st.apply(1, Command::InitCluster { cluster_id: "c1".into(), now_ms: 0 }).unwrap();
-        st.apply(2, Command::InitCluster { cluster_id: "c1".into(), now_ms: 0 }).unwrap();
+        st.apply(
+            1,
+            Command::InitCluster {
+                cluster_id: "c1".into(),
+                now_ms: 0,
+            },
+        )
+        .unwrap();
+        st.apply(
+            2,
+            Command::InitCluster {
+                cluster_id: "c1".into(),
+                now_ms: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(st.cluster_id, "c1");
     }
 
@@ -519,13 +773,25 @@ mod tests {
         let log: Vec<Command> = (0..50)
             .map(|i| match i % 3 {
                 0 => create(&format!("s{i}"), &format!("svc-{i}"), i),
-                1 => Command::ScaleService { service: format!("svc-{}", i - 1), replicas: i * 2, expected_version: 0, now_ms: i },
-                _ => Command::DeleteService { service: format!("svc-{}", i - 2) },
+                1 => Command::ScaleService {
+                    service: format!("svc-{}", i - 1),
+                    replicas: i * 2,
+                    expected_version: 0,
+                    now_ms: i,
+                },
+                _ => Command::DeleteService {
+                    service: format!("svc-{}", i - 2),
+                },
             })
             .collect();
         let run = || {
             let mut st = ClusterState::default();
-            let outs: Vec<_> = log.iter().cloned().enumerate().map(|(i, c)| st.apply(i as u64 + 1, c)).collect();
+            let outs: Vec<_> = log
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, c)| st.apply(i as u64 + 1, c))
+                .collect();
             (st, outs)
         };
         assert_eq!(run(), run());

@@ -109,7 +109,14 @@ mod tests {
 
     #[test]
     fn replica_bounds() {
-        for (n, ok) in [(0, true), (1, true), (10_000, true), (-1, false), (10_001, false), (i64::MIN, false)] {
+        for (n, ok) in [
+            (0, true),
+            (1, true),
+            (10_000, true),
+            (-1, false),
+            (10_001, false),
+            (i64::MIN, false),
+        ] {
             assert_eq!(replicas(n).is_ok(), ok, "replicas {n}");
         }
     }
@@ -134,8 +141,14 @@ mod tests {
     #[test]
     fn error_names_field_and_fix() {
         let err = service_name("a_b").unwrap_err().to_string();
-        assert!(err.contains("name") && err.contains("'_'") && err.contains("lowercase"), "{err}");
+        assert!(
+            err.contains("name") && err.contains("'_'") && err.contains("lowercase"),
+            "{err}"
+        );
         let err = replicas(-1).unwrap_err().to_string();
-        assert!(err.contains("replicas") && err.contains("between 0 and 10000"), "{err}");
+        assert!(
+            err.contains("replicas") && err.contains("between 0 and 10000"),
+            "{err}"
+        );
     }
 }

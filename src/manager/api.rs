@@ -94,7 +94,8 @@ impl ServiceService for Api {
 
     async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Reply<pb::ListServicesResponse> {
         self.read_barrier(req.into_inner().consistent).await?;
-        let mut services: Vec<pb::Service> = self.read(|st| st.services.values().map(service_to_pb).collect());
+        let mut services: Vec<pb::Service> =
+            self.read(|st| st.services.values().map(service_to_pb).collect());
         services.sort_by(|a, b| {
             let name = |s: &pb::Service| s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
             name(a).cmp(&name(b))
@@ -126,13 +127,22 @@ impl ServiceService for Api {
             .await)
     }
 
-    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Reply<pb::DeleteServiceResponse> {
+    async fn delete_service(
+        &self,
+        req: Request<pb::DeleteServiceRequest>,
+    ) -> Reply<pb::DeleteServiceResponse> {
         let req = req.into_inner();
-        ok(match self.m.write(Command::DeleteService { service: req.service }).await {
-            Ok(Outcome::ServiceDeleted { id }) => Ok(pb::DeleteServiceResponse { id }),
-            Ok(o) => Err(unexpected(o)),
-            Err(e) => Err(e),
-        })
+        ok(
+            match self
+                .m
+                .write(Command::DeleteService { service: req.service })
+                .await
+            {
+                Ok(Outcome::ServiceDeleted { id }) => Ok(pb::DeleteServiceResponse { id }),
+                Ok(o) => Err(unexpected(o)),
+                Err(e) => Err(e),
+            },
+        )
     }
 }
 
@@ -172,11 +182,15 @@ fn node_to_pb(n: &core::Node) -> pb::Node {
 #[tonic::async_trait]
 impl NodeService for Api {
     async fn register_node(&self, _: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
-        Err(Status::unimplemented("worker registration arrives with workers (issue #5)"))
+        Err(Status::unimplemented(
+            "worker registration arrives with workers (issue #5)",
+        ))
     }
 
     async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
-        Err(Status::unimplemented("worker heartbeats arrive with workers (issue #5)"))
+        Err(Status::unimplemented(
+            "worker heartbeats arrive with workers (issue #5)",
+        ))
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
@@ -202,7 +216,11 @@ impl NodeService for Api {
             Ok(pb::NodeAvailability::Pause) => Some(core::Availability::Pause),
             Ok(pb::NodeAvailability::Unspecified) => None,
             Err(_) => {
-                return Err(ApiError::State(StateError::invalid("availability", "use active, drain or pause")).into())
+                return Err(ApiError::State(StateError::invalid(
+                    "availability",
+                    "use active, drain or pause",
+                ))
+                .into())
             }
         };
         let cmd = Command::UpdateNode {
@@ -222,7 +240,10 @@ impl NodeService for Api {
         let req = req.into_inner();
         ok(self
             .m
-            .write(Command::RemoveNode { id: req.id, force: req.force })
+            .write(Command::RemoveNode {
+                id: req.id,
+                force: req.force,
+            })
             .await
             .map(|_| pb::RemoveNodeResponse {}))
     }
@@ -252,9 +273,11 @@ impl ClusterService for Api {
                     voter: voters.contains(id),
                     // Only the leader knows its followers' progress; elsewhere report what
                     // this manager can see (itself and the leader).
-                    reachable: replication.as_ref().map_or(Some(*id) == leader || *id == self.m.id, |r| {
-                        *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
-                    }),
+                    reachable: replication
+                        .as_ref()
+                        .map_or(Some(*id) == leader || *id == self.m.id, |r| {
+                            *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
+                        }),
                     last_contact_ms: 0,
                     replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
                 }
@@ -264,7 +287,12 @@ impl ClusterService for Api {
             .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
             .unwrap_or_default();
         let (cluster_id, services, nodes, tasks) = self.read(|st| {
-            (st.cluster_id.clone(), st.services.len() as u32, st.nodes.len() as u32, st.tasks.len() as u32)
+            (
+                st.cluster_id.clone(),
+                st.services.len() as u32,
+                st.nodes.len() as u32,
+                st.tasks.len() as u32,
+            )
         });
         ok(Ok(pb::ClusterInfo {
             cluster_id,
@@ -282,11 +310,15 @@ impl ClusterService for Api {
     }
 
     async fn generate_join_token(&self, _: Request<pb::GenerateJoinTokenRequest>) -> Reply<pb::JoinToken> {
-        Err(Status::unimplemented("join tokens arrive with high availability (issue #3)"))
+        Err(Status::unimplemented(
+            "join tokens arrive with high availability (issue #3)",
+        ))
     }
 
     async fn join_cluster(&self, _: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
-        Err(Status::unimplemented("manager join arrives with high availability (issue #3)"))
+        Err(Status::unimplemented(
+            "manager join arrives with high availability (issue #3)",
+        ))
     }
 }
 
@@ -313,7 +345,11 @@ impl TaskService for Api {
                 .map(|t| pb::Task {
                     id: t.id.clone(),
                     service_id: t.service_id.clone(),
-                    service_name: st.services.get(&t.service_id).map(|s| s.spec.name.clone()).unwrap_or_default(),
+                    service_name: st
+                        .services
+                        .get(&t.service_id)
+                        .map(|s| s.spec.name.clone())
+                        .unwrap_or_default(),
                     slot: t.slot,
                     node_id: t.node_id.clone(),
                     message: t.message.clone(),
@@ -333,8 +369,13 @@ impl TaskService for Api {
         Err(not_found("task", &id).into())
     }
 
-    async fn watch_assignments(&self, _: Request<pb::WatchAssignmentsRequest>) -> Reply<Self::WatchAssignmentsStream> {
-        Err(Status::unimplemented("assignment streams arrive with workers (issue #5)"))
+    async fn watch_assignments(
+        &self,
+        _: Request<pb::WatchAssignmentsRequest>,
+    ) -> Reply<Self::WatchAssignmentsStream> {
+        Err(Status::unimplemented(
+            "assignment streams arrive with workers (issue #5)",
+        ))
     }
 }
 

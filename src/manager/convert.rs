@@ -29,9 +29,7 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> model::ServiceSpec {
             condition: match pb::RestartCondition::try_from(rp.condition).unwrap_or_default() {
                 pb::RestartCondition::None => model::RestartCondition::None,
                 pb::RestartCondition::OnFailure => model::RestartCondition::OnFailure,
-                pb::RestartCondition::Any | pb::RestartCondition::Unspecified => {
-                    model::RestartCondition::Any
-                }
+                pb::RestartCondition::Any | pb::RestartCondition::Unspecified => model::RestartCondition::Any,
             },
             max_attempts: rp.max_attempts,
             delay_ms: rp.delay_ms,

@@ -42,12 +42,44 @@ mod tests {
     #[test]
     fn codes() {
         let cases = [
-            (ApiError::State(StateError::invalid("name", "bad")), Code::InvalidArgument),
-            (ApiError::State(StateError::AlreadyExists { kind: "service".into(), name: "a".into() }), Code::AlreadyExists),
-            (ApiError::State(StateError::NotFound { kind: "service".into(), name: "a".into() }), Code::NotFound),
-            (ApiError::State(StateError::FailedPrecondition("x".into())), Code::FailedPrecondition),
-            (ApiError::State(StateError::VersionConflict { kind: "service".into(), name: "a".into(), expected: 1, actual: 2 }), Code::Aborted),
-            (ApiError::NoLeader { waited_ms: 1, last_leader: "none".into() }, Code::Unavailable),
+            (
+                ApiError::State(StateError::invalid("name", "bad")),
+                Code::InvalidArgument,
+            ),
+            (
+                ApiError::State(StateError::AlreadyExists {
+                    kind: "service".into(),
+                    name: "a".into(),
+                }),
+                Code::AlreadyExists,
+            ),
+            (
+                ApiError::State(StateError::NotFound {
+                    kind: "service".into(),
+                    name: "a".into(),
+                }),
+                Code::NotFound,
+            ),
+            (
+                ApiError::State(StateError::FailedPrecondition("x".into())),
+                Code::FailedPrecondition,
+            ),
+            (
+                ApiError::State(StateError::VersionConflict {
+                    kind: "service".into(),
+                    name: "a".into(),
+                    expected: 1,
+                    actual: 2,
+                }),
+                Code::Aborted,
+            ),
+            (
+                ApiError::NoLeader {
+                    waited_ms: 1,
+                    last_leader: "none".into(),
+                },
+                Code::Unavailable,
+            ),
             (ApiError::Internal("x".into()), Code::Internal),
         ];
         for (e, code) in cases {

@@ -87,7 +87,8 @@ fn parse_voters(specs: &[String]) -> anyhow::Result<BTreeMap<NodeId, ManagerNode
             .split_once('/')
             .with_context(|| format!("--initial-voters entry {s:?}: expected ID=API_ADDR/RAFT_ADDR"))?;
         out.insert(
-            id.parse().with_context(|| format!("--initial-voters entry {s:?}: bad id"))?,
+            id.parse()
+                .with_context(|| format!("--initial-voters entry {s:?}: bad id"))?,
             ManagerNode {
                 api_addr: api.into(),
                 raft_addr: raft.into(),
@@ -109,7 +110,10 @@ pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     {
         if dir.exists() {
             if !dir.is_dir() {
-                bail!("data dir {} is a file, not a directory; pass a directory for --data-dir", dir.display());
+                bail!(
+                    "data dir {} is a file, not a directory; pass a directory for --data-dir",
+                    dir.display()
+                );
             }
             if !db.exists() {
                 let mut entries: Vec<String> = std::fs::read_dir(dir)
@@ -148,8 +152,9 @@ fn raft_config(opts: &ManagerOpts) -> anyhow::Result<openraft::Config> {
 }
 
 fn socket_addr(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
-    addr.parse()
-        .with_context(|| format!("{flag} {addr:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:8080"))
+    addr.parse().with_context(|| {
+        format!("{flag} {addr:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:8080")
+    })
 }
 
 pub fn new_id() -> String {
@@ -165,7 +170,10 @@ pub fn now_ms() -> i64 {
 
 /// Runs a manager until `shutdown` resolves. Re-running on an existing data directory
 /// resumes that manager; it never bootstraps twice.
-pub async fn start(opts: ManagerOpts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn start(
+    opts: ManagerOpts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if opts.node_id == 0 {
         bail!("--node-id must be greater than 0");
     }
@@ -177,7 +185,10 @@ pub async fn start(opts: ManagerOpts, shutdown: impl Future<Output = ()> + Send 
         format!("cannot use data dir {}; if it is corrupt, restore it from a backup or remove this manager and join a new one", opts.data_dir.display())
     })?;
 
-    let (identity, fresh) = match log_store.read_identity::<Identity>().map_err(|e| anyhow::anyhow!("{e}"))? {
+    let (identity, fresh) = match log_store
+        .read_identity::<Identity>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
         Some(id) => {
             if id.node_id != opts.node_id {
                 bail!(
@@ -196,7 +207,9 @@ pub async fn start(opts: ManagerOpts, shutdown: impl Future<Output = ()> + Send 
                 api_addr: opts.api_addr.clone(),
                 raft_addr: opts.bind_addr.clone(),
             };
-            log_store.write_identity(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            log_store
+                .write_identity(&id)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             (id, true)
         }
     };

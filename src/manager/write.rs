@@ -17,6 +17,7 @@ const BACKOFF_MAX_MS: u64 = 200;
 const FORWARD_TIMEOUT_MS: u64 = 2_000;
 
 /// The answer to a forwarded write.
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardReply {
     Done(WriteResult),

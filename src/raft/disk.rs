@@ -22,10 +22,10 @@ pub mod sim {
     //! writing into the new one (redb's clean close on drop would otherwise persist data that
     //! was never synced).
 
+    use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::io;
     use std::path::{Path, PathBuf};
-    use std::cell::RefCell;
     use std::sync::{Arc, Mutex};
 
     #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub mod sim {
     thread_local! {
         // madsim runs a whole simulation on one thread, so a thread-local set of disks
         // isolates simulations that the test harness runs in parallel.
-        static DISKS: RefCell<Disks> = RefCell::new(BTreeMap::new());
+        static DISKS: RefCell<Disks> = const { RefCell::new(BTreeMap::new()) };
     }
 
     /// Forgets every simulated disk of this simulation (call at the start of each run).
@@ -74,7 +74,9 @@ pub mod sim {
         fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> T) -> io::Result<T> {
             let mut d = self.disk.lock().unwrap();
             if d.epoch != self.epoch {
-                return Err(io::Error::other("simulated disk: handle of a crashed incarnation"));
+                return Err(io::Error::other(
+                    "simulated disk: handle of a crashed incarnation",
+                ));
             }
             Ok(f(&mut d))
         }

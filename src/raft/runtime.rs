@@ -66,17 +66,23 @@ impl AsyncRuntime for MadsimRuntime {
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        tokio::time::sleep_until(to_std(deadline).into())
+        tokio::time::sleep_until(to_std(deadline))
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         SimTimeout {
             future: Box::pin(future),
             sleep: Box::pin(tokio::time::sleep(duration)),
         }
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         SimTimeout {
             future: Box::pin(future),
             sleep: Box::pin(Self::sleep_until(deadline)),

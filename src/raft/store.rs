@@ -12,8 +12,8 @@ use super::{ManagerNode, NodeId, TypeConfig, WriteResult};
 use crate::core::{ClusterState, Outcome};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ type SErr = StorageError<NodeId>;
 fn any(e: impl Into<redb::Error>) -> AnyError {
     AnyError::new(&e.into())
 }
+#[allow(clippy::boxed_local)] // bincode::Error is a Box by definition
 fn enc_err(e: bincode::Error) -> AnyError {
     AnyError::new(&*e)
 }
@@ -106,11 +107,10 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         reason: e.to_string(),
     })? {
         Some((meta, bytes)) => {
-            let mut d: StateMachineData =
-                bincode::deserialize(&bytes).map_err(|e| OpenError::Corrupt {
-                    path: shown.clone(),
-                    reason: format!("snapshot {}: {e}", meta.snapshot_id),
-                })?;
+            let mut d: StateMachineData = bincode::deserialize(&bytes).map_err(|e| OpenError::Corrupt {
+                path: shown.clone(),
+                reason: format!("snapshot {}: {e}", meta.snapshot_id),
+            })?;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership;
             d
@@ -430,14 +430,22 @@ mod tests {
             let mut members = std::collections::BTreeMap::new();
             members.insert(1, ManagerNode::default());
             let entries = vec![
-                Entry { log_id: lid(1), payload: EntryPayload::Membership(Membership::new(vec![[1].into()], members)) },
+                Entry {
+                    log_id: lid(1),
+                    payload: EntryPayload::Membership(Membership::new(vec![[1].into()], members)),
+                },
                 Entry {
                     log_id: lid(2),
-                    payload: EntryPayload::Normal(crate::core::Command::InitCluster { cluster_id: "c".into(), now_ms: 0 }),
+                    payload: EntryPayload::Normal(crate::core::Command::InitCluster {
+                        cluster_id: "c".into(),
+                        now_ms: 0,
+                    }),
                 },
             ];
             sm.apply(entries.clone()).await.unwrap();
-            openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries).await.unwrap();
+            openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries)
+                .await
+                .unwrap();
             sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         }
         let (mut log, mut sm) = open(&path).unwrap();

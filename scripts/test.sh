@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints in both build modes, unit and real-process
+# tests, the simulation suite over many seeds, and a determinism check on a sample of seeds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+SIM_SEEDS=${SIM_SEEDS:-100}
+SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
+
+echo "== fmt"; cargo fmt --check
+echo "== clippy (production)"; cargo clippy --all-targets -q -- -D warnings
+echo "== clippy (simulator)"; cargo clippy --all-targets -q "${SIM_CFG[@]}" -- -D warnings
+echo "== unit and real-process tests"; cargo test -q
+echo "== the sim suite refuses to run without the simulator cfg"
+if cargo test -q --features sim --test sim >/dev/null 2>&1; then
+  echo "cargo test --features sim without --cfg madsim passed; it must fail" >&2; exit 1
+fi
+echo "== simulation: $SIM_SEEDS seeds per scenario"
+MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q
+echo "== simulation: determinism check"
+for seed in 1 2 3 4 5; do MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q; done
+echo "all tests passed"
