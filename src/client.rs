@@ -7,6 +7,7 @@ use crate::proto::v1::service_service_client::ServiceServiceClient;
 use crate::proto::v1::task_service_client::TaskServiceClient;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -40,6 +41,8 @@ impl ClientError {
 
 pub struct Client {
     endpoints: Vec<(String, Endpoint)>,
+    /// One open channel per endpoint, reused across calls; dropped on a connection error.
+    channels: Mutex<Vec<Option<Channel>>>,
     current: AtomicUsize,
 }
 
@@ -79,6 +82,7 @@ impl Client {
             return Err(ClientError::NoManagers);
         }
         Ok(Client {
+            channels: Mutex::new(vec![None; endpoints.len()]),
             endpoints,
             current: AtomicUsize::new(0),
         })
@@ -97,12 +101,19 @@ impl Client {
         for k in 0..n {
             let i = (start + k) % n;
             let (addr, ep) = &self.endpoints[i];
-            let ch = match ep.connect().await {
-                Ok(ch) => ch,
-                Err(e) => {
-                    last = format!("{addr}: {}", error_chain(&e));
-                    continue;
-                }
+            let cached = self.channels.lock().unwrap()[i].clone();
+            let ch = match cached {
+                Some(ch) => ch,
+                None => match ep.connect().await {
+                    Ok(ch) => {
+                        self.channels.lock().unwrap()[i] = Some(ch.clone());
+                        ch
+                    }
+                    Err(e) => {
+                        last = format!("{addr}: {}", error_chain(&e));
+                        continue;
+                    }
+                },
             };
             let stubs = Stubs {
                 cluster: ClusterServiceClient::new(ch.clone()),
@@ -115,7 +126,12 @@ impl Client {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s) if s.code() == Code::Unavailable && k + 1 < n => {
+                Err(s) if s.code() == Code::Unavailable => {
+                    // Reconnect next time: the manager may have restarted elsewhere.
+                    self.channels.lock().unwrap()[i] = None;
+                    if k + 1 == n {
+                        return Err(ClientError::Status(s));
+                    }
                     last = format!("{addr}: {}", s.message());
                 }
                 Err(s) => return Err(ClientError::Status(s)),

@@ -1,0 +1,51 @@
+//! Load generator for docs/benchmarks.md: `C` concurrent clients create `N` services in all
+//! through the gRPC API and the throughput is printed.
+//!
+//!     cargo run --release --example create_load -- 127.0.0.1:8080 CLIENTS COUNT PREFIX
+
+use std::sync::Arc;
+use std::time::Instant;
+use warren::client::Client;
+use warren::proto::v1 as pb;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, manager, clients, count, prefix] = &args[..] else {
+        anyhow::bail!("usage: create_load MANAGER[,MANAGER...] CLIENTS COUNT NAME_PREFIX");
+    };
+    let clients: usize = clients.parse()?;
+    let count: usize = count.parse()?;
+    let managers: Vec<String> = manager.split(',').map(String::from).collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Arc::new(Client::new(&managers)?);
+        let prefix = prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < count {
+                let spec = pb::ServiceSpec {
+                    name: format!("{prefix}-{i}"),
+                    image: "busybox:latest".into(),
+                    replicas: 1,
+                    ..Default::default()
+                };
+                client
+                    .call(|mut s| {
+                        let spec = spec.clone();
+                        async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+                    })
+                    .await?;
+                i += clients;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("clients={clients} creates={count} seconds={secs:.3} creates_per_s={:.0}", count as f64 / secs);
+    Ok(())
+}
