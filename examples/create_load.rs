@@ -34,7 +34,11 @@ async fn main() -> anyhow::Result<()> {
                 client
                     .call(|mut s| {
                         let spec = spec.clone();
-                        async move { s.services.create_service(pb::CreateServiceRequest { spec: Some(spec) }).await }
+                        async move {
+                            s.services
+                                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                                .await
+                        }
                     })
                     .await?;
                 i += clients;
@@ -46,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("clients={clients} creates={count} seconds={secs:.3} creates_per_s={:.0}", count as f64 / secs);
+    println!(
+        "clients={clients} creates={count} seconds={secs:.3} creates_per_s={:.0}",
+        count as f64 / secs
+    );
     Ok(())
 }

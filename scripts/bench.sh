@@ -14,10 +14,13 @@ if [ "${2:-}" = "--clean-build" ]; then
   e=$(date +%s.%N)
   echo "release_build_clean_s=$(echo "$e - $s" | bc)"
 fi
-cargo build --release -q --bin warren --example create_load
+# The binary alone first: building the example with it would unify dev-dependency features
+# into the measured binary.
+cargo build --release -q --bin warren
 W=target/release/warren
+echo "binary_bytes=$(stat -c %s $W) ($(file -b $W | grep -o 'not stripped\|stripped'))"
+cargo build --release -q --example create_load
 LOAD=target/release/examples/create_load
-echo "binary_bytes=$(stat -c %s $W) (stripped: $(file -b $W | grep -o 'stripped\|not stripped'))"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }

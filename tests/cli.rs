@@ -277,3 +277,62 @@ fn api_address_in_use_is_reported() {
         stderr(&out)
     );
 }
+
+/// With a small snapshot threshold the log is compacted behind snapshots, and a manager killed
+/// with -9 restarts from snapshot + log with every acknowledged service.
+#[test]
+fn snapshots_compact_the_log_and_restore_after_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let api = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let flags = ["--snapshot-logs", "20"];
+    let mut m = ManagerProc::start_with(&dir, &api, &raft, &flags);
+    for i in 0..60 {
+        let name = format!("s{i}");
+        let out = warren(&api, &["service", "create", &name, "--image", "busybox"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(warren(&api, &["service", "scale", "s7=9"]).status.success());
+    let info: serde_json::Value =
+        serde_json::from_slice(&warren(&api, &["cluster", "info", "-o", "json"]).stdout).unwrap();
+    assert!(
+        info["snapshot_index"].as_u64().unwrap() >= 20,
+        "a snapshot was built: {info}"
+    );
+    assert!(
+        info["purged_index"].as_u64().unwrap() > 0,
+        "the log was purged: {info}"
+    );
+    let before = services(&api);
+    assert_eq!(before.len(), 60);
+
+    m.kill9();
+    let _m2 = ManagerProc::start_with(&dir, &api, &raft, &flags);
+    assert_eq!(services(&api), before);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_manager_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let dir = tmp.path().join(format!("{sig:?}"));
+        let mut m = ManagerProc::start(&dir);
+        assert!(
+            warren(&m.api, &["service", "create", "web", "--image", "busybox"])
+                .status
+                .success()
+        );
+        m.signal(sig);
+        let status = m
+            .wait_exit(std::time::Duration::from_secs(10))
+            .expect("the manager exits after the signal");
+        assert!(status.success(), "{sig:?}: exit status {status:?}");
+        // and resumes
+        let m2 = ManagerProc::start_on(&dir, &m.api, &m.raft);
+        assert!(services(&m2.api).contains_key("web"));
+    }
+}

@@ -139,6 +139,7 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
             "cluster_id": i.cluster_id, "leader_id": i.leader_id, "leader_api_addr": i.leader_api_addr,
             "term": i.term, "commit_index": i.commit_index, "last_applied": i.last_applied,
             "answered_by": i.answered_by, "services": i.services, "nodes": i.nodes, "tasks": i.tasks,
+            "snapshot_index": i.snapshot_index, "purged_index": i.purged_index,
             "managers": managers,
         }));
     }

@@ -797,3 +797,63 @@ mod tests {
         assert_eq!(run(), run());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        // Mostly valid names from a small set (so commands collide), sometimes invalid ones.
+        prop_oneof![
+            4 => prop::sample::select(vec!["web", "api", "db", "cache"]).prop_map(String::from),
+            1 => "[A-Za-z_.-]{0,3}",
+        ]
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (name(), -2i64..12, "[a-d]").prop_map(|(name, replicas, id)| Command::CreateService {
+                id,
+                spec: ServiceSpec {
+                    name,
+                    image: "busybox".into(),
+                    replicas,
+                    ..Default::default()
+                },
+                now_ms: 1,
+            }),
+            (name(), -2i64..12, 0u64..4).prop_map(|(service, replicas, expected_version)| {
+                Command::ScaleService {
+                    service,
+                    replicas,
+                    expected_version,
+                    now_ms: 2,
+                }
+            }),
+            name().prop_map(|service| Command::DeleteService { service }),
+        ]
+    }
+
+    proptest! {
+        /// After any sequence of commands: names and ids stay a bijection, every stored service
+        /// is valid, and a refused command leaves the state untouched.
+        #[test]
+        fn invariants_hold(cmds in prop::collection::vec(command(), 0..40)) {
+            let mut st = ClusterState::default();
+            for (i, cmd) in cmds.into_iter().enumerate() {
+                let before = st.clone();
+                if st.apply(i as u64 + 1, cmd).is_err() {
+                    prop_assert_eq!(&st, &before);
+                }
+                prop_assert_eq!(st.services.len(), st.service_names.len());
+                for (name, id) in &st.service_names {
+                    prop_assert_eq!(&st.services[id].spec.name, name);
+                }
+                for s in st.services.values() {
+                    prop_assert!(crate::core::validate::service_spec(&s.spec).is_ok());
+                }
+            }
+        }
+    }
+}

@@ -306,6 +306,8 @@ impl ClusterService for Api {
             services,
             nodes,
             tasks,
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
         }))
     }
 

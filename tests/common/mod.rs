@@ -53,9 +53,15 @@ impl ManagerProc {
     }
 
     pub fn start_on(data_dir: &Path, api: &str, raft: &str) -> ManagerProc {
+        Self::start_with(data_dir, api, raft, &[])
+    }
+
+    /// Starts with extra flags appended to `cluster init`.
+    pub fn start_with(data_dir: &Path, api: &str, raft: &str, extra: &[&str]) -> ManagerProc {
         let log = data_dir.with_extension(format!("{}.log", free_port()));
         let child = Command::new(bin())
             .args(Self::init_args(api, raft, data_dir))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -91,12 +97,24 @@ impl ManagerProc {
     }
 
     pub fn kill9(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGKILL);
         self.child.wait().unwrap();
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits up to `deadline` for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
