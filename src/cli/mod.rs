@@ -4,7 +4,7 @@
 mod output;
 
 use crate::client::{Client, ClientError};
-use crate::manager::{self, ManagerOpts};
+use crate::manager::{self, JoinOpts, ManagerOpts, Mode, StartOpts};
 use crate::proto::v1 as pb;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -50,12 +50,56 @@ pub enum Cmd {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Join, restart and remove managers.
+    #[command(subcommand)]
+    Manager(ManagerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManagerCmd {
+    /// Start a new manager and join it to an existing cluster with a manager token.
+    Join(JoinOpts),
+    /// Restart a manager from its data dir (identity and addresses come from there).
+    Start(StartOpts),
+    /// Take the manager at --manager out of the cluster.
+    Leave {
+        /// Even if the remaining managers would not make a quorum.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take manager ID out of the cluster (from any manager).
+    #[command(alias = "rm")]
+    Remove {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TokenRole {
+    Worker,
+    Manager,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Start the first manager of a new cluster (or resume it from its data dir).
     Init(ManagerOpts),
+    /// Issue a join token and print the command that joins with it.
+    JoinToken {
+        #[arg(value_enum)]
+        role: TokenRole,
+        /// Lifetime, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Invalidate every earlier token of this role.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Show the cluster id, the leader and the managers.
     Info {
         /// Linearizable read through the leader.
@@ -161,7 +205,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.manager);
     let out = cli.output;
     match cli.command {
-        Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, shutdown_signal()).await,
+        Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, Mode::Init, shutdown_signal()).await,
+        Cmd::Cluster(ClusterCmd::JoinToken { role, ttl, rotate, quiet }) => {
+            let role = match role {
+                TokenRole::Worker => pb::Role::Worker,
+                TokenRole::Manager => pb::Role::Manager,
+            } as i32;
+            let ttl_seconds = ttl.as_secs().max(1);
+            let t = client()?
+                .call(|mut s| async move {
+                    s.cluster
+                        .generate_join_token(pb::GenerateJoinTokenRequest { role, ttl_seconds, rotate })
+                        .await
+                })
+                .await?;
+            if quiet {
+                println!("{}", t.token);
+            } else {
+                output::join_token(out, &t)?;
+            }
+            Ok(())
+        }
+        Cmd::Manager(ManagerCmd::Join(j)) => {
+            let mode = Mode::Join { token: j.token, leaders: j.leader };
+            manager::start(j.manager, mode, shutdown_signal()).await
+        }
+        Cmd::Manager(ManagerCmd::Start(s)) => {
+            let opts = ManagerOpts {
+                node_id: 0,
+                api_addr: String::new(),
+                bind_addr: String::new(),
+                data_dir: s.data_dir,
+                timing: s.timing,
+                initial_voters: Vec::new(),
+            };
+            manager::start(opts, Mode::Resume, shutdown_signal()).await
+        }
+        Cmd::Manager(ManagerCmd::Leave { force }) => {
+            let c = client()?;
+            let me = c
+                .call(|mut s| async move { s.cluster.get_cluster_info(pb::GetClusterInfoRequest::default()).await })
+                .await?
+                .answered_by;
+            remove_manager(&c, me, force).await
+        }
+        Cmd::Manager(ManagerCmd::Remove { id, force }) => remove_manager(&client()?, id, force).await,
         Cmd::Cluster(ClusterCmd::Info { consistent }) => {
             let info = client()?
                 .call(|mut s| async move {
@@ -175,6 +263,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Service(cmd) => service(client()?, out, cmd).await,
         Cmd::Node(cmd) => node(client()?, out, cmd).await,
     }
+}
+
+async fn remove_manager(c: &Client, node_id: u64, force: bool) -> anyhow::Result<()> {
+    let r = c
+        .call(|mut s| async move { s.cluster.remove_manager(pb::RemoveManagerRequest { node_id, force }).await })
+        .await?;
+    println!("manager {node_id} removed; {} managers remain", r.managers.len());
+    Ok(())
 }
 
 async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {

@@ -178,3 +178,15 @@ mod tests {
         assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }
+
+pub fn join_token(out: Output, t: &pb::JoinToken) -> anyhow::Result<()> {
+    if out == Output::Json {
+        return json(&json!({
+            "role": pb::Role::try_from(t.role).map(|r| r.as_str_name()).unwrap_or("?"),
+            "token": t.token, "expires_at": time(t.expires_at_ms), "join_command": t.join_command,
+        }));
+    }
+    println!("Token (expires {}):\n\n    {}\n", time(t.expires_at_ms), t.token);
+    println!("To join, run on the new node:\n\n    {}\n", t.join_command);
+    Ok(())
+}

@@ -2,8 +2,11 @@
 //! `consistent`, after a read-index check on the leader); writes go through `Manager::write`.
 
 use super::convert::{service_to_pb, spec_from_pb};
+use super::join::JOIN_DEADLINE_MS;
+use super::leader::{self, LeaderAnswer, LeaderOp};
 use super::{now_ms, ApiError, ApiResult, ManagerRef};
-use crate::core::{self, Command, Outcome, StateError};
+use crate::core::{self, token, Command, Outcome, StateError};
+use crate::raft::ManagerNode;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use crate::proto::v1::node_service_server::{NodeService, NodeServiceServer};
@@ -42,15 +45,70 @@ impl Api {
         if !consistent {
             return Ok(());
         }
-        self.m.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
-            ApiError::Unavailable(format!(
-                "a consistent read needs the leader: {e}; retry against the leader or without --consistent"
-            ))
-        })
+        self.m.read_barrier().await
     }
 
     fn read<T>(&self, f: impl FnOnce(&core::ClusterState) -> T) -> T {
         f(&self.m.state.read().unwrap().state)
+    }
+
+    fn cluster_info(&self) -> pb::ClusterInfo {
+        let metrics = self.m.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader;
+        let membership = metrics.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let last_log = metrics.last_log_index.unwrap_or(0);
+        let replication = match &metrics.state {
+            openraft::ServerState::Leader => metrics.replication.clone(),
+            _ => None,
+        };
+        let managers = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+                pb::ManagerInfo {
+                    node_id: *id,
+                    api_addr: node.api_addr.clone(),
+                    raft_addr: node.raft_addr.clone(),
+                    voter: voters.contains(id),
+                    // Only the leader knows its followers' progress; elsewhere report what
+                    // this manager can see (itself and the leader).
+                    reachable: replication
+                        .as_ref()
+                        .map_or(Some(*id) == leader || *id == self.m.id, |r| {
+                            *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
+                        }),
+                    last_contact_ms: 0,
+                    replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
+                }
+            })
+            .collect();
+        let leader_api_addr = leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
+            .unwrap_or_default();
+        let (cluster_id, services, nodes, tasks) = self.read(|st| {
+            (
+                st.cluster_id.clone(),
+                st.services.len() as u32,
+                st.nodes.len() as u32,
+                st.tasks.len() as u32,
+            )
+        });
+        pb::ClusterInfo {
+            cluster_id,
+            leader_id: leader.unwrap_or(0),
+            leader_api_addr,
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map_or(0, |l| l.index),
+            last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            managers,
+            answered_by: self.m.id,
+            services,
+            nodes,
+            tasks,
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
+        }
     }
 
     async fn write_service(&self, cmd: Command) -> ApiResult<pb::Service> {
@@ -253,75 +311,119 @@ impl NodeService for Api {
 impl ClusterService for Api {
     async fn get_cluster_info(&self, req: Request<pb::GetClusterInfoRequest>) -> Reply<pb::ClusterInfo> {
         self.read_barrier(req.into_inner().consistent).await?;
-        let metrics = self.m.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader;
-        let membership = metrics.membership_config.membership().clone();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let last_log = metrics.last_log_index.unwrap_or(0);
-        let replication = match &metrics.state {
-            openraft::ServerState::Leader => metrics.replication.clone(),
-            _ => None,
+        ok(Ok(self.cluster_info()))
+    }
+
+    async fn generate_join_token(&self, req: Request<pb::GenerateJoinTokenRequest>) -> Reply<pb::JoinToken> {
+        let req = req.into_inner();
+        let role = match pb::Role::try_from(req.role) {
+            Ok(pb::Role::Manager) => core::Role::Manager,
+            Ok(pb::Role::Worker) => core::Role::Worker,
+            _ => return Err(ApiError::State(StateError::invalid("role", "use worker or manager")).into()),
         };
-        let managers = membership
+        let ttl_ms = if req.ttl_seconds == 0 {
+            token::DEFAULT_TTL_MS
+        } else {
+            i64::try_from(req.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
+        };
+        let cluster_id = self.read(|st| st.cluster_id.clone());
+        if cluster_id.is_empty() {
+            return Err(ApiError::Unavailable("the cluster is still initialising; retry in a moment".into()).into());
+        }
+        let secret = format!("{:032x}", madsim::rand::random::<u128>());
+        let text = token::format(&cluster_id, role, &secret);
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(ttl_ms);
+        let cmd = Command::SetJoinToken {
+            role,
+            hash_hex: token::hash_hex(&text),
+            expires_at_ms,
+            rotate: req.rotate,
+            now_ms: now,
+        };
+        self.m.write(cmd).await?;
+        let managers: Vec<String> = self
+            .m
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
             .nodes()
-            .map(|(id, node)| {
-                let matched = replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
-                pb::ManagerInfo {
-                    node_id: *id,
-                    api_addr: node.api_addr.clone(),
-                    raft_addr: node.raft_addr.clone(),
-                    voter: voters.contains(id),
-                    // Only the leader knows its followers' progress; elsewhere report what
-                    // this manager can see (itself and the leader).
-                    reachable: replication
-                        .as_ref()
-                        .map_or(Some(*id) == leader || *id == self.m.id, |r| {
-                            *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
-                        }),
-                    last_contact_ms: 0,
-                    replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
-                }
-            })
+            .map(|(_, n)| n.api_addr.clone())
             .collect();
-        let leader_api_addr = leader
-            .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
-            .unwrap_or_default();
-        let (cluster_id, services, nodes, tasks) = self.read(|st| {
-            (
-                st.cluster_id.clone(),
-                st.services.len() as u32,
-                st.nodes.len() as u32,
-                st.tasks.len() as u32,
-            )
-        });
-        ok(Ok(pb::ClusterInfo {
-            cluster_id,
-            leader_id: leader.unwrap_or(0),
-            leader_api_addr,
-            term: metrics.current_term,
-            commit_index: metrics.last_applied.map_or(0, |l| l.index),
-            last_applied: metrics.last_applied.map_or(0, |l| l.index),
-            managers,
-            answered_by: self.m.id,
-            services,
-            nodes,
-            tasks,
-            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-            purged_index: metrics.purged.map_or(0, |l| l.index),
+        let join_command = match role {
+            core::Role::Manager => format!(
+                "warren manager join --token {text} --leader {} --node-id <ID> --api-addr <HOST:PORT> --bind-addr <HOST:PORT> --data-dir <DIR>",
+                managers.join(",")
+            ),
+            core::Role::Worker => format!(
+                "warren worker start --token {text} --manager {} --node-id <ID> --data-dir <DIR>",
+                managers.join(",")
+            ),
+        };
+        ok(Ok(pb::JoinToken {
+            role: req.role,
+            token: text,
+            expires_at_ms,
+            join_command,
         }))
     }
 
-    async fn generate_join_token(&self, _: Request<pb::GenerateJoinTokenRequest>) -> Reply<pb::JoinToken> {
-        Err(Status::unimplemented(
-            "join tokens arrive with high availability (issue #3)",
-        ))
+    async fn join_cluster(&self, req: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("join_cluster", new_manager = req.node_id, api = %req.api_addr);
+        let _e = span.enter();
+        // Check the token against state at least as new as the leader's, so a token issued
+        // through another manager a moment ago is known here.
+        self.m.read_barrier().await?;
+        self.read(|st| token::check(st, &req.token, core::Role::Manager, now_ms()))
+            .map_err(ApiError::Token)?;
+        if req.node_id == 0 {
+            return Err(ApiError::State(StateError::invalid("node id", "must be greater than 0")).into());
+        }
+        for (flag, addr) in [("--api-addr", &req.api_addr), ("--bind-addr", &req.raft_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ApiError::State(StateError::invalid(
+                    flag,
+                    format!("{addr:?} is not HOST:PORT with a numeric IP"),
+                ))
+                .into());
+            }
+        }
+        let op = LeaderOp::AddManager {
+            id: req.node_id,
+            node: ManagerNode {
+                api_addr: req.api_addr,
+                raft_addr: req.raft_addr,
+            },
+        };
+        let answer = leader::call(&self.m, op, std::time::Duration::from_millis(JOIN_DEADLINE_MS)).await?;
+        let warning = match answer {
+            LeaderAnswer::Members { warning, .. } => warning.unwrap_or_default(),
+            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}")).into()),
+        };
+        let info = self.cluster_info();
+        ok(Ok(pb::JoinClusterResponse {
+            cluster_id: info.cluster_id,
+            leader_id: info.leader_id,
+            managers: info.managers,
+            warning,
+        }))
     }
 
-    async fn join_cluster(&self, _: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
-        Err(Status::unimplemented(
-            "manager join arrives with high availability (issue #3)",
-        ))
+    async fn remove_manager(&self, req: Request<pb::RemoveManagerRequest>) -> Reply<pb::RemoveManagerResponse> {
+        let req = req.into_inner();
+        let op = LeaderOp::RemoveManager {
+            id: req.node_id,
+            force: req.force,
+        };
+        leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+        ok(Ok(pb::RemoveManagerResponse {
+            managers: self.cluster_info().managers,
+        }))
     }
+
 }
 
 #[tonic::async_trait]

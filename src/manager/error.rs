@@ -1,5 +1,6 @@
 //! The one place where errors become gRPC statuses.
 
+use crate::core::token::TokenError;
 use crate::core::StateError;
 use tonic::{Code, Status};
 
@@ -7,6 +8,8 @@ use tonic::{Code, Status};
 pub enum ApiError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// No leader could be reached before the deadline.
     #[error("no Raft leader answered within {waited_ms} ms (last known leader: {last_leader}); the cluster may be electing a leader or have lost quorum")]
     NoLeader { waited_ms: u64, last_leader: String },
@@ -26,6 +29,8 @@ impl From<ApiError> for Status {
                 StateError::VersionConflict { .. } => Code::Aborted,
                 StateError::FailedPrecondition(_) => Code::FailedPrecondition,
             },
+            ApiError::Token(TokenError::Malformed(_)) => Code::InvalidArgument,
+            ApiError::Token(_) => Code::PermissionDenied,
             ApiError::NoLeader { .. } | ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };
@@ -81,6 +86,8 @@ mod tests {
                 Code::Unavailable,
             ),
             (ApiError::Internal("x".into()), Code::Internal),
+            (ApiError::Token(TokenError::Malformed("x")), Code::InvalidArgument),
+            (ApiError::Token(TokenError::Expired { role: "manager" }), Code::PermissionDenied),
         ];
         for (e, code) in cases {
             let msg = e.to_string();

@@ -4,8 +4,10 @@
 mod api;
 pub mod convert;
 pub mod error;
+mod join;
+pub mod leader;
+mod peers;
 mod raft_service;
-mod write;
 
 use crate::core::Command;
 use crate::raft::store::{self, SharedState};
@@ -26,6 +28,22 @@ pub use error::{ApiError, ApiResult};
 /// The database file inside a data directory.
 pub const DB_FILE: &str = "warren.redb";
 
+/// Raft timing and log compaction, shared by every way of starting a manager.
+#[derive(Args, Clone, Debug)]
+pub struct TimingOpts {
+    /// Leader heartbeat period.
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range; a follower campaigns after missing the leader this long.
+    #[arg(long, default_value_t = 250)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many applied entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_logs: u64,
+}
+
 /// Flags of `warren cluster init` (and of the managers the simulator starts).
 #[derive(Args, Clone, Debug)]
 pub struct ManagerOpts {
@@ -41,21 +59,45 @@ pub struct ManagerOpts {
     /// Directory holding this manager's Raft log, snapshots and identity.
     #[arg(long, default_value = "./warren-data")]
     pub data_dir: PathBuf,
-    /// Leader heartbeat period.
-    #[arg(long, default_value_t = 50)]
-    pub heartbeat_interval_ms: u64,
-    /// Election timeout range; a follower campaigns after missing the leader this long.
-    #[arg(long, default_value_t = 250)]
-    pub election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 500)]
-    pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and compact the log) after this many applied entries.
-    #[arg(long, default_value_t = 5000)]
-    pub snapshot_logs: u64,
-    /// Bootstrap a multi-voter cluster directly (used by the simulator until `manager join`
-    /// exists): `ID=API_ADDR/RAFT_ADDR` per voter, comma separated.
+    #[command(flatten)]
+    pub timing: TimingOpts,
+    /// Bootstrap a multi-voter cluster directly (simulator tests of bootstrap only):
+    /// `ID=API_ADDR/RAFT_ADDR` per voter, comma separated.
     #[arg(long, hide = true, value_delimiter = ',')]
     pub initial_voters: Vec<String>,
+}
+
+/// Flags of `warren manager join`.
+#[derive(Args, Clone, Debug)]
+pub struct JoinOpts {
+    /// A manager join token (`warren cluster join-token manager`).
+    #[arg(long, env = "WARREN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// API address(es) of any existing manager(s), comma separated; not necessarily the leader.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub leader: Vec<String>,
+    #[command(flatten)]
+    pub manager: ManagerOpts,
+}
+
+/// Flags of `warren manager start`: everything else comes from the data dir.
+#[derive(Args, Clone, Debug)]
+pub struct StartOpts {
+    #[arg(long, default_value = "./warren-data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub timing: TimingOpts,
+}
+
+/// How a manager comes up when its data dir is new. An existing data dir always resumes.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Bootstrap a new cluster.
+    Init,
+    /// Join an existing cluster with a token through any of `leaders` (API addresses).
+    Join { token: String, leaders: Vec<String> },
+    /// Only resume; a data dir without a manager is an error.
+    Resume,
 }
 
 /// What a data directory remembers about its manager.
@@ -73,6 +115,7 @@ pub struct Manager {
     pub raft: Raft,
     pub state: SharedState,
     pub identity: Identity,
+    pub peers: peers::Peers,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -138,7 +181,7 @@ pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn raft_config(opts: &ManagerOpts) -> anyhow::Result<openraft::Config> {
+fn raft_config(opts: &TimingOpts) -> anyhow::Result<openraft::Config> {
     let cfg = openraft::Config {
         cluster_name: "warren".into(),
         heartbeat_interval: opts.heartbeat_interval_ms,
@@ -168,28 +211,32 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs a manager until `shutdown` resolves. Re-running on an existing data directory
-/// resumes that manager; it never bootstraps twice.
+/// Runs a manager until `shutdown` resolves. An existing data directory always resumes its
+/// manager (it never bootstraps or joins twice); a new one is set up as `mode` says.
 pub async fn start(
     opts: ManagerOpts,
+    mode: Mode,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if opts.node_id == 0 {
-        bail!("--node-id must be greater than 0");
+    let config = Arc::new(raft_config(&opts.timing)?);
+    if matches!(mode, Mode::Resume) && !crate::raft::disk::exists(&opts.data_dir.join(DB_FILE)) {
+        bail!(
+            "data dir {} holds no manager; start a new cluster with `warren cluster init` or join one with `warren manager join`",
+            opts.data_dir.display()
+        );
     }
-    let api_sock = socket_addr("--api-addr", &opts.api_addr)?;
-    let raft_sock = socket_addr("--bind-addr", &opts.bind_addr)?;
-    let config = Arc::new(raft_config(&opts)?);
     let db_path = check_data_dir(&opts.data_dir)?;
     let (log_store, sm_store) = store::open(&db_path).with_context(|| {
-        format!("cannot use data dir {}; if it is corrupt, restore it from a backup or remove this manager and join a new one", opts.data_dir.display())
+        format!(
+            "cannot use data dir {}; if it is corrupt, restore it from a backup or remove this manager and join a new one",
+            opts.data_dir.display()
+        )
     })?;
-
-    let (identity, fresh) = match log_store
-        .read_identity::<Identity>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-    {
-        Some(id) => {
+    let stored = log_store.read_identity::<Identity>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let was_stored = stored.is_some();
+    let identity = match (stored, &mode) {
+        (Some(id), Mode::Resume) => id,
+        (Some(id), _) => {
             if id.node_id != opts.node_id {
                 bail!(
                     "data dir {} belongs to manager {}, not --node-id {}; use the matching --node-id or another --data-dir",
@@ -198,29 +245,54 @@ pub async fn start(
                     opts.node_id
                 );
             }
-            (id, false)
+            if id.api_addr != opts.api_addr || id.raft_addr != opts.bind_addr {
+                bail!(
+                    "data dir {} belongs to the manager at --api-addr {} --bind-addr {}; restart it with those (or `warren manager start --data-dir {}`)",
+                    opts.data_dir.display(),
+                    id.api_addr,
+                    id.raft_addr,
+                    opts.data_dir.display()
+                );
+            }
+            id
         }
-        None => {
-            let id = Identity {
+        (None, Mode::Resume) => bail!(
+            "data dir {} holds no manager; start a new cluster with `warren cluster init` or join one with `warren manager join`",
+            opts.data_dir.display()
+        ),
+        (None, _) => {
+            if opts.node_id == 0 {
+                bail!("--node-id must be greater than 0");
+            }
+            Identity {
                 node_id: opts.node_id,
-                cluster_id: new_id(),
+                // A joining manager learns the cluster id when the join succeeds.
+                cluster_id: match &mode {
+                    Mode::Init => new_id(),
+                    _ => String::new(),
+                },
                 api_addr: opts.api_addr.clone(),
                 raft_addr: opts.bind_addr.clone(),
-            };
-            log_store
-                .write_identity(&id)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (id, true)
+            }
         }
     };
+    let api_sock = socket_addr("--api-addr", &identity.api_addr)?;
+    let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
+    // A new bootstrap records its identity now; a join only once it has been accepted.
+    if !was_stored && !identity.cluster_id.is_empty() {
+        log_store.write_identity(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let span = tracing::info_span!("manager", node_id = identity.node_id);
     async move {
         let state = sm_store.shared();
-        let raft = Raft::new(identity.node_id, config, Network, log_store, sm_store)
+        let raft = Raft::new(identity.node_id, config, Network, log_store.clone(), sm_store)
             .await
             .context("starting Raft")?;
-
-        if !raft.is_initialized().await.context("reading Raft state")? {
+        let joining = match &mode {
+            Mode::Join { token, leaders } if identity.cluster_id.is_empty() => Some((token.clone(), leaders.clone())),
+            _ => None,
+        };
+        if matches!(mode, Mode::Init) && !raft.is_initialized().await.context("reading Raft state")? {
             let voters = if opts.initial_voters.is_empty() {
                 BTreeMap::from([(
                     identity.node_id,
@@ -235,12 +307,12 @@ pub async fn start(
             // With several initial voters only the lowest id bootstraps; the others learn
             // the membership from it.
             if voters.keys().next() == Some(&identity.node_id) {
-                info!(voters = voters.len(), fresh, "bootstrapping a new cluster");
+                info!(voters = voters.len(), "bootstrapping a new cluster");
                 if let Err(e) = raft.initialize(voters).await {
                     warn!(error = %e, "initialize");
                 }
             }
-        } else {
+        } else if joining.is_none() {
             info!("resuming from data dir");
         }
 
@@ -249,20 +321,38 @@ pub async fn start(
             raft: raft.clone(),
             state,
             identity,
+            peers: Default::default(),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let cluster_id_task = tokio::spawn(write::ensure_cluster_id(manager.clone(), stop_rx.clone()));
+        let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
+        let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
 
-        // Whichever ends first: shutdown, or a server failing (address in use...).
+        // Joining happens with the servers up: the leader replicates to us while we wait.
+        let join = async {
+            match joining {
+                Some((token, leaders)) => {
+                    let cluster_id = join::join(&manager, &token, &leaders).await?;
+                    let mut id = manager.identity.clone();
+                    id.cluster_id = cluster_id;
+                    log_store.write_identity(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    info!(cluster_id = %id.cluster_id, "joined the cluster");
+                    std::future::pending::<anyhow::Result<()>>().await
+                }
+                None => std::future::pending().await,
+            }
+        };
+
+        // Whichever ends first: shutdown, a failed join, or a server failing (address in use...).
         let mut servers = futures::future::select(raft_server, api_server);
         let shutdown = std::pin::pin!(shutdown);
         let result = tokio::select! {
             biased;
             _ = shutdown => Ok(()),
+            r = join => r,
             r = &mut servers => {
                 let (r, _) = match r { futures::future::Either::Left(x) | futures::future::Either::Right(x) => x };
                 match r {
@@ -275,6 +365,7 @@ pub async fn start(
         info!("shutting down");
         let _ = stop_tx.send(true);
         cluster_id_task.abort();
+        probe_task.abort();
         let _ = raft.shutdown().await;
         result
     }
@@ -294,6 +385,22 @@ impl Manager {
     /// Proposes `cmd` through Raft (forwarding to the leader when needed) and returns the
     /// state machine's answer.
     pub async fn write(&self, cmd: Command) -> ApiResult<crate::core::Outcome> {
-        write::propose(self, cmd, Duration::from_millis(write::WRITE_DEADLINE_MS)).await
+        leader::write(self, cmd).await
+    }
+
+    /// Returns once this manager has applied everything committed when it was called
+    /// (read-index through the leader), so a following local read is linearizable.
+    pub async fn read_barrier(&self) -> ApiResult<()> {
+        let deadline = Duration::from_millis(leader::DEADLINE_MS);
+        let index = match leader::call(self, leader::LeaderOp::ReadIndex, deadline).await? {
+            leader::LeaderAnswer::ReadIndex(i) => i,
+            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),
+        };
+        self.raft
+            .wait(Some(deadline))
+            .applied_index_at_least(index, "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(format!("this manager did not catch up with the leader: {e}")))
     }
 }

@@ -1,8 +1,7 @@
 //! Server half of the internal RPCs: Raft messages from peers and forwarded writes.
 
-use super::write::{local_write, ForwardReply};
+use super::leader::{run_local, LeaderOp};
 use super::ManagerRef;
-use crate::core::Command;
 use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::internal::RaftPayload;
 use crate::raft::network::{decode, encode};
@@ -35,10 +34,13 @@ impl RaftService for RaftRpc {
         Ok(Response::new(encode(&self.m.raft.install_snapshot(rpc).await)))
     }
 
-    async fn forward_write(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
-        let reply: ForwardReply = local_write(&self.m, cmd).await;
-        Ok(Response::new(encode(&reply)))
+    async fn leader_call(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let op: LeaderOp = decode(req.get_ref()).map_err(bad_payload)?;
+        Ok(Response::new(encode(&run_local(&self.m, op).await)))
+    }
+
+    async fn ping(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        Ok(Response::new(RaftPayload::default()))
     }
 }
 

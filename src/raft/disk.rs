@@ -9,6 +9,17 @@ pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError>
     redb::Database::builder().create(path)
 }
 
+/// True when a database file exists at `path`.
+#[cfg(not(madsim))]
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+#[cfg(madsim)]
+pub fn exists(path: &Path) -> bool {
+    sim::exists(path)
+}
+
 #[cfg(madsim)]
 pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     redb::Database::builder().create_with_backend(sim::SimBackend::open(path))

@@ -1,0 +1,245 @@
+//! Operations only the leader can carry out — writes, membership changes, read indexes — and
+//! the path that gets them there: run locally when this manager leads, otherwise forward over
+//! the internal `LeaderCall` RPC; across an election retry with bounded, jittered backoff until
+//! a deadline, then answer `Unavailable` naming the last known leader.
+
+use super::{ApiError, ApiResult, Manager, ManagerRef};
+use crate::core::{membership, Command, Outcome, StateError};
+use crate::proto::internal::raft_service_client::RaftServiceClient;
+use crate::raft::network::{connect, decode, encode};
+use crate::raft::{ManagerNode, NodeId, WriteResult};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+pub const DEADLINE_MS: u64 = 5_000;
+/// A learner must catch up within this long before it is promoted.
+const CATCH_UP_MS: u64 = 10_000;
+const BACKOFF_MIN_MS: u64 = 10;
+const BACKOFF_MAX_MS: u64 = 200;
+const FORWARD_TIMEOUT_MS: u64 = 12_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    /// Add a manager as a learner, wait for it to catch up, promote it to voter.
+    AddManager { id: NodeId, node: ManagerNode },
+    RemoveManager { id: NodeId, force: bool },
+    /// The leader's commit index, confirmed by a quorum (read-index).
+    ReadIndex,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LeaderAnswer {
+    Written(WriteResult),
+    /// Membership after an add or remove, and a warning for an even voter count.
+    Members { voters: BTreeSet<NodeId>, warning: Option<String> },
+    ReadIndex(Option<u64>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
+pub enum LeaderReply {
+    Done(LeaderAnswer),
+    /// Refused for a reason retrying will not change.
+    Refused(StateError),
+    /// The receiver is not the leader (any more); here is who it thinks is.
+    NotLeader(Option<(NodeId, ManagerNode)>),
+    Failed(String),
+}
+
+fn from_raft_err<E: std::fmt::Display>(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>, what: E) -> LeaderReply {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderReply::NotLeader(f.leader_id.zip(f.leader_node)),
+        e => LeaderReply::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// One attempt on this manager's own Raft.
+pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
+    match op {
+        LeaderOp::Write(cmd) => match m.raft.client_write(cmd).await {
+            Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
+            Err(e) => from_raft_err(e, "write"),
+        },
+        LeaderOp::ReadIndex => match m.raft.ensure_linearizable().await {
+            Ok(log_id) => LeaderReply::Done(LeaderAnswer::ReadIndex(log_id.map(|l| l.index))),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                LeaderReply::NotLeader(f.leader_id.zip(f.leader_node))
+            }
+            Err(e) => LeaderReply::Failed(format!("read index: {e}")),
+        },
+        LeaderOp::AddManager { id, node } => add_manager(m, id, node).await,
+        LeaderOp::RemoveManager { id, force } => remove_manager(m, id, force).await,
+    }
+}
+
+fn not_leader(m: &Manager) -> Option<LeaderReply> {
+    let metrics = m.raft.metrics().borrow().clone();
+    if metrics.current_leader == Some(m.id) {
+        return None;
+    }
+    let leader = metrics
+        .current_leader
+        .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned().map(|n| (l, n)));
+    Some(LeaderReply::NotLeader(leader))
+}
+
+fn voters(m: &Manager) -> (BTreeSet<NodeId>, BTreeMap<NodeId, ManagerNode>) {
+    let metrics = m.raft.metrics().borrow().clone();
+    let mem = metrics.membership_config.membership().clone();
+    (mem.voter_ids().collect(), mem.nodes().map(|(k, v)| (*k, v.clone())).collect())
+}
+
+async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply {
+    if let Some(r) = not_leader(m) {
+        return r;
+    }
+    let (voter_ids, nodes) = voters(m);
+    match nodes.get(&id) {
+        // A retry after the leader died mid-join finds its own earlier progress: go on from there.
+        Some(existing) if *existing == node => {}
+        Some(existing) => {
+            return LeaderReply::Refused(StateError::AlreadyExists {
+                kind: "manager id".into(),
+                name: format!("{id} (in use by {} / {})", existing.api_addr, existing.raft_addr),
+            })
+        }
+        None => {}
+    }
+    if !voter_ids.contains(&id) {
+        if !nodes.contains_key(&id) {
+            info!(new_manager = id, api = %node.api_addr, "adding learner");
+            let add = m.raft.add_learner(id, node.clone(), true);
+            match tokio::time::timeout(Duration::from_millis(CATCH_UP_MS), add).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return from_raft_err(e, "add learner"),
+                Err(_) => {
+                    return LeaderReply::Failed(format!(
+                        "manager {id} did not catch up within {CATCH_UP_MS} ms; is {} reachable from the leader?",
+                        node.raft_addr
+                    ))
+                }
+            }
+        }
+        info!(new_manager = id, "promoting to voter");
+        if let Err(e) = m.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await {
+            return from_raft_err(e, "promote");
+        }
+    }
+    let (voter_ids, _) = voters(m);
+    let warning = membership::even_voters_warning(voter_ids.len());
+    if let Some(w) = &warning {
+        warn!("{w}");
+    }
+    LeaderReply::Done(LeaderAnswer::Members { voters: voter_ids, warning })
+}
+
+async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
+    if let Some(r) = not_leader(m) {
+        return r;
+    }
+    let (voter_ids, _) = voters(m);
+    let reachable = m.peers.reachable(m.id);
+    if let Err(e) = membership::check_removal(&voter_ids, &reachable, id, force) {
+        return LeaderReply::Refused(e);
+    }
+    info!(removed_manager = id, force, "removing manager");
+    match m.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await {
+        Ok(_) => {
+            let (voter_ids, _) = voters(m);
+            LeaderReply::Done(LeaderAnswer::Members {
+                warning: membership::even_voters_warning(voter_ids.len()),
+                voters: voter_ids,
+            })
+        }
+        Err(e) => from_raft_err(e, "remove"),
+    }
+}
+
+async fn forward(node: &ManagerNode, op: &LeaderOp) -> LeaderReply {
+    let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+    let ch = match connect(&node.raft_addr, timeout).await {
+        Ok(ch) => ch,
+        Err(e) => return LeaderReply::Failed(format!("connect {}: {e}", node.raft_addr)),
+    };
+    let mut req = tonic::Request::new(encode(op));
+    req.set_timeout(timeout);
+    match RaftServiceClient::new(ch).leader_call(req).await {
+        Ok(r) => decode(&r.into_inner()).unwrap_or_else(|e| LeaderReply::Failed(e.to_string())),
+        Err(s) => LeaderReply::Failed(s.to_string()),
+    }
+}
+
+/// Runs `op` on the leader, wherever it is, retrying across elections until `deadline`.
+pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<LeaderAnswer> {
+    let start = tokio::time::Instant::now();
+    let mut backoff_ms = BACKOFF_MIN_MS;
+    let mut last_leader = String::from("none");
+    loop {
+        let reply = match run_local(m, op.clone()).await {
+            LeaderReply::NotLeader(Some((id, node))) if id != m.id => {
+                last_leader = format!("manager {id} at {}", node.api_addr);
+                match forward(&node, &op).await {
+                    // The one we asked lost leadership too: learn from the next round.
+                    LeaderReply::NotLeader(_) => LeaderReply::NotLeader(None),
+                    r => r,
+                }
+            }
+            r => r,
+        };
+        match reply {
+            LeaderReply::Done(a) => return Ok(a),
+            LeaderReply::Refused(e) => return Err(ApiError::State(e)),
+            LeaderReply::NotLeader(_) => {}
+            LeaderReply::Failed(e) => debug!(error = %e, "leader call failed; retrying"),
+        }
+        let waited = start.elapsed();
+        if waited >= deadline {
+            return Err(ApiError::NoLeader {
+                waited_ms: waited.as_millis() as u64,
+                last_leader,
+            });
+        }
+        // Full jitter from the seeded RNG keeps retries from synchronising.
+        let sleep_ms = madsim::rand::random::<u64>() % backoff_ms + 1;
+        tokio::time::sleep(Duration::from_millis(sleep_ms).min(deadline - waited)).await;
+        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+/// Proposes `cmd` and returns the state machine's answer.
+pub async fn write(m: &Manager, cmd: Command) -> ApiResult<Outcome> {
+    match call(m, LeaderOp::Write(cmd), Duration::from_millis(DEADLINE_MS)).await? {
+        LeaderAnswer::Written(WriteResult(r)) => r.map_err(ApiError::State),
+        other => Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),
+    }
+}
+
+/// Leader-only: records the cluster id in the replicated state once, right after bootstrap.
+pub async fn ensure_cluster_id(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut metrics = m.raft.metrics();
+    loop {
+        let is_leader = metrics.borrow().current_leader == Some(m.id);
+        let missing = m.state.read().unwrap().state.cluster_id.is_empty();
+        if is_leader && missing {
+            let cmd = Command::InitCluster {
+                cluster_id: m.identity.cluster_id.clone(),
+                now_ms: super::now_ms(),
+            };
+            if let LeaderReply::Done(_) = run_local(&m, LeaderOp::Write(cmd)).await {
+                return;
+            }
+        } else if !missing {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}
