@@ -16,16 +16,32 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 use warren::client::Client;
-use warren::manager::ManagerOpts;
+use warren::manager::{JoinOpts, ManagerOpts, Mode};
 use warren::proto::v1 as pb;
 
 pub const API_PORT: u16 = 8080;
 pub const RAFT_PORT: u16 = 7946;
 
 #[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    opts: ManagerOpts,
+struct Cli {
+    #[command(subcommand)]
+    cmd: Daemon,
+}
+
+/// The two ways a manager daemon starts, as on the command line.
+#[derive(clap::Subcommand)]
+enum Daemon {
+    Init(ManagerOpts),
+    Join(JoinOpts),
+}
+
+fn daemon_args(i: u64) -> Vec<String> {
+    vec![
+        format!("--node-id={i}"),
+        format!("--api-addr={}", api_addr(i)),
+        format!("--bind-addr={}", raft_addr(i)),
+        format!("--data-dir=/sim/manager-{i}"),
+    ]
 }
 
 pub fn api_addr(n: u64) -> String {
@@ -44,51 +60,82 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` managers bootstrapped as one Raft group of `n` voters.
-    pub fn start(n: u64, scenario: &str) -> Cluster {
+    /// Starts manager 1 with `cluster init`, then joins managers 2..=n through the real join
+    /// path (a manager token, learner, promotion), one at a time.
+    pub async fn start(n: u64, scenario: &str) -> Cluster {
         warren::raft::disk::sim::reset_all();
         let handle = Handle::current();
         let seed = handle.seed();
         eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
-        let voters: Vec<String> = (1..=n)
-            .map(|i| format!("{i}={}/{}", api_addr(i), raft_addr(i)))
-            .collect();
-        let mut managers = BTreeMap::new();
-        for i in 1..=n {
-            let voters = voters.join(",");
-            let node = handle
-                .create_node()
-                .name(format!("manager-{i}"))
-                .ip(format!("10.0.0.{i}").parse().unwrap())
-                .init(move || {
-                    let flags = Flags::parse_from([
-                        "manager".to_string(),
-                        format!("--node-id={i}"),
-                        format!("--api-addr={}", api_addr(i)),
-                        format!("--bind-addr={}", raft_addr(i)),
-                        format!("--data-dir=/sim/manager-{i}"),
-                        format!("--initial-voters={voters}"),
-                    ]);
-                    async move {
-                        if let Err(e) = warren::manager::start(flags.opts, std::future::pending()).await {
-                            panic!("manager {i} failed: {e:#}");
-                        }
-                    }
-                })
-                .build();
-            managers.insert(i, node);
-        }
         let client_node = handle
             .create_node()
             .name("client")
             .ip("10.0.1.1".parse().unwrap())
             .build();
-        Cluster {
+        let mut c = Cluster {
             handle,
-            managers,
+            managers: BTreeMap::new(),
             client_node,
             seed,
+        };
+        let mut args = vec!["warren".to_string(), "init".to_string()];
+        args.extend(daemon_args(1));
+        c.add_node(1, args);
+        c.on_client(agreed_leader(vec![1], Duration::from_secs(10))).await;
+        for i in 2..=n {
+            let token = c
+                .on_client(manager_token(1, false))
+                .await
+                .expect("issuing a manager token");
+            c.join(i, &token, &(1..i).collect::<Vec<_>>());
+            let members: Vec<u64> = (1..=i).collect();
+            c.on_client(wait_voters(members.clone(), members, Duration::from_secs(20)))
+                .await;
         }
+        c
+    }
+
+    fn add_node(&mut self, i: u64, args: Vec<String>) {
+        let node = self
+            .handle
+            .create_node()
+            .name(format!("manager-{i}"))
+            .ip(format!("10.0.0.{i}").parse().unwrap())
+            .init(move || {
+                let cli = Cli::parse_from(args.clone());
+                async move {
+                    let r = match cli.cmd {
+                        Daemon::Init(o) => {
+                            warren::manager::start(o, Mode::Init, std::future::pending()).await
+                        }
+                        Daemon::Join(j) => {
+                            let mode = Mode::Join {
+                                token: j.token,
+                                leaders: j.leader,
+                            };
+                            warren::manager::start(j.manager, mode, std::future::pending()).await
+                        }
+                    };
+                    if let Err(e) = r {
+                        panic!("manager {i} failed: {e:#}");
+                    }
+                }
+            })
+            .build();
+        self.managers.insert(i, node);
+    }
+
+    /// Starts manager `i` with `manager join --token TOKEN --leader <API of leaders>`.
+    pub fn join(&mut self, i: u64, token: &str, leaders: &[u64]) {
+        let mut args = vec![
+            "warren".to_string(),
+            "join".to_string(),
+            format!("--token={token}"),
+        ];
+        let leaders: Vec<String> = leaders.iter().map(|l| api_addr(*l)).collect();
+        args.push(format!("--leader={}", leaders.join(",")));
+        args.extend(daemon_args(i));
+        self.add_node(i, args);
     }
 
     /// Runs `f` on the client node.
@@ -166,20 +213,67 @@ where
     }
 }
 
-/// The leader that every manager in `ids` agrees on.
+/// The leader that every manager in `ids` agrees on, itself one of `ids` (so a dead leader
+/// that the others still remember does not count).
 pub async fn agreed_leader(ids: Vec<u64>, deadline: Duration) -> u64 {
     wait_for("all managers to agree on a leader", deadline, move || {
         let ids = ids.clone();
         async move {
             let mut leader = None;
-            for id in ids {
-                let l = cluster_info(id).await?.leader_id;
-                if l == 0 || leader.is_some_and(|x| x != l) {
+            for id in &ids {
+                let l = cluster_info(*id).await?.leader_id;
+                if !ids.contains(&l) || leader.is_some_and(|x| x != l) {
                     return None;
                 }
                 leader = Some(l);
             }
             leader
+        }
+    })
+    .await
+}
+
+/// Issues a manager join token through manager `via`.
+pub async fn manager_token(via: u64, rotate: bool) -> Option<String> {
+    let c = client_of(via);
+    let role = pb::Role::Manager as i32;
+    let call = c.call(|mut s| async move {
+        s.cluster
+            .generate_join_token(pb::GenerateJoinTokenRequest {
+                role,
+                ttl_seconds: 0,
+                rotate,
+            })
+            .await
+    });
+    Some(
+        tokio::time::timeout(Duration::from_secs(8), call)
+            .await
+            .ok()?
+            .ok()?
+            .token,
+    )
+}
+
+/// Waits until every manager in `ask` reports exactly `voters` as the voter set.
+pub async fn wait_voters(ask: Vec<u64>, voters: Vec<u64>, deadline: Duration) {
+    wait_for("the voter set to converge", deadline, move || {
+        let (ask, voters) = (ask.clone(), voters.clone());
+        async move {
+            for id in ask {
+                let info = cluster_info(id).await?;
+                let mut got: Vec<u64> = info
+                    .managers
+                    .iter()
+                    .filter(|m| m.voter)
+                    .map(|m| m.node_id)
+                    .collect();
+                got.sort();
+                if got != voters {
+                    return None;
+                }
+            }
+            Some(())
         }
     })
     .await

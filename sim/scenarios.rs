@@ -41,7 +41,7 @@ async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
 /// must hold identical service lists.
 #[madsim::test]
 async fn leader_kill_keeps_acknowledged_creates() {
-    let c = Cluster::start(3, "scenarios::leader_kill_keeps_acknowledged_creates");
+    let c = Cluster::start(3, "scenarios::leader_kill_keeps_acknowledged_creates").await;
     let all = vec![1, 2, 3];
     let leader = c
         .on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
@@ -127,7 +127,7 @@ async fn leader_kill_keeps_acknowledged_creates() {
 /// and restarted resume the same state without bootstrapping again.
 #[madsim::test]
 async fn whole_cluster_restart_resumes_state() {
-    let c = Cluster::start(3, "scenarios::whole_cluster_restart_resumes_state");
+    let c = Cluster::start(3, "scenarios::whole_cluster_restart_resumes_state").await;
     let all = vec![1, 2, 3];
     c.on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
         .await;
@@ -176,4 +176,138 @@ async fn whole_cluster_restart_resumes_state() {
         .await;
     assert_eq!(id_after, cluster_id, "a restart must not bootstrap a new cluster");
     assert!(!cluster_id.is_empty());
+}
+
+async fn service_names(id: u64) -> Option<BTreeSet<String>> {
+    Some(
+        list_services(id)
+            .await?
+            .into_iter()
+            .map(|s| s.spec.unwrap_or_default().name)
+            .collect(),
+    )
+}
+
+/// Every manager in `ids` serves exactly the same service names, a superset of `must`.
+async fn converged(ids: Vec<u64>, must: BTreeSet<String>) -> BTreeSet<String> {
+    wait_for(
+        "managers to converge on the same services",
+        Duration::from_secs(20),
+        move || {
+            let (ids, must) = (ids.clone(), must.clone());
+            async move {
+                let mut first: Option<BTreeSet<String>> = None;
+                for id in ids {
+                    let names = service_names(id).await?;
+                    if !must.is_subset(&names) || first.as_ref().is_some_and(|f| *f != names) {
+                        return None;
+                    }
+                    first = Some(names);
+                }
+                first
+            }
+        },
+    )
+    .await
+}
+
+/// A fourth manager joins while the leader is killed at a random moment of the join. The join
+/// completes through the survivors (retrying against the leader list), the old leader comes
+/// back, and all four agree on four voters and on the state.
+#[madsim::test]
+async fn leader_killed_in_the_middle_of_a_join() {
+    let mut c = Cluster::start(3, "scenarios::leader_killed_in_the_middle_of_a_join").await;
+    let leader = c
+        .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))
+        .await;
+    let acked = c
+        .on_client(create_all(vec![1, 2, 3], vec!["a".into(), "b".into()]))
+        .await;
+    let token = c.on_client(manager_token(leader, false)).await.unwrap();
+    c.join(4, &token, &[1, 2, 3]);
+    let delay_ms = madsim::rand::random::<u64>() % 300;
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    c.kill(leader);
+    let survivors: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&i| i != leader).collect();
+    c.on_client(wait_voters(survivors, vec![1, 2, 3, 4], Duration::from_secs(30)))
+        .await;
+    c.restart(leader);
+    c.on_client(wait_voters(
+        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4],
+        Duration::from_secs(30),
+    ))
+    .await;
+    let more = c.on_client(create_all(vec![1, 2, 3, 4], vec!["c".into()])).await;
+    assert_eq!(more.len(), 1, "the grown cluster accepts writes");
+    let must: BTreeSet<String> = acked.into_iter().chain(more).collect();
+    let names = c.on_client(converged(vec![1, 2, 3, 4], must)).await;
+    eprintln!("killed leader {leader} {delay_ms} ms into the join; 4 voters; services {names:?}");
+}
+
+/// A token issued before a failover is accepted by the new leader.
+#[madsim::test]
+async fn token_issued_before_failover_is_accepted_after() {
+    let mut c = Cluster::start(3, "scenarios::token_issued_before_failover_is_accepted_after").await;
+    let leader = c
+        .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))
+        .await;
+    let token = c.on_client(manager_token(leader, false)).await.unwrap();
+    c.kill(leader);
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let new_leader = c
+        .on_client(agreed_leader(survivors.clone(), Duration::from_secs(10)))
+        .await;
+    assert_ne!(new_leader, leader);
+    c.join(4, &token, &survivors);
+    let mut ask = survivors.clone();
+    ask.push(4);
+    c.on_client(wait_voters(ask, vec![1, 2, 3, 4], Duration::from_secs(30)))
+        .await;
+}
+
+/// `--rotate` through one manager is honoured by every other: the old token is refused
+/// everywhere (PermissionDenied, membership unchanged) and the new one works.
+#[madsim::test]
+async fn rotation_on_one_manager_is_honoured_by_all() {
+    let mut c = Cluster::start(3, "scenarios::rotation_on_one_manager_is_honoured_by_all").await;
+    let old = c.on_client(manager_token(2, false)).await.unwrap();
+    let new = c.on_client(manager_token(3, true)).await.unwrap();
+    assert_ne!(old, new);
+    for via in [1u64, 2, 3] {
+        let old = old.clone();
+        let code = c
+            .on_client(async move {
+                let client = client_of(via);
+                let req = pb::JoinClusterRequest {
+                    token: old,
+                    node_id: 9,
+                    api_addr: api_addr(9),
+                    raft_addr: raft_addr(9),
+                };
+                client
+                    .call(|mut s| {
+                        let req = req.clone();
+                        async move { s.cluster.join_cluster(req).await }
+                    })
+                    .await
+                    .unwrap_err()
+                    .code()
+            })
+            .await;
+        assert_eq!(
+            code,
+            tonic::Code::PermissionDenied,
+            "old token through manager {via}"
+        );
+    }
+    c.on_client(wait_voters(vec![1, 2, 3], vec![1, 2, 3], Duration::from_secs(5)))
+        .await;
+    c.join(4, &new, &[1]);
+    c.on_client(wait_voters(
+        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4],
+        Duration::from_secs(30),
+    ))
+    .await;
 }

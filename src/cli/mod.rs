@@ -206,7 +206,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, Mode::Init, shutdown_signal()).await,
-        Cmd::Cluster(ClusterCmd::JoinToken { role, ttl, rotate, quiet }) => {
+        Cmd::Cluster(ClusterCmd::JoinToken {
+            role,
+            ttl,
+            rotate,
+            quiet,
+        }) => {
             let role = match role {
                 TokenRole::Worker => pb::Role::Worker,
                 TokenRole::Manager => pb::Role::Manager,
@@ -215,7 +220,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let t = client()?
                 .call(|mut s| async move {
                     s.cluster
-                        .generate_join_token(pb::GenerateJoinTokenRequest { role, ttl_seconds, rotate })
+                        .generate_join_token(pb::GenerateJoinTokenRequest {
+                            role,
+                            ttl_seconds,
+                            rotate,
+                        })
                         .await
                 })
                 .await?;
@@ -227,7 +236,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Manager(ManagerCmd::Join(j)) => {
-            let mode = Mode::Join { token: j.token, leaders: j.leader };
+            let mode = Mode::Join {
+                token: j.token,
+                leaders: j.leader,
+            };
             manager::start(j.manager, mode, shutdown_signal()).await
         }
         Cmd::Manager(ManagerCmd::Start(s)) => {
@@ -237,14 +249,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bind_addr: String::new(),
                 data_dir: s.data_dir,
                 timing: s.timing,
-                initial_voters: Vec::new(),
             };
             manager::start(opts, Mode::Resume, shutdown_signal()).await
         }
         Cmd::Manager(ManagerCmd::Leave { force }) => {
             let c = client()?;
             let me = c
-                .call(|mut s| async move { s.cluster.get_cluster_info(pb::GetClusterInfoRequest::default()).await })
+                .call(|mut s| async move {
+                    s.cluster
+                        .get_cluster_info(pb::GetClusterInfoRequest::default())
+                        .await
+                })
                 .await?
                 .answered_by;
             remove_manager(&c, me, force).await
@@ -267,7 +282,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn remove_manager(c: &Client, node_id: u64, force: bool) -> anyhow::Result<()> {
     let r = c
-        .call(|mut s| async move { s.cluster.remove_manager(pb::RemoveManagerRequest { node_id, force }).await })
+        .call(|mut s| async move {
+            s.cluster
+                .remove_manager(pb::RemoveManagerRequest { node_id, force })
+                .await
+        })
         .await?;
     println!("manager {node_id} removed; {} managers remain", r.managers.len());
     Ok(())

@@ -63,9 +63,9 @@ mod tests {
         // (voters, reachable, remove, force, allowed)
         let cases: &[(&[u64], &[u64], u64, bool, bool)] = &[
             (&[1, 2, 3], &[1, 2, 3], 3, false, true),
-            (&[1, 2, 3], &[1, 2], 3, false, true),   // removing the dead one is fine
-            (&[1, 2, 3], &[1, 3], 3, false, false),  // leaves {1,2} with only 1 live
-            (&[1, 2, 3], &[1, 3], 3, true, true),    // --force
+            (&[1, 2, 3], &[1, 2], 3, false, true), // removing the dead one is fine
+            (&[1, 2, 3], &[1, 3], 3, false, false), // leaves {1,2} with only 1 live
+            (&[1, 2, 3], &[1, 3], 3, true, true),  // --force
             (&[1, 2, 3, 4, 5], &[1, 2, 3], 5, false, true),
             (&[1, 2, 3, 4, 5], &[1, 2], 5, false, false),
             (&[1], &[1], 1, false, false),
@@ -74,9 +74,15 @@ mod tests {
         ];
         for (voters, reachable, remove, force, allowed) in cases {
             let r = check_removal(&set(voters), &set(reachable), *remove, *force);
-            assert_eq!(r.is_ok(), *allowed, "{voters:?} {reachable:?} -{remove} force={force}: {r:?}");
+            assert_eq!(
+                r.is_ok(),
+                *allowed,
+                "{voters:?} {reachable:?} -{remove} force={force}: {r:?}"
+            );
         }
-        let e = check_removal(&set(&[1, 2, 3]), &set(&[1]), 2, false).unwrap_err().to_string();
+        let e = check_removal(&set(&[1, 2, 3]), &set(&[1]), 2, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--force") && e.contains("quorum of 2"), "{e}");
     }
 

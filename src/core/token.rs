@@ -20,8 +20,13 @@ pub enum TokenError {
     Malformed(&'static str),
     #[error("the join token belongs to cluster {token_cluster}, not to this cluster ({cluster})")]
     WrongCluster { token_cluster: String, cluster: String },
-    #[error("this is a {token_role} token; joining as a {wanted} needs `warren cluster join-token {wanted}`")]
-    WrongRole { token_role: &'static str, wanted: &'static str },
+    #[error(
+        "this is a {token_role} token; joining as a {wanted} needs `warren cluster join-token {wanted}`"
+    )]
+    WrongRole {
+        token_role: &'static str,
+        wanted: &'static str,
+    },
     #[error("the join token expired; issue a new one with `warren cluster join-token {role}`")]
     Expired { role: &'static str },
     #[error("the join token is not valid here: it was rotated out or never issued; issue a new one with `warren cluster join-token {role}`")]
@@ -50,9 +55,13 @@ pub fn format(cluster_id: &str, role: Role, secret_hex: &str) -> String {
 pub fn parse(token: &str) -> Result<ParsedToken, TokenError> {
     let token = token.trim();
     let mut parts = token.split('-');
-    let (Some(prefix), Some(cluster_id), Some(role), Some(secret), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(prefix), Some(cluster_id), Some(role), Some(secret), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(TokenError::Malformed("expected WRN1-<cluster>-<m|w>-<secret>"));
     };
     if prefix != PREFIX {
@@ -112,8 +121,12 @@ pub fn check(state: &ClusterState, token: &str, wanted: Role, now_ms: i64) -> Re
     }
     match found {
         Some(rec) if rec.expires_at_ms > now_ms => Ok(()),
-        Some(_) => Err(TokenError::Expired { role: wanted.as_str() }),
-        None => Err(TokenError::Unknown { role: wanted.as_str() }),
+        Some(_) => Err(TokenError::Expired {
+            role: wanted.as_str(),
+        }),
+        None => Err(TokenError::Unknown {
+            role: wanted.as_str(),
+        }),
     }
 }
 
@@ -151,7 +164,13 @@ mod tests {
     fn format_parse_round_trip() {
         let t = format("c0ffee", Role::Manager, SECRET_A);
         assert_eq!(t, format!("WRN1-c0ffee-m-{SECRET_A}"));
-        assert_eq!(parse(&t).unwrap(), ParsedToken { cluster_id: "c0ffee".into(), role: Role::Manager });
+        assert_eq!(
+            parse(&t).unwrap(),
+            ParsedToken {
+                cluster_id: "c0ffee".into(),
+                role: Role::Manager
+            }
+        );
     }
 
     #[test]
@@ -164,14 +183,54 @@ mod tests {
         let cases: Vec<(&str, Role, i64, Result<(), fn(&TokenError) -> bool>)> = vec![
             (&m, Role::Manager, 999, Ok(())),
             (&w, Role::Worker, 0, Ok(())),
-            (&w, Role::Manager, 0, Err(|e| matches!(e, TokenError::WrongRole { .. }))),
-            (&m, Role::Manager, 1_000, Err(|e| matches!(e, TokenError::Expired { .. }))),
-            (&other_cluster, Role::Manager, 0, Err(|e| matches!(e, TokenError::WrongCluster { .. }))),
-            (&unknown, Role::Manager, 0, Err(|e| matches!(e, TokenError::Unknown { .. }))),
-            ("garbage", Role::Manager, 0, Err(|e| matches!(e, TokenError::Malformed(_)))),
-            ("", Role::Manager, 0, Err(|e| matches!(e, TokenError::Malformed(_)))),
-            ("WRN1-c0ffee-x-0123456789abcdef0123456789abcdef", Role::Manager, 0, Err(|e| matches!(e, TokenError::Malformed(_)))),
-            ("WRN1-c0ffee-m-0123", Role::Manager, 0, Err(|e| matches!(e, TokenError::Malformed(_)))),
+            (
+                &w,
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::WrongRole { .. })),
+            ),
+            (
+                &m,
+                Role::Manager,
+                1_000,
+                Err(|e| matches!(e, TokenError::Expired { .. })),
+            ),
+            (
+                &other_cluster,
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::WrongCluster { .. })),
+            ),
+            (
+                &unknown,
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::Unknown { .. })),
+            ),
+            (
+                "garbage",
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::Malformed(_))),
+            ),
+            (
+                "",
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::Malformed(_))),
+            ),
+            (
+                "WRN1-c0ffee-x-0123456789abcdef0123456789abcdef",
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::Malformed(_))),
+            ),
+            (
+                "WRN1-c0ffee-m-0123",
+                Role::Manager,
+                0,
+                Err(|e| matches!(e, TokenError::Malformed(_))),
+            ),
         ];
         for (tok, role, now, want) in cases {
             let got = check(&st, tok, role, now);
@@ -188,9 +247,16 @@ mod tests {
         let w = format("c0ffee", Role::Worker, SECRET_A);
         let m2 = format("c0ffee", Role::Manager, SECRET_B);
         let st = state_with(&[(&m1, 10), (&w, 10), (&m2, 10)], true);
-        assert!(matches!(check(&st, &m1, Role::Manager, 0), Err(TokenError::Unknown { .. })));
+        assert!(matches!(
+            check(&st, &m1, Role::Manager, 0),
+            Err(TokenError::Unknown { .. })
+        ));
         assert_eq!(check(&st, &m2, Role::Manager, 0), Ok(()));
-        assert_eq!(check(&st, &w, Role::Worker, 0), Ok(()), "rotating managers keeps worker tokens");
+        assert_eq!(
+            check(&st, &w, Role::Worker, 0),
+            Ok(()),
+            "rotating managers keeps worker tokens"
+        );
     }
 
     #[test]

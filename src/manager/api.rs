@@ -6,12 +6,12 @@ use super::join::JOIN_DEADLINE_MS;
 use super::leader::{self, LeaderAnswer, LeaderOp};
 use super::{now_ms, ApiError, ApiResult, ManagerRef};
 use crate::core::{self, token, Command, Outcome, StateError};
-use crate::raft::ManagerNode;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use crate::proto::v1::node_service_server::{NodeService, NodeServiceServer};
 use crate::proto::v1::service_service_server::{ServiceService, ServiceServiceServer};
 use crate::proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use crate::raft::ManagerNode;
 use std::future::Future;
 use std::net::SocketAddr;
 use tonic::{Request, Response, Status};
@@ -328,7 +328,9 @@ impl ClusterService for Api {
         };
         let cluster_id = self.read(|st| st.cluster_id.clone());
         if cluster_id.is_empty() {
-            return Err(ApiError::Unavailable("the cluster is still initialising; retry in a moment".into()).into());
+            return Err(
+                ApiError::Unavailable("the cluster is still initialising; retry in a moment".into()).into(),
+            );
         }
         let secret = format!("{:032x}", madsim::rand::random::<u128>());
         let text = token::format(&cluster_id, role, &secret);
@@ -412,7 +414,10 @@ impl ClusterService for Api {
         }))
     }
 
-    async fn remove_manager(&self, req: Request<pb::RemoveManagerRequest>) -> Reply<pb::RemoveManagerResponse> {
+    async fn remove_manager(
+        &self,
+        req: Request<pb::RemoveManagerRequest>,
+    ) -> Reply<pb::RemoveManagerResponse> {
         let req = req.into_inner();
         let op = LeaderOp::RemoveManager {
             id: req.node_id,
@@ -423,7 +428,6 @@ impl ClusterService for Api {
             managers: self.cluster_info().managers,
         }))
     }
-
 }
 
 #[tonic::async_trait]

@@ -87,7 +87,10 @@ mod tests {
             ),
             (ApiError::Internal("x".into()), Code::Internal),
             (ApiError::Token(TokenError::Malformed("x")), Code::InvalidArgument),
-            (ApiError::Token(TokenError::Expired { role: "manager" }), Code::PermissionDenied),
+            (
+                ApiError::Token(TokenError::Expired { role: "manager" }),
+                Code::PermissionDenied,
+            ),
         ];
         for (e, code) in cases {
             let msg = e.to_string();

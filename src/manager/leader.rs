@@ -26,8 +26,14 @@ const FORWARD_TIMEOUT_MS: u64 = 12_000;
 pub enum LeaderOp {
     Write(Command),
     /// Add a manager as a learner, wait for it to catch up, promote it to voter.
-    AddManager { id: NodeId, node: ManagerNode },
-    RemoveManager { id: NodeId, force: bool },
+    AddManager {
+        id: NodeId,
+        node: ManagerNode,
+    },
+    RemoveManager {
+        id: NodeId,
+        force: bool,
+    },
     /// The leader's commit index, confirmed by a quorum (read-index).
     ReadIndex,
 }
@@ -36,7 +42,10 @@ pub enum LeaderOp {
 pub enum LeaderAnswer {
     Written(WriteResult),
     /// Membership after an add or remove, and a warning for an even voter count.
-    Members { voters: BTreeSet<NodeId>, warning: Option<String> },
+    Members {
+        voters: BTreeSet<NodeId>,
+        warning: Option<String>,
+    },
     ReadIndex(Option<u64>),
 }
 
@@ -51,9 +60,14 @@ pub enum LeaderReply {
     Failed(String),
 }
 
-fn from_raft_err<E: std::fmt::Display>(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>, what: E) -> LeaderReply {
+fn from_raft_err<E: std::fmt::Display>(
+    e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>,
+    what: E,
+) -> LeaderReply {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderReply::NotLeader(f.leader_id.zip(f.leader_node)),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            LeaderReply::NotLeader(f.leader_id.zip(f.leader_node))
+        }
         e => LeaderReply::Failed(format!("{what}: {e}")),
     }
 }
@@ -82,16 +96,24 @@ fn not_leader(m: &Manager) -> Option<LeaderReply> {
     if metrics.current_leader == Some(m.id) {
         return None;
     }
-    let leader = metrics
-        .current_leader
-        .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned().map(|n| (l, n)));
+    let leader = metrics.current_leader.and_then(|l| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&l)
+            .cloned()
+            .map(|n| (l, n))
+    });
     Some(LeaderReply::NotLeader(leader))
 }
 
 fn voters(m: &Manager) -> (BTreeSet<NodeId>, BTreeMap<NodeId, ManagerNode>) {
     let metrics = m.raft.metrics().borrow().clone();
     let mem = metrics.membership_config.membership().clone();
-    (mem.voter_ids().collect(), mem.nodes().map(|(k, v)| (*k, v.clone())).collect())
+    (
+        mem.voter_ids().collect(),
+        mem.nodes().map(|(k, v)| (*k, v.clone())).collect(),
+    )
 }
 
 async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply {
@@ -117,16 +139,18 @@ async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply 
             match tokio::time::timeout(Duration::from_millis(CATCH_UP_MS), add).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return from_raft_err(e, "add learner"),
-                Err(_) => {
-                    return LeaderReply::Failed(format!(
-                        "manager {id} did not catch up within {CATCH_UP_MS} ms; is {} reachable from the leader?",
-                        node.raft_addr
-                    ))
-                }
+                Err(_) => return LeaderReply::Failed(format!(
+                    "manager {id} did not catch up within {CATCH_UP_MS} ms; is {} reachable from the leader?",
+                    node.raft_addr
+                )),
             }
         }
         info!(new_manager = id, "promoting to voter");
-        if let Err(e) = m.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await {
+        if let Err(e) = m
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+        {
             return from_raft_err(e, "promote");
         }
     }
@@ -135,7 +159,10 @@ async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply 
     if let Some(w) = &warning {
         warn!("{w}");
     }
-    LeaderReply::Done(LeaderAnswer::Members { voters: voter_ids, warning })
+    LeaderReply::Done(LeaderAnswer::Members {
+        voters: voter_ids,
+        warning,
+    })
 }
 
 async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
@@ -148,7 +175,11 @@ async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
         return LeaderReply::Refused(e);
     }
     info!(removed_manager = id, force, "removing manager");
-    match m.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await {
+    match m
+        .raft
+        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+        .await
+    {
         Ok(_) => {
             let (voter_ids, _) = voters(m);
             LeaderReply::Done(LeaderAnswer::Members {

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn, Instrument};
+use tracing::{info, Instrument};
 
 pub use error::{ApiError, ApiResult};
 
@@ -61,10 +61,6 @@ pub struct ManagerOpts {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub timing: TimingOpts,
-    /// Bootstrap a multi-voter cluster directly (simulator tests of bootstrap only):
-    /// `ID=API_ADDR/RAFT_ADDR` per voter, comma separated.
-    #[arg(long, hide = true, value_delimiter = ',')]
-    pub initial_voters: Vec<String>,
 }
 
 /// Flags of `warren manager join`.
@@ -119,27 +115,6 @@ pub struct Manager {
 }
 
 pub type ManagerRef = Arc<Manager>;
-
-fn parse_voters(specs: &[String]) -> anyhow::Result<BTreeMap<NodeId, ManagerNode>> {
-    let mut out = BTreeMap::new();
-    for s in specs {
-        let (id, addrs) = s
-            .split_once('=')
-            .with_context(|| format!("--initial-voters entry {s:?}: expected ID=API_ADDR/RAFT_ADDR"))?;
-        let (api, raft) = addrs
-            .split_once('/')
-            .with_context(|| format!("--initial-voters entry {s:?}: expected ID=API_ADDR/RAFT_ADDR"))?;
-        out.insert(
-            id.parse()
-                .with_context(|| format!("--initial-voters entry {s:?}: bad id"))?,
-            ManagerNode {
-                api_addr: api.into(),
-                raft_addr: raft.into(),
-            },
-        );
-    }
-    Ok(out)
-}
 
 /// Checks that `dir` is ours (or empty / absent) and returns the database path.
 pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -232,7 +207,9 @@ pub async fn start(
             opts.data_dir.display()
         )
     })?;
-    let stored = log_store.read_identity::<Identity>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stored = log_store
+        .read_identity::<Identity>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let was_stored = stored.is_some();
     let identity = match (stored, &mode) {
         (Some(id), Mode::Resume) => id,
@@ -280,7 +257,9 @@ pub async fn start(
     let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
     // A new bootstrap records its identity now; a join only once it has been accepted.
     if !was_stored && !identity.cluster_id.is_empty() {
-        log_store.write_identity(&identity).map_err(|e| anyhow::anyhow!("{e}"))?;
+        log_store
+            .write_identity(&identity)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let span = tracing::info_span!("manager", node_id = identity.node_id);
     async move {
@@ -293,25 +272,14 @@ pub async fn start(
             _ => None,
         };
         if matches!(mode, Mode::Init) && !raft.is_initialized().await.context("reading Raft state")? {
-            let voters = if opts.initial_voters.is_empty() {
-                BTreeMap::from([(
-                    identity.node_id,
-                    ManagerNode {
-                        api_addr: identity.api_addr.clone(),
-                        raft_addr: identity.raft_addr.clone(),
-                    },
-                )])
-            } else {
-                parse_voters(&opts.initial_voters)?
+            let me = ManagerNode {
+                api_addr: identity.api_addr.clone(),
+                raft_addr: identity.raft_addr.clone(),
             };
-            // With several initial voters only the lowest id bootstraps; the others learn
-            // the membership from it.
-            if voters.keys().next() == Some(&identity.node_id) {
-                info!(voters = voters.len(), "bootstrapping a new cluster");
-                if let Err(e) = raft.initialize(voters).await {
-                    warn!(error = %e, "initialize");
-                }
-            }
+            info!("bootstrapping a new cluster");
+            raft.initialize(BTreeMap::from([(identity.node_id, me)]))
+                .await
+                .context("bootstrapping Raft")?;
         } else if joining.is_none() {
             info!("resuming from data dir");
         }

@@ -29,13 +29,19 @@ impl Peers {
     }
 
     pub fn is_reachable(&self, me: NodeId, id: NodeId) -> bool {
-        id == me || self.since_contact_ms(id).is_some_and(|ms| ms <= REACHABLE_WITHIN_MS)
+        id == me
+            || self
+                .since_contact_ms(id)
+                .is_some_and(|ms| ms <= REACHABLE_WITHIN_MS)
     }
 
     /// Managers (of any that ever answered, plus `me`) reachable now.
     pub fn reachable(&self, me: NodeId) -> BTreeSet<NodeId> {
         let ids: Vec<NodeId> = self.last_contact.lock().unwrap().keys().copied().collect();
-        ids.into_iter().filter(|id| self.is_reachable(me, *id)).chain([me]).collect()
+        ids.into_iter()
+            .filter(|id| self.is_reachable(me, *id))
+            .chain([me])
+            .collect()
     }
 
     fn record(&self, id: NodeId) {
