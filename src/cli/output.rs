@@ -129,7 +129,8 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
         .map(|m| {
             json!({
                 "id": m.node_id, "api_addr": m.api_addr, "raft_addr": m.raft_addr,
-                "voter": m.voter, "reachable": m.reachable, "replication_lag": m.replication_lag,
+                "voter": m.voter, "reachable": m.reachable, "last_contact_ms": m.last_contact_ms,
+                "replication_lag": m.replication_lag,
                 "leader": m.node_id == i.leader_id,
             })
         })

@@ -71,14 +71,12 @@ impl Api {
                     api_addr: node.api_addr.clone(),
                     raft_addr: node.raft_addr.clone(),
                     voter: voters.contains(id),
-                    // Only the leader knows its followers' progress; elsewhere report what
-                    // this manager can see (itself and the leader).
-                    reachable: replication
-                        .as_ref()
-                        .map_or(Some(*id) == leader || *id == self.m.id, |r| {
-                            *id == self.m.id || r.get(id).is_some_and(|m| m.is_some())
-                        }),
-                    last_contact_ms: 0,
+                    reachable: self.m.peers.is_reachable(self.m.id, *id),
+                    last_contact_ms: if *id == self.m.id {
+                        0
+                    } else {
+                        self.m.peers.since_contact_ms(*id).unwrap_or(0)
+                    },
                     replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
                 }
             })

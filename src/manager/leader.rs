@@ -139,10 +139,12 @@ async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply 
             match tokio::time::timeout(Duration::from_millis(CATCH_UP_MS), add).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return from_raft_err(e, "add learner"),
-                Err(_) => return LeaderReply::Failed(format!(
+                Err(_) => {
+                    return LeaderReply::Failed(format!(
                     "manager {id} did not catch up within {CATCH_UP_MS} ms; is {} reachable from the leader?",
                     node.raft_addr
-                )),
+                ))
+                }
             }
         }
         info!(new_manager = id, "promoting to voter");

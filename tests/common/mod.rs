@@ -58,23 +58,73 @@ impl ManagerProc {
 
     /// Starts with extra flags appended to `cluster init`.
     pub fn start_with(data_dir: &Path, api: &str, raft: &str, extra: &[&str]) -> ManagerProc {
+        let mut args = Self::init_args(api, raft, data_dir);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let m = Self::spawn(&args, api, raft, data_dir);
+        m.wait_ready();
+        m
+    }
+
+    /// Spawns `warren ARGS` as a manager process without waiting for anything.
+    pub fn spawn(args: &[String], api: &str, raft: &str, data_dir: &Path) -> ManagerProc {
         let log = data_dir.with_extension(format!("{}.log", free_port()));
         let child = Command::new(bin())
-            .args(Self::init_args(api, raft, data_dir))
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawning warren");
-        let m = ManagerProc {
+        ManagerProc {
             child,
             api: api.into(),
             raft: raft.into(),
             data_dir: data_dir.into(),
             log,
-        };
-        m.wait_ready();
-        m
+        }
+    }
+
+    /// `warren manager join` for node `id` on 127.0.0.`host`, through `leaders`.
+    pub fn join(id: u64, host: u8, token: &str, leaders: &str, data_dir: &Path) -> ManagerProc {
+        let api = format!("127.0.0.{host}:{}", free_port());
+        let raft = format!("127.0.0.{host}:{}", free_port());
+        let args: Vec<String> = [
+            "manager",
+            "join",
+            "--token",
+            token,
+            "--leader",
+            leaders,
+            "--node-id",
+            &id.to_string(),
+            "--api-addr",
+            &api,
+            "--bind-addr",
+            &raft,
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Self::spawn(&args, &api, &raft, data_dir)
+    }
+
+    /// `warren manager start --data-dir` on this manager's data dir (after a kill).
+    pub fn restart(&self) -> ManagerProc {
+        let args: Vec<String> = [
+            "manager",
+            "start",
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Self::spawn(&args, &self.api, &self.raft, &self.data_dir)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn wait_ready(&self) {
@@ -159,4 +209,68 @@ pub fn services(manager: &str) -> serde_json::Map<String, serde_json::Value> {
         .iter()
         .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
         .collect()
+}
+
+/// `cluster info -o json` from `manager`, if it answers.
+pub fn info(manager: &str) -> Option<serde_json::Value> {
+    let out = warren(manager, &["cluster", "info", "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Voter ids in a `cluster info` answer.
+pub fn voters(info: &serde_json::Value) -> Vec<u64> {
+    info["managers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it returns Some or `deadline` passes (then panics with `what`).
+pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every manager in `apis` reports the same leader (one of `apis`' managers)
+/// and exactly `want` voters; returns the leader id.
+pub fn wait_cluster(apis: &[&str], want: &[u64], deadline: Duration) -> u64 {
+    wait_until("managers to agree on leader and voters", deadline, || {
+        let mut leader = None;
+        for api in apis {
+            let i = info(api)?;
+            let l = i["leader_id"].as_u64()?;
+            if voters(&i) != want || leader.is_some_and(|x| x != l) || l == 0 {
+                return None;
+            }
+            leader = Some(l);
+        }
+        let l = leader?;
+        // the leader must be one of the managers asked (not a dead one they remember)
+        apis.iter()
+            .any(|a| info(a).is_some_and(|i| i["answered_by"] == l))
+            .then_some(l)
+    })
+}
+
+/// A manager token issued through `manager` (extra flags such as --ttl, --rotate).
+pub fn manager_token(manager: &str, extra: &[&str]) -> String {
+    let mut args = vec!["cluster", "join-token", "manager", "-q"];
+    args.extend(extra);
+    let out = warren(manager, &args);
+    assert!(out.status.success(), "join-token: {}", stderr(&out));
+    stdout(&out).trim().to_string()
 }

@@ -1,0 +1,218 @@
+#![cfg(not(madsim))]
+//! High availability with real processes on 127.0.0.x: managers formed with tokens, leader
+//! kill -9, restart from the data dir, refused joins, quorum-safe removal.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const FORM: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    procs: Vec<ManagerProc>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Manager 1 on 127.0.0.1 with `cluster init`; managers 2..=n on 127.0.0.N with `manager join`.
+    fn form(n: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = ManagerProc::start(&tmp.path().join("m1"));
+        let token = manager_token(&first.api, &[]);
+        let mut procs = vec![first];
+        for i in 2..=n {
+            let leaders = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
+            procs.push(ManagerProc::join(
+                i,
+                i as u8,
+                &token,
+                &leaders,
+                &tmp.path().join(format!("m{i}")),
+            ));
+            let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
+            let want: Vec<u64> = (1..=i).collect();
+            wait_cluster(&apis, &want, FORM);
+        }
+        Cluster { procs, _tmp: tmp }
+    }
+
+    fn api(&self, id: u64) -> &str {
+        &self.procs[id as usize - 1].api
+    }
+
+    fn apis_except(&self, dead: &[u64]) -> Vec<&str> {
+        (1..=self.procs.len() as u64)
+            .filter(|i| !dead.contains(i))
+            .map(|i| self.api(i))
+            .collect()
+    }
+}
+
+#[test]
+fn three_managers_fail_over_and_the_killed_one_rejoins() {
+    let mut c = Cluster::form(3);
+    let all = c.apis_except(&[]);
+    let leader = wait_cluster(&all, &[1, 2, 3], FORM);
+    let cluster_id = info(c.api(1)).unwrap()["cluster_id"].clone();
+    for api in &all {
+        let i = info(api).unwrap();
+        assert_eq!(i["cluster_id"], cluster_id);
+        assert_eq!(i["leader_id"], leader);
+    }
+    assert!(
+        warren(c.api(1), &["service", "create", "before", "--image", "busybox"])
+            .status
+            .success()
+    );
+
+    c.procs[leader as usize - 1].kill9();
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    for s in &survivors {
+        let name = format!("after-via-{s}");
+        let out = warren(c.api(*s), &["service", "create", &name, "--image", "busybox"]);
+        assert!(
+            out.status.success(),
+            "create through survivor {s}: {}",
+            stderr(&out)
+        );
+    }
+    let before = services(c.api(survivors[0]));
+    assert_eq!(before.len(), 3);
+
+    // The killed manager restarts from its data dir alone and is a voter with the same state.
+    let restarted = c.procs[leader as usize - 1].restart();
+    c.procs[leader as usize - 1] = restarted;
+    wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    wait_until("the restarted manager to catch up", FORM, || {
+        (services(c.api(leader)) == before).then_some(())
+    });
+    assert_eq!(info(c.api(leader)).unwrap()["cluster_id"], cluster_id);
+}
+
+#[test]
+fn five_managers_keep_accepting_writes_with_two_killed() {
+    let mut c = Cluster::form(5);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3, 4, 5], FORM);
+    // Kill the leader and one more.
+    let other = if leader == 5 { 4 } else { 5 };
+    c.procs[leader as usize - 1].kill9();
+    c.procs[other as usize - 1].kill9();
+    let live = c.apis_except(&[leader, other]);
+    for (k, api) in live.iter().enumerate() {
+        let name = format!("svc-{k}");
+        let out = warren(api, &["service", "create", &name, "--image", "busybox"]);
+        assert!(out.status.success(), "create through {api}: {}", stderr(&out));
+    }
+    for api in &live {
+        wait_until("survivors to serve every write", FORM, || {
+            (services(api).len() == 3).then_some(())
+        });
+    }
+}
+
+#[test]
+fn refused_joins_leave_membership_unchanged() {
+    let c = Cluster::form(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let api1 = c.api(1).to_string();
+    let leaders = c.apis_except(&[]).join(",");
+
+    let worker = {
+        let out = warren(&api1, &["cluster", "join-token", "worker", "-q"]);
+        stdout(&out).trim().to_string()
+    };
+    let rotated_out = manager_token(&api1, &[]);
+    let current = manager_token(&api1, &["--rotate"]);
+    let expiring = manager_token(&api1, &["--ttl", "1s"]);
+    let other_cluster = {
+        let other = ManagerProc::start(&tmp.path().join("other"));
+        manager_token(&other.api, &[])
+    };
+    let garbage = "WRN1-nothing-to-see".to_string();
+    // Wait for the short-lived token to expire (a wait on the clock itself, not on a process).
+    std::thread::sleep(Duration::from_millis(1_100));
+
+    let cases: Vec<(&str, u64, String, &str)> = vec![
+        ("worker token", 7, worker, "this is a worker token"),
+        ("expired", 7, expiring, "expired"),
+        ("rotated out", 7, rotated_out, "rotated out or never issued"),
+        ("garbage", 7, garbage, "malformed"),
+        ("other cluster", 7, other_cluster, "belongs to cluster"),
+        ("node id in use", 2, current.clone(), "manager id \"2"),
+    ];
+    for (what, id, token, expect) in cases {
+        let mut j = ManagerProc::join(id, 9, &token, &leaders, &tmp.path().join(what.replace(' ', "-")));
+        let status = j
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{what}: the joiner kept running"));
+        assert!(!status.success(), "{what}: the join must fail");
+        let log = j.log_text();
+        assert!(log.contains(expect), "{what}: log lacks {expect:?}:\n{log}");
+        assert!(
+            !log.contains(&token) || what == "garbage",
+            "{what}: the token leaked into the log"
+        );
+        for api in c.apis_except(&[]) {
+            assert_eq!(
+                voters(&info(api).unwrap()),
+                vec![1, 2, 3],
+                "{what}: membership changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn removing_a_manager_that_breaks_quorum_needs_force() {
+    let mut c = Cluster::form(3);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    let dead = if leader == 3 { 2 } else { 3 };
+    let keep = [1, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader && *i != dead)
+        .unwrap();
+    c.procs[dead as usize - 1].kill9();
+    let leader_api = c.api(leader).to_string();
+    wait_until(
+        "the leader to see the killed manager as unreachable",
+        FORM,
+        || {
+            let i = info(&leader_api)?;
+            let m = i["managers"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == dead)?
+                .clone();
+            (m["reachable"] == false).then_some(())
+        },
+    );
+
+    // Removing the live follower would leave {leader, dead}: 1 reachable of 2, below quorum.
+    let out = warren(&leader_api, &["manager", "remove", &keep.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--force") && stderr(&out).contains("quorum"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        voters(&info(&leader_api).unwrap()),
+        vec![1, 2, 3],
+        "a refused removal changes nothing"
+    );
+
+    // Removing the dead one keeps a live quorum and goes through.
+    let out = warren(&leader_api, &["manager", "remove", &dead.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut want = vec![leader, keep];
+    want.sort();
+    wait_cluster(&c.apis_except(&[dead]), &want, FORM);
+    // The last manager can never be removed.
+    let out = warren(&leader_api, &["manager", "remove", "9"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("not found"),
+        "{}",
+        stderr(&out)
+    );
+}
