@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Failover on real processes on loopback, as in docs/benchmarks.md:
+#   3 managers (127.0.0.1-3, release build); per trial: kill -9 the leader, then time until a
+#   `warren service create` through the survivors is acknowledged; restart the killed manager
+#   from its data dir and wait until all three agree again. Then the same measurement on a
+#   3-member etcd (../shared/tools/etcd-failover) in the same run, and forwarded-write throughput.
+# Usage: scripts/failover-bench.sh [TRIALS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TRIALS=${1:-20}
+./scripts/deps.sh
+cargo build --release -q --bin warren --example create_load
+W=$PWD/target/release/warren
+LOAD=$PWD/target/release/examples/create_load
+T=$(mktemp -d -t warren-failover.XXXXXX)
+declare -A PID API
+cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+now() { date +%s.%N; }
+info() { $W --manager "$1" cluster info -o json 2>/dev/null; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
+
+for n in 1 2 3; do API[$n]=127.0.0.$n:$(port); done
+$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr 127.0.0.1:$(port) --data-dir $T/m1 >>$T/m1.log 2>&1 &
+PID[1]=$!
+until info ${API[1]} >/dev/null; do sleep 0.05; done
+TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
+for n in 2 3; do
+  $W manager join --token "$TOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
+    --bind-addr 127.0.0.$n:$(port) --data-dir $T/m$n >>$T/m$n.log 2>&1 &
+  PID[$n]=$!
+done
+all_agree() { # every manager answers, same leader, 3 voters, all reachable from the leader
+  local l="" x
+  for n in 1 2 3; do
+    x=$(info ${API[$n]} | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])') || return 1
+    [[ ${x#* } == 3 ]] || return 1
+    [[ -z $l || $l == "${x% *}" ]] || return 1
+    l=${x% *}
+  done
+  echo "$l"
+}
+until all_agree >/dev/null; do sleep 0.1; done
+res=()
+for t in $(seq 1 "$TRIALS"); do
+  leader=$(all_agree)
+  surv=(); for n in 1 2 3; do [[ $n != "$leader" ]] && surv+=("${API[$n]}"); done
+  kill -9 "${PID[$leader]}"; t0=$(now); wait "${PID[$leader]}" 2>/dev/null || true
+  until $W --manager "$(IFS=,; echo "${surv[*]}")" service create "t$t" --image busybox >/dev/null 2>&1; do sleep 0.02; done
+  t1=$(now)
+  d=$(python3 -c "print(f'{$t1-$t0:.3f}')"); res+=("$d")
+  echo "trial $t: leader $leader killed, first acked create after ${d}s"
+  $W manager start --data-dir $T/m$leader >>$T/m$leader.log 2>&1 &
+  PID[$leader]=$!
+  until all_agree >/dev/null; do sleep 0.1; done
+  sleep 1 # same settling pause as the etcd tool, so both start each trial alike
+done
+python3 -c "import statistics as s; r=[float(x) for x in '${res[*]}'.split()]; print(f'warren failover kill->first acked create: median {s.median(r):.3f}s max {max(r):.3f}s over {len(r)} trials')"
+
+leader=$(all_agree); follower=$(( leader % 3 + 1 ))
+for clients in 1 16; do
+  for role in leader follower; do
+    n=$leader; [[ $role == follower ]] && n=$follower
+    rates=()
+    for k in 1 2 3; do
+      rates+=("$($LOAD ${API[$n]} $clients 500 "$role-$clients-$k" | sed 's/.*creates_per_s=//')")
+    done
+    echo "writes through the $role ($clients clients, 500 creates x3): creates/s ${rates[*]} median $(printf '%s\n' "${rates[@]}" | sort -n | sed -n 2p)"
+  done
+done
+
+if command -v etcd >/dev/null; then
+  ../shared/tools/etcd-failover "$TRIALS" | tail -1
+else
+  echo "etcd not installed (apt-get install etcd-server etcd-client) - skipped"
+fi
