@@ -114,9 +114,17 @@ pub enum ServiceCmd {
     Create(CreateArgs),
     /// List services.
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Linearizable read (read-index through the leader) instead of this manager's state.
+        #[arg(long)]
+        consistent: bool,
+    },
     /// Show one service as JSON.
-    Inspect { service: String },
+    Inspect {
+        service: String,
+        #[arg(long)]
+        consistent: bool,
+    },
     /// Change the replica count: `scale NAME --replicas N` or `scale NAME=N`.
     Scale {
         service: String,
@@ -316,24 +324,23 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 .await?;
             output::created(out, &s)
         }
-        ServiceCmd::List => {
+        ServiceCmd::List { consistent } => {
             let r = c
-                .call(
-                    |mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await },
-                )
+                .call(|mut s| async move {
+                    s.services
+                        .list_services(pb::ListServicesRequest { consistent })
+                        .await
+                })
                 .await?;
             output::services(out, &r.services)
         }
-        ServiceCmd::Inspect { service } => {
+        ServiceCmd::Inspect { service, consistent } => {
             let s = c
                 .call(|mut s| {
                     let service = service.clone();
                     async move {
                         s.services
-                            .get_service(pb::GetServiceRequest {
-                                service,
-                                consistent: false,
-                            })
+                            .get_service(pb::GetServiceRequest { service, consistent })
                             .await
                     }
                 })

@@ -171,8 +171,10 @@ async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
     if let Some(r) = not_leader(m) {
         return r;
     }
-    let (voter_ids, _) = voters(m);
-    let reachable = m.peers.reachable(m.id);
+    let (voter_ids, nodes) = voters(m);
+    // Ask now rather than trust the last probe round: this decision must not be stale.
+    let peers: Vec<(NodeId, String)> = nodes.iter().map(|(id, n)| (*id, n.raft_addr.clone())).collect();
+    let reachable = m.peers.reachable_now(m.id, &peers).await;
     if let Err(e) = membership::check_removal(&voter_ids, &reachable, id, force) {
         return LeaderReply::Refused(e);
     }

@@ -10,15 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 pub const PROBE_INTERVAL_MS: u64 = 500;
-const PROBE_TIMEOUT_MS: u64 = 400;
+const PROBE_TIMEOUT_MS: u64 = 1_000;
 /// A manager not heard from for this long counts as unreachable.
-pub const REACHABLE_WITHIN_MS: u64 = 2_000;
+pub const REACHABLE_WITHIN_MS: u64 = 3_000;
 
 #[derive(Default)]
 pub struct Peers {
     last_contact: Mutex<BTreeMap<NodeId, Instant>>,
+    /// One channel per peer address, reused between probes; dropped when a probe fails.
+    channels: Mutex<BTreeMap<String, Channel>>,
 }
 
 impl Peers {
@@ -35,17 +38,48 @@ impl Peers {
                 .is_some_and(|ms| ms <= REACHABLE_WITHIN_MS)
     }
 
-    /// Managers (of any that ever answered, plus `me`) reachable now.
-    pub fn reachable(&self, me: NodeId) -> BTreeSet<NodeId> {
-        let ids: Vec<NodeId> = self.last_contact.lock().unwrap().keys().copied().collect();
-        ids.into_iter()
-            .filter(|id| self.is_reachable(me, *id))
-            .chain([me])
-            .collect()
-    }
-
     fn record(&self, id: NodeId) {
         self.last_contact.lock().unwrap().insert(id, Instant::now());
+    }
+
+    /// Pings `id` at `addr` once; records and returns whether it answered in time.
+    pub async fn ping(&self, id: NodeId, addr: &str) -> bool {
+        let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
+        let cached = self.channels.lock().unwrap().get(addr).cloned();
+        let attempt = async {
+            let ch = match cached {
+                Some(ch) => ch,
+                None => {
+                    let ch = connect(addr, timeout).await.ok()?;
+                    self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
+                    ch
+                }
+            };
+            let mut req = tonic::Request::new(RaftPayload::default());
+            req.set_timeout(timeout);
+            RaftServiceClient::new(ch).ping(req).await.ok()
+        };
+        let ok = matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(_)));
+        if ok {
+            self.record(id);
+        } else {
+            self.channels.lock().unwrap().remove(addr);
+        }
+        ok
+    }
+
+    /// Of `peers` (id, Raft address), those that answer a ping now, plus `me`.
+    pub async fn reachable_now(&self, me: NodeId, peers: &[(NodeId, String)]) -> BTreeSet<NodeId> {
+        let pings = peers
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, addr)| async move { self.ping(*id, addr).await.then_some(*id) });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .chain([me])
+            .collect()
     }
 }
 
@@ -62,18 +96,7 @@ pub async fn probe_loop(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bo
                 .map(|(id, n)| (*id, n.raft_addr.clone()))
                 .collect()
         };
-        for (id, addr) in members {
-            let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
-            let ping = async {
-                let ch = connect(&addr, timeout).await.ok()?;
-                let mut req = tonic::Request::new(RaftPayload::default());
-                req.set_timeout(timeout);
-                RaftServiceClient::new(ch).ping(req).await.ok()
-            };
-            if let Ok(Some(_)) = tokio::time::timeout(timeout, ping).await {
-                m.peers.record(id);
-            }
-        }
+        m.peers.reachable_now(m.id, &members).await;
         tokio::select! {
             biased;
             _ = stop.changed() => return,
