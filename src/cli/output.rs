@@ -170,16 +170,6 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::time(1_795_824_000_000), "2026-11-28T00:00:00Z");
-        assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
-    }
-}
-
 pub fn join_token(out: Output, t: &pb::JoinToken) -> anyhow::Result<()> {
     if out == Output::Json {
         return json(&json!({
@@ -190,4 +180,14 @@ pub fn join_token(out: Output, t: &pb::JoinToken) -> anyhow::Result<()> {
     println!("Token (expires {}):\n\n    {}\n", time(t.expires_at_ms), t.token);
     println!("To join, run on the new node:\n\n    {}\n", t.join_command);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time(1_795_824_000_000), "2026-11-28T00:00:00Z");
+        assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
 }

@@ -42,7 +42,7 @@ pub fn check_removal(
 
 /// A warning for an even number of voters (tolerates no more failures than one fewer).
 pub fn even_voters_warning(voters: usize) -> Option<String> {
-    (voters % 2 == 0).then(|| {
+    voters.is_multiple_of(2).then(|| {
         format!(
             "the cluster now has {voters} managers; an even count tolerates no more failures than {} — add or remove one",
             voters - 1
@@ -61,7 +61,8 @@ mod tests {
     #[test]
     fn removal_decisions() {
         // (voters, reachable, remove, force, allowed)
-        let cases: &[(&[u64], &[u64], u64, bool, bool)] = &[
+        type Case<'a> = (&'a [u64], &'a [u64], u64, bool, bool);
+        let cases: &[Case] = &[
             (&[1, 2, 3], &[1, 2, 3], 3, false, true),
             (&[1, 2, 3], &[1, 2], 3, false, true), // removing the dead one is fine
             (&[1, 2, 3], &[1, 3], 3, false, false), // leaves {1,2} with only 1 live

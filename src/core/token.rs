@@ -180,7 +180,8 @@ mod tests {
         let st = state_with(&[(&m, 1_000), (&w, 1_000)], false);
         let other_cluster = format("beef", Role::Manager, SECRET_A);
         let unknown = format("c0ffee", Role::Manager, SECRET_B);
-        let cases: Vec<(&str, Role, i64, Result<(), fn(&TokenError) -> bool>)> = vec![
+        type Case<'a> = (&'a str, Role, i64, Result<(), fn(&TokenError) -> bool>);
+        let cases: Vec<Case> = vec![
             (&m, Role::Manager, 999, Ok(())),
             (&w, Role::Worker, 0, Ok(())),
             (

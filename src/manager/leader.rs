@@ -23,6 +23,7 @@ const BACKOFF_MAX_MS: u64 = 200;
 const FORWARD_TIMEOUT_MS: u64 = 12_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
 pub enum LeaderOp {
     Write(Command),
     /// Add a manager as a learner, wait for it to catch up, promote it to voter.
@@ -39,6 +40,7 @@ pub enum LeaderOp {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
 pub enum LeaderAnswer {
     Written(WriteResult),
     /// Membership after an add or remove, and a warning for an even voter count.
