@@ -81,44 +81,14 @@ async fn leader_kill_keeps_acknowledged_creates() {
     c.restart(leader);
     let expected: BTreeSet<String> = acked.into_iter().collect();
     let expected_len = expected.len();
-    let lists = c
-        .on_client(async move {
-            wait_for(
-                "all managers to hold every acknowledged service",
-                Duration::from_secs(20),
-                || {
-                    let expected = expected.clone();
-                    async move {
-                        let mut lists = Vec::new();
-                        for id in [1, 2, 3] {
-                            let names: BTreeSet<String> = list_services(id)
-                                .await?
-                                .into_iter()
-                                .map(|s| s.spec.unwrap_or_default().name)
-                                .collect();
-                            if !expected.is_subset(&names) {
-                                return None;
-                            }
-                            lists.push(names);
-                        }
-                        Some(lists)
-                    }
-                },
-            )
-            .await
-        })
-        .await;
-    assert!(
-        lists.windows(2).all(|w| w[0] == w[1]),
-        "managers disagree after heal: {lists:?}"
-    );
+    let names = c.on_client(converged(vec![1, 2, 3], expected)).await;
     let leader_again = c
         .on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
         .await;
     assert!(all.contains(&leader_again));
     eprintln!(
         "killed leader {leader} after {delay_ms} ms, new leader {new_leader}, {} services on every manager, {} acknowledged",
-        lists[0].len(),
+        names.len(),
         expected_len
     );
 }
@@ -147,30 +117,8 @@ async fn whole_cluster_restart_resumes_state() {
     c.on_client(agreed_leader(all.clone(), Duration::from_secs(10)))
         .await;
     let expected: BTreeSet<String> = acked.into_iter().collect();
-    c.on_client(async move {
-        wait_for(
-            "every manager to serve the pre-restart services",
-            Duration::from_secs(10),
-            || {
-                let expected = expected.clone();
-                async move {
-                    for id in [1, 2, 3] {
-                        let names: BTreeSet<String> = list_services(id)
-                            .await?
-                            .into_iter()
-                            .map(|s| s.spec.unwrap_or_default().name)
-                            .collect();
-                        if names != expected {
-                            return None;
-                        }
-                    }
-                    Some(())
-                }
-            },
-        )
-        .await
-    })
-    .await;
+    let names = c.on_client(converged(vec![1, 2, 3], expected.clone())).await;
+    assert_eq!(names, expected, "exactly the acknowledged services, nothing more");
     let id_after = c
         .on_client(async { cluster_info(2).await.unwrap().cluster_id })
         .await;
