@@ -57,12 +57,19 @@ pub struct Cluster {
     pub client_node: NodeHandle,
     #[allow(dead_code)]
     pub seed: u64,
+    /// Extra daemon flags given to every manager.
+    pub flags: Vec<String>,
 }
 
 impl Cluster {
     /// Starts manager 1 with `cluster init`, then joins managers 2..=n through the real join
     /// path (a manager token, learner, promotion), one at a time.
     pub async fn start(n: u64, scenario: &str) -> Cluster {
+        Self::start_with(n, scenario, Vec::new()).await
+    }
+
+    /// As `start`, with extra daemon flags (Raft timers...) for every manager.
+    pub async fn start_with(n: u64, scenario: &str, flags: Vec<String>) -> Cluster {
         warren::raft::disk::sim::reset_all();
         let handle = Handle::current();
         let seed = handle.seed();
@@ -77,9 +84,11 @@ impl Cluster {
             managers: BTreeMap::new(),
             client_node,
             seed,
+            flags,
         };
         let mut args = vec!["warren".to_string(), "init".to_string()];
         args.extend(daemon_args(1));
+        args.extend(c.flags.clone());
         c.add_node(1, args);
         c.on_client(agreed_leader(vec![1], Duration::from_secs(10))).await;
         for i in 2..=n {
@@ -135,7 +144,13 @@ impl Cluster {
         let leaders: Vec<String> = leaders.iter().map(|l| api_addr(*l)).collect();
         args.push(format!("--leader={}", leaders.join(",")));
         args.extend(daemon_args(i));
+        args.extend(self.flags.clone());
         self.add_node(i, args);
+    }
+
+    /// madsim's id of manager `i`, for network faults.
+    pub fn node_id(&self, i: u64) -> madsim::task::NodeId {
+        self.managers[&i].id()
     }
 
     /// Runs `f` on the client node.

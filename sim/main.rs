@@ -11,6 +11,12 @@ fn simulation_suite_needs_the_madsim_cfg() {
 }
 
 #[cfg(madsim)]
+mod chaos;
+#[cfg(madsim)]
+mod checkers;
+#[cfg(madsim)]
 mod cluster;
+#[cfg(madsim)]
+mod faults;
 #[cfg(madsim)]
 mod scenarios;

@@ -12,3 +12,5 @@ pub mod proto {
 pub mod cli;
 pub mod client;
 pub mod manager;
+#[cfg(feature = "sim")]
+pub mod sim_hooks;

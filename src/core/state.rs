@@ -44,9 +44,19 @@ impl StateError {
     }
 }
 
+/// How many recent request ids the state machine remembers for deduplication.
+pub const MAX_REMEMBERED_REQUESTS: usize = 10_000;
+
 /// A change to the cluster state. Ids and times are chosen by the proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// `cmd` applied at most once per `request_id`: a retry of a request whose first attempt
+    /// did commit (say the answer was lost with a leader) gets the first answer back instead
+    /// of applying again (a second delete would answer NotFound for a delete that happened).
+    Once {
+        request_id: String,
+        cmd: Box<Command>,
+    },
     /// First entry of a new cluster: fixes its id.
     InitCluster {
         cluster_id: String,
@@ -133,6 +143,9 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     pub tasks: BTreeMap<String, Task>,
     pub join_tokens: Vec<JoinTokenRecord>,
+    /// Answers to recent `Command::Once` requests, by request id, and the order to forget them.
+    pub requests: BTreeMap<String, Result<Outcome, StateError>>,
+    pub request_order: BTreeMap<u64, String>,
 }
 
 impl ClusterState {
@@ -167,6 +180,19 @@ impl ClusterState {
     /// so an error leaves the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<Outcome, StateError> {
         match command {
+            Command::Once { request_id, cmd } => {
+                if let Some(answer) = self.requests.get(&request_id) {
+                    return answer.clone();
+                }
+                let answer = self.apply(index, *cmd);
+                self.requests.insert(request_id.clone(), answer.clone());
+                self.request_order.insert(index, request_id);
+                while self.request_order.len() > MAX_REMEMBERED_REQUESTS {
+                    let (_, oldest) = self.request_order.pop_first().expect("non-empty");
+                    self.requests.remove(&oldest);
+                }
+                answer
+            }
             Command::InitCluster { cluster_id, .. } => {
                 if cluster_id.is_empty() {
                     return Err(StateError::invalid("cluster_id", "must not be empty"));
@@ -744,6 +770,45 @@ mod tests {
         // at t=150 both earlier ones have expired and are dropped
         st.apply(5, set(Role::Worker, 'e', false, 150)).unwrap();
         assert_eq!(st.join_tokens.len(), 1);
+    }
+
+    #[test]
+    fn once_applies_a_request_at_most_once() {
+        let mut st = base();
+        let del = |rid: &str| Command::Once {
+            request_id: rid.into(),
+            cmd: Box::new(Command::DeleteService {
+                service: "web".into(),
+            }),
+        };
+        assert_eq!(
+            st.apply(3, del("r1")),
+            Ok(Outcome::ServiceDeleted { id: "s1".into() })
+        );
+        // the retry gets the first answer, not NotFound
+        assert_eq!(
+            st.apply(4, del("r1")),
+            Ok(Outcome::ServiceDeleted { id: "s1".into() })
+        );
+        // another request is a new delete
+        assert!(matches!(st.apply(5, del("r2")), Err(StateError::NotFound { .. })));
+        // refusals are remembered too
+        assert!(matches!(st.apply(6, del("r2")), Err(StateError::NotFound { .. })));
+    }
+
+    #[test]
+    fn remembered_requests_are_bounded() {
+        let mut st = ClusterState::default();
+        for i in 0..(MAX_REMEMBERED_REQUESTS as u64 + 5) {
+            let cmd = Command::Once {
+                request_id: format!("r{i}"),
+                cmd: Box::new(Command::DeleteService { service: "x".into() }),
+            };
+            let _ = st.apply(i + 1, cmd);
+        }
+        assert_eq!(st.requests.len(), MAX_REMEMBERED_REQUESTS);
+        assert_eq!(st.request_order.len(), MAX_REMEMBERED_REQUESTS);
+        assert!(!st.requests.contains_key("r0") && st.requests.contains_key("r5"));
     }
 
     #[test]

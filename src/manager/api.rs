@@ -129,14 +129,7 @@ impl ServiceService for Api {
             spec,
             now_ms: now_ms(),
         };
-        let res = match self.write_service(cmd).await {
-            // A forwarded attempt that timed out may have committed: our own id already
-            // being there means it did, so answer with it rather than a false conflict.
-            Err(ApiError::State(StateError::AlreadyExists { kind, .. })) if kind == "service id" => self
-                .read(|st| st.services.get(&id).map(service_to_pb))
-                .ok_or_else(|| ApiError::Internal("service id collision".into())),
-            r => r,
-        };
+        let res = self.write_service(cmd).await;
         ok(res)
     }
 

@@ -248,8 +248,13 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
     }
 }
 
-/// Proposes `cmd` and returns the state machine's answer.
+/// Proposes `cmd` and returns the state machine's answer. Retries (across elections, after
+/// a lost answer) carry the same request id, so the command takes effect at most once.
 pub async fn write(m: &Manager, cmd: Command) -> ApiResult<Outcome> {
+    let cmd = Command::Once {
+        request_id: super::new_id(),
+        cmd: Box::new(cmd),
+    };
     match call(m, LeaderOp::Write(cmd), Duration::from_millis(DEADLINE_MS)).await? {
         LeaderAnswer::Written(WriteResult(r)) => r.map_err(ApiError::State),
         other => Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),

@@ -295,6 +295,8 @@ pub async fn start(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
+        #[cfg(feature = "sim")]
+        let _observer = tokio::spawn(report_leadership(raft.clone(), manager.id));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
@@ -339,6 +341,26 @@ pub async fn start(
     }
     .instrument(span)
     .await
+}
+
+/// Feeds the simulation's election-safety checker: every (node, term) this node led.
+#[cfg(feature = "sim")]
+async fn report_leadership(raft: Raft, id: NodeId) {
+    let mut metrics = raft.metrics();
+    let mut last_term = 0;
+    loop {
+        let (state, term) = {
+            let m = metrics.borrow();
+            (m.state, m.current_term)
+        };
+        if state == openraft::ServerState::Leader && term != last_term {
+            last_term = term;
+            crate::sim_hooks::report_leader(id, term);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

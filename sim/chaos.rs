@@ -1,0 +1,234 @@
+//! Chaos: a random client workload against three managers while faults drawn from the seed
+//! hit them (kills, isolation, splits, one-way links, swizzle-clogging), on each network
+//! profile; then every checker runs.
+
+use crate::checkers::election_safety::ElectionSafety;
+use crate::checkers::history::{History, Op, Ret};
+use crate::checkers::{acked_writes, linearizability, liveness};
+use crate::cluster::*;
+use crate::faults::{rand_range, random_fault, Profile};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tonic::Code;
+use warren::proto::v1 as pb;
+
+const MANAGERS: u64 = 3;
+const CLIENTS: usize = 4;
+const KEYS: u64 = 16;
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn unknown_unless(code: Code, known: &[(Code, Ret)]) -> Ret {
+    known
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, r)| r.clone())
+        .unwrap_or(Ret::Unknown)
+}
+
+/// One client bound to one manager (so a retry never hides an outcome), running random
+/// operations on a small set of names until `until`.
+async fn client_loop(id: usize, manager: u64, history: History, until: tokio::time::Instant) {
+    let client = client_of(manager);
+    while tokio::time::Instant::now() < until {
+        let key = format!("svc-{}", rand_range(0, KEYS));
+        let replicas = rand_range(0, 5) as i64;
+        let op = match rand_range(0, 8) {
+            0..=2 => Op::Create { replicas },
+            3..=4 => Op::Scale { replicas },
+            5 => Op::Delete,
+            _ => Op::Get,
+        };
+        let idx = history.invoke(id, &key, op.clone());
+        let ret = match op {
+            Op::Create { replicas } => {
+                let spec = pb::ServiceSpec {
+                    name: key.clone(),
+                    image: "busybox".into(),
+                    replicas,
+                    ..Default::default()
+                };
+                let call = client.call(|mut s| {
+                    let spec = spec.clone();
+                    async move {
+                        s.services
+                            .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                            .await
+                    }
+                });
+                match tokio::time::timeout(OP_TIMEOUT, call).await {
+                    Ok(Ok(_)) => Ret::Ok,
+                    Ok(Err(e)) => unknown_unless(e.code(), &[(Code::AlreadyExists, Ret::AlreadyExists)]),
+                    Err(_) => Ret::Unknown,
+                }
+            }
+            Op::Scale { replicas } => {
+                let service = key.clone();
+                let call = client.call(|mut s| {
+                    let service = service.clone();
+                    async move {
+                        s.services
+                            .scale_service(pb::ScaleServiceRequest {
+                                service,
+                                replicas,
+                                expected_version: 0,
+                            })
+                            .await
+                    }
+                });
+                match tokio::time::timeout(OP_TIMEOUT, call).await {
+                    Ok(Ok(_)) => Ret::Ok,
+                    Ok(Err(e)) => unknown_unless(e.code(), &[(Code::NotFound, Ret::NotFound)]),
+                    Err(_) => Ret::Unknown,
+                }
+            }
+            Op::Delete => {
+                let service = key.clone();
+                let call = client.call(|mut s| {
+                    let service = service.clone();
+                    async move {
+                        s.services
+                            .delete_service(pb::DeleteServiceRequest { service })
+                            .await
+                    }
+                });
+                match tokio::time::timeout(OP_TIMEOUT, call).await {
+                    Ok(Ok(_)) => Ret::Ok,
+                    Ok(Err(e)) => unknown_unless(e.code(), &[(Code::NotFound, Ret::NotFound)]),
+                    Err(_) => Ret::Unknown,
+                }
+            }
+            Op::Get => {
+                let service = key.clone();
+                let call = client.call(|mut s| {
+                    let service = service.clone();
+                    async move {
+                        s.services
+                            .get_service(pb::GetServiceRequest {
+                                service,
+                                consistent: true,
+                            })
+                            .await
+                    }
+                });
+                match tokio::time::timeout(OP_TIMEOUT, call).await {
+                    Ok(Ok(s)) => Ret::Found {
+                        replicas: s.spec.unwrap_or_default().replicas,
+                    },
+                    Ok(Err(e)) => unknown_unless(e.code(), &[(Code::NotFound, Ret::NotFound)]),
+                    Err(_) => Ret::Unknown,
+                }
+            }
+        };
+        history.complete(idx, ret);
+        tokio::time::sleep(Duration::from_millis(rand_range(20, 300))).await;
+    }
+}
+
+async fn services_of(id: u64) -> Option<BTreeMap<String, i64>> {
+    Some(
+        list_services(id)
+            .await?
+            .into_iter()
+            .map(|s| {
+                let spec = s.spec.unwrap_or_default();
+                (spec.name, spec.replicas)
+            })
+            .collect(),
+    )
+}
+
+pub async fn run(profile: Profile, scenario: &str) {
+    profile.apply();
+    let elections = ElectionSafety::install();
+    let c = Cluster::start_with(MANAGERS, scenario, profile.timing_flags()).await;
+    let bursts = c.client_node.spawn(profile.run_bursts());
+
+    let history = History::default();
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut clients = Vec::new();
+    for id in 0..CLIENTS {
+        let manager = (id as u64 % MANAGERS) + 1;
+        clients.push(
+            c.client_node
+                .spawn(client_loop(id, manager, history.clone(), until)),
+        );
+    }
+
+    let mut faults = Vec::new();
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rand_range(300, 1_500))).await;
+        let leader = c
+            .on_client(async { cluster_info(1).await.map(|i| i.leader_id) })
+            .await
+            .unwrap_or(1)
+            .clamp(1, MANAGERS);
+        let fault = random_fault(MANAGERS, leader);
+        c.inject(&fault).await;
+        tokio::time::sleep(Duration::from_millis(rand_range(300, 3_000))).await;
+        c.heal(&fault).await;
+        faults.push(fault);
+    }
+    for cl in clients {
+        cl.await.unwrap();
+    }
+    bursts.abort();
+    profile.apply();
+
+    let all: Vec<u64> = (1..=MANAGERS).collect();
+    c.on_client(liveness::check(all.clone(), Duration::from_secs(30)))
+        .await;
+    elections.check();
+
+    let events = history.events();
+    let bad = linearizability::violations(&events);
+    assert!(
+        bad.is_empty(),
+        "linearizability violated for {} key(s): {bad:#?}",
+        bad.len()
+    );
+
+    // Every manager converges on one state, and it holds every acknowledged write.
+    let expected = acked_writes::expected(&events);
+    let states = c
+        .on_client(async move {
+            wait_for("managers to converge after heal", Duration::from_secs(30), || {
+                let all = all.clone();
+                async move {
+                    let mut states = Vec::new();
+                    for id in all {
+                        states.push(services_of(id).await?);
+                    }
+                    states.windows(2).all(|w| w[0] == w[1]).then_some(states)
+                }
+            })
+            .await
+        })
+        .await;
+    let lost = acked_writes::missing(&expected, &states[0]);
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let known = events.iter().filter(|e| e.ret != Ret::Unknown).count();
+    eprintln!(
+        "{}: {} ops ({known} with known outcome), {} faults {:?}, {} elections, {} services at the end",
+        profile.name(),
+        events.len(),
+        faults.len(),
+        faults,
+        elections.elections(),
+        states[0].len()
+    );
+}
+
+#[madsim::test]
+async fn chaos_lan() {
+    run(Profile::Lan, "chaos::chaos_lan").await;
+}
+
+#[madsim::test]
+async fn chaos_edge_wan() {
+    run(Profile::EdgeWan, "chaos::chaos_edge_wan").await;
+}
+
+#[madsim::test]
+async fn chaos_flaky() {
+    run(Profile::Flaky, "chaos::chaos_flaky").await;
+}
