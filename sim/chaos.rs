@@ -139,6 +139,7 @@ async fn services_of(id: u64) -> Option<BTreeMap<String, i64>> {
 
 pub async fn run(profile: Profile, scenario: &str) {
     profile.apply();
+    // Installed before the cluster starts so the first election is seen too.
     let elections = ElectionSafety::install();
     let c = Cluster::start_with(MANAGERS, scenario, profile.timing_flags()).await;
     let bursts = c.client_node.spawn(profile.run_bursts());
@@ -231,4 +232,47 @@ async fn chaos_edge_wan() {
 #[madsim::test]
 async fn chaos_flaky() {
     run(Profile::Flaky, "chaos::chaos_flaky").await;
+}
+
+/// Elections under rapid restarts: five managers; the leader is killed and, while the others
+/// elect a new one, random managers are killed and restarted every 50–300 ms, so votes must
+/// survive restarts for election safety to hold. Then the storm stops and the cluster must
+/// become live again.
+pub async fn election_storm(scenario: &str) {
+    Profile::Lan.apply();
+    let elections = ElectionSafety::install();
+    let c = Cluster::start_with(5, scenario, Profile::Lan.timing_flags()).await;
+    let all: Vec<u64> = (1..=5).collect();
+    for _ in 0..6 {
+        let leader = c
+            .on_client(agreed_leader(all.clone(), Duration::from_secs(30)))
+            .await;
+        c.kill(leader);
+        let mut down = vec![leader];
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(rand_range(50, 300))).await;
+            let victim = rand_range(1, 6);
+            if down.contains(&victim) {
+                continue;
+            }
+            // Keep a majority alive between restarts so elections can finish.
+            c.restart(victim);
+        }
+        tokio::time::sleep(Duration::from_millis(rand_range(100, 600))).await;
+        for d in down.drain(..) {
+            c.restart(d);
+        }
+    }
+    c.on_client(liveness::check(all, Duration::from_secs(30))).await;
+    elections.check();
+    eprintln!(
+        "election storm: {} elections, leaders by term {:?}",
+        elections.elections(),
+        elections.leaders()
+    );
+}
+
+#[madsim::test]
+async fn election_storm_keeps_one_leader_per_term() {
+    election_storm("chaos::election_storm_keeps_one_leader_per_term").await;
 }

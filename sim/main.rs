@@ -20,3 +20,5 @@ mod cluster;
 mod faults;
 #[cfg(madsim)]
 mod scenarios;
+#[cfg(madsim)]
+mod selftest;

@@ -9,6 +9,7 @@ pub mod proto {
         tonic::include_proto!("warren.internal.v1");
     }
 }
+pub mod bugs;
 pub mod cli;
 pub mod client;
 pub mod manager;

@@ -26,3 +26,35 @@ pub(crate) fn report_leader(node_id: u64, term: u64) {
         }
     });
 }
+
+/// Classic consensus bugs that the simulation suite must catch, switched on one at a time by
+/// its self-tests. Production builds (no `sim` feature) cannot enable them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// The leader answers a write before it is committed.
+    AckBeforeCommit,
+    /// A retried request is applied again (no request-id deduplication).
+    ApplyTwice,
+    /// `--consistent` reads skip the read-index barrier.
+    StaleConsistentRead,
+    /// The vote is not read back after a restart.
+    ForgetVoteOnRestart,
+}
+
+thread_local! {
+    static BUGS: RefCell<std::collections::BTreeSet<Bug>> = const { RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+pub fn enable(bug: Bug) {
+    BUGS.with(|b| b.borrow_mut().insert(bug));
+}
+
+/// Switches every bug off and removes every hook (start of each simulation).
+pub fn reset() {
+    BUGS.with(|b| b.borrow_mut().clear());
+    clear();
+}
+
+pub fn enabled(bug: Bug) -> bool {
+    BUGS.with(|b| b.borrow().contains(&bug))
+}

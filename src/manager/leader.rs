@@ -4,6 +4,7 @@
 //! a deadline, then answer `Unavailable` naming the last known leader.
 
 use super::{ApiError, ApiResult, Manager, ManagerRef};
+use crate::bugs::{self, Bug};
 use crate::core::{membership, Command, Outcome, StateError};
 use crate::proto::internal::raft_service_client::RaftServiceClient;
 use crate::raft::network::{connect, decode, encode};
@@ -77,6 +78,17 @@ fn from_raft_err<E: std::fmt::Display>(
 /// One attempt on this manager's own Raft.
 pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
     match op {
+        LeaderOp::Write(cmd) if bugs::on(Bug::AckBeforeCommit) && not_leader(m).is_none() => {
+            // Predict the answer on a copy of the state and reply before Raft commits.
+            let predicted = {
+                let d = m.state.read().unwrap();
+                let next = d.last_applied.map_or(1, |l| l.index + 1);
+                d.state.clone().apply(next, cmd.clone())
+            };
+            let raft = m.raft.clone();
+            tokio::spawn(async move { raft.client_write(cmd).await });
+            LeaderReply::Done(LeaderAnswer::Written(WriteResult(predicted)))
+        }
         LeaderOp::Write(cmd) => match m.raft.client_write(cmd).await {
             Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
             Err(e) => from_raft_err(e, "write"),
@@ -251,9 +263,14 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
 /// Proposes `cmd` and returns the state machine's answer. Retries (across elections, after
 /// a lost answer) carry the same request id, so the command takes effect at most once.
 pub async fn write(m: &Manager, cmd: Command) -> ApiResult<Outcome> {
-    let cmd = Command::Once {
-        request_id: super::new_id(),
-        cmd: Box::new(cmd),
+    let request_id = super::new_id();
+    let cmd = if bugs::on(Bug::ApplyTwice) {
+        cmd
+    } else {
+        Command::Once {
+            request_id,
+            cmd: Box::new(cmd),
+        }
     };
     match call(m, LeaderOp::Write(cmd), Duration::from_millis(DEADLINE_MS)).await? {
         LeaderAnswer::Written(WriteResult(r)) => r.map_err(ApiError::State),

@@ -222,6 +222,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        if crate::bugs::on(crate::bugs::Bug::ForgetVoteOnRestart) {
+            return Ok(None);
+        }
         self.meta_get(KEY_VOTE)
             .map_err(|e| StorageIOError::read_vote(e).into())
     }
