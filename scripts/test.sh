@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-SIM_SEEDS=${SIM_SEEDS:-100}
+# 120 seeds x 9 seeded scenarios = 1,080 simulated runs, plus self-tests and pinned seeds.
+SIM_SEEDS=${SIM_SEEDS:-120}
 SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
 
 echo "== fmt"; cargo fmt --check
@@ -15,8 +16,10 @@ echo "== the sim suite refuses to run without the simulator cfg"
 if cargo test -q --features sim --test sim >/dev/null 2>&1; then
   echo "cargo test --features sim without --cfg madsim passed; it must fail" >&2; exit 1
 fi
-echo "== simulation: $SIM_SEEDS seeds per scenario"
+echo "== simulation: $SIM_SEEDS seeds per scenario, self-tests, pinned regression seeds"
+start=$(date +%s)
 MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q
+echo "simulation took $(( $(date +%s) - start )) s"
 echo "== simulation: determinism check"
 for seed in 1 2 3 4 5; do MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q; done
 echo "all tests passed"

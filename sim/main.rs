@@ -19,6 +19,12 @@ mod cluster;
 #[cfg(madsim)]
 mod faults;
 #[cfg(madsim)]
+mod regressions;
+#[cfg(madsim)]
 mod scenarios;
 #[cfg(madsim)]
 mod selftest;
+#[cfg(madsim)]
+mod tuning;
+#[cfg(madsim)]
+mod tuning_doc;

@@ -196,6 +196,10 @@ async fn leader_killed_in_the_middle_of_a_join() {
 /// A token issued before a failover is accepted by the new leader.
 #[madsim::test]
 async fn token_issued_before_failover_is_accepted_after() {
+    token_failover().await;
+}
+
+pub async fn token_failover() {
     let mut c = Cluster::start(3, "scenarios::token_issued_before_failover_is_accepted_after").await;
     let leader = c
         .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))

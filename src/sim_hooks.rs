@@ -10,7 +10,8 @@ thread_local! {
     static ON_LEADER: RefCell<Option<LeaderHook>> = const { RefCell::new(None) };
 }
 
-/// Calls `f(node_id, term)` every time a manager becomes (or reports being) leader.
+/// Calls `f(leader_node_id, term)` whenever a manager appends a new leader's first (blank)
+/// entry — the leader itself at once, its followers as they receive it.
 pub fn on_leader(f: impl Fn(u64, u64) + 'static) {
     ON_LEADER.with(|h| *h.borrow_mut() = Some(Box::new(f)));
 }

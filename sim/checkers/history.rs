@@ -30,6 +30,7 @@ pub enum Ret {
 
 #[derive(Clone, Debug)]
 pub struct Event {
+    #[allow(dead_code)] // shown in violation reports
     pub client: usize,
     pub key: String,
     pub op: Op,

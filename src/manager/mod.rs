@@ -295,8 +295,6 @@ pub async fn start(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
-        #[cfg(feature = "sim")]
-        let _observer = tokio::spawn(report_leadership(raft.clone(), manager.id));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
@@ -343,26 +341,6 @@ pub async fn start(
     .await
 }
 
-/// Feeds the simulation's election-safety checker: every (node, term) this node led.
-#[cfg(feature = "sim")]
-async fn report_leadership(raft: Raft, id: NodeId) {
-    let mut metrics = raft.metrics();
-    let mut last_term = 0;
-    loop {
-        let (state, term) = {
-            let m = metrics.borrow();
-            (m.state, m.current_term)
-        };
-        if state == openraft::ServerState::Leader && term != last_term {
-            last_term = term;
-            crate::sim_hooks::report_leader(id, term);
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -389,11 +367,26 @@ impl Manager {
             leader::LeaderAnswer::ReadIndex(i) => i,
             other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),
         };
-        self.raft
-            .wait(Some(deadline))
-            .applied_index_at_least(index, "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|e| ApiError::Unavailable(format!("this manager did not catch up with the leader: {e}")))
+        // Our own wait rather than `Raft::wait`, whose unbiased `select!` the simulator
+        // cannot make deterministic.
+        let Some(index) = index else { return Ok(()) };
+        let mut metrics = self.raft.metrics();
+        let caught_up = async {
+            loop {
+                if metrics.borrow().last_applied.is_some_and(|l| l.index >= index) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, caught_up).await {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::Unavailable(format!(
+                "this manager did not apply index {index} within {} ms; retry, or read from the leader",
+                deadline.as_millis()
+            ))),
+        }
     }
 }

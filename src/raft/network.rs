@@ -4,7 +4,7 @@
 use super::{ManagerNode, NodeId, TypeConfig};
 use crate::proto::internal::raft_service_client::RaftServiceClient;
 use crate::proto::internal::RaftPayload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -80,9 +80,12 @@ impl Connection {
     {
         let ttl = option.hard_ttl();
         if self.client.is_none() {
+            // Reported as a network error, not `Unreachable`: openraft's backoff for
+            // unreachable peers waits in an unbiased `select!`, whose randomness madsim does
+            // not control; retrying at the next heartbeat costs one refused connect.
             let ch = connect(&self.addr, ttl).await.map_err(|e| {
                 tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
-                RPCError::Unreachable(Unreachable::new(&e))
+                RPCError::Network(NetworkError::new(&e))
             })?;
             self.client = Some(RaftServiceClient::new(ch));
         }

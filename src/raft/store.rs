@@ -251,6 +251,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut t = tx.open_table(LOGS).map_err(any)?;
                 for e in entries {
+                    // A new leader's first act is appending a blank entry of its term: the
+                    // simulation's election-safety checker watches for those.
+                    #[cfg(feature = "sim")]
+                    if matches!(e.payload, EntryPayload::Blank) {
+                        crate::sim_hooks::report_leader(e.log_id.leader_id.node_id, e.log_id.leader_id.term);
+                    }
                     t.insert(e.log_id.index, enc(&e).as_slice()).map_err(any)?;
                 }
             }

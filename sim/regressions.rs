@@ -1,0 +1,37 @@
+//! Seeds that once failed, pinned: each runs its scenario on exactly that seed, every time.
+//! (A seed replays its failure only against the code it failed on; pinned here, it keeps
+//! exercising the same neighbourhood of schedules after the fix.)
+
+use crate::chaos;
+use crate::faults::Profile;
+
+fn on_seed<F: std::future::Future<Output = ()> + 'static>(seed: u64, f: impl FnOnce() -> F) {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    rt.block_on(f());
+    warren::sim_hooks::reset();
+}
+
+/// Found a delete whose first attempt committed under a lost answer, retried, and answered
+/// NotFound (linearizability checker). Fixed by applying writes once per request id.
+#[test]
+fn chaos_flaky_seed_1795861830551408062_retried_delete() {
+    on_seed(1795861830551408062, || {
+        chaos::run(Profile::Flaky, "regressions::retried_delete")
+    });
+}
+
+/// Same bug, LAN profile.
+#[test]
+fn chaos_lan_seed_1795861978348249968_retried_write() {
+    on_seed(1795861978348249968, || {
+        chaos::run(Profile::Lan, "regressions::retried_write")
+    });
+}
+
+/// Found the harness taking a dead leader, still remembered by the survivors, for the new one.
+#[test]
+fn token_failover_seed_1795860078542115312_stale_leader_view() {
+    on_seed(1795860078542115312, || async {
+        crate::scenarios::token_failover().await;
+    });
+}
