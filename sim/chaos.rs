@@ -141,6 +141,12 @@ pub async fn run(profile: Profile, scenario: &str) {
     profile.apply();
     // Installed before the cluster starts so the first election is seen too.
     let elections = ElectionSafety::install();
+    // fsync: 0.1-2 ms, and one in 50 takes 50-500 ms.
+    warren::sim_hooks::set_disk_latency(Some(warren::sim_hooks::DiskLatency {
+        base_us: 100..2_000,
+        spike_one_in: 50,
+        spike_ms: 50..500,
+    }));
     let c = Cluster::start_with(MANAGERS, scenario, profile.timing_flags()).await;
     let bursts = c.client_node.spawn(profile.run_bursts());
 

@@ -41,6 +41,7 @@ async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
 /// must hold identical service lists.
 #[madsim::test]
 async fn leader_kill_keeps_acknowledged_creates() {
+    let sim_start = tokio::time::Instant::now();
     let c = Cluster::start(3, "scenarios::leader_kill_keeps_acknowledged_creates").await;
     let all = vec![1, 2, 3];
     let leader = c
@@ -87,9 +88,10 @@ async fn leader_kill_keeps_acknowledged_creates() {
         .await;
     assert!(all.contains(&leader_again));
     eprintln!(
-        "killed leader {leader} after {delay_ms} ms, new leader {new_leader}, {} services on every manager, {} acknowledged",
+        "killed leader {leader} after {delay_ms} ms, new leader {new_leader}, {} services on every manager, {} acknowledged; simulated {:.3} s",
         names.len(),
-        expected_len
+        expected_len,
+        sim_start.elapsed().as_secs_f64()
     );
 }
 

@@ -7,7 +7,12 @@ async fn main() -> ExitCode {
     let cli = warren::cli::Cli::parse();
     // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
     let default = match &cli.command {
-        warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_)) => "info,openraft=warn",
+        warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_)) =>
+        // openraft logs every failed replication RPC (each heartbeat) at ERROR; peer reachability
+        // is reported once per change by `manager::peers` instead.
+        {
+            "info,openraft=warn,openraft::replication=off"
+        }
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -54,8 +54,44 @@ pub fn enable(bug: Bug) {
 pub fn reset() {
     BUGS.with(|b| b.borrow_mut().clear());
     clear();
+    set_disk_latency(None);
 }
 
 pub fn enabled(bug: Bug) -> bool {
     BUGS.with(|b| b.borrow().contains(&bug))
+}
+
+/// Simulated fsync latency for the Raft log and vote: each sync takes `base_us` (a range), and
+/// one in `spike_one_in` takes `spike_ms` (a range) instead. Off unless a scenario sets it.
+#[derive(Clone, Debug)]
+pub struct DiskLatency {
+    pub base_us: std::ops::Range<u64>,
+    pub spike_one_in: u64,
+    pub spike_ms: std::ops::Range<u64>,
+}
+
+thread_local! {
+    static DISK_LATENCY: RefCell<Option<DiskLatency>> = const { RefCell::new(None) };
+}
+
+pub fn set_disk_latency(l: Option<DiskLatency>) {
+    DISK_LATENCY.with(|d| *d.borrow_mut() = l);
+}
+
+fn draw(r: &std::ops::Range<u64>) -> u64 {
+    r.start + madsim::rand::random::<u64>() % (r.end - r.start).max(1)
+}
+
+/// How long the next fsync should take, drawn from the seeded RNG.
+pub(crate) fn fsync_delay() -> Option<std::time::Duration> {
+    DISK_LATENCY.with(|d| {
+        let d = d.borrow();
+        let l = d.as_ref()?;
+        let spike = l.spike_one_in > 0 && madsim::rand::random::<u64>() % l.spike_one_in == 0;
+        Some(if spike {
+            std::time::Duration::from_millis(draw(&l.spike_ms))
+        } else {
+            std::time::Duration::from_micros(draw(&l.base_us))
+        })
+    })
 }

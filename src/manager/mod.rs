@@ -34,10 +34,12 @@ pub struct TimingOpts {
     /// Leader heartbeat period.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range; a follower campaigns after missing the leader this long.
-    #[arg(long, default_value_t = 250)]
+    /// Election timeout range; a follower campaigns after missing the leader for the
+    /// maximum (the leader lease) plus a random draw from this range. Defaults chosen from
+    /// simulation data (docs/tuning.md); on a WAN use 300 / 600 / 900.
+    #[arg(long, default_value_t = 150)]
     pub election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 300)]
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and compact the log) after this many applied entries.
     #[arg(long, default_value_t = 5000)]

@@ -22,6 +22,8 @@ pub struct Peers {
     last_contact: Mutex<BTreeMap<NodeId, Instant>>,
     /// One channel per peer address, reused between probes; dropped when a probe fails.
     channels: Mutex<BTreeMap<String, Channel>>,
+    /// Peers already reported unreachable (until they answer again).
+    warned: Mutex<BTreeSet<NodeId>>,
 }
 
 impl Peers {
@@ -59,11 +61,27 @@ impl Peers {
             req.set_timeout(timeout);
             RaftServiceClient::new(ch).ping(req).await.ok()
         };
+        let was_reachable = self
+            .since_contact_ms(id)
+            .is_some_and(|ms| ms <= REACHABLE_WITHIN_MS);
         let ok = matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(_)));
         if ok {
+            if !was_reachable {
+                tracing::info!(peer = id, addr, "manager reachable");
+            }
             self.record(id);
         } else {
             self.channels.lock().unwrap().remove(addr);
+            // Say it once, when the window runs out, not on every probe.
+            let now_unreachable = self
+                .since_contact_ms(id)
+                .is_none_or(|ms| ms > REACHABLE_WITHIN_MS);
+            if now_unreachable && self.warned.lock().unwrap().insert(id) {
+                tracing::warn!(peer = id, addr, "manager unreachable");
+            }
+        }
+        if ok {
+            self.warned.lock().unwrap().remove(&id);
         }
         ok
     }

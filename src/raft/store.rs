@@ -170,6 +170,15 @@ impl LogStore {
     }
 }
 
+/// Under the simulation suite, the time an fsync takes (the write itself stays synchronous, so
+/// the delay is taken before it, where there is an await point).
+async fn simulated_fsync_latency() {
+    #[cfg(feature = "sim")]
+    if let Some(d) = crate::sim_hooks::fsync_delay() {
+        tokio::time::sleep(d).await;
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -217,6 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        simulated_fsync_latency().await;
         self.meta_put(KEY_VOTE, vote)
             .map_err(|e| StorageIOError::write_vote(e).into())
     }
@@ -246,6 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // One transaction, one fsync, for the whole batch; only then report it flushed.
+        simulated_fsync_latency().await;
         let write = || -> Result<(), AnyError> {
             let tx = self.db.begin_write().map_err(any)?;
             {
