@@ -323,3 +323,48 @@ fn sweep() {
     let defaults: Vec<&Row> = rows.iter().filter(|r| is_chosen(r)).collect();
     std::fs::write(dir.join("tuning-failover.svg"), svg(&defaults)).unwrap();
 }
+
+/// The daemon's default timers on one profile over many seeds (WARREN_TUNING_SEEDS, default
+/// 1000): `cargo sim -- --ignored tuning::defaults_over_many_seeds --nocapture`.
+#[test]
+#[ignore = "slow: a 1,000-seed failover measurement of the daemon defaults"]
+fn defaults_over_many_seeds() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        timing: warren::manager::TimingOpts,
+    }
+    let d = Flags::parse_from(["x"]).timing;
+    let timing = Timing {
+        heartbeat_ms: d.heartbeat_interval_ms,
+        election_min_ms: d.election_timeout_min_ms,
+        election_max_ms: d.election_timeout_max_ms,
+    };
+    let seeds: u64 = std::env::var("WARREN_TUNING_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    for profile in [Profile::Lan, Profile::Flaky] {
+        let results = run_seeds(0..seeds, || failover_once(profile, timing));
+        let mut ack: Vec<f64> = results.iter().map(|r| r.first_ack_ms).collect();
+        let mut leader: Vec<f64> = results.iter().map(|r| r.new_leader_ms).collect();
+        ack.sort_by(f64::total_cmp);
+        leader.sort_by(f64::total_cmp);
+        println!(
+            "{} defaults {:?} over {} seeds: new leader p50 {:.0} p99 {:.0} max {:.0} ms; first ack p50 {:.0} p95 {:.0} p99 {:.0} max {:.0} ms; split votes {} (max rounds {})",
+            profile.name(),
+            timing,
+            seeds,
+            percentile(&leader, 0.5),
+            percentile(&leader, 0.99),
+            leader.last().unwrap(),
+            percentile(&ack, 0.5),
+            percentile(&ack, 0.95),
+            percentile(&ack, 0.99),
+            ack.last().unwrap(),
+            results.iter().filter(|r| r.rounds > 1).count(),
+            results.iter().map(|r| r.rounds).max().unwrap_or(0)
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 mod api;
 pub mod convert;
+mod election;
 pub mod error;
 mod join;
 pub mod leader;
@@ -114,6 +115,7 @@ pub struct Manager {
     pub state: SharedState,
     pub identity: Identity,
     pub peers: peers::Peers,
+    pub election: election::ElectionTimer,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -166,6 +168,8 @@ fn raft_config(opts: &TimingOpts) -> anyhow::Result<openraft::Config> {
         election_timeout_max: opts.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
         max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
+        // Elections are driven by `manager::election`, which redraws the timeout every round.
+        enable_elect: false,
         ..Default::default()
     };
     cfg.validate().context("invalid Raft timing flags")
@@ -292,11 +296,18 @@ pub async fn start(
             state,
             identity,
             peers: Default::default(),
+            election: Default::default(),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
+        let election_task = tokio::spawn(election::run(
+            manager.clone(),
+            opts.timing.election_timeout_min_ms,
+            opts.timing.election_timeout_max_ms,
+            stop_rx.clone(),
+        ));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
@@ -336,6 +347,7 @@ pub async fn start(
         let _ = stop_tx.send(true);
         cluster_id_task.abort();
         probe_task.abort();
+        election_task.abort();
         let _ = raft.shutdown().await;
         result
     }

@@ -5,6 +5,7 @@ use super::ManagerRef;
 use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::internal::RaftPayload;
 use crate::raft::network::{decode, encode};
+use openraft::raft::AppendEntriesResponse;
 use std::future::Future;
 use std::net::SocketAddr;
 use tonic::{Request, Response, Status};
@@ -21,12 +22,20 @@ fn bad_payload(e: bincode::Error) -> Status {
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.m.raft.append_entries(rpc).await)))
+        let res = self.m.raft.append_entries(rpc).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.m.election.touch();
+        }
+        Ok(Response::new(encode(&res)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.m.raft.vote(rpc).await)))
+        let res = self.m.raft.vote(rpc).await;
+        if matches!(&res, Ok(r) if r.vote_granted) {
+            self.m.election.touch();
+        }
+        Ok(Response::new(encode(&res)))
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
