@@ -43,8 +43,8 @@ impl Profile {
     /// heartbeat interval, so the heartbeat must exceed the worst round trip).
     pub fn timing_flags(self) -> Vec<String> {
         let (hb, min, max) = match self {
-            Profile::Lan | Profile::Flaky => (50, 150, 300),
-            Profile::EdgeWan => (300, 600, 900),
+            Profile::Lan | Profile::Flaky => (50, 200, 400),
+            Profile::EdgeWan => (250, 500, 800),
         };
         vec![
             format!("--heartbeat-interval-ms={hb}"),

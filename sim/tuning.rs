@@ -254,8 +254,9 @@ pub fn svg(rows: &[&Row]) -> String {
 
 /// The timing the data supports for a group of profiles that share one setting (LAN and
 /// flaky are both "a LAN": the daemon defaults must serve both): no spurious leader change in
-/// the steady-state hour on any profile of the group, no split-vote storm (at most 2 rounds), and
-/// of those the lowest p99 kill -> first ack on the group's first profile.
+/// the steady-state hour on any profile of the group, no election livelock (every failover
+/// done within MAX_ROUNDS rounds), and of those the lowest p99 kill -> first ack on the group's
+/// first profile.
 pub fn choose(rows: &[Row], group: &[Profile]) -> Option<Timing> {
     let timings: Vec<Timing> = rows
         .iter()
@@ -267,7 +268,7 @@ pub fn choose(rows: &[Row], group: &[Profile]) -> Option<Timing> {
         .filter(|t| {
             rows.iter()
                 .filter(|r| group.contains(&r.profile) && r.timing == *t)
-                .all(|r| r.spurious_per_hour == 0 && r.max_rounds <= 2)
+                .all(|r| r.spurious_per_hour == 0 && r.max_rounds <= MAX_ROUNDS)
         })
         .min_by(|a, b| {
             let p99 = |t: &Timing| {
@@ -280,6 +281,9 @@ pub fn choose(rows: &[Row], group: &[Profile]) -> Option<Timing> {
             p99(a).total_cmp(&p99(b))
         })
 }
+
+/// More election rounds than this in one failover counts as a livelock.
+pub const MAX_ROUNDS: u64 = 8;
 
 pub const GROUPS: [&[Profile]; 2] = [&[Profile::Lan, Profile::Flaky], &[Profile::EdgeWan]];
 

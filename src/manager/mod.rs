@@ -37,10 +37,11 @@ pub struct TimingOpts {
     pub heartbeat_interval_ms: u64,
     /// Election timeout range; a follower campaigns after missing the leader for the
     /// maximum (the leader lease) plus a random draw from this range. Defaults chosen from
-    /// simulation data (docs/tuning.md); on a WAN use 300 / 600 / 900.
-    #[arg(long, default_value_t = 150)]
+    /// simulation data (docs/tuning.md); on an edge WAN use --heartbeat-interval-ms 250
+    /// --election-timeout-min-ms 500 --election-timeout-max-ms 800.
+    #[arg(long, default_value_t = 200)]
     pub election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 400)]
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and compact the log) after this many applied entries.
     #[arg(long, default_value_t = 5000)]
