@@ -10,8 +10,8 @@ thread_local! {
     static ON_LEADER: RefCell<Option<LeaderHook>> = const { RefCell::new(None) };
 }
 
-/// Calls `f(leader_node_id, term)` whenever a manager appends a new leader's first (blank)
-/// entry — the leader itself at once, its followers as they receive it.
+/// Calls `f(leader_node_id, term)` whenever a manager persists a committed vote — the leader
+/// on winning its election, its followers as they hear from it.
 pub fn on_leader(f: impl Fn(u64, u64) + 'static) {
     ON_LEADER.with(|h| *h.borrow_mut() = Some(Box::new(f)));
 }
@@ -87,7 +87,7 @@ pub(crate) fn fsync_delay() -> Option<std::time::Duration> {
     DISK_LATENCY.with(|d| {
         let d = d.borrow();
         let l = d.as_ref()?;
-        let spike = l.spike_one_in > 0 && madsim::rand::random::<u64>() % l.spike_one_in == 0;
+        let spike = l.spike_one_in > 0 && madsim::rand::random::<u64>().is_multiple_of(l.spike_one_in);
         Some(if spike {
             std::time::Duration::from_millis(draw(&l.spike_ms))
         } else {

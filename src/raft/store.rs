@@ -226,6 +226,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        // A committed vote names the leader of its term: the leader saves it on winning, its
+        // followers when they hear from it. The simulation's election-safety checker
+        // watches for two different leaders of one term.
+        #[cfg(feature = "sim")]
+        if let (true, Some(leader)) = (vote.committed, vote.leader_id.voted_for) {
+            crate::sim_hooks::report_leader(leader, vote.leader_id.term);
+        }
         simulated_fsync_latency().await;
         self.meta_put(KEY_VOTE, vote)
             .map_err(|e| StorageIOError::write_vote(e).into())
@@ -262,12 +269,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut t = tx.open_table(LOGS).map_err(any)?;
                 for e in entries {
-                    // A new leader's first act is appending a blank entry of its term: the
-                    // simulation's election-safety checker watches for those.
-                    #[cfg(feature = "sim")]
-                    if matches!(e.payload, EntryPayload::Blank) {
-                        crate::sim_hooks::report_leader(e.log_id.leader_id.node_id, e.log_id.leader_id.term);
-                    }
                     t.insert(e.log_id.index, enc(&e).as_slice()).map_err(any)?;
                 }
             }
