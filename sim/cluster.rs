@@ -92,10 +92,12 @@ impl Cluster {
         c.add_node(1, args);
         c.on_client(agreed_leader(vec![1], Duration::from_secs(10))).await;
         for i in 2..=n {
+            // The first manager may still be recording the cluster id: poll for a token.
             let token = c
-                .on_client(manager_token(1, false))
-                .await
-                .expect("issuing a manager token");
+                .on_client(wait_for("a manager token", Duration::from_secs(20), || {
+                    manager_token(1, false)
+                }))
+                .await;
             c.join(i, &token, &(1..i).collect::<Vec<_>>());
             let members: Vec<u64> = (1..=i).collect();
             c.on_client(wait_voters(members.clone(), members, Duration::from_secs(20)))
