@@ -44,7 +44,7 @@ impl Profile {
     pub fn timing_flags(self) -> Vec<String> {
         let (hb, min, max) = match self {
             Profile::Lan | Profile::Flaky => (50, 200, 400),
-            Profile::EdgeWan => (250, 500, 800),
+            Profile::EdgeWan => (300, 600, 900),
         };
         vec![
             format!("--heartbeat-interval-ms={hb}"),

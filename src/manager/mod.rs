@@ -37,8 +37,8 @@ pub struct TimingOpts {
     pub heartbeat_interval_ms: u64,
     /// Election timeout range; a follower campaigns after missing the leader for the
     /// maximum (the leader lease) plus a random draw from this range. Defaults chosen from
-    /// simulation data (docs/tuning.md); on an edge WAN use --heartbeat-interval-ms 250
-    /// --election-timeout-min-ms 500 --election-timeout-max-ms 800.
+    /// simulation data (docs/tuning.md); on an edge WAN use --heartbeat-interval-ms 300
+    /// --election-timeout-min-ms 600 --election-timeout-max-ms 900.
     #[arg(long, default_value_t = 200)]
     pub election_timeout_min_ms: u64,
     #[arg(long, default_value_t = 400)]
