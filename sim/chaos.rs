@@ -40,27 +40,11 @@ async fn client_loop(id: usize, manager: u64, history: History, until: tokio::ti
         };
         let idx = history.invoke(id, &key, op.clone());
         let ret = match op {
-            Op::Create { replicas } => {
-                let spec = pb::ServiceSpec {
-                    name: key.clone(),
-                    image: "busybox".into(),
-                    replicas,
-                    ..Default::default()
-                };
-                let call = client.call(|mut s| {
-                    let spec = spec.clone();
-                    async move {
-                        s.services
-                            .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                            .await
-                    }
-                });
-                match tokio::time::timeout(OP_TIMEOUT, call).await {
-                    Ok(Ok(_)) => Ret::Ok,
-                    Ok(Err(e)) => unknown_unless(e.code(), &[(Code::AlreadyExists, Ret::AlreadyExists)]),
-                    Err(_) => Ret::Unknown,
-                }
-            }
+            Op::Create { replicas } => match create_service(&client, &key, replicas, OP_TIMEOUT).await {
+                Some(Ok(_)) => Ret::Ok,
+                Some(Err(e)) => unknown_unless(e.code(), &[(Code::AlreadyExists, Ret::AlreadyExists)]),
+                None => Ret::Unknown,
+            },
             Op::Scale { replicas } => {
                 let service = key.clone();
                 let call = client.call(|mut s| {

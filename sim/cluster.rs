@@ -295,3 +295,28 @@ pub async fn wait_voters(ask: Vec<u64>, voters: Vec<u64>, deadline: Duration) {
     })
     .await
 }
+
+/// Creates service `name` (busybox, `replicas`) through `client`; `None` if no answer came
+/// within `timeout`.
+pub async fn create_service(
+    client: &Client,
+    name: &str,
+    replicas: i64,
+    timeout: Duration,
+) -> Option<Result<pb::Service, warren::client::ClientError>> {
+    let spec = pb::ServiceSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        replicas,
+        ..Default::default()
+    };
+    let call = client.call(|mut s| {
+        let spec = spec.clone();
+        async move {
+            s.services
+                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .await
+        }
+    });
+    tokio::time::timeout(timeout, call).await.ok()
+}

@@ -14,7 +14,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::time::Instant;
-use warren::proto::v1 as pb;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -68,23 +67,9 @@ pub async fn failover_once(profile: Profile, timing: Timing) -> Failover {
         .on_client(async move {
             let client = client_of_all(survivors);
             loop {
-                let spec = pb::ServiceSpec {
-                    name: "after-kill".into(),
-                    image: "busybox".into(),
-                    replicas: 1,
-                    ..Default::default()
-                };
-                let call = client.call(|mut s| {
-                    let spec = spec.clone();
-                    async move {
-                        s.services
-                            .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                            .await
-                    }
-                });
-                match tokio::time::timeout(Duration::from_secs(10), call).await {
-                    Ok(Ok(_)) => return Instant::now(),
-                    Ok(Err(e)) if e.code() == tonic::Code::AlreadyExists => return Instant::now(),
+                match create_service(&client, "after-kill", 1, Duration::from_secs(10)).await {
+                    Some(Ok(_)) => return Instant::now(),
+                    Some(Err(e)) if e.code() == tonic::Code::AlreadyExists => return Instant::now(),
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
