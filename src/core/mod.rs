@@ -3,8 +3,12 @@
 //! command and every generated id are arguments, chosen by the proposer before replication,
 //! so every manager applies the same log to the same result.
 
+pub mod constraint;
+pub mod election;
 pub mod membership;
 pub mod model;
+pub mod reconciler;
+pub mod scheduler;
 pub mod state;
 pub mod token;
 pub mod validate;

@@ -124,19 +124,66 @@ pub enum TaskState {
     Orphaned,
 }
 
+impl TaskState {
+    /// A task in a terminal state never runs again (a replacement is a new task).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Complete | TaskState::Failed | TaskState::Shutdown | TaskState::Rejected
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Preparing => "preparing",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Failed => "failed",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Rejected => "rejected",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
     pub service_id: String,
+    /// Replica number, 1..=replicas; a replacement takes over its predecessor's slot.
     pub slot: u32,
+    /// Replacements of this slot before this task (restart policy's attempt count).
+    pub attempt: u32,
+    /// Empty while pending.
     pub node_id: String,
     pub desired_state: TaskState,
     pub state: TaskState,
     pub message: String,
     pub error: String,
+    pub exit_code: i32,
+    pub container_id: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub version: u64,
+}
+
+impl Task {
+    /// Wanted running and not finished: holds its slot (an orphaned task does not, until
+    /// its node comes back).
+    pub fn is_active(&self) -> bool {
+        self.desired_state == TaskState::Running
+            && !self.state.is_terminal()
+            && self.state != TaskState::Orphaned
+    }
+
+    /// Reserves resources on its node: assigned and not yet finished.
+    pub fn holds_node(&self) -> bool {
+        !self.node_id.is_empty() && !self.state.is_terminal() && self.state != TaskState::Orphaned
+    }
 }
 
 /// A join token as the replicated state keeps it: only a hash of the secret.

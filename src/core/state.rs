@@ -4,6 +4,7 @@
 //! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
 
 use super::model::*;
+use super::reconciler::TaskChange;
 use super::validate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +47,16 @@ impl StateError {
 
 /// How many recent request ids the state machine remembers for deduplication.
 pub const MAX_REMEMBERED_REQUESTS: usize = 10_000;
+
+/// A task's state as a worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub state: TaskState,
+    pub message: String,
+    pub exit_code: i32,
+    pub container_id: String,
+}
 
 /// A change to the cluster state. Ids and times are chosen by the proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +113,20 @@ pub enum Command {
         id: String,
         force: bool,
     },
+    /// One round of the leader's orchestrator (`core::reconciler`). A change whose
+    /// precondition no longer holds (the state moved on after the round read it) is skipped,
+    /// so a stale round does no harm.
+    Orchestrate {
+        changes: Vec<TaskChange>,
+        now_ms: i64,
+    },
+    /// Task state changes reported by the worker `node_id`; only its own tasks change, and a
+    /// finished task never runs again.
+    ReportTasks {
+        node_id: String,
+        reports: Vec<TaskReport>,
+        now_ms: i64,
+    },
     /// Stores a join token's hash; `rotate` drops the role's earlier tokens.
     SetJoinToken {
         role: Role,
@@ -130,6 +155,11 @@ pub enum Outcome {
     JoinTokenSet {
         role: Role,
         expires_at_ms: i64,
+    },
+    /// How many changes of an `Orchestrate` or `ReportTasks` took effect.
+    TasksChanged {
+        applied: u32,
+        skipped: u32,
     },
 }
 
@@ -370,8 +400,151 @@ impl ClusterState {
                 });
                 Ok(Outcome::JoinTokenSet { role, expires_at_ms })
             }
+            Command::Orchestrate { changes, now_ms } => {
+                let (mut applied, mut skipped) = (0, 0);
+                for change in changes {
+                    if self.apply_change(index, change, now_ms) {
+                        applied += 1;
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                Ok(Outcome::TasksChanged { applied, skipped })
+            }
+            Command::ReportTasks {
+                node_id,
+                reports,
+                now_ms,
+            } => {
+                if !self.nodes.contains_key(&node_id) {
+                    return Err(StateError::not_found("node", &node_id));
+                }
+                let (mut applied, mut skipped) = (0, 0);
+                for r in reports {
+                    match self.tasks.get_mut(&r.task_id) {
+                        Some(t) if t.node_id == node_id && !t.state.is_terminal() && reportable(r.state) => {
+                            t.state = r.state;
+                            if r.state == TaskState::Failed || r.state == TaskState::Rejected {
+                                t.error = r.message;
+                            } else {
+                                t.message = r.message;
+                            }
+                            t.exit_code = r.exit_code;
+                            if !r.container_id.is_empty() {
+                                t.container_id = r.container_id;
+                            }
+                            t.updated_at_ms = now_ms;
+                            t.version = index;
+                            applied += 1;
+                        }
+                        _ => skipped += 1,
+                    }
+                }
+                Ok(Outcome::TasksChanged { applied, skipped })
+            }
         }
     }
+
+    /// Applies one orchestrator change if its precondition still holds.
+    fn apply_change(&mut self, index: u64, change: TaskChange, now_ms: i64) -> bool {
+        let tasks = &mut self.tasks;
+        let nodes = &self.nodes;
+        let mut task_update = |id: &str, f: &mut dyn FnMut(&mut Task) -> bool| match tasks.get_mut(id) {
+            Some(t) => {
+                let changed = f(t);
+                if changed {
+                    t.updated_at_ms = now_ms;
+                    t.version = index;
+                }
+                changed
+            }
+            None => false,
+        };
+        match change {
+            TaskChange::NodeDown { node_id } => {
+                self.set_node_status(index, &node_id, NodeStatus::Down, now_ms)
+            }
+            TaskChange::NodeReady { node_id } => {
+                self.set_node_status(index, &node_id, NodeStatus::Ready, now_ms)
+            }
+            TaskChange::Create(mut task) => {
+                if tasks.contains_key(&task.id) || !self.services.contains_key(&task.service_id) {
+                    return false;
+                }
+                task.version = index;
+                tasks.insert(task.id.clone(), task);
+                true
+            }
+            TaskChange::Assign { task_id, node_id } => {
+                let ready = nodes.get(&node_id).is_some_and(|n| n.status == NodeStatus::Ready);
+                task_update(&task_id, &mut |t| {
+                    let ok = ready && t.state == TaskState::Pending && t.desired_state == TaskState::Running;
+                    if ok {
+                        t.node_id = node_id.clone();
+                        t.state = TaskState::Assigned;
+                        t.message.clear();
+                    }
+                    ok
+                })
+            }
+            TaskChange::Pend { task_id, reason } => task_update(&task_id, &mut |t| {
+                let ok = t.state == TaskState::Pending;
+                if ok {
+                    t.message = reason.clone();
+                }
+                ok
+            }),
+            TaskChange::Orphan { task_id } => task_update(&task_id, &mut |t| {
+                let ok = t.holds_node();
+                if ok {
+                    t.state = TaskState::Orphaned;
+                    t.message = format!("node {} is down or gone; replaced", t.node_id);
+                }
+                ok
+            }),
+            TaskChange::Shutdown { task_id, reason } => task_update(&task_id, &mut |t| {
+                let ok = t.desired_state != TaskState::Shutdown && !t.state.is_terminal();
+                if ok {
+                    t.desired_state = TaskState::Shutdown;
+                    t.message = reason.clone();
+                    // Nobody is running it to confirm the stop.
+                    if t.node_id.is_empty() || !nodes.contains_key(&t.node_id) {
+                        t.state = TaskState::Shutdown;
+                    }
+                }
+                ok
+            }),
+            TaskChange::Remove { task_id } => {
+                let done = tasks.get(&task_id).is_some_and(|t| t.state.is_terminal());
+                if done {
+                    tasks.remove(&task_id);
+                }
+                done
+            }
+        }
+    }
+
+    fn set_node_status(&mut self, index: u64, id: &str, status: NodeStatus, now_ms: i64) -> bool {
+        match self.nodes.get_mut(id) {
+            Some(n) if n.status != status => {
+                n.status = status;
+                if status == NodeStatus::Ready {
+                    n.last_heartbeat_ms = now_ms;
+                }
+                n.version = index;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// States a worker may report (the earlier ones are the orchestrator's).
+fn reportable(state: TaskState) -> bool {
+    !matches!(
+        state,
+        TaskState::New | TaskState::Pending | TaskState::Assigned | TaskState::Orphaned
+    )
 }
 
 #[cfg(test)]

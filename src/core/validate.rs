@@ -73,7 +73,27 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), StateError> {
     service_name(&spec.name)?;
     image(&spec.image)?;
     replicas(spec.replicas)?;
-    env(spec)
+    env(spec)?;
+    super::constraint::parse_all(&spec.constraints)?;
+    restart_and_resources(spec)
+}
+
+pub fn restart_and_resources(spec: &ServiceSpec) -> Result<(), StateError> {
+    let r = &spec.resources;
+    for (what, reserve, limit) in [
+        ("cpu", r.reservations.cpu_millis, r.limits.cpu_millis),
+        ("memory", r.reservations.memory_bytes, r.limits.memory_bytes),
+    ] {
+        if limit != 0 && reserve > limit {
+            return Err(StateError::invalid(
+                "resources",
+                format!(
+                    "--reserve-{what} is above --limit-{what}; a task cannot reserve more than it may use"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,14 +2,11 @@
 //! node's lifetime, so two followers with close draws split their votes round after round (the
 //! simulation saw five rounds on the flaky profile). This timer draws a fresh timeout from the
 //! seeded RNG for every round and asks openraft to campaign (`trigger().elect()`); openraft's
-//! own timer is off (`enable_elect = false`).
-//!
-//! Timing follows openraft's rule: a follower that had a leader waits the leader lease
-//! (= the election maximum, during which voters still refuse other candidates) plus the
-//! round's timeout after it last heard from the leader; a candidate whose round failed waits
-//! only a fresh timeout.
+//! own timer is off (`enable_elect = false`). The timing decisions are in
+//! `core::election`.
 
 use super::ManagerRef;
+use crate::core::election::ElectionTiming;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,16 +35,16 @@ impl ElectionTimer {
 }
 
 /// The election timer of one manager, until `stop`.
-pub async fn run(m: ManagerRef, min_ms: u64, max_ms: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let lease = Duration::from_millis(max_ms);
+pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        let round = Duration::from_millis(min_ms + madsim::rand::random::<u64>() % (max_ms - min_ms).max(1));
-        let deadline = loop {
-            let committed = m.raft.metrics().borrow().vote.committed;
-            let wait = if committed { lease + round } else { round };
-            let deadline = m.election.last_contact() + wait;
+        let draw = madsim::rand::random::<u64>();
+        let (round, round_failed) = loop {
+            // Still a candidate means this node's last round has not won (yet): a retry.
+            let round_failed = m.raft.metrics().borrow().state == openraft::ServerState::Candidate;
+            let round = Duration::from_millis(timing.round_timeout_ms(round_failed, draw));
+            let deadline = m.election.last_contact() + round;
             if Instant::now() >= deadline {
-                break deadline;
+                break (round, round_failed);
             }
             tokio::select! {
                 biased;
@@ -55,7 +52,6 @@ pub async fn run(m: ManagerRef, min_ms: u64, max_ms: u64, mut stop: tokio::sync:
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         };
-        let _ = deadline;
         let (is_leader, is_voter) = {
             let metrics = m.raft.metrics().borrow().clone();
             (
@@ -70,6 +66,7 @@ pub async fn run(m: ManagerRef, min_ms: u64, max_ms: u64, mut stop: tokio::sync:
         if !is_leader && is_voter {
             tracing::info!(
                 round_ms = round.as_millis() as u64,
+                retry = round_failed,
                 "no leader heard from; campaigning"
             );
             let _ = m.raft.trigger().elect().await;

@@ -35,8 +35,8 @@ pub struct TimingOpts {
     /// Leader heartbeat period.
     #[arg(long, default_value_t = 50)]
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range; a follower campaigns after missing the leader for the
-    /// maximum (the leader lease) plus a random draw from this range. Defaults chosen from
+    /// Election timeout range; a follower campaigns after missing the leader for a random
+    /// draw from this range, redrawn every round. Defaults chosen from
     /// simulation data (docs/tuning.md); on an edge WAN use --heartbeat-interval-ms 300
     /// --election-timeout-min-ms 600 --election-timeout-max-ms 900.
     #[arg(long, default_value_t = 200)]
@@ -161,12 +161,26 @@ pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+impl TimingOpts {
+    pub fn election(&self) -> crate::core::election::ElectionTiming {
+        crate::core::election::ElectionTiming {
+            heartbeat_ms: self.heartbeat_interval_ms,
+            election_min_ms: self.election_timeout_min_ms,
+            election_max_ms: self.election_timeout_max_ms,
+        }
+    }
+}
+
 fn raft_config(opts: &TimingOpts) -> anyhow::Result<openraft::Config> {
+    let timing = opts.election().validate()?;
+    // openraft takes its leader lease from `election_timeout_max` and its vote RPC timeout
+    // from `election_timeout_min`; its own election timer is off.
+    let lease_ms = timing.leader_lease_ms();
     let cfg = openraft::Config {
         cluster_name: "warren".into(),
         heartbeat_interval: opts.heartbeat_interval_ms,
-        election_timeout_min: opts.election_timeout_min_ms,
-        election_timeout_max: opts.election_timeout_max_ms,
+        election_timeout_min: lease_ms - 1,
+        election_timeout_max: lease_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
         max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
         // Elections are driven by `manager::election`, which redraws the timeout every round.
@@ -303,12 +317,7 @@ pub async fn start(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
-        let election_task = tokio::spawn(election::run(
-            manager.clone(),
-            opts.timing.election_timeout_min_ms,
-            opts.timing.election_timeout_max_ms,
-            stop_rx.clone(),
-        ));
+        let election_task = tokio::spawn(election::run(manager.clone(), opts.timing.election(), stop_rx.clone()));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");

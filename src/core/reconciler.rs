@@ -1,0 +1,738 @@
+//! The orchestrator's decisions: from the replicated state and this leader's view of node
+//! liveness, the task changes that move the cluster toward what the services ask for. Pure;
+//! `manager::orchestrator` runs it on the leader and commits the changes as one entry.
+//!
+//! Per service and slot (replica number):
+//! - no active task: start one (a new slot, a replacement of a task whose node went down or
+//!   was drained, or a restart of a finished task as the restart policy allows);
+//! - more than one active task (a worker came back after its tasks were replaced): keep one
+//!   per [`DuplicatePolicy`], shut the others down;
+//! - slots above the replica count are shut down.
+//!
+//! Nodes: a node this leader has not heard from for the grace period is marked down and its
+//! tasks orphaned (replaced elsewhere); a down node heard from again is ready. A new leader
+//! starts every node in a fresh grace period (`Liveness::Unknown`), so a leader change alone
+//! never reschedules anything.
+
+use super::model::*;
+use super::scheduler::Scheduler;
+use super::state::ClusterState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Task history kept per slot; older finished tasks are removed.
+pub const HISTORY_PER_SLOT: usize = 5;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskChange {
+    NodeDown {
+        node_id: String,
+    },
+    NodeReady {
+        node_id: String,
+    },
+    Create(Task),
+    Assign {
+        task_id: String,
+        node_id: String,
+    },
+    /// A pending task's reason changed.
+    Pend {
+        task_id: String,
+        reason: String,
+    },
+    /// Its node is down or gone: the task no longer holds its slot.
+    Orphan {
+        task_id: String,
+    },
+    Shutdown {
+        task_id: String,
+        reason: String,
+    },
+    Remove {
+        task_id: String,
+    },
+}
+
+/// Which copy survives when a slot runs twice: a worker cut off from the managers kept
+/// running its tasks while the managers started replacements elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DuplicatePolicy {
+    /// Keep the task started during the partition; stop the returning worker's copy.
+    #[default]
+    KeepReplacement,
+    /// Keep the returning worker's copy; stop the replacement.
+    KeepOriginal,
+}
+
+/// This leader's knowledge of a node's heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from within the grace period.
+    Alive,
+    /// Not heard from for longer than the grace period.
+    Silent,
+    /// Not heard from yet, but still inside the grace period this leader gave it.
+    Unknown,
+}
+
+pub struct Input<'a> {
+    pub state: &'a ClusterState,
+    pub now_ms: i64,
+    /// Nodes missing here count as `Unknown`.
+    pub liveness: &'a BTreeMap<String, Liveness>,
+    pub duplicates: DuplicatePolicy,
+}
+
+/// The changes for one round; `new_id` names new tasks.
+pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
+    let st = input.state;
+    let mut changes = Vec::new();
+
+    // Nodes as they will be after this round's status changes.
+    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    for (id, node) in &st.nodes {
+        let mut node = node.clone();
+        match (
+            node.status,
+            input.liveness.get(id).copied().unwrap_or(Liveness::Unknown),
+        ) {
+            (NodeStatus::Ready | NodeStatus::Unknown, Liveness::Silent) => {
+                node.status = NodeStatus::Down;
+                changes.push(TaskChange::NodeDown { node_id: id.clone() });
+            }
+            (NodeStatus::Down | NodeStatus::Unknown, Liveness::Alive) => {
+                node.status = NodeStatus::Ready;
+                changes.push(TaskChange::NodeReady { node_id: id.clone() });
+            }
+            _ => {}
+        }
+        nodes.insert(id.as_str(), node);
+    }
+    let node_gone = |id: &str| nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down);
+    let drained = |id: &str| {
+        nodes
+            .get(id)
+            .is_some_and(|n| n.availability == Availability::Drain)
+    };
+
+    // Tasks whose node is gone stop holding their slot.
+    let mut orphaned: Vec<&str> = Vec::new();
+    for t in st.tasks.values() {
+        if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) {
+            orphaned.push(&t.id);
+            changes.push(TaskChange::Orphan {
+                task_id: t.id.clone(),
+            });
+        }
+    }
+
+    // Tasks by service and slot, oldest first.
+    let mut slots: BTreeMap<&str, BTreeMap<u32, Vec<&Task>>> = BTreeMap::new();
+    for t in st.tasks.values() {
+        slots
+            .entry(&t.service_id)
+            .or_default()
+            .entry(t.slot)
+            .or_default()
+            .push(t);
+    }
+    for tasks in slots.values_mut().flat_map(|s| s.values_mut()) {
+        tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
+    }
+
+    let node_refs: Vec<Node> = nodes.values().cloned().collect();
+    let mut scheduler = Scheduler::new(
+        &node_refs,
+        st.tasks.values().filter(|t| !orphaned.contains(&t.id.as_str())),
+        &st.services,
+    );
+    let empty = BTreeMap::new();
+    for service in st.services.values() {
+        let by_slot = slots.get(service.id.as_str()).unwrap_or(&empty);
+        let replicas = service.spec.replicas as u32;
+        // Tasks to place: (slot, attempt) of new ones, then ids of pending ones.
+        let mut new_tasks: Vec<(u32, u32)> = Vec::new();
+        let mut pending: Vec<&Task> = Vec::new();
+
+        for (&slot, tasks) in by_slot {
+            let is_active = |t: &&&Task| t.is_active() && !orphaned.contains(&t.id.as_str());
+            if slot > replicas {
+                for t in tasks.iter().filter(is_active) {
+                    changes.push(TaskChange::Shutdown {
+                        task_id: t.id.clone(),
+                        reason: "scaled down".into(),
+                    });
+                }
+                continue;
+            }
+            let mut active: Vec<&Task> = Vec::new();
+            for t in tasks.iter().filter(is_active) {
+                if !t.node_id.is_empty() && drained(&t.node_id) {
+                    changes.push(TaskChange::Shutdown {
+                        task_id: t.id.clone(),
+                        reason: format!("node {} drained", t.node_id),
+                    });
+                } else {
+                    active.push(t);
+                }
+            }
+            if active.len() > 1 {
+                let keep = match input.duplicates {
+                    DuplicatePolicy::KeepReplacement => active.len() - 1,
+                    DuplicatePolicy::KeepOriginal => 0,
+                };
+                for (i, t) in active.iter().enumerate() {
+                    if i != keep {
+                        changes.push(TaskChange::Shutdown {
+                            task_id: t.id.clone(),
+                            reason: format!(
+                                "slot {slot} ran twice after a partition; keeping {}",
+                                active[keep].id
+                            ),
+                        });
+                    }
+                }
+                active = vec![active[keep]];
+            }
+            match active.first() {
+                Some(t) if t.node_id.is_empty() => pending.push(t),
+                Some(_) => {}
+                None => {
+                    if let Some(attempt) = replacement(service, tasks.last().copied(), input.now_ms) {
+                        new_tasks.push((slot, attempt));
+                    }
+                }
+            }
+        }
+        for slot in 1..=replicas {
+            if !by_slot.contains_key(&slot) {
+                new_tasks.push((slot, 0));
+            }
+        }
+        new_tasks.sort();
+
+        let placed = scheduler.place(service, pending.len() + new_tasks.len());
+        let (for_pending, for_new) = placed.split_at(pending.len());
+        for (t, place) in pending.iter().zip(for_pending) {
+            match place {
+                Ok(node_id) => changes.push(TaskChange::Assign {
+                    task_id: t.id.clone(),
+                    node_id: node_id.clone(),
+                }),
+                Err(reason) if *reason != t.message => changes.push(TaskChange::Pend {
+                    task_id: t.id.clone(),
+                    reason: reason.clone(),
+                }),
+                Err(_) => {}
+            }
+        }
+        for (&(slot, attempt), place) in new_tasks.iter().zip(for_new) {
+            let (node_id, state, message) = match place {
+                Ok(node) => (node.clone(), TaskState::Assigned, String::new()),
+                Err(reason) => (String::new(), TaskState::Pending, reason.clone()),
+            };
+            changes.push(TaskChange::Create(Task {
+                id: new_id(),
+                service_id: service.id.clone(),
+                slot,
+                attempt,
+                node_id,
+                desired_state: TaskState::Running,
+                state,
+                message,
+                error: String::new(),
+                exit_code: 0,
+                container_id: String::new(),
+                created_at_ms: input.now_ms,
+                updated_at_ms: input.now_ms,
+                version: 0,
+            }));
+        }
+
+        // History: keep the newest finished tasks of each slot.
+        for tasks in by_slot.values() {
+            let finished: Vec<&&Task> = tasks.iter().filter(|t| t.state.is_terminal()).collect();
+            let excess = finished.len().saturating_sub(HISTORY_PER_SLOT);
+            for t in &finished[..excess] {
+                changes.push(TaskChange::Remove {
+                    task_id: t.id.clone(),
+                });
+            }
+        }
+    }
+    changes
+}
+
+/// Whether a slot whose newest task is `latest` (none active) gets a new task now, and its
+/// attempt number.
+fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<u32> {
+    let Some(t) = latest else { return Some(0) };
+    // Still running but moved (node down or drained), or stopped by the orchestrator or
+    // the node: not the task's fault, so no restart policy and no attempt counted.
+    if !t.state.is_terminal() || t.state == TaskState::Shutdown || t.desired_state != TaskState::Running {
+        return Some(t.attempt);
+    }
+    let policy = &service.spec.restart_policy;
+    let failed = matches!(t.state, TaskState::Failed | TaskState::Rejected);
+    let restart = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed,
+        RestartCondition::Any => true,
+    };
+    let attempts_left = policy.max_attempts == 0 || t.attempt + 1 <= policy.max_attempts;
+    let delay_over = now_ms >= t.updated_at_ms + policy.delay_ms as i64;
+    (restart && attempts_left && delay_over).then_some(t.attempt + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::state::{Command, TaskReport};
+
+    struct World {
+        st: ClusterState,
+        index: u64,
+        now_ms: i64,
+        next_id: u32,
+        liveness: BTreeMap<String, Liveness>,
+        duplicates: DuplicatePolicy,
+    }
+
+    impl World {
+        fn new(workers: &[&str]) -> World {
+            let mut w = World {
+                st: ClusterState::default(),
+                index: 0,
+                now_ms: 1_000,
+                next_id: 0,
+                liveness: BTreeMap::new(),
+                duplicates: DuplicatePolicy::KeepReplacement,
+            };
+            for id in workers {
+                w.apply(Command::RegisterNode {
+                    id: id.to_string(),
+                    role: Role::Worker,
+                    address: String::new(),
+                    labels: BTreeMap::new(),
+                    capacity: Resources {
+                        cpu_millis: 4000,
+                        memory_bytes: 1 << 32,
+                    },
+                    now_ms: 0,
+                });
+                w.liveness.insert(id.to_string(), Liveness::Alive);
+            }
+            w
+        }
+
+        fn apply(&mut self, cmd: Command) {
+            self.index += 1;
+            self.st.apply(self.index, cmd).unwrap();
+        }
+
+        fn service(&mut self, name: &str, replicas: i64, policy: RestartPolicy) {
+            let spec = ServiceSpec {
+                name: name.into(),
+                image: "busybox".into(),
+                replicas,
+                restart_policy: policy,
+                ..Default::default()
+            };
+            self.apply(Command::CreateService {
+                id: name.into(),
+                spec,
+                now_ms: self.now_ms,
+            });
+        }
+
+        /// One reconcile round, committed; returns its changes.
+        fn round(&mut self) -> Vec<TaskChange> {
+            let mut next = self.next_id;
+            let changes = reconcile(
+                &Input {
+                    state: &self.st,
+                    now_ms: self.now_ms,
+                    liveness: &self.liveness,
+                    duplicates: self.duplicates,
+                },
+                &mut || {
+                    next += 1;
+                    format!("t{next:03}")
+                },
+            );
+            self.next_id = next;
+            self.apply(Command::Orchestrate {
+                changes: changes.clone(),
+                now_ms: self.now_ms,
+            });
+            changes
+        }
+
+        /// Rounds until nothing changes; panics if that takes more than 5.
+        fn settle(&mut self) {
+            for _ in 0..5 {
+                if self.round().is_empty() {
+                    return;
+                }
+            }
+            panic!("no fixed point: {:?}", self.round());
+        }
+
+        /// Every assigned task reports running (what healthy workers do).
+        fn run_all(&mut self) {
+            let mut by_node: BTreeMap<String, Vec<TaskReport>> = BTreeMap::new();
+            for t in self.st.tasks.values() {
+                if t.state == TaskState::Assigned
+                    || (t.state == TaskState::Running && t.desired_state == TaskState::Shutdown)
+                {
+                    let state = if t.desired_state == TaskState::Running {
+                        TaskState::Running
+                    } else {
+                        TaskState::Shutdown
+                    };
+                    by_node
+                        .entry(t.node_id.clone())
+                        .or_default()
+                        .push(report(&t.id, state, 0));
+                }
+            }
+            for (node_id, reports) in by_node {
+                self.apply(Command::ReportTasks {
+                    node_id,
+                    reports,
+                    now_ms: self.now_ms,
+                });
+            }
+        }
+
+        fn report(&mut self, node: &str, task: &str, state: TaskState, exit_code: i32) {
+            self.apply(Command::ReportTasks {
+                node_id: node.into(),
+                reports: vec![report(task, state, exit_code)],
+                now_ms: self.now_ms,
+            });
+        }
+
+        fn active(&self, service: &str) -> Vec<&Task> {
+            self.st
+                .tasks
+                .values()
+                .filter(|t| t.service_id == service && t.is_active())
+                .collect()
+        }
+
+        /// Active tasks per node, in node order.
+        fn spread(&self, service: &str) -> BTreeMap<String, usize> {
+            let mut m = BTreeMap::new();
+            for t in self.active(service) {
+                *m.entry(t.node_id.clone()).or_default() += 1;
+            }
+            m
+        }
+
+        fn slots(&self, service: &str) -> Vec<u32> {
+            let mut s: Vec<u32> = self.active(service).iter().map(|t| t.slot).collect();
+            s.sort();
+            s
+        }
+    }
+
+    fn report(task: &str, state: TaskState, exit_code: i32) -> TaskReport {
+        TaskReport {
+            task_id: task.into(),
+            state,
+            message: String::new(),
+            exit_code,
+            container_id: String::new(),
+        }
+    }
+
+    fn policy(condition: RestartCondition, max_attempts: u32, delay_ms: u64) -> RestartPolicy {
+        RestartPolicy {
+            condition,
+            max_attempts,
+            delay_ms,
+        }
+    }
+
+    fn counts(m: &BTreeMap<String, usize>) -> Vec<usize> {
+        m.values().copied().collect()
+    }
+
+    #[test]
+    fn create_spreads_and_scale_converges() {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.service("web", 5, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        assert_eq!(w.slots("web"), vec![1, 2, 3, 4, 5]);
+        assert_eq!(counts(&w.spread("web")), vec![2, 2, 1]);
+        assert!(w.round().is_empty(), "a converged service needs no change");
+
+        w.apply(Command::ScaleService {
+            service: "web".into(),
+            replicas: 2,
+            expected_version: 0,
+            now_ms: w.now_ms,
+        });
+        let changes = w.round();
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, TaskChange::Shutdown { .. }))
+                .count(),
+            3
+        );
+        assert_eq!(w.slots("web"), vec![1, 2]);
+        w.run_all();
+        w.settle();
+
+        w.apply(Command::ScaleService {
+            service: "web".into(),
+            replicas: 6,
+            expected_version: 0,
+            now_ms: w.now_ms,
+        });
+        w.settle();
+        assert_eq!(w.slots("web"), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(counts(&w.spread("web")), vec![2, 2, 2]);
+        let ids: std::collections::BTreeSet<&String> = w.st.tasks.keys().collect();
+        assert_eq!(ids.len(), w.st.tasks.len());
+    }
+
+    #[test]
+    fn restart_policy() {
+        // (condition, max attempts, exit code, failures in a row, tasks the slot ends with active)
+        let cases = [
+            (RestartCondition::Any, 0, 0, 3, 1),
+            (RestartCondition::Any, 0, 1, 3, 1),
+            (RestartCondition::OnFailure, 0, 1, 2, 1),
+            (RestartCondition::OnFailure, 0, 0, 1, 0),
+            (RestartCondition::None, 0, 1, 1, 0),
+            (RestartCondition::Any, 2, 1, 3, 0),
+            (RestartCondition::Any, 3, 1, 3, 1),
+        ];
+        for (condition, max, exit_code, failures, want_active) in cases {
+            let mut w = World::new(&["a"]);
+            w.service("job", 1, policy(condition, max, 0));
+            w.settle();
+            for _ in 0..failures {
+                let Some(t) = w.active("job").first().map(|t| t.id.clone()) else {
+                    break;
+                };
+                let state = if exit_code == 0 {
+                    TaskState::Complete
+                } else {
+                    TaskState::Failed
+                };
+                w.report("a", &t, state, exit_code);
+                w.settle();
+            }
+            let case = format!("{condition:?} max {max} exit {exit_code} x{failures}");
+            assert_eq!(w.active("job").len(), want_active, "{case}");
+            if let Some(t) = w.active("job").first() {
+                assert_eq!(t.attempt, failures, "{case}");
+                assert_eq!(t.slot, 1, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn restart_delay() {
+        let mut w = World::new(&["a"]);
+        w.service("job", 1, policy(RestartCondition::Any, 0, 5_000));
+        w.settle();
+        let t = w.active("job")[0].id.clone();
+        w.report("a", &t, TaskState::Failed, 2);
+        w.now_ms += 4_999;
+        assert!(w.round().is_empty(), "restarted before the delay");
+        w.now_ms += 1;
+        assert!(matches!(w.round().as_slice(), [TaskChange::Create(t)] if t.attempt == 1));
+    }
+
+    #[test]
+    fn silent_node_is_replaced_unknown_node_is_not() {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.service("web", 3, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        let before: Vec<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+
+        // A new leader: nobody heard from yet. Nothing moves.
+        let fresh: BTreeMap<String, Liveness> = w
+            .liveness
+            .keys()
+            .map(|k| (k.clone(), Liveness::Unknown))
+            .collect();
+        w.liveness = fresh;
+        assert!(w.round().is_empty(), "a leader change alone changed tasks");
+        let after: Vec<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+        assert_eq!(before, after);
+
+        // b goes silent past the grace period: down, its task orphaned and replaced.
+        w.liveness.insert("a".into(), Liveness::Alive);
+        w.liveness.insert("b".into(), Liveness::Silent);
+        w.liveness.insert("c".into(), Liveness::Alive);
+        w.settle();
+        assert_eq!(w.st.nodes["b"].status, NodeStatus::Down);
+        assert_eq!(w.slots("web"), vec![1, 2, 3]);
+        assert!(w.active("web").iter().all(|t| t.node_id != "b"));
+        let orphan = w.st.tasks.values().find(|t| t.node_id == "b").unwrap().clone();
+        assert_eq!(orphan.state, TaskState::Orphaned);
+        w.run_all();
+
+        // b comes back still running its task: the slot ran twice; one copy is stopped.
+        w.liveness.insert("b".into(), Liveness::Alive);
+        w.round();
+        assert_eq!(w.st.nodes["b"].status, NodeStatus::Ready);
+        w.report("b", &orphan.id, TaskState::Running, 0);
+        w.settle();
+        assert_eq!(w.slots("web"), vec![1, 2, 3]);
+        assert_eq!(
+            w.st.tasks[&orphan.id].desired_state,
+            TaskState::Shutdown,
+            "keep-replacement stops the original"
+        );
+    }
+
+    #[test]
+    fn duplicate_policy_keep_original() {
+        let mut w = World::new(&["a", "b"]);
+        w.duplicates = DuplicatePolicy::KeepOriginal;
+        w.service("web", 1, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        let original = w.active("web")[0].clone();
+        let other = if original.node_id == "a" { "b" } else { "a" };
+        w.liveness.insert(original.node_id.clone(), Liveness::Silent);
+        w.settle();
+        w.run_all();
+        let replacement = w.active("web")[0].clone();
+        assert_eq!(replacement.node_id, other);
+        w.liveness.insert(original.node_id.clone(), Liveness::Alive);
+        w.round();
+        w.report(&original.node_id, &original.id, TaskState::Running, 0);
+        w.settle();
+        let active: Vec<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+        assert_eq!(active, vec![original.id.clone()]);
+        assert_eq!(w.st.tasks[&replacement.id].desired_state, TaskState::Shutdown);
+    }
+
+    #[test]
+    fn drain_moves_tasks_and_pause_keeps_them() {
+        let mut w = World::new(&["a", "b"]);
+        w.service("web", 4, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        w.apply(Command::UpdateNode {
+            id: "b".into(),
+            availability: Some(Availability::Pause),
+            labels: None,
+            expected_version: 0,
+        });
+        assert!(w.round().is_empty(), "pause moved tasks");
+        w.apply(Command::UpdateNode {
+            id: "b".into(),
+            availability: Some(Availability::Drain),
+            labels: None,
+            expected_version: 0,
+        });
+        w.settle();
+        assert_eq!(w.slots("web"), vec![1, 2, 3, 4]);
+        assert_eq!(counts(&w.spread("web")), vec![4]);
+        assert!(w.active("web").iter().all(|t| t.node_id == "a"));
+        // The drained tasks were replaced without counting as restart attempts.
+        assert!(w.active("web").iter().all(|t| t.attempt == 0));
+    }
+
+    #[test]
+    fn pending_says_why_and_is_placed_when_a_node_joins() {
+        let mut w = World::new(&[]);
+        w.service("web", 2, RestartPolicy::default());
+        w.settle();
+        let pending: Vec<&Task> =
+            w.st.tasks
+                .values()
+                .filter(|t| t.state == TaskState::Pending)
+                .collect();
+        assert_eq!(pending.len(), 2);
+        assert!(
+            pending[0].message.contains("no worker nodes"),
+            "{}",
+            pending[0].message
+        );
+        w.apply(Command::RegisterNode {
+            id: "late".into(),
+            role: Role::Worker,
+            address: String::new(),
+            labels: BTreeMap::new(),
+            capacity: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            now_ms: 0,
+        });
+        w.settle();
+        assert!(w
+            .st
+            .tasks
+            .values()
+            .all(|t| t.state == TaskState::Assigned && t.node_id == "late"));
+        assert_eq!(w.st.tasks.len(), 2, "pending tasks were placed, not duplicated");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut w = World::new(&["a"]);
+        w.service("job", 1, policy(RestartCondition::Any, 0, 0));
+        w.settle();
+        for _ in 0..12 {
+            let t = w.active("job")[0].id.clone();
+            w.report("a", &t, TaskState::Failed, 1);
+            w.settle();
+        }
+        assert_eq!(w.st.tasks.len(), HISTORY_PER_SLOT + 1);
+    }
+
+    #[test]
+    fn stale_changes_are_skipped() {
+        let mut w = World::new(&["a"]);
+        w.service("web", 1, RestartPolicy::default());
+        w.settle();
+        let t = w.active("web")[0].id.clone();
+        w.report("a", &t, TaskState::Running, 0);
+        // A round computed earlier orchestrates a task that has since changed or is gone.
+        w.index += 1;
+        let out =
+            w.st.apply(
+                w.index,
+                Command::Orchestrate {
+                    changes: vec![
+                        TaskChange::Assign {
+                            task_id: t.clone(),
+                            node_id: "a".into(),
+                        },
+                        TaskChange::Remove { task_id: t.clone() },
+                        TaskChange::Orphan {
+                            task_id: "nope".into(),
+                        },
+                    ],
+                    now_ms: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            crate::core::state::Outcome::TasksChanged {
+                applied: 0,
+                skipped: 3
+            }
+        );
+        assert_eq!(w.st.tasks[&t].state, TaskState::Running);
+        // A worker cannot report on another node's task, nor revive a finished one.
+        w.report("a", &t, TaskState::Failed, 3);
+        w.report("a", &t, TaskState::Running, 0);
+        assert_eq!(w.st.tasks[&t].state, TaskState::Failed);
+    }
+}
