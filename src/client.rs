@@ -88,6 +88,14 @@ impl Client {
         })
     }
 
+    /// Moves to the next manager and drops the current one's channel (it stopped answering).
+    pub fn rotate(&self) {
+        let n = self.endpoints.len();
+        let i = self.current.load(Ordering::Relaxed);
+        self.channels.lock().unwrap()[i] = None;
+        self.current.store((i + 1) % n, Ordering::Relaxed);
+    }
+
     /// Runs `f` against the current manager; on a connection failure (or `Unavailable` from
     /// a manager that cannot reach a leader) tries the next one, each at most once.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>

@@ -15,3 +15,4 @@ pub mod client;
 pub mod manager;
 #[cfg(feature = "sim")]
 pub mod sim_hooks;
+pub mod worker;

@@ -7,7 +7,9 @@ async fn main() -> ExitCode {
     let cli = warren::cli::Cli::parse();
     // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
     let default = match &cli.command {
-        warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_)) =>
+        warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_))
+        | warren::cli::Cmd::Manager(warren::cli::ManagerCmd::Join(_) | warren::cli::ManagerCmd::Start(_))
+        | warren::cli::Cmd::Worker(_) =>
         // openraft logs every failed replication RPC (each heartbeat) at ERROR; peer reachability
         // is reported once per change by `manager::peers` instead.
         {

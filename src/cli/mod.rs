@@ -53,6 +53,16 @@ pub enum Cmd {
     /// Join, restart and remove managers.
     #[command(subcommand)]
     Manager(ManagerCmd),
+    /// Run a worker.
+    #[command(subcommand)]
+    Worker(WorkerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCmd {
+    /// Join the cluster with a worker token (first time) and run assigned tasks:
+    /// `warren worker start --token T --manager ADDR[,ADDR...] --node-id ID --data-dir DIR`
+    Start(crate::worker::WorkerOpts),
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +144,12 @@ pub enum ServiceCmd {
     /// Delete a service.
     #[command(alias = "rm")]
     Delete { service: String },
+    /// List a service's tasks: node, desired and actual state, since when, and why.
+    Ps {
+        service: String,
+        #[arg(long)]
+        consistent: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -149,9 +165,58 @@ pub struct CreateArgs {
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Placement constraint (repeatable): node.labels.KEY==VALUE, node.id!=ID, node.role==worker.
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// CPUs reserved per task (e.g. 0.5); the scheduler only places where they are free.
+    #[arg(long, value_parser = parse_cpus)]
+    pub reserve_cpu: Option<u64>,
+    /// Memory reserved per task (e.g. 256MiB).
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub reserve_memory: Option<u64>,
+    /// CPU limit per task.
+    #[arg(long, value_parser = parse_cpus)]
+    pub limit_cpu: Option<u64>,
+    /// Memory limit per task.
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub limit_memory: Option<u64>,
+    /// Restart a finished task: none, on-failure or any.
+    #[arg(long, value_enum, default_value_t = RestartCondition::Any)]
+    pub restart_condition: RestartCondition,
+    /// Give up after this many restarts of a replica (0 = never give up).
+    #[arg(long, default_value_t = 0)]
+    pub restart_max_attempts: u32,
+    /// Wait between a task ending and its restart, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub restart_delay: std::time::Duration,
+    /// Time a task gets to stop before it is killed, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub stop_timeout: std::time::Duration,
     /// Command and arguments run in the container.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    Any,
+}
+
+/// CPUs as a decimal ("0.5") to thousandths.
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c >= 0.0 => Ok((c * 1000.0).round() as u64),
+        _ => Err(format!("{s:?} is not a number of CPUs; use for example 0.5 or 2")),
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Availability {
+    Active,
+    Drain,
+    Pause,
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,6 +226,19 @@ pub enum NodeCmd {
     List,
     /// Show one node as JSON.
     Inspect { id: String },
+    /// Set a node's availability: drain moves its tasks away, pause takes no new ones.
+    Update {
+        id: String,
+        #[arg(long, value_enum)]
+        availability: Availability,
+    },
+    /// Remove a node that is down (or any node with --force; its tasks are rescheduled).
+    #[command(alias = "rm")]
+    Remove {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn key_values(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -284,6 +362,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output::cluster_info(out, &info)
         }
         Cmd::Service(cmd) => service(client()?, out, cmd).await,
+        Cmd::Worker(WorkerCmd::Start(mut opts)) => {
+            opts.managers = cli.manager.clone();
+            let capacity = host_capacity(&opts);
+            let runtime: std::sync::Arc<dyn crate::worker::runtime::ContainerRuntime> = match opts.runtime {
+                crate::worker::RuntimeKind::Sim => {
+                    tracing::warn!(
+                        "--runtime sim: tasks run in an in-memory simulated runtime, not as real containers"
+                    );
+                    std::sync::Arc::new(crate::worker::sim_runtime::SimRuntime::default())
+                }
+            };
+            crate::worker::start(opts, capacity, runtime, shutdown_signal()).await
+        }
         Cmd::Node(cmd) => node(client()?, out, cmd).await,
     }
 }
@@ -303,6 +394,10 @@ async fn remove_manager(c: &Client, node_id: u64, force: bool) -> anyhow::Result
 async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
     match cmd {
         ServiceCmd::Create(a) => {
+            let res = |cpu: Option<u64>, mem: Option<u64>| pb::Resources {
+                cpu_millis: cpu.unwrap_or(0),
+                memory_bytes: mem.unwrap_or(0),
+            };
             let spec = pb::ServiceSpec {
                 name: a.name,
                 image: a.image,
@@ -310,6 +405,21 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 env: key_values("--env", &a.env)?,
                 labels: key_values("--label", &a.labels)?,
                 command: a.command,
+                constraints: a.constraints,
+                resources: Some(pb::ResourceRequirements {
+                    reservations: Some(res(a.reserve_cpu, a.reserve_memory)),
+                    limits: Some(res(a.limit_cpu, a.limit_memory)),
+                }),
+                restart_policy: Some(pb::RestartPolicy {
+                    condition: match a.restart_condition {
+                        RestartCondition::None => pb::RestartCondition::None,
+                        RestartCondition::OnFailure => pb::RestartCondition::OnFailure,
+                        RestartCondition::Any => pb::RestartCondition::Any,
+                    } as i32,
+                    max_attempts: a.restart_max_attempts,
+                    delay_ms: a.restart_delay.as_millis() as u64,
+                }),
+                stop_timeout_ms: a.stop_timeout.as_millis() as u64,
                 ..Default::default()
             };
             let s = c
@@ -379,7 +489,48 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             println!("{}", r.id);
             Ok(())
         }
+        ServiceCmd::Ps { service, consistent } => {
+            let r = c
+                .call(|mut s| {
+                    let service = service.clone();
+                    async move {
+                        s.tasks
+                            .list_tasks(pb::ListTasksRequest {
+                                service,
+                                node_id: String::new(),
+                                consistent,
+                            })
+                            .await
+                    }
+                })
+                .await?;
+            output::tasks(out, &r.tasks)
+        }
     }
+}
+
+/// The capacity a worker offers: flags, else the host's CPUs and memory.
+fn host_capacity(opts: &crate::worker::WorkerOpts) -> crate::core::Resources {
+    let cpus = opts
+        .cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64);
+    let memory = opts.memory.unwrap_or_else(host_memory_bytes);
+    crate::core::Resources {
+        cpu_millis: (cpus * 1000.0) as u64,
+        memory_bytes: memory,
+    }
+}
+
+fn host_memory_bytes() -> u64 {
+    // "MemTotal:       24570396 kB"
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024)
 }
 
 async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
@@ -406,6 +557,43 @@ async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
                 .await?;
             output::json(&output::node_json(&n))
         }
+        NodeCmd::Update { id, availability } => {
+            let availability = match availability {
+                Availability::Active => pb::NodeAvailability::Active,
+                Availability::Drain => pb::NodeAvailability::Drain,
+                Availability::Pause => pb::NodeAvailability::Pause,
+            } as i32;
+            let n = c
+                .call(|mut s| {
+                    let id = id.clone();
+                    async move {
+                        s.nodes
+                            .update_node(pb::UpdateNodeRequest {
+                                id,
+                                availability,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                })
+                .await?;
+            match out {
+                Output::Json => output::json(&output::node_json(&n)),
+                Output::Table => {
+                    println!("{}", n.id);
+                    Ok(())
+                }
+            }
+        }
+        NodeCmd::Remove { id, force } => {
+            c.call(|mut s| {
+                let id = id.clone();
+                async move { s.nodes.remove_node(pb::RemoveNodeRequest { id, force }).await }
+            })
+            .await?;
+            println!("{id}");
+            Ok(())
+        }
     }
 }
 
@@ -420,6 +608,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn scale_forms() {

@@ -62,16 +62,103 @@ pub fn service_json(s: &pb::Service) -> Value {
     })
 }
 
+/// `NODE_STATUS_READY` -> `ready`.
+fn short(name: Option<&str>, prefix: &str) -> String {
+    name.map(|n| {
+        n.trim_start_matches(prefix)
+            .to_ascii_lowercase()
+            .replace('_', "-")
+    })
+    .unwrap_or_else(|| "?".into())
+}
+
 pub fn node_json(n: &pb::Node) -> Value {
+    let cap = n.capacity.unwrap_or_default();
     json!({
         "id": n.id,
-        "role": pb::Role::try_from(n.role).map(|r| r.as_str_name()).unwrap_or("?"),
+        "role": short(pb::Role::try_from(n.role).ok().map(|r| r.as_str_name()), "ROLE_"),
         "address": n.address,
-        "status": pb::NodeStatus::try_from(n.status).map(|r| r.as_str_name()).unwrap_or("?"),
-        "availability": pb::NodeAvailability::try_from(n.availability).map(|r| r.as_str_name()).unwrap_or("?"),
+        "status": short(pb::NodeStatus::try_from(n.status).ok().map(|r| r.as_str_name()), "NODE_STATUS_"),
+        "availability": short(pb::NodeAvailability::try_from(n.availability).ok().map(|r| r.as_str_name()), "NODE_AVAILABILITY_"),
         "labels": n.labels,
+        "cpus": cap.cpu_millis as f64 / 1000.0,
+        "memory_bytes": cap.memory_bytes,
+        "created_at": time(n.created_at_ms),
         "version": n.version,
     })
+}
+
+fn task_state(s: i32) -> String {
+    short(
+        pb::TaskState::try_from(s).ok().map(|r| r.as_str_name()),
+        "TASK_STATE_",
+    )
+}
+
+pub fn task_json(t: &pb::Task) -> Value {
+    json!({
+        "id": t.id,
+        "service": t.service_name,
+        "slot": t.slot,
+        "attempt": t.attempt,
+        "node": t.node_id,
+        "desired_state": task_state(t.desired_state),
+        "state": task_state(t.state),
+        "since": time(t.updated_at_ms),
+        "message": t.message,
+        "error": t.error,
+        "exit_code": t.exit_code,
+        "container_id": t.container_id,
+    })
+}
+
+/// `service ps`: newest first within each slot, like `docker service ps`.
+pub fn tasks(out: Output, list: &[pb::Task]) -> anyhow::Result<()> {
+    let mut list = list.to_vec();
+    list.sort_by(|a, b| (a.slot, -a.created_at_ms, &a.id).cmp(&(b.slot, -b.created_at_ms, &b.id)));
+    if out == Output::Json {
+        return json(&Value::Array(list.iter().map(task_json).collect()));
+    }
+    let mut t = table(&[
+        "ID",
+        "NAME",
+        "NODE",
+        "DESIRED",
+        "STATE",
+        "SINCE",
+        "ERROR / MESSAGE",
+    ]);
+    let mut last_slot = None;
+    for task in &list {
+        // Older tasks of a slot are history, shown indented as docker does.
+        let name = format!("{}.{}", task.service_name, task.slot);
+        let name = if last_slot == Some(task.slot) {
+            format!(" \\_ {name}")
+        } else {
+            name
+        };
+        last_slot = Some(task.slot);
+        let note = if task.error.is_empty() {
+            task.message.clone()
+        } else {
+            task.error.clone()
+        };
+        t.add_row(vec![
+            task.id.chars().take(12).collect(),
+            name,
+            if task.node_id.is_empty() {
+                "-".into()
+            } else {
+                task.node_id.clone()
+            },
+            task_state(task.desired_state),
+            task_state(task.state),
+            time(task.updated_at_ms),
+            note,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
 }
 
 pub fn created(out: Output, s: &pb::Service) -> anyhow::Result<()> {
@@ -112,9 +199,9 @@ pub fn nodes(out: Output, list: &[pb::Node]) -> anyhow::Result<()> {
         let v = node_json(n);
         t.add_row(vec![
             n.id.clone(),
-            v["role"].to_string(),
-            v["status"].to_string(),
-            v["availability"].to_string(),
+            v["role"].as_str().unwrap_or("?").to_string(),
+            v["status"].as_str().unwrap_or("?").to_string(),
+            v["availability"].as_str().unwrap_or("?").to_string(),
             n.address.clone(),
         ]);
     }

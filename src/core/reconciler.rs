@@ -119,7 +119,15 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     // Tasks whose node is gone stop holding their slot.
     let mut orphaned: Vec<&str> = Vec::new();
     for t in st.tasks.values() {
-        if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) {
+        let removed = !t.node_id.is_empty() && !nodes.contains_key(t.node_id.as_str());
+        if removed && !t.state.is_terminal() {
+            // Its node was removed from the cluster: it will never report again.
+            orphaned.push(&t.id);
+            changes.push(TaskChange::Shutdown {
+                task_id: t.id.clone(),
+                reason: format!("node {} was removed", t.node_id),
+            });
+        } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) {
             orphaned.push(&t.id);
             changes.push(TaskChange::Orphan {
                 task_id: t.id.clone(),

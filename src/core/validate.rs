@@ -31,6 +31,23 @@ pub fn service_name(name: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// A worker node id: 1-63 characters of `a-z`, `0-9`, `-`, `_` and `.` (hostnames fit).
+pub fn node_id(id: &str) -> Result<(), StateError> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::invalid(
+            "node id",
+            format!("{id:?} is not a valid node id; use 1-63 lowercase letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
 pub fn replicas(replicas: i64) -> Result<(), StateError> {
     if !(0..=MAX_REPLICAS).contains(&replicas) {
         return Err(StateError::invalid(

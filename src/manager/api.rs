@@ -1,7 +1,7 @@
 //! The public `warren.v1` API. Reads come from this manager's applied state (or, with
 //! `consistent`, after a read-index check on the leader); writes go through `Manager::write`.
 
-use super::convert::{service_to_pb, spec_from_pb};
+use super::convert::{service_to_pb, spec_from_pb, task_state_from_pb, task_to_pb};
 use super::join::JOIN_DEADLINE_MS;
 use super::leader::{self, LeaderAnswer, LeaderOp};
 use super::{now_ms, ApiError, ApiResult, ManagerRef};
@@ -230,16 +230,69 @@ fn node_to_pb(n: &core::Node) -> pb::Node {
 
 #[tonic::async_trait]
 impl NodeService for Api {
-    async fn register_node(&self, _: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
-        Err(Status::unimplemented(
-            "worker registration arrives with workers (issue #5)",
-        ))
+    async fn register_node(&self, req: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("register_node", node = %req.node_id);
+        let _e = span.enter();
+        core::validate::node_id(&req.node_id).map_err(ApiError::State)?;
+        // As for managers: check against state at least as new as the leader's.
+        self.m.read_barrier().await?;
+        self.read(|st| token::check(st, &req.token, core::Role::Worker, now_ms()))
+            .map_err(ApiError::Token)?;
+        let capacity = req.capacity.unwrap_or_default();
+        let cmd = Command::RegisterNode {
+            id: req.node_id,
+            role: core::Role::Worker,
+            address: req.address,
+            labels: req.labels,
+            capacity: core::Resources {
+                cpu_millis: capacity.cpu_millis,
+                memory_bytes: capacity.memory_bytes,
+            },
+            now_ms: now_ms(),
+        };
+        let node = match self.m.write(cmd).await? {
+            Outcome::Node(n) => n,
+            o => return Err(unexpected(o).into()),
+        };
+        tracing::info!("worker registered");
+        ok(Ok(pb::RegisterNodeResponse {
+            node: Some(node_to_pb(&node)),
+            cluster_id: self.read(|st| st.cluster_id.clone()),
+        }))
     }
 
-    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
-        Err(Status::unimplemented(
-            "worker heartbeats arrive with workers (issue #5)",
-        ))
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
+        let req = req.into_inner();
+        let mut reports = Vec::with_capacity(req.changes.len());
+        for c in req.changes {
+            let state = task_state_from_pb(c.state).ok_or_else(|| {
+                ApiError::State(StateError::invalid(
+                    "task state",
+                    format!("{} is not a task state", c.state),
+                ))
+            })?;
+            reports.push(core::state::TaskReport {
+                task_id: c.task_id,
+                state,
+                message: c.message,
+                exit_code: c.exit_code,
+                container_id: c.container_id,
+            });
+        }
+        let op = LeaderOp::Heartbeat {
+            node_id: req.node_id,
+            reports,
+        };
+        leader::call(
+            &self.m,
+            op,
+            std::time::Duration::from_millis(HEARTBEAT_DEADLINE_MS),
+        )
+        .await?;
+        ok(Ok(pb::HeartbeatResponse {
+            next_heartbeat_ms: self.m.orchestrator.worker_heartbeat_ms,
+        }))
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
@@ -423,7 +476,8 @@ impl ClusterService for Api {
 
 #[tonic::async_trait]
 impl TaskService for Api {
-    type WatchAssignmentsStream = futures::stream::Empty<Result<pb::AssignmentEvent, Status>>;
+    type WatchAssignmentsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AssignmentEvent, Status>> + Send>>;
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
         let req = req.into_inner();
@@ -441,23 +495,7 @@ impl TaskService for Api {
                 .values()
                 .filter(|t| service_id.as_ref().is_none_or(|s| &t.service_id == s))
                 .filter(|t| req.node_id.is_empty() || t.node_id == req.node_id)
-                .map(|t| pb::Task {
-                    id: t.id.clone(),
-                    service_id: t.service_id.clone(),
-                    service_name: st
-                        .services
-                        .get(&t.service_id)
-                        .map(|s| s.spec.name.clone())
-                        .unwrap_or_default(),
-                    slot: t.slot,
-                    node_id: t.node_id.clone(),
-                    message: t.message.clone(),
-                    error: t.error.clone(),
-                    created_at_ms: t.created_at_ms,
-                    updated_at_ms: t.updated_at_ms,
-                    version: t.version,
-                    ..Default::default()
-                })
+                .map(|t| task_to_pb(st, t, false))
                 .collect()
         });
         ok(Ok(pb::ListTasksResponse { tasks }))
@@ -465,18 +503,79 @@ impl TaskService for Api {
 
     async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Reply<pb::Task> {
         let id = req.into_inner().id;
-        Err(not_found("task", &id).into())
+        ok(self
+            .read(|st| st.tasks.get(&id).map(|t| task_to_pb(st, t, true)))
+            .ok_or_else(|| not_found("task", &id)))
     }
 
+    /// The tasks assigned to a node, as a full set whenever it changes (this manager's
+    /// applied state), with a keep-alive event in between so the worker notices a dead stream.
     async fn watch_assignments(
         &self,
-        _: Request<pb::WatchAssignmentsRequest>,
+        req: Request<pb::WatchAssignmentsRequest>,
     ) -> Reply<Self::WatchAssignmentsStream> {
-        Err(Status::unimplemented(
-            "assignment streams arrive with workers (issue #5)",
-        ))
+        let node_id = req.into_inner().node_id;
+        if !self.read(|st| st.nodes.contains_key(&node_id)) {
+            return Err(not_found("node", &node_id).into());
+        }
+        let m = self.m.clone();
+        let metrics = m.raft.metrics();
+        let init = (m, node_id, None::<Vec<(String, u64, u64)>>, 0u64, metrics);
+        let stream = futures::stream::unfold(init, |(m, node, mut last, mut seq, mut metrics)| async move {
+            loop {
+                let (key, tasks) = {
+                    let guard = m.state.read().unwrap();
+                    let st = &guard.state;
+                    let mine: Vec<&core::Task> = st
+                        .tasks
+                        .values()
+                        .filter(|t| t.node_id == node && !t.state.is_terminal())
+                        .collect();
+                    let key: Vec<(String, u64, u64)> = mine
+                        .iter()
+                        .map(|t| {
+                            (
+                                t.id.clone(),
+                                t.version,
+                                st.services.get(&t.service_id).map_or(0, |s| s.version),
+                            )
+                        })
+                        .collect();
+                    let changed = last.as_ref() != Some(&key);
+                    (
+                        key,
+                        changed.then(|| mine.iter().map(|t| task_to_pb(st, t, true)).collect::<Vec<_>>()),
+                    )
+                };
+                seq += 1;
+                if let Some(tasks) = tasks {
+                    let ev = pb::AssignmentEvent {
+                        seq,
+                        full_set: true,
+                        tasks,
+                        ..Default::default()
+                    };
+                    last = Some(key);
+                    return Some((Ok(ev), (m, node, last, seq, metrics)));
+                }
+                tokio::select! {
+                    biased;
+                    r = metrics.changed() => if r.is_err() { return None },
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
+                        let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
+                        return Some((Ok(ev), (m, node, last, seq, metrics)));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
+
+/// Deadline for forwarding a worker heartbeat to the leader (a worker beats every second).
+const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
+/// Keep-alive period of an assignment stream with nothing new.
+pub const ASSIGNMENT_KEEPALIVE_MS: u64 = 2_000;
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let api = Api { m };

@@ -105,3 +105,65 @@ mod tests {
         assert_eq!(spec_from_pb(spec_to_pb(&spec)), spec);
     }
 }
+
+pub fn task_state_to_pb(s: model::TaskState) -> pb::TaskState {
+    use model::TaskState as T;
+    match s {
+        T::New => pb::TaskState::New,
+        T::Pending => pb::TaskState::Pending,
+        T::Assigned => pb::TaskState::Assigned,
+        T::Preparing => pb::TaskState::Preparing,
+        T::Starting => pb::TaskState::Starting,
+        T::Running => pb::TaskState::Running,
+        T::Complete => pb::TaskState::Complete,
+        T::Failed => pb::TaskState::Failed,
+        T::Shutdown => pb::TaskState::Shutdown,
+        T::Rejected => pb::TaskState::Rejected,
+        T::Orphaned => pb::TaskState::Orphaned,
+    }
+}
+
+pub fn task_state_from_pb(s: i32) -> Option<model::TaskState> {
+    use model::TaskState as T;
+    Some(match pb::TaskState::try_from(s).ok()? {
+        pb::TaskState::Unspecified => return None,
+        pb::TaskState::New => T::New,
+        pb::TaskState::Pending => T::Pending,
+        pb::TaskState::Assigned => T::Assigned,
+        pb::TaskState::Preparing => T::Preparing,
+        pb::TaskState::Starting => T::Starting,
+        pb::TaskState::Running => T::Running,
+        pb::TaskState::Complete => T::Complete,
+        pb::TaskState::Failed => T::Failed,
+        pb::TaskState::Shutdown => T::Shutdown,
+        pb::TaskState::Rejected => T::Rejected,
+        pb::TaskState::Orphaned => T::Orphaned,
+    })
+}
+
+/// A task on the wire; `with_spec` adds its service's spec (what a worker needs to run it).
+pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> pb::Task {
+    let service = st.services.get(&t.service_id);
+    pb::Task {
+        id: t.id.clone(),
+        service_id: t.service_id.clone(),
+        service_name: service.map(|s| s.spec.name.clone()).unwrap_or_default(),
+        slot: t.slot,
+        node_id: t.node_id.clone(),
+        desired_state: task_state_to_pb(t.desired_state) as i32,
+        state: task_state_to_pb(t.state) as i32,
+        message: t.message.clone(),
+        error: t.error.clone(),
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.updated_at_ms,
+        container_id: t.container_id.clone(),
+        exit_code: t.exit_code,
+        version: t.version,
+        spec: if with_spec {
+            service.map(|s| spec_to_pb(&s.spec))
+        } else {
+            None
+        },
+        attempt: t.attempt,
+    }
+}

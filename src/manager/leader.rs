@@ -38,6 +38,12 @@ pub enum LeaderOp {
     },
     /// The leader's commit index, confirmed by a quorum (read-index).
     ReadIndex,
+    /// A worker's heartbeat: the leader notes it (in memory) and commits the task state
+    /// changes it carries, if any.
+    Heartbeat {
+        node_id: String,
+        reports: Vec<crate::core::state::TaskReport>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +56,7 @@ pub enum LeaderAnswer {
         warning: Option<String>,
     },
     ReadIndex(Option<u64>),
+    Ack,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +109,52 @@ pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
         },
         LeaderOp::AddManager { id, node } => add_manager(m, id, node).await,
         LeaderOp::RemoveManager { id, force } => remove_manager(m, id, force).await,
+        LeaderOp::Heartbeat { node_id, reports } => heartbeat(m, node_id, reports).await,
+    }
+}
+
+async fn heartbeat(
+    m: &Manager,
+    node_id: String,
+    reports: Vec<crate::core::state::TaskReport>,
+) -> LeaderReply {
+    if let Some(r) = not_leader(m) {
+        return r;
+    }
+    let reports = {
+        let guard = m.state.read().unwrap();
+        let st = &guard.state;
+        if !st.nodes.contains_key(&node_id) {
+            return LeaderReply::Refused(StateError::NotFound {
+                kind: "node".into(),
+                name: format!("{node_id} (removed from the cluster? join again with a worker token)"),
+            });
+        }
+        // Only changes are replicated: drop what the state already says.
+        let mut reports = reports;
+        reports.retain(|r| {
+            st.tasks.get(&r.task_id).is_some_and(|t| {
+                t.node_id == node_id
+                    && !t.state.is_terminal()
+                    && (t.state != r.state
+                        || t.exit_code != r.exit_code
+                        || (!r.container_id.is_empty() && r.container_id != t.container_id))
+            })
+        });
+        reports
+    };
+    m.heartbeats.heard(&node_id);
+    if reports.is_empty() {
+        return LeaderReply::Done(LeaderAnswer::Ack);
+    }
+    let cmd = Command::ReportTasks {
+        node_id,
+        reports,
+        now_ms: super::now_ms(),
+    };
+    match m.raft.client_write(cmd).await {
+        Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
+        Err(e) => from_raft_err(e, "report tasks"),
     }
 }
 

@@ -7,6 +7,7 @@ mod election;
 pub mod error;
 mod join;
 pub mod leader;
+pub mod orchestrator;
 mod peers;
 mod raft_service;
 
@@ -46,6 +47,8 @@ pub struct TimingOpts {
     /// Build a snapshot (and compact the log) after this many applied entries.
     #[arg(long, default_value_t = 5000)]
     pub snapshot_logs: u64,
+    #[command(flatten)]
+    pub orchestrator: orchestrator::OrchestratorOpts,
 }
 
 /// Flags of `warren cluster init` (and of the managers the simulator starts).
@@ -117,6 +120,8 @@ pub struct Manager {
     pub identity: Identity,
     pub peers: peers::Peers,
     pub election: election::ElectionTimer,
+    pub heartbeats: orchestrator::Heartbeats,
+    pub orchestrator: orchestrator::OrchestratorOpts,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -312,12 +317,19 @@ pub async fn start(
             identity,
             peers: Default::default(),
             election: Default::default(),
+            heartbeats: Default::default(),
+            orchestrator: opts.timing.orchestrator.clone(),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
         let election_task = tokio::spawn(election::run(manager.clone(), opts.timing.election(), stop_rx.clone()));
+        let orchestrator_task = tokio::spawn(orchestrator::run(
+            manager.clone(),
+            opts.timing.orchestrator.clone(),
+            stop_rx.clone(),
+        ));
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
@@ -358,6 +370,7 @@ pub async fn start(
         cluster_id_task.abort();
         probe_task.abort();
         election_task.abort();
+        orchestrator_task.abort();
         let _ = raft.shutdown().await;
         result
     }

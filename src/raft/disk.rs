@@ -20,6 +20,44 @@ pub fn exists(path: &Path) -> bool {
     sim::exists(path)
 }
 
+/// Replaces the small file at `path` with `bytes` durably: written to a temporary file,
+/// fsynced, renamed over the old one and the directory fsynced, so a crash leaves either
+/// the old or the new content, never a mix.
+#[cfg(not(madsim))]
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The content of a file written by `write_durable`, or `None` if there is none.
+#[cfg(not(madsim))]
+pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(madsim)]
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    sim::write_file(path, bytes);
+    Ok(())
+}
+
+#[cfg(madsim)]
+pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    Ok(sim::read_file(path))
+}
+
 #[cfg(madsim)]
 pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     redb::Database::builder().create_with_backend(sim::SimBackend::open(path))
@@ -57,6 +95,18 @@ pub mod sim {
     /// Forgets every simulated disk of this simulation (call at the start of each run).
     pub fn reset_all() {
         DISKS.with(|d| d.borrow_mut().clear());
+    }
+
+    /// A whole-file write that is durable at once (the real path fsyncs before renaming).
+    pub fn write_file(path: &Path, bytes: &[u8]) {
+        let disk = DISKS.with(|d| d.borrow_mut().entry(path.to_path_buf()).or_default().clone());
+        let mut d = disk.lock().unwrap();
+        d.current = bytes.to_vec();
+        d.durable = bytes.to_vec();
+    }
+
+    pub fn read_file(path: &Path) -> Option<Vec<u8>> {
+        DISKS.with(|d| d.borrow().get(path).map(|d| d.lock().unwrap().durable.clone()))
     }
 
     /// True when a simulated file exists at `path`.

@@ -1,0 +1,164 @@
+//! The leader-only loop that keeps tasks converged: every round it reads the state, asks
+//! `core::reconciler` what to change and commits the answer as one `Orchestrate` entry.
+//! It also keeps this leader's view of worker heartbeats (in memory, never replicated:
+//! only task state changes are), and gives every node a fresh grace period when this
+//! manager becomes leader, so a leader change alone never reschedules anything.
+
+use super::leader::{self, LeaderOp, LeaderReply};
+use super::ManagerRef;
+use crate::core::reconciler::{self, DuplicatePolicy, Liveness};
+use crate::core::Command;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How often the leader reconciles.
+pub const ROUND_INTERVAL_MS: u64 = 200;
+/// Most changes committed in one round (bounds the Raft entry size; the rest follow).
+pub const MAX_CHANGES_PER_ROUND: usize = 1_000;
+
+/// Orchestration flags of every way of starting a manager.
+#[derive(Args, Clone, Debug)]
+pub struct OrchestratorOpts {
+    /// A worker not heard from for this long is marked down and its tasks are rescheduled.
+    #[arg(long, default_value_t = 5_000)]
+    pub node_grace_period_ms: u64,
+    /// Heartbeat period the managers ask workers for.
+    #[arg(long, default_value_t = 1_000)]
+    pub worker_heartbeat_ms: u64,
+    /// When a worker comes back after its tasks were rescheduled, which copy of a replica
+    /// keeps running.
+    #[arg(long, value_enum, default_value_t = DuplicatePolicy::KeepReplacement)]
+    pub duplicate_policy: DuplicatePolicy,
+}
+
+impl Default for OrchestratorOpts {
+    fn default() -> Self {
+        OrchestratorOpts {
+            node_grace_period_ms: 5_000,
+            worker_heartbeat_ms: 1_000,
+            duplicate_policy: DuplicatePolicy::KeepReplacement,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Heartbeats {
+    last_seen: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Heartbeats {
+    /// A heartbeat of `node` reached this manager as leader.
+    pub fn heard(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// Each node's liveness as this leader sees it, having led since `leading_since`.
+    fn liveness<'a>(
+        &self,
+        nodes: impl Iterator<Item = &'a String>,
+        leading_since: Instant,
+        grace: Duration,
+    ) -> BTreeMap<String, Liveness> {
+        let now = Instant::now();
+        let seen = self.last_seen.lock().unwrap();
+        nodes
+            .map(|id| {
+                let heard = seen.get(id).copied().filter(|t| *t >= leading_since);
+                let l = match heard {
+                    Some(t) if now - t <= grace => Liveness::Alive,
+                    _ if now - leading_since <= grace => Liveness::Unknown,
+                    _ => Liveness::Silent,
+                };
+                (id.clone(), l)
+            })
+            .collect()
+    }
+}
+
+pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let grace = Duration::from_millis(opts.node_grace_period_ms);
+    let mut leading: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(ROUND_INTERVAL_MS)) => {}
+        }
+        let (is_leader, term) = {
+            let metrics = m.raft.metrics().borrow().clone();
+            (metrics.current_leader == Some(m.id), metrics.current_term)
+        };
+        if !is_leader {
+            leading = None;
+            continue;
+        }
+        let since = match leading {
+            Some((t, since)) if t == term => since,
+            _ => {
+                // Act only on state that includes everything committed before this term.
+                if let Err(e) = m.read_barrier().await {
+                    debug!(error = %e, "new leader not caught up yet");
+                    continue;
+                }
+                info!(
+                    term,
+                    grace_ms = opts.node_grace_period_ms,
+                    "leading: every node gets a fresh grace period"
+                );
+                let now = Instant::now();
+                leading = Some((term, now));
+                now
+            }
+        };
+        let now_ms = super::now_ms();
+        let mut changes = {
+            let guard = m.state.read().unwrap();
+            let st = &guard.state;
+            let liveness = m.heartbeats.liveness(st.nodes.keys(), since, grace);
+            reconciler::reconcile(
+                &reconciler::Input {
+                    state: st,
+                    now_ms,
+                    liveness: &liveness,
+                    duplicates: opts.duplicate_policy,
+                },
+                &mut super::new_id,
+            )
+        };
+        if changes.is_empty() {
+            continue;
+        }
+        changes.truncate(MAX_CHANGES_PER_ROUND);
+        log_changes(&changes);
+        match leader::run_local(&m, LeaderOp::Write(Command::Orchestrate { changes, now_ms })).await {
+            LeaderReply::Done(_) => {}
+            LeaderReply::NotLeader(_) => leading = None,
+            other => warn!(reply = ?other, "orchestration round not committed; retrying next round"),
+        }
+    }
+}
+
+fn log_changes(changes: &[reconciler::TaskChange]) {
+    use reconciler::TaskChange as C;
+    for c in changes {
+        match c {
+            C::NodeDown { node_id } => {
+                warn!(node = %node_id, "node missed heartbeats past its grace period: down, rescheduling its tasks")
+            }
+            C::NodeReady { node_id } => info!(node = %node_id, "node heard from again: ready"),
+            C::Orphan { task_id } => info!(task = %task_id, "task orphaned (node down)"),
+            C::Shutdown { task_id, reason } => info!(task = %task_id, %reason, "shutting task down"),
+            C::Create(t) => {
+                debug!(task = %t.id, service = %t.service_id, slot = t.slot, node = %t.node_id, "task created")
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! The worker agent: joins with a worker token, holds one stream of its assignments from any
+//! manager (failing over between them), heartbeats with the task state changes since the
+//! last beat, and runs its tasks through a [`ContainerRuntime`]. Cut off from every manager
+//! it keeps its tasks running and restarts failed ones itself per their restart policy; its
+//! local state survives its own restart. Desired state always comes from the managers once
+//! they are reachable again.
+
+pub mod local;
+pub mod runtime;
+pub mod sim_runtime;
+
+use crate::client::{Client, ClientError};
+use crate::core::{RestartCondition, TaskState};
+use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
+use crate::proto::v1 as pb;
+use anyhow::{bail, Context};
+use clap::Args;
+use local::{LocalState, LocalTask};
+use runtime::{ContainerRuntime, ContainerStatus, RuntimeError};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn, Instrument};
+
+/// How often the agent checks its containers and assignments.
+pub const TICK_MS: u64 = 200;
+/// An assignment stream silent for this long is considered dead (managers send a
+/// keep-alive every 2 s).
+pub const STREAM_SILENCE_MS: u64 = 5_000;
+const HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
+const REGISTER_DEADLINE_MS: u64 = 30_000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// In-memory simulated containers (for trying Warren out and for tests); containerd
+    /// support arrives in a later release.
+    #[default]
+    Sim,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct WorkerOpts {
+    /// Worker join token from `warren cluster join-token worker`; needed the first time only.
+    #[arg(long, env = "WARREN_TOKEN")]
+    pub token: Option<String>,
+    /// Manager API addresses; the worker fails over between them. (From the global
+    /// `--manager ADDR[,ADDR...]`.)
+    #[arg(skip)]
+    pub managers: Vec<String>,
+    /// This worker's node id (lowercase letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub node_id: String,
+    #[arg(long, default_value = "./warren-worker")]
+    pub data_dir: PathBuf,
+    /// CPUs offered to tasks (default: the host's).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory offered to tasks, e.g. 512MiB or 4GiB (default: the host's).
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Node label for placement constraints, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Address this worker is reachable at (shown in `node ls`).
+    #[arg(long, default_value = "")]
+    pub address: String,
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Sim)]
+    pub runtime: RuntimeKind,
+    /// With no heartbeat answered for this long, the worker restarts failed tasks itself.
+    #[arg(long, default_value_t = 3_000)]
+    pub autonomy_after_ms: u64,
+}
+
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use for example 512MiB, 4GiB or 1000000 (bytes)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "K" | "k" | "KB" | "kB" => 1_000,
+        "Ki" | "KiB" => 1 << 10,
+        "M" | "MB" => 1_000_000,
+        "Mi" | "MiB" => 1 << 20,
+        "G" | "GB" => 1_000_000_000,
+        "Gi" | "GiB" => 1 << 30,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ti" | "TiB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?}; use B, KiB, MiB, GiB, TiB (or K, M, G, T)"
+            ))
+        }
+    };
+    if n < 0.0 || !n.is_finite() {
+        return Err(format!("{s:?} must be a positive size"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// State shared between the agent loop and the heartbeat loop.
+#[derive(Default)]
+struct Shared {
+    /// Changes not yet acknowledged by a manager, latest per task.
+    pending: BTreeMap<String, pb::TaskStatusReport>,
+    /// Every local task's current status, sent in full after (re)connecting.
+    all: BTreeMap<String, pb::TaskStatusReport>,
+    last_ack: Option<Instant>,
+    /// A first heartbeat has been tried (before that, whether managers are reachable is
+    /// not known, so no local restart decision is made).
+    first_beat_done: bool,
+}
+
+impl Shared {
+    fn connected(&self, autonomy_after: Duration) -> bool {
+        self.last_ack.is_some_and(|t| t.elapsed() < autonomy_after)
+    }
+}
+
+/// Runs the worker until `shutdown` resolves.
+pub async fn start(
+    opts: WorkerOpts,
+    capacity: crate::core::Resources,
+    runtime: Arc<dyn ContainerRuntime>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("worker", node = %opts.node_id);
+    async move {
+        crate::core::validate::node_id(&opts.node_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        #[cfg(not(madsim))]
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
+        let client = Arc::new(Client::new(&opts.managers)?);
+        let mut local = match local::load(&opts.data_dir)? {
+            Some(st) if st.node_id != opts.node_id => bail!(
+                "data dir {} belongs to worker {:?}, not {:?}; use that node id or another data dir",
+                opts.data_dir.display(),
+                st.node_id,
+                opts.node_id
+            ),
+            Some(st) => {
+                info!(tasks = st.tasks.len(), "resuming from data dir");
+                if opts.token.is_some() {
+                    register(&client, &opts, capacity).await?;
+                }
+                st
+            }
+            None => {
+                if opts.token.is_none() {
+                    bail!("a new worker needs --token; get one with `warren cluster join-token worker` on a manager");
+                }
+                let cluster_id = register(&client, &opts, capacity).await?;
+                let st = LocalState {
+                    node_id: opts.node_id.clone(),
+                    cluster_id,
+                    tasks: BTreeMap::new(),
+                };
+                local::save(&opts.data_dir, &st)?;
+                st
+            }
+        };
+        info!(cluster = %local.cluster_id, "worker started");
+
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);
+        let watcher = tokio::spawn(watch_assignments(client.clone(), opts.node_id.clone(), assign_tx).in_current_span());
+        let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone()).in_current_span());
+
+        let autonomy_after = Duration::from_millis(opts.autonomy_after_ms);
+        let mut agent = Agent {
+            runtime,
+            shared,
+            autonomy_after,
+            saved: local.clone(),
+        };
+        // Until the managers tell us otherwise, keep what we ran.
+        agent.publish(&local);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let desired = assign_rx.borrow_and_update().clone();
+            agent.tick(&mut local, desired.as_deref()).await;
+            if agent.saved != local {
+                if let Err(e) = local::save(&opts.data_dir, &local) {
+                    error!(error = %format!("{e:#}"), "cannot save local state");
+                } else {
+                    agent.saved = local.clone();
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = assign_rx.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
+            }
+        }
+        info!("worker stopping; its containers keep running");
+        watcher.abort();
+        beater.abort();
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Registers with a worker token, retrying unreachable managers until a deadline.
+async fn register(
+    client: &Client,
+    opts: &WorkerOpts,
+    capacity: crate::core::Resources,
+) -> anyhow::Result<String> {
+    let req = pb::RegisterNodeRequest {
+        token: opts.token.clone().unwrap_or_default(),
+        node_id: opts.node_id.clone(),
+        address: opts.address.clone(),
+        labels: opts.labels.iter().cloned().collect(),
+        capacity: Some(pb::Resources {
+            cpu_millis: capacity.cpu_millis,
+            memory_bytes: capacity.memory_bytes,
+        }),
+    };
+    let start = Instant::now();
+    loop {
+        let r = client
+            .call(|mut s| {
+                let req = req.clone();
+                async move { s.nodes.register_node(req).await }
+            })
+            .await;
+        match r {
+            Ok(resp) => return Ok(resp.cluster_id),
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && start.elapsed() < Duration::from_millis(REGISTER_DEADLINE_MS) =>
+            {
+                warn!(error = %e, "registration: no manager answered yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("joining the cluster as a worker"),
+        }
+    }
+}
+
+/// Keeps one assignment stream open, moving to the next manager when it breaks.
+async fn watch_assignments(
+    client: Arc<Client>,
+    node_id: String,
+    tx: tokio::sync::watch::Sender<Option<Vec<pb::Task>>>,
+) {
+    let silence = Duration::from_millis(STREAM_SILENCE_MS);
+    loop {
+        let req = pb::WatchAssignmentsRequest {
+            node_id: node_id.clone(),
+            resume_after_seq: 0,
+        };
+        let opened = tokio::time::timeout(
+            silence,
+            client.call(|mut s| {
+                let req = req.clone();
+                async move { s.tasks.watch_assignments(req).await }
+            }),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(error = %e, "assignment stream not opened; retrying");
+                client.rotate();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(_) => {
+                client.rotate();
+                continue;
+            }
+        };
+        debug!("assignment stream open");
+        loop {
+            match tokio::time::timeout(silence, stream.message()).await {
+                Ok(Ok(Some(ev))) => {
+                    if ev.full_set {
+                        let _ = tx.send(Some(ev.tasks));
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    debug!("assignment stream broke; moving to another manager");
+                    client.rotate();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeats with the pending task changes (all of them after a failed beat).
+async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<Shared>>) {
+    let mut interval_ms = 1_000;
+    let mut send_all = true;
+    loop {
+        let changes: Vec<pb::TaskStatusReport> = {
+            let sh = shared.lock().unwrap();
+            let src = if send_all { &sh.all } else { &sh.pending };
+            src.values().cloned().collect()
+        };
+        let req = pb::HeartbeatRequest {
+            node_id: node_id.clone(),
+            changes: changes.clone(),
+        };
+        let beat = client.call(|mut s| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS));
+            async move { s.nodes.heartbeat(r).await }
+        });
+        match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), beat).await {
+            Ok(Ok(resp)) => {
+                let mut sh = shared.lock().unwrap();
+                if sh
+                    .last_ack
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(3 * interval_ms))
+                {
+                    info!("managers reachable");
+                }
+                sh.last_ack = Some(Instant::now());
+                sh.first_beat_done = true;
+                for c in &changes {
+                    if sh.pending.get(&c.task_id) == Some(c) {
+                        sh.pending.remove(&c.task_id);
+                    }
+                }
+                send_all = false;
+                if resp.next_heartbeat_ms > 0 {
+                    interval_ms = resp.next_heartbeat_ms;
+                }
+            }
+            Ok(Err(e)) => {
+                shared.lock().unwrap().first_beat_done = true;
+                if e.code() == tonic::Code::NotFound {
+                    error!(error = %e, "the managers do not know this node; it was removed: stop it and join again with a worker token");
+                } else {
+                    debug!(error = %e, "heartbeat failed");
+                }
+                if !matches!(e, ClientError::Unreachable { .. }) {
+                    client.rotate();
+                }
+                send_all = true;
+            }
+            Err(_) => {
+                shared.lock().unwrap().first_beat_done = true;
+                client.rotate();
+                send_all = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}
+
+struct Agent {
+    runtime: Arc<dyn ContainerRuntime>,
+    shared: Arc<Mutex<Shared>>,
+    autonomy_after: Duration,
+    saved: LocalState,
+}
+
+fn report_of(t: &LocalTask) -> pb::TaskStatusReport {
+    pb::TaskStatusReport {
+        task_id: t.id.clone(),
+        state: task_state_to_pb(t.state) as i32,
+        message: t.message.clone(),
+        exit_code: t.exit_code,
+        container_id: t.container_id.clone(),
+    }
+}
+
+impl Agent {
+    /// Queues a report of `t`'s current state and refreshes the full status set.
+    fn report(&self, t: &LocalTask) {
+        let r = report_of(t);
+        let mut sh = self.shared.lock().unwrap();
+        sh.pending.insert(t.id.clone(), r.clone());
+        sh.all.insert(t.id.clone(), r);
+    }
+
+    fn publish(&self, local: &LocalState) {
+        let mut sh = self.shared.lock().unwrap();
+        sh.all = local
+            .tasks
+            .values()
+            .map(|t| (t.id.clone(), report_of(t)))
+            .collect();
+    }
+
+    fn connected(&self) -> bool {
+        self.shared.lock().unwrap().connected(self.autonomy_after)
+    }
+
+    async fn tick(&mut self, local: &mut LocalState, desired: Option<&[pb::Task]>) {
+        self.watch_containers(local).await;
+        if let Some(desired) = desired {
+            self.converge(local, desired).await;
+        }
+        // Finished tasks the managers no longer list are forgotten; with no manager
+        // reachable they are kept (a restart may still be due).
+        self.publish(local);
+    }
+
+    /// Notices exits; restarts locally when cut off from the managers.
+    async fn watch_containers(&mut self, local: &mut LocalState) {
+        let (connected, decided) = {
+            let sh = self.shared.lock().unwrap();
+            (sh.connected(self.autonomy_after), sh.first_beat_done)
+        };
+        if !decided {
+            return;
+        }
+        for t in local.tasks.values_mut() {
+            if t.container_id.is_empty() || t.state.is_terminal() {
+                continue;
+            }
+            let status = match self.runtime.status(&t.container_id).await {
+                Ok(s) => s,
+                Err(RuntimeError::NotFound(_)) => ContainerStatus::Exited(-1),
+                Err(e) => {
+                    debug!(task = %t.id, error = %e, "runtime unavailable; status unknown");
+                    continue;
+                }
+            };
+            let (state, code) = match status {
+                ContainerStatus::Starting => (TaskState::Starting, 0),
+                ContainerStatus::Running => (TaskState::Running, 0),
+                ContainerStatus::Exited(0) => (TaskState::Complete, 0),
+                ContainerStatus::Exited(c) => (TaskState::Failed, c),
+            };
+            if state == t.state {
+                continue;
+            }
+            if state.is_terminal() {
+                t.exit_code = code;
+                t.exited_at_ms = crate::manager::now_ms();
+                t.message = format!("exited with code {code}");
+                if !connected && self.restart_locally(t).await {
+                    continue;
+                }
+                info!(task = %t.id, code, "container exited");
+            } else {
+                t.message.clear();
+            }
+            t.state = state;
+            self.report(t);
+        }
+        // Due local restarts of tasks that finished while cut off.
+        for t in local.tasks.values_mut().filter(|t| t.restart_due) {
+            if connected {
+                // Its exit is on its way to the managers: theirs to replace.
+                t.restart_due = false;
+            } else if self.restart_locally(t).await {
+                self.report(t);
+            }
+        }
+    }
+
+    /// The restart policy, applied by the worker itself: true if restarted.
+    async fn restart_locally(&self, t: &mut LocalTask) -> bool {
+        let p = &t.spec.restart_policy;
+        let failed = t.exit_code != 0;
+        let wanted = match p.condition {
+            RestartCondition::None => false,
+            RestartCondition::OnFailure => failed,
+            RestartCondition::Any => true,
+        };
+        let attempts_left = p.max_attempts == 0 || t.local_restarts < p.max_attempts;
+        let delay_over = crate::manager::now_ms() >= t.exited_at_ms + p.delay_ms as i64;
+        if !(wanted && attempts_left) {
+            return false;
+        }
+        if !delay_over {
+            t.restart_due = true;
+            return false;
+        }
+        match self.runtime.start(&t.id, &t.spec).await {
+            Ok(cid) => {
+                t.restart_due = false;
+                t.local_restarts += 1;
+                t.container_id = cid;
+                t.state = TaskState::Running;
+                t.message = format!(
+                    "restarted by the worker ({} local restarts) while no manager was reachable",
+                    t.local_restarts
+                );
+                warn!(task = %t.id, restarts = t.local_restarts, "managers unreachable: restarted the task locally");
+                true
+            }
+            Err(e) => {
+                warn!(task = %t.id, error = %e, "local restart failed; will retry");
+                t.restart_due = true;
+                false
+            }
+        }
+    }
+
+    /// Brings local containers to what the managers assign.
+    async fn converge(&mut self, local: &mut LocalState, desired: &[pb::Task]) {
+        let mut listed = std::collections::BTreeSet::new();
+        for a in desired {
+            listed.insert(a.id.clone());
+            let want_running = task_state_from_pb(a.desired_state) == Some(TaskState::Running);
+            let orphaned = task_state_from_pb(a.state) == Some(TaskState::Orphaned);
+            match local.tasks.get_mut(&a.id) {
+                Some(t) if !want_running => {
+                    if !t.state.is_terminal() {
+                        self.stop(t).await;
+                    } else if t.state != TaskState::Shutdown {
+                        // Finished before the stop order: confirm so the managers close it.
+                        self.report(t);
+                    }
+                }
+                Some(t) => {
+                    // The managers' view lags ours (say after a partition): resend.
+                    if task_state_from_pb(a.state) != Some(t.state) && !t.state.is_terminal() {
+                        self.report(t);
+                    }
+                }
+                None if !want_running || orphaned => {
+                    // Nothing runs here for it: let the managers close it.
+                    let t = self.placeholder(a, TaskState::Shutdown, "not running on this node");
+                    self.report(&t);
+                }
+                None => {
+                    let mut t = self.placeholder(a, TaskState::Preparing, "");
+                    self.launch(&mut t).await;
+                    if t.state != TaskState::Preparing {
+                        self.report(&t);
+                        local.tasks.insert(t.id.clone(), t);
+                    }
+                }
+            }
+        }
+        // Tasks the managers no longer list: stop them and forget them.
+        let gone: Vec<String> = local
+            .tasks
+            .keys()
+            .filter(|id| !listed.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            let mut t = local.tasks.remove(&id).expect("listed above");
+            if !t.state.is_terminal() {
+                info!(task = %id, "task no longer assigned here; stopping it");
+                self.stop(&mut t).await;
+            }
+            let mut sh = self.shared.lock().unwrap();
+            sh.all.remove(&id);
+        }
+    }
+
+    fn placeholder(&self, a: &pb::Task, state: TaskState, message: &str) -> LocalTask {
+        LocalTask {
+            id: a.id.clone(),
+            service_name: a.service_name.clone(),
+            slot: a.slot,
+            spec: a.spec.clone().map(spec_from_pb).unwrap_or_default(),
+            container_id: String::new(),
+            state,
+            exit_code: 0,
+            message: message.to_string(),
+            local_restarts: 0,
+            exited_at_ms: 0,
+            restart_due: false,
+        }
+    }
+
+    async fn launch(&self, t: &mut LocalTask) {
+        let span = tracing::info_span!("task", task = %t.id, service = %t.service_name, slot = t.slot);
+        async {
+            match self.runtime.pull(&t.spec.image).await {
+                Ok(()) => {}
+                Err(RuntimeError::Unavailable(e)) => {
+                    debug!(error = %e, "runtime unavailable; will retry");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "task rejected");
+                    t.state = TaskState::Rejected;
+                    t.exit_code = -1;
+                    t.message = e.to_string();
+                    return;
+                }
+            }
+            match self.runtime.start(&t.id, &t.spec).await {
+                Ok(cid) => {
+                    info!(container = %cid, "task started");
+                    t.container_id = cid;
+                    t.state = TaskState::Starting;
+                }
+                Err(RuntimeError::Unavailable(e)) => debug!(error = %e, "runtime unavailable; will retry"),
+                Err(e) => {
+                    warn!(error = %e, "task rejected");
+                    t.state = TaskState::Rejected;
+                    t.message = e.to_string();
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stop(&self, t: &mut LocalTask) {
+        if !t.container_id.is_empty() {
+            let timeout = Duration::from_millis(t.spec.stop_timeout_ms.max(1));
+            match self.runtime.stop(&t.container_id, timeout).await {
+                Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => {
+                    debug!(task = %t.id, error = %e, "stop failed; will retry");
+                    return;
+                }
+            }
+        }
+        info!(task = %t.id, "task shut down");
+        t.state = TaskState::Shutdown;
+        t.message = "stopped on the managers' request".into();
+        self.report(t);
+    }
+}
