@@ -7,8 +7,13 @@
 //! |-------------|---------------|------------------------------|
 //! | manager-N   | 10.0.0.N      | API 8080, Raft 7946          |
 //! | client      | 10.0.1.1      | -                            |
+//! | worker-N    | 10.0.2.N      | - (connects to every manager's API) |
 //!
-//! Data dirs are `/sim/manager-N` on the simulated disk, which survives kill + restart.
+//! Data dirs are `/sim/manager-N` and `/sim/worker-N` on the simulated disk, which survives
+//! kill + restart. Each worker host has its own simulated container runtime
+//! (`SimRuntime::for_host("worker-N")`), which outlives a restart of the worker agent as
+//! containerd outlives it on a real host; `kill_worker` models the host dying (containers
+//! gone).
 
 use clap::Parser;
 use madsim::runtime::{Handle, NodeHandle};
@@ -18,6 +23,7 @@ use std::time::Duration;
 use warren::client::Client;
 use warren::manager::{JoinOpts, ManagerOpts, Mode};
 use warren::proto::v1 as pb;
+use warren::worker::sim_runtime::SimRuntime;
 
 pub const API_PORT: u16 = 8080;
 pub const RAFT_PORT: u16 = 7946;
@@ -59,6 +65,7 @@ pub struct Cluster {
     pub seed: u64,
     /// Extra daemon flags given to every manager.
     pub flags: Vec<String>,
+    pub workers: BTreeMap<u64, NodeHandle>,
 }
 
 impl Cluster {
@@ -71,6 +78,7 @@ impl Cluster {
     /// As `start`, with extra daemon flags (Raft timers...) for every manager.
     pub async fn start_with(n: u64, scenario: &str, flags: Vec<String>) -> Cluster {
         warren::raft::disk::sim::reset_all();
+        warren::worker::sim_runtime::SimRuntime::reset_hosts();
         let handle = Handle::current();
         let seed = handle.seed();
         eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
@@ -85,6 +93,7 @@ impl Cluster {
             client_node,
             seed,
             flags,
+            workers: BTreeMap::new(),
         };
         let mut args = vec!["warren".to_string(), "init".to_string()];
         args.extend(daemon_args(1));
@@ -162,6 +171,89 @@ impl Cluster {
         T: Send + 'static,
     {
         self.client_node.spawn(f).await.expect("client task panicked")
+    }
+
+    /// Starts workers 1..=n with one worker token (`worker start --token ...`) and waits
+    /// until the managers list them all as ready.
+    pub async fn start_workers(&mut self, n: u64, flags: &[&str]) {
+        let token = self
+            .on_client(wait_for("a worker token", Duration::from_secs(20), || {
+                worker_token(1)
+            }))
+            .await;
+        for i in 1..=n {
+            self.add_worker(i, &token, flags);
+        }
+        let want = n as usize;
+        self.on_client(wait_for(
+            "all workers ready",
+            Duration::from_secs(30),
+            move || async move {
+                let nodes = list_nodes(1).await?;
+                let ready = nodes
+                    .iter()
+                    .filter(|n| n.status == pb::NodeStatus::Ready as i32)
+                    .count();
+                (ready == want).then_some(())
+            },
+        ))
+        .await;
+    }
+
+    pub fn add_worker(&mut self, i: u64, token: &str, flags: &[&str]) {
+        let managers: Vec<String> = self.managers.keys().map(|m| api_addr(*m)).collect();
+        let mut args = vec![
+            "warren".to_string(),
+            format!("--token={token}"),
+            format!("--node-id=worker-{i}"),
+            format!("--data-dir=/sim/worker-{i}"),
+            "--cpus=4".into(),
+            "--memory=8GiB".into(),
+            format!("--label=rack=r{}", i % 2),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let node = self
+            .handle
+            .create_node()
+            .name(format!("worker-{i}"))
+            .ip(format!("10.0.2.{i}").parse().unwrap())
+            .init(move || {
+                #[derive(Parser)]
+                struct W {
+                    #[command(flatten)]
+                    opts: warren::worker::WorkerOpts,
+                }
+                let mut w = W::parse_from(args.clone());
+                w.opts.managers = managers.clone();
+                let capacity = warren::core::Resources {
+                    cpu_millis: (w.opts.cpus.unwrap_or(1.0) * 1000.0) as u64,
+                    memory_bytes: w.opts.memory.unwrap_or(1 << 30),
+                };
+                let rt = std::sync::Arc::new(SimRuntime::for_host(&format!("worker-{i}")));
+                async move {
+                    if let Err(e) = warren::worker::start(w.opts, capacity, rt, std::future::pending()).await
+                    {
+                        panic!("worker {i} failed: {e:#}");
+                    }
+                }
+            })
+            .build();
+        self.workers.insert(i, node);
+    }
+
+    /// The worker host dies: agent and containers gone.
+    pub fn kill_worker(&self, i: u64) {
+        self.handle.kill(self.workers[&i].id());
+        SimRuntime::for_host(&format!("worker-{i}")).wipe();
+    }
+
+    /// Cuts worker `i` off from everyone (its containers keep running).
+    pub fn isolate_worker(&self, i: u64) {
+        madsim::net::NetSim::current().clog_node(self.workers[&i].id());
+    }
+
+    pub fn heal_worker(&self, i: u64) {
+        madsim::net::NetSim::current().unclog_node(self.workers[&i].id());
     }
 
     pub fn kill(&self, id: u64) {
@@ -248,6 +340,52 @@ pub async fn agreed_leader(ids: Vec<u64>, deadline: Duration) -> u64 {
         }
     })
     .await
+}
+
+pub async fn list_nodes(id: u64) -> Option<Vec<pb::Node>> {
+    let c = client_of(id);
+    let call = c.call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await });
+    Some(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .ok()?
+            .ok()?
+            .nodes,
+    )
+}
+
+/// Every task through manager `id` (its local state).
+pub async fn list_tasks(id: u64) -> Option<Vec<pb::Task>> {
+    let c = client_of(id);
+    let call = c.call(|mut s| async move { s.tasks.list_tasks(pb::ListTasksRequest::default()).await });
+    Some(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .ok()?
+            .ok()?
+            .tasks,
+    )
+}
+
+pub async fn worker_token(via: u64) -> Option<String> {
+    let c = client_of(via);
+    let role = pb::Role::Worker as i32;
+    let call = c.call(|mut s| async move {
+        s.cluster
+            .generate_join_token(pb::GenerateJoinTokenRequest {
+                role,
+                ttl_seconds: 0,
+                rotate: false,
+            })
+            .await
+    });
+    Some(
+        tokio::time::timeout(Duration::from_secs(8), call)
+            .await
+            .ok()?
+            .ok()?
+            .token,
+    )
 }
 
 /// Issues a manager join token through manager `via`.

@@ -28,3 +28,5 @@ mod selftest;
 mod tuning;
 #[cfg(madsim)]
 mod tuning_doc;
+#[cfg(madsim)]
+mod workers;

@@ -5,3 +5,4 @@ pub mod election_safety;
 pub mod history;
 pub mod linearizability;
 pub mod liveness;
+pub mod tasks;

@@ -57,25 +57,30 @@ impl ElectionTiming {
     }
 
     /// The range a round's timeout is drawn from, measured from the last contact with a
-    /// leader (or the start of this node's previous round).
+    /// leader (or the start of this node's previous round), for the voter of rank `rank`
+    /// (its position among the voter ids) out of `voters`.
     ///
-    /// A candidate whose round did not win (a split vote) retries from half the minimum: no
-    /// leader exists to be disrupted, and the wait only has to outlast the vote round trip.
-    /// The spread stays the same, so two candidates collide again no more often than the
-    /// first time, but a split costs about half as much.
-    pub fn round_range_ms(self, round_failed: bool) -> (u64, u64) {
-        let spread = self.election_max_ms - self.election_min_ms;
-        let lo = if round_failed {
+    /// Each voter draws from its own slice of the range, so two followers never time out
+    /// within a vote round trip of each other unless their draws sit at the shared edge of
+    /// adjacent slices: split votes become rare, and a split cannot repeat for ever.
+    /// A candidate whose round did not win retries from half the minimum: no leader exists
+    /// to be disrupted, and the wait only has to outlast the vote round trip.
+    pub fn round_range_ms(self, round_failed: bool, rank: usize, voters: usize) -> (u64, u64) {
+        let voters = voters.max(1) as u64;
+        let rank = (rank as u64).min(voters - 1);
+        let slice = ((self.election_max_ms - self.election_min_ms) / voters).max(1);
+        let base = if round_failed {
             self.election_min_ms / 2
         } else {
             self.election_min_ms
         };
-        (lo, lo + spread)
+        let lo = base + rank * slice;
+        (lo, lo + slice)
     }
 
     /// One round's timeout from a uniform random draw.
-    pub fn round_timeout_ms(self, round_failed: bool, draw: u64) -> u64 {
-        let (lo, hi) = self.round_range_ms(round_failed);
+    pub fn round_timeout_ms(self, round_failed: bool, rank: usize, voters: usize, draw: u64) -> u64 {
+        let (lo, hi) = self.round_range_ms(round_failed, rank, voters);
         lo + draw % (hi - lo).max(1)
     }
 }
@@ -130,14 +135,34 @@ mod tests {
 
     #[test]
     fn rounds() {
-        let timing = t(50, 200, 400);
-        assert_eq!(timing.round_range_ms(false), (200, 400));
-        assert_eq!(timing.round_range_ms(true), (100, 300));
-        for draw in [0, 1, 199, 200, 12_345, u64::MAX] {
-            let first = timing.round_timeout_ms(false, draw);
-            let retry = timing.round_timeout_ms(true, draw);
-            assert!((200..400).contains(&first), "{draw}: {first}");
-            assert!((100..300).contains(&retry), "{draw}: {retry}");
+        let timing = t(50, 200, 500);
+        // (round failed, rank, voters) -> range
+        let cases = [
+            ((false, 0, 1), (200, 500)),
+            ((false, 0, 3), (200, 300)),
+            ((false, 1, 3), (300, 400)),
+            ((false, 2, 3), (400, 500)),
+            ((true, 0, 3), (100, 200)),
+            ((true, 2, 3), (300, 400)),
+            // A rank past the voter count (membership changing) stays inside the range.
+            ((false, 7, 3), (400, 500)),
+        ];
+        for ((failed, rank, voters), want) in cases {
+            assert_eq!(
+                timing.round_range_ms(failed, rank, voters),
+                want,
+                "{failed} {rank}/{voters}"
+            );
+        }
+        for draw in [0, 1, 99, 100, 12_345, u64::MAX] {
+            for rank in 0..3 {
+                let first = timing.round_timeout_ms(false, rank, 3, draw);
+                let (lo, hi) = timing.round_range_ms(false, rank, 3);
+                assert!((lo..hi).contains(&first), "{draw}: {first}");
+                assert!((200..500).contains(&first));
+                let retry = timing.round_timeout_ms(true, rank, 3, draw);
+                assert!((100..400).contains(&retry), "{draw}: {retry}");
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //! node's lifetime, so two followers with close draws split their votes round after round (the
 //! simulation saw five rounds on the flaky profile). This timer draws a fresh timeout from the
 //! seeded RNG for every round and asks openraft to campaign (`trigger().elect()`); openraft's
-//! own timer is off (`enable_elect = false`). The timing decisions are in
+//! own timer is off (`enable_elect = false`). Each voter draws from its own slice of the
+//! range (by rank of its id), which keeps split votes rare. The timing decisions are in
 //! `core::election`.
 
 use super::ManagerRef;
@@ -40,8 +41,13 @@ pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::w
         let draw = madsim::rand::random::<u64>();
         let (round, round_failed) = loop {
             // Still a candidate means this node's last round has not won (yet): a retry.
-            let round_failed = m.raft.metrics().borrow().state == openraft::ServerState::Candidate;
-            let round = Duration::from_millis(timing.round_timeout_ms(round_failed, draw));
+            let (round_failed, rank, voters) = {
+                let metrics = m.raft.metrics().borrow().clone();
+                let ids: Vec<_> = metrics.membership_config.membership().voter_ids().collect();
+                let rank = ids.iter().filter(|&&v| v < m.id).count();
+                (metrics.state == openraft::ServerState::Candidate, rank, ids.len())
+            };
+            let round = Duration::from_millis(timing.round_timeout_ms(round_failed, rank, voters, draw));
             let deadline = m.election.last_contact() + round;
             if Instant::now() >= deadline {
                 break (round, round_failed);

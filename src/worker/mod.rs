@@ -402,10 +402,6 @@ impl Agent {
             .collect();
     }
 
-    fn connected(&self) -> bool {
-        self.shared.lock().unwrap().connected(self.autonomy_after)
-    }
-
     async fn tick(&mut self, local: &mut LocalState, desired: Option<&[pb::Task]>) {
         self.watch_containers(local).await;
         if let Some(desired) = desired {

@@ -1,0 +1,118 @@
+//! Properties of the task set:
+//! - **unique ids**: no two tasks share an id;
+//! - **no task on two nodes**: a task id runs (has a live container) on at most one host;
+//! - **convergence**: every service has exactly its replica count of running tasks, one per
+//!   slot 1..=replicas, each with a live container on the node the managers assigned it
+//!   to, and no container runs for a task the managers do not want running.
+//!
+//! The managers' view comes from `ListTasks`; what really runs comes from each simulated
+//! host's container runtime.
+
+use crate::cluster::list_tasks;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use warren::proto::v1 as pb;
+use warren::worker::sim_runtime::SimRuntime;
+
+/// Task id -> hosts with a live container for it.
+pub fn running_by_task() -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (host, rt) in SimRuntime::hosts() {
+        for task in rt.running_tasks() {
+            m.entry(task).or_default().push(host.clone());
+        }
+    }
+    m
+}
+
+pub fn no_task_on_two_nodes(running: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
+    for (task, hosts) in running {
+        if hosts.len() > 1 {
+            return Err(format!("task {task} runs on {hosts:?}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn unique_ids(tasks: &[pb::Task]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        if !seen.insert(&t.id) {
+            return Err(format!("task id {} appears twice", t.id));
+        }
+    }
+    Ok(())
+}
+
+/// `want`: service name -> replicas.
+pub fn converged(
+    tasks: &[pb::Task],
+    running: &BTreeMap<String, Vec<String>>,
+    want: &BTreeMap<String, i64>,
+) -> Result<(), String> {
+    unique_ids(tasks)?;
+    no_task_on_two_nodes(running)?;
+    let mut wanted_running = BTreeSet::new();
+    for (service, &replicas) in want {
+        let active: Vec<&pb::Task> = tasks
+            .iter()
+            .filter(|t| {
+                &t.service_name == service
+                    && t.desired_state == pb::TaskState::Running as i32
+                    && t.state == pb::TaskState::Running as i32
+            })
+            .collect();
+        let slots: BTreeSet<u32> = active.iter().map(|t| t.slot).collect();
+        let want_slots: BTreeSet<u32> = (1..=replicas as u32).collect();
+        if active.len() as i64 != replicas || slots != want_slots {
+            return Err(format!(
+                "{service}: {} running tasks in slots {:?}, want {replicas}",
+                active.len(),
+                slots.iter().take(10).collect::<Vec<_>>()
+            ));
+        }
+        for t in active {
+            match running.get(&t.id) {
+                Some(hosts) if hosts == &vec![t.node_id.clone()] => {}
+                other => {
+                    return Err(format!(
+                        "{service}: task {} on {} has containers on {other:?}",
+                        t.id, t.node_id
+                    ))
+                }
+            }
+            wanted_running.insert(t.id.clone());
+        }
+    }
+    for (task, hosts) in running {
+        if !wanted_running.contains(task) {
+            return Err(format!(
+                "a container of unwanted task {task} still runs on {hosts:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the tasks seen through one of the managers `via` and the hosts' runtimes
+/// converge to `want`; returns how long that took. Panics with the last discrepancy at
+/// `deadline`.
+pub async fn wait_converged(via: Vec<u64>, want: BTreeMap<String, i64>, deadline: Duration) -> Duration {
+    let start = tokio::time::Instant::now();
+    let mut last = String::from("no manager answered");
+    loop {
+        for &id in &via {
+            let Some(tasks) = list_tasks(id).await else {
+                continue;
+            };
+            match converged(&tasks, &running_by_task(), &want) {
+                Ok(()) => return start.elapsed(),
+                Err(e) => last = e,
+            }
+        }
+        if start.elapsed() > deadline {
+            panic!("tasks did not converge within {deadline:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,264 @@
+//! Workers under faults: 3 managers + 5 workers running real agents against simulated
+//! container runtimes (one per host). Checkers in `checkers/tasks.rs`.
+
+use crate::checkers::tasks::{no_task_on_two_nodes, running_by_task, unique_ids, wait_converged};
+use crate::cluster::*;
+use crate::faults::rand_range;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use warren::proto::v1 as pb;
+use warren::worker::sim_runtime::SimRuntime;
+
+const MANAGERS: [u64; 3] = [1, 2, 3];
+/// The managers' default grace period (`--node-grace-period-ms`).
+const GRACE: Duration = Duration::from_millis(5_000);
+
+fn want(services: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    services.iter().map(|(n, r)| (n.to_string(), *r)).collect()
+}
+
+async fn create(name: &str, replicas: i64) {
+    let name = name.to_string();
+    let client = client_of_all(MANAGERS);
+    match create_service(&client, &name, replicas, Duration::from_secs(20)).await {
+        Some(Ok(_)) => {}
+        other => panic!("creating {name}: {other:?}"),
+    }
+}
+
+async fn scale(name: &str, replicas: i64) {
+    let client = client_of_all(MANAGERS);
+    let service = name.to_string();
+    client
+        .call(|mut s| {
+            let service = service.clone();
+            async move {
+                s.services
+                    .scale_service(pb::ScaleServiceRequest {
+                        service,
+                        replicas,
+                        expected_version: 0,
+                    })
+                    .await
+            }
+        })
+        .await
+        .expect("scale");
+}
+
+/// Three managers, five workers, services created and converged.
+async fn cluster_with(scenario: &str, services: &[(&str, i64)]) -> Cluster {
+    let mut c = Cluster::start(3, scenario).await;
+    c.start_workers(5, &[]).await;
+    for (name, replicas) in services {
+        let (name, replicas) = (name.to_string(), *replicas);
+        c.on_client(async move { create(&name, replicas).await }).await;
+    }
+    let w = want(services);
+    c.on_client(wait_converged(MANAGERS.to_vec(), w, Duration::from_secs(30)))
+        .await;
+    c
+}
+
+fn tasks_on(host: &str) -> BTreeSet<String> {
+    SimRuntime::for_host(host).running_tasks().into_iter().collect()
+}
+
+/// A worker dies: its replicas run elsewhere within grace + scheduling time. Returns how
+/// long restoring took (the benchmark's figure).
+pub async fn worker_kill() -> Duration {
+    let c = cluster_with("workers::worker_kill_reschedules", &[("web", 10)]).await;
+    let victim = rand_range(1, 6);
+    let lost = tasks_on(&format!("worker-{victim}"));
+    assert!(!lost.is_empty(), "spread put nothing on worker-{victim}");
+    c.kill_worker(victim);
+    let took = c
+        .on_client(wait_converged(
+            MANAGERS.to_vec(),
+            want(&[("web", 10)]),
+            Duration::from_secs(30),
+        ))
+        .await;
+    assert!(tasks_on(&format!("worker-{victim}")).is_empty());
+    // Restored within the grace period plus a bounded reaction time.
+    assert!(
+        took <= GRACE + Duration::from_secs(5),
+        "replicas restored after {took:?}"
+    );
+    eprintln!(
+        "worker-{victim} killed ({} replicas lost); restored after {took:?}",
+        lost.len()
+    );
+    took
+}
+
+#[madsim::test]
+async fn worker_kill_reschedules() {
+    worker_kill().await;
+}
+
+/// A worker cut off from every manager keeps running its tasks (and restarts a crashing one
+/// itself); after heal exactly the desired count runs, within a bound.
+#[madsim::test]
+async fn partitioned_worker_keeps_running_then_exact_count() {
+    let c = cluster_with("workers::partitioned_worker_keeps_running", &[("web", 10)]).await;
+    let victim = rand_range(1, 6);
+    let host = format!("worker-{victim}");
+    let before = tasks_on(&host);
+    assert!(!before.is_empty());
+    c.isolate_worker(victim);
+    // Longer than the grace period: the managers reschedule its replicas meanwhile.
+    let cut_for = GRACE + Duration::from_millis(rand_range(2_000, 8_000));
+    tokio::time::sleep(cut_for).await;
+    assert_eq!(
+        tasks_on(&host),
+        before,
+        "a cut-off worker stopped or changed its tasks"
+    );
+    // The managers replaced them elsewhere: the slot now runs twice.
+    let running = running_by_task();
+    no_task_on_two_nodes(&running).unwrap();
+    c.heal_worker(victim);
+    let took = c
+        .on_client(wait_converged(
+            MANAGERS.to_vec(),
+            want(&[("web", 10)]),
+            Duration::from_secs(20),
+        ))
+        .await;
+    assert!(took <= Duration::from_secs(10), "converged {took:?} after heal");
+}
+
+/// A crashing task on a cut-off worker is restarted by the worker itself.
+#[madsim::test]
+async fn cut_off_worker_restarts_failed_tasks_itself() {
+    let c = cluster_with("workers::cut_off_worker_restarts", &[]).await;
+    let spec = pb::ServiceSpec {
+        name: "flappy".into(),
+        image: "busybox".into(),
+        replicas: 5,
+        env: [
+            ("WARREN_SIM_EXIT_AFTER_MS".to_string(), "3000".to_string()),
+            ("WARREN_SIM_EXIT_CODE".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    c.on_client(async move {
+        client_of_all(MANAGERS)
+            .call(|mut s| {
+                let spec = spec.clone();
+                async move {
+                    s.services
+                        .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                        .await
+                }
+            })
+            .await
+            .expect("create flappy");
+    })
+    .await;
+    // Each of the 5 workers gets one replica.
+    let victim = rand_range(1, 6);
+    let host = format!("worker-{victim}");
+    let rt = SimRuntime::for_host(&host);
+    c.on_client(wait_for(
+        "a flappy replica on the victim",
+        Duration::from_secs(10),
+        {
+            let rt = rt.clone();
+            move || {
+                let n = rt.running_tasks().len();
+                async move { (n > 0).then_some(()) }
+            }
+        },
+    ))
+    .await;
+    let task = rt.running_tasks()[0].clone();
+    c.isolate_worker(victim);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Still the same task id, running again after several exits, with no manager reachable.
+    assert!(rt.running_tasks().contains(&task) || restarts_of(&rt, &task).await >= 4);
+    assert!(
+        restarts_of(&rt, &task).await >= 4,
+        "the worker did not restart its task locally"
+    );
+    c.heal_worker(victim);
+}
+
+async fn restarts_of(rt: &SimRuntime, task: &str) -> usize {
+    use warren::worker::runtime::ContainerRuntime;
+    rt.list()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, t, _)| t == task)
+        .count()
+}
+
+/// The leader dies during a scale-up to 500: tasks converge with unique ids, each on one node.
+#[madsim::test]
+async fn leader_killed_during_scale_up_to_500() {
+    let c = cluster_with("workers::leader_killed_during_scale_up", &[("web", 5)]).await;
+    let leader = c
+        .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
+        .await;
+    c.on_client(async { scale("web", 500).await }).await;
+    tokio::time::sleep(Duration::from_millis(rand_range(0, 1_500))).await;
+    c.kill(leader);
+    let survivors: Vec<u64> = MANAGERS.iter().copied().filter(|&m| m != leader).collect();
+    c.on_client(wait_converged(
+        survivors,
+        want(&[("web", 500)]),
+        Duration::from_secs(60),
+    ))
+    .await;
+    c.restart(leader);
+    let tasks = c
+        .on_client(wait_for("tasks", Duration::from_secs(10), || list_tasks(1)))
+        .await;
+    unique_ids(&tasks).unwrap();
+    let per_node: BTreeMap<String, usize> = tasks
+        .iter()
+        .filter(|t| t.state == pb::TaskState::Running as i32)
+        .fold(BTreeMap::new(), |mut m, t| {
+            *m.entry(t.node_id.clone()).or_default() += 1;
+            m
+        });
+    // Spread: 500 over 5 workers is 100 each.
+    assert!(per_node.values().all(|&n| n == 100), "{per_node:?}");
+}
+
+/// A leader change alone moves nothing: same task ids, nothing orphaned or shut down.
+#[madsim::test]
+async fn leader_change_alone_reschedules_nothing() {
+    let c = cluster_with("workers::leader_change_alone", &[("web", 20)]).await;
+    let before = c
+        .on_client(wait_for("tasks", Duration::from_secs(10), || list_tasks(1)))
+        .await;
+    let leader = c
+        .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
+        .await;
+    c.kill(leader);
+    let survivors: Vec<u64> = MANAGERS.iter().copied().filter(|&m| m != leader).collect();
+    c.on_client(agreed_leader(survivors.clone(), Duration::from_secs(10)))
+        .await;
+    // Two grace periods under the new leader.
+    tokio::time::sleep(2 * GRACE).await;
+    c.restart(leader);
+    let after = c
+        .on_client(wait_for("tasks", Duration::from_secs(10), move || {
+            list_tasks(survivors[0])
+        }))
+        .await;
+    let ids = |ts: &[pb::Task]| {
+        ts.iter()
+            .map(|t| (t.id.clone(), t.node_id.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(ids(&before), ids(&after), "tasks moved after a leader change");
+    assert!(
+        after.iter().all(|t| t.state == pb::TaskState::Running as i32),
+        "{after:?}"
+    );
+}
