@@ -31,7 +31,7 @@ pub const TICK_MS: u64 = 200;
 /// keep-alive every 2 s).
 pub const STREAM_SILENCE_MS: u64 = 5_000;
 const HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
-const REGISTER_DEADLINE_MS: u64 = 30_000;
+const REGISTER_DEADLINE_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {

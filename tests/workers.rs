@@ -1,0 +1,316 @@
+//! Workers as real processes on loopback (simulated container runtime, `--runtime sim`,
+//! until containerd support lands): joining with tokens, placement through the CLI,
+//! drain, node removal, refusals.
+
+#![cfg(not(madsim))]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A worker child process, SIGKILLed by its PID when dropped.
+struct WorkerProc {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl WorkerProc {
+    fn spawn(manager: &str, token: Option<&str>, id: &str, data_dir: &Path, extra: &[&str]) -> WorkerProc {
+        let log = data_dir.with_extension("log");
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "--manager",
+            manager,
+            "worker",
+            "start",
+            "--node-id",
+            id,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(["--cpus", "2", "--memory", "1GiB"])
+        .args(extra)
+        .env_remove("WARREN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        WorkerProc {
+            child: cmd.spawn().expect("spawning the worker"),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        wait_until_opt(deadline, || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_until_opt<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn json_of(api: &str, args: &[&str]) -> Value {
+    let mut full = args.to_vec();
+    full.extend(["-o", "json"]);
+    let out = warren(api, &full);
+    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn token(api: &str, role: &str, extra: &[&str]) -> String {
+    let mut args = vec!["cluster", "join-token", role, "-q"];
+    args.extend(extra);
+    let out = warren(api, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// Node id -> status, from `node ls`.
+fn node_status(api: &str) -> Vec<(String, String)> {
+    json_of(api, &["node", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (node, state) of every task that should run, from `service ps`.
+fn running(api: &str, service: &str) -> Vec<(String, String)> {
+    json_of(api, &["service", "ps", service])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["desired_state"] == "running")
+        .map(|t| {
+            (
+                t["node"].as_str().unwrap().to_string(),
+                t["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn count_on(tasks: &[(String, String)], node: &str) -> usize {
+    tasks.iter().filter(|(n, s)| n == node && s == "running").count()
+}
+
+#[test]
+fn workers_run_spread_constrained_and_drained_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let _m = ManagerProc::start_with(
+        &tmp.path().join("m1"),
+        &api,
+        &raft,
+        &["--node-grace-period-ms", "1500"],
+    );
+    let t = token(&api, "worker", &[]);
+    let _w1 = WorkerProc::spawn(
+        &api,
+        Some(&t),
+        "w1",
+        &tmp.path().join("w1"),
+        &["--label", "zone=eu"],
+    );
+    let mut w2 = WorkerProc::spawn(&api, Some(&t), "w2", &tmp.path().join("w2"), &[]);
+    wait_until("both workers ready", WAIT, || {
+        let s = node_status(&api);
+        (s == vec![("w1".into(), "ready".into()), ("w2".into(), "ready".into())]).then_some(())
+    });
+
+    // Spread.
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tasks = wait_until("web running 2 + 2", WAIT, || {
+        let r = running(&api, "web");
+        (count_on(&r, "w1") == 2 && count_on(&r, "w2") == 2).then_some(r)
+    });
+    assert_eq!(tasks.len(), 4);
+
+    // Constraint.
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "create",
+            "eu",
+            "--image",
+            "busybox",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.labels.zone==eu",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("eu on w1 only", WAIT, || {
+        (count_on(&running(&api, "eu"), "w1") == 3).then_some(())
+    });
+
+    // Nothing fits: pending, with the reason shown by `service ps`.
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "create",
+            "big",
+            "--image",
+            "busybox",
+            "--reserve-cpu",
+            "64",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ps = wait_until("big pending with a reason", WAIT, || {
+        let out = warren(&api, &["service", "ps", "big"]);
+        let text = stdout(&out);
+        text.contains("without 64.000 CPUs free").then_some(text)
+    });
+    assert!(ps.contains("pending"), "{ps}");
+
+    // Drain moves web off w2.
+    let out = warren(&api, &["node", "update", "w2", "--availability", "drain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("web all on w1", WAIT, || {
+        (count_on(&running(&api, "web"), "w1") == 4).then_some(())
+    });
+    let drained = json_of(&api, &["service", "ps", "web"]);
+    assert!(
+        drained
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["node"] == "w2" && t["state"] == "shutdown"),
+        "w2's tasks were not shut down: {drained}"
+    );
+
+    // A ready node is not removed without --force; a dead one is.
+    let out = warren(&api, &["node", "rm", "w2"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    w2.kill9();
+    wait_until("w2 marked down after the grace period", WAIT, || {
+        node_status(&api)
+            .contains(&("w2".to_string(), "down".to_string()))
+            .then_some(())
+    });
+    let out = warren(&api, &["node", "rm", "w2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node_status(&api), vec![("w1".to_string(), "ready".to_string())]);
+    // Unknown node: a clear error naming it.
+    let out = warren(&api, &["node", "update", "nope", "--availability", "drain"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("\"nope\" not found"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_worker_joins_are_refused_and_add_no_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let api = m.api.clone();
+    let rotated_out = token(&api, "worker", &[]);
+    let _current = token(&api, "worker", &["--rotate"]);
+    let expiring = token(&api, "worker", &["--ttl", "1s"]);
+    let manager = token(&api, "manager", &[]);
+    // Wait for the short-lived token to expire (a wait on the clock itself).
+    std::thread::sleep(Duration::from_millis(1_100));
+    let cases: Vec<(&str, Option<String>, &str, &str)> = vec![
+        ("manager token", Some(manager), "ok-1", "this is a manager token"),
+        ("expired", Some(expiring), "ok-2", "expired"),
+        (
+            "rotated out",
+            Some(rotated_out),
+            "ok-3",
+            "rotated out or never issued",
+        ),
+        ("garbage", Some("WRN1-garbage".into()), "ok-4", "malformed"),
+        ("no token", None, "ok-5", "a new worker needs --token"),
+        (
+            "bad node id",
+            Some(_current.clone()),
+            "UPPER",
+            "not a valid node id",
+        ),
+    ];
+    for (what, tok, id, expect) in cases {
+        let mut w = WorkerProc::spawn(
+            &api,
+            tok.as_deref(),
+            id,
+            &tmp.path().join(what.replace(' ', "-")),
+            &[],
+        );
+        let status = w
+            .wait_exit(WAIT)
+            .unwrap_or_else(|| panic!("{what}: the worker kept running"));
+        assert!(!status.success(), "{what}: must fail");
+        let log = w.log_text();
+        assert!(log.contains(expect), "{what}: log lacks {expect:?}:\n{log}");
+        assert!(node_status(&api).is_empty(), "{what}: a node was added");
+    }
+    // A manager address that does not answer: retried for a while, then a clear error
+    // naming the address.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut w = WorkerProc::spawn(
+        &dead,
+        Some(&_current),
+        "w9",
+        &tmp.path().join("dead-manager"),
+        &[],
+    );
+    let status = w.wait_exit(WAIT).expect("the worker gave up");
+    assert!(!status.success());
+    let log = w.log_text();
+    assert!(
+        log.contains(&dead) && log.contains("no manager answered"),
+        "{log}"
+    );
+}
