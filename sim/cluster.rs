@@ -79,6 +79,13 @@ impl Cluster {
     pub async fn start_with(n: u64, scenario: &str, flags: Vec<String>) -> Cluster {
         warren::raft::disk::sim::reset_all();
         warren::worker::sim_runtime::SimRuntime::reset_hosts();
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            // Debugging aid: daemon logs with simulated timestamps.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let handle = Handle::current();
         let seed = handle.seed();
         eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");

@@ -264,3 +264,67 @@ async fn leader_change_alone_reschedules_nothing() {
         "{after:?}"
     );
 }
+
+/// Benchmark (docs/benchmarks.md): 1,000 replicas over 100 workers, simulated seconds from
+/// the create to all running. `cargo sim -- --ignored workers::bench_thousand_replicas --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_thousand_replicas() {
+    let seeds: u64 = std::env::var("WARREN_BENCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let mut sims = Vec::new();
+    for seed in 0..seeds {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let wall = std::time::Instant::now();
+        let took = rt.block_on(async {
+            let mut c = Cluster::start(3, "workers::bench_thousand_replicas").await;
+            c.start_workers(100, &[]).await;
+            c.on_client(async { create("web", 1_000).await }).await;
+            c.on_client(wait_converged(
+                MANAGERS.to_vec(),
+                want(&[("web", 1_000)]),
+                Duration::from_secs(120),
+            ))
+            .await
+        });
+        println!(
+            "seed {seed}: 1,000 replicas on 100 workers running after {:.2} simulated s ({:.1} s wall)",
+            took.as_secs_f64(),
+            wall.elapsed().as_secs_f64()
+        );
+        sims.push(took.as_secs_f64());
+    }
+    sims.sort_by(f64::total_cmp);
+    println!(
+        "MEDIAN simulated_s={:.2} over {seeds} seeds",
+        sims[sims.len() / 2]
+    );
+}
+
+/// Benchmark: worker kill -> its replicas running elsewhere, p50/p99 over seeds
+/// (WARREN_BENCH_SEEDS, default 200). `cargo sim -- --ignored workers::bench_worker_kill --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_worker_kill() {
+    let seeds: u64 = std::env::var("WARREN_BENCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut took: Vec<f64> = (0..seeds)
+        .map(|seed| {
+            let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            rt.block_on(worker_kill()).as_secs_f64()
+        })
+        .collect();
+    took.sort_by(f64::total_cmp);
+    let p = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "worker kill -> replicas restored over {seeds} seeds: p50 {:.2} s, p99 {:.2} s, max {:.2} s (grace {:?})",
+        p(0.5),
+        p(0.99),
+        took.last().unwrap(),
+        GRACE
+    );
+}

@@ -88,6 +88,12 @@ impl Client {
         })
     }
 
+    /// Talks to the manager at `i % managers` first (workers spread themselves over the
+    /// managers this way instead of all loading the first one).
+    pub fn start_at(&self, i: usize) {
+        self.current.store(i % self.endpoints.len(), Ordering::Relaxed);
+    }
+
     /// Moves to the next manager and drops the current one's channel (it stopped answering).
     pub fn rotate(&self) {
         let n = self.endpoints.len();

@@ -15,6 +15,7 @@ use crate::raft::ManagerNode;
 use std::future::Future;
 use std::net::SocketAddr;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 #[derive(Clone)]
 struct Api {
@@ -39,6 +40,74 @@ fn not_found(kind: &str, name: &str) -> ApiError {
 }
 
 impl Api {
+    async fn register_worker(&self, req: pb::RegisterNodeRequest) -> Reply<pb::RegisterNodeResponse> {
+        core::validate::node_id(&req.node_id).map_err(ApiError::State)?;
+        // As for managers: check against state at least as new as the leader's.
+        self.m.read_barrier().await?;
+        self.read(|st| token::check(st, &req.token, core::Role::Worker, now_ms()))
+            .map_err(ApiError::Token)?;
+        let capacity = req.capacity.unwrap_or_default();
+        let cmd = Command::RegisterNode {
+            id: req.node_id,
+            role: core::Role::Worker,
+            address: req.address,
+            labels: req.labels,
+            capacity: core::Resources {
+                cpu_millis: capacity.cpu_millis,
+                memory_bytes: capacity.memory_bytes,
+            },
+            now_ms: now_ms(),
+        };
+        let node = match self.m.write(cmd).await? {
+            Outcome::Node(n) => n,
+            o => return Err(unexpected(o).into()),
+        };
+        tracing::info!("worker registered");
+        ok(Ok(pb::RegisterNodeResponse {
+            node: Some(node_to_pb(&node)),
+            cluster_id: self.read(|st| st.cluster_id.clone()),
+        }))
+    }
+
+    async fn join_manager(&self, req: pb::JoinClusterRequest) -> Reply<pb::JoinClusterResponse> {
+        // Check the token against state at least as new as the leader's, so a token issued
+        // through another manager a moment ago is known here.
+        self.m.read_barrier().await?;
+        self.read(|st| token::check(st, &req.token, core::Role::Manager, now_ms()))
+            .map_err(ApiError::Token)?;
+        if req.node_id == 0 {
+            return Err(ApiError::State(StateError::invalid("node id", "must be greater than 0")).into());
+        }
+        for (flag, addr) in [("--api-addr", &req.api_addr), ("--bind-addr", &req.raft_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ApiError::State(StateError::invalid(
+                    flag,
+                    format!("{addr:?} is not HOST:PORT with a numeric IP"),
+                ))
+                .into());
+            }
+        }
+        let op = LeaderOp::AddManager {
+            id: req.node_id,
+            node: ManagerNode {
+                api_addr: req.api_addr,
+                raft_addr: req.raft_addr,
+            },
+        };
+        let answer = leader::call(&self.m, op, std::time::Duration::from_millis(JOIN_DEADLINE_MS)).await?;
+        let warning = match answer {
+            LeaderAnswer::Members { warning, .. } => warning.unwrap_or_default(),
+            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}")).into()),
+        };
+        let info = self.cluster_info();
+        ok(Ok(pb::JoinClusterResponse {
+            cluster_id: info.cluster_id,
+            leader_id: info.leader_id,
+            managers: info.managers,
+            warning,
+        }))
+    }
+
     /// Waits until this manager has applied everything the leader had committed when the
     /// read arrived (read-index), when the caller asked for a linearizable read.
     async fn read_barrier(&self, consistent: bool) -> ApiResult<()> {
@@ -123,13 +192,12 @@ impl ServiceService for Api {
         let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default());
         let id = super::new_id();
         let span = tracing::info_span!("create_service", service_id = %id, name = %spec.name);
-        let _e = span.enter();
         let cmd = Command::CreateService {
             id: id.clone(),
             spec,
             now_ms: now_ms(),
         };
-        let res = self.write_service(cmd).await;
+        let res = self.write_service(cmd).instrument(span).await;
         ok(res)
     }
 
@@ -233,33 +301,7 @@ impl NodeService for Api {
     async fn register_node(&self, req: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
         let req = req.into_inner();
         let span = tracing::info_span!("register_node", node = %req.node_id);
-        let _e = span.enter();
-        core::validate::node_id(&req.node_id).map_err(ApiError::State)?;
-        // As for managers: check against state at least as new as the leader's.
-        self.m.read_barrier().await?;
-        self.read(|st| token::check(st, &req.token, core::Role::Worker, now_ms()))
-            .map_err(ApiError::Token)?;
-        let capacity = req.capacity.unwrap_or_default();
-        let cmd = Command::RegisterNode {
-            id: req.node_id,
-            role: core::Role::Worker,
-            address: req.address,
-            labels: req.labels,
-            capacity: core::Resources {
-                cpu_millis: capacity.cpu_millis,
-                memory_bytes: capacity.memory_bytes,
-            },
-            now_ms: now_ms(),
-        };
-        let node = match self.m.write(cmd).await? {
-            Outcome::Node(n) => n,
-            o => return Err(unexpected(o).into()),
-        };
-        tracing::info!("worker registered");
-        ok(Ok(pb::RegisterNodeResponse {
-            node: Some(node_to_pb(&node)),
-            cluster_id: self.read(|st| st.cluster_id.clone()),
-        }))
+        self.register_worker(req).instrument(span).await
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
@@ -419,43 +461,7 @@ impl ClusterService for Api {
     async fn join_cluster(&self, req: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
         let req = req.into_inner();
         let span = tracing::info_span!("join_cluster", new_manager = req.node_id, api = %req.api_addr);
-        let _e = span.enter();
-        // Check the token against state at least as new as the leader's, so a token issued
-        // through another manager a moment ago is known here.
-        self.m.read_barrier().await?;
-        self.read(|st| token::check(st, &req.token, core::Role::Manager, now_ms()))
-            .map_err(ApiError::Token)?;
-        if req.node_id == 0 {
-            return Err(ApiError::State(StateError::invalid("node id", "must be greater than 0")).into());
-        }
-        for (flag, addr) in [("--api-addr", &req.api_addr), ("--bind-addr", &req.raft_addr)] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ApiError::State(StateError::invalid(
-                    flag,
-                    format!("{addr:?} is not HOST:PORT with a numeric IP"),
-                ))
-                .into());
-            }
-        }
-        let op = LeaderOp::AddManager {
-            id: req.node_id,
-            node: ManagerNode {
-                api_addr: req.api_addr,
-                raft_addr: req.raft_addr,
-            },
-        };
-        let answer = leader::call(&self.m, op, std::time::Duration::from_millis(JOIN_DEADLINE_MS)).await?;
-        let warning = match answer {
-            LeaderAnswer::Members { warning, .. } => warning.unwrap_or_default(),
-            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}")).into()),
-        };
-        let info = self.cluster_info();
-        ok(Ok(pb::JoinClusterResponse {
-            cluster_id: info.cluster_id,
-            leader_id: info.leader_id,
-            managers: info.managers,
-            warning,
-        }))
+        self.join_manager(req).instrument(span).await
     }
 
     async fn remove_manager(

@@ -121,10 +121,20 @@ pub struct Manager {
     pub peers: peers::Peers,
     pub election: election::ElectionTimer,
     pub heartbeats: orchestrator::Heartbeats,
+    reads: ReadBatch,
     pub orchestrator: orchestrator::OrchestratorOpts,
 }
 
 pub type ManagerRef = Arc<Manager>;
+
+/// Read-index batching state (see `Manager::read_index`).
+#[derive(Default)]
+struct ReadBatch {
+    /// Rounds started so far.
+    started: std::sync::atomic::AtomicU64,
+    /// The last finished round: (its number, the index it confirmed).
+    done: tokio::sync::Mutex<Option<(u64, Option<u64>)>>,
+}
 
 /// Checks that `dir` is ours (or empty / absent) and returns the database path.
 pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -318,6 +328,7 @@ pub async fn start(
             peers: Default::default(),
             election: Default::default(),
             heartbeats: Default::default(),
+            reads: Default::default(),
             orchestrator: opts.timing.orchestrator.clone(),
         });
 
@@ -393,6 +404,28 @@ impl Manager {
         leader::write(self, cmd).await
     }
 
+    /// The leader's confirmed commit index, batched: at most one read-index round is in
+    /// flight per manager, and every caller that arrived while one was running shares the
+    /// next one (which started after it arrived, so it stays linearizable). Without this, a
+    /// burst of reads (a hundred workers registering) costs a quorum round each.
+    async fn read_index(&self, deadline: Duration) -> ApiResult<Option<u64>> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.reads.started.load(Ordering::SeqCst);
+        let mut done = self.reads.done.lock().await;
+        if let Some((started, index)) = *done {
+            if started > arrived {
+                return Ok(index);
+            }
+        }
+        let started = self.reads.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let index = match leader::call(self, leader::LeaderOp::ReadIndex, deadline).await? {
+            leader::LeaderAnswer::ReadIndex(i) => i,
+            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),
+        };
+        *done = Some((started, index));
+        Ok(index)
+    }
+
     /// Returns once this manager has applied everything committed when it was called
     /// (read-index through the leader), so a following local read is linearizable.
     pub async fn read_barrier(&self) -> ApiResult<()> {
@@ -400,10 +433,7 @@ impl Manager {
             return Ok(());
         }
         let deadline = Duration::from_millis(leader::DEADLINE_MS);
-        let index = match leader::call(self, leader::LeaderOp::ReadIndex, deadline).await? {
-            leader::LeaderAnswer::ReadIndex(i) => i,
-            other => return Err(ApiError::Internal(format!("unexpected leader answer {other:?}"))),
-        };
+        let index = self.read_index(deadline).await?;
         // Our own wait rather than `Raft::wait`, whose unbiased `select!` the simulator
         // cannot make deterministic.
         let Some(index) = index else { return Ok(()) };

@@ -145,6 +145,9 @@ pub async fn start(
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
         let client = Arc::new(Client::new(&opts.managers)?);
+        // Spread workers over the managers (stable per node id).
+        let spread = opts.node_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        client.start_at(spread);
         let mut local = match local::load(&opts.data_dir)? {
             Some(st) if st.node_id != opts.node_id => bail!(
                 "data dir {} belongs to worker {:?}, not {:?}; use that node id or another data dir",
@@ -243,8 +246,13 @@ async fn register(
         match r {
             Ok(resp) => return Ok(resp.cluster_id),
             Err(e)
-                if e.code() == tonic::Code::Unavailable
-                    && start.elapsed() < Duration::from_millis(REGISTER_DEADLINE_MS) =>
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ) && start.elapsed() < Duration::from_millis(REGISTER_DEADLINE_MS) =>
             {
                 warn!(error = %e, "registration: no manager answered yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;

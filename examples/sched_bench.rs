@@ -1,0 +1,122 @@
+//! Scheduler and reconciler throughput for docs/benchmarks.md (pure code, no I/O):
+//! 10,000 tasks over 1,000 nodes (10 services of 1,000 replicas, with CPU reservations and a
+//! label constraint on half of them).
+//!
+//!     cargo run --release --example sched_bench [TRIALS]
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+use warren::core::reconciler::{self, Liveness};
+use warren::core::scheduler::Scheduler;
+use warren::core::*;
+
+const NODES: usize = 1_000;
+const SERVICES: usize = 10;
+const REPLICAS: i64 = 1_000;
+
+fn state() -> ClusterState {
+    let mut st = ClusterState::default();
+    let mut index = 0;
+    let mut apply = |st: &mut ClusterState, cmd| {
+        index += 1;
+        st.apply(index, cmd).expect("valid command");
+    };
+    for i in 0..NODES {
+        let labels = BTreeMap::from([("zone".to_string(), if i % 2 == 0 { "a" } else { "b" }.to_string())]);
+        apply(
+            &mut st,
+            Command::RegisterNode {
+                id: format!("node-{i:04}"),
+                role: Role::Worker,
+                address: String::new(),
+                labels,
+                capacity: Resources {
+                    cpu_millis: 64_000,
+                    memory_bytes: 256 << 30,
+                },
+                now_ms: 0,
+            },
+        );
+    }
+    for s in 0..SERVICES {
+        let mut spec = ServiceSpec {
+            name: format!("svc-{s}"),
+            image: "busybox".into(),
+            replicas: REPLICAS,
+            ..Default::default()
+        };
+        spec.resources.reservations.cpu_millis = 100;
+        if s % 2 == 0 {
+            spec.constraints = vec!["node.labels.zone==a".into()];
+        }
+        apply(
+            &mut st,
+            Command::CreateService {
+                id: format!("s{s}"),
+                spec,
+                now_ms: 0,
+            },
+        );
+    }
+    st
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let trials: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let st = state();
+    let total = SERVICES * REPLICAS as usize;
+    let mut place_rates = Vec::new();
+    let mut round_rates = Vec::new();
+    for t in 0..trials {
+        // Scheduler alone: place every task.
+        let start = Instant::now();
+        let mut s = Scheduler::new(st.nodes.values(), st.tasks.values(), &st.services);
+        let mut placed = 0;
+        for svc in st.services.values() {
+            placed += s
+                .place(svc, REPLICAS as usize)
+                .iter()
+                .filter(|r| r.is_ok())
+                .count();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(placed, total, "every task fits");
+        place_rates.push(total as f64 / secs);
+
+        // A whole reconcile round from nothing: decide and build the 10,000 new tasks.
+        let liveness: BTreeMap<String, Liveness> =
+            st.nodes.keys().map(|k| (k.clone(), Liveness::Alive)).collect();
+        let mut n = 0u64;
+        let start = Instant::now();
+        let changes = reconciler::reconcile(
+            &reconciler::Input {
+                state: &st,
+                now_ms: 0,
+                liveness: &liveness,
+                duplicates: Default::default(),
+            },
+            &mut || {
+                n += 1;
+                format!("t{n:08}")
+            },
+        );
+        let secs2 = start.elapsed().as_secs_f64();
+        assert_eq!(changes.len(), total);
+        round_rates.push(total as f64 / secs2);
+        println!(
+            "trial {t}: placements_per_s={:.0} reconcile_tasks_per_s={:.0}",
+            total as f64 / secs,
+            total as f64 / secs2
+        );
+    }
+    println!(
+        "MEDIAN tasks={total} nodes={NODES} placements_per_s={:.0} reconcile_tasks_per_s={:.0}",
+        median(place_rates),
+        median(round_rates)
+    );
+}
