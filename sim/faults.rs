@@ -43,8 +43,8 @@ impl Profile {
     /// heartbeat interval, so the heartbeat must exceed the worst round trip).
     pub fn timing_flags(self) -> Vec<String> {
         let (hb, min, max) = match self {
-            Profile::Lan | Profile::Flaky => (50, 200, 400),
-            Profile::EdgeWan => (300, 600, 900),
+            Profile::Lan | Profile::Flaky => (50, 400, 700),
+            Profile::EdgeWan => (300, 600, 1_200),
         };
         vec![
             format!("--heartbeat-interval-ms={hb}"),

@@ -23,6 +23,22 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// From `--heartbeat-interval-ms=N --election-timeout-min-ms=N --election-timeout-max-ms=N`.
+    pub fn of_flags(flags: &[String]) -> Timing {
+        let value = |name: &str| -> u64 {
+            flags
+                .iter()
+                .find_map(|f| f.strip_prefix(&format!("--{name}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no --{name} in {flags:?}"))
+        };
+        Timing {
+            heartbeat_ms: value("heartbeat-interval-ms"),
+            election_min_ms: value("election-timeout-min-ms"),
+            election_max_ms: value("election-timeout-max-ms"),
+        }
+    }
+
     fn flags(self) -> Vec<String> {
         vec![
             format!("--heartbeat-interval-ms={}", self.heartbeat_ms),
@@ -335,14 +351,22 @@ fn defaults_over_many_seeds() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    for profile in [Profile::Lan, Profile::Flaky] {
+    // The daemon defaults on LAN and flaky; the recommended flags on the edge WAN.
+    for (profile, timing) in [
+        (Profile::Lan, timing),
+        (Profile::Flaky, timing),
+        (
+            Profile::EdgeWan,
+            Timing::of_flags(&Profile::EdgeWan.timing_flags()),
+        ),
+    ] {
         let results = run_seeds(0..seeds, || failover_once(profile, timing));
         let mut ack: Vec<f64> = results.iter().map(|r| r.first_ack_ms).collect();
         let mut leader: Vec<f64> = results.iter().map(|r| r.new_leader_ms).collect();
         ack.sort_by(f64::total_cmp);
         leader.sort_by(f64::total_cmp);
         println!(
-            "{} defaults {:?} over {} seeds: new leader p50 {:.0} p99 {:.0} max {:.0} ms; first ack p50 {:.0} p95 {:.0} p99 {:.0} max {:.0} ms; split votes {} (max rounds {})",
+            "{} {:?} over {} seeds: new leader p50 {:.0} p99 {:.0} max {:.0} ms; first ack p50 {:.0} p95 {:.0} p99 {:.0} max {:.0} ms; split votes {} (max rounds {})",
             profile.name(),
             timing,
             seeds,

@@ -78,6 +78,13 @@ impl ElectionTiming {
         (lo, lo + slice)
     }
 
+    /// How long a candidate whose vote request a peer refused for having a newer log waits
+    /// before campaigning again: long enough for that peer's next two rounds, so its term
+    /// overtakes ours and it can win.
+    pub fn outlogged_backoff_ms(self) -> u64 {
+        2 * self.election_max_ms
+    }
+
     /// One round's timeout from a uniform random draw.
     pub fn round_timeout_ms(self, round_failed: bool, rank: usize, voters: usize, draw: u64) -> u64 {
         let (lo, hi) = self.round_range_ms(round_failed, rank, voters);

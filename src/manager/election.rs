@@ -14,17 +14,17 @@ use tokio::time::Instant;
 
 pub struct ElectionTimer {
     last_contact: Mutex<Instant>,
-}
-
-impl Default for ElectionTimer {
-    fn default() -> Self {
-        ElectionTimer {
-            last_contact: Mutex::new(Instant::now()),
-        }
-    }
+    outlogged: crate::raft::network::Outlogged,
 }
 
 impl ElectionTimer {
+    pub fn new(outlogged: crate::raft::network::Outlogged) -> Self {
+        ElectionTimer {
+            last_contact: Mutex::new(Instant::now()),
+            outlogged,
+        }
+    }
+
     /// The leader was heard from (an AppendEntries accepted) or a vote was granted.
     pub fn touch(&self) {
         *self.last_contact.lock().unwrap() = Instant::now();
@@ -39,7 +39,7 @@ impl ElectionTimer {
 pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let draw = madsim::rand::random::<u64>();
-        let (round, round_failed) = loop {
+        let (round, round_failed, rank) = loop {
             // Still a candidate means this node's last round has not won (yet): a retry.
             let (round_failed, rank, voters) = {
                 let metrics = m.raft.metrics().borrow().clone();
@@ -48,9 +48,13 @@ pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::w
                 (metrics.state == openraft::ServerState::Candidate, rank, ids.len())
             };
             let round = Duration::from_millis(timing.round_timeout_ms(round_failed, rank, voters, draw));
-            let deadline = m.election.last_contact() + round;
+            let mut deadline = m.election.last_contact() + round;
+            // A peer with a newer log refused us: give it the next rounds.
+            if let Some(at) = *m.election.outlogged.lock().unwrap() {
+                deadline = deadline.max(at + Duration::from_millis(timing.outlogged_backoff_ms()));
+            }
             if Instant::now() >= deadline {
-                break (round, round_failed);
+                break (round, round_failed, rank);
             }
             tokio::select! {
                 biased;
@@ -71,6 +75,9 @@ pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::w
         };
         if !is_leader && is_voter {
             tracing::info!(
+                node = m.id,
+                term = m.raft.metrics().borrow().current_term,
+                rank,
                 round_ms = round.as_millis() as u64,
                 retry = round_failed,
                 "no leader heard from; campaigning"

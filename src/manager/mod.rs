@@ -37,12 +37,12 @@ pub struct TimingOpts {
     #[arg(long, default_value_t = 50)]
     pub heartbeat_interval_ms: u64,
     /// Election timeout range; a follower campaigns after missing the leader for a random
-    /// draw from this range, redrawn every round. Defaults chosen from
+    /// draw from its slice of this range, redrawn every round. Defaults chosen from
     /// simulation data (docs/tuning.md); on an edge WAN use --heartbeat-interval-ms 300
-    /// --election-timeout-min-ms 600 --election-timeout-max-ms 900.
-    #[arg(long, default_value_t = 200)]
-    pub election_timeout_min_ms: u64,
+    /// --election-timeout-min-ms 600 --election-timeout-max-ms 1200.
     #[arg(long, default_value_t = 400)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 700)]
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and compact the log) after this many applied entries.
     #[arg(long, default_value_t = 5000)]
@@ -300,7 +300,9 @@ pub async fn start(
     let span = tracing::info_span!("manager", node_id = identity.node_id);
     async move {
         let state = sm_store.shared();
-        let raft = Raft::new(identity.node_id, config, Network, log_store.clone(), sm_store)
+        let network = Network::default();
+        let outlogged = network.outlogged.clone();
+        let raft = Raft::new(identity.node_id, config, network, log_store.clone(), sm_store)
             .await
             .context("starting Raft")?;
         let joining = match &mode {
@@ -326,7 +328,7 @@ pub async fn start(
             state,
             identity,
             peers: Default::default(),
-            election: Default::default(),
+            election: election::ElectionTimer::new(outlogged),
             heartbeats: Default::default(),
             reads: Default::default(),
             orchestrator: opts.timing.orchestrator.clone(),

@@ -38,8 +38,17 @@ pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, t
         .await
 }
 
+/// When a peer last refused this node's vote request because the peer's log is newer.
+/// openraft does not move a voter to the candidate's higher term when it refuses it for its
+/// log, so a candidate with a stale log that campaigns more often than the up-to-date one
+/// keeps the terms ahead of it and neither wins (seen in the simulator); the election timer
+/// backs off after such a refusal.
+pub type Outlogged = std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
+
 #[derive(Clone, Debug, Default)]
-pub struct Network;
+pub struct Network {
+    pub outlogged: Outlogged,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
@@ -49,6 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             client: None,
+            outlogged: self.outlogged.clone(),
         }
     }
 }
@@ -57,6 +67,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    outlogged: Outlogged,
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +147,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
-        self.call(Method::Vote, &rpc, &option).await
+        let resp: VoteResponse<NodeId> = self.call(Method::Vote, &rpc, &option).await?;
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            *self.outlogged.lock().unwrap() = Some(tokio::time::Instant::now());
+        }
+        Ok(resp)
     }
 }
