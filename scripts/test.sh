@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-# 120 seeds x 9 seeded scenarios = 1,080 simulated runs, plus self-tests and pinned seeds.
+# 120 seeds x 9 manager scenarios = 1,080 simulated runs, plus self-tests and pinned seeds;
+# the worker scenarios (3 managers + 5 workers each, heavier) get 20 seeds x 5 = 100 runs.
 SIM_SEEDS=${SIM_SEEDS:-120}
+SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-20}
 SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
 
 echo "== fmt"; cargo fmt --check
@@ -18,7 +20,8 @@ if cargo test -q --features sim --test sim >/dev/null 2>&1; then
 fi
 echo "== simulation: $SIM_SEEDS seeds per scenario, self-tests, pinned regression seeds"
 start=$(date +%s)
-MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q
+MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q -- --skip workers::
+MADSIM_TEST_NUM=$SIM_WORKER_SEEDS cargo sim -q -- workers::
 echo "simulation took $(( $(date +%s) - start )) s"
 echo "== simulation: determinism check"
 for seed in 1 2 3 4 5; do MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q; done

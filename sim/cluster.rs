@@ -349,72 +349,37 @@ pub async fn agreed_leader(ids: Vec<u64>, deadline: Duration) -> u64 {
     .await
 }
 
+/// Runs `call` on a client of manager `id` alone, giving up after `secs`.
+async fn ask<T, F: std::future::Future<Output = Result<T, warren::client::ClientError>>>(
+    secs: u64,
+    call: F,
+) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(secs), call)
+        .await
+        .ok()?
+        .ok()
+}
+
 pub async fn list_nodes(id: u64) -> Option<Vec<pb::Node>> {
-    let c = client_of(id);
-    let call = c.call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await });
-    Some(
-        tokio::time::timeout(Duration::from_secs(2), call)
-            .await
-            .ok()?
-            .ok()?
-            .nodes,
-    )
+    ask(2, client_of(id).list_nodes()).await
 }
 
 /// Every task through manager `id` (its local state).
 pub async fn list_tasks(id: u64) -> Option<Vec<pb::Task>> {
-    let c = client_of(id);
-    let call = c.call(|mut s| async move { s.tasks.list_tasks(pb::ListTasksRequest::default()).await });
-    Some(
-        tokio::time::timeout(Duration::from_secs(2), call)
-            .await
-            .ok()?
-            .ok()?
-            .tasks,
-    )
+    ask(2, client_of(id).list_tasks("", false)).await
 }
 
 pub async fn worker_token(via: u64) -> Option<String> {
-    let c = client_of(via);
-    let role = pb::Role::Worker as i32;
-    let call = c.call(|mut s| async move {
-        s.cluster
-            .generate_join_token(pb::GenerateJoinTokenRequest {
-                role,
-                ttl_seconds: 0,
-                rotate: false,
-            })
-            .await
-    });
-    Some(
-        tokio::time::timeout(Duration::from_secs(8), call)
-            .await
-            .ok()?
-            .ok()?
-            .token,
-    )
+    ask(8, client_of(via).join_token(pb::Role::Worker, 0, false))
+        .await
+        .map(|t| t.token)
 }
 
 /// Issues a manager join token through manager `via`.
 pub async fn manager_token(via: u64, rotate: bool) -> Option<String> {
-    let c = client_of(via);
-    let role = pb::Role::Manager as i32;
-    let call = c.call(|mut s| async move {
-        s.cluster
-            .generate_join_token(pb::GenerateJoinTokenRequest {
-                role,
-                ttl_seconds: 0,
-                rotate,
-            })
-            .await
-    });
-    Some(
-        tokio::time::timeout(Duration::from_secs(8), call)
-            .await
-            .ok()?
-            .ok()?
-            .token,
-    )
+    ask(8, client_of(via).join_token(pb::Role::Manager, 0, rotate))
+        .await
+        .map(|t| t.token)
 }
 
 /// Waits until every manager in `ask` reports exactly `voters` as the voter set.
@@ -455,13 +420,7 @@ pub async fn create_service(
         replicas,
         ..Default::default()
     };
-    let call = client.call(|mut s| {
-        let spec = spec.clone();
-        async move {
-            s.services
-                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                .await
-        }
-    });
-    tokio::time::timeout(timeout, call).await.ok()
+    tokio::time::timeout(timeout, client.create_service(spec))
+        .await
+        .ok()
 }

@@ -27,21 +27,8 @@ async fn create(name: &str, replicas: i64) {
 }
 
 async fn scale(name: &str, replicas: i64) {
-    let client = client_of_all(MANAGERS);
-    let service = name.to_string();
-    client
-        .call(|mut s| {
-            let service = service.clone();
-            async move {
-                s.services
-                    .scale_service(pb::ScaleServiceRequest {
-                        service,
-                        replicas,
-                        expected_version: 0,
-                    })
-                    .await
-            }
-        })
+    client_of_all(MANAGERS)
+        .scale_service(name, replicas)
         .await
         .expect("scale");
 }

@@ -1,6 +1,7 @@
 //! A client for a list of managers: it talks to one and moves to the next when that one does
 //! not answer. Writes need no leader-finding here: any manager forwards them to the leader.
 
+use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_client::ClusterServiceClient;
 use crate::proto::v1::node_service_client::NodeServiceClient;
 use crate::proto::v1::service_service_client::ServiceServiceClient;
@@ -160,6 +161,82 @@ impl Client {
                 .join(", "),
             last,
         })
+    }
+}
+
+/// Typed calls for the operations the CLI, the simulator and the tools share.
+impl Client {
+    pub async fn create_service(&self, spec: pb::ServiceSpec) -> Result<pb::Service, ClientError> {
+        self.call(|mut s| {
+            let spec = spec.clone();
+            async move {
+                s.services
+                    .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub async fn scale_service(&self, service: &str, replicas: i64) -> Result<pb::Service, ClientError> {
+        self.call(|mut s| {
+            let service = service.to_string();
+            async move {
+                s.services
+                    .scale_service(pb::ScaleServiceRequest {
+                        service,
+                        replicas,
+                        expected_version: 0,
+                    })
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Tasks of `service` (all services if empty).
+    pub async fn list_tasks(&self, service: &str, consistent: bool) -> Result<Vec<pb::Task>, ClientError> {
+        let r = self
+            .call(|mut s| {
+                let service = service.to_string();
+                async move {
+                    s.tasks
+                        .list_tasks(pb::ListTasksRequest {
+                            service,
+                            node_id: String::new(),
+                            consistent,
+                        })
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.tasks)
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ClientError> {
+        let r = self
+            .call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await })
+            .await?;
+        Ok(r.nodes)
+    }
+
+    pub async fn join_token(
+        &self,
+        role: pb::Role,
+        ttl_seconds: u64,
+        rotate: bool,
+    ) -> Result<pb::JoinToken, ClientError> {
+        let role = role as i32;
+        self.call(|mut s| async move {
+            s.cluster
+                .generate_join_token(pb::GenerateJoinTokenRequest {
+                    role,
+                    ttl_seconds,
+                    rotate,
+                })
+                .await
+        })
+        .await
     }
 }
 

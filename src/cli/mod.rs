@@ -119,6 +119,7 @@ pub enum ClusterCmd {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum ServiceCmd {
     /// Create a service: `warren service create web --image nginx --replicas 3 -- CMD ARGS...`
     Create(CreateArgs),
@@ -422,16 +423,7 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 stop_timeout_ms: a.stop_timeout.as_millis() as u64,
                 ..Default::default()
             };
-            let s = c
-                .call(|mut s| {
-                    let spec = spec.clone();
-                    async move {
-                        s.services
-                            .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                            .await
-                    }
-                })
-                .await?;
+            let s = c.create_service(spec).await?;
             output::created(out, &s)
         }
         ServiceCmd::List { consistent } => {
@@ -459,20 +451,7 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
         }
         ServiceCmd::Scale { service, replicas } => {
             let (service, replicas) = scale_target(&service, replicas)?;
-            let s = c
-                .call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.services
-                            .scale_service(pb::ScaleServiceRequest {
-                                service,
-                                replicas,
-                                expected_version: 0,
-                            })
-                            .await
-                    }
-                })
-                .await?;
+            let s = c.scale_service(&service, replicas).await?;
             output::created(out, &s)
         }
         ServiceCmd::Delete { service } => {
@@ -490,21 +469,8 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             Ok(())
         }
         ServiceCmd::Ps { service, consistent } => {
-            let r = c
-                .call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.tasks
-                            .list_tasks(pb::ListTasksRequest {
-                                service,
-                                node_id: String::new(),
-                                consistent,
-                            })
-                            .await
-                    }
-                })
-                .await?;
-            output::tasks(out, &r.tasks)
+            let tasks = c.list_tasks(&service, consistent).await?;
+            output::tasks(out, &tasks)
         }
     }
 }
@@ -536,10 +502,8 @@ fn host_memory_bytes() -> u64 {
 async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
     match cmd {
         NodeCmd::List => {
-            let r = c
-                .call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await })
-                .await?;
-            output::nodes(out, &r.nodes)
+            let nodes = c.list_nodes().await?;
+            output::nodes(out, &nodes)
         }
         NodeCmd::Inspect { id } => {
             let n = c

@@ -288,7 +288,7 @@ fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<
         RestartCondition::OnFailure => failed,
         RestartCondition::Any => true,
     };
-    let attempts_left = policy.max_attempts == 0 || t.attempt + 1 <= policy.max_attempts;
+    let attempts_left = policy.max_attempts == 0 || t.attempt < policy.max_attempts;
     let delay_over = now_ms >= t.updated_at_ms + policy.delay_ms as i64;
     (restart && attempts_left && delay_over).then_some(t.attempt + 1)
 }

@@ -83,29 +83,6 @@ pub fn service_to_pb(s: &core::Service) -> pb::Service {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spec_round_trips() {
-        let mut spec = model::ServiceSpec {
-            name: "web".into(),
-            image: "busybox".into(),
-            replicas: 3,
-            command: vec!["sh".into()],
-            args: vec!["-c".into(), "sleep 1".into()],
-            constraints: vec!["node.labels.zone==a".into()],
-            stop_timeout_ms: 5,
-            ..Default::default()
-        };
-        spec.env.insert("A".into(), "1".into());
-        spec.resources.limits.memory_bytes = 1 << 20;
-        spec.restart_policy.condition = model::RestartCondition::OnFailure;
-        assert_eq!(spec_from_pb(spec_to_pb(&spec)), spec);
-    }
-}
-
 pub fn task_state_to_pb(s: model::TaskState) -> pb::TaskState {
     use model::TaskState as T;
     match s {
@@ -165,5 +142,28 @@ pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> 
             None
         },
         attempt: t.attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips() {
+        let mut spec = model::ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 3,
+            command: vec!["sh".into()],
+            args: vec!["-c".into(), "sleep 1".into()],
+            constraints: vec!["node.labels.zone==a".into()],
+            stop_timeout_ms: 5,
+            ..Default::default()
+        };
+        spec.env.insert("A".into(), "1".into());
+        spec.resources.limits.memory_bytes = 1 << 20;
+        spec.restart_policy.condition = model::RestartCondition::OnFailure;
+        assert_eq!(spec_from_pb(spec_to_pb(&spec)), spec);
     }
 }
