@@ -296,6 +296,20 @@ fn bad_worker_joins_are_refused_and_add_no_node() {
         assert!(log.contains(expect), "{what}: log lacks {expect:?}:\n{log}");
         assert!(node_status(&api).is_empty(), "{what}: a node was added");
     }
+    // A corrupt local state file: refused with what to do, nothing registered.
+    let corrupt = tmp.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("worker.json"), b"{not json").unwrap();
+    let mut w = WorkerProc::spawn(&api, Some(&_current), "w8", &corrupt, &[]);
+    let status = w.wait_exit(WAIT).expect("exits");
+    assert!(!status.success());
+    let log = w.log_text();
+    assert!(
+        log.contains("is corrupt") && log.contains("move it away"),
+        "{log}"
+    );
+    assert!(node_status(&api).is_empty());
+
     // A manager address that does not answer: retried for a while, then a clear error
     // naming the address.
     let dead = format!("127.0.0.1:{}", free_port());

@@ -691,6 +691,29 @@ mod tests {
     }
 
     #[test]
+    fn removed_node_tasks_are_shut_down_and_replaced() {
+        let mut w = World::new(&["a", "b"]);
+        w.service("web", 2, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        let on_b: Vec<String> = w
+            .active("web")
+            .iter()
+            .filter(|t| t.node_id == "b")
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(on_b.len(), 1);
+        w.apply(Command::RemoveNode {
+            id: "b".into(),
+            force: true,
+        });
+        w.settle();
+        assert_eq!(w.st.tasks[&on_b[0]].state, TaskState::Shutdown);
+        assert_eq!(w.slots("web"), vec![1, 2]);
+        assert!(w.active("web").iter().all(|t| t.node_id == "a"));
+    }
+
+    #[test]
     fn history_is_bounded() {
         let mut w = World::new(&["a"]);
         w.service("job", 1, policy(RestartCondition::Any, 0, 0));
