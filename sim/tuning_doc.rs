@@ -22,6 +22,7 @@ flaky profile keeps its latency bursts).\n\n",
     s += &format!(
         "Seeds: {seeds} per row. Profiles: LAN 0.2-2 ms one-way; edge WAN 20-150 ms;\nflaky = LAN with 100-400 ms latency bursts every 1-5 s lasting 0.2-1.5 s.\n\n"
     );
+    s += "The chosen settings over 1,000 seeds per profile (`tuning::defaults_over_many_seeds`) are in\n[benchmarks.md](benchmarks.md#failover-in-simulation-over-1000-seeds-issue-4).\n\n";
     s += "Choice rule (`tuning::choose`): LAN and flaky share one setting (the daemon defaults must serve\nboth); edge WAN gets its own recommended flags. Among settings with no spurious leader change in\nthe steady-state hour on every profile of the group and no failover needing more than eight\nelection rounds (a livelock), take the lowest p99 on the group's first profile.\n\n";
     for (group, t) in chosen {
         let names: Vec<&str> = group.iter().map(|p| p.name()).collect();
