@@ -254,6 +254,12 @@ impl Cluster {
         SimRuntime::for_host(&format!("worker-{i}")).wipe();
     }
 
+    /// The worker agent restarts (its host and containers stay): it resumes from its data dir.
+    pub fn restart_worker_agent(&self, i: u64) {
+        self.handle.kill(self.workers[&i].id());
+        self.handle.restart(self.workers[&i].id());
+    }
+
     /// Cuts worker `i` off from everyone (its containers keep running).
     pub fn isolate_worker(&self, i: u64) {
         madsim::net::NetSim::current().clog_node(self.workers[&i].id());

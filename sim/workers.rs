@@ -94,13 +94,21 @@ async fn partitioned_worker_keeps_running_then_exact_count() {
     let before = tasks_on(&host);
     assert!(!before.is_empty());
     c.isolate_worker(victim);
-    // Longer than the grace period: the managers reschedule its replicas meanwhile.
+    // Longer than the grace period: the managers reschedule its replicas meanwhile. Half the
+    // seeds also restart the worker's agent while it is cut off: it must resume from its
+    // data dir and keep the same tasks.
     let cut_for = GRACE + Duration::from_millis(rand_range(2_000, 8_000));
-    tokio::time::sleep(cut_for).await;
+    let restart_agent = rand_range(0, 2) == 1;
+    tokio::time::sleep(cut_for / 2).await;
+    if restart_agent {
+        c.restart_worker_agent(victim);
+        c.isolate_worker(victim);
+    }
+    tokio::time::sleep(cut_for / 2).await;
     assert_eq!(
         tasks_on(&host),
         before,
-        "a cut-off worker stopped or changed its tasks"
+        "a cut-off worker stopped or changed its tasks (agent restarted: {restart_agent})"
     );
     // The managers replaced them elsewhere: the slot now runs twice.
     let running = running_by_task();

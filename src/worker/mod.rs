@@ -158,7 +158,17 @@ pub async fn start(
             Some(st) => {
                 info!(tasks = st.tasks.len(), "resuming from data dir");
                 if opts.token.is_some() {
-                    register(&client, &opts, capacity).await?;
+                    // Refreshes labels and capacity; in the background, so that a worker
+                    // restarted while the managers are out of reach runs its tasks at once.
+                    let (client, opts) = (client.clone(), opts.clone());
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = register(&client, &opts, capacity).await {
+                                warn!(error = %format!("{e:#}"), "could not refresh this node's labels and capacity");
+                            }
+                        }
+                        .in_current_span(),
+                    );
                 }
                 st
             }
