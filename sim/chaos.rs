@@ -46,20 +46,7 @@ async fn client_loop(id: usize, manager: u64, history: History, until: tokio::ti
                 None => Ret::Unknown,
             },
             Op::Scale { replicas } => {
-                let service = key.clone();
-                let call = client.call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.services
-                            .scale_service(pb::ScaleServiceRequest {
-                                service,
-                                replicas,
-                                expected_version: 0,
-                            })
-                            .await
-                    }
-                });
-                match tokio::time::timeout(OP_TIMEOUT, call).await {
+                match tokio::time::timeout(OP_TIMEOUT, client.scale_service(&key, replicas)).await {
                     Ok(Ok(_)) => Ret::Ok,
                     Ok(Err(e)) => unknown_unless(e.code(), &[(Code::NotFound, Ret::NotFound)]),
                     Err(_) => Ret::Unknown,

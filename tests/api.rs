@@ -19,15 +19,7 @@ fn spec(name: &str, replicas: i64) -> pb::ServiceSpec {
 }
 
 async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren::client::ClientError> {
-    c.call(|mut s| {
-        let spec = spec.clone();
-        async move {
-            s.services
-                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                .await
-        }
-    })
-    .await
+    c.create_service(spec).await
 }
 
 #[tokio::test]
