@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-# 120 seeds x 9 manager scenarios = 1,080 simulated runs, plus self-tests and pinned seeds;
+# 112 seeds x 9 manager scenarios = 1,008 simulated runs, plus self-tests and pinned seeds;
 # the worker scenarios (3 managers + 5 workers each, heavier) get 20 seeds x 5 = 100 runs.
-SIM_SEEDS=${SIM_SEEDS:-120}
+SIM_SEEDS=${SIM_SEEDS:-112}
 SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-20}
 SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
 
@@ -24,8 +24,12 @@ MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q -- --skip workers::
 MADSIM_TEST_NUM=$SIM_WORKER_SEEDS cargo sim -q -- workers::
 echo "simulation took $(( $(date +%s) - start )) s"
 echo "== simulation: determinism check"
-# In-process: madsim runs each seed twice and compares every RNG draw and its time.
-for seed in 1 2 3 4 5; do MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip workers::; done
+# In-process: madsim runs each seed twice and compares every RNG draw and its time. One test
+# at a time: run beside other tests, chaos_flaky trips the check the way the worker scenarios
+# do (see docs/simulation.md).
+for seed in 1 2 3 4 5; do
+  MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip workers:: --test-threads=1
+done
 # The worker scenarios fail the in-process check (state left by the first run in the same
 # process, see docs/simulation.md), so they are checked the way a replay is used: the same seed
 # in two processes must give the same daemon logs, event for event.
