@@ -26,7 +26,7 @@ wpid=$!
 $W --manager "$API" service inspect hello >/dev/null 2>&1 ||
   $W --manager "$API" service create hello --image busybox:latest --replicas 2 -e GREETING=hi -- httpd -f -p 8000
 for _ in $(seq 1 100); do
-  $W --manager "$API" service ps hello 2>/dev/null | grep -q running && break
+  $W --manager "$API" service ps hello -o json 2>/dev/null | grep -q '"state": "running"' && break
   sleep 0.1
 done
 $W --manager "$API" cluster info

@@ -443,9 +443,13 @@ impl Agent {
             if t.container_id.is_empty() || t.state.is_terminal() {
                 continue;
             }
+            let mut vanished = false;
             let status = match self.runtime.status(&t.container_id).await {
                 Ok(s) => s,
-                Err(RuntimeError::NotFound(_)) => ContainerStatus::Exited(-1),
+                Err(RuntimeError::NotFound(_)) => {
+                    vanished = true;
+                    ContainerStatus::Exited(-1)
+                }
                 Err(e) => {
                     debug!(task = %t.id, error = %e, "runtime unavailable; status unknown");
                     continue;
@@ -463,7 +467,14 @@ impl Agent {
             if state.is_terminal() {
                 t.exit_code = code;
                 t.exited_at_ms = crate::manager::now_ms();
-                t.message = format!("exited with code {code}");
+                t.message = if vanished {
+                    format!(
+                        "container {} is gone (the runtime lost it, e.g. it restarted)",
+                        t.container_id
+                    )
+                } else {
+                    format!("exited with code {code}")
+                };
                 if !connected && self.restart_locally(t).await {
                     continue;
                 }
