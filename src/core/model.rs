@@ -38,6 +38,36 @@ pub struct RestartPolicy {
     pub delay_ms: u64,
 }
 
+/// What the restart policy says about a finished task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Never again (condition or attempts exhausted).
+    No,
+    /// Yes, once the delay is over.
+    Later,
+    Now,
+}
+
+impl RestartPolicy {
+    /// `failed`: it ended in failure (not a clean exit); `restarts_so_far`: attempts already
+    /// made; `finished_at_ms` / `now_ms`: for the delay. Used by the managers' reconciler and
+    /// by a worker restarting tasks itself while cut off.
+    pub fn decide(&self, failed: bool, restarts_so_far: u32, finished_at_ms: i64, now_ms: i64) -> Restart {
+        let wanted = match self.condition {
+            RestartCondition::None => false,
+            RestartCondition::OnFailure => failed,
+            RestartCondition::Any => true,
+        };
+        if !wanted || (self.max_attempts != 0 && restarts_so_far >= self.max_attempts) {
+            Restart::No
+        } else if now_ms < finished_at_ms + self.delay_ms as i64 {
+            Restart::Later
+        } else {
+            Restart::Now
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Thousandths of a CPU.

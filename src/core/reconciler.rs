@@ -281,16 +281,23 @@ fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<
     if !t.state.is_terminal() || t.state == TaskState::Shutdown || t.desired_state != TaskState::Running {
         return Some(t.attempt);
     }
-    let policy = &service.spec.restart_policy;
     let failed = matches!(t.state, TaskState::Failed | TaskState::Rejected);
-    let restart = match policy.condition {
-        RestartCondition::None => false,
-        RestartCondition::OnFailure => failed,
-        RestartCondition::Any => true,
-    };
-    let attempts_left = policy.max_attempts == 0 || t.attempt < policy.max_attempts;
-    let delay_over = now_ms >= t.updated_at_ms + policy.delay_ms as i64;
-    (restart && attempts_left && delay_over).then_some(t.attempt + 1)
+    let decision = service
+        .spec
+        .restart_policy
+        .decide(failed, t.attempt, t.updated_at_ms, now_ms);
+    (decision == Restart::Now).then_some(t.attempt + 1)
+}
+
+/// A node's liveness as a leader sees it: `heard_ago_ms` since this leader last received its
+/// heartbeat (`None`: not since it became leader), `leading_for_ms` since it became leader.
+/// Every node gets a full grace period under each new leader.
+pub fn liveness(heard_ago_ms: Option<u64>, leading_for_ms: u64, grace_ms: u64) -> Liveness {
+    match heard_ago_ms {
+        Some(ago) if ago <= grace_ms => Liveness::Alive,
+        _ if leading_for_ms <= grace_ms => Liveness::Unknown,
+        _ => Liveness::Silent,
+    }
 }
 
 #[cfg(test)]
@@ -711,6 +718,46 @@ mod tests {
         assert_eq!(w.st.tasks[&on_b[0]].state, TaskState::Shutdown);
         assert_eq!(w.slots("web"), vec![1, 2]);
         assert!(w.active("web").iter().all(|t| t.node_id == "a"));
+    }
+
+    #[test]
+    fn liveness_gives_a_fresh_grace_period_to_every_new_leader() {
+        // (heard ago, leading for) -> liveness, grace 5,000 ms
+        let cases = [
+            ((Some(0), 0), Liveness::Alive),
+            ((Some(5_000), 60_000), Liveness::Alive),
+            ((Some(5_001), 60_000), Liveness::Silent),
+            ((None, 0), Liveness::Unknown),
+            ((None, 5_000), Liveness::Unknown),
+            ((None, 5_001), Liveness::Silent),
+            ((Some(6_000), 4_000), Liveness::Unknown),
+        ];
+        for ((heard, leading), want) in cases {
+            assert_eq!(liveness(heard, leading, 5_000), want, "{heard:?} {leading}");
+        }
+    }
+
+    #[test]
+    fn unchanged_reports_are_dropped() {
+        let mut w = World::new(&["a", "b"]);
+        w.service("web", 1, RestartPolicy::default());
+        w.settle();
+        let t = w.active("web")[0].clone();
+        w.report(&t.node_id, &t.id, TaskState::Running, 0);
+        let other = if t.node_id == "a" { "b" } else { "a" };
+        let kept = w.st.changed_reports(
+            &t.node_id,
+            vec![
+                report(&t.id, TaskState::Running, 0),
+                report(&t.id, TaskState::Failed, 1),
+                report("nope", TaskState::Running, 0),
+            ],
+        );
+        assert_eq!(kept, vec![report(&t.id, TaskState::Failed, 1)]);
+        assert!(w
+            .st
+            .changed_reports(other, vec![report(&t.id, TaskState::Failed, 1)])
+            .is_empty());
     }
 
     #[test]

@@ -524,6 +524,22 @@ impl ClusterState {
         }
     }
 
+    /// The reports from worker `node_id` that would change something: its own, unfinished
+    /// tasks whose state, exit code or container differ from what the state holds. A
+    /// heartbeat with nothing else writes no Raft entry.
+    pub fn changed_reports(&self, node_id: &str, mut reports: Vec<TaskReport>) -> Vec<TaskReport> {
+        reports.retain(|r| {
+            self.tasks.get(&r.task_id).is_some_and(|t| {
+                t.node_id == node_id
+                    && !t.state.is_terminal()
+                    && (t.state != r.state
+                        || t.exit_code != r.exit_code
+                        || (!r.container_id.is_empty() && r.container_id != t.container_id))
+            })
+        });
+        reports
+    }
+
     fn set_node_status(&mut self, index: u64, id: &str, status: NodeStatus, now_ms: i64) -> bool {
         match self.nodes.get_mut(id) {
             Some(n) if n.status != status => {

@@ -131,17 +131,7 @@ async fn heartbeat(
             });
         }
         // Only changes are replicated: drop what the state already says.
-        let mut reports = reports;
-        reports.retain(|r| {
-            st.tasks.get(&r.task_id).is_some_and(|t| {
-                t.node_id == node_id
-                    && !t.state.is_terminal()
-                    && (t.state != r.state
-                        || t.exit_code != r.exit_code
-                        || (!r.container_id.is_empty() && r.container_id != t.container_id))
-            })
-        });
-        reports
+        st.changed_reports(&node_id, reports)
     };
     m.heartbeats.heard(&node_id);
     if reports.is_empty() {

@@ -64,26 +64,27 @@ impl Heartbeats {
         &self,
         nodes: impl Iterator<Item = &'a String>,
         leading_since: Instant,
-        grace: Duration,
+        grace_ms: u64,
     ) -> BTreeMap<String, Liveness> {
         let now = Instant::now();
         let seen = self.last_seen.lock().unwrap();
         nodes
             .map(|id| {
-                let heard = seen.get(id).copied().filter(|t| *t >= leading_since);
-                let l = match heard {
-                    Some(t) if now - t <= grace => Liveness::Alive,
-                    _ if now - leading_since <= grace => Liveness::Unknown,
-                    _ => Liveness::Silent,
-                };
-                (id.clone(), l)
+                let heard_ago_ms = seen
+                    .get(id)
+                    .filter(|t| **t >= leading_since)
+                    .map(|t| (now - *t).as_millis() as u64);
+                let leading_for_ms = (now - leading_since).as_millis() as u64;
+                (
+                    id.clone(),
+                    reconciler::liveness(heard_ago_ms, leading_for_ms, grace_ms),
+                )
             })
             .collect()
     }
 }
 
 pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let grace = Duration::from_millis(opts.node_grace_period_ms);
     let mut leading: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
@@ -121,7 +122,9 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         let mut changes = {
             let guard = m.state.read().unwrap();
             let st = &guard.state;
-            let liveness = m.heartbeats.liveness(st.nodes.keys(), since, grace);
+            let liveness = m
+                .heartbeats
+                .liveness(st.nodes.keys(), since, opts.node_grace_period_ms);
             reconciler::reconcile(
                 &reconciler::Input {
                     state: st,

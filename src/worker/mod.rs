@@ -10,7 +10,7 @@ pub mod runtime;
 pub mod sim_runtime;
 
 use crate::client::{Client, ClientError};
-use crate::core::{RestartCondition, TaskState};
+use crate::core::{Restart, TaskState};
 use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
 use anyhow::{bail, Context};
@@ -498,21 +498,19 @@ impl Agent {
 
     /// The restart policy, applied by the worker itself: true if restarted.
     async fn restart_locally(&self, t: &mut LocalTask) -> bool {
-        let p = &t.spec.restart_policy;
-        let failed = t.exit_code != 0;
-        let wanted = match p.condition {
-            RestartCondition::None => false,
-            RestartCondition::OnFailure => failed,
-            RestartCondition::Any => true,
-        };
-        let attempts_left = p.max_attempts == 0 || t.local_restarts < p.max_attempts;
-        let delay_over = crate::manager::now_ms() >= t.exited_at_ms + p.delay_ms as i64;
-        if !(wanted && attempts_left) {
-            return false;
-        }
-        if !delay_over {
-            t.restart_due = true;
-            return false;
+        let decision = t.spec.restart_policy.decide(
+            t.exit_code != 0,
+            t.local_restarts,
+            t.exited_at_ms,
+            crate::manager::now_ms(),
+        );
+        match decision {
+            Restart::No => return false,
+            Restart::Later => {
+                t.restart_due = true;
+                return false;
+            }
+            Restart::Now => {}
         }
         match self.runtime.start(&t.id, &t.spec).await {
             Ok(cid) => {
