@@ -40,14 +40,31 @@ impl Constraint {
         if value.is_empty() {
             return Err(bad("has no value"));
         }
+        if value.contains(['=', '!']) || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad(&format!(
+                "has a value {value:?} with '=', '!', whitespace or control characters"
+            )));
+        }
         let field = match lhs {
             "node.id" => Field::Id,
             "node.role" => Field::Role,
             _ => match lhs.strip_prefix("node.labels.") {
-                Some(key) if !key.is_empty() => Field::Label(key.to_string()),
+                Some(key)
+                    if !key.is_empty()
+                        && !key
+                            .chars()
+                            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '=' | '!')) =>
+                {
+                    Field::Label(key.to_string())
+                }
                 _ => return Err(bad(&format!("names an unknown attribute {lhs:?}"))),
             },
         };
+        if field == Field::Role && !matches!(value, "worker" | "manager") {
+            return Err(bad(&format!(
+                "can never match: a node's role is worker or manager, not {value:?}"
+            )));
+        }
         Ok(Constraint {
             field,
             equal,

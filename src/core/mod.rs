@@ -5,6 +5,7 @@
 
 pub mod constraint;
 pub mod election;
+pub mod limits;
 pub mod membership;
 pub mod model;
 pub mod reconciler;

@@ -3,8 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 10_000;
+pub use super::limits::MAX_REPLICAS;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Role {

@@ -3,6 +3,10 @@
 //! Every manager applies the same committed log to its own copy; apply is deterministic
 //! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
 
+use super::limits::{
+    MAX_LIVE_TOKENS_PER_ROLE, MAX_QUOTED_BYTES, MAX_REMEMBERED_BYTES, MAX_REMEMBERED_REQUESTS,
+    MAX_TOKEN_TTL_MS,
+};
 use super::model::*;
 use super::reconciler::TaskChange;
 use super::validate;
@@ -17,7 +21,7 @@ pub enum StateError {
     InvalidArgument { field: String, reason: String },
     #[error("{kind} {name:?} already exists; choose another name or update the existing one")]
     AlreadyExists { kind: String, name: String },
-    #[error("{kind} {name:?} not found; list them with `warren {kind} ls`")]
+    #[error("{kind} {name:?} not found; {}", list_hint(kind))]
     NotFound { kind: String, name: String },
     #[error("{kind} {name:?} is at version {actual}, not {expected}; read it again and retry")]
     VersionConflict {
@@ -30,6 +34,17 @@ pub enum StateError {
     FailedPrecondition(String),
 }
 
+/// Where the operator can see what exists, for a not-found error.
+fn list_hint(kind: &str) -> &'static str {
+    match kind {
+        "service" => "list them with `warren service ls`",
+        "node" => "list them with `warren node ls`",
+        "task" => "list them with `warren service ps SERVICE`",
+        "manager" => "the managers are listed by `warren cluster info`",
+        _ => "check the name and try again",
+    }
+}
+
 impl StateError {
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         StateError::InvalidArgument {
@@ -40,13 +55,69 @@ impl StateError {
     fn not_found(kind: &str, name: &str) -> Self {
         StateError::NotFound {
             kind: kind.to_string(),
-            name: name.to_string(),
+            name: cut(name),
         }
     }
 }
 
-/// How many recent request ids the state machine remembers for deduplication.
-pub const MAX_REMEMBERED_REQUESTS: usize = 10_000;
+/// `text` cut to `MAX_QUOTED_BYTES` for an error that names it (a 20,000-character name must
+/// not come back whole in the error: the reply would outgrow what a client accepts).
+pub fn cut(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+/// What a retried request needs to get its first answer back: the kind of outcome and the
+/// ids it names, never a whole spec (a table of whole results held gigabytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Remembered {
+    Internal,
+    ClusterInitialized { cluster_id: String },
+    Service { id: String },
+    ServiceDeleted { id: String },
+    Node { id: String },
+    NodeRemoved { id: String },
+    JoinTokenSet { role: Role, expires_at_ms: i64 },
+    TasksChanged { applied: u32, skipped: u32 },
+    Refused(StateError),
+}
+
+impl Remembered {
+    fn of(answer: &Result<Outcome, StateError>) -> Remembered {
+        match answer {
+            Err(e) => Remembered::Refused(e.clone()),
+            Ok(o) => match o {
+                Outcome::Internal => Remembered::Internal,
+                Outcome::ClusterInitialized { cluster_id } => Remembered::ClusterInitialized {
+                    cluster_id: cluster_id.clone(),
+                },
+                Outcome::Service(s) => Remembered::Service { id: s.id.clone() },
+                Outcome::ServiceDeleted { id } => Remembered::ServiceDeleted { id: id.clone() },
+                Outcome::Node(n) => Remembered::Node { id: n.id.clone() },
+                Outcome::NodeRemoved { id } => Remembered::NodeRemoved { id: id.clone() },
+                Outcome::JoinTokenSet { role, expires_at_ms } => Remembered::JoinTokenSet {
+                    role: *role,
+                    expires_at_ms: *expires_at_ms,
+                },
+                Outcome::TasksChanged { applied, skipped } => Remembered::TasksChanged {
+                    applied: *applied,
+                    skipped: *skipped,
+                },
+            },
+        }
+    }
+
+    /// Bytes this entry counts against `MAX_REMEMBERED_BYTES` (with its request id).
+    fn cost(&self, request_id: &str) -> u64 {
+        bincode::serialized_size(self).unwrap_or(u64::MAX / 4) + request_id.len() as u64 + 16
+    }
+}
 
 /// A task's state as a worker reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,8 +245,10 @@ pub struct ClusterState {
     pub tasks: BTreeMap<String, Task>,
     pub join_tokens: Vec<JoinTokenRecord>,
     /// Answers to recent `Command::Once` requests, by request id, and the order to forget them.
-    pub requests: BTreeMap<String, Result<Outcome, StateError>>,
+    pub requests: BTreeMap<String, Remembered>,
     pub request_order: BTreeMap<u64, String>,
+    /// Sum of `Remembered::cost` over `requests`.
+    pub remembered_bytes: u64,
 }
 
 impl ClusterState {
@@ -198,7 +271,7 @@ impl ClusterState {
         if expected != 0 && expected != actual {
             return Err(StateError::VersionConflict {
                 kind: kind.to_string(),
-                name: name.to_string(),
+                name: cut(name),
                 expected,
                 actual,
             });
@@ -211,15 +284,23 @@ impl ClusterState {
     pub fn apply(&mut self, index: u64, command: Command) -> Result<Outcome, StateError> {
         match command {
             Command::Once { request_id, cmd } => {
-                if let Some(answer) = self.requests.get(&request_id) {
-                    return answer.clone();
+                if let Some(first) = self.requests.get(&request_id) {
+                    return self.answer_again(first);
                 }
                 let answer = self.apply(index, *cmd);
-                self.requests.insert(request_id.clone(), answer.clone());
+                let remembered = Remembered::of(&answer);
+                self.remembered_bytes += remembered.cost(&request_id);
+                self.requests.insert(request_id.clone(), remembered);
                 self.request_order.insert(index, request_id);
-                while self.request_order.len() > MAX_REMEMBERED_REQUESTS {
-                    let (_, oldest) = self.request_order.pop_first().expect("non-empty");
-                    self.requests.remove(&oldest);
+                while self.request_order.len() > MAX_REMEMBERED_REQUESTS
+                    || self.remembered_bytes > MAX_REMEMBERED_BYTES as u64
+                {
+                    let Some((_, oldest)) = self.request_order.pop_first() else {
+                        break;
+                    };
+                    if let Some(r) = self.requests.remove(&oldest) {
+                        self.remembered_bytes = self.remembered_bytes.saturating_sub(r.cost(&oldest));
+                    }
                 }
                 answer
             }
@@ -322,6 +403,8 @@ impl ClusterState {
                 if id.is_empty() {
                     return Err(StateError::invalid("node id", "must not be empty"));
                 }
+                validate::node_address(&address)?;
+                validate::labels("node labels", &labels)?;
                 let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
                     id,
                     role,
@@ -354,6 +437,15 @@ impl ClusterState {
                     .get_mut(&id)
                     .ok_or_else(|| StateError::not_found("node", &id))?;
                 Self::check_version("node", &id, expected_version, node.version)?;
+                if availability.is_none() && labels.is_none() {
+                    return Err(StateError::invalid(
+                        "update",
+                        "nothing to change; pass --availability or --label",
+                    ));
+                }
+                if let Some(l) = &labels {
+                    validate::labels("node labels", l)?;
+                }
                 if let Some(a) = availability {
                     node.availability = a;
                 }
@@ -388,6 +480,24 @@ impl ClusterState {
                 }
                 if expires_at_ms <= now_ms {
                     return Err(StateError::invalid("ttl", "a token must expire in the future"));
+                }
+                if expires_at_ms.saturating_sub(now_ms) > MAX_TOKEN_TTL_MS {
+                    return Err(StateError::invalid(
+                        "ttl",
+                        format!("at most {} days", MAX_TOKEN_TTL_MS / 86_400_000),
+                    ));
+                }
+                let live = self
+                    .join_tokens
+                    .iter()
+                    .filter(|t| t.role == role && t.expires_at_ms > now_ms)
+                    .count();
+                if !rotate && live >= MAX_LIVE_TOKENS_PER_ROLE {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "there are already {live} live {} join tokens (at most {MAX_LIVE_TOKENS_PER_ROLE}); rotate them with `warren cluster join-token {} --rotate`",
+                        role.as_str(),
+                        role.as_str()
+                    )));
                 }
                 // Expired records are dropped on every issue so the list stays bounded.
                 self.join_tokens
@@ -443,6 +553,32 @@ impl ClusterState {
                 Ok(Outcome::TasksChanged { applied, skipped })
             }
         }
+    }
+
+    /// The answer for a request that was applied before: what it named, as it is now.
+    fn answer_again(&self, first: &Remembered) -> Result<Outcome, StateError> {
+        let gone = |kind: &str, id: &str| {
+            Err(StateError::FailedPrecondition(format!(
+                "this request was already applied, and {kind} {id} has been removed since"
+            )))
+        };
+        Ok(match first.clone() {
+            Remembered::Refused(e) => return Err(e),
+            Remembered::Internal => Outcome::Internal,
+            Remembered::ClusterInitialized { cluster_id } => Outcome::ClusterInitialized { cluster_id },
+            Remembered::Service { id } => match self.services.get(&id) {
+                Some(s) => Outcome::Service(s.clone()),
+                None => return gone("service", &id),
+            },
+            Remembered::ServiceDeleted { id } => Outcome::ServiceDeleted { id },
+            Remembered::Node { id } => match self.nodes.get(&id) {
+                Some(n) => Outcome::Node(n.clone()),
+                None => return gone("node", &id),
+            },
+            Remembered::NodeRemoved { id } => Outcome::NodeRemoved { id },
+            Remembered::JoinTokenSet { role, expires_at_ms } => Outcome::JoinTokenSet { role, expires_at_ms },
+            Remembered::TasksChanged { applied, skipped } => Outcome::TasksChanged { applied, skipped },
+        })
     }
 
     /// Applies one orchestrator change if its precondition still holds.
@@ -998,6 +1134,107 @@ mod tests {
         assert_eq!(st.requests.len(), MAX_REMEMBERED_REQUESTS);
         assert_eq!(st.request_order.len(), MAX_REMEMBERED_REQUESTS);
         assert!(!st.requests.contains_key("r0") && st.requests.contains_key("r5"));
+        let total: u64 = st.requests.iter().map(|(k, r)| r.cost(k)).sum();
+        assert_eq!(total, st.remembered_bytes);
+    }
+
+    /// The table keeps answers, not results: a hundred updates of a big spec leave it small,
+    /// and a retry still gets the service back as it is now.
+    #[test]
+    fn remembered_requests_hold_ids_not_specs() {
+        let mut st = base();
+        let mut big = spec("web", 1);
+        big.env.insert("BIG".into(), "x".repeat(16_000));
+        for i in 0..100u64 {
+            let cmd = Command::Once {
+                request_id: format!("u{i}"),
+                cmd: Box::new(Command::UpdateService {
+                    service: "web".into(),
+                    spec: big.clone(),
+                    expected_version: 0,
+                    now_ms: 1,
+                }),
+            };
+            st.apply(10 + i, cmd).unwrap();
+        }
+        assert!(st.remembered_bytes < 100 * 200, "{} bytes", st.remembered_bytes);
+        let again = Command::Once {
+            request_id: "u0".into(),
+            cmd: Box::new(Command::DeleteService {
+                service: "web".into(),
+            }),
+        };
+        match st.apply(500, again) {
+            Ok(Outcome::Service(s)) => assert_eq!(s.version, 109),
+            other => panic!("{other:?}"),
+        }
+        // bounded by bytes as well as count: long refusals push old entries out
+        for i in 0..20_000u64 {
+            let cmd = Command::Once {
+                request_id: format!("{i:0>60}"),
+                cmd: Box::new(Command::DeleteService {
+                    service: "n".repeat(100),
+                }),
+            };
+            let _ = st.apply(1_000 + i, cmd);
+        }
+        assert!(st.remembered_bytes <= MAX_REMEMBERED_BYTES as u64);
+    }
+
+    #[test]
+    fn live_tokens_are_capped_and_ttl_bounded() {
+        let mut st = base();
+        let set = |i: u64, rotate: bool, expires: i64| Command::SetJoinToken {
+            role: Role::Worker,
+            hash_hex: format!("{i:064x}"),
+            expires_at_ms: expires,
+            rotate,
+            now_ms: 10,
+        };
+        for i in 0..MAX_LIVE_TOKENS_PER_ROLE as u64 {
+            st.apply(10 + i, set(i, false, 1_000)).unwrap();
+        }
+        let before = st.clone();
+        assert!(matches!(
+            st.apply(500, set(999, false, 1_000)),
+            Err(StateError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            st.apply(501, set(999, true, 1 << 50)),
+            Err(StateError::InvalidArgument { .. })
+        ));
+        assert_eq!(st, before);
+        st.apply(502, set(999, true, 1_000)).unwrap();
+        assert_eq!(st.join_tokens.len(), 1);
+    }
+
+    #[test]
+    fn update_node_needs_a_change_and_errors_quote_briefly() {
+        let mut st = base();
+        let before = st.clone();
+        let cmd = Command::UpdateNode {
+            id: "n1".into(),
+            availability: None,
+            labels: None,
+            expected_version: 0,
+        };
+        assert!(matches!(
+            st.apply(9, cmd),
+            Err(StateError::InvalidArgument { .. })
+        ));
+        assert_eq!(st, before);
+        let e = st
+            .apply(
+                10,
+                Command::DeleteService {
+                    service: "x".repeat(20_000),
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400 && e.contains("20000 bytes"), "{e}");
+        let e = StateError::not_found("task", "t1").to_string();
+        assert!(e.contains("warren service ps"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Input validation shared by every command. Each error names the field and what is allowed,
 //! so the CLI can print it as is.
 
-use super::model::{ServiceSpec, MAX_REPLICAS};
+use super::limits::*;
+use super::model::ServiceSpec;
 use super::state::StateError;
+use std::collections::BTreeMap;
 
 /// A service name is a DNS label: 1–63 characters of `a-z`, `0-9` and `-`, starting and
 /// ending with a letter or digit (as Docker Swarm and Kubernetes accept).
@@ -10,14 +12,17 @@ pub fn service_name(name: &str) -> Result<(), StateError> {
     let bad = |reason: &str| {
         Err(StateError::invalid(
             "name",
-            format!("{name:?} is not a valid service name: {reason}; use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"),
+            format!("{} is not a valid service name: {reason}; use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", quote(name)),
         ))
     };
     if name.is_empty() {
         return bad("it is empty");
     }
     if name.len() > 63 {
-        return bad(&format!("it is {} characters long", name.len()));
+        return Err(StateError::invalid(
+            "name",
+            format!("{} is not a valid service name: it is {} bytes long; use 1-63 lowercase letters, digits or '-'", quote(name), name.len()),
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -43,7 +48,10 @@ pub fn node_id(id: &str) -> Result<(), StateError> {
     } else {
         Err(StateError::invalid(
             "node id",
-            format!("{id:?} is not a valid node id; use 1-63 lowercase letters, digits, '-', '_' or '.'"),
+            format!(
+                "{} is not a valid node id; use 1-63 lowercase letters, digits, '-', '_' or '.'",
+                quote(id)
+            ),
         ))
     }
 }
@@ -58,6 +66,8 @@ pub fn replicas(replicas: i64) -> Result<(), StateError> {
     Ok(())
 }
 
+/// An image reference as Docker spells it (`busybox`, `127.0.0.1:5000/app:1.2`,
+/// `name@sha256:...`), parsed by a maintained OCI reference parser.
 pub fn image(image: &str) -> Result<(), StateError> {
     if image.is_empty() {
         return Err(StateError::invalid(
@@ -65,24 +75,168 @@ pub fn image(image: &str) -> Result<(), StateError> {
             "an image is required, for example --image busybox:latest",
         ));
     }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if image.len() > MAX_IMAGE_BYTES {
         return Err(StateError::invalid(
             "image",
-            format!("{image:?} contains whitespace; an image reference has none"),
+            format!(
+                "{} is {} bytes long; at most {MAX_IMAGE_BYTES}",
+                quote(image),
+                image.len()
+            ),
+        ));
+    }
+    if let Some(c) = image.chars().find(|c| c.is_control() || is_bidi(*c)) {
+        return Err(StateError::invalid(
+            "image",
+            format!(
+                "{} contains the control character {}; an image reference has none",
+                quote(image),
+                c.escape_unicode()
+            ),
+        ));
+    }
+    if image.chars().any(char::is_whitespace) {
+        return Err(StateError::invalid(
+            "image",
+            format!(
+                "{} contains whitespace; an image reference has none",
+                quote(image)
+            ),
+        ));
+    }
+    oci_spec::distribution::Reference::try_from(image).map_err(|e| {
+        StateError::invalid(
+            "image",
+            format!("{} is not an image reference ({e}); use NAME[:TAG][@DIGEST], for example busybox:1.36 or 127.0.0.1:5000/app:1.2", quote(image)),
+        )
+    })?;
+    Ok(())
+}
+
+/// Unicode bidirectional controls, which make text display differently from what it is.
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn has_nul_or_newline(s: &str) -> bool {
+    s.contains(['\0', '\n', '\r'])
+}
+
+pub fn env(spec: &ServiceSpec) -> Result<(), StateError> {
+    if spec.env.len() > MAX_ENV_VARS {
+        return Err(StateError::invalid(
+            "env",
+            format!("{} variables; at most {MAX_ENV_VARS}", spec.env.len()),
+        ));
+    }
+    let mut total = 0;
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || has_nul_or_newline(key) || key.chars().any(char::is_control)
+        {
+            return Err(StateError::invalid(
+                "env",
+                format!("{} is not a valid variable name (no '=', NUL, newline or control characters); use --env KEY=VALUE with a non-empty KEY", quote(key)),
+            ));
+        }
+        if key.len() > MAX_ENV_KEY_BYTES {
+            return Err(StateError::invalid(
+                "env",
+                format!(
+                    "the name {} is {} bytes long; at most {MAX_ENV_KEY_BYTES}",
+                    quote(key),
+                    key.len()
+                ),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(StateError::invalid(
+                "env",
+                format!(
+                    "the value of {} contains a NUL byte, which no process environment can hold",
+                    quote(key)
+                ),
+            ));
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES {
+            return Err(StateError::invalid(
+                "env",
+                format!("the value of {} is {} bytes long; at most {MAX_ENV_VALUE_BYTES} (pass large data as a file, not the environment)", quote(key), value.len()),
+            ));
+        }
+        total += key.len() + value.len() + 1;
+    }
+    if total > MAX_ENV_TOTAL_BYTES {
+        return Err(StateError::invalid(
+            "env",
+            format!("{total} bytes in all; at most {MAX_ENV_TOTAL_BYTES}"),
         ));
     }
     Ok(())
 }
 
-pub fn env(spec: &ServiceSpec) -> Result<(), StateError> {
-    for key in spec.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
+/// Labels of a service or a node: non-empty keys without NUL or control characters, bounded.
+pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), StateError> {
+    if labels.len() > MAX_LABELS {
+        return Err(StateError::invalid(
+            field,
+            format!("{} labels; at most {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.chars().any(|c| c.is_control() || c.is_whitespace() || c == '=') {
             return Err(StateError::invalid(
-                "env",
-                format!("{key:?} is not a valid variable name; use --env KEY=VALUE with a non-empty KEY"),
+                field,
+                format!("{} is not a valid label key: use a non-empty key without '=', whitespace or control characters", quote(k)),
+            ));
+        }
+        if k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(StateError::invalid(
+                field,
+                format!("label {} is too long; keys may have {MAX_LABEL_KEY_BYTES} bytes, values {MAX_LABEL_VALUE_BYTES}", quote(k)),
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(StateError::invalid(
+                field,
+                format!("the value of label {} contains control characters", quote(k)),
             ));
         }
     }
+    Ok(())
+}
+
+fn command(spec: &ServiceSpec) -> Result<(), StateError> {
+    let items = spec.command.len() + spec.args.len();
+    let bytes: usize = spec.command.iter().chain(&spec.args).map(|a| a.len() + 1).sum();
+    if items > MAX_COMMAND_ITEMS || bytes > MAX_COMMAND_BYTES {
+        return Err(StateError::invalid(
+            "command",
+            format!("{items} arguments, {bytes} bytes; at most {MAX_COMMAND_ITEMS} arguments and {MAX_COMMAND_BYTES} bytes"),
+        ));
+    }
+    if spec.command.iter().chain(&spec.args).any(|a| a.contains('\0')) {
+        return Err(StateError::invalid("command", "an argument contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn constraints(spec: &ServiceSpec) -> Result<(), StateError> {
+    if spec.constraints.len() > MAX_CONSTRAINTS {
+        return Err(StateError::invalid(
+            "constraint",
+            format!(
+                "{} constraints; at most {MAX_CONSTRAINTS}",
+                spec.constraints.len()
+            ),
+        ));
+    }
+    if let Some(c) = spec.constraints.iter().find(|c| c.len() > MAX_CONSTRAINT_BYTES) {
+        return Err(StateError::invalid(
+            "constraint",
+            format!("{} is longer than {MAX_CONSTRAINT_BYTES} bytes", quote(c)),
+        ));
+    }
+    super::constraint::parse_all(&spec.constraints)?;
     Ok(())
 }
 
@@ -91,8 +245,18 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), StateError> {
     image(&spec.image)?;
     replicas(spec.replicas)?;
     env(spec)?;
-    super::constraint::parse_all(&spec.constraints)?;
-    restart_and_resources(spec)
+    labels("labels", &spec.labels)?;
+    command(spec)?;
+    constraints(spec)?;
+    restart_and_resources(spec)?;
+    let size = bincode::serialized_size(spec).unwrap_or(u64::MAX);
+    if size > MAX_SPEC_BYTES as u64 {
+        return Err(StateError::invalid(
+            "spec",
+            format!("the service spec is {size} bytes; at most {MAX_SPEC_BYTES} (env, labels, command and constraints together)"),
+        ));
+    }
+    Ok(())
 }
 
 pub fn restart_and_resources(spec: &ServiceSpec) -> Result<(), StateError> {
@@ -110,7 +274,54 @@ pub fn restart_and_resources(spec: &ServiceSpec) -> Result<(), StateError> {
             ));
         }
     }
+    if spec.restart_policy.delay_ms > MAX_RESTART_DELAY_MS {
+        return Err(StateError::invalid(
+            "restart delay",
+            format!(
+                "{} ms is above the maximum of {MAX_RESTART_DELAY_MS} ms (24h)",
+                spec.restart_policy.delay_ms
+            ),
+        ));
+    }
+    if spec.stop_timeout_ms > MAX_STOP_TIMEOUT_MS {
+        return Err(StateError::invalid(
+            "stop timeout",
+            format!(
+                "{} ms is above the maximum of {MAX_STOP_TIMEOUT_MS} ms (1h)",
+                spec.stop_timeout_ms
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// A node's address as its worker reports it: empty, HOST:PORT or a host name.
+pub fn node_address(address: &str) -> Result<(), StateError> {
+    if address.is_empty()
+        || address.parse::<std::net::SocketAddr>().is_ok()
+        || address.parse::<std::net::IpAddr>().is_ok()
+    {
+        return Ok(());
+    }
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
+    let host_ok = address.len() <= MAX_NODE_ADDRESS_BYTES
+        && !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+        });
+    if host_ok && port.parse::<u16>().is_ok() {
+        return Ok(());
+    }
+    Err(StateError::invalid(
+        "address",
+        format!(
+            "{} is not an address; use HOST:PORT, an IP address or a host name",
+            quote(address)
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -164,6 +375,151 @@ mod tests {
         assert!(image("127.0.0.1:5000/busybox:test").is_ok());
         assert!(image("").is_err());
         assert!(image("busy box").is_err());
+        for good in [
+            "busybox",
+            "busybox:1.36",
+            "127.0.0.1:5000/app:1.2",
+            "library/nginx",
+            "busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(image(good).is_ok(), "{good}: {:?}", image(good));
+        }
+        for bad in [
+            ":",
+            "!!!@@@###$$$:::////..",
+            "a\u{7}b",
+            "a\u{202e}b",
+            "UPPER/Case",
+            "a:b:c",
+            &"a".repeat(600),
+        ] {
+            assert!(image(bad).is_err(), "{bad:?} must be refused");
+        }
+        let e = image("a\u{1}b").unwrap_err().to_string();
+        assert!(
+            e.contains("control character") && !e.contains("whitespace"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spec_limits() {
+        let base = ServiceSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        let with = |f: &dyn Fn(&mut ServiceSpec)| {
+            let mut s = base.clone();
+            f(&mut s);
+            service_spec(&s)
+        };
+        assert!(service_spec(&base).is_ok());
+        type Case<'a> = (&'a str, &'a dyn Fn(&mut ServiceSpec), &'a str);
+        let cases: &[Case] = &[
+            (
+                "env key newline",
+                &|s| {
+                    s.env.insert("A\nB".into(), "v".into());
+                },
+                "env",
+            ),
+            (
+                "env value NUL",
+                &|s| {
+                    s.env.insert("A".into(), "v\0".into());
+                },
+                "env",
+            ),
+            (
+                "env value big",
+                &|s| {
+                    s.env.insert("A".into(), "v".repeat(MAX_ENV_VALUE_BYTES + 1));
+                },
+                "env",
+            ),
+            (
+                "env total",
+                &|s| {
+                    for i in 0..5 {
+                        s.env.insert(format!("K{i}"), "v".repeat(8000));
+                    }
+                },
+                "env",
+            ),
+            (
+                "label empty key",
+                &|s| {
+                    s.labels.insert("".into(), "v".into());
+                },
+                "labels",
+            ),
+            (
+                "label NUL key",
+                &|s| {
+                    s.labels.insert("a\0".into(), "v".into());
+                },
+                "labels",
+            ),
+            (
+                "restart delay",
+                &|s| s.restart_policy.delay_ms = 1 << 63,
+                "restart delay",
+            ),
+            ("stop timeout", &|s| s.stop_timeout_ms = u64::MAX, "stop timeout"),
+            (
+                "constraint ===",
+                &|s| s.constraints = vec!["node.id===x".into()],
+                "constraint",
+            ),
+            (
+                "constraint ==!=",
+                &|s| s.constraints = vec!["node.labels.a==!=b".into()],
+                "constraint",
+            ),
+            (
+                "constraint role",
+                &|s| s.constraints = vec!["node.role==kingpin".into()],
+                "constraint",
+            ),
+            (
+                "many args",
+                &|s| s.args = vec!["x".into(); MAX_COMMAND_ITEMS + 1],
+                "command",
+            ),
+        ];
+        for (what, f, field) in cases {
+            match with(f) {
+                Err(StateError::InvalidArgument { field: got, .. }) => assert_eq!(&got, field, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn node_addresses() {
+        for good in [
+            "",
+            "10.0.0.1:4000",
+            "10.0.0.1",
+            "[::1]:80",
+            "edge-1.example:4000",
+            "edge-1",
+        ] {
+            assert!(node_address(good).is_ok(), "{good}");
+        }
+        for bad in ["not an address", "a:b:c", "host:99999", "-x:1", "a\n"] {
+            assert!(node_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env_limits_message() {
+        let mut spec = ServiceSpec::default();
+        spec.env.insert("K".into(), "v".repeat(MAX_ENV_VALUE_BYTES + 1));
+        let e = env(&spec).unwrap_err().to_string();
+        assert!(e.contains("16384"), "{e}");
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl Api {
 #[tonic::async_trait]
 impl ServiceService for Api {
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
-        let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default());
+        let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default()).map_err(ApiError::State)?;
         let id = super::new_id();
         let span = tracing::info_span!("create_service", service_id = %id, name = %spec.name);
         let cmd = Command::CreateService {
@@ -222,10 +222,11 @@ impl ServiceService for Api {
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
         let req = req.into_inner();
+        let spec = spec_from_pb(req.spec.unwrap_or_default()).map_err(ApiError::State)?;
         ok(self
             .write_service(Command::UpdateService {
                 service: req.service,
-                spec: spec_from_pb(req.spec.unwrap_or_default()),
+                spec,
                 expected_version: req.expected_version,
                 now_ms: now_ms(),
             })

@@ -3,7 +3,9 @@
 use crate::core::{self, model};
 use crate::proto::v1 as pb;
 
-pub fn spec_from_pb(s: pb::ServiceSpec) -> model::ServiceSpec {
+/// The core spec of a wire spec; an enum value this version does not know is refused (it is
+/// not quietly taken as the default).
+pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<model::ServiceSpec, core::StateError> {
     let resources = s.resources.unwrap_or_default();
     let res = |r: Option<pb::Resources>| {
         let r = r.unwrap_or_default();
@@ -13,7 +15,21 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> model::ServiceSpec {
         }
     };
     let rp = s.restart_policy.unwrap_or_default();
-    model::ServiceSpec {
+    let condition = match pb::RestartCondition::try_from(rp.condition) {
+        Ok(pb::RestartCondition::None) => model::RestartCondition::None,
+        Ok(pb::RestartCondition::OnFailure) => model::RestartCondition::OnFailure,
+        Ok(pb::RestartCondition::Any | pb::RestartCondition::Unspecified) => model::RestartCondition::Any,
+        Err(_) => {
+            return Err(core::StateError::invalid(
+                "restart condition",
+                format!(
+                    "{} is not a restart condition; use none, on-failure or any",
+                    rp.condition
+                ),
+            ))
+        }
+    };
+    Ok(model::ServiceSpec {
         name: s.name,
         image: s.image,
         replicas: s.replicas,
@@ -26,17 +42,13 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> model::ServiceSpec {
             limits: res(resources.limits),
         },
         restart_policy: model::RestartPolicy {
-            condition: match pb::RestartCondition::try_from(rp.condition).unwrap_or_default() {
-                pb::RestartCondition::None => model::RestartCondition::None,
-                pb::RestartCondition::OnFailure => model::RestartCondition::OnFailure,
-                pb::RestartCondition::Any | pb::RestartCondition::Unspecified => model::RestartCondition::Any,
-            },
+            condition,
             max_attempts: rp.max_attempts,
             delay_ms: rp.delay_ms,
         },
         constraints: s.constraints,
         stop_timeout_ms: s.stop_timeout_ms,
-    }
+    })
 }
 
 fn res_to_pb(r: model::Resources) -> pb::Resources {
@@ -164,6 +176,9 @@ mod tests {
         spec.env.insert("A".into(), "1".into());
         spec.resources.limits.memory_bytes = 1 << 20;
         spec.restart_policy.condition = model::RestartCondition::OnFailure;
-        assert_eq!(spec_from_pb(spec_to_pb(&spec)), spec);
+        assert_eq!(spec_from_pb(spec_to_pb(&spec)).unwrap(), spec);
+        let mut bad = spec_to_pb(&spec);
+        bad.restart_policy.as_mut().unwrap().condition = 99;
+        assert!(spec_from_pb(bad).is_err());
     }
 }

@@ -593,7 +593,11 @@ impl Agent {
             id: a.id.clone(),
             service_name: a.service_name.clone(),
             slot: a.slot,
-            spec: a.spec.clone().map(spec_from_pb).unwrap_or_default(),
+            spec: a
+                .spec
+                .clone()
+                .and_then(|s| spec_from_pb(s).ok())
+                .unwrap_or_default(),
             container_id: String::new(),
             state,
             exit_code: 0,

@@ -1,0 +1,81 @@
+//! Every size, count and duration a caller controls, in one place. docs/operations.md
+//! ("Limits") lists them with the error each one gives; keep the two in step.
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 10_000;
+/// An image reference, in bytes (Docker's own limit on a reference is 255 per name component).
+pub const MAX_IMAGE_BYTES: usize = 512;
+/// Environment variables of one service: count, key, value and all of them together.
+pub const MAX_ENV_VARS: usize = 512;
+pub const MAX_ENV_KEY_BYTES: usize = 256;
+pub const MAX_ENV_VALUE_BYTES: usize = 16 * 1024;
+pub const MAX_ENV_TOTAL_BYTES: usize = 32 * 1024;
+/// Labels of one service or node: count, key, value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_BYTES: usize = 128;
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+/// Command plus args of one service: count and bytes together.
+pub const MAX_COMMAND_ITEMS: usize = 256;
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// Placement constraints of one service, and the length of each.
+pub const MAX_CONSTRAINTS: usize = 32;
+pub const MAX_CONSTRAINT_BYTES: usize = 256;
+/// A whole service spec as stored (bincode), so that any number of tasks of one service
+/// fit an assignment page and any service fits a reply.
+pub const MAX_SPEC_BYTES: usize = 96 * 1024;
+/// Restart delay and stop timeout (Docker has no bound; a day and an hour are generous).
+pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
+pub const MAX_STOP_TIMEOUT_MS: u64 = 3600 * 1000;
+/// A node's address as a worker reports it (HOST:PORT or a host name).
+pub const MAX_NODE_ADDRESS_BYTES: usize = 256;
+/// Live (unexpired) join tokens per role; issue with --rotate to start over.
+pub const MAX_LIVE_TOKENS_PER_ROLE: usize = 100;
+/// Longest join token lifetime: a year.
+pub const MAX_TOKEN_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
+/// Raft terms a message may be ahead of this manager's; a larger jump is refused before
+/// anything is persisted (a real cluster needs one term per election).
+pub const MAX_TERM_JUMP: u64 = 1_000_000;
+/// Request-id de-duplication table: entries and bytes (answers, not whole results).
+pub const MAX_REMEMBERED_REQUESTS: usize = 10_000;
+pub const MAX_REMEMBERED_BYTES: usize = 2 * 1024 * 1024;
+/// A request id a client supplies (gRPC metadata `x-warren-request-id`).
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+/// Longest error message quoted back to a caller; longer input is cut with a note.
+pub const MAX_QUOTED_BYTES: usize = 128;
+/// Bytes of one reply page (list calls, assignment pages); gRPC's default receive limit is
+/// 4 MiB and a page must stay well under it.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// gRPC message size the API accepts and the clients and workers receive.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Open assignment streams per worker node (a worker needs one; reconnects overlap briefly).
+pub const MAX_STREAMS_PER_NODE: usize = 4;
+/// Open API connections per manager; more are closed at once.
+pub const MAX_API_CONNECTIONS: usize = 4096;
+/// A new connection must complete its HTTP/2 preface within this long.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// `text` quoted for an error message: at most `MAX_QUOTED_BYTES`, with a note of the length.
+pub fn quote(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return format!("{text:?}");
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_cuts_long_input() {
+        assert_eq!(quote("ab"), "\"ab\"");
+        let long = "é".repeat(1000);
+        let q = quote(&long);
+        assert!(q.len() < MAX_QUOTED_BYTES + 40, "{q}");
+        assert!(q.ends_with("(2000 bytes)"), "{q}");
+    }
+}
