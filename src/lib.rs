@@ -12,6 +12,7 @@ pub mod proto {
 pub mod bugs;
 pub mod cli;
 pub mod client;
+pub mod failstop;
 pub mod manager;
 #[cfg(feature = "sim")]
 pub mod sim_hooks;

@@ -5,17 +5,32 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = warren::cli::Cli::parse();
-    // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
-    let default = match &cli.command {
+    let daemon = matches!(
+        &cli.command,
         warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_))
-        | warren::cli::Cmd::Manager(warren::cli::ManagerCmd::Join(_) | warren::cli::ManagerCmd::Start(_))
-        | warren::cli::Cmd::Worker(_) =>
-        // openraft logs every failed replication RPC (each heartbeat) at ERROR; peer reachability
-        // is reported once per change by `manager::peers` instead.
-        {
-            "info,openraft=warn,openraft::replication=off"
+            | warren::cli::Cmd::Manager(warren::cli::ManagerCmd::Join(_) | warren::cli::ManagerCmd::Start(_))
+            | warren::cli::Cmd::Worker(_)
+    );
+    if daemon {
+        warren::failstop::install_panic_hook();
+    } else {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`warren service inspect X | head -3`) instead of panicking on the closed pipe.
+        // SAFETY: set once at start, before any other thread exists.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
         }
-        _ => "warn",
+    }
+    // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
+    // openraft logs every failed replication RPC (each heartbeat) at ERROR; peer reachability
+    // is reported once per change by `manager::peers` instead.
+    let default = if daemon {
+        "info,openraft=warn,openraft::replication=off"
+    } else {
+        "warn"
     };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))

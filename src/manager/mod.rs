@@ -237,6 +237,14 @@ pub async fn start(
         );
     }
     let db_path = check_data_dir(&opts.data_dir)?;
+    let db_existed = crate::raft::disk::exists(&db_path);
+    if crate::raft::disk::len(&db_path) == Some(0) {
+        bail!(
+            "data dir {} holds an empty (0-byte) {DB_FILE}: this manager's state is gone, and starting on it would make a new, empty cluster. \
+             Restore the data dir from a backup, or move it aside deliberately and join this manager again with a new id (docs/operations.md, \"Data directory errors\")",
+            opts.data_dir.display()
+        );
+    }
     let (log_store, sm_store) = store::open(&db_path).with_context(|| {
         format!(
             "cannot use data dir {}; if it is corrupt, restore it from a backup or remove this manager and join a new one",
@@ -247,6 +255,16 @@ pub async fn start(
         .read_identity::<Identity>()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let was_stored = stored.is_some();
+    let fresh = log_store.is_fresh().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A database that holds Raft state but no identity is not one this code wrote for a
+    // manager (a join in progress is the exception: it records its identity at the end).
+    if stored.is_none() && db_existed && !fresh && !matches!(mode, Mode::Join { .. }) {
+        bail!(
+            "data dir {} holds a {DB_FILE} with Raft state but no manager identity; it cannot be read as a Warren manager's. \
+             Restore the data dir from a backup, or move it aside deliberately (docs/operations.md, \"Data directory errors\")",
+            opts.data_dir.display()
+        );
+    }
     let identity = match (stored, &mode) {
         (Some(id), Mode::Resume) => id,
         (Some(id), _) => {
@@ -362,13 +380,17 @@ pub async fn start(
             }
         };
 
-        // Whichever ends first: shutdown, a failed join, or a server failing (address in use...).
+        // Whichever ends first: shutdown, a failed join, a server failing (address in use...),
+        // or the Raft core stopping on its own (a storage error, a panic): then the process
+        // must end with the reason, not live on answering reads from a dead member.
+        let core_stopped = watch_core(raft.clone());
         let mut servers = futures::future::select(raft_server, api_server);
         let shutdown = std::pin::pin!(shutdown);
         let result = tokio::select! {
             biased;
             _ = shutdown => Ok(()),
             r = join => r,
+            r = core_stopped => Err(r),
             r = &mut servers => {
                 let (r, _) = match r { futures::future::Either::Left(x) | futures::future::Either::Right(x) => x };
                 match r {
@@ -389,6 +411,24 @@ pub async fn start(
     }
     .instrument(span)
     .await
+}
+
+/// Resolves, with the reason, when this manager's Raft core has stopped (it does not stop
+/// before `Raft::shutdown` unless something is fatally wrong).
+async fn watch_core(raft: Raft) -> anyhow::Error {
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(fatal) = &rx.borrow().running_state {
+            return anyhow::anyhow!(
+                "the Raft core stopped ({fatal}); this manager exits so that its supervisor restarts it (check the data dir's disk: space, errors)"
+            );
+        }
+        if rx.changed().await.is_err() {
+            return anyhow::anyhow!(
+                "the Raft core ended unexpectedly; this manager exits so that its supervisor restarts it"
+            );
+        }
+    }
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

@@ -14,7 +14,7 @@ struct RaftRpc {
     m: ManagerRef,
 }
 
-fn bad_payload(e: bincode::Error) -> Status {
+fn bad_payload(e: crate::raft::codec::CodecError) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {e}"))
 }
 

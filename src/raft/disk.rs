@@ -20,6 +20,17 @@ pub fn exists(path: &Path) -> bool {
     sim::exists(path)
 }
 
+/// The size of the database file at `path`, if there is one.
+#[cfg(not(madsim))]
+pub fn len(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+#[cfg(madsim)]
+pub fn len(path: &Path) -> Option<u64> {
+    sim::len(path)
+}
+
 /// Replaces the small file at `path` with `bytes` durably: written to a temporary file,
 /// fsynced, renamed over the old one and the directory fsynced, so a crash leaves either
 /// the old or the new content, never a mix.
@@ -107,6 +118,14 @@ pub mod sim {
 
     pub fn read_file(path: &Path) -> Option<Vec<u8>> {
         DISKS.with(|d| d.borrow().get(path).map(|d| d.lock().unwrap().durable.clone()))
+    }
+
+    pub fn len(path: &Path) -> Option<u64> {
+        DISKS.with(|d| {
+            d.borrow()
+                .get(path)
+                .map(|d| d.lock().unwrap().durable.len() as u64)
+        })
     }
 
     /// True when a simulated file exists at `path`.

@@ -1,6 +1,7 @@
 //! openraft wiring: the type config, persistent storage on redb, the Raft network over gRPC
 //! and, under the simulator, a madsim `AsyncRuntime`.
 
+pub mod codec;
 pub mod disk;
 pub mod network;
 #[cfg(madsim)]

@@ -21,12 +21,13 @@ pub const CONNECT_TIMEOUT_MS: u64 = 300;
 
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
     RaftPayload {
-        data: bincode::serialize(v).expect("serializing an in-memory value cannot fail"),
+        data: super::codec::to_bytes(v),
     }
 }
 
-pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, bincode::Error> {
-    bincode::deserialize(&p.data)
+/// Decodes a whole payload; trailing bytes or a truncated message are errors.
+pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, super::codec::CodecError> {
+    super::codec::from_bytes(&p.data)
 }
 
 /// Opens a channel to `addr` (host:port) with bounded connect and request times.
@@ -117,7 +118,7 @@ impl Connection {
             }
         };
         let answer: Result<Resp, RaftError<NodeId, E>> =
-            decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&*e)))?;
+            decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 }

@@ -8,6 +8,7 @@
 //! - Snapshots are the whole `ClusterState`, stored in the same database; openraft's snapshot
 //!   policy decides when to build one, after which it purges the log up to it.
 
+use super::codec::{self, CodecError};
 use super::{ManagerNode, NodeId, TypeConfig, WriteResult};
 use crate::core::{ClusterState, Outcome};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -15,7 +16,7 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -40,12 +41,16 @@ type SErr = StorageError<NodeId>;
 fn any(e: impl Into<redb::Error>) -> AnyError {
     AnyError::new(&e.into())
 }
-#[allow(clippy::boxed_local)] // bincode::Error is a Box by definition
-fn enc_err(e: bincode::Error) -> AnyError {
-    AnyError::new(&*e)
-}
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).expect("in-memory serialization of Raft types cannot fail")
+    codec::seal(v)
+}
+
+/// Names the database and the value when a stored value fails its checksum or decoding, so
+/// the operator knows which data dir is damaged.
+fn corrupt(path: &str, what: impl std::fmt::Display, e: CodecError) -> AnyError {
+    AnyError::error(format!(
+        "the database {path} is corrupt at {what}: {e}; restore the data dir from a backup, or remove this manager and join a new one (docs/operations.md)"
+    ))
 }
 
 /// Errors opening the store, which the daemon reports as a bad data directory.
@@ -74,21 +79,28 @@ pub type SharedState = Arc<RwLock<StateMachineData>>;
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    path: Arc<str>,
 }
 
 #[derive(Clone, Debug)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    path: Arc<str>,
     data: SharedState,
 }
 
 /// Opens the database at `path` (creating it when absent) and loads the last snapshot.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let shown = path.display().to_string();
-    let db = super::disk::open_database(path).map_err(|e| OpenError::Database {
-        path: shown.clone(),
-        source: e.into(),
-    })?;
+    let db = crate::failstop::catch(|| super::disk::open_database(path))
+        .map_err(|p| OpenError::Corrupt {
+            path: shown.clone(),
+            reason: format!("the database engine failed opening it ({p})"),
+        })?
+        .map_err(|e| OpenError::Database {
+            path: shown.clone(),
+            source: e.into(),
+        })?;
     let db = Arc::new(db);
     let init = || -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
@@ -102,33 +114,81 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         path: shown.clone(),
         source: e,
     })?;
-    let data = match read_snapshot(&db).map_err(|e| OpenError::Corrupt {
+    let corrupt_at = |reason: String| OpenError::Corrupt {
         path: shown.clone(),
-        reason: e.to_string(),
-    })? {
+        reason,
+    };
+    // redb itself may panic on a damaged page ("entered unreachable code"): report it as
+    // corruption of this file instead.
+    crate::failstop::catch(|| verify(&db, &shown))
+        .map_err(|p| corrupt_at(format!("the database engine failed reading it ({p})")))?
+        .map_err(corrupt_at)?;
+    let data = match read_snapshot(&db, &shown).map_err(|e| corrupt_at(e.to_string()))? {
         Some((meta, bytes)) => {
-            let mut d: StateMachineData = bincode::deserialize(&bytes).map_err(|e| OpenError::Corrupt {
-                path: shown.clone(),
-                reason: format!("snapshot {}: {e}", meta.snapshot_id),
-            })?;
+            let mut d: StateMachineData = codec::unseal(&bytes)
+                .map_err(|e| corrupt_at(format!("snapshot {}: {e}", meta.snapshot_id)))?;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership;
             d
         }
         None => StateMachineData::default(),
     };
+    let path: Arc<str> = shown.into();
     Ok((
-        LogStore { db: db.clone() },
+        LogStore {
+            db: db.clone(),
+            path: path.clone(),
+        },
         StateMachineStore {
             db,
+            path,
             data: Arc::new(RwLock::new(data)),
         },
     ))
 }
 
+/// Reads every stored value once and checks its checksum and encoding, so a damaged
+/// database is refused at start with the place named, not found later as a wrong answer.
+fn verify(db: &Database, path: &str) -> Result<(), String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let logs = tx.open_table(LOGS).map_err(|e| e.to_string())?;
+    let mut count = 0u64;
+    for row in logs.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| format!("reading the log: {e}"))?;
+        let entry: Entry<TypeConfig> =
+            codec::unseal(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
+        if entry.log_id.index != k.value() {
+            return Err(format!(
+                "log entry {} holds the entry of index {}",
+                k.value(),
+                entry.log_id.index
+            ));
+        }
+        count += 1;
+    }
+    let meta = tx.open_table(META).map_err(|e| e.to_string())?;
+    for row in meta.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| format!("reading Raft metadata: {e}"))?;
+        let key = k.value();
+        let checked = match key {
+            KEY_VOTE => codec::unseal::<Vote<NodeId>>(v.value()).map(drop),
+            KEY_COMMITTED => codec::unseal::<Option<LogId<NodeId>>>(v.value()).map(drop),
+            KEY_PURGED => codec::unseal::<LogId<NodeId>>(v.value()).map(drop),
+            _ => codec::unseal_bytes(v.value()).map(drop),
+        };
+        checked.map_err(|e| format!("Raft metadata {key:?}: {e}"))?;
+    }
+    drop(meta);
+    if let Some((meta, data)) = read_snapshot(db, path).map_err(|e| e.to_string())? {
+        codec::unseal_bytes(&data).map_err(|e| format!("snapshot {}: {e}", meta.snapshot_id))?;
+    }
+    tracing::debug!(path, entries = count, "database verified");
+    Ok(())
+}
+
 type SnapshotRecord = (SnapshotMeta<NodeId, ManagerNode>, Vec<u8>);
 
-fn read_snapshot(db: &Database) -> Result<Option<SnapshotRecord>, AnyError> {
+fn read_snapshot(db: &Database, path: &str) -> Result<Option<SnapshotRecord>, AnyError> {
     let tx = db.begin_read().map_err(any)?;
     let t = tx.open_table(SNAPSHOT).map_err(any)?;
     let (Some(meta), Some(data)) = (
@@ -137,7 +197,7 @@ fn read_snapshot(db: &Database) -> Result<Option<SnapshotRecord>, AnyError> {
     ) else {
         return Ok(None);
     };
-    let meta = bincode::deserialize(meta.value()).map_err(enc_err)?;
+    let meta = codec::unseal(meta.value()).map_err(|e| corrupt(path, "the snapshot's metadata", e))?;
     Ok(Some((meta, data.value().to_vec())))
 }
 
@@ -146,7 +206,9 @@ impl LogStore {
         let tx = self.db.begin_read().map_err(any)?;
         let t = tx.open_table(META).map_err(any)?;
         match t.get(key).map_err(any)? {
-            Some(v) => Ok(Some(bincode::deserialize(v.value()).map_err(enc_err)?)),
+            Some(v) => Ok(Some(codec::unseal(v.value()).map_err(|e| {
+                corrupt(&self.path, format_args!("Raft metadata {key:?}"), e)
+            })?)),
             None => Ok(None),
         }
     }
@@ -158,6 +220,16 @@ impl LogStore {
             .insert(key, enc(value).as_slice())
             .map_err(any)?;
         tx.commit().map_err(any)
+    }
+
+    /// True when nothing Raft keeps was ever written: no vote, no log, no snapshot (a
+    /// database only a start that crashed before recording its identity could leave).
+    pub fn is_fresh(&self) -> Result<bool, AnyError> {
+        let tx = self.db.begin_read().map_err(any)?;
+        let empty_logs = tx.open_table(LOGS).map_err(any)?.is_empty().map_err(any)?;
+        let meta = tx.open_table(META).map_err(any)?;
+        let empty_snapshot = tx.open_table(SNAPSHOT).map_err(any)?.is_empty().map_err(any)?;
+        Ok(empty_logs && empty_snapshot && meta.get(KEY_VOTE).map_err(any)?.is_none())
     }
 
     /// Reads a value the daemon keeps beside the log (its identity).
@@ -189,8 +261,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let t = tx.open_table(LOGS).map_err(any)?;
             let mut out = Vec::new();
             for row in t.range(range).map_err(any)? {
-                let (_, v) = row.map_err(any)?;
-                out.push(bincode::deserialize(v.value()).map_err(enc_err)?);
+                let (k, v) = row.map_err(any)?;
+                out.push(
+                    codec::unseal(v.value())
+                        .map_err(|e| corrupt(&self.path, format_args!("log entry {}", k.value()), e))?,
+                );
             }
             Ok(out)
         };
@@ -207,8 +282,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = self.db.begin_read().map_err(any)?;
             let t = tx.open_table(LOGS).map_err(any)?;
             let last = match t.last().map_err(any)? {
-                Some((_, v)) => {
-                    let e: Entry<TypeConfig> = bincode::deserialize(v.value()).map_err(enc_err)?;
+                Some((k, v)) => {
+                    let e: Entry<TypeConfig> = codec::unseal(v.value())
+                        .map_err(|e| corrupt(&self.path, format_args!("log entry {}", k.value()), e))?;
                     Some(e.log_id)
                 }
                 None => last_purged_log_id,
@@ -323,7 +399,7 @@ impl StateMachineStore {
         {
             let mut t = tx.open_table(SNAPSHOT).map_err(any)?;
             t.insert(KEY_SNAPSHOT_META, enc(meta).as_slice()).map_err(any)?;
-            t.insert(KEY_SNAPSHOT_DATA, data).map_err(any)?;
+            t.insert(KEY_SNAPSHOT_DATA, data).map_err(any)?; // sealed by the builder
         }
         tx.commit().map_err(any)
     }
@@ -333,7 +409,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (bytes, last_applied, membership) = {
             let d = self.data.read().unwrap();
-            (enc(&*d), d.last_applied, d.membership.clone())
+            (codec::seal(&*d), d.last_applied, d.membership.clone())
         };
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
@@ -399,8 +475,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let bytes = snapshot.into_inner();
-        let mut new: StateMachineData = bincode::deserialize(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), enc_err(e)))?;
+        // The snapshot travels sealed: a leader's bytes damaged on the way are refused.
+        let mut new: StateMachineData = codec::unseal(&bytes).map_err(|e| {
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(format!("snapshot {} received: {e}", meta.snapshot_id)),
+            )
+        })?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.save_snapshot(meta, &bytes)
@@ -410,7 +491,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let snap = read_snapshot(&self.db).map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        let snap = read_snapshot(&self.db, &self.path).map_err(|e| StorageIOError::read_snapshot(None, e))?;
         Ok(snap.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
