@@ -40,6 +40,81 @@ pub fn check_removal(
     Ok(())
 }
 
+/// May manager `id` at `node` join, given the current voters and all members (voters and
+/// learners)? Refused: an id that is already a voter (a manager whose data dir was lost must
+/// be removed first), an id held by other addresses, an address another member uses.
+/// Allowed: a new id, or the same id and addresses still a learner (a retried join).
+pub fn check_join<N: PartialEq + AddrPair>(
+    voters: &BTreeSet<u64>,
+    members: &std::collections::BTreeMap<u64, N>,
+    id: u64,
+    node: &N,
+) -> Result<(), StateError> {
+    if voters.contains(&id) {
+        return Err(StateError::AlreadyExists {
+            kind: "manager id".into(),
+            name: format!(
+                "{id} (a voter already; a manager that lost its data dir must first be removed with `warren manager remove {id}`, then join with a new id)"
+            ),
+        });
+    }
+    if let Some(existing) = members.get(&id) {
+        if existing != node {
+            let (api, raft) = existing.addrs();
+            return Err(StateError::AlreadyExists {
+                kind: "manager id".into(),
+                name: format!("{id} (in use by {api} / {raft})"),
+            });
+        }
+    }
+    let (api, raft) = node.addrs();
+    for (other, n) in members {
+        let (oapi, oraft) = n.addrs();
+        if *other != id && (oraft == raft || oapi == api || oraft == api || oapi == raft) {
+            return Err(StateError::AlreadyExists {
+                kind: "manager address".into(),
+                name: format!("{api} / {raft} (manager {other} uses {oapi} / {oraft})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A member's API and Raft addresses.
+pub trait AddrPair {
+    fn addrs(&self) -> (&str, &str);
+}
+
+/// May a Raft message from another node reach this manager's Raft? `vote_request`: a
+/// candidate asking for a vote (else AppendEntries or InstallSnapshot from a leader);
+/// `term`: the sender's; `known`: the sender is a member by our log or by our peers' word;
+/// `voter`: a voter by our log. Decided before openraft persists anything of the message.
+pub fn admit_raft_message(
+    vote_request: bool,
+    term: u64,
+    current_term: u64,
+    uninitialised: bool,
+    known: bool,
+    voter: bool,
+) -> Result<(), String> {
+    let bound = current_term.saturating_add(super::limits::MAX_TERM_JUMP);
+    if term > bound {
+        return Err(format!(
+            "term {term} is more than {} ahead of this manager's term {current_term}",
+            super::limits::MAX_TERM_JUMP
+        ));
+    }
+    if vote_request {
+        // A voter by our log, or a member our peers know of (we may have missed its join).
+        if !(voter || (known && !uninitialised)) {
+            return Err("the candidate is not a voter of this cluster".into());
+        }
+    } else if !(known || uninitialised) {
+        return Err("the sender is not a member of this cluster".into());
+    }
+    Ok(())
+}
+
 /// A warning for an even number of voters (tolerates no more failures than one fewer).
 pub fn even_voters_warning(voters: usize) -> Option<String> {
     voters.is_multiple_of(2).then(|| {
@@ -85,6 +160,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--force") && e.contains("quorum of 2"), "{e}");
+    }
+
+    #[derive(PartialEq)]
+    struct N(&'static str, &'static str);
+    impl AddrPair for N {
+        fn addrs(&self) -> (&str, &str) {
+            (self.0, self.1)
+        }
+    }
+
+    #[test]
+    fn join_decisions() {
+        let members: std::collections::BTreeMap<u64, N> =
+            [(1, N("a:1", "a:2")), (2, N("b:1", "b:2")), (3, N("c:1", "c:2"))].into();
+        let voters = set(&[1, 2]); // 3 is a learner
+                                   // (id, node, allowed)
+        let cases = [
+            (4, N("d:1", "d:2"), true),
+            (3, N("c:1", "c:2"), true),  // retry of 3's join
+            (3, N("x:1", "x:2"), false), // 3 held by other addresses
+            (2, N("b:1", "b:2"), false), // a voter already (re-join after a lost data dir)
+            (4, N("d:1", "a:2"), false), // 1's Raft address
+            (4, N("a:1", "d:2"), false), // 1's API address
+        ];
+        for (id, node, allowed) in cases {
+            let r = check_join(&voters, &members, id, &node);
+            assert_eq!(r.is_ok(), allowed, "{id} {}/{}: {r:?}", node.0, node.1);
+        }
+    }
+
+    #[test]
+    fn raft_message_admission() {
+        // (vote_request, term, current, uninitialised, known, voter, admitted)
+        let cases = [
+            (false, 5, 4, false, true, true, true),
+            (false, 5, 4, false, false, false, false), // node 99, not a member
+            (false, 5, 4, true, false, false, true),   // a joiner takes the leader's log
+            (false, u64::MAX, 4, false, true, true, false), // absurd term
+            (false, u64::MAX, 4, true, false, false, false),
+            (true, 5, 4, false, true, true, true),
+            (true, 5, 4, false, false, false, false), // vote from a non-member
+            (true, 5, 4, false, true, false, true),   // a member the peers report (missed join)
+            (true, 5, 4, true, false, false, false),  // a joiner never votes for strangers
+            (true, 4 + 1_000_000, 4, false, true, true, true),
+            (true, 5 + 1_000_000, 4, false, true, true, false),
+        ];
+        for (vote, term, current, uninit, known, voter, ok) in cases {
+            let r = admit_raft_message(vote, term, current, uninit, known, voter);
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "{vote} {term} {current} {uninit} {known} {voter}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,14 @@ pub async fn join(m: &Manager, token_text: &str, leaders: &[String]) -> anyhow::
                 return Ok(r.cluster_id);
             }
             Err(e @ ClientError::Status(_)) if is_refusal(e.code()) => {
+                // An earlier attempt may have gone through with its answer lost (the leader
+                // died after promoting us): then our own log already makes us a voter.
+                if e.code() == Code::AlreadyExists {
+                    if let Some(cluster_id) = joined_already(m) {
+                        info!("an earlier join attempt went through");
+                        return Ok(cluster_id);
+                    }
+                }
                 bail!("the cluster refused the join: {e}")
             }
             Err(e) => {
@@ -55,6 +63,20 @@ pub async fn join(m: &Manager, token_text: &str, leaders: &[String]) -> anyhow::
         tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
         backoff_ms = (backoff_ms * 2).min(1_000);
     }
+}
+
+/// The cluster id, if this manager's own replicated state already lists it as a voter.
+fn joined_already(m: &Manager) -> Option<String> {
+    let voter = m
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == m.id);
+    let cluster_id = m.state.read().unwrap().state.cluster_id.clone();
+    (voter && !cluster_id.is_empty()).then_some(cluster_id)
 }
 
 /// Answers that retrying cannot change (timeouts and unavailability can).

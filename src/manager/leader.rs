@@ -17,8 +17,12 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 pub const DEADLINE_MS: u64 = 5_000;
-/// A learner must catch up within this long before it is promoted.
-const CATCH_UP_MS: u64 = 10_000;
+/// A learner must catch up within this long before it is promoted (a retried join waits
+/// again: a learner that makes progress can take longer in all)...
+const CATCH_UP_MS: u64 = 30_000;
+/// ...and must have acknowledged some of the log within this long, or it is taken for
+/// unreachable at once (its Raft address does not answer).
+const FIRST_CONTACT_MS: u64 = 5_000;
 const BACKOFF_MIN_MS: u64 = 10;
 const BACKOFF_MAX_MS: u64 = 200;
 const FORWARD_TIMEOUT_MS: u64 = 12_000;
@@ -173,45 +177,53 @@ fn voters(m: &Manager) -> (BTreeSet<NodeId>, BTreeMap<NodeId, ManagerNode>) {
     )
 }
 
+/// Adds manager `id` as a learner, waits until it has caught up with the leader's log and
+/// only then promotes it to voter. A learner that does not catch up in time (its Raft address
+/// does not answer, say) is removed again and the join refused: a voter that cannot vote
+/// would cost the cluster its quorum. An id or an address already in the membership is
+/// refused; only a retry of the same join (same id and addresses, still a learner) goes on.
 async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply {
     if let Some(r) = not_leader(m) {
         return r;
     }
     let (voter_ids, nodes) = voters(m);
-    match nodes.get(&id) {
-        // A retry after the leader died mid-join finds its own earlier progress: go on from there.
-        Some(existing) if *existing == node => {}
-        Some(existing) => {
-            return LeaderReply::Refused(StateError::AlreadyExists {
-                kind: "manager id".into(),
-                name: format!("{id} (in use by {} / {})", existing.api_addr, existing.raft_addr),
-            })
-        }
-        None => {}
+    if let Err(e) = membership::check_join(&voter_ids, &nodes, id, &node) {
+        return LeaderReply::Refused(e);
     }
-    if !voter_ids.contains(&id) {
-        if !nodes.contains_key(&id) {
-            info!(new_manager = id, api = %node.api_addr, "adding learner");
-            let add = m.raft.add_learner(id, node.clone(), true);
-            match tokio::time::timeout(Duration::from_millis(CATCH_UP_MS), add).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return from_raft_err(e, "add learner"),
-                Err(_) => {
-                    return LeaderReply::Failed(format!(
-                    "manager {id} did not catch up within {CATCH_UP_MS} ms; is {} reachable from the leader?",
-                    node.raft_addr
-                ))
-                }
-            }
+    if !nodes.contains_key(&id) {
+        info!(new_manager = id, api = %node.api_addr, raft = %node.raft_addr, "adding learner");
+        if let Err(e) = m.raft.add_learner(id, node.clone(), false).await {
+            return from_raft_err(e, "add learner");
         }
-        info!(new_manager = id, "promoting to voter");
-        if let Err(e) = m
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-        {
-            return from_raft_err(e, "promote");
+    }
+    match wait_caught_up(m, id).await {
+        CatchUp::Done => {}
+        CatchUp::LostLeadership => return LeaderReply::NotLeader(None),
+        CatchUp::TimedOut => {
+            warn!(new_manager = id, raft = %node.raft_addr, "learner did not catch up; removing it");
+            let removed = m
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+            let note = match removed {
+                Ok(_) => "it was removed again; nothing changed",
+                Err(_) => "removing the learner failed too (it does not vote, so the quorum is unaffected); retry the join",
+            };
+            return LeaderReply::Refused(StateError::FailedPrecondition(format!(
+                "manager {id} did not catch up with the leader's log (it must answer within {} s and catch up within {} s), so it was not made a voter ({note}); check that its --bind-addr {} is reachable from the leader and that it is running",
+                FIRST_CONTACT_MS / 1000,
+                CATCH_UP_MS / 1000,
+                node.raft_addr
+            )));
         }
+    }
+    info!(new_manager = id, "promoting to voter");
+    if let Err(e) = m
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+    {
+        return from_raft_err(e, "promote");
     }
     let (voter_ids, _) = voters(m);
     let warning = membership::even_voters_warning(voter_ids.len());
@@ -222,6 +234,46 @@ async fn add_manager(m: &Manager, id: NodeId, node: ManagerNode) -> LeaderReply 
         voters: voter_ids,
         warning,
     })
+}
+
+enum CatchUp {
+    Done,
+    TimedOut,
+    LostLeadership,
+}
+
+/// Waits until the leader's replication to `id` has reached the leader's last log index as
+/// of the call: `FIRST_CONTACT_MS` for the learner to acknowledge anything, `CATCH_UP_MS`
+/// in all.
+async fn wait_caught_up(m: &Manager, id: NodeId) -> CatchUp {
+    let mut metrics = m.raft.metrics();
+    let target = metrics.borrow().last_log_index.unwrap_or(0);
+    let start = tokio::time::Instant::now();
+    loop {
+        let matched = {
+            let mm = metrics.borrow();
+            let Some(repl) = mm.replication.as_ref() else {
+                return CatchUp::LostLeadership;
+            };
+            repl.get(&id).cloned().flatten()
+        };
+        if matched.is_some_and(|l| l.index >= target) {
+            return CatchUp::Done;
+        }
+        let limit_ms = if matched.is_none() {
+            FIRST_CONTACT_MS
+        } else {
+            CATCH_UP_MS
+        };
+        let Some(left) = Duration::from_millis(limit_ms).checked_sub(start.elapsed()) else {
+            return CatchUp::TimedOut;
+        };
+        match tokio::time::timeout(left, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return CatchUp::LostLeadership,
+            Err(_) => return CatchUp::TimedOut,
+        }
+    }
 }
 
 async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {

@@ -4,7 +4,7 @@
 use super::ManagerRef;
 use crate::proto::internal::raft_service_client::RaftServiceClient;
 use crate::proto::internal::RaftPayload;
-use crate::raft::network::connect;
+use crate::raft::network::{connect, decode};
 use crate::raft::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -24,6 +24,9 @@ pub struct Peers {
     channels: Mutex<BTreeMap<String, Channel>>,
     /// Peers already reported unreachable (until they answer again).
     warned: Mutex<BTreeSet<NodeId>>,
+    /// The members each peer listed in its last ping answer: a manager that missed a join
+    /// (it was down) learns of the new member from the others before its own log says so.
+    members_seen: Mutex<BTreeMap<NodeId, BTreeSet<NodeId>>>,
 }
 
 impl Peers {
@@ -38,6 +41,15 @@ impl Peers {
             || self
                 .since_contact_ms(id)
                 .is_some_and(|ms| ms <= REACHABLE_WITHIN_MS)
+    }
+
+    /// True when a peer that is a member now (`is_member`) reported `id` as a member.
+    pub fn reported_member(&self, id: NodeId, is_member: impl Fn(NodeId) -> bool) -> bool {
+        self.members_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(peer, m)| is_member(*peer) && m.contains(&id))
     }
 
     fn record(&self, id: NodeId) {
@@ -60,6 +72,14 @@ impl Peers {
             let mut req = tonic::Request::new(RaftPayload::default());
             req.set_timeout(timeout);
             RaftServiceClient::new(ch).ping(req).await.ok()
+        };
+        let attempt = async {
+            let answer = attempt.await?;
+            // A peer's answer lists its members (an older one sends nothing).
+            if let Ok(members) = decode::<BTreeSet<NodeId>>(answer.get_ref()) {
+                self.members_seen.lock().unwrap().insert(id, members);
+            }
+            Some(())
         };
         let was_reachable = self
             .since_contact_ms(id)

@@ -5,6 +5,7 @@ use super::ManagerRef;
 use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::internal::RaftPayload;
 use crate::raft::network::{decode, encode};
+use crate::raft::NodeId;
 use openraft::raft::AppendEntriesResponse;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +19,57 @@ fn bad_payload(e: crate::raft::codec::CodecError) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {e}"))
 }
 
+impl RaftRpc {
+    /// Refuses a Raft message before openraft sees (and persists) anything of it: from a
+    /// node that is not a member (by this manager's log, or as its peers report), a vote
+    /// request from a node that is not a voter, or a term implausibly far ahead of ours (one
+    /// term per election; 2^64-1 once made RaftCore panic for good).
+    fn admit(&self, what: Message, vote: &openraft::Vote<NodeId>) -> Result<(), Status> {
+        let from = vote.leader_id().voted_for().unwrap_or_default();
+        let metrics = self.m.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member = membership.get_node(&from).is_some();
+        let voter = membership.voter_ids().any(|v| v == from);
+        // A manager still joining has no membership yet and takes the leader's log as is.
+        let uninitialised = membership.nodes().next().is_none();
+        let known = member
+            || self
+                .m
+                .peers
+                .reported_member(from, |p| membership.get_node(&p).is_some());
+        let decision = crate::core::membership::admit_raft_message(
+            what == Message::Vote,
+            vote.leader_id().term,
+            metrics.current_term,
+            uninitialised,
+            known,
+            voter,
+        );
+        decision.map_err(|reason| {
+            tracing::warn!(
+                from,
+                term = vote.leader_id().term,
+                ?what,
+                "refused Raft message: {reason}"
+            );
+            Status::permission_denied(format!("refused Raft message from node {from}: {reason}"))
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Message {
+    Append,
+    Vote,
+    Snapshot,
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+            decode(req.get_ref()).map_err(bad_payload)?;
+        self.admit(Message::Append, &rpc.vote)?;
         let res = self.m.raft.append_entries(rpc).await;
         if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
             self.m.election.touch();
@@ -30,7 +78,8 @@ impl RaftService for RaftRpc {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad_payload)?;
+        self.admit(Message::Vote, &rpc.vote)?;
         let res = self.m.raft.vote(rpc).await;
         if matches!(&res, Ok(r) if r.vote_granted) {
             self.m.election.touch();
@@ -39,7 +88,9 @@ impl RaftService for RaftRpc {
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
+            decode(req.get_ref()).map_err(bad_payload)?;
+        self.admit(Message::Snapshot, &rpc.vote)?;
         Ok(Response::new(encode(&self.m.raft.install_snapshot(rpc).await)))
     }
 
@@ -48,8 +99,19 @@ impl RaftService for RaftRpc {
         Ok(Response::new(encode(&run_local(&self.m, op).await)))
     }
 
+    /// Answers with this manager's members, so a peer that missed a join learns of it.
     async fn ping(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        Ok(Response::new(RaftPayload::default()))
+        let members: std::collections::BTreeSet<NodeId> = self
+            .m
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        Ok(Response::new(encode(&members)))
     }
 }
 

@@ -19,6 +19,12 @@ pub struct ManagerNode {
     pub raft_addr: String,
 }
 
+impl crate::core::membership::AddrPair for ManagerNode {
+    fn addrs(&self) -> (&str, &str) {
+        (&self.api_addr, &self.raft_addr)
+    }
+}
+
 impl std::fmt::Display for ManagerNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "api={} raft={}", self.api_addr, self.raft_addr)

@@ -1,0 +1,152 @@
+#![cfg(not(madsim))]
+//! A hostile or broken peer against real manager processes, through the plain gRPC clients
+//! generated from proto/: joins that cannot complete, Raft messages from non-members and
+//! absurd terms. Each must be refused with nothing changed, and the cluster must keep working.
+
+mod common;
+
+use common::*;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{LogId, Vote};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use warren::client::Client;
+use warren::proto::internal::raft_service_client::RaftServiceClient;
+use warren::proto::v1 as pb;
+use warren::raft::network::encode;
+use warren::raft::TypeConfig;
+
+fn join_request(token: &str, id: u64, api: &str, raft: &str) -> pb::JoinClusterRequest {
+    pb::JoinClusterRequest {
+        token: token.into(),
+        node_id: id,
+        api_addr: api.into(),
+        raft_addr: raft.into(),
+    }
+}
+
+async fn join(
+    c: &Client,
+    req: pb::JoinClusterRequest,
+) -> Result<pb::JoinClusterResponse, warren::client::ClientError> {
+    c.call(|mut s| {
+        let req = req.clone();
+        async move { s.cluster.join_cluster(req).await }
+    })
+    .await
+}
+
+fn create_ok(api: &str, name: &str) {
+    let out = warren(api, &["service", "create", name, "--image", "busybox"]);
+    assert!(out.status.success(), "create {name}: {}", stderr(&out));
+}
+
+/// A join whose Raft address never answers is refused after the catch-up deadline and leaves
+/// the single manager a one-voter cluster that still takes writes; so does a join reusing
+/// the manager's own address, and a re-join under the id of a voter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_that_cannot_complete_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let token = manager_token(&m.api, &[]);
+    let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
+    let dead_raft = format!("127.0.0.1:{}", free_port()); // nothing listens there
+    let dead_api = format!("127.0.0.1:{}", free_port());
+
+    let started = Instant::now();
+    let e = join(&c, join_request(&token, 7, &dead_api, &dead_raft))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(
+        e.to_string().contains("did not catch up") && e.to_string().contains(&dead_raft),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let i = info(&m.api).unwrap();
+    assert_eq!(voters(&i), vec![1]);
+    assert_eq!(
+        i["managers"].as_array().unwrap().len(),
+        1,
+        "the learner stayed: {i}"
+    );
+    create_ok(&m.api, "after-bad-join");
+    let out = warren(&m.api, &["cluster", "join-token", "manager", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Reusing manager 1's Raft address under a new id, and re-joining as voter 1.
+    let e = join(&c, join_request(&token, 8, &dead_api, &m.raft))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    let e = join(&c, join_request(&token, 1, &dead_api, &dead_raft))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("manager remove"), "{e}");
+    assert_eq!(voters(&info(&m.api).unwrap()), vec![1]);
+    create_ok(&m.api, "still-writable");
+}
+
+async fn raft_client(addr: &str) -> RaftServiceClient<tonic::transport::Channel> {
+    RaftServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// AppendEntries and Vote from node 99 (not a member), and a term of 2^64-1 from a member's
+/// id: refused before anything is persisted; the leader keeps its term and stays writable,
+/// across a restart too.
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = ManagerProc::start(&tmp.path().join("m1"));
+    create_ok(&m.api, "before");
+    let term = info(&m.api).unwrap()["term"].as_u64().unwrap();
+    let mut raft = raft_client(&m.raft).await;
+
+    let append = |vote: Vote<u64>| AppendEntriesRequest::<TypeConfig> {
+        vote,
+        prev_log_id: None::<LogId<u64>>,
+        entries: vec![],
+        leader_commit: None,
+    };
+    for (what, vote) in [
+        ("non-member, huge term", Vote::new_committed(u64::MAX, 99)),
+        ("non-member, next term", Vote::new_committed(term + 1, 99)),
+        ("member id, huge term", Vote::new_committed(u64::MAX, 1)),
+    ] {
+        let e = raft.append_entries(encode(&append(vote))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+    }
+    for (what, vote) in [
+        ("vote from non-member", Vote::new(term + 1, 99)),
+        ("vote with huge term", Vote::new(u64::MAX - 1, 1)),
+    ] {
+        let req = VoteRequest::<u64> {
+            vote,
+            last_log_id: None,
+        };
+        let e = raft.vote(encode(&req)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+    }
+    // A trailing byte after a valid message is refused too.
+    let mut p = encode(&append(Vote::new_committed(term, 1)));
+    p.data.push(0);
+    let e = raft.append_entries(p).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    let i = info(&m.api).unwrap();
+    assert_eq!(i["term"].as_u64().unwrap(), term, "the term moved: {i}");
+    assert_eq!(i["leader_id"], 1);
+    create_ok(&m.api, "after");
+
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(20)).is_some());
+    let m2 = m.restart();
+    wait_until("the restarted manager to lead", Duration::from_secs(20), || {
+        info(&m2.api).filter(|i| i["leader_id"] == 1).map(|_| ())
+    });
+    create_ok(&m2.api, "after-restart");
+    assert_eq!(services(&m2.api).len(), 3);
+}
