@@ -21,7 +21,7 @@ pub fn service_name(name: &str) -> Result<(), StateError> {
     if name.len() > 63 {
         return Err(StateError::invalid(
             "name",
-            format!("{} is not a valid service name: it is {} bytes long; use 1-63 lowercase letters, digits or '-'", quote(name), name.len()),
+            format!("{} is not a valid service name: it is {} characters long; use 1-63 lowercase letters, digits or '-'", quote(name), name.chars().count()),
         ));
     }
     if let Some(c) = name
