@@ -16,6 +16,9 @@ use tonic::{Code, Status};
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Longer than the managers' own write deadline, so their answer (not ours) reaches the user.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// A write whose outcome is unknown (a timeout, a lost connection) is retried with the same
+/// request id through the managers for this long before the client gives up and says so.
+pub const WRITE_RETRY_MS: u64 = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -27,6 +30,9 @@ pub enum ClientError {
     Unreachable { tried: String, last: String },
     #[error("{}", .0.message())]
     Status(Status),
+    /// A write was sent but no manager could say whether it took effect.
+    #[error("the outcome of this change is unknown (request id {request_id}): {last}; it may have taken effect: look before retrying (for example `warren service ls`)")]
+    OutcomeUnknown { request_id: String, last: String },
 }
 
 impl ClientError {
@@ -34,7 +40,7 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Status(s) => s.code(),
-            ClientError::Unreachable { .. } => Code::Unavailable,
+            ClientError::Unreachable { .. } | ClientError::OutcomeUnknown { .. } => Code::Unavailable,
             _ => Code::InvalidArgument,
         }
     }
@@ -47,13 +53,43 @@ pub struct Client {
     current: AtomicUsize,
 }
 
-/// The four API services on one channel.
+/// The four API services on one channel, and the id of the request they are used for.
 #[derive(Clone)]
 pub struct Stubs {
     pub cluster: ClusterServiceClient<Channel>,
     pub nodes: NodeServiceClient<Channel>,
     pub services: ServiceServiceClient<Channel>,
     pub tasks: TaskServiceClient<Channel>,
+    request_id: String,
+}
+
+impl Stubs {
+    /// `msg` as a request carrying this call's request id, so that every retry of a write
+    /// (through any manager) is applied at most once.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Ok(v) = self.request_id.parse() {
+            r.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        r
+    }
+}
+
+/// The gRPC metadata key of a request id (see `manager::api`).
+pub const REQUEST_ID_HEADER: &str = "x-warren-request-id";
+
+/// Statuses after which a sent request may or may not have taken effect (a manager that
+/// knows it applied nothing says so in metadata).
+fn outcome_unknown(s: &Status) -> bool {
+    let not_applied = s
+        .metadata()
+        .get(crate::manager::error::OUTCOME_HEADER)
+        .is_some_and(|v| v == crate::manager::error::NOT_APPLIED);
+    !not_applied
+        && matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        )
 }
 
 impl Client {
@@ -110,6 +146,79 @@ impl Client {
         F: Fn(Stubs) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_as(&crate::manager::new_id(), &f, &mut false).await
+    }
+
+    /// Runs the write `f` (which must send its request through `Stubs::req`) until some
+    /// manager gives a definite answer: after a timeout or a lost connection it is sent
+    /// again, through the managers in turn, under the same request id, for up to
+    /// `WRITE_RETRY_MS`; then it says the outcome is unknown, with the request id.
+    pub async fn call_write<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let request_id = crate::manager::new_id();
+        let start = tokio::time::Instant::now();
+        let deadline = Duration::from_millis(WRITE_RETRY_MS);
+        let mut backoff = crate::retry::Backoff::new(50, 1_000);
+        let mut sent = false;
+        loop {
+            let res = self.call_as(&request_id, &f, &mut sent).await;
+            let last = match res {
+                Err(ClientError::Status(s)) if outcome_unknown(&s) => s.message().to_string(),
+                Err(e @ ClientError::Unreachable { .. }) => e.to_string(),
+                other => return other,
+            };
+            let waited = start.elapsed();
+            if waited >= deadline {
+                return Err(if sent {
+                    ClientError::OutcomeUnknown { request_id, last }
+                } else {
+                    ClientError::Unreachable {
+                        tried: self.tried(),
+                        last,
+                    }
+                });
+            }
+            self.rotate();
+            backoff.wait(Some(deadline - waited)).await;
+        }
+    }
+
+    fn tried(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Connects to the first of all managers that answers, when the current one has no open
+    /// channel: an unreachable manager listed first must not cost every command a connect
+    /// timeout.
+    async fn connect_fastest(&self) {
+        let start = self.current.load(Ordering::Relaxed);
+        if self.channels.lock().unwrap()[start].is_some() || self.endpoints.len() < 2 {
+            return;
+        }
+        let attempts = (0..self.endpoints.len()).map(|k| {
+            let i = (start + k) % self.endpoints.len();
+            let ep = self.endpoints[i].1.clone();
+            Box::pin(async move { ep.connect().await.map(|ch| (i, ch)) })
+        });
+        if let Ok(((i, ch), _)) = futures::future::select_ok(attempts).await {
+            self.channels.lock().unwrap()[i] = Some(ch);
+            self.current.store(i, Ordering::Relaxed);
+        }
+    }
+
+    async fn call_as<T, F, Fut>(&self, request_id: &str, f: &F, sent: &mut bool) -> Result<T, ClientError>
+    where
+        F: Fn(Stubs) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.connect_fastest().await;
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
@@ -135,7 +244,9 @@ impl Client {
                 nodes: NodeServiceClient::new(ch.clone()),
                 services: ServiceServiceClient::new(ch.clone()),
                 tasks: TaskServiceClient::new(ch),
+                request_id: request_id.to_string(),
             };
+            *sent = true;
             match f(stubs).await {
                 Ok(r) => {
                     self.current.store(i, Ordering::Relaxed);
@@ -153,12 +264,7 @@ impl Client {
             }
         }
         Err(ClientError::Unreachable {
-            tried: self
-                .endpoints
-                .iter()
-                .map(|(a, _)| a.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            tried: self.tried(),
             last,
         })
     }
@@ -167,29 +273,23 @@ impl Client {
 /// Typed calls for the operations the CLI, the simulator and the tools share.
 impl Client {
     pub async fn create_service(&self, spec: pb::ServiceSpec) -> Result<pb::Service, ClientError> {
-        self.call(|mut s| {
-            let spec = spec.clone();
-            async move {
-                s.services
-                    .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                    .await
-            }
+        self.call_write(|mut s| {
+            let req = s.req(pb::CreateServiceRequest {
+                spec: Some(spec.clone()),
+            });
+            async move { s.services.create_service(req).await }
         })
         .await
     }
 
     pub async fn scale_service(&self, service: &str, replicas: i64) -> Result<pb::Service, ClientError> {
-        self.call(|mut s| {
-            let service = service.to_string();
-            async move {
-                s.services
-                    .scale_service(pb::ScaleServiceRequest {
-                        service,
-                        replicas,
-                        expected_version: 0,
-                    })
-                    .await
-            }
+        self.call_write(|mut s| {
+            let req = s.req(pb::ScaleServiceRequest {
+                service: service.to_string(),
+                replicas,
+                expected_version: 0,
+            });
+            async move { s.services.scale_service(req).await }
         })
         .await
     }

@@ -1,5 +1,6 @@
 pub mod core;
 pub mod raft;
+pub mod retry;
 pub mod proto {
     //! Generated gRPC types.
     pub mod v1 {

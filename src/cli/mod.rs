@@ -302,19 +302,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let role = match role {
                 TokenRole::Worker => pb::Role::Worker,
                 TokenRole::Manager => pb::Role::Manager,
-            } as i32;
-            let ttl_seconds = ttl.as_secs().max(1);
-            let t = client()?
-                .call(|mut s| async move {
-                    s.cluster
-                        .generate_join_token(pb::GenerateJoinTokenRequest {
-                            role,
-                            ttl_seconds,
-                            rotate,
-                        })
-                        .await
-                })
-                .await?;
+            };
+            let t = client()?.join_token(role, ttl.as_secs().max(1), rotate).await?;
             if quiet {
                 println!("{}", t.token);
             } else {
@@ -456,13 +445,11 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
         }
         ServiceCmd::Delete { service } => {
             let r = c
-                .call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.services
-                            .delete_service(pb::DeleteServiceRequest { service })
-                            .await
-                    }
+                .call_write(|mut s| {
+                    let req = s.req(pb::DeleteServiceRequest {
+                        service: service.clone(),
+                    });
+                    async move { s.services.delete_service(req).await }
                 })
                 .await?;
             println!("{}", r.id);
@@ -528,17 +515,13 @@ async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
                 Availability::Pause => pb::NodeAvailability::Pause,
             } as i32;
             let n = c
-                .call(|mut s| {
-                    let id = id.clone();
-                    async move {
-                        s.nodes
-                            .update_node(pb::UpdateNodeRequest {
-                                id,
-                                availability,
-                                ..Default::default()
-                            })
-                            .await
-                    }
+                .call_write(|mut s| {
+                    let req = s.req(pb::UpdateNodeRequest {
+                        id: id.clone(),
+                        availability,
+                        ..Default::default()
+                    });
+                    async move { s.nodes.update_node(req).await }
                 })
                 .await?;
             match out {
@@ -550,9 +533,12 @@ async fn node(c: Client, out: Output, cmd: NodeCmd) -> anyhow::Result<()> {
             }
         }
         NodeCmd::Remove { id, force } => {
-            c.call(|mut s| {
-                let id = id.clone();
-                async move { s.nodes.remove_node(pb::RemoveNodeRequest { id, force }).await }
+            c.call_write(|mut s| {
+                let req = s.req(pb::RemoveNodeRequest {
+                    id: id.clone(),
+                    force,
+                });
+                async move { s.nodes.remove_node(req).await }
             })
             .await?;
             println!("{id}");

@@ -228,11 +228,18 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
             "term": i.term, "commit_index": i.commit_index, "last_applied": i.last_applied,
             "answered_by": i.answered_by, "services": i.services, "nodes": i.nodes, "tasks": i.tasks,
             "snapshot_index": i.snapshot_index, "purged_index": i.purged_index,
-            "managers": managers,
+            "leader_note": i.leader_note, "managers": managers,
         }));
     }
     println!("Cluster:      {}", i.cluster_id);
-    println!("Leader:       {} ({})", i.leader_id, i.leader_api_addr);
+    if i.leader_id == 0 {
+        println!("Leader:       unknown");
+    } else {
+        println!("Leader:       {} ({})", i.leader_id, i.leader_api_addr);
+    }
+    if !i.leader_note.is_empty() {
+        println!("Note:         {}", i.leader_note);
+    }
     println!("Term:         {}", i.term);
     println!("Applied:      {}", i.last_applied);
     println!("Services:     {}", i.services);
@@ -250,7 +257,7 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
             m.raft_addr.clone(),
             role.to_string(),
             m.reachable.to_string(),
-            m.replication_lag.to_string(),
+            m.replication_lag.map_or("unknown".into(), |l| l.to_string()),
         ]);
     }
     println!("{t}");

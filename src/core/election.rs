@@ -51,6 +51,23 @@ impl ElectionTiming {
         Ok(self)
     }
 
+    /// Check-quorum: may a leader go on acting as one? Not once a quorum of voters has not
+    /// acknowledged it for an election timeout (`millis_since_quorum_ack`, openraft's; `None`
+    /// while no quorum has acknowledged this term yet, then `leader_for_ms` counts). A leader
+    /// cut off from the others must stop taking writes (they cannot commit) and say so,
+    /// instead of claiming leadership for as long as the partition lasts.
+    pub fn leader_has_quorum(
+        self,
+        voters: usize,
+        millis_since_quorum_ack: Option<u64>,
+        leader_for_ms: u64,
+    ) -> bool {
+        if voters <= 1 {
+            return true;
+        }
+        millis_since_quorum_ack.unwrap_or(leader_for_ms) <= self.election_max_ms
+    }
+
     /// Halfway between the heartbeat and the election minimum (see the module comment).
     pub fn leader_lease_ms(self) -> u64 {
         (self.heartbeat_ms + self.election_min_ms) / 2
@@ -95,6 +112,32 @@ impl ElectionTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_quorum() {
+        let t = ElectionTiming {
+            heartbeat_ms: 50,
+            election_min_ms: 400,
+            election_max_ms: 700,
+        };
+        // (voters, since quorum ack, leader for, keeps leading)
+        let cases = [
+            (1, None, 10_000, true), // a single voter is its own quorum
+            (3, Some(40), 10_000, true),
+            (3, Some(700), 10_000, true),
+            (3, Some(701), 10_000, false),
+            (3, None, 300, true), // a new leader, not yet acknowledged
+            (3, None, 5_000, false),
+            (5, Some(60_000), 60_000, false),
+        ];
+        for (voters, ack, since, ok) in cases {
+            assert_eq!(
+                t.leader_has_quorum(voters, ack, since),
+                ok,
+                "{voters} {ack:?} {since}"
+            );
+        }
+    }
 
     fn t(heartbeat_ms: u64, election_min_ms: u64, election_max_ms: u64) -> ElectionTiming {
         ElectionTiming {

@@ -32,6 +32,34 @@ fn unexpected(o: Outcome) -> ApiError {
     ApiError::Internal(format!("unexpected state machine outcome {o:?}"))
 }
 
+/// gRPC metadata carrying a client's request id: retries of one write through any manager
+/// carry the same id, and the state machine applies it at most once.
+pub const REQUEST_ID_HEADER: &str = "x-warren-request-id";
+
+/// The client's request id, if it sent one (1-64 characters of letters, digits, '-', '_').
+fn request_id<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(v) = req.metadata().get(REQUEST_ID_HEADER) else {
+        return Ok(None);
+    };
+    let ok = v.to_str().ok().filter(|s| {
+        !s.is_empty()
+            && s.len() <= core::limits::MAX_REQUEST_ID_BYTES
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    match ok {
+        Some(s) => Ok(Some(format!("client-{s}"))),
+        None => Err(ApiError::State(StateError::invalid(
+            REQUEST_ID_HEADER,
+            format!(
+                "use 1-{} letters, digits, '-' or '_'",
+                core::limits::MAX_REQUEST_ID_BYTES
+            ),
+        ))
+        .into()),
+    }
+}
+
 fn not_found(kind: &str, name: &str) -> ApiError {
     ApiError::State(StateError::NotFound {
         kind: kind.into(),
@@ -123,7 +151,9 @@ impl Api {
 
     fn cluster_info(&self) -> pb::ClusterInfo {
         let metrics = self.m.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader;
+        // A leader without a quorum is not reported as the leader (check-quorum).
+        let quorum_lost = self.m.quorum_lost(&metrics);
+        let leader = metrics.current_leader.filter(|_| quorum_lost.is_none());
         let membership = metrics.membership_config.membership().clone();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let last_log = metrics.last_log_index.unwrap_or(0);
@@ -142,11 +172,15 @@ impl Api {
                     voter: voters.contains(id),
                     reachable: self.m.peers.is_reachable(self.m.id, *id),
                     last_contact_ms: if *id == self.m.id {
-                        0
+                        Some(0)
                     } else {
-                        self.m.peers.since_contact_ms(*id).unwrap_or(0)
+                        self.m.peers.since_contact_ms(*id)
                     },
-                    replication_lag: matched.map_or(0, |m| last_log.saturating_sub(m.index)),
+                    replication_lag: if *id == self.m.id && replication.is_some() {
+                        Some(0)
+                    } else {
+                        matched.map(|m| last_log.saturating_sub(m.index))
+                    },
                 }
             })
             .collect();
@@ -175,11 +209,12 @@ impl Api {
             tasks,
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
+            leader_note: quorum_lost.unwrap_or_default(),
         }
     }
 
-    async fn write_service(&self, cmd: Command) -> ApiResult<pb::Service> {
-        match self.m.write(cmd).await? {
+    async fn write_service(&self, cmd: Command, rid: Option<String>) -> ApiResult<pb::Service> {
+        match self.m.write_once(cmd, rid).await? {
             Outcome::Service(s) => Ok(service_to_pb(&s)),
             o => Err(unexpected(o)),
         }
@@ -189,6 +224,7 @@ impl Api {
 #[tonic::async_trait]
 impl ServiceService for Api {
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
+        let rid = request_id(&req)?;
         let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default()).map_err(ApiError::State)?;
         let id = super::new_id();
         let span = tracing::info_span!("create_service", service_id = %id, name = %spec.name);
@@ -197,7 +233,7 @@ impl ServiceService for Api {
             spec,
             now_ms: now_ms(),
         };
-        let res = self.write_service(cmd).instrument(span).await;
+        let res = self.write_service(cmd, rid).instrument(span).await;
         ok(res)
     }
 
@@ -221,27 +257,35 @@ impl ServiceService for Api {
     }
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
+        let rid = request_id(&req)?;
         let req = req.into_inner();
         let spec = spec_from_pb(req.spec.unwrap_or_default()).map_err(ApiError::State)?;
         ok(self
-            .write_service(Command::UpdateService {
-                service: req.service,
-                spec,
-                expected_version: req.expected_version,
-                now_ms: now_ms(),
-            })
+            .write_service(
+                Command::UpdateService {
+                    service: req.service,
+                    spec,
+                    expected_version: req.expected_version,
+                    now_ms: now_ms(),
+                },
+                rid,
+            )
             .await)
     }
 
     async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Reply<pb::Service> {
+        let rid = request_id(&req)?;
         let req = req.into_inner();
         ok(self
-            .write_service(Command::ScaleService {
-                service: req.service,
-                replicas: req.replicas,
-                expected_version: req.expected_version,
-                now_ms: now_ms(),
-            })
+            .write_service(
+                Command::ScaleService {
+                    service: req.service,
+                    replicas: req.replicas,
+                    expected_version: req.expected_version,
+                    now_ms: now_ms(),
+                },
+                rid,
+            )
             .await)
     }
 
@@ -249,11 +293,12 @@ impl ServiceService for Api {
         &self,
         req: Request<pb::DeleteServiceRequest>,
     ) -> Reply<pb::DeleteServiceResponse> {
+        let rid = request_id(&req)?;
         let req = req.into_inner();
         ok(
             match self
                 .m
-                .write(Command::DeleteService { service: req.service })
+                .write_once(Command::DeleteService { service: req.service }, rid)
                 .await
             {
                 Ok(Outcome::ServiceDeleted { id }) => Ok(pb::DeleteServiceResponse { id }),
@@ -354,6 +399,7 @@ impl NodeService for Api {
     }
 
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::Node> {
+        let rid = request_id(&req)?;
         let req = req.into_inner();
         let availability = match pb::NodeAvailability::try_from(req.availability) {
             Ok(pb::NodeAvailability::Active) => Some(core::Availability::Active),
@@ -374,7 +420,7 @@ impl NodeService for Api {
             labels: req.set_labels.then_some(req.labels),
             expected_version: req.expected_version,
         };
-        ok(match self.m.write(cmd).await {
+        ok(match self.m.write_once(cmd, rid).await {
             Ok(Outcome::Node(n)) => Ok(node_to_pb(&n)),
             Ok(o) => Err(unexpected(o)),
             Err(e) => Err(e),
@@ -382,13 +428,17 @@ impl NodeService for Api {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::RemoveNodeResponse> {
+        let rid = request_id(&req)?;
         let req = req.into_inner();
         ok(self
             .m
-            .write(Command::RemoveNode {
-                id: req.id,
-                force: req.force,
-            })
+            .write_once(
+                Command::RemoveNode {
+                    id: req.id,
+                    force: req.force,
+                },
+                rid,
+            )
             .await
             .map(|_| pb::RemoveNodeResponse {}))
     }

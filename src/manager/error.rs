@@ -11,12 +11,28 @@ pub enum ApiError {
     #[error(transparent)]
     Token(#[from] TokenError),
     /// No leader could be reached before the deadline.
-    #[error("no Raft leader answered within {waited_ms} ms (last known leader: {last_leader}); the cluster may be electing a leader or have lost quorum")]
-    NoLeader { waited_ms: u64, last_leader: String },
+    #[error("no Raft leader answered within {waited_ms} ms (last known leader: {last_leader}{}); the cluster may be electing a leader or have lost quorum: `warren cluster info` shows which managers are reachable", last_error_note(.last_error))]
+    NoLeader {
+        waited_ms: u64,
+        last_leader: String,
+        last_error: String,
+    },
     #[error("{0}")]
     Unavailable(String),
+    /// Unavailable, and certainly not applied (this manager leads without a quorum and took
+    /// nothing): a client need not wonder whether it took effect.
+    #[error("{0}")]
+    NotApplied(String),
     #[error("{0}")]
     Internal(String),
+}
+
+fn last_error_note(e: &str) -> String {
+    if e.is_empty() {
+        String::new()
+    } else {
+        format!("; last error: {}", crate::core::state::cut(e))
+    }
 }
 
 impl From<ApiError> for Status {
@@ -31,14 +47,27 @@ impl From<ApiError> for Status {
             },
             ApiError::Token(TokenError::Malformed(_)) => Code::InvalidArgument,
             ApiError::Token(_) => Code::PermissionDenied,
-            ApiError::NoLeader { .. } | ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::NoLeader { .. } | ApiError::Unavailable(_) | ApiError::NotApplied(_) => {
+                Code::Unavailable
+            }
             ApiError::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if matches!(e, ApiError::NotApplied(_)) {
+            status.metadata_mut().insert(
+                OUTCOME_HEADER,
+                tonic::metadata::MetadataValue::from_static(NOT_APPLIED),
+            );
+        }
+        status
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Metadata on an error status telling the client what became of its request.
+pub const OUTCOME_HEADER: &str = "x-warren-outcome";
+pub const NOT_APPLIED: &str = "not-applied";
 
 #[cfg(test)]
 mod tests {
@@ -82,6 +111,7 @@ mod tests {
                 ApiError::NoLeader {
                     waited_ms: 1,
                     last_leader: "none".into(),
+                    last_error: String::new(),
                 },
                 Code::Unavailable,
             ),

@@ -25,7 +25,7 @@ pub async fn join(m: &Manager, token_text: &str, leaders: &[String]) -> anyhow::
         raft_addr: m.identity.raft_addr.clone(),
     };
     let start = tokio::time::Instant::now();
-    let mut backoff_ms = 50u64;
+    let mut backoff = crate::retry::Backoff::new(50, 1_000);
     loop {
         let res = client
             .call(|mut s| {
@@ -59,9 +59,7 @@ pub async fn join(m: &Manager, token_text: &str, leaders: &[String]) -> anyhow::
                 warn!(error = %e, "join not possible yet; retrying");
             }
         }
-        let sleep_ms = madsim::rand::random::<u64>() % backoff_ms + 1;
-        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
-        backoff_ms = (backoff_ms * 2).min(1_000);
+        backoff.wait(None).await;
     }
 }
 

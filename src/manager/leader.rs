@@ -7,7 +7,7 @@ use super::{ApiError, ApiResult, Manager, ManagerRef};
 use crate::bugs::{self, Bug};
 use crate::core::{membership, Command, Outcome, StateError};
 use crate::proto::internal::raft_service_client::RaftServiceClient;
-use crate::raft::network::{connect, decode, encode};
+use crate::raft::network::{decode, encode};
 use crate::raft::{ManagerNode, NodeId, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -25,7 +25,10 @@ const CATCH_UP_MS: u64 = 30_000;
 const FIRST_CONTACT_MS: u64 = 5_000;
 const BACKOFF_MIN_MS: u64 = 10;
 const BACKOFF_MAX_MS: u64 = 200;
-const FORWARD_TIMEOUT_MS: u64 = 12_000;
+/// One forwarded write, read index or heartbeat waits this long for the leader, then this
+/// manager looks again at who leads and retries (same request id): a frozen leader must not
+/// hold a write for the whole deadline while a new one is elected beside it.
+const FORWARD_ATTEMPT_MS: u64 = 1_500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
@@ -71,6 +74,9 @@ pub enum LeaderReply {
     Refused(StateError),
     /// The receiver is not the leader (any more); here is who it thinks is.
     NotLeader(Option<(NodeId, ManagerNode)>),
+    /// The receiver leads but has not heard from a quorum for an election timeout: it takes
+    /// no leader operations until it does (check-quorum). Answered at once, not retried.
+    NoQuorum(String),
     Failed(String),
 }
 
@@ -99,6 +105,9 @@ pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
             let raft = m.raft.clone();
             tokio::spawn(async move { raft.client_write(cmd).await });
             LeaderReply::Done(LeaderAnswer::Written(WriteResult(predicted)))
+        }
+        LeaderOp::Write(_) | LeaderOp::ReadIndex if m.quorum_lost(&m.raft.metrics().borrow()).is_some() => {
+            not_leader(m).unwrap_or(LeaderReply::NotLeader(None))
         }
         LeaderOp::Write(cmd) => match m.raft.client_write(cmd).await {
             Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
@@ -155,7 +164,7 @@ async fn heartbeat(
 fn not_leader(m: &Manager) -> Option<LeaderReply> {
     let metrics = m.raft.metrics().borrow().clone();
     if metrics.current_leader == Some(m.id) {
-        return None;
+        return m.quorum_lost(&metrics).map(LeaderReply::NoQuorum);
     }
     let leader = metrics.current_leader.and_then(|l| {
         metrics
@@ -304,30 +313,64 @@ async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
     }
 }
 
-async fn forward(node: &ManagerNode, op: &LeaderOp) -> LeaderReply {
-    let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
-    let ch = match connect(&node.raft_addr, timeout).await {
-        Ok(ch) => ch,
-        Err(e) => return LeaderReply::Failed(format!("connect {}: {e}", node.raft_addr)),
+/// One attempt of `op` on the leader at `node`, over the shared channel to it, bounded by
+/// `timeout`.
+async fn forward(m: &Manager, node: &ManagerNode, op: &LeaderOp, timeout: Duration) -> LeaderReply {
+    let addr = &node.raft_addr;
+    let attempt = async {
+        let ch = match m.peers.channel(addr).await {
+            Ok(ch) => ch,
+            Err(e) => return LeaderReply::Failed(format!("connect {addr}: {e}")),
+        };
+        let mut req = tonic::Request::new(encode(op));
+        req.set_timeout(timeout);
+        match RaftServiceClient::new(ch).leader_call(req).await {
+            Ok(r) => decode(&r.into_inner())
+                .unwrap_or_else(|e| LeaderReply::Failed(format!("the leader's answer: {e}"))),
+            Err(s) => {
+                m.peers.forget(addr);
+                LeaderReply::Failed(format!("{}: {}", addr, s.message()))
+            }
+        }
     };
-    let mut req = tonic::Request::new(encode(op));
-    req.set_timeout(timeout);
-    match RaftServiceClient::new(ch).leader_call(req).await {
-        Ok(r) => decode(&r.into_inner()).unwrap_or_else(|e| LeaderReply::Failed(e.to_string())),
-        Err(s) => LeaderReply::Failed(s.to_string()),
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => LeaderReply::Failed(format!(
+            "the leader at {addr} did not answer within {} ms",
+            timeout.as_millis()
+        )),
     }
+}
+
+/// How long one forward of `op` may take: membership changes wait for a learner to catch
+/// up, so they get what is left of the deadline; everything else gets one short attempt.
+fn attempt_timeout(op: &LeaderOp, left: Duration) -> Duration {
+    match op {
+        LeaderOp::AddManager { .. } | LeaderOp::RemoveManager { .. } => left,
+        _ => left.min(Duration::from_millis(FORWARD_ATTEMPT_MS)),
+    }
+    .max(Duration::from_millis(1))
 }
 
 /// Runs `op` on the leader, wherever it is, retrying across elections until `deadline`.
 pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<LeaderAnswer> {
     let start = tokio::time::Instant::now();
-    let mut backoff_ms = BACKOFF_MIN_MS;
+    let mut backoff = crate::retry::Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     let mut last_leader = String::from("none");
+    let mut last_error = String::new();
     loop {
-        let reply = match run_local(m, op.clone()).await {
+        let left = deadline.saturating_sub(start.elapsed());
+        // Bounded by the deadline: a leader that loses its quorum mid-write must not hold
+        // the caller for ever (new writes are refused at once by check-quorum).
+        let local = tokio::time::timeout(left.max(Duration::from_millis(1)), run_local(m, op.clone()));
+        let local = local
+            .await
+            .unwrap_or_else(|_| LeaderReply::Failed(format!("no commit within {} ms", left.as_millis())));
+        let reply = match local {
             LeaderReply::NotLeader(Some((id, node))) if id != m.id => {
                 last_leader = format!("manager {id} at {}", node.api_addr);
-                match forward(&node, &op).await {
+                let left = deadline.saturating_sub(start.elapsed());
+                match forward(m, &node, &op, attempt_timeout(&op, left)).await {
                     // The one we asked lost leadership too: learn from the next round.
                     LeaderReply::NotLeader(_) => LeaderReply::NotLeader(None),
                     r => r,
@@ -338,27 +381,34 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
         match reply {
             LeaderReply::Done(a) => return Ok(a),
             LeaderReply::Refused(e) => return Err(ApiError::State(e)),
+            LeaderReply::NoQuorum(why) => return Err(ApiError::NotApplied(why)),
             LeaderReply::NotLeader(_) => {}
-            LeaderReply::Failed(e) => debug!(error = %e, "leader call failed; retrying"),
+            LeaderReply::Failed(e) => {
+                debug!(error = %e, "leader call failed; retrying");
+                last_error = e;
+            }
         }
         let waited = start.elapsed();
         if waited >= deadline {
+            if last_leader == "none" {
+                last_leader = m.leader_description();
+            }
             return Err(ApiError::NoLeader {
                 waited_ms: waited.as_millis() as u64,
                 last_leader,
+                last_error,
             });
         }
-        // Full jitter from the seeded RNG keeps retries from synchronising.
-        let sleep_ms = madsim::rand::random::<u64>() % backoff_ms + 1;
-        tokio::time::sleep(Duration::from_millis(sleep_ms).min(deadline - waited)).await;
-        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+        backoff.wait(Some(deadline - waited)).await;
     }
 }
 
 /// Proposes `cmd` and returns the state machine's answer. Retries (across elections, after
-/// a lost answer) carry the same request id, so the command takes effect at most once.
-pub async fn write(m: &Manager, cmd: Command) -> ApiResult<Outcome> {
-    let request_id = super::new_id();
+/// a lost answer) carry the same request id, so the command takes effect at most once; a
+/// client that retries through another manager passes its own id (`request_id`) for the
+/// same effect.
+pub async fn write(m: &Manager, cmd: Command, request_id: Option<String>) -> ApiResult<Outcome> {
+    let request_id = request_id.unwrap_or_else(super::new_id);
     let cmd = if bugs::on(Bug::ApplyTwice) {
         cmd
     } else {

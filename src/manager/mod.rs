@@ -123,6 +123,9 @@ pub struct Manager {
     pub heartbeats: orchestrator::Heartbeats,
     reads: ReadBatch,
     pub orchestrator: orchestrator::OrchestratorOpts,
+    pub timing: crate::core::election::ElectionTiming,
+    /// (term, when this manager was first seen leading it), for check-quorum.
+    leader_since: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -350,6 +353,8 @@ pub async fn start(
             heartbeats: Default::default(),
             reads: Default::default(),
             orchestrator: opts.timing.orchestrator.clone(),
+            timing: opts.timing.election(),
+            leader_since: Default::default(),
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -443,7 +448,71 @@ impl Manager {
     /// Proposes `cmd` through Raft (forwarding to the leader when needed) and returns the
     /// state machine's answer.
     pub async fn write(&self, cmd: Command) -> ApiResult<crate::core::Outcome> {
-        leader::write(self, cmd).await
+        leader::write(self, cmd, None).await
+    }
+
+    /// As `write`, under the client's request id: a retry with the same id (through any
+    /// manager) gets the first answer instead of applying twice.
+    pub async fn write_once(
+        &self,
+        cmd: Command,
+        request_id: Option<String>,
+    ) -> ApiResult<crate::core::Outcome> {
+        leader::write(self, cmd, request_id).await
+    }
+
+    /// When this manager leads by openraft's account but a quorum of voters has not
+    /// acknowledged it for an election timeout: why it must not act as leader (check-quorum).
+    pub fn quorum_lost(&self, metrics: &crate::raft::RaftMetrics) -> Option<String> {
+        if metrics.current_leader != Some(self.id) {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let since = {
+            let mut ls = self.leader_since.lock().unwrap();
+            match *ls {
+                Some((term, at)) if term == metrics.current_term => at,
+                _ => {
+                    *ls = Some((metrics.current_term, now));
+                    now
+                }
+            }
+        };
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let leader_for_ms = now.duration_since(since).as_millis() as u64;
+        if self
+            .timing
+            .leader_has_quorum(voters.len(), metrics.millis_since_quorum_ack, leader_for_ms)
+        {
+            return None;
+        }
+        let reachable: Vec<String> = voters
+            .iter()
+            .filter(|v| self.peers.is_reachable(self.id, **v))
+            .map(|v| v.to_string())
+            .collect();
+        Some(format!(
+            "manager {} led term {} but no quorum of the {} managers has answered it for {} ms, so it takes no writes (managers it reaches: {}); a leader may exist on the other side of a partition: ask another manager, or check the network between managers",
+            self.id,
+            metrics.current_term,
+            voters.len(),
+            metrics.millis_since_quorum_ack.unwrap_or(leader_for_ms),
+            if reachable.is_empty() { "none".to_string() } else { reachable.join(", ") }
+        ))
+    }
+
+    /// Who leads, as this manager sees it, for an error message.
+    pub fn leader_description(&self) -> String {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(l) if l == self.id && self.quorum_lost(&metrics).is_some() => {
+                format!("this manager ({l}), without a quorum")
+            }
+            Some(l) if l == self.id => format!("this manager ({l})"),
+            Some(l) => format!("manager {l}"),
+            None => "none".into(),
+        }
     }
 
     /// The leader's confirmed commit index, batched: at most one read-index round is in

@@ -14,6 +14,9 @@ use tonic::transport::Channel;
 
 pub const PROBE_INTERVAL_MS: u64 = 500;
 const PROBE_TIMEOUT_MS: u64 = 1_000;
+/// Upper bound on any one call over a shared peer channel (a membership change may take
+/// most of a join's deadline); each caller sets its own, shorter timeout.
+const CHANNEL_REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// A manager not heard from for this long counts as unreachable.
 pub const REACHABLE_WITHIN_MS: u64 = 3_000;
 
@@ -56,19 +59,27 @@ impl Peers {
         self.last_contact.lock().unwrap().insert(id, Instant::now());
     }
 
+    /// The one long-lived channel to the manager at `addr` (pings and forwarded leader
+    /// calls share it); callers bound each call with their own timeout.
+    pub async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(ch) = self.channels.lock().unwrap().get(addr).cloned() {
+            return Ok(ch);
+        }
+        let ch = connect(addr, Duration::from_millis(CHANNEL_REQUEST_TIMEOUT_MS)).await?;
+        self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Drops the channel to `addr` after an error, so the next call reconnects.
+    pub fn forget(&self, addr: &str) {
+        self.channels.lock().unwrap().remove(addr);
+    }
+
     /// Pings `id` at `addr` once; records and returns whether it answered in time.
     pub async fn ping(&self, id: NodeId, addr: &str) -> bool {
         let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
-        let cached = self.channels.lock().unwrap().get(addr).cloned();
         let attempt = async {
-            let ch = match cached {
-                Some(ch) => ch,
-                None => {
-                    let ch = connect(addr, timeout).await.ok()?;
-                    self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
-                    ch
-                }
-            };
+            let ch = self.channel(addr).await.ok()?;
             let mut req = tonic::Request::new(RaftPayload::default());
             req.set_timeout(timeout);
             RaftServiceClient::new(ch).ping(req).await.ok()
@@ -91,7 +102,7 @@ impl Peers {
             }
             self.record(id);
         } else {
-            self.channels.lock().unwrap().remove(addr);
+            self.forget(addr);
             // Say it once, when the window runs out, not on every probe.
             let now_unreachable = self
                 .since_contact_ms(id)

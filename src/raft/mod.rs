@@ -52,4 +52,5 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, ManagerNode>;
 pub type NodeId = u64;
