@@ -157,3 +157,25 @@ fn overwritten_blocks_are_refused_or_harmless_never_a_panic() {
     eprintln!("{blocks} blocks: {refused} refused, {harmless} unused");
     assert!(refused > 0, "no overwritten block was noticed");
 }
+
+/// A database put back from an older copy holds less log than the manager knew to be
+/// committed: it is refused at start (voting with it could lose acknowledged writes).
+#[test]
+fn a_database_restored_from_an_older_copy_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let (api, raft, db) = stopped_manager_with_services(&dir);
+    let old = std::fs::read(&db).unwrap();
+    let mut m = ManagerProc::spawn(&start_args(&dir), &api, &raft, &dir);
+    wait_until("the manager to serve again", Duration::from_secs(20), || {
+        warren(&api, &["service", "ls"]).status.success().then_some(())
+    });
+    for i in 0..20 {
+        let out = warren(&api, &["service", "create", &format!("later-{i}"), "--image", "busybox"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(20)).is_some());
+    std::fs::write(&db, &old).unwrap();
+    expect_refusal(&start_args(&dir), &api, &raft, &dir, &["older copy", "acknowledged writes", &dir.display().to_string()]);
+}

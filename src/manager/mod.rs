@@ -6,6 +6,7 @@ pub mod convert;
 mod election;
 pub mod error;
 mod join;
+pub mod marker;
 pub mod leader;
 pub mod orchestrator;
 mod peers;
@@ -310,6 +311,10 @@ pub async fn start(
             }
         }
     };
+    marker::check(
+        &opts.data_dir,
+        log_store.last_index().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
     let api_sock = socket_addr("--api-addr", &identity.api_addr)?;
     let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
     // A new bootstrap records its identity now; a join only once it has been accepted.
@@ -360,6 +365,11 @@ pub async fn start(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
+        let marker_task = tokio::spawn(marker::run(
+            opts.data_dir.clone(),
+            log_store.committed_high(),
+            stop_rx.clone(),
+        ));
         let election_task = tokio::spawn(election::run(manager.clone(), opts.timing.election(), stop_rx.clone()));
         let orchestrator_task = tokio::spawn(orchestrator::run(
             manager.clone(),
@@ -412,6 +422,8 @@ pub async fn start(
         election_task.abort();
         orchestrator_task.abort();
         let _ = raft.shutdown().await;
+        // The marker task records the last committed index once more, then ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), marker_task).await;
         result
     }
     .instrument(span)

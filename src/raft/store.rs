@@ -80,6 +80,8 @@ pub type SharedState = Arc<RwLock<StateMachineData>>;
 pub struct LogStore {
     db: Arc<Database>,
     path: Arc<str>,
+    /// Highest committed log index this store was told of (see `manager::marker`).
+    committed_high: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +140,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         LogStore {
             db: db.clone(),
             path: path.clone(),
+            committed_high: Default::default(),
         },
         StateMachineStore {
             db,
@@ -232,6 +235,28 @@ impl LogStore {
         Ok(empty_logs && empty_snapshot && meta.get(KEY_VOTE).map_err(any)?.is_none())
     }
 
+    /// The highest committed index seen, shared with the task that records it on disk.
+    pub fn committed_high(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed_high.clone()
+    }
+
+    /// The last log index this store holds (in its log or covered by its snapshot).
+    pub fn last_index(&self) -> Result<u64, AnyError> {
+        let tx = self.db.begin_read().map_err(any)?;
+        let last_log = tx
+            .open_table(LOGS)
+            .map_err(any)?
+            .last()
+            .map_err(any)?
+            .map(|(k, _)| k.value())
+            .unwrap_or(0);
+        let purged = self.meta_get::<LogId<NodeId>>(KEY_PURGED)?.map_or(0, |l| l.index);
+        let snapshot = read_snapshot(&self.db, &self.path)?
+            .and_then(|(m, _)| m.last_log_id)
+            .map_or(0, |l| l.index);
+        Ok(last_log.max(purged).max(snapshot))
+    }
+
     /// Reads a value the daemon keeps beside the log (its identity).
     pub fn read_identity<T: for<'a> Deserialize<'a>>(&self) -> Result<Option<T>, AnyError> {
         self.meta_get(KEY_IDENTITY)
@@ -323,6 +348,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        if let Some(c) = committed {
+            self.committed_high
+                .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
+        }
         self.meta_put(KEY_COMMITTED, &committed)
             .map_err(|e| StorageIOError::write(e).into())
     }
