@@ -167,6 +167,8 @@ impl Client {
             let res = self.call_as(&request_id, &f, &mut sent).await;
             let last = match res {
                 Err(ClientError::Status(s)) if outcome_unknown(&s) => s.message().to_string(),
+                // Nothing was ever sent: no doubt to resolve, say so at once.
+                Err(e @ ClientError::Unreachable { .. }) if !sent => return Err(e),
                 Err(e @ ClientError::Unreachable { .. }) => e.to_string(),
                 other => return other,
             };

@@ -171,11 +171,20 @@ fn a_database_restored_from_an_older_copy_is_refused() {
         warren(&api, &["service", "ls"]).status.success().then_some(())
     });
     for i in 0..20 {
-        let out = warren(&api, &["service", "create", &format!("later-{i}"), "--image", "busybox"]);
+        let out = warren(
+            &api,
+            &["service", "create", &format!("later-{i}"), "--image", "busybox"],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
     m.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(m.wait_exit(Duration::from_secs(20)).is_some());
     std::fs::write(&db, &old).unwrap();
-    expect_refusal(&start_args(&dir), &api, &raft, &dir, &["older copy", "acknowledged writes", &dir.display().to_string()]);
+    expect_refusal(
+        &start_args(&dir),
+        &api,
+        &raft,
+        &dir,
+        &["older copy", "acknowledged writes", &dir.display().to_string()],
+    );
 }

@@ -52,7 +52,7 @@ pub const MAX_STREAMS_PER_NODE: usize = 4;
 /// Open API connections per manager; more are closed at once.
 pub const MAX_API_CONNECTIONS: usize = 4096;
 /// A new connection must complete its HTTP/2 preface within this long.
-pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
 /// `text` quoted for an error message: at most `MAX_QUOTED_BYTES`, with a note of the length.
 pub fn quote(text: &str) -> String {

@@ -63,7 +63,7 @@ fn request_id<T>(req: &Request<T>) -> Result<Option<String>, Status> {
 fn not_found(kind: &str, name: &str) -> ApiError {
     ApiError::State(StateError::NotFound {
         kind: kind.into(),
-        name: name.into(),
+        name: core::state::cut(name),
     })
 }
 
@@ -636,12 +636,12 @@ pub const ASSIGNMENT_KEEPALIVE_MS: u64 = 2_000;
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let api = Api { m };
-    tonic::transport::Server::builder()
+    let router = super::listener::builder()
         .add_service(ClusterServiceServer::new(api.clone()))
         .add_service(NodeServiceServer::new(api.clone()))
         .add_service(ServiceServiceServer::new(api.clone()))
-        .add_service(TaskServiceServer::new(api))
-        .serve_with_shutdown(addr, stop)
+        .add_service(TaskServiceServer::new(api));
+    super::listener::serve(router, addr, stop)
         .await
         .map_err(|e| anyhow::anyhow!("API server on {addr}: {e}; is another process using --api-addr?"))
 }

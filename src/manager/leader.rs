@@ -140,7 +140,10 @@ async fn heartbeat(
         if !st.nodes.contains_key(&node_id) {
             return LeaderReply::Refused(StateError::NotFound {
                 kind: "node".into(),
-                name: format!("{node_id} (removed from the cluster? join again with a worker token)"),
+                name: format!(
+                    "{} (removed from the cluster? join again with a worker token)",
+                    crate::core::state::cut(&node_id)
+                ),
             });
         }
         // Only changes are replicated: drop what the state already says.

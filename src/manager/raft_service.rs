@@ -116,9 +116,9 @@ impl RaftService for RaftRpc {
 }
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    tonic::transport::Server::builder()
-        .add_service(RaftServiceServer::new(RaftRpc { m }).max_decoding_message_size(64 << 20))
-        .serve_with_shutdown(addr, stop)
+    let router = super::listener::builder()
+        .add_service(RaftServiceServer::new(RaftRpc { m }).max_decoding_message_size(64 << 20));
+    super::listener::serve(router, addr, stop)
         .await
         .map_err(|e| anyhow::anyhow!("Raft server on {addr}: {e}; is another process using --bind-addr?"))
 }

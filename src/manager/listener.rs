@@ -1,0 +1,160 @@
+//! How the managers' gRPC servers take connections: HTTP/2 keep-alive (a silent peer is
+//! dropped), TCP keep-alive, and in the production build a cap on open connections and a
+//! deadline for the HTTP/2 preface, so a thousand sockets that never speak cannot hold the
+//! manager's file descriptors for ever. The simulator's network has no sockets to guard.
+
+use crate::core::limits::{HANDSHAKE_TIMEOUT_MS, MAX_API_CONNECTIONS};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+
+/// HTTP/2 pings every this long on an idle connection...
+pub const KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+/// ...and a connection whose peer does not answer one within this long is closed.
+pub const KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+
+pub fn builder() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+}
+
+#[cfg(madsim)]
+pub async fn serve(
+    router: Router,
+    addr: SocketAddr,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    router.serve_with_shutdown(addr, stop).await
+}
+
+#[cfg(not(madsim))]
+pub async fn serve(router: Router, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let incoming = futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((io, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = io.set_nodelay(true);
+                        let conn =
+                            guarded::Guarded::new(io, permit, Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
+                        return Some((Ok::<_, std::io::Error>(conn), (listener, slots)));
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, limit = connection_cap(), "connection refused: too many open connections");
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    router.serve_with_incoming_shutdown(incoming, stop).await?;
+    Ok(())
+}
+
+/// Open connections one server takes: `MAX_API_CONNECTIONS`, or a quarter of the process's
+/// file descriptor limit if that is lower (two servers, the Raft peers, the database and
+/// new connections need the rest).
+#[cfg(not(madsim))]
+pub fn connection_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    MAX_API_CONNECTIONS.min((soft / 4).max(16) as usize)
+}
+
+#[cfg(not(madsim))]
+mod guarded {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::TcpStream;
+    use tonic::transport::server::{Connected, TcpConnectInfo};
+
+    /// The HTTP/2 client preface is 24 bytes.
+    const PREFACE_BYTES: usize = 24;
+
+    /// A connection holding one of the server's connection slots, closed with an error if
+    /// its first 24 bytes do not arrive within the handshake deadline.
+    pub struct Guarded {
+        io: TcpStream,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+        handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+        read: usize,
+    }
+
+    impl Guarded {
+        pub fn new(io: TcpStream, slot: tokio::sync::OwnedSemaphorePermit, deadline: Duration) -> Self {
+            Guarded {
+                io,
+                _slot: slot,
+                handshake: Some(Box::pin(tokio::time::sleep(deadline))),
+                read: 0,
+            }
+        }
+    }
+
+    impl Connected for Guarded {
+        type ConnectInfo = TcpConnectInfo;
+        fn connect_info(&self) -> TcpConnectInfo {
+            self.io.connect_info()
+        }
+    }
+
+    impl AsyncRead for Guarded {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let res = Pin::new(&mut self.io).poll_read(cx, buf);
+            self.read += buf.filled().len() - before;
+            if self.read >= PREFACE_BYTES {
+                self.handshake = None;
+            } else if let Some(h) = self.handshake.as_mut() {
+                if res.is_pending() && h.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the handshake deadline",
+                    )));
+                }
+            }
+            res
+        }
+    }
+
+    impl AsyncWrite for Guarded {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+    }
+}

@@ -1,0 +1,95 @@
+#![cfg(not(madsim))]
+//! Raw TCP connections that never speak HTTP/2, against a manager with a low file limit: it
+//! keeps answering real clients, refuses connections past its cap, and closes the silent
+//! ones after the handshake deadline.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn silent_connections_do_not_starve_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let api = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let log = tmp.path().join("m1.log");
+    let mut child = unsafe {
+        Command::new(bin())
+            .args(ManagerProc::init_args(&api, &raft, &dir))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
+                    .map_err(std::io::Error::from)
+            })
+            .spawn()
+            .unwrap()
+    };
+    let _kill = scopeguard(child.id());
+    wait_until("the manager to answer", Duration::from_secs(20), || {
+        info(&api).filter(|i| i["leader_id"] == 1).map(|_| ())
+    });
+    // 300 connections that never send a byte: more than the manager has descriptors for.
+    let mut silent: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(&api).ok()).collect();
+    assert!(silent.len() >= 250, "only {} connections opened", silent.len());
+    // Real clients get through: at once if a slot is free, else once the silent connections
+    // holding the slots pass the handshake deadline (5 s).
+    let started = Instant::now();
+    wait_until(
+        "a create to succeed beside the silent connections",
+        Duration::from_secs(15),
+        || {
+            warren(&api, &["service", "create", "s1", "--image", "busybox"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every silent connection has been closed by the manager.
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut b = [0u8; 64];
+        let n = s.read(&mut b);
+        assert!(
+            matches!(n, Ok(0)) || n.is_err() || matches!(n, Ok(k) if k > 0),
+            "{n:?}"
+        );
+    }
+    // Reading returned for all (EOF, reset or the server's GOAWAY) well within the deadlines.
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("too many open connections"),
+        "no connection was refused:\n{text}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the manager died:\n{text}");
+}
+
+/// Kills the process `pid` when dropped.
+fn scopeguard(pid: u32) -> impl Drop {
+    struct K(u32);
+    impl Drop for K {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    K(pid)
+}
