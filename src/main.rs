@@ -16,13 +16,20 @@ async fn main() -> ExitCode {
     } else {
         // Like other Unix tools, end quietly when the reader of our output goes away
         // (`warren service inspect X | head -3`) instead of panicking on the closed pipe.
-        // SAFETY: set once at start, before any other thread exists.
-        unsafe {
-            let _ = nix::sys::signal::signal(
-                nix::sys::signal::Signal::SIGPIPE,
-                nix::sys::signal::SigHandler::SigDfl,
-            );
-        }
+        // (Not by restoring SIGPIPE's default: a socket write the server cut would kill us.)
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+                std::process::exit(141); // 128 + SIGPIPE, what a writer killed by it reports
+            }
+            default(info);
+        }));
     }
     // Daemons log at info; operator commands stay quiet unless RUST_LOG says otherwise.
     // openraft logs every failed replication RPC (each heartbeat) at ERROR; peer reachability

@@ -3,6 +3,7 @@
 //! deadline for the HTTP/2 preface, so a thousand sockets that never speak cannot hold the
 //! manager's file descriptors for ever. The simulator's network has no sockets to guard.
 
+#[cfg(not(madsim))]
 use crate::core::limits::{HANDSHAKE_TIMEOUT_MS, MAX_API_CONNECTIONS};
 use std::future::Future;
 use std::net::SocketAddr;
