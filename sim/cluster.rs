@@ -306,15 +306,10 @@ pub async fn cluster_info(id: u64) -> Option<pb::ClusterInfo> {
 
 pub async fn list_services(id: u64) -> Option<Vec<pb::Service>> {
     let c = client_of(id);
-    let call =
-        c.call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await });
-    Some(
-        tokio::time::timeout(Duration::from_secs(2), call)
-            .await
-            .ok()?
-            .ok()?
-            .services,
-    )
+    tokio::time::timeout(Duration::from_secs(2), c.list_services(false))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Polls `check` every 50 ms of simulated time until it yields a value or `deadline` passes.

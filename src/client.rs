@@ -296,30 +296,76 @@ impl Client {
         .await
     }
 
+    /// Every item of a paged list call: `f(stubs, page_token)` fetches one page as
+    /// (items, next page token).
+    async fn all_pages<T, F, Fut>(&self, f: F) -> Result<Vec<T>, ClientError>
+    where
+        F: Fn(Stubs, String) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<(Vec<T>, String)>, Status>>,
+    {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (items, next) = self.call(|s| f(s, token.clone())).await?;
+            out.extend(items);
+            if next.is_empty() {
+                return Ok(out);
+            }
+            token = next;
+        }
+    }
+
     /// Tasks of `service` (all services if empty).
     pub async fn list_tasks(&self, service: &str, consistent: bool) -> Result<Vec<pb::Task>, ClientError> {
-        let r = self
-            .call(|mut s| {
-                let service = service.to_string();
-                async move {
-                    s.tasks
-                        .list_tasks(pb::ListTasksRequest {
-                            service,
-                            node_id: String::new(),
-                            consistent,
-                        })
-                        .await
-                }
-            })
-            .await?;
-        Ok(r.tasks)
+        self.all_pages(|mut s, page_token| {
+            let req = pb::ListTasksRequest {
+                service: service.to_string(),
+                consistent,
+                page_token,
+                ..Default::default()
+            };
+            async move {
+                Ok(s.tasks
+                    .list_tasks(req)
+                    .await?
+                    .map(|r| (r.tasks, r.next_page_token)))
+            }
+        })
+        .await
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ClientError> {
-        let r = self
-            .call(|mut s| async move { s.nodes.list_nodes(pb::ListNodesRequest::default()).await })
-            .await?;
-        Ok(r.nodes)
+        self.all_pages(|mut s, page_token| {
+            let req = pb::ListNodesRequest {
+                page_token,
+                ..Default::default()
+            };
+            async move {
+                Ok(s.nodes
+                    .list_nodes(req)
+                    .await?
+                    .map(|r| (r.nodes, r.next_page_token)))
+            }
+        })
+        .await
+    }
+
+    /// Every service, in name order.
+    pub async fn list_services(&self, consistent: bool) -> Result<Vec<pb::Service>, ClientError> {
+        self.all_pages(|mut s, page_token| {
+            let req = pb::ListServicesRequest {
+                consistent,
+                page_token,
+                ..Default::default()
+            };
+            async move {
+                Ok(s.services
+                    .list_services(req)
+                    .await?
+                    .map(|r| (r.services, r.next_page_token)))
+            }
+        })
+        .await
     }
 
     pub async fn join_token(

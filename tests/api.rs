@@ -100,7 +100,10 @@ async fn status_codes_for_bad_input() {
     let list = c
         .call(|mut s| async move {
             s.services
-                .list_services(pb::ListServicesRequest { consistent: true })
+                .list_services(pb::ListServicesRequest {
+                    consistent: true,
+                    ..Default::default()
+                })
                 .await
         })
         .await

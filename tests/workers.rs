@@ -328,3 +328,70 @@ fn bad_worker_joins_are_refused_and_add_no_node() {
         "{log}"
     );
 }
+
+/// Specs near the size limit: eighty tasks of ~75 KB specs on one worker (6 MB of
+/// assignments, more than a gRPC message may carry) all run, and `service ls` over eighty
+/// such services lists them all (the replies come in pages).
+#[test]
+fn assignments_and_lists_larger_than_one_message_arrive_in_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let wtoken = token(&m.api, "worker", &[]);
+    let _w = WorkerProc::spawn(&m.api, Some(&wtoken), "big-1", &tmp.path().join("w1"), &[]);
+    wait_until("the worker to be ready", WAIT, || {
+        node_status(&m.api)
+            .iter()
+            .any(|(_, s)| s == "ready")
+            .then_some(())
+    });
+    let env_a = format!("A={}", "a".repeat(15_000));
+    let env_b = format!("B={}", "b".repeat(15_000));
+    let labels: Vec<String> = (0..45)
+        .map(|i| format!("label-{i}={}", "v".repeat(1000)))
+        .collect();
+    let mut args = vec![
+        "service",
+        "create",
+        "big",
+        "--image",
+        "busybox",
+        "--replicas",
+        "80",
+        "--env",
+        &env_a,
+        "--env",
+        &env_b,
+    ];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    let out = warren(&m.api, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(
+        "eighty big tasks to run on the worker",
+        Duration::from_secs(60),
+        || (count_on(&running(&m.api, "big"), "big-1") == 80).then_some(()),
+    );
+    for i in 0..80 {
+        let name = format!("big-{i}");
+        let mut args = vec![
+            "service",
+            "create",
+            &name,
+            "--image",
+            "busybox",
+            "--replicas",
+            "0",
+            "--env",
+            &env_a,
+            "--env",
+            &env_b,
+        ];
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        let out = warren(&m.api, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(services(&m.api).len(), 81);
+}

@@ -416,14 +416,8 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             output::created(out, &s)
         }
         ServiceCmd::List { consistent } => {
-            let r = c
-                .call(|mut s| async move {
-                    s.services
-                        .list_services(pb::ListServicesRequest { consistent })
-                        .await
-                })
-                .await?;
-            output::services(out, &r.services)
+            let services = c.list_services(consistent).await?;
+            output::services(out, &services)
         }
         ServiceCmd::Inspect { service, consistent } => {
             let s = c

@@ -20,6 +20,47 @@ use tracing::Instrument;
 #[derive(Clone)]
 struct Api {
     m: ManagerRef,
+    /// Open assignment streams per node (at most `MAX_STREAMS_PER_NODE` each).
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+/// One node's claim on an assignment stream; given back when the stream is dropped (the
+/// worker went away or the client cancelled).
+struct StreamSlot {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+    node: String,
+}
+
+impl StreamSlot {
+    fn take(api: &Api, node: &str) -> Result<StreamSlot, Status> {
+        let mut streams = api.streams.lock().unwrap();
+        let n = streams.entry(node.to_string()).or_insert(0);
+        if *n >= core::limits::MAX_STREAMS_PER_NODE {
+            return Err(Status::resource_exhausted(format!(
+                "node {} already has {} assignment streams open (at most {}); a worker needs one",
+                core::state::cut(node),
+                n,
+                core::limits::MAX_STREAMS_PER_NODE
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: api.streams.clone(),
+            node: node.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap();
+        if let Some(n) = streams.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.node);
+            }
+        }
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -30,6 +71,48 @@ fn ok<T>(r: ApiResult<T>) -> Reply<T> {
 
 fn unexpected(o: Outcome) -> ApiError {
     ApiError::Internal(format!("unexpected state machine outcome {o:?}"))
+}
+
+/// Most items one list page holds (and the page size when the caller asks for 0).
+pub const MAX_PAGE_ITEMS: usize = 1_000;
+
+/// One page of `items` (in key order, starting after `token`): at most `size` items (0 = the
+/// most) and about `MAX_PAGE_BYTES`; returns the page and the token of the next one ("" at
+/// the end). Keeps every reply far below what a client accepts, however large the state.
+fn page<'a, T: prost::Message + 'a>(
+    items: impl Iterator<Item = (&'a str, T)>,
+    size: u32,
+) -> (Vec<T>, String) {
+    let max = if size == 0 {
+        MAX_PAGE_ITEMS
+    } else {
+        (size as usize).min(MAX_PAGE_ITEMS)
+    };
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    for (key, item) in items {
+        let len = item.encoded_len();
+        if !out.is_empty() && (out.len() >= max || bytes + len > core::limits::MAX_PAGE_BYTES) {
+            return (out, last_key(key));
+        }
+        bytes += len;
+        out.push(item);
+    }
+    (out, String::new())
+}
+
+/// The token that makes the next page start at `key` (pages start after their token).
+fn last_key(next: &str) -> String {
+    // Tokens name the first key of the next page, marked so that "start after" works.
+    format!("@{next}")
+}
+
+/// The range a page token selects: keys from the marked key on, or all.
+fn after(token: &str) -> std::ops::Bound<String> {
+    match token.strip_prefix('@') {
+        Some(k) => std::ops::Bound::Included(k.to_string()),
+        None if token.is_empty() => std::ops::Bound::Unbounded,
+        None => std::ops::Bound::Excluded(token.to_string()),
+    }
 }
 
 /// gRPC metadata carrying a client's request id: retries of one write through any manager
@@ -246,14 +329,19 @@ impl ServiceService for Api {
     }
 
     async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Reply<pb::ListServicesResponse> {
-        self.read_barrier(req.into_inner().consistent).await?;
-        let mut services: Vec<pb::Service> =
-            self.read(|st| st.services.values().map(service_to_pb).collect());
-        services.sort_by(|a, b| {
-            let name = |s: &pb::Service| s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-            name(a).cmp(&name(b))
+        let req = req.into_inner();
+        self.read_barrier(req.consistent).await?;
+        let (services, next_page_token) = self.read(|st| {
+            let by_name = st
+                .service_names
+                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .filter_map(|(name, id)| st.services.get(id).map(|s| (name.as_str(), service_to_pb(s))));
+            page(by_name, req.page_size)
         });
-        ok(Ok(pb::ListServicesResponse { services }))
+        ok(Ok(pb::ListServicesResponse {
+            services,
+            next_page_token,
+        }))
     }
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
@@ -384,9 +472,18 @@ impl NodeService for Api {
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
-        self.read_barrier(req.into_inner().consistent).await?;
+        let req = req.into_inner();
+        self.read_barrier(req.consistent).await?;
+        let (nodes, next_page_token) = self.read(|st| {
+            let nodes = st
+                .nodes
+                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .map(|(id, n)| (id.as_str(), node_to_pb(n)));
+            page(nodes, req.page_size)
+        });
         ok(Ok(pb::ListNodesResponse {
-            nodes: self.read(|st| st.nodes.values().map(node_to_pb).collect()),
+            nodes,
+            next_page_token,
         }))
     }
 
@@ -547,15 +644,19 @@ impl TaskService for Api {
                     .ok_or_else(|| Status::from(not_found("service", &req.service)))?,
             )
         };
-        let tasks = self.read(|st| {
-            st.tasks
-                .values()
-                .filter(|t| service_id.as_ref().is_none_or(|s| &t.service_id == s))
-                .filter(|t| req.node_id.is_empty() || t.node_id == req.node_id)
-                .map(|t| task_to_pb(st, t, false))
-                .collect()
+        let (tasks, next_page_token) = self.read(|st| {
+            let tasks = st
+                .tasks
+                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .filter(|(_, t)| service_id.as_ref().is_none_or(|s| &t.service_id == s))
+                .filter(|(_, t)| req.node_id.is_empty() || t.node_id == req.node_id)
+                .map(|(id, t)| (id.as_str(), task_to_pb(st, t, false)));
+            page(tasks, req.page_size)
         });
-        ok(Ok(pb::ListTasksResponse { tasks }))
+        ok(Ok(pb::ListTasksResponse {
+            tasks,
+            next_page_token,
+        }))
     }
 
     async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Reply<pb::Task> {
@@ -575,58 +676,98 @@ impl TaskService for Api {
         if !self.read(|st| st.nodes.contains_key(&node_id)) {
             return Err(not_found("node", &node_id).into());
         }
+        let slot = StreamSlot::take(self, &node_id)?;
         let m = self.m.clone();
         let metrics = m.raft.metrics();
-        let init = (m, node_id, None::<Vec<(String, u64, u64)>>, 0u64, metrics);
-        let stream = futures::stream::unfold(init, |(m, node, mut last, mut seq, mut metrics)| async move {
-            loop {
-                let (key, tasks) = {
-                    let guard = m.state.read().unwrap();
-                    let st = &guard.state;
-                    let mine: Vec<&core::Task> = st
-                        .tasks
-                        .values()
-                        .filter(|t| t.node_id == node && !t.state.is_terminal())
-                        .collect();
-                    let key: Vec<(String, u64, u64)> = mine
-                        .iter()
-                        .map(|t| {
-                            (
-                                t.id.clone(),
-                                t.version,
-                                st.services.get(&t.service_id).map_or(0, |s| s.version),
-                            )
-                        })
-                        .collect();
-                    let changed = last.as_ref() != Some(&key);
-                    (
-                        key,
-                        changed.then(|| mine.iter().map(|t| task_to_pb(st, t, true)).collect::<Vec<_>>()),
-                    )
-                };
-                seq += 1;
-                if let Some(tasks) = tasks {
-                    let ev = pb::AssignmentEvent {
-                        seq,
-                        full_set: true,
-                        tasks,
-                        ..Default::default()
+        let queued = std::collections::VecDeque::<pb::AssignmentEvent>::new();
+        let init = (
+            m,
+            node_id,
+            None::<Vec<(String, u64, u64)>>,
+            0u64,
+            metrics,
+            (queued, slot),
+        );
+        let stream = futures::stream::unfold(
+            init,
+            |(m, node, mut last, mut seq, mut metrics, (mut queued, slot))| async move {
+                loop {
+                    if let Some(ev) = queued.pop_front() {
+                        return Some((Ok(ev), (m, node, last, seq, metrics, (queued, slot))));
+                    }
+                    let (key, tasks) = {
+                        let guard = m.state.read().unwrap();
+                        let st = &guard.state;
+                        let mine: Vec<&core::Task> = st
+                            .tasks
+                            .values()
+                            .filter(|t| t.node_id == node && !t.state.is_terminal())
+                            .collect();
+                        let key: Vec<(String, u64, u64)> = mine
+                            .iter()
+                            .map(|t| {
+                                (
+                                    t.id.clone(),
+                                    t.version,
+                                    st.services.get(&t.service_id).map_or(0, |s| s.version),
+                                )
+                            })
+                            .collect();
+                        let changed = last.as_ref() != Some(&key);
+                        (
+                            key,
+                            changed.then(|| mine.iter().map(|t| task_to_pb(st, t, true)).collect::<Vec<_>>()),
+                        )
                     };
-                    last = Some(key);
-                    return Some((Ok(ev), (m, node, last, seq, metrics)));
-                }
-                tokio::select! {
-                    biased;
-                    r = metrics.changed() => if r.is_err() { return None },
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
-                        let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
-                        return Some((Ok(ev), (m, node, last, seq, metrics)));
+                    seq += 1;
+                    if let Some(tasks) = tasks {
+                        queued.extend(assignment_pages(seq, tasks));
+                        last = Some(key);
+                        continue;
+                    }
+                    tokio::select! {
+                        biased;
+                        r = metrics.changed() => if r.is_err() { return None },
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
+                            let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
+                            return Some((Ok(ev), (m, node, last, seq, metrics, (queued, slot))));
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A node's full set of tasks as events of at most about `MAX_PAGE_BYTES` each (all but the
+/// last marked `more`), so that no number of tasks outgrows what a worker accepts.
+fn assignment_pages(seq: u64, tasks: Vec<pb::Task>) -> Vec<pb::AssignmentEvent> {
+    use prost::Message;
+    let mut pages: Vec<Vec<pb::Task>> = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for t in tasks {
+        let len = t.encoded_len();
+        let current = pages.last_mut().expect("never empty");
+        if !current.is_empty() && bytes + len > core::limits::MAX_PAGE_BYTES {
+            pages.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        pages.last_mut().expect("never empty").push(t);
+    }
+    let n = pages.len();
+    pages
+        .into_iter()
+        .enumerate()
+        .map(|(i, tasks)| pb::AssignmentEvent {
+            seq,
+            full_set: true,
+            tasks,
+            more: i + 1 < n,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Deadline for forwarding a worker heartbeat to the leader (a worker beats every second).
@@ -635,7 +776,10 @@ const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
 pub const ASSIGNMENT_KEEPALIVE_MS: u64 = 2_000;
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let api = Api { m };
+    let api = Api {
+        m,
+        streams: Default::default(),
+    };
     let router = super::listener::builder()
         .add_service(ClusterServiceServer::new(api.clone()))
         .add_service(NodeServiceServer::new(api.clone()))

@@ -306,14 +306,26 @@ async fn watch_assignments(
             }
         };
         debug!("assignment stream open");
+        // A full set may come in several pages (`more`); it counts once complete.
+        let mut partial: Vec<pb::Task> = Vec::new();
         loop {
             match tokio::time::timeout(silence, stream.message()).await {
                 Ok(Ok(Some(ev))) => {
                     if ev.full_set {
-                        let _ = tx.send(Some(ev.tasks));
+                        partial.extend(ev.tasks);
+                        if !ev.more {
+                            let _ = tx.send(Some(std::mem::take(&mut partial)));
+                        }
                     }
                 }
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                Ok(Err(status)) => {
+                    // Not a broken link but an answer this worker cannot take (too large,
+                    // undecodable): say so loudly, it will not fix itself.
+                    tracing::error!(code = ?status.code(), error = %status.message(), "assignment stream failed; moving to another manager");
+                    client.rotate();
+                    break;
+                }
+                Ok(Ok(None)) | Err(_) => {
                     debug!("assignment stream broke; moving to another manager");
                     client.rotate();
                     break;
