@@ -66,6 +66,9 @@ pub struct Cluster {
     /// Extra daemon flags given to every manager.
     pub flags: Vec<String>,
     pub workers: BTreeMap<u64, NodeHandle>,
+    /// Managers whose start may fail (the scenario checks why), and the errors they gave.
+    pub may_fail: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    pub failures: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, String>>>,
 }
 
 impl Cluster {
@@ -101,6 +104,8 @@ impl Cluster {
             seed,
             flags,
             workers: BTreeMap::new(),
+            may_fail: Default::default(),
+            failures: Default::default(),
         };
         let mut args = vec!["warren".to_string(), "init".to_string()];
         args.extend(daemon_args(1));
@@ -123,6 +128,7 @@ impl Cluster {
     }
 
     fn add_node(&mut self, i: u64, args: Vec<String>) {
+        let (may_fail, failures) = (self.may_fail.clone(), self.failures.clone());
         let node = self
             .handle
             .create_node()
@@ -130,6 +136,7 @@ impl Cluster {
             .ip(format!("10.0.0.{i}").parse().unwrap())
             .init(move || {
                 let cli = Cli::parse_from(args.clone());
+                let (may_fail, failures) = (may_fail.clone(), failures.clone());
                 async move {
                     let r = match cli.cmd {
                         Daemon::Init(o) => {
@@ -144,6 +151,10 @@ impl Cluster {
                         }
                     };
                     if let Err(e) = r {
+                        if may_fail.lock().unwrap().contains(&i) {
+                            failures.lock().unwrap().insert(i, format!("{e:#}"));
+                            return;
+                        }
                         panic!("manager {i} failed: {e:#}");
                     }
                 }

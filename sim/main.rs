@@ -19,6 +19,8 @@ mod cluster;
 #[cfg(madsim)]
 mod faults;
 #[cfg(madsim)]
+mod hardening;
+#[cfg(madsim)]
 mod regressions;
 #[cfg(madsim)]
 mod scenarios;

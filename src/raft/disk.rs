@@ -128,6 +128,26 @@ pub mod sim {
         })
     }
 
+    /// Replaces every copy of `from` in the durable bytes of `path` with `to` (same length):
+    /// a flipped byte on a simulated disk. Returns how many copies changed.
+    pub fn corrupt(path: &Path, from: &[u8], to: &[u8]) -> usize {
+        assert_eq!(from.len(), to.len());
+        let Some(disk) = DISKS.with(|d| d.borrow().get(path).cloned()) else {
+            return 0;
+        };
+        let mut d = disk.lock().unwrap();
+        let mut n = 0;
+        let mut i = 0;
+        while i + from.len() <= d.durable.len() {
+            if &d.durable[i..i + from.len()] == from {
+                d.durable[i..i + to.len()].copy_from_slice(to);
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    }
+
     /// True when a simulated file exists at `path`.
     pub fn exists(path: &Path) -> bool {
         DISKS.with(|d| d.borrow().contains_key(path))
