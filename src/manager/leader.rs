@@ -256,9 +256,9 @@ enum CatchUp {
 
 /// Waits until the leader's replication to `id` has reached the leader's last log index as
 /// of the call: `FIRST_CONTACT_MS` for the learner to acknowledge anything, `CATCH_UP_MS`
-/// in all.
+/// in all. Polled (see `manager::watch_core` on why not a metrics waiter).
 async fn wait_caught_up(m: &Manager, id: NodeId) -> CatchUp {
-    let mut metrics = m.raft.metrics();
+    let metrics = m.raft.metrics();
     let target = metrics.borrow().last_log_index.unwrap_or(0);
     let start = tokio::time::Instant::now();
     loop {
@@ -277,16 +277,14 @@ async fn wait_caught_up(m: &Manager, id: NodeId) -> CatchUp {
         } else {
             CATCH_UP_MS
         };
-        let Some(left) = Duration::from_millis(limit_ms).checked_sub(start.elapsed()) else {
+        if start.elapsed() >= Duration::from_millis(limit_ms) {
             return CatchUp::TimedOut;
-        };
-        match tokio::time::timeout(left, metrics.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return CatchUp::LostLeadership,
-            Err(_) => return CatchUp::TimedOut,
         }
+        tokio::time::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
     }
 }
+
+const CATCH_UP_POLL_MS: u64 = 20;
 
 async fn remove_manager(m: &Manager, id: NodeId, force: bool) -> LeaderReply {
     if let Some(r) = not_leader(m) {

@@ -432,22 +432,29 @@ pub async fn start(
 }
 
 /// Resolves, with the reason, when this manager's Raft core has stopped (it does not stop
-/// before `Raft::shutdown` unless something is fatally wrong).
+/// before `Raft::shutdown` unless something is fatally wrong). Polled on a timer rather than
+/// by waiting on the metrics channel: tokio's watch channel wakes its waiters through one of
+/// several `Notify`s picked by a thread-local RNG that outlives a simulation, so every extra
+/// waiter makes a seed's run depend on what ran before it in the process.
 async fn watch_core(raft: Raft) -> anyhow::Error {
-    let mut rx = raft.metrics();
+    let rx = raft.metrics();
     loop {
         if let Err(fatal) = &rx.borrow().running_state {
             return anyhow::anyhow!(
                 "the Raft core stopped ({fatal}); this manager exits so that its supervisor restarts it (check the data dir's disk: space, errors)"
             );
         }
-        if rx.changed().await.is_err() {
+        if rx.has_changed().is_err() {
             return anyhow::anyhow!(
                 "the Raft core ended unexpectedly; this manager exits so that its supervisor restarts it"
             );
         }
+        tokio::time::sleep(Duration::from_millis(CORE_CHECK_INTERVAL_MS)).await;
     }
 }
+
+/// How often a manager checks that its Raft core still runs.
+const CORE_CHECK_INTERVAL_MS: u64 = 100;
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     while !*rx.borrow() {
