@@ -51,6 +51,9 @@ pub struct Client {
     /// One open channel per endpoint, reused across calls; dropped on a connection error.
     channels: Mutex<Vec<Option<Channel>>>,
     current: AtomicUsize,
+    /// Pick the first manager to answer rather than the first listed (off once a caller
+    /// chose where to start with `start_at`).
+    race_first: std::sync::atomic::AtomicBool,
 }
 
 /// The four API services on one channel, and the id of the request they are used for.
@@ -122,6 +125,7 @@ impl Client {
             channels: Mutex::new(vec![None; endpoints.len()]),
             endpoints,
             current: AtomicUsize::new(0),
+            race_first: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -129,6 +133,7 @@ impl Client {
     /// managers this way instead of all loading the first one).
     pub fn start_at(&self, i: usize) {
         self.current.store(i % self.endpoints.len(), Ordering::Relaxed);
+        self.race_first.store(false, Ordering::Relaxed);
     }
 
     /// Moves to the next manager and drops the current one's channel (it stopped answering).
@@ -196,18 +201,35 @@ impl Client {
             .join(", ")
     }
 
-    /// Connects to the first of all managers that answers, when the current one has no open
-    /// channel: an unreachable manager listed first must not cost every command a connect
-    /// timeout.
+    /// Talks first to whichever manager answers first, when the current one has no open
+    /// channel: a cheap `GetClusterInfo` races on all of them (a TCP connect alone is not
+    /// enough: a hung host accepts connections and then answers nothing). An unreachable or
+    /// hung manager listed first must not cost every command a timeout.
     async fn connect_fastest(&self) {
         let start = self.current.load(Ordering::Relaxed);
-        if self.channels.lock().unwrap()[start].is_some() || self.endpoints.len() < 2 {
+        if !self.race_first.load(Ordering::Relaxed)
+            || self.channels.lock().unwrap()[start].is_some()
+            || self.endpoints.len() < 2
+        {
             return;
         }
         let attempts = (0..self.endpoints.len()).map(|k| {
             let i = (start + k) % self.endpoints.len();
             let ep = self.endpoints[i].1.clone();
-            Box::pin(async move { ep.connect().await.map(|ch| (i, ch)) })
+            Box::pin(async move {
+                let ch = ep.connect().await.map_err(|_| ())?;
+                let mut probe = ClusterServiceClient::new(ch.clone());
+                let mut req = tonic::Request::new(pb::GetClusterInfoRequest::default());
+                req.set_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(CONNECT_TIMEOUT_MS),
+                    probe.get_cluster_info(req),
+                );
+                match answer.await {
+                    Ok(Ok(_)) => Ok((i, ch)),
+                    _ => Err(()),
+                }
+            })
         });
         if let Ok(((i, ch), _)) = futures::future::select_ok(attempts).await {
             self.channels.lock().unwrap()[i] = Some(ch);
@@ -254,7 +276,14 @@ impl Client {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s) if s.code() == Code::Unavailable => {
+                // A manager that cannot reach a leader, or that did not answer in time (a hung
+                // host): try the next one. A write's retry carries the same request id.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded
+                    ) =>
+                {
                     // Reconnect next time: the manager may have restarted elsewhere.
                     self.channels.lock().unwrap()[i] = None;
                     if k + 1 == n {

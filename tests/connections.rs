@@ -93,3 +93,34 @@ fn scopeguard(pid: u32) -> impl Drop {
     }
     K(pid)
 }
+
+/// A manager address that takes TCP connections but never answers (a hung host), listed
+/// first: the CLI still answers through the live one, without waiting the hung one out.
+#[test]
+fn a_hung_manager_listed_first_does_not_stall_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); // never accepts
+    let list = format!("{},{}", hung.local_addr().unwrap(), m.api);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = warren(&list, &["cluster", "info"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let out = warren(
+            &list,
+            &[
+                "service",
+                "create",
+                &format!("s{}", started.elapsed().as_nanos()),
+                "--image",
+                "busybox",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
