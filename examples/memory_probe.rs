@@ -74,24 +74,27 @@ fn spec(name: &str, env_bytes: usize) -> pb::ServiceSpec {
     }
 }
 
+async fn update(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren::client::ClientError> {
+    c.call(|mut st| {
+        let spec = spec.clone();
+        async move {
+            st.services
+                .update_service(pb::UpdateServiceRequest {
+                    service: spec.name.clone(),
+                    spec: Some(spec),
+                    expected_version: 0,
+                })
+                .await
+        }
+    })
+    .await
+}
+
 async fn updates(c: &Client, pid: u32) -> anyhow::Result<()> {
     c.create_service(spec("big", 0)).await?;
     let p = Phase::start(pid, "updates_32KiB_env_x100");
     for _ in 0..100 {
-        let s = spec("big", 32 * 1024 - 2_000);
-        c.call(|mut st| {
-            let s = s.clone();
-            async move {
-                st.services
-                    .update_service(pb::UpdateServiceRequest {
-                        service: "big".into(),
-                        spec: Some(s),
-                        expected_version: 0,
-                    })
-                    .await
-            }
-        })
-        .await?;
+        update(c, spec("big", 32 * 1024 - 2_000)).await?;
     }
     p.end(Duration::from_secs(2)).await;
     let p = Phase::start(pid, "updates_3.5MB_env_x100_refused");
@@ -99,21 +102,7 @@ async fn updates(c: &Client, pid: u32) -> anyhow::Result<()> {
     for _ in 0..100 {
         let mut s = spec("big", 0);
         s.env.insert("BIG".into(), "x".repeat(3_500_000));
-        let r = c
-            .call(|mut st| {
-                let s = s.clone();
-                async move {
-                    st.services
-                        .update_service(pb::UpdateServiceRequest {
-                            service: "big".into(),
-                            spec: Some(s),
-                            expected_version: 0,
-                        })
-                        .await
-                }
-            })
-            .await;
-        refused += r.is_err() as u32;
+        refused += update(c, s).await.is_err() as u32;
     }
     p.end(Duration::from_secs(2)).await;
     println!("refused_3.5MB_updates={refused}");
@@ -179,6 +168,7 @@ async fn churn(managers: &[String], pid: u32) -> anyhow::Result<()> {
     const COUNT: usize = 10_000;
     for round in 1..=3 {
         let p = Phase::start(pid, &format!("churn_round_{round}_10000_creates_deletes"));
+        let started = std::time::Instant::now();
         let mut tasks = Vec::new();
         for k in 0..CLIENTS {
             let client = Arc::new(Client::new(managers)?);
@@ -203,6 +193,10 @@ async fn churn(managers: &[String], pid: u32) -> anyhow::Result<()> {
         for t in tasks {
             t.await??;
         }
+        println!(
+            "churn_round={round} writes_per_s={:.0}",
+            2.0 * COUNT as f64 / started.elapsed().as_secs_f64()
+        );
         p.end(Duration::from_secs(3)).await;
     }
     Ok(())

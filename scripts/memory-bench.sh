@@ -15,7 +15,8 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$1/status; }
 tmp=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+stop() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do stop "$p"; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 
 start_manager() { # $1 = data dir; sets API and PID
@@ -30,7 +31,7 @@ start_manager() { # $1 = data dir; sets API and PID
   echo "manager did not start" >&2; cat "$1.log" >&2; exit 1
 }
 
-for phase in updates streams churn; do
+for phase in ${PHASES:-updates streams churn}; do
   start_manager "$tmp/$phase"
   echo "phase_start=$phase idle_rss_mib=$(rss_mib "$PID")"
   "$PROBE" "$API" "$PID" "$phase"
@@ -45,5 +46,5 @@ for phase in updates streams churn; do
     done
     echo "updates_restarted_with_no_service rss_mib=$(rss_mib "$PID")"
   fi
-  kill -9 "$PID" 2>/dev/null || true
+  stop "$PID"
 done

@@ -3,32 +3,12 @@
 //! byte on a manager's disk. Each asserts what the fix guarantees, on every seed.
 
 use crate::cluster::*;
+use crate::scenarios::{create_all, service_names};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use warren::proto::internal::raft_service_client::RaftServiceClient;
 use warren::proto::v1 as pb;
 use warren::raft::network::encode;
-
-async fn service_names(id: u64) -> Option<BTreeSet<String>> {
-    Some(
-        list_services(id)
-            .await?
-            .into_iter()
-            .map(|s| s.spec.unwrap_or_default().name)
-            .collect(),
-    )
-}
-
-async fn acked_creates(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
-    let client = client_of_all(ids);
-    let mut acked = Vec::new();
-    for name in names {
-        if let Some(Ok(_)) = create_service(&client, &name, 1, Duration::from_secs(8)).await {
-            acked.push(name);
-        }
-    }
-    acked
-}
 
 /// A join for manager 7 whose Raft address answers nothing, sent through a random manager,
 /// with the leader killed at a random moment (before, during or after the catch-up wait).
@@ -74,7 +54,7 @@ async fn a_join_that_cannot_complete_never_makes_a_voter() {
     ))
     .await;
     let acked = c
-        .on_client(acked_creates(survivors.clone(), vec!["after-kill".into()]))
+        .on_client(create_all(survivors.clone(), vec!["after-kill".into()]))
         .await;
     assert_eq!(acked.len(), 1, "two of three voters must take writes");
     eprintln!(
@@ -129,9 +109,7 @@ async fn raft_messages_from_a_stranger_are_refused_during_failover() {
     c.on_client(agreed_leader(survivors.clone(), Duration::from_secs(20)))
         .await;
     attack.await.unwrap();
-    let acked = c
-        .on_client(acked_creates(survivors.clone(), vec!["x".into()]))
-        .await;
+    let acked = c.on_client(create_all(survivors.clone(), vec!["x".into()])).await;
     assert_eq!(acked.len(), 1);
     c.restart(leader);
     c.on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(20)))
@@ -152,7 +130,7 @@ async fn a_flipped_byte_on_disk_is_refused_at_restart() {
         .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))
         .await;
     let names: Vec<String> = (0..10).map(|i| format!("svc-{i:02}")).collect();
-    let writing = c.client_node.spawn(acked_creates(vec![1, 2, 3], names));
+    let writing = c.client_node.spawn(create_all(vec![1, 2, 3], names));
     tokio::time::sleep(Duration::from_millis(madsim::rand::random::<u64>() % 300)).await;
     c.kill(leader);
     let mut acked = writing.await.unwrap();
@@ -201,7 +179,7 @@ async fn a_flipped_byte_on_disk_is_refused_at_restart() {
         }
     };
     acked.extend(
-        c.on_client(acked_creates(survivors.clone(), vec!["after".into()]))
+        c.on_client(create_all(survivors.clone(), vec!["after".into()]))
             .await,
     );
     let must: BTreeSet<String> = acked.into_iter().collect();

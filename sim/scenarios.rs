@@ -15,7 +15,7 @@ fn spec(name: &str) -> pb::ServiceSpec {
 }
 
 /// Creates `names` through a client that knows all `ids`; returns the names acknowledged.
-async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
+pub async fn create_all(ids: Vec<u64>, names: Vec<String>) -> Vec<String> {
     let client = client_of_all(ids);
     let mut acked = Vec::new();
     for name in names {
@@ -128,7 +128,7 @@ async fn whole_cluster_restart_resumes_state() {
     assert!(!cluster_id.is_empty());
 }
 
-async fn service_names(id: u64) -> Option<BTreeSet<String>> {
+pub async fn service_names(id: u64) -> Option<BTreeSet<String>> {
     Some(
         list_services(id)
             .await?

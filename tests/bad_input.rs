@@ -30,6 +30,8 @@ async fn the_api_refuses_what_the_cli_never_sends() {
     let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
     create(&c, spec("web")).await.unwrap();
     let before = services(&m.api);
+    let applied = |api: &str| info(api).unwrap()["last_applied"].as_u64().unwrap();
+    let applied_before = applied(&m.api);
 
     let with = |f: &dyn Fn(&mut pb::ServiceSpec)| {
         let mut s = spec("bad");
@@ -125,6 +127,12 @@ async fn the_api_refuses_what_the_cli_never_sends() {
         assert!(e.to_string().contains(field), "{what}: {e} does not name {field}");
         assert!(e.to_string().len() < 1_000, "{what}: the error echoes too much");
     }
+    // Refused before the Raft log: not even a log entry was written.
+    assert_eq!(
+        applied(&m.api),
+        applied_before,
+        "refused input reached the Raft log"
+    );
 
     // Nodes: an UpdateNode with nothing to change, bad labels; a bad address at register.
     let wtoken = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))

@@ -7,48 +7,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const FORM: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    procs: Vec<ManagerProc>,
-    _tmp: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Manager 1 on 127.0.0.1 with `cluster init`; managers 2..=n on 127.0.0.N with `manager join`.
-    fn form(n: u64) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let first = ManagerProc::start(&tmp.path().join("m1"));
-        let token = manager_token(&first.api, &[]);
-        let mut procs = vec![first];
-        for i in 2..=n {
-            let leaders = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
-            procs.push(ManagerProc::join(
-                i,
-                i as u8,
-                &token,
-                &leaders,
-                &tmp.path().join(format!("m{i}")),
-            ));
-            let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
-            let want: Vec<u64> = (1..=i).collect();
-            wait_cluster(&apis, &want, FORM);
-        }
-        Cluster { procs, _tmp: tmp }
-    }
-
-    fn api(&self, id: u64) -> &str {
-        &self.procs[id as usize - 1].api
-    }
-
-    fn apis_except(&self, dead: &[u64]) -> Vec<&str> {
-        (1..=self.procs.len() as u64)
-            .filter(|i| !dead.contains(i))
-            .map(|i| self.api(i))
-            .collect()
-    }
-}
-
 #[test]
 fn three_managers_fail_over_and_the_killed_one_rejoins() {
     let mut c = Cluster::form(3);

@@ -9,51 +9,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-const FORM: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    procs: Vec<ManagerProc>,
-    _tmp: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn form(n: u64) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let first = ManagerProc::start(&tmp.path().join("m1"));
-        let token = manager_token(&first.api, &[]);
-        let mut procs = vec![first];
-        for i in 2..=n {
-            let leaders = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
-            procs.push(ManagerProc::join(
-                i,
-                i as u8,
-                &token,
-                &leaders,
-                &tmp.path().join(format!("m{i}")),
-            ));
-            let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
-            wait_cluster(&apis, &(1..=i).collect::<Vec<_>>(), FORM);
-        }
-        Cluster { procs, _tmp: tmp }
-    }
-
-    fn api(&self, id: u64) -> &str {
-        &self.procs[id as usize - 1].api
-    }
-
-    fn all(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| p.api.clone())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn others(&self, id: u64) -> Vec<u64> {
-        (1..=self.procs.len() as u64).filter(|i| *i != id).collect()
-    }
-}
-
 /// A leader cut off from both peers stops acting as leader within an election timeout or
 /// so: it answers writes at once with Unavailable naming what it knows, and `cluster info`
 /// no longer shows it as the leader. When the peers come back, the cluster takes writes.
@@ -204,21 +159,9 @@ fn a_leader_whose_disk_fills_exits_and_the_others_carry_on() {
     }
     let _unmount = Unmount(mnt.clone());
 
-    let first = ManagerProc::start(&mnt);
-    let token = manager_token(&first.api, &[]);
-    let mut procs = vec![first];
-    for i in 2..=3u64 {
-        let leaders = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
-        procs.push(ManagerProc::join(
-            i,
-            i as u8,
-            &token,
-            &leaders,
-            &tmp.path().join(format!("m{i}")),
-        ));
-        let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
-        wait_cluster(&apis, &(1..=i).collect::<Vec<_>>(), FORM);
-    }
+    let dirs = vec![mnt.clone(), tmp.path().join("m2"), tmp.path().join("m3")];
+    let c = Cluster::form_in(tempfile::tempdir().unwrap(), dirs);
+    let mut procs = c.procs;
     // Make manager 1 the leader if it is not (it usually is: it bootstrapped).
     let leader = wait_cluster(&[&procs[0].api, &procs[1].api, &procs[2].api], &[1, 2, 3], FORM);
     if leader != 1 {

@@ -349,49 +349,31 @@ fn assignments_and_lists_larger_than_one_message_arrive_in_pages() {
     let labels: Vec<String> = (0..45)
         .map(|i| format!("label-{i}={}", "v".repeat(1000)))
         .collect();
-    let mut args = vec![
-        "service",
-        "create",
-        "big",
-        "--image",
-        "busybox",
-        "--replicas",
-        "80",
-        "--env",
-        &env_a,
-        "--env",
-        &env_b,
-    ];
-    for l in &labels {
-        args.extend(["--label", l.as_str()]);
-    }
-    let out = warren(&m.api, &args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let create_big = |name: &str, replicas: &str| {
+        let mut args = vec![
+            "service",
+            "create",
+            name,
+            "--image",
+            "busybox",
+            "--replicas",
+            replicas,
+        ];
+        args.extend(["--env", env_a.as_str(), "--env", env_b.as_str()]);
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        let out = warren(&m.api, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    create_big("big", "80");
     wait_until(
         "eighty big tasks to run on the worker",
         Duration::from_secs(60),
         || (count_on(&running(&m.api, "big"), "big-1") == 80).then_some(()),
     );
     for i in 0..80 {
-        let name = format!("big-{i}");
-        let mut args = vec![
-            "service",
-            "create",
-            &name,
-            "--image",
-            "busybox",
-            "--replicas",
-            "0",
-            "--env",
-            &env_a,
-            "--env",
-            &env_b,
-        ];
-        for l in &labels {
-            args.extend(["--label", l.as_str()]);
-        }
-        let out = warren(&m.api, &args);
-        assert!(out.status.success(), "{}", stderr(&out));
+        create_big(&format!("big-{i}"), "0");
     }
     assert_eq!(services(&m.api).len(), 81);
 }

@@ -251,6 +251,36 @@ pub struct ClusterState {
     pub remembered_bytes: u64,
 }
 
+impl Command {
+    /// The checks of `apply` that do not depend on the state, for the proposing manager to
+    /// run before the command enters the Raft log: input that can only be refused must not
+    /// cost a log entry (a hundred refused 3.5 MB updates once held 430 MB in the log, across
+    /// restarts). `apply` checks again; this only saves the round.
+    pub fn precheck(&self) -> Result<(), StateError> {
+        match self {
+            Command::Once { cmd, .. } => cmd.precheck(),
+            Command::CreateService { spec, .. } | Command::UpdateService { spec, .. } => {
+                validate::service_spec(spec)
+            }
+            Command::ScaleService { replicas, .. } => validate::replicas(*replicas),
+            Command::RegisterNode { address, labels, .. } => {
+                validate::node_address(address)?;
+                validate::labels("node labels", labels)
+            }
+            Command::UpdateNode {
+                availability: None,
+                labels: None,
+                ..
+            } => Err(StateError::invalid(
+                "update",
+                "nothing to change; pass --availability or --label",
+            )),
+            Command::UpdateNode { labels: Some(l), .. } => validate::labels("node labels", l),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl ClusterState {
     /// Looks a service up by id, then by name.
     pub fn service(&self, id_or_name: &str) -> Option<&Service> {
@@ -1179,6 +1209,46 @@ mod tests {
             let _ = st.apply(1_000 + i, cmd);
         }
         assert!(st.remembered_bytes <= MAX_REMEMBERED_BYTES as u64);
+    }
+
+    /// Every command `refused_commands_change_nothing` refuses for its input alone is also
+    /// refused by `precheck`, before it would enter the log.
+    #[test]
+    fn precheck_refuses_bad_input_before_the_log() {
+        let mut big = spec("web", 1);
+        big.env.insert("BIG".into(), "x".repeat(3_500_000));
+        let cmds = [
+            create("s2", "UPPER", 1),
+            Command::UpdateService {
+                service: "web".into(),
+                spec: big,
+                expected_version: 0,
+                now_ms: 1,
+            },
+            Command::ScaleService {
+                service: "web".into(),
+                replicas: -1,
+                expected_version: 0,
+                now_ms: 1,
+            },
+            Command::UpdateNode {
+                id: "n1".into(),
+                availability: None,
+                labels: None,
+                expected_version: 0,
+            },
+        ];
+        for cmd in cmds {
+            let once = Command::Once {
+                request_id: "r".into(),
+                cmd: Box::new(cmd.clone()),
+            };
+            assert!(
+                matches!(once.precheck(), Err(StateError::InvalidArgument { .. })),
+                "{cmd:?}"
+            );
+        }
+        assert!(create("s2", "api", 1).precheck().is_ok());
     }
 
     #[test]

@@ -409,6 +409,7 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
 /// client that retries through another manager passes its own id (`request_id`) for the
 /// same effect.
 pub async fn write(m: &Manager, cmd: Command, request_id: Option<String>) -> ApiResult<Outcome> {
+    cmd.precheck().map_err(ApiError::State)?;
     let request_id = request_id.unwrap_or_else(super::new_id);
     let cmd = if bugs::on(Bug::ApplyTwice) {
         cmd

@@ -274,3 +274,61 @@ pub fn manager_token(manager: &str, extra: &[&str]) -> String {
     assert!(out.status.success(), "join-token: {}", stderr(&out));
     stdout(&out).trim().to_string()
 }
+
+/// Managers as real processes: manager 1 on 127.0.0.1 with `cluster init`, managers 2..=n on
+/// 127.0.0.N with `manager join`, each awaited until every manager lists it as a voter.
+pub struct Cluster {
+    pub procs: Vec<ManagerProc>,
+    pub _tmp: tempfile::TempDir,
+}
+
+/// How long a cluster may take to form or to agree again.
+pub const FORM: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    pub fn form(n: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = (1..=n).map(|i| tmp.path().join(format!("m{i}"))).collect();
+        Self::form_in(tmp, dirs)
+    }
+
+    /// As `form`, with manager i's data dir at `dirs[i - 1]`.
+    pub fn form_in(tmp: tempfile::TempDir, dirs: Vec<PathBuf>) -> Cluster {
+        let first = ManagerProc::start(&dirs[0]);
+        let token = manager_token(&first.api, &[]);
+        let mut procs = vec![first];
+        for i in 2..=dirs.len() as u64 {
+            let leaders = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
+            procs.push(ManagerProc::join(
+                i,
+                i as u8,
+                &token,
+                &leaders,
+                &dirs[i as usize - 1],
+            ));
+            let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
+            wait_cluster(&apis, &(1..=i).collect::<Vec<_>>(), FORM);
+        }
+        Cluster { procs, _tmp: tmp }
+    }
+
+    pub fn api(&self, id: u64) -> &str {
+        &self.procs[id as usize - 1].api
+    }
+
+    pub fn apis_except(&self, dead: &[u64]) -> Vec<&str> {
+        (1..=self.procs.len() as u64)
+            .filter(|i| !dead.contains(i))
+            .map(|i| self.api(i))
+            .collect()
+    }
+
+    /// Every manager's API address, comma separated (a CLI `--manager` list).
+    pub fn all(&self) -> String {
+        self.apis_except(&[]).join(",")
+    }
+
+    pub fn others(&self, id: u64) -> Vec<u64> {
+        (1..=self.procs.len() as u64).filter(|i| *i != id).collect()
+    }
+}
