@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-# 112 seeds x 9 manager scenarios = 1,008 simulated runs, plus self-tests and pinned seeds;
+# 112 seeds x 12 manager scenarios = 1,344 simulated runs, plus self-tests and pinned seeds;
 # the worker scenarios (3 managers + 5 workers each, heavier) get 20 seeds x 5 = 100 runs.
 SIM_SEEDS=${SIM_SEEDS:-112}
 SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-20}
