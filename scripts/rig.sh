@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Test rig for the containerd runtime (issue #10): a private containerd and a loopback OCI
+# registry holding a busybox test image, all under one directory, torn down by `stop`.
+#
+#   eval "$(scripts/rig.sh start DIR)"   # prints WARREN_RIG_* variables to export
+#   scripts/rig.sh stop DIR              # kills what start started (by PID) and removes DIR
+#
+# Needs root and Debian's containerd, runc, docker-registry, umoci, skopeo, busybox-static
+# (installed here when missing). Nothing is downloaded but Debian's packages: the image is
+# built from /bin/busybox.
+set -euo pipefail
+cmd=${1:?usage: rig.sh start|stop DIR}
+dir=${2:?usage: rig.sh start|stop DIR}
+
+need_packages() {
+  local need=()
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v umoci >/dev/null || need+=(umoci)
+  command -v skopeo >/dev/null || need+=(skopeo)
+  [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
+  if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${need[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${need[@]}" >&2; }
+  fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits up to 20 s for "$@" to succeed.
+wait_for() {
+  for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "rig: timed out waiting for: $*" >&2
+  return 1
+}
+
+start() {
+  need_packages
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  # The registry, on a free loopback port, storing under DIR.
+  local port
+  port=$(free_port)
+  cat >"$dir/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/registry
+http:
+  addr: 127.0.0.1:$port
+EOF
+  docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+  echo $! >"$dir/registry.pid"
+  wait_for curl -sf "http://127.0.0.1:$port/v2/"
+
+  # A private containerd (its own root, state and socket).
+  mkdir -p "$dir/containerd"
+  containerd --root "$dir/containerd/root" --state "$dir/containerd/state" \
+    --address "$dir/containerd/containerd.sock" >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  wait_for ctr --address "$dir/containerd/containerd.sock" version
+
+  # The test image: busybox-static with sh, sleep and httpd, pushed to the registry.
+  local image="127.0.0.1:$port/busybox:test"
+  (
+    cd "$dir"
+    umoci init --layout oci >/dev/null
+    umoci new --image oci:bb >/dev/null
+    umoci unpack --rootless --image oci:bb bundle >/dev/null
+    mkdir -p bundle/rootfs/bin bundle/rootfs/www
+    cp /bin/busybox bundle/rootfs/bin/busybox
+    for app in sh sleep httpd echo cat ls true false; do ln -sf busybox "bundle/rootfs/bin/$app"; done
+    echo "hello from warren" >bundle/rootfs/www/index.html
+    umoci repack --image oci:bb bundle >/dev/null
+    umoci config --image oci:bb --config.cmd /bin/httpd --config.cmd -f --config.cmd -p \
+      --config.cmd 8000 --config.cmd -h --config.cmd /www --config.env PATH=/bin >/dev/null
+    skopeo copy -q --dest-tls-verify=false oci:oci:bb "docker://$image" >&2
+    rm -rf bundle oci
+  )
+  echo "export WARREN_RIG_DIR=$dir"
+  echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
+  echo "export WARREN_RIG_REGISTRY=127.0.0.1:$port"
+  echo "export WARREN_RIG_IMAGE=$image"
+}
+
+stop() {
+  [ -d "$dir" ] || return 0
+  for name in containerd registry; do
+    if [ -f "$dir/$name.pid" ]; then
+      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$(cat "$dir/$name.pid")" 2>/dev/null || true
+    fi
+  done
+  # containerd's mounts of snapshots and shim state, if any are left.
+  grep " $dir/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$dir"
+}
+
+case "$cmd" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: rig.sh start|stop DIR" >&2; exit 2 ;;
+esac
