@@ -188,3 +188,20 @@ fn a_database_restored_from_an_older_copy_is_refused() {
         &["older copy", "acknowledged writes", &dir.display().to_string()],
     );
 }
+
+/// The database deleted, the rest of the data dir left: refused, not a new cluster.
+#[test]
+fn a_deleted_database_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let (api, raft, db) = stopped_manager_with_services(&dir);
+    std::fs::remove_file(&db).unwrap();
+    expect_refusal(
+        &ManagerProc::init_args(&api, &raft, &dir),
+        &api,
+        &raft,
+        &dir,
+        &["database is gone", "manager remove"],
+    );
+    assert!(!db.exists(), "a refused start created a database");
+}

@@ -45,8 +45,6 @@ pub const MAX_QUOTED_BYTES: usize = 128;
 /// Bytes of one reply page (list calls, assignment pages); gRPC's default receive limit is
 /// 4 MiB and a page must stay well under it.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
-/// gRPC message size the API accepts and the clients and workers receive.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Open assignment streams per worker node (a worker needs one; reconnects overlap briefly).
 pub const MAX_STREAMS_PER_NODE: usize = 4;
 /// Open API connections per manager; more are closed at once.

@@ -163,6 +163,14 @@ pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
                     .with_context(|| format!("cannot read data dir {}", dir.display()))?
                     .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
                     .collect();
+                if entries.iter().any(|e| e == marker::MARKER_FILE) {
+                    bail!(
+                        "data dir {} holds {} but no {DB_FILE}: this manager's database is gone. \
+                         Remove the manager (`warren manager remove ID`), move the data dir aside, and join it again with a new id (docs/operations.md, \"Backup\")",
+                        dir.display(),
+                        marker::MARKER_FILE
+                    );
+                }
                 if !entries.is_empty() {
                     entries.sort();
                     entries.truncate(5);
