@@ -28,7 +28,8 @@ async fn the_api_refuses_what_the_cli_never_sends() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
-    create(&c, spec("web")).await.unwrap();
+    // No replicas: the orchestrator has nothing to write, so the log moves only by requests.
+    create(&c, pb::ServiceSpec { replicas: 0, ..spec("web") }).await.unwrap();
     let before = services(&m.api);
     let applied = |api: &str| info(api).unwrap()["last_applied"].as_u64().unwrap();
     let applied_before = applied(&m.api);
@@ -134,6 +135,51 @@ async fn the_api_refuses_what_the_cli_never_sends() {
         "refused input reached the Raft log"
     );
 
+    // Paging tokens no reply gave are refused.
+    let e = c
+        .call(|mut s| async move {
+            s.services
+                .list_services(pb::ListServicesRequest {
+                    page_token: "zzzz".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Bidirectional controls in label keys, env keys and values, constraint values.
+    for (what, bad) in [
+        (
+            "label key",
+            with(&|s| {
+                s.labels.insert("k\u{202e}x".into(), "v".into());
+            }),
+        ),
+        (
+            "env key",
+            with(&|s| {
+                s.env.insert("A\u{202e}".into(), "v".into());
+            }),
+        ),
+        (
+            "env value",
+            with(&|s| {
+                s.env.insert("A".into(), "\u{202e}v".into());
+            }),
+        ),
+        (
+            "constraint",
+            with(&|s| s.constraints = vec!["node.id==\u{202e}abc".into()]),
+        ),
+    ] {
+        assert_eq!(
+            create(&c, bad).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{what}"
+        );
+    }
+
     // Nodes: an UpdateNode with nothing to change, bad labels; a bad address at register.
     let wtoken = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))
         .trim()
@@ -185,6 +231,52 @@ async fn the_api_refuses_what_the_cli_never_sends() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert_eq!(version(&c).await, v0, "a refused update bumped the version");
 
+    // A heartbeat carrying a 4 MB task message (or too many reports) is refused before the
+    // Raft log.
+    let applied_before = applied(&m.api);
+    for (what, changes) in [
+        (
+            "4 MB message",
+            vec![pb::TaskStatusReport {
+                task_id: "t1".into(),
+                state: pb::TaskState::Running as i32,
+                message: "m".repeat((4 << 20) - 300),
+                ..Default::default()
+            }],
+        ),
+        (
+            "too many reports",
+            (0..300)
+                .map(|i| pb::TaskStatusReport {
+                    task_id: format!("t{i}"),
+                    state: pb::TaskState::Running as i32,
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    ] {
+        let e = c
+            .call(|mut s| {
+                let changes = changes.clone();
+                async move {
+                    s.nodes
+                        .heartbeat(pb::HeartbeatRequest {
+                            node_id: "n1".into(),
+                            changes,
+                        })
+                        .await
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e}");
+    }
+    assert_eq!(
+        applied(&m.api),
+        applied_before,
+        "a refused heartbeat reached the Raft log"
+    );
+
     // A bad request id header is refused; a retry under the same id applies once.
     let send = |rid: &'static str| {
         let c = &c;
@@ -201,6 +293,41 @@ async fn the_api_refuses_what_the_cli_never_sends() {
         }
     };
     assert_eq!(send("bad id!").await.unwrap_err().code(), Code::InvalidArgument);
+    // The same id with a different request: refused, and the first request's answer is not
+    // handed out as this one's.
+    let reuse = c
+        .call(|mut s| async move {
+            let mut r = tonic::Request::new(pb::CreateServiceRequest {
+                spec: Some(spec("reused")),
+            });
+            r.metadata_mut()
+                .insert("x-warren-request-id", "taken-1".parse().unwrap());
+            let _ = s.services.create_service(r).await;
+            let mut r = tonic::Request::new(pb::ScaleServiceRequest {
+                service: "reused".into(),
+                replicas: 3,
+                expected_version: 0,
+            });
+            r.metadata_mut()
+                .insert("x-warren-request-id", "taken-1".parse().unwrap());
+            s.services.scale_service(r).await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::FailedPrecondition, "{reuse}");
+    assert!(
+        reuse.to_string().contains("already used for a different request"),
+        "{reuse}"
+    );
+    c.call(|mut s| async move {
+        s.services
+            .delete_service(pb::DeleteServiceRequest {
+                service: "reused".into(),
+            })
+            .await
+    })
+    .await
+    .unwrap();
     assert_eq!(services(&m.api), before, "a refused request changed something");
     let first = send("retry-1").await.unwrap();
     let again = send("retry-1")

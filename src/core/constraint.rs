@@ -40,7 +40,11 @@ impl Constraint {
         if value.is_empty() {
             return Err(bad("has no value"));
         }
-        if value.contains(['=', '!']) || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if value.contains(['=', '!'])
+            || value
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || super::validate::is_bidi(c))
+        {
             return Err(bad(&format!(
                 "has a value {value:?} with '=', '!', whitespace or control characters"
             )));

@@ -26,6 +26,11 @@ pub const MAX_SPEC_BYTES: usize = 96 * 1024;
 /// Restart delay and stop timeout (Docker has no bound; a day and an hour are generous).
 pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_STOP_TIMEOUT_MS: u64 = 3600 * 1000;
+/// Task reports in one worker heartbeat, and their fields (a worker sends more in later beats).
+pub const MAX_REPORTS_PER_HEARTBEAT: usize = 256;
+pub const MAX_TASK_ID_BYTES: usize = 64;
+pub const MAX_REPORT_MESSAGE_BYTES: usize = 1024;
+pub const MAX_CONTAINER_ID_BYTES: usize = 256;
 /// A node's address as a worker reports it (HOST:PORT or a host name).
 pub const MAX_NODE_ADDRESS_BYTES: usize = 256;
 /// Live (unexpired) join tokens per role; issue with --rotate to start over.

@@ -137,6 +137,10 @@ pub enum Command {
     /// of applying again (a second delete would answer NotFound for a delete that happened).
     Once {
         request_id: String,
+        /// A digest of the request as the client sent it (method and body; 0 for ids a
+        /// manager made up): an id reused for a different request is refused instead of
+        /// answered with the first request's outcome.
+        fingerprint: u64,
         cmd: Box<Command>,
     },
     /// First entry of a new cluster: fixes its id.
@@ -245,7 +249,7 @@ pub struct ClusterState {
     pub tasks: BTreeMap<String, Task>,
     pub join_tokens: Vec<JoinTokenRecord>,
     /// Answers to recent `Command::Once` requests, by request id, and the order to forget them.
-    pub requests: BTreeMap<String, Remembered>,
+    pub requests: BTreeMap<String, (u64, Remembered)>,
     pub request_order: BTreeMap<u64, String>,
     /// Sum of `Remembered::cost` over `requests`.
     pub remembered_bytes: u64,
@@ -276,6 +280,7 @@ impl Command {
                 "nothing to change; pass --availability or --label",
             )),
             Command::UpdateNode { labels: Some(l), .. } => validate::labels("node labels", l),
+            Command::ReportTasks { reports, .. } => validate::task_reports(reports),
             _ => Ok(()),
         }
     }
@@ -313,14 +318,19 @@ impl ClusterState {
     /// so an error leaves the state exactly as it was.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<Outcome, StateError> {
         match command {
-            Command::Once { request_id, cmd } => {
-                if let Some(first) = self.requests.get(&request_id) {
-                    return self.answer_again(first);
+            Command::Once {
+                request_id,
+                fingerprint,
+                cmd,
+            } => {
+                if let Some(answer) = self.answer_for(&request_id, fingerprint) {
+                    return answer;
                 }
                 let answer = self.apply(index, *cmd);
                 let remembered = Remembered::of(&answer);
                 self.remembered_bytes += remembered.cost(&request_id);
-                self.requests.insert(request_id.clone(), remembered);
+                self.requests
+                    .insert(request_id.clone(), (fingerprint, remembered));
                 self.request_order.insert(index, request_id);
                 while self.request_order.len() > MAX_REMEMBERED_REQUESTS
                     || self.remembered_bytes > MAX_REMEMBERED_BYTES as u64
@@ -328,7 +338,7 @@ impl ClusterState {
                     let Some((_, oldest)) = self.request_order.pop_first() else {
                         break;
                     };
-                    if let Some(r) = self.requests.remove(&oldest) {
+                    if let Some((_, r)) = self.requests.remove(&oldest) {
                         self.remembered_bytes = self.remembered_bytes.saturating_sub(r.cost(&oldest));
                     }
                 }
@@ -556,6 +566,7 @@ impl ClusterState {
                 reports,
                 now_ms,
             } => {
+                validate::task_reports(&reports)?;
                 if !self.nodes.contains_key(&node_id) {
                     return Err(StateError::not_found("node", &node_id));
                 }
@@ -583,6 +594,20 @@ impl ClusterState {
                 Ok(Outcome::TasksChanged { applied, skipped })
             }
         }
+    }
+
+    /// The final answer for request `request_id`, if it was applied before: what it named,
+    /// as it is now; a refusal if the id came with a different request. `None` if the id is
+    /// new. Any manager may answer a retry from its applied state with this.
+    pub fn answer_for(&self, request_id: &str, fingerprint: u64) -> Option<Result<Outcome, StateError>> {
+        let (first_fingerprint, first) = self.requests.get(request_id)?;
+        if *first_fingerprint != fingerprint {
+            return Some(Err(StateError::FailedPrecondition(format!(
+                "request id {} was already used for a different request; send a new request with a new id",
+                cut(request_id)
+            ))));
+        }
+        Some(self.answer_again(first))
     }
 
     /// The answer for a request that was applied before: what it named, as it is now.
@@ -1132,6 +1157,7 @@ mod tests {
         let mut st = base();
         let del = |rid: &str| Command::Once {
             request_id: rid.into(),
+            fingerprint: 7,
             cmd: Box::new(Command::DeleteService {
                 service: "web".into(),
             }),
@@ -1157,6 +1183,7 @@ mod tests {
         for i in 0..(MAX_REMEMBERED_REQUESTS as u64 + 5) {
             let cmd = Command::Once {
                 request_id: format!("r{i}"),
+                fingerprint: 7,
                 cmd: Box::new(Command::DeleteService { service: "x".into() }),
             };
             let _ = st.apply(i + 1, cmd);
@@ -1164,7 +1191,7 @@ mod tests {
         assert_eq!(st.requests.len(), MAX_REMEMBERED_REQUESTS);
         assert_eq!(st.request_order.len(), MAX_REMEMBERED_REQUESTS);
         assert!(!st.requests.contains_key("r0") && st.requests.contains_key("r5"));
-        let total: u64 = st.requests.iter().map(|(k, r)| r.cost(k)).sum();
+        let total: u64 = st.requests.iter().map(|(k, (_, r))| r.cost(k)).sum();
         assert_eq!(total, st.remembered_bytes);
     }
 
@@ -1178,6 +1205,7 @@ mod tests {
         for i in 0..100u64 {
             let cmd = Command::Once {
                 request_id: format!("u{i}"),
+                fingerprint: 7,
                 cmd: Box::new(Command::UpdateService {
                     service: "web".into(),
                     spec: big.clone(),
@@ -1190,6 +1218,7 @@ mod tests {
         assert!(st.remembered_bytes < 100 * 200, "{} bytes", st.remembered_bytes);
         let again = Command::Once {
             request_id: "u0".into(),
+            fingerprint: 7,
             cmd: Box::new(Command::DeleteService {
                 service: "web".into(),
             }),
@@ -1202,6 +1231,7 @@ mod tests {
         for i in 0..20_000u64 {
             let cmd = Command::Once {
                 request_id: format!("{i:0>60}"),
+                fingerprint: 7,
                 cmd: Box::new(Command::DeleteService {
                     service: "n".repeat(100),
                 }),
@@ -1241,6 +1271,7 @@ mod tests {
         for cmd in cmds {
             let once = Command::Once {
                 request_id: "r".into(),
+                fingerprint: 7,
                 cmd: Box::new(cmd.clone()),
             };
             assert!(
@@ -1249,6 +1280,26 @@ mod tests {
             );
         }
         assert!(create("s2", "api", 1).precheck().is_ok());
+    }
+
+    #[test]
+    fn a_request_id_reused_for_another_request_is_refused() {
+        let mut st = base();
+        let once = |fingerprint: u64, cmd: Command| Command::Once {
+            request_id: "r".into(),
+            fingerprint,
+            cmd: Box::new(cmd),
+        };
+        st.apply(10, once(1, create("s2", "api", 1))).unwrap();
+        let before = st.clone();
+        // The same id with another request: refused, nothing changes.
+        let e = st.apply(11, once(2, create("s3", "other", 1))).unwrap_err();
+        assert!(matches!(e, StateError::FailedPrecondition(_)), "{e:?}");
+        assert_eq!(st, before);
+        // The same request again: the first answer.
+        assert!(
+            matches!(st.apply(12, once(1, create("s9", "api", 1))), Ok(Outcome::Service(s)) if s.id == "s2")
+        );
     }
 
     #[test]

@@ -113,8 +113,51 @@ pub fn image(image: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Task state reports a worker sends in a heartbeat: bounded count and field sizes.
+pub fn task_reports(reports: &[super::state::TaskReport]) -> Result<(), StateError> {
+    if reports.len() > MAX_REPORTS_PER_HEARTBEAT {
+        return Err(StateError::invalid(
+            "changes",
+            format!(
+                "{} task reports in one heartbeat; at most {MAX_REPORTS_PER_HEARTBEAT}",
+                reports.len()
+            ),
+        ));
+    }
+    for r in reports {
+        if r.task_id.is_empty() || r.task_id.len() > MAX_TASK_ID_BYTES {
+            return Err(StateError::invalid(
+                "task id",
+                format!(
+                    "{} is not a task id (1-{MAX_TASK_ID_BYTES} bytes)",
+                    quote(&r.task_id)
+                ),
+            ));
+        }
+        if r.message.len() > MAX_REPORT_MESSAGE_BYTES {
+            return Err(StateError::invalid(
+                "message",
+                format!(
+                    "{} bytes for task {}; at most {MAX_REPORT_MESSAGE_BYTES}",
+                    r.message.len(),
+                    quote(&r.task_id)
+                ),
+            ));
+        }
+        if r.container_id.len() > MAX_CONTAINER_ID_BYTES
+            || r.container_id.chars().any(|c| c.is_control() || is_bidi(c))
+        {
+            return Err(StateError::invalid(
+                "container id",
+                format!("{} is not a container id (at most {MAX_CONTAINER_ID_BYTES} bytes, no control characters)", quote(&r.container_id)),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Unicode bidirectional controls, which make text display differently from what it is.
-fn is_bidi(c: char) -> bool {
+pub fn is_bidi(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -131,7 +174,10 @@ pub fn env(spec: &ServiceSpec) -> Result<(), StateError> {
     }
     let mut total = 0;
     for (key, value) in &spec.env {
-        if key.is_empty() || key.contains('=') || has_nul_or_newline(key) || key.chars().any(char::is_control)
+        if key.is_empty()
+            || key.contains('=')
+            || has_nul_or_newline(key)
+            || key.chars().any(|c| c.is_control() || is_bidi(c))
         {
             return Err(StateError::invalid(
                 "env",
@@ -153,6 +199,15 @@ pub fn env(spec: &ServiceSpec) -> Result<(), StateError> {
                 "env",
                 format!(
                     "the value of {} contains a NUL byte, which no process environment can hold",
+                    quote(key)
+                ),
+            ));
+        }
+        if value.chars().any(is_bidi) {
+            return Err(StateError::invalid(
+                "env",
+                format!(
+                    "the value of {} contains a bidirectional control character, which makes it display as something else",
                     quote(key)
                 ),
             ));
@@ -183,7 +238,10 @@ pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Stat
         ));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.chars().any(|c| c.is_control() || c.is_whitespace() || c == '=') {
+        if k.is_empty()
+            || k.chars()
+                .any(|c| c.is_control() || is_bidi(c) || c.is_whitespace() || c == '=')
+        {
             return Err(StateError::invalid(
                 field,
                 format!("{} is not a valid label key: use a non-empty key without '=', whitespace or control characters", quote(k)),
@@ -195,7 +253,7 @@ pub fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Stat
                 format!("label {} is too long; keys may have {MAX_LABEL_KEY_BYTES} bytes, values {MAX_LABEL_VALUE_BYTES}", quote(k)),
             ));
         }
-        if v.chars().any(char::is_control) {
+        if v.chars().any(|c| c.is_control() || is_bidi(c)) {
             return Err(StateError::invalid(
                 field,
                 format!("the value of label {} contains control characters", quote(k)),

@@ -70,7 +70,9 @@ fn ok<T>(r: ApiResult<T>) -> Reply<T> {
 }
 
 fn unexpected(o: Outcome) -> ApiError {
-    ApiError::Internal(format!("unexpected state machine outcome {o:?}"))
+    // Details go to the log, not to the caller (they can be large and are internal).
+    tracing::error!(outcome = ?o, "unexpected state machine outcome");
+    ApiError::Internal("the cluster answered this request with an unexpected outcome (see the manager's log); it may have taken effect".into())
 }
 
 /// Most items one list page holds (and the page size when the caller asks for 0).
@@ -106,12 +108,20 @@ fn last_key(next: &str) -> String {
     format!("@{next}")
 }
 
-/// The range a page token selects: keys from the marked key on, or all.
-fn after(token: &str) -> std::ops::Bound<String> {
+/// The range a page token selects: keys from the marked key on, or all; a token no reply
+/// gave is refused.
+fn after(token: &str) -> Result<std::ops::Bound<String>, Status> {
     match token.strip_prefix('@') {
-        Some(k) => std::ops::Bound::Included(k.to_string()),
-        None if token.is_empty() => std::ops::Bound::Unbounded,
-        None => std::ops::Bound::Excluded(token.to_string()),
+        Some(k) => Ok(std::ops::Bound::Included(k.to_string())),
+        None if token.is_empty() => Ok(std::ops::Bound::Unbounded),
+        None => Err(ApiError::State(StateError::invalid(
+            "page_token",
+            format!(
+                "{} is not a page token; pass the next_page_token of the previous reply, or nothing",
+                core::limits::quote(token)
+            ),
+        ))
+        .into()),
     }
 }
 
@@ -119,8 +129,13 @@ fn after(token: &str) -> std::ops::Bound<String> {
 /// carry the same id, and the state machine applies it at most once.
 pub const REQUEST_ID_HEADER: &str = "x-warren-request-id";
 
-/// The client's request id, if it sent one (1-64 characters of letters, digits, '-', '_').
-fn request_id<T>(req: &Request<T>) -> Result<Option<String>, Status> {
+/// The client's request id, if it sent one (1-64 characters of letters, digits, '-', '_'),
+/// with a digest of `method` and the request body: the same id with another request is
+/// refused by the state machine rather than answered with the first one's outcome.
+fn request_id<T: prost::Message>(
+    method: &str,
+    req: &Request<T>,
+) -> Result<Option<super::leader::RequestId>, Status> {
     let Some(v) = req.metadata().get(REQUEST_ID_HEADER) else {
         return Ok(None);
     };
@@ -130,17 +145,27 @@ fn request_id<T>(req: &Request<T>) -> Result<Option<String>, Status> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     });
-    match ok {
-        Some(s) => Ok(Some(format!("client-{s}"))),
-        None => Err(ApiError::State(StateError::invalid(
+    let Some(id) = ok else {
+        return Err(ApiError::State(StateError::invalid(
             REQUEST_ID_HEADER,
             format!(
                 "use 1-{} letters, digits, '-' or '_'",
                 core::limits::MAX_REQUEST_ID_BYTES
             ),
         ))
-        .into()),
-    }
+        .into());
+    };
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0]);
+    h.update(req.get_ref().encode_to_vec());
+    let digest = h.finalize();
+    let fingerprint = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1);
+    Ok(Some(super::leader::RequestId {
+        id: format!("client-{id}"),
+        fingerprint,
+    }))
 }
 
 fn not_found(kind: &str, name: &str) -> ApiError {
@@ -296,7 +321,11 @@ impl Api {
         }
     }
 
-    async fn write_service(&self, cmd: Command, rid: Option<String>) -> ApiResult<pb::Service> {
+    async fn write_service(
+        &self,
+        cmd: Command,
+        rid: Option<super::leader::RequestId>,
+    ) -> ApiResult<pb::Service> {
         match self.m.write_once(cmd, rid).await? {
             Outcome::Service(s) => Ok(service_to_pb(&s)),
             o => Err(unexpected(o)),
@@ -307,7 +336,7 @@ impl Api {
 #[tonic::async_trait]
 impl ServiceService for Api {
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
-        let rid = request_id(&req)?;
+        let rid = request_id("create_service", &req)?;
         let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default()).map_err(ApiError::State)?;
         let id = super::new_id();
         let span = tracing::info_span!("create_service", service_id = %id, name = %spec.name);
@@ -330,11 +359,12 @@ impl ServiceService for Api {
 
     async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Reply<pb::ListServicesResponse> {
         let req = req.into_inner();
+        let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
         let (services, next_page_token) = self.read(|st| {
             let by_name = st
                 .service_names
-                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .range((from.clone(), std::ops::Bound::Unbounded))
                 .filter_map(|(name, id)| st.services.get(id).map(|s| (name.as_str(), service_to_pb(s))));
             page(by_name, req.page_size)
         });
@@ -345,7 +375,7 @@ impl ServiceService for Api {
     }
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
-        let rid = request_id(&req)?;
+        let rid = request_id("update_service", &req)?;
         let req = req.into_inner();
         let spec = spec_from_pb(req.spec.unwrap_or_default()).map_err(ApiError::State)?;
         ok(self
@@ -362,7 +392,7 @@ impl ServiceService for Api {
     }
 
     async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Reply<pb::Service> {
-        let rid = request_id(&req)?;
+        let rid = request_id("scale_service", &req)?;
         let req = req.into_inner();
         ok(self
             .write_service(
@@ -381,7 +411,7 @@ impl ServiceService for Api {
         &self,
         req: Request<pb::DeleteServiceRequest>,
     ) -> Reply<pb::DeleteServiceResponse> {
-        let rid = request_id(&req)?;
+        let rid = request_id("delete_service", &req)?;
         let req = req.into_inner();
         ok(
             match self
@@ -456,6 +486,9 @@ impl NodeService for Api {
                 container_id: c.container_id,
             });
         }
+        // Bounded here, before anything is forwarded or logged (a 4 MB message once became
+        // a 4 MB Raft entry per heartbeat).
+        core::validate::task_reports(&reports).map_err(ApiError::State)?;
         let op = LeaderOp::Heartbeat {
             node_id: req.node_id,
             reports,
@@ -473,11 +506,12 @@ impl NodeService for Api {
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
         let req = req.into_inner();
+        let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
         let (nodes, next_page_token) = self.read(|st| {
             let nodes = st
                 .nodes
-                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .range((from.clone(), std::ops::Bound::Unbounded))
                 .map(|(id, n)| (id.as_str(), node_to_pb(n)));
             page(nodes, req.page_size)
         });
@@ -496,7 +530,7 @@ impl NodeService for Api {
     }
 
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::Node> {
-        let rid = request_id(&req)?;
+        let rid = request_id("update_node", &req)?;
         let req = req.into_inner();
         let availability = match pb::NodeAvailability::try_from(req.availability) {
             Ok(pb::NodeAvailability::Active) => Some(core::Availability::Active),
@@ -525,7 +559,7 @@ impl NodeService for Api {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::RemoveNodeResponse> {
-        let rid = request_id(&req)?;
+        let rid = request_id("remove_node", &req)?;
         let req = req.into_inner();
         ok(self
             .m
@@ -635,6 +669,7 @@ impl TaskService for Api {
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
         let req = req.into_inner();
+        let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
         let service_id = if req.service.is_empty() {
             None
@@ -647,7 +682,7 @@ impl TaskService for Api {
         let (tasks, next_page_token) = self.read(|st| {
             let tasks = st
                 .tasks
-                .range((after(&req.page_token), std::ops::Bound::Unbounded))
+                .range((from.clone(), std::ops::Bound::Unbounded))
                 .filter(|(_, t)| service_id.as_ref().is_none_or(|s| &t.service_id == s))
                 .filter(|(_, t)| req.node_id.is_empty() || t.node_id == req.node_id)
                 .map(|(id, t)| (id.as_str(), task_to_pb(st, t, false)));

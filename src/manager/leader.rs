@@ -404,18 +404,34 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
     }
 }
 
+/// A client's request id and a digest of the request it came with.
+#[derive(Clone, Debug)]
+pub struct RequestId {
+    pub id: String,
+    pub fingerprint: u64,
+}
+
 /// Proposes `cmd` and returns the state machine's answer. Retries (across elections, after
 /// a lost answer) carry the same request id, so the command takes effect at most once; a
 /// client that retries through another manager passes its own id (`request_id`) for the
 /// same effect.
-pub async fn write(m: &Manager, cmd: Command, request_id: Option<String>) -> ApiResult<Outcome> {
+pub async fn write(m: &Manager, cmd: Command, request: Option<RequestId>) -> ApiResult<Outcome> {
     cmd.precheck().map_err(ApiError::State)?;
-    let request_id = request_id.unwrap_or_else(super::new_id);
+    let RequestId { id, fingerprint } = request.unwrap_or_else(|| RequestId {
+        id: super::new_id(),
+        fingerprint: 0,
+    });
+    // A retry whose first attempt this manager has already applied: answer from here,
+    // without another log entry.
+    if let Some(answer) = m.state.read().unwrap().state.answer_for(&id, fingerprint) {
+        return answer.map_err(ApiError::State);
+    }
     let cmd = if bugs::on(Bug::ApplyTwice) {
         cmd
     } else {
         Command::Once {
-            request_id,
+            request_id: id,
+            fingerprint,
             cmd: Box::new(cmd),
         }
     };

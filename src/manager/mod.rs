@@ -484,9 +484,9 @@ impl Manager {
     pub async fn write_once(
         &self,
         cmd: Command,
-        request_id: Option<String>,
+        request: Option<leader::RequestId>,
     ) -> ApiResult<crate::core::Outcome> {
-        leader::write(self, cmd, request_id).await
+        leader::write(self, cmd, request).await
     }
 
     /// When this manager leads by openraft's account but a quorum of voters has not
@@ -521,7 +521,7 @@ impl Manager {
             .map(|v| v.to_string())
             .collect();
         Some(format!(
-            "manager {} led term {} but no quorum of the {} managers has answered it for {} ms, so it takes no writes (managers it reaches: {}); a leader may exist on the other side of a partition: ask another manager, or check the network between managers",
+            "manager {} led term {} but no quorum of the {} managers has answered it for {} ms, so it takes no writes (managers heard from in the last 3 s: {}); a leader may exist on the other side of a partition: ask another manager, or check the network between managers",
             self.id,
             metrics.current_term,
             voters.len(),

@@ -279,6 +279,7 @@ async fn watch_assignments(
     tx: tokio::sync::watch::Sender<Option<Vec<pb::Task>>>,
 ) {
     let silence = Duration::from_millis(STREAM_SILENCE_MS);
+    let mut last_refusal: Option<String> = None;
     loop {
         let req = pb::WatchAssignmentsRequest {
             node_id: node_id.clone(),
@@ -295,7 +296,14 @@ async fn watch_assignments(
         let mut stream = match opened {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                debug!(error = %e, "assignment stream not opened; retrying");
+                // A refusal (no such node, too many streams for it) is not a blip: say it,
+                // once per different answer.
+                if e.code() != tonic::Code::Unavailable && last_refusal.as_deref() != Some(&e.to_string()) {
+                    warn!(code = ?e.code(), error = %e, "the managers refused the assignment stream; retrying");
+                    last_refusal = Some(e.to_string());
+                } else {
+                    debug!(error = %e, "assignment stream not opened; retrying");
+                }
                 client.rotate();
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
@@ -306,6 +314,7 @@ async fn watch_assignments(
             }
         };
         debug!("assignment stream open");
+        last_refusal = None;
         // A full set may come in several pages (`more`); it counts once complete.
         let mut partial: Vec<pb::Task> = Vec::new();
         loop {
@@ -323,6 +332,7 @@ async fn watch_assignments(
                     // undecodable): say so loudly, it will not fix itself.
                     tracing::error!(code = ?status.code(), error = %status.message(), "assignment stream failed; moving to another manager");
                     client.rotate();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
                 Ok(Ok(None)) | Err(_) => {
@@ -340,10 +350,14 @@ async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<
     let mut interval_ms = 1_000;
     let mut send_all = true;
     loop {
-        let changes: Vec<pb::TaskStatusReport> = {
+        // At most MAX_REPORTS_PER_HEARTBEAT a beat (the managers refuse more); the rest go
+        // in the next beats.
+        let (changes, rest): (Vec<pb::TaskStatusReport>, Vec<pb::TaskStatusReport>) = {
             let sh = shared.lock().unwrap();
             let src = if send_all { &sh.all } else { &sh.pending };
-            src.values().cloned().collect()
+            let mut all: Vec<pb::TaskStatusReport> = src.values().cloned().collect();
+            let rest = all.split_off(all.len().min(crate::core::limits::MAX_REPORTS_PER_HEARTBEAT));
+            (all, rest)
         };
         let req = pb::HeartbeatRequest {
             node_id: node_id.clone(),
@@ -369,6 +383,9 @@ async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<
                     if sh.pending.get(&c.task_id) == Some(c) {
                         sh.pending.remove(&c.task_id);
                     }
+                }
+                for r in rest {
+                    sh.pending.entry(r.task_id.clone()).or_insert(r);
                 }
                 send_all = false;
                 if resp.next_heartbeat_ms > 0 {
@@ -397,6 +414,19 @@ async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<
     }
 }
 
+/// A task message as the managers accept it (at most `MAX_REPORT_MESSAGE_BYTES`).
+fn cut_message(m: &str) -> String {
+    let max = crate::core::limits::MAX_REPORT_MESSAGE_BYTES;
+    if m.len() <= max {
+        return m.to_string();
+    }
+    let mut end = max - 3;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &m[..end])
+}
+
 struct Agent {
     runtime: Arc<dyn ContainerRuntime>,
     shared: Arc<Mutex<Shared>>,
@@ -408,7 +438,7 @@ fn report_of(t: &LocalTask) -> pb::TaskStatusReport {
     pb::TaskStatusReport {
         task_id: t.id.clone(),
         state: task_state_to_pb(t.state) as i32,
-        message: t.message.clone(),
+        message: cut_message(&t.message),
         exit_code: t.exit_code,
         container_id: t.container_id.clone(),
     }
