@@ -29,7 +29,15 @@ async fn the_api_refuses_what_the_cli_never_sends() {
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
     // No replicas: the orchestrator has nothing to write, so the log moves only by requests.
-    create(&c, pb::ServiceSpec { replicas: 0, ..spec("web") }).await.unwrap();
+    create(
+        &c,
+        pb::ServiceSpec {
+            replicas: 0,
+            ..spec("web")
+        },
+    )
+    .await
+    .unwrap();
     let before = services(&m.api);
     let applied = |api: &str| info(api).unwrap()["last_applied"].as_u64().unwrap();
     let applied_before = applied(&m.api);
