@@ -57,16 +57,34 @@ pub const MAX_API_CONNECTIONS: usize = 4096;
 /// A new connection must complete its HTTP/2 preface within this long.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `text` cut to `MAX_QUOTED_BYTES` for an error that names it, with its length when cut (a
+/// 20,000-character name must not come back whole: the reply would outgrow what a client
+/// accepts).
+pub fn cut(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_string();
+    }
+    format!("{}... ({} bytes)", prefix(text, MAX_QUOTED_BYTES), text.len())
+}
+
 /// `text` quoted for an error message: at most `MAX_QUOTED_BYTES`, with a note of the length.
 pub fn quote(text: &str) -> String {
     if text.len() <= MAX_QUOTED_BYTES {
         return format!("{text:?}");
     }
-    let mut end = MAX_QUOTED_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}... ({} bytes)", &text[..end], text.len())
+    format!("{:?}... ({} bytes)", prefix(text, MAX_QUOTED_BYTES), text.len())
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 //! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
 
 use super::limits::{
-    MAX_LIVE_TOKENS_PER_ROLE, MAX_QUOTED_BYTES, MAX_REMEMBERED_BYTES, MAX_REMEMBERED_REQUESTS,
-    MAX_TOKEN_TTL_MS,
+    MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES, MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS,
 };
 use super::model::*;
 use super::reconciler::TaskChange;
@@ -60,18 +59,7 @@ impl StateError {
     }
 }
 
-/// `text` cut to `MAX_QUOTED_BYTES` for an error that names it (a 20,000-character name must
-/// not come back whole in the error: the reply would outgrow what a client accepts).
-pub fn cut(text: &str) -> String {
-    if text.len() <= MAX_QUOTED_BYTES {
-        return text.to_string();
-    }
-    let mut end = MAX_QUOTED_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len())
-}
+pub use super::limits::cut;
 
 /// What a retried request needs to get its first answer back: the kind of outcome and the
 /// ids it names, never a whole spec (a table of whole results held gigabytes).

@@ -612,16 +612,7 @@ impl ClusterService for Api {
             now_ms: now,
         };
         self.m.write(cmd).await?;
-        let managers: Vec<String> = self
-            .m
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.api_addr.clone())
-            .collect();
+        let managers: Vec<String> = self.m.members().into_values().map(|n| n.api_addr).collect();
         let join_command = match role {
             core::Role::Manager => format!(
                 "warren manager join --token {text} --leader {} --node-id <ID> --api-addr <HOST:PORT> --bind-addr <HOST:PORT> --data-dir <DIR>",

@@ -530,6 +530,17 @@ impl Manager {
         ))
     }
 
+    /// The Raft membership as this manager knows it: every member (voters and learners).
+    pub fn members(&self) -> BTreeMap<NodeId, ManagerNode> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
     /// Who leads, as this manager sees it, for an error message.
     pub fn leader_description(&self) -> String {
         let metrics = self.raft.metrics().borrow().clone();

@@ -101,16 +101,7 @@ impl RaftService for RaftRpc {
 
     /// Answers with this manager's members, so a peer that missed a join learns of it.
     async fn ping(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let members: std::collections::BTreeSet<NodeId> = self
-            .m
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members: std::collections::BTreeSet<NodeId> = self.m.members().into_keys().collect();
         Ok(Response::new(encode(&members)))
     }
 }

@@ -251,9 +251,17 @@ impl LogStore {
             .map(|(k, _)| k.value())
             .unwrap_or(0);
         let purged = self.meta_get::<LogId<NodeId>>(KEY_PURGED)?.map_or(0, |l| l.index);
-        let snapshot = read_snapshot(&self.db, &self.path)?
-            .and_then(|(m, _)| m.last_log_id)
-            .map_or(0, |l| l.index);
+        // The snapshot's metadata only: its data can be the whole state.
+        let snapshot = {
+            let t = tx.open_table(SNAPSHOT).map_err(any)?;
+            match t.get(KEY_SNAPSHOT_META).map_err(any)? {
+                Some(v) => codec::unseal::<SnapshotMeta<NodeId, ManagerNode>>(v.value())
+                    .map_err(|e| corrupt(&self.path, "the snapshot's metadata", e))?
+                    .last_log_id
+                    .map_or(0, |l| l.index),
+                None => 0,
+            }
+        };
         Ok(last_log.max(purged).max(snapshot))
     }
 

@@ -420,11 +420,7 @@ fn cut_message(m: &str) -> String {
     if m.len() <= max {
         return m.to_string();
     }
-    let mut end = max - 3;
-    while !m.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &m[..end])
+    format!("{}...", crate::core::limits::prefix(m, max - 3))
 }
 
 struct Agent {
