@@ -228,6 +228,7 @@ impl Cluster {
             "--cpus=4".into(),
             "--memory=8GiB".into(),
             format!("--label=rack=r{}", i % 2),
+            "--runtime=sim".into(),
         ];
         args.extend(flags.iter().map(|f| f.to_string()));
         let node = self

@@ -182,13 +182,7 @@ async fn cut_off_worker_restarts_failed_tasks_itself() {
 }
 
 async fn restarts_of(rt: &SimRuntime, task: &str) -> usize {
-    use warren::worker::runtime::ContainerRuntime;
-    rt.list()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|(_, t, _)| t == task)
-        .count()
+    rt.starts(task)
 }
 
 /// The leader dies during a scale-up to 500: tasks converge with unique ids, each on one node.

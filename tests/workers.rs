@@ -34,7 +34,7 @@ impl WorkerProc {
             "--data-dir",
         ])
         .arg(data_dir)
-        .args(["--cpus", "2", "--memory", "1GiB"])
+        .args(["--cpus", "2", "--memory", "1GiB", "--runtime", "sim"])
         .args(extra)
         .env_remove("WARREN_TOKEN")
         .stdout(Stdio::null())

@@ -355,14 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Worker(WorkerCmd::Start(mut opts)) => {
             opts.managers = cli.manager.clone();
             let capacity = host_capacity(&opts);
-            let runtime: std::sync::Arc<dyn crate::worker::runtime::ContainerRuntime> = match opts.runtime {
-                crate::worker::RuntimeKind::Sim => {
-                    tracing::warn!(
-                        "--runtime sim: tasks run in an in-memory simulated runtime, not as real containers"
-                    );
-                    std::sync::Arc::new(crate::worker::sim_runtime::SimRuntime::default())
-                }
-            };
+            let runtime = crate::worker::open_runtime(&opts).await?;
             crate::worker::start(opts, capacity, runtime, shutdown_signal()).await
         }
         Cmd::Node(cmd) => node(client()?, out, cmd).await,

@@ -5,6 +5,8 @@
 //! local state survives its own restart. Desired state always comes from the managers once
 //! they are reachable again.
 
+#[cfg(not(madsim))]
+pub mod containerd;
 pub mod local;
 pub mod runtime;
 pub mod sim_runtime;
@@ -31,13 +33,16 @@ pub const TICK_MS: u64 = 200;
 /// keep-alive every 2 s).
 pub const STREAM_SILENCE_MS: u64 = 5_000;
 const HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
+/// How often the agent removes containers no task of its own holds.
+const SWEEP_MS: u64 = 60_000;
 const REGISTER_DEADLINE_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {
-    /// In-memory simulated containers (for trying Warren out and for tests); containerd
-    /// support arrives in a later release.
+    /// Real containers through containerd.
     #[default]
+    Containerd,
+    /// In-memory simulated containers (for labs and tests): nothing really runs.
     Sim,
 }
 
@@ -67,8 +72,23 @@ pub struct WorkerOpts {
     /// Address this worker is reachable at (shown in `node ls`).
     #[arg(long, default_value = "")]
     pub address: String,
-    #[arg(long, value_enum, default_value_t = RuntimeKind::Sim)]
+    /// What runs the containers.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Containerd)]
     pub runtime: RuntimeKind,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace holding this worker's containers (one per worker on a shared
+    /// containerd).
+    #[arg(long, default_value = "warren")]
+    pub containerd_namespace: String,
+    /// Docker-style config.json with registry credentials (its "auths" map).
+    #[arg(long)]
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registry host (HOST or HOST:PORT) to reach over plain HTTP; repeatable. Others use
+    /// HTTPS.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
     /// With no heartbeat answered for this long, the worker restarts failed tasks itself.
     #[arg(long, default_value_t = 3_000)]
     pub autonomy_after_ms: u64,
@@ -109,6 +129,39 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// The runtime `--runtime` names, connected and checked (a missing or silent containerd is
+/// an error naming what to do, not a hang).
+pub async fn open_runtime(opts: &WorkerOpts) -> anyhow::Result<Arc<dyn ContainerRuntime>> {
+    match opts.runtime {
+        RuntimeKind::Sim => {
+            warn!("--runtime sim: tasks run in an in-memory simulated runtime, not as real containers");
+            Ok(Arc::new(sim_runtime::SimRuntime::default()))
+        }
+        #[cfg(not(madsim))]
+        RuntimeKind::Containerd => {
+            let credentials = match &opts.registry_auth_file {
+                Some(p) => containerd::auth::Credentials::load(p)?,
+                None => Default::default(),
+            };
+            let rt = containerd::ContainerdRuntime::connect(containerd::ContainerdOpts {
+                socket: opts.containerd_socket.clone(),
+                namespace: opts.containerd_namespace.clone(),
+                node_id: opts.node_id.clone(),
+                logs_dir: opts.data_dir.join("logs"),
+                registry: containerd::pull::RegistryOpts {
+                    insecure: opts.insecure_registries.clone(),
+                    credentials,
+                },
+                cgroup_parent: "/warren".into(),
+            })
+            .await?;
+            Ok(rt)
+        }
+        #[cfg(madsim)]
+        RuntimeKind::Containerd => bail!("the simulator has no containerd; use --runtime sim"),
     }
 }
 
@@ -201,11 +254,17 @@ pub async fn start(
             saved: local.clone(),
         };
         // Until the managers tell us otherwise, keep what we ran.
+        agent.sweep(&local, true).await;
         agent.publish(&local);
+        let mut last_sweep = Instant::now();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let desired = assign_rx.borrow_and_update().clone();
             agent.tick(&mut local, desired.as_deref()).await;
+            if last_sweep.elapsed() >= Duration::from_millis(SWEEP_MS) {
+                agent.sweep(&local, false).await;
+                last_sweep = Instant::now();
+            }
             if agent.saved != local {
                 if let Err(e) = local::save(&opts.data_dir, &local) {
                     error!(error = %format!("{e:#}"), "cannot save local state");
@@ -468,6 +527,43 @@ impl Agent {
         self.publish(local);
     }
 
+    /// Adopts the runtime's containers that belong to this worker's tasks (same task, same
+    /// container: left running) and stops and removes the others. Run at start and every
+    /// `SWEEP_MS`, so that what a failed removal left behind does not stay.
+    async fn sweep(&self, local: &LocalState, at_start: bool) {
+        let listed = match self.runtime.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list the runtime's containers; will try again");
+                return;
+            }
+        };
+        let mut adopted = 0;
+        for c in listed {
+            let ours = local
+                .tasks
+                .get(&c.task_id)
+                .is_some_and(|t| t.container_id == c.container_id);
+            if ours {
+                adopted += 1;
+                continue;
+            }
+            info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
+            if !c.status.is_exited() {
+                if let Err(e) = self.runtime.stop(&c.container_id, Duration::from_secs(10)).await {
+                    warn!(container = %c.container_id, error = %e, "cannot stop it");
+                    continue;
+                }
+            }
+            if let Err(e) = self.runtime.remove(&c.container_id).await {
+                warn!(container = %c.container_id, error = %e, "cannot remove it");
+            }
+        }
+        if at_start && adopted > 0 {
+            info!(adopted, "adopted running containers (not restarted)");
+        }
+    }
+
     /// Notices exits; restarts locally when cut off from the managers.
     async fn watch_containers(&mut self, local: &mut LocalState) {
         let (connected, decided) = {
@@ -497,7 +593,7 @@ impl Agent {
                 ContainerStatus::Starting => (TaskState::Starting, 0),
                 ContainerStatus::Running => (TaskState::Running, 0),
                 ContainerStatus::Exited(0) => (TaskState::Complete, 0),
-                ContainerStatus::Exited(c) => (TaskState::Failed, c),
+                ContainerStatus::Exited(c) | ContainerStatus::OomKilled(c) => (TaskState::Failed, c),
             };
             if state == t.state {
                 continue;
@@ -509,6 +605,11 @@ impl Agent {
                     format!(
                         "container {} is gone (the runtime lost it, e.g. it restarted)",
                         t.container_id
+                    )
+                } else if matches!(status, ContainerStatus::OomKilled(_)) {
+                    format!(
+                        "killed for going over its memory limit of {} bytes (OOM), exit code {code}",
+                        t.spec.resources.limits.memory_bytes
                     )
                 } else {
                     format!("exited with code {code}")
@@ -620,6 +721,14 @@ impl Agent {
             if !t.state.is_terminal() {
                 info!(task = %id, "task no longer assigned here; stopping it");
                 self.stop(&mut t).await;
+            }
+            if !t.container_id.is_empty() {
+                // Left behind on failure: the next sweep removes what no task owns.
+                if let Err(e) = self.runtime.remove(&t.container_id).await {
+                    if !matches!(e, RuntimeError::NotFound(_)) {
+                        debug!(task = %id, error = %e, "could not remove the container yet");
+                    }
+                }
             }
             let mut sh = self.shared.lock().unwrap();
             sh.all.remove(&id);

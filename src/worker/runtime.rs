@@ -1,6 +1,7 @@
-//! The seam between the worker agent and whatever runs containers. containerd implements it
-//! in a later release; `SimRuntime` (in `sim_runtime.rs`) serves the simulator, unit tests
-//! and `warren worker start --runtime sim`.
+//! The seam between the worker agent and whatever runs containers: containerd in production
+//! (`containerd/`, not built under madsim), `SimRuntime` (`sim_runtime.rs`) in the simulator,
+//! unit tests and `warren worker start --runtime sim`. Both pass the same contract suite
+//! (`contract.rs`), so the simulator's runtime cannot drift from the real one.
 
 use crate::core::ServiceSpec;
 use std::time::Duration;
@@ -10,13 +11,26 @@ pub enum ContainerStatus {
     Starting,
     Running,
     Exited(i32),
+    /// Killed by the kernel for going over its memory limit (exit code as reported).
+    OomKilled(i32),
+}
+
+impl ContainerStatus {
+    pub fn is_exited(self) -> bool {
+        matches!(self, ContainerStatus::Exited(_) | ContainerStatus::OomKilled(_))
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RuntimeError {
-    /// The image could not be pulled: the task is rejected.
+    /// The image could not be pulled (bad reference, unknown image, registry down, wrong
+    /// credentials, no matching platform): the task is rejected.
     #[error("pulling image {image}: {reason}")]
     Pull { image: String, reason: String },
+    /// The container could not be created or started (say its command does not exist in the
+    /// image): the task is rejected.
+    #[error("starting the container: {0}")]
+    Start(String),
     #[error("container {0} not found")]
     NotFound(String),
     /// The runtime itself is down; try again later.
@@ -24,14 +38,27 @@ pub enum RuntimeError {
     Unavailable(String),
 }
 
+/// One container of this worker, as the runtime lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub container_id: String,
+    pub task_id: String,
+    pub status: ContainerStatus,
+}
+
 #[tonic::async_trait]
 pub trait ContainerRuntime: Send + Sync {
+    /// Makes `image` available locally; concurrent pulls of one image pull it once.
     async fn pull(&self, image: &str) -> Result<(), RuntimeError>;
-    /// Creates and starts a container for `task_id`; returns its id.
+    /// Creates and starts a container for `task_id` (replacing one left from an earlier run
+    /// of the same task); returns its id.
     async fn start(&self, task_id: &str, spec: &ServiceSpec) -> Result<String, RuntimeError>;
-    /// Stops a container, killing it after `timeout`.
+    /// Stops a container: SIGTERM, SIGKILL after `timeout`. It stays listed (exited) until
+    /// removed.
     async fn stop(&self, container_id: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    /// Deletes an exited container and everything it held (its root filesystem, its logs).
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError>;
     async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError>;
-    /// Containers this runtime knows: (container id, task id, status).
-    async fn list(&self) -> Result<Vec<(String, String, ContainerStatus)>, RuntimeError>;
+    /// Every container this worker's runtime holds, running or exited.
+    async fn list(&self) -> Result<Vec<Listed>, RuntimeError>;
 }

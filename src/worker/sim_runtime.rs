@@ -4,12 +4,14 @@
 //!
 //! Knobs, global to the runtime (`SimKnobs`) or per service through its environment:
 //! - `WARREN_SIM_EXIT_AFTER_MS` / `WARREN_SIM_EXIT_CODE`: the container exits after that
-//!   long with that code (default 0);
+//!   long with that code (default 0); with `WARREN_SIM_OOM=1` it is reported killed for
+//!   going over its memory limit;
+//! - a command starting with `/nonexistent` fails to start (as a missing binary does);
 //! - images listed in `fail_pull` (or named `*-pullfail`) fail to pull;
 //! - `start_delay_ms`: a slow start (the container is `Starting` that long);
 //! - `crash()` / `recover()`: the runtime itself is down (every call fails) and back.
 
-use super::runtime::{ContainerRuntime, ContainerStatus, RuntimeError};
+use super::runtime::{ContainerRuntime, ContainerStatus, Listed, RuntimeError};
 use crate::core::ServiceSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ struct Container {
     started: Instant,
     start_delay: Duration,
     exit_after: Option<(Duration, i32)>,
+    oom: bool,
     stopped: Option<i32>,
 }
 
@@ -41,6 +44,9 @@ impl Container {
             return ContainerStatus::Starting;
         }
         match self.exit_after {
+            Some((after, code)) if age >= self.start_delay + after && self.oom => {
+                ContainerStatus::OomKilled(code)
+            }
             Some((after, code)) if age >= self.start_delay + after => ContainerStatus::Exited(code),
             _ => ContainerStatus::Running,
         }
@@ -53,6 +59,8 @@ struct Inner {
     crashed: bool,
     next_id: u64,
     containers: BTreeMap<String, Container>,
+    /// Containers started per task, ever (for checkers: local restarts).
+    starts: BTreeMap<String, usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -114,9 +122,20 @@ impl SimRuntime {
         inner
             .containers
             .values()
-            .filter(|c| !matches!(c.status(now), ContainerStatus::Exited(_)))
+            .filter(|c| !c.status(now).is_exited())
             .map(|c| c.task_id.clone())
             .collect()
+    }
+
+    /// How many containers were ever started for `task_id`.
+    pub fn starts(&self, task_id: &str) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .starts
+            .get(task_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn live(&self) -> Result<std::sync::MutexGuard<'_, Inner>, RuntimeError> {
@@ -147,6 +166,19 @@ impl ContainerRuntime for SimRuntime {
 
     async fn start(&self, task_id: &str, spec: &ServiceSpec) -> Result<String, RuntimeError> {
         let mut inner = self.live()?;
+        if spec
+            .command
+            .first()
+            .is_some_and(|c| c.starts_with("/nonexistent"))
+        {
+            return Err(RuntimeError::Start(format!(
+                "simulated: exec: {:?}: no such file or directory",
+                spec.command[0]
+            )));
+        }
+        // One container per task, as containerd keys them: an earlier one is replaced.
+        inner.containers.retain(|_, c| c.task_id != task_id);
+        *inner.starts.entry(task_id.to_string()).or_default() += 1;
         inner.next_id += 1;
         let id = format!("sim-{:06}", inner.next_id);
         let exit_after = env_u64(spec, "WARREN_SIM_EXIT_AFTER_MS").map(|ms| {
@@ -165,6 +197,7 @@ impl ContainerRuntime for SimRuntime {
                 started: Instant::now(),
                 start_delay,
                 exit_after,
+                oom: spec.env.get("WARREN_SIM_OOM").is_some_and(|v| v == "1"),
                 stopped: None,
             },
         );
@@ -191,13 +224,32 @@ impl ContainerRuntime for SimRuntime {
             .ok_or_else(|| RuntimeError::NotFound(container_id.to_string()))
     }
 
-    async fn list(&self) -> Result<Vec<(String, String, ContainerStatus)>, RuntimeError> {
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.live()?;
+        let now = Instant::now();
+        match inner.containers.get(container_id) {
+            None => Err(RuntimeError::NotFound(container_id.to_string())),
+            Some(c) if !c.status(now).is_exited() => Err(RuntimeError::Start(format!(
+                "container {container_id} is still running; stop it first"
+            ))),
+            Some(_) => {
+                inner.containers.remove(container_id);
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, RuntimeError> {
         let inner = self.live()?;
         let now = Instant::now();
         Ok(inner
             .containers
             .iter()
-            .map(|(id, c)| (id.clone(), c.task_id.clone(), c.status(now)))
+            .map(|(id, c)| Listed {
+                container_id: id.clone(),
+                task_id: c.task_id.clone(),
+                status: c.status(now),
+            })
             .collect())
     }
 }

@@ -1,0 +1,746 @@
+//! The production container runtime: containerd over its unix socket (production build
+//! only; madsim-tonic has no unix-socket connector, so the simulator uses `SimRuntime`).
+//!
+//! - Every container lives in one containerd namespace (`--containerd-namespace`, default
+//!   `warren`), its id is the task id, and it carries the label `warren.task-id`.
+//! - Status comes from containerd's task exit and OOM events, watched by one background
+//!   task that resubscribes when the stream drops and then reconciles against a list, so
+//!   no exit is missed; a call per container happens only for one this process has not
+//!   seen yet (say, adopted after the agent restarted).
+//! - stdout and stderr go straight from the shim to `DATA_DIR/logs/TASK.log` (so a
+//!   container never blocks on a stopped agent); the agent caps the file at
+//!   `LOG_MAX_BYTES`, keeping one older copy as `TASK.log.1`.
+
+pub mod auth;
+pub mod pull;
+pub mod spec;
+
+use super::runtime::{ContainerRuntime, ContainerStatus, Listed, RuntimeError};
+use crate::core::ServiceSpec;
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{
+    snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, events_client::EventsClient,
+    introspection_client::IntrospectionClient, namespaces_client::NamespacesClient,
+    tasks_client::TasksClient, version_client::VersionClient, Container, CreateContainerRequest,
+    CreateNamespaceRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetRequest,
+    KillRequest, ListContainersRequest, ListTasksRequest, Namespace, PluginsRequest, StartRequest,
+    SubscribeRequest, UpdateNamespaceRequest, WaitRequest,
+};
+use containerd_client::tonic::{self, transport::Channel, Request};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+pub const SNAPSHOTTER: &str = "overlayfs";
+const RUNC_SHIM: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub const LABEL_TASK: &str = "warren.task-id";
+pub const LABEL_SERVICE: &str = "warren.service";
+/// The worker (node id) a container belongs to: two workers sharing a containerd and a
+/// namespace never touch each other's containers.
+pub const LABEL_NODE: &str = "warren.node";
+/// containerd must answer at start within this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One call to containerd (creating a task forks a shim and runc: seconds on a slow host).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A task's log file is cut at this size (one older copy kept): 10 MiB + 10 MiB per task.
+pub const LOG_MAX_BYTES: u64 = 10 << 20;
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Grace after SIGKILL for the process to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Host files bind-mounted read-only into every container (host networking).
+const HOST_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts"];
+
+/// The containerd connection, with the namespace every request carries.
+#[derive(Clone)]
+pub struct Conn {
+    channel: Channel,
+    namespace: String,
+}
+
+impl Conn {
+    fn req<T>(&self, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            self.namespace.parse().expect("validated namespace"),
+        );
+        r.set_timeout(CALL_TIMEOUT);
+        r
+    }
+
+    fn leased<T>(&self, m: T, lease: &str) -> Request<T> {
+        let mut r = self.req(m);
+        r.metadata_mut()
+            .insert("containerd-lease", lease.parse().expect("ascii lease id"));
+        r
+    }
+}
+
+/// What starting a container needs from its image.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub defaults: spec::ImageDefaults,
+    /// The committed snapshot of the image's top layer.
+    pub top_chain: String,
+}
+
+/// containerd's answer as a runtime error: down (retry later), missing, or anything else.
+pub fn status_to_error(s: tonic::Status) -> RuntimeError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RuntimeError::Unavailable(format!("containerd: {}", s.message()))
+        }
+        tonic::Code::NotFound => RuntimeError::NotFound(s.message().to_string()),
+        _ => RuntimeError::Start(s.message().to_string()),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerdOpts {
+    pub socket: PathBuf,
+    pub namespace: String,
+    pub node_id: String,
+    /// Where task logs go (`DATA_DIR/logs`).
+    pub logs_dir: PathBuf,
+    pub registry: pull::RegistryOpts,
+    /// cgroup parent of every container (`/warren` → `/warren/TASK`).
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("containerd socket {0} does not exist: install and start containerd (Debian: apt-get install containerd), pass --containerd-socket PATH for one elsewhere, or --runtime sim to try Warren without containers")]
+    Missing(String),
+    #[error("cannot connect to containerd at {path}: {reason} (is containerd running? is this the right --containerd-socket?)")]
+    Unreachable { path: String, reason: String },
+    #[error(
+        "containerd at {0} did not answer within 5 s; check that it is healthy (`ctr --address {0} version`)"
+    )]
+    Silent(String),
+    #[error("--containerd-namespace {0:?} is not a valid namespace: use lowercase letters, digits, '-', '_' and '.', starting with a letter")]
+    Namespace(String),
+    #[error("cannot create log directory {path}: {source}")]
+    Logs { path: String, source: std::io::Error },
+}
+
+/// What the event watcher knows about each container.
+#[derive(Default)]
+struct Known {
+    status: HashMap<String, ContainerStatus>,
+    oom: HashSet<String>,
+}
+
+pub struct ContainerdRuntime {
+    conn: Conn,
+    puller: pull::Puller,
+    opts: ContainerdOpts,
+    /// Image as the service names it → what a start needs, filled by the first pull; the
+    /// async mutex makes concurrent tasks of one image pull it once.
+    images: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ImageInfo>>>>>,
+    known: Arc<Mutex<Known>>,
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 76
+        && ns.starts_with(|c: char| c.is_ascii_lowercase())
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+impl ContainerdRuntime {
+    /// Connects, checks containerd answers, creates the namespace and starts watching
+    /// events.
+    pub async fn connect(opts: ContainerdOpts) -> Result<Arc<Self>, ConnectError> {
+        let path = opts.socket.display().to_string();
+        if !valid_namespace(&opts.namespace) {
+            return Err(ConnectError::Namespace(opts.namespace.clone()));
+        }
+        if !opts.socket.exists() {
+            return Err(ConnectError::Missing(path));
+        }
+        let mut opts = opts;
+        // Absolute: the shim opens it from its own working directory.
+        opts.logs_dir = std::fs::create_dir_all(&opts.logs_dir)
+            .and_then(|()| std::fs::canonicalize(&opts.logs_dir))
+            .map_err(|source| ConnectError::Logs {
+                path: opts.logs_dir.display().to_string(),
+                source,
+            })?;
+        let channel =
+            match tokio::time::timeout(CONNECT_TIMEOUT, containerd_client::connect(&opts.socket)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(ConnectError::Unreachable {
+                        path,
+                        reason: std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
+                    })
+                }
+                Err(_) => return Err(ConnectError::Silent(path)),
+            };
+        let conn = Conn {
+            channel,
+            namespace: opts.namespace.clone(),
+        };
+        let mut vreq = Request::new(());
+        vreq.set_timeout(CONNECT_TIMEOUT);
+        let version = match VersionClient::new(conn.channel.clone()).version(vreq).await {
+            Ok(v) => v.into_inner().version,
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => return Err(ConnectError::Silent(path)),
+            Err(s) => {
+                return Err(ConnectError::Unreachable {
+                    path,
+                    reason: s.message().to_string(),
+                })
+            }
+        };
+        match NamespacesClient::new(conn.channel.clone())
+            .create(conn.req(CreateNamespaceRequest {
+                namespace: Some(Namespace {
+                    name: opts.namespace.clone(),
+                    labels: HashMap::new(),
+                }),
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => {
+                return Err(ConnectError::Unreachable {
+                    path,
+                    reason: format!("creating namespace {}: {}", opts.namespace, s.message()),
+                })
+            }
+        }
+        // Images are pulled on the client side on every version (containerd 1.6 has no
+        // Transfer service); say whether the daemon has one.
+        let transfer = IntrospectionClient::new(conn.channel.clone())
+            .plugins(conn.req(PluginsRequest {
+                filters: vec!["type==io.containerd.transfer.v1".into()],
+            }))
+            .await
+            .map(|r| !r.into_inner().plugins.is_empty())
+            .unwrap_or(false);
+        info!(%version, socket = %path, namespace = %opts.namespace, transfer_service = transfer, "connected to containerd; pulls resolve and fetch on the client side");
+        let rt = Arc::new(ContainerdRuntime {
+            puller: pull::Puller::new(&opts.registry),
+            conn,
+            opts,
+            images: Mutex::new(HashMap::new()),
+            known: Arc::new(Mutex::new(Known::default())),
+        });
+        tokio::spawn(watch_events(rt.conn.clone(), rt.known.clone()));
+        tokio::spawn(cap_logs(rt.opts.logs_dir.clone()));
+        Ok(rt)
+    }
+
+    pub fn log_path(logs_dir: &Path, task_id: &str) -> PathBuf {
+        logs_dir.join(format!("{task_id}.log"))
+    }
+
+    async fn image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let slot = self
+            .images
+            .lock()
+            .unwrap()
+            .entry(image.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(info) = slot.as_ref() {
+            return Ok(info.clone());
+        }
+        let info = self.conn.pull(&self.puller, image).await?;
+        *slot = Some(info.clone());
+        Ok(info)
+    }
+
+    fn forget_image(&self, image: &str) {
+        self.images.lock().unwrap().remove(image);
+    }
+
+    async fn task_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        let p = TasksClient::new(self.conn.channel.clone())
+            .get(self.conn.req(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(status_to_error)?
+            .into_inner()
+            .process
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let mut known = self.known.lock().unwrap();
+        let s = process_status(p.status, p.exit_status, known.oom.contains(id));
+        known.status.insert(id.to_string(), s);
+        Ok(s)
+    }
+
+    /// Deletes the task (killing it first if it still runs), the container and its
+    /// snapshot; what is already gone is skipped.
+    async fn delete_all(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        let _ = tasks
+            .kill(self.conn.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: nix::sys::signal::Signal::SIGKILL as u32,
+                all: true,
+            }))
+            .await;
+        let ignore_missing = |r: Result<(), tonic::Status>| match r {
+            Ok(()) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(status_to_error(s)),
+        };
+        let deleted = tasks
+            .delete(self.conn.req(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            .map(|_| ());
+        match deleted {
+            // Still running a moment after SIGKILL: wait for it, then delete.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                let _ = tokio::time::timeout(KILL_WAIT, self.wait(id)).await;
+                ignore_missing(
+                    tasks
+                        .delete(self.conn.req(DeleteTaskRequest {
+                            container_id: id.to_string(),
+                        }))
+                        .await
+                        .map(|_| ()),
+                )?;
+            }
+            other => ignore_missing(other)?,
+        }
+        ignore_missing(
+            ContainersClient::new(self.conn.channel.clone())
+                .delete(self.conn.req(DeleteContainerRequest { id: id.to_string() }))
+                .await
+                .map(|_| ()),
+        )?;
+        ignore_missing(
+            SnapshotsClient::new(self.conn.channel.clone())
+                .remove(self.conn.req(RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.to_string(),
+                }))
+                .await
+                .map(|_| ()),
+        )?;
+        let mut known = self.known.lock().unwrap();
+        known.status.remove(id);
+        known.oom.remove(id);
+        Ok(())
+    }
+
+    /// Waits for the task's init process to exit; its exit code.
+    async fn wait(&self, id: &str) -> Result<u32, tonic::Status> {
+        let mut r = Request::new(WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        });
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            self.conn.namespace.parse().expect("validated"),
+        );
+        Ok(TasksClient::new(self.conn.channel.clone())
+            .wait(r)
+            .await?
+            .into_inner()
+            .exit_status)
+    }
+
+    async fn signal(&self, id: &str, sig: nix::sys::signal::Signal, all: bool) -> Result<(), tonic::Status> {
+        TasksClient::new(self.conn.channel.clone())
+            .kill(self.conn.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: sig as u32,
+                all,
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_and_start(
+        &self,
+        task_id: &str,
+        spec: &ServiceSpec,
+        info: &ImageInfo,
+    ) -> Result<(), RuntimeError> {
+        let host_files: Vec<&str> = HOST_FILES
+            .iter()
+            .copied()
+            .filter(|f| Path::new(f).exists())
+            .collect();
+        let oci = spec::runtime_spec(
+            task_id,
+            &self.opts.cgroup_parent,
+            &info.defaults,
+            spec,
+            &host_files,
+        )
+        .map_err(RuntimeError::Start)?;
+        let mounts = SnapshotsClient::new(self.conn.channel.clone())
+            .prepare(self.conn.req(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: task_id.to_string(),
+                parent: info.top_chain.clone(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .map_err(status_to_error)?
+            .into_inner()
+            .mounts;
+        let container = Container {
+            id: task_id.to_string(),
+            labels: [
+                (LABEL_TASK.to_string(), task_id.to_string()),
+                (LABEL_SERVICE.to_string(), spec.name.clone()),
+                (LABEL_NODE.to_string(), self.opts.node_id.clone()),
+            ]
+            .into(),
+            image: pull::image_name(&spec.image)?.1,
+            runtime: Some(Runtime {
+                name: RUNC_SHIM.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: serde_json::to_vec(&oci).expect("serializable"),
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: task_id.to_string(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.conn.channel.clone())
+            .create(self.conn.req(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(status_to_error)?;
+        let log = Self::log_path(&self.opts.logs_dir, task_id);
+        let uri = format!("file://{}", log.display());
+        self.known
+            .lock()
+            .unwrap()
+            .status
+            .insert(task_id.to_string(), ContainerStatus::Starting);
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        tasks
+            .create(self.conn.req(CreateTaskRequest {
+                container_id: task_id.to_string(),
+                rootfs: mounts,
+                stdout: uri.clone(),
+                stderr: uri,
+                ..Default::default()
+            }))
+            .await
+            .map_err(status_to_error)?;
+        tasks
+            .start(self.conn.req(StartRequest {
+                container_id: task_id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(status_to_error)?;
+        let mut known = self.known.lock().unwrap();
+        // An exit event may already have come in: keep it.
+        if known.status.get(task_id) == Some(&ContainerStatus::Starting) {
+            known.status.insert(task_id.to_string(), ContainerStatus::Running);
+        }
+        Ok(())
+    }
+}
+
+fn process_status(status: i32, exit_status: u32, oom: bool) -> ContainerStatus {
+    use containerd_client::types::v1::Status;
+    match Status::try_from(status).unwrap_or(Status::Unknown) {
+        Status::Created => ContainerStatus::Starting,
+        Status::Running | Status::Paused | Status::Pausing => ContainerStatus::Running,
+        Status::Stopped => exited(exit_status, oom),
+        Status::Unknown => ContainerStatus::Starting,
+    }
+}
+
+fn exited(code: u32, oom: bool) -> ContainerStatus {
+    if oom {
+        ContainerStatus::OomKilled(code as i32)
+    } else {
+        ContainerStatus::Exited(code as i32)
+    }
+}
+
+#[tonic::async_trait]
+impl ContainerRuntime for ContainerdRuntime {
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        self.image(image).await.map(|_| ())
+    }
+
+    async fn start(&self, task_id: &str, spec: &ServiceSpec) -> Result<String, RuntimeError> {
+        let info = self.image(&spec.image).await?;
+        // A container left from an earlier run of this task (a local restart, or a start
+        // interrupted by the agent's own restart) is replaced.
+        self.delete_all(task_id).await?;
+        match self.create_and_start(task_id, spec, &info).await {
+            Ok(()) => Ok(task_id.to_string()),
+            Err(e) => {
+                if matches!(e, RuntimeError::NotFound(_)) {
+                    // The image's snapshots went away underneath us: pull again next time.
+                    self.forget_image(&spec.image);
+                }
+                // Nothing half-made is left behind.
+                if let Err(cleanup) = self.delete_all(task_id).await {
+                    warn!(task = %task_id, error = %cleanup, "could not clean up after a failed start");
+                }
+                Err(match e {
+                    RuntimeError::NotFound(m) => RuntimeError::Start(m),
+                    e => e,
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, container_id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        match self
+            .signal(container_id, nix::sys::signal::Signal::SIGTERM, false)
+            .await
+        {
+            Ok(()) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(RuntimeError::NotFound(container_id.into()))
+            }
+            // Already exited.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+            Err(s) => return Err(status_to_error(s)),
+        }
+        let code = match tokio::time::timeout(timeout, self.wait(container_id)).await {
+            Ok(Ok(code)) => code,
+            Ok(Err(s)) => return Err(status_to_error(s)),
+            Err(_) => {
+                info!(container = %container_id, timeout_ms = timeout.as_millis() as u64, "did not stop on SIGTERM in time; SIGKILL");
+                match self
+                    .signal(container_id, nix::sys::signal::Signal::SIGKILL, true)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+                    Err(s) => return Err(status_to_error(s)),
+                }
+                match tokio::time::timeout(KILL_WAIT, self.wait(container_id)).await {
+                    Ok(Ok(code)) => code,
+                    Ok(Err(s)) => return Err(status_to_error(s)),
+                    Err(_) => {
+                        return Err(RuntimeError::Unavailable(format!(
+                            "{container_id} did not die on SIGKILL"
+                        )))
+                    }
+                }
+            }
+        };
+        let mut known = self.known.lock().unwrap();
+        let oom = known.oom.contains(container_id);
+        known.status.insert(container_id.to_string(), exited(code, oom));
+        Ok(())
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        self.delete_all(container_id).await?;
+        for p in [
+            Self::log_path(&self.opts.logs_dir, container_id),
+            rotated(&Self::log_path(&self.opts.logs_dir, container_id)),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError> {
+        if let Some(s) = self.known.lock().unwrap().status.get(container_id) {
+            return Ok(*s);
+        }
+        self.task_status(container_id).await
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, RuntimeError> {
+        let containers = ContainersClient::new(self.conn.channel.clone())
+            .list(self.conn.req(ListContainersRequest {
+                filters: vec![format!("labels.\"{LABEL_NODE}\"=={}", self.opts.node_id)],
+            }))
+            .await
+            .map_err(status_to_error)?
+            .into_inner()
+            .containers;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let status = match self.status(&c.id).await {
+                Ok(s) => s,
+                // A container with no process (say, after a host reboot): exit unknown.
+                Err(RuntimeError::NotFound(_)) => ContainerStatus::Exited(-1),
+                Err(e) => return Err(e),
+            };
+            out.push(Listed {
+                task_id: c.labels.get(LABEL_TASK).cloned().unwrap_or_default(),
+                container_id: c.id,
+                status,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn rotated(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// Keeps each task log under `LOG_MAX_BYTES`: copy to `.1`, then truncate (the shim
+/// appends, so its next write lands at the new end). Lines written between the copy and
+/// the truncation are lost; that window is one copy of at most 10 MiB.
+async fn cap_logs(dir: PathBuf) {
+    loop {
+        tokio::time::sleep(LOG_CHECK_INTERVAL).await;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "log") {
+                continue;
+            }
+            if e.metadata().is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
+                let r = std::fs::copy(&p, rotated(&p))
+                    .and_then(|_| std::fs::OpenOptions::new().write(true).open(&p)?.set_len(0));
+                if let Err(err) = r {
+                    warn!(file = %p.display(), error = %err, "cannot cap task log");
+                }
+            }
+        }
+    }
+}
+
+/// Follows task exit and OOM events for ever. A subscription sends nothing until the first
+/// event, so after subscribing it touches a label on its namespace (which publishes an
+/// event) until the stream opens; then it lists the tasks so that exits that happened while
+/// no stream was open are known too.
+async fn watch_events(conn: Conn, known: Arc<Mutex<Known>>) {
+    let mut backoff = crate::retry::Backoff::new(100, 5_000);
+    let mut probe_seq: u64 = 0;
+    loop {
+        let mut events = EventsClient::new(conn.channel.clone());
+        let sub = events.subscribe(SubscribeRequest {
+            filters: vec![
+                r#"topic=="/tasks/exit""#.into(),
+                r#"topic=="/tasks/oom""#.into(),
+                r#"topic=="/namespaces/update""#.into(),
+            ],
+        });
+        let mut sub = std::pin::pin!(sub);
+        let opened = loop {
+            probe_seq += 1;
+            let mut namespaces = NamespacesClient::new(conn.channel.clone());
+            let probe = namespaces.update(conn.req(UpdateNamespaceRequest {
+                namespace: Some(Namespace {
+                    name: conn.namespace.clone(),
+                    labels: [("warren.events-probe".to_string(), probe_seq.to_string())].into(),
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels.warren.events-probe".into()],
+                }),
+            }));
+            if let Err(s) = probe.await {
+                debug!(error = %s.message(), "containerd events: probe failed");
+            }
+            tokio::select! {
+                r = &mut sub => break r,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        let mut stream = match opened {
+            Ok(s) => s.into_inner(),
+            Err(s) => {
+                warn!(error = %s.message(), "cannot subscribe to containerd events; retrying");
+                backoff.wait(None).await;
+                continue;
+            }
+        };
+        if let Err(s) = reconcile(&conn, &known).await {
+            warn!(error = %s.message(), "cannot list containerd tasks; resubscribing");
+            backoff.wait(None).await;
+            continue;
+        }
+        debug!("containerd events: subscribed");
+        backoff = crate::retry::Backoff::new(100, 5_000);
+        loop {
+            match stream.message().await {
+                Ok(Some(env)) => {
+                    if env.namespace != conn.namespace {
+                        continue;
+                    }
+                    let Some(ev) = env.event else { continue };
+                    apply_event(&known, &env.topic, &ev.value);
+                }
+                Ok(None) | Err(_) => {
+                    warn!("lost the containerd event stream (containerd restarted?); resubscribing");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn apply_event(known: &Mutex<Known>, topic: &str, value: &[u8]) {
+    use containerd_client::events::{TaskExit, TaskOom};
+    let mut k = known.lock().unwrap();
+    match topic {
+        "/tasks/exit" => {
+            let Ok(ev) = TaskExit::decode(value) else { return };
+            if ev.id != ev.container_id {
+                return; // an exec'd process, not the container's own
+            }
+            let s = exited(ev.exit_status, k.oom.contains(&ev.container_id));
+            info!(container = %ev.container_id, code = ev.exit_status, "container exited");
+            k.status.insert(ev.container_id, s);
+        }
+        "/tasks/oom" => {
+            let Ok(ev) = TaskOom::decode(value) else { return };
+            warn!(container = %ev.container_id, "container went over its memory limit (OOM)");
+            if let Some(ContainerStatus::Exited(c)) = k.status.get(&ev.container_id).copied() {
+                k.status
+                    .insert(ev.container_id.clone(), ContainerStatus::OomKilled(c));
+            }
+            k.oom.insert(ev.container_id);
+        }
+        _ => {}
+    }
+}
+
+async fn reconcile(conn: &Conn, known: &Mutex<Known>) -> Result<(), tonic::Status> {
+    let tasks = TasksClient::new(conn.channel.clone())
+        .list(conn.req(ListTasksRequest {
+            filter: String::new(),
+        }))
+        .await?
+        .into_inner()
+        .tasks;
+    let mut k = known.lock().unwrap();
+    let live: HashSet<&str> = tasks.iter().map(|t| t.container_id.as_str()).collect();
+    // Containers whose task disappeared: asked afresh on the next status call.
+    k.status.retain(|id, _| live.contains(id.as_str()));
+    for t in &tasks {
+        let s = process_status(t.status, t.exit_status, k.oom.contains(&t.container_id));
+        k.status.insert(t.container_id.clone(), s);
+    }
+    Ok(())
+}
