@@ -1,5 +1,5 @@
-//! Workers as real processes on loopback (simulated container runtime, `--runtime sim`,
-//! until containerd support lands): joining with tokens, placement through the CLI,
+//! Workers as real processes on loopback (simulated container runtime, `--runtime sim`;
+//! tests/containerd.rs runs real containers): joining with tokens, placement through the CLI,
 //! drain, node removal, refusals.
 
 #![cfg(not(madsim))]
@@ -9,75 +9,16 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+/// A worker with the simulated runtime.
+fn sim_worker(manager: &str, token: Option<&str>, id: &str, data_dir: &Path, extra: &[&str]) -> WorkerProc {
+    let mut args = vec!["--cpus", "2", "--memory", "1GiB", "--runtime", "sim"];
+    args.extend(extra);
+    WorkerProc::spawn(manager, token, id, data_dir, &args)
+}
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A worker child process, SIGKILLed by its PID when dropped.
-struct WorkerProc {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl WorkerProc {
-    fn spawn(manager: &str, token: Option<&str>, id: &str, data_dir: &Path, extra: &[&str]) -> WorkerProc {
-        let log = data_dir.with_extension("log");
-        let mut cmd = Command::new(bin());
-        cmd.args([
-            "--manager",
-            manager,
-            "worker",
-            "start",
-            "--node-id",
-            id,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--cpus", "2", "--memory", "1GiB", "--runtime", "sim"])
-        .args(extra)
-        .env_remove("WARREN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(t) = token {
-            cmd.args(["--token", t]);
-        }
-        WorkerProc {
-            child: cmd.spawn().expect("spawning the worker"),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        wait_until_opt(deadline, || self.child.try_wait().unwrap())
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn wait_until_opt<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = std::time::Instant::now() + deadline;
-    while std::time::Instant::now() < end {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 fn json_of(api: &str, args: &[&str]) -> Value {
     let mut full = args.to_vec();
@@ -142,14 +83,14 @@ fn workers_run_spread_constrained_and_drained_tasks() {
         &["--node-grace-period-ms", "1500"],
     );
     let t = token(&api, "worker", &[]);
-    let _w1 = WorkerProc::spawn(
+    let _w1 = sim_worker(
         &api,
         Some(&t),
         "w1",
         &tmp.path().join("w1"),
         &["--label", "zone=eu"],
     );
-    let mut w2 = WorkerProc::spawn(&api, Some(&t), "w2", &tmp.path().join("w2"), &[]);
+    let mut w2 = sim_worker(&api, Some(&t), "w2", &tmp.path().join("w2"), &[]);
     wait_until("both workers ready", WAIT, || {
         let s = node_status(&api);
         (s == vec![("w1".into(), "ready".into()), ("w2".into(), "ready".into())]).then_some(())
@@ -281,7 +222,7 @@ fn bad_worker_joins_are_refused_and_add_no_node() {
         ),
     ];
     for (what, tok, id, expect) in cases {
-        let mut w = WorkerProc::spawn(
+        let mut w = sim_worker(
             &api,
             tok.as_deref(),
             id,
@@ -300,7 +241,7 @@ fn bad_worker_joins_are_refused_and_add_no_node() {
     let corrupt = tmp.path().join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
     std::fs::write(corrupt.join("worker.json"), b"{not json").unwrap();
-    let mut w = WorkerProc::spawn(&api, Some(&_current), "w8", &corrupt, &[]);
+    let mut w = sim_worker(&api, Some(&_current), "w8", &corrupt, &[]);
     let status = w.wait_exit(WAIT).expect("exits");
     assert!(!status.success());
     let log = w.log_text();
@@ -313,7 +254,7 @@ fn bad_worker_joins_are_refused_and_add_no_node() {
     // A manager address that does not answer: retried for a while, then a clear error
     // naming the address.
     let dead = format!("127.0.0.1:{}", free_port());
-    let mut w = WorkerProc::spawn(
+    let mut w = sim_worker(
         &dead,
         Some(&_current),
         "w9",
@@ -337,7 +278,7 @@ fn assignments_and_lists_larger_than_one_message_arrive_in_pages() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let wtoken = token(&m.api, "worker", &[]);
-    let _w = WorkerProc::spawn(&m.api, Some(&wtoken), "big-1", &tmp.path().join("w1"), &[]);
+    let _w = sim_worker(&m.api, Some(&wtoken), "big-1", &tmp.path().join("w1"), &[]);
     wait_until("the worker to be ready", WAIT, || {
         node_status(&m.api)
             .iter()

@@ -482,6 +482,21 @@ fn cut_message(m: &str) -> String {
     format!("{}...", crate::core::limits::prefix(m, max - 3))
 }
 
+/// The spec a task's container runs: the service's, plus `WARREN_TASK_ID`,
+/// `WARREN_TASK_SLOT` and `WARREN_SERVICE_NAME` in its environment (with host networking,
+/// replicas on one node tell their ports apart by slot), unless the service sets them.
+fn container_spec(t: &LocalTask) -> crate::core::ServiceSpec {
+    let mut spec = t.spec.clone();
+    for (k, v) in [
+        ("WARREN_TASK_ID", t.id.clone()),
+        ("WARREN_TASK_SLOT", t.slot.to_string()),
+        ("WARREN_SERVICE_NAME", t.service_name.clone()),
+    ] {
+        spec.env.entry(k.to_string()).or_insert(v);
+    }
+    spec
+}
+
 struct Agent {
     runtime: Arc<dyn ContainerRuntime>,
     shared: Arc<Mutex<Shared>>,
@@ -651,7 +666,7 @@ impl Agent {
             }
             Restart::Now => {}
         }
-        match self.runtime.start(&t.id, &t.spec).await {
+        match self.runtime.start(&t.id, &container_spec(t)).await {
             Ok(cid) => {
                 t.restart_due = false;
                 t.local_restarts += 1;
@@ -772,7 +787,7 @@ impl Agent {
                     return;
                 }
             }
-            match self.runtime.start(&t.id, &t.spec).await {
+            match self.runtime.start(&t.id, &container_spec(t)).await {
                 Ok(cid) => {
                     info!(container = %cid, "task started");
                     t.container_id = cid;
@@ -804,6 +819,12 @@ impl Agent {
         info!(task = %t.id, "task shut down");
         t.state = TaskState::Shutdown;
         t.message = "stopped on the managers' request".into();
+        if let Ok(ContainerStatus::Exited(code) | ContainerStatus::OomKilled(code)) =
+            self.runtime.status(&t.container_id).await
+        {
+            t.exit_code = code;
+            t.message = format!("stopped on the managers' request (exit code {code})");
+        }
         self.report(t);
     }
 }

@@ -332,3 +332,73 @@ impl Cluster {
         (1..=self.procs.len() as u64).filter(|i| *i != id).collect()
     }
 }
+
+/// A worker child process, SIGKILLed by its PID when dropped.
+pub struct WorkerProc {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl WorkerProc {
+    pub fn spawn(
+        manager: &str,
+        token: Option<&str>,
+        id: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> WorkerProc {
+        let log = data_dir.with_extension("log");
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "--manager",
+            manager,
+            "worker",
+            "start",
+            "--node-id",
+            id,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("WARREN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        WorkerProc {
+            child: cmd.spawn().expect("spawning the worker"),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        wait_until_opt(deadline, || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn wait_until_opt<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}

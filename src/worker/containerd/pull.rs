@@ -216,10 +216,31 @@ fn registry_err(image: &str, e: oci_client::errors::OciDistributionError) -> Run
             format!("not authorized at {url}: give credentials with --registry-auth-file")
         }
         E::ImageManifestNotFoundError(m) => format!("no such image or tag ({m})"),
-        E::RequestError(r) if r.is_connect() || r.is_timeout() => format!(
-            "cannot reach the registry: {}",
-            std::error::Error::source(r).map_or(r.to_string(), |s| s.to_string())
-        ),
+        E::RegistryError { envelope, url } => {
+            use oci_client::errors::OciErrorCode as C;
+            let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown
+                )
+            }) {
+                format!("no such image or tag in the registry ({url})")
+            } else if codes.iter().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
+                format!("the registry refused access ({url}): check --registry-auth-file")
+            } else {
+                format!("the registry answered {envelope} ({url})")
+            }
+        }
+        E::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            // The innermost cause says what happened ("Connection refused", a DNS failure).
+            let mut cause: &dyn std::error::Error = r;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let url = r.url().map(|u| u.to_string()).unwrap_or_default();
+            format!("cannot reach the registry at {url}: {cause}")
+        }
         other => other.to_string(),
     };
     pull_err(image, reason)

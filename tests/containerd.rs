@@ -1,0 +1,507 @@
+//! Real containers: a manager and workers as real processes, a private containerd and a
+//! loopback registry (scripts/rig.sh, started and torn down here), checked through
+//! containerd itself (`ctr`) and over HTTP, not only through Warren's view.
+//!
+//! Needs root (containerd, runc, cgroups). The rig installs its Debian packages if missing.
+
+#![cfg(not(madsim))]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The rig of scripts/rig.sh; stopped (processes by PID, mounts, files) when dropped.
+pub struct Rig {
+    pub dir: PathBuf,
+    pub socket: String,
+    pub registry: String,
+    pub image: String,
+}
+
+impl Rig {
+    pub fn start(dir: &Path) -> Rig {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rig.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(dir)
+            .output()
+            .expect("running rig.sh");
+        let mut rig = Rig {
+            dir: dir.to_path_buf(),
+            socket: String::new(),
+            registry: String::new(),
+            image: String::new(),
+        };
+        assert!(out.status.success(), "rig.sh start failed: {}", stderr(&out));
+        for line in stdout(&out).lines() {
+            let Some((k, v)) = line.trim_start_matches("export ").split_once('=') else {
+                continue;
+            };
+            match k {
+                "WARREN_RIG_CONTAINERD_SOCKET" => rig.socket = v.to_string(),
+                "WARREN_RIG_REGISTRY" => rig.registry = v.to_string(),
+                "WARREN_RIG_IMAGE" => rig.image = v.to_string(),
+                _ => {}
+            }
+        }
+        assert!(
+            !rig.socket.is_empty() && !rig.image.is_empty(),
+            "rig.sh printed: {}",
+            stdout(&out)
+        );
+        rig
+    }
+
+    /// `ctr` against the rig's containerd in namespace `ns`.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .args(["--address", &self.socket, "-n", ns])
+            .args(args)
+            .output()
+            .expect("running ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
+        stdout(&out)
+    }
+
+    /// (container id, pid, status) of every task in `ns`.
+    pub fn tasks(&self, ns: &str) -> Vec<(String, u32, String)> {
+        self.ctr(ns, &["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| (f[0].to_string(), f[1].parse().unwrap_or(0), f[2].to_string()))
+            })
+            .collect()
+    }
+
+    pub fn running(&self, ns: &str) -> BTreeSet<(String, u32)> {
+        self.tasks(ns)
+            .into_iter()
+            .filter(|t| t.2 == "RUNNING")
+            .map(|t| (t.0, t.1))
+            .collect()
+    }
+
+    pub fn containers(&self, ns: &str) -> Vec<String> {
+        self.ctr(ns, &["containers", "ls", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Restarts the rig's containerd (same root, state and socket).
+    pub fn restart_containerd(&self) {
+        let pid_file = self.dir.join("containerd.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_until("containerd to exit", WAIT, || {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                .is_err()
+                .then_some(())
+        });
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let cd = self.dir.join("containerd");
+        let child = Command::new("containerd")
+            .arg("--root")
+            .arg(cd.join("root"))
+            .arg("--state")
+            .arg(cd.join("state"))
+            .arg("--address")
+            .arg(&self.socket)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        wait_until("containerd to answer again", WAIT, || {
+            Command::new("ctr")
+                .args(["--address", &self.socket, "version"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        });
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rig.sh");
+        let _ = Command::new(script).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn is_root() -> bool {
+    // /proc/self/status: "Uid:\treal\teffective...".
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        .unwrap_or(false)
+}
+
+fn json_of(api: &str, args: &[&str]) -> Value {
+    let mut full = args.to_vec();
+    full.extend(["-o", "json"]);
+    let out = warren(api, &full);
+    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ps(api: &str, service: &str) -> Vec<Value> {
+    json_of(api, &["service", "ps", service])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn ok(api: &str, args: &[&str]) -> String {
+    let out = warren(api, args);
+    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// A port BASE such that BASE+1..=BASE+3 were free a moment ago.
+fn free_base() -> u32 {
+    loop {
+        let base = free_port() as u32 % 50_000 + 10_000;
+        if (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", (base + i) as u16)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// A worker on the rig's containerd in its own namespace.
+fn worker(rig: &Rig, api: &str, token: Option<&str>, id: &str, dir: &Path, ns: &str) -> WorkerProc {
+    WorkerProc::spawn(
+        api,
+        token,
+        id,
+        dir,
+        &[
+            "--containerd-socket",
+            &rig.socket,
+            "--containerd-namespace",
+            ns,
+            "--insecure-registry",
+            &rig.registry,
+        ],
+    )
+}
+
+/// A shell that exits on SIGTERM (PID 1 ignores signals it has no handler for) and serves
+/// HTTP on BASE + its slot.
+const SERVE: &str = r#"trap 'echo got SIGTERM; exit 143' TERM; PORT=$((BASE + WARREN_TASK_SLOT)); echo "slot $WARREN_TASK_SLOT serving on $PORT"; httpd -f -p $PORT -h /www & wait"#;
+
+#[test]
+fn real_containers_end_to_end() {
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::start(&tmp.path().join("rig"));
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let token = ok(&m.api, &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+
+    lifecycle(&rig, &m.api, &token, tmp.path());
+    restarts_underneath(&rig, &m.api, &token, tmp.path());
+    faults(&rig, &m.api, &token, tmp.path());
+}
+
+/// Three replicas answer on their ports; kill -9 of one is replaced; scale down stops two
+/// with SIGTERM well inside the stop timeout; rm leaves no container, task, snapshot or lease.
+fn lifecycle(rig: &Rig, api: &str, token: &str, tmp: &Path) {
+    let ns = "lifecycle";
+    let _w = worker(rig, api, Some(token), "life-1", &tmp.join("life-1"), ns);
+    let base = free_base();
+    ok(
+        api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &rig.image,
+            "--replicas",
+            "3",
+            "--stop-timeout",
+            "60s",
+            "-e",
+            &format!("BASE={base}"),
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ],
+    );
+    wait_until("three running containers", WAIT, || {
+        (rig.running(ns).len() == 3).then_some(())
+    });
+    for slot in 1..=3u32 {
+        let body = wait_until("an answer on each replica's port", WAIT, || {
+            http_get((base + slot) as u16)
+        });
+        assert!(body.contains("hello from warren"), "slot {slot}: {body}");
+    }
+    wait_until("all three running in service ps", WAIT, || {
+        (ps(api, "web").iter().filter(|t| t["state"] == "running").count() == 3).then_some(())
+    });
+    let first = rig.running(ns);
+    assert_eq!(first.len(), 3, "{first:?}");
+
+    // kill -9 of one container's process: replaced per the restart policy.
+    let (victim, pid) = first.iter().next().unwrap().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = wait_until("a replacement container", WAIT, || {
+        let r = rig.running(ns);
+        (r.len() == 3 && !r.iter().any(|(c, _)| *c == victim)).then_some(r)
+    });
+    let failed = ps(api, "web");
+    let dead = failed
+        .iter()
+        .find(|t| t["id"] == victim.as_str())
+        .expect("the killed task is listed");
+    assert_eq!(dead["state"], "failed", "{dead}");
+    assert_eq!(dead["exit_code"], 137, "{dead}");
+    assert_eq!(
+        after.intersection(&first).count(),
+        2,
+        "the other two were not touched"
+    );
+
+    // Scale down: two stopped by SIGTERM (the trap answers it), long before the 60 s timeout.
+    let t0 = Instant::now();
+    ok(api, &["service", "scale", "web=1"]);
+    wait_until("one container left", WAIT, || {
+        (rig.containers(ns).len() == 1).then_some(())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "stopping took {:?}",
+        t0.elapsed()
+    );
+    let stopped: Vec<Value> = ps(api, "web")
+        .into_iter()
+        .filter(|t| t["state"] == "shutdown")
+        .collect();
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    for t in &stopped {
+        assert_eq!(t["exit_code"], 143, "stopped by SIGTERM: {t}");
+    }
+
+    // rm: nothing of the service left in containerd.
+    ok(api, &["service", "rm", "web"]);
+    wait_until("no containers", WAIT, || {
+        rig.containers(ns).is_empty().then_some(())
+    });
+    assert!(rig.tasks(ns).is_empty());
+    let snapshots = rig.ctr(ns, &["snapshots", "ls"]);
+    assert!(
+        snapshots.lines().skip(1).all(|l| l.contains("Committed")),
+        "only the image's committed layers stay: {snapshots}"
+    );
+    let leases = rig.ctr(ns, &["leases", "ls"]);
+    assert_eq!(leases.lines().skip(1).count(), 0, "{leases}");
+}
+
+/// kill -9 of the worker, then its restart: the same containers, adopted, not restarted.
+/// containerd restarted underneath: nothing restarted, and an exit afterwards is seen.
+fn restarts_underneath(rig: &Rig, api: &str, token: &str, tmp: &Path) {
+    let ns = "adopt";
+    let dir = tmp.join("adopt-1");
+    let mut w = worker(rig, api, Some(token), "adopt-1", &dir, ns);
+    let base = free_base();
+    ok(
+        api,
+        &[
+            "service",
+            "create",
+            "keep",
+            "--image",
+            &rig.image,
+            "--replicas",
+            "2",
+            "-e",
+            &format!("BASE={base}"),
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ],
+    );
+    let before = wait_until("two running containers", WAIT, || {
+        let r = rig.running(ns);
+        (r.len() == 2).then_some(r)
+    });
+    w.kill9();
+    let w = worker(rig, api, None, "adopt-1", &dir, ns);
+    wait_until("the restarted worker to adopt its containers", WAIT, || {
+        w.log_text().contains("adopted running containers").then_some(())
+    });
+    wait_until("the managers to see the worker again", WAIT, || {
+        (ps(api, "keep").iter().filter(|t| t["state"] == "running").count() == 2).then_some(())
+    });
+    assert_eq!(
+        rig.running(ns),
+        before,
+        "same containers, same processes: nothing restarted"
+    );
+
+    rig.restart_containerd();
+    // Give the worker the chance to (wrongly) act on the restart, then check nothing did.
+    wait_until("the worker to resubscribe to events", WAIT, || {
+        w.log_text()
+            .contains("lost the containerd event stream")
+            .then_some(())
+    });
+    assert_eq!(rig.running(ns), before, "containerd's restart restarted nothing");
+    let (victim, pid) = before.iter().next().unwrap().clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the exit seen after containerd's restart, and replaced",
+        WAIT,
+        || {
+            let r = rig.running(ns);
+            (r.len() == 2 && !r.iter().any(|(c, _)| *c == victim)).then_some(())
+        },
+    );
+    ok(api, &["service", "rm", "keep"]);
+    wait_until("no containers", WAIT, || {
+        rig.containers(ns).is_empty().then_some(())
+    });
+}
+
+/// Each fault is a clear message on the task, and the worker keeps serving its other task.
+fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
+    let ns = "faults";
+    let _w = worker(rig, api, Some(token), "faults-1", &tmp.join("faults-1"), ns);
+    let base = free_base();
+    ok(
+        api,
+        &[
+            "service",
+            "create",
+            "healthy",
+            "--image",
+            &rig.image,
+            "-e",
+            &format!("BASE={base}"),
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ],
+    );
+    let healthy = wait_until("the healthy task running", WAIT, || {
+        let r = rig.running(ns);
+        (r.len() == 1).then_some(r)
+    });
+    let unreachable = format!("127.0.0.1:{}/busybox:test", free_port());
+    let unknown = format!("{}/nope:1", rig.registry);
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "unknown",
+            vec!["--image".into(), unknown, "--".into(), "sh".into()],
+            "no such image",
+        ),
+        (
+            "unreachable",
+            vec!["--image".into(), unreachable, "--".into(), "sh".into()],
+            "cannot reach the registry",
+        ),
+        (
+            "nocmd",
+            vec![
+                "--image".into(),
+                rig.image.clone(),
+                "--".into(),
+                "/no/such/binary".into(),
+            ],
+            "no such file",
+        ),
+        (
+            "oom",
+            vec![
+                "--image".into(),
+                rig.image.clone(),
+                "--limit-memory".into(),
+                "16MiB".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                "x=$(busybox yes | busybox head -c 400000000); echo survived".into(),
+            ],
+            "OOM",
+        ),
+    ];
+    for (name, args, want) in &cases {
+        let mut full = vec!["service", "create", name, "--restart-condition", "none"];
+        full.extend(args.iter().map(String::as_str));
+        ok(api, &full);
+        let found = wait_until_opt(WAIT, || {
+            ps(api, name)
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {}",
+                        t["message"].as_str().unwrap_or(""),
+                        t["error"].as_str().unwrap_or("")
+                    )
+                })
+                .find(|m| m.to_lowercase().contains(&want.to_lowercase()))
+        });
+        let msg = found.unwrap_or_else(|| {
+            panic!(
+                "{name}: no task message containing {want:?}; tasks: {:#?}",
+                ps(api, name)
+            )
+        });
+        eprintln!("{name}: {msg}");
+        ok(api, &["service", "rm", name]);
+    }
+    assert_eq!(rig.running(ns), healthy, "the healthy task ran on, untouched");
+    ok(api, &["service", "rm", "healthy"]);
+    wait_until("no containers", WAIT, || {
+        rig.containers(ns).is_empty().then_some(())
+    });
+}
