@@ -3,6 +3,7 @@
 //! command and every generated id are arguments, chosen by the proposer before replication,
 //! so every manager applies the same log to the same result.
 
+pub mod agent;
 pub mod constraint;
 pub mod election;
 pub mod limits;

@@ -2,7 +2,7 @@
 //! durably): its identity and the tasks it was running, so that with no manager reachable
 //! it still knows what to keep running and how (restart policy included).
 
-use crate::core::{ServiceSpec, TaskState};
+pub use crate::core::agent::LocalTask;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,28 +15,6 @@ pub struct LocalState {
     pub node_id: String,
     pub cluster_id: String,
     pub tasks: BTreeMap<String, LocalTask>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LocalTask {
-    pub id: String,
-    pub service_name: String,
-    pub slot: u32,
-    pub spec: ServiceSpec,
-    pub container_id: String,
-    /// Last state this worker saw (and reported).
-    pub state: TaskState,
-    pub exit_code: i32,
-    pub message: String,
-    /// Restarts this worker made on its own while cut off from the managers.
-    pub local_restarts: u32,
-    /// When the container last exited (wall clock ms), for the restart delay.
-    pub exited_at_ms: i64,
-    /// Exited while no manager was reachable and the restart policy wants it again once
-    /// its delay is over. (A task whose exit a manager learned about is the managers' to
-    /// replace, never restarted here.)
-    #[serde(default)]
-    pub restart_due: bool,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

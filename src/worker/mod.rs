@@ -12,14 +12,15 @@ pub mod runtime;
 pub mod sim_runtime;
 
 use crate::client::{Client, ClientError};
-use crate::core::{Restart, TaskState};
+use crate::core::agent::{Assignment, Input, Job, Observation, Outcome};
+use crate::core::TaskState;
 use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
 use anyhow::{bail, Context};
 use clap::Args;
 use local::{LocalState, LocalTask};
 use runtime::{ContainerRuntime, ContainerStatus, RuntimeError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -247,11 +248,14 @@ pub async fn start(
         let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone()).in_current_span());
 
         let autonomy_after = Duration::from_millis(opts.autonomy_after_ms);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut agent = Agent {
             runtime,
             shared,
             autonomy_after,
             saved: local.clone(),
+            busy: BTreeSet::new(),
+            done_tx,
         };
         // Until the managers tell us otherwise, keep what we ran.
         agent.sweep(&local, true).await;
@@ -275,6 +279,13 @@ pub async fn start(
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some((job, outcome)) = done_rx.recv() => {
+                    agent.finish(&mut local, job, outcome);
+                    // Others that finished meanwhile, before the next plan.
+                    while let Ok((job, outcome)) = done_rx.try_recv() {
+                        agent.finish(&mut local, job, outcome);
+                    }
+                }
                 _ = assign_rx.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
             }
@@ -502,6 +513,9 @@ struct Agent {
     shared: Arc<Mutex<Shared>>,
     autonomy_after: Duration,
     saved: LocalState,
+    /// Tasks with a job in flight.
+    busy: BTreeSet<String>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<(Job, Outcome)>,
 }
 
 fn report_of(t: &LocalTask) -> pb::TaskStatusReport {
@@ -511,6 +525,84 @@ fn report_of(t: &LocalTask) -> pb::TaskStatusReport {
         message: cut_message(&t.message),
         exit_code: t.exit_code,
         container_id: t.container_id.clone(),
+    }
+}
+
+fn assignment_of(a: &pb::Task) -> Assignment {
+    Assignment {
+        id: a.id.clone(),
+        service_name: a.service_name.clone(),
+        slot: a.slot,
+        spec: a
+            .spec
+            .clone()
+            .and_then(|s| spec_from_pb(s).ok())
+            .unwrap_or_default(),
+        desired: task_state_from_pb(a.desired_state).unwrap_or(TaskState::Shutdown),
+        state: task_state_from_pb(a.state),
+    }
+}
+
+fn observation(s: ContainerStatus) -> Observation {
+    match s {
+        ContainerStatus::Starting => Observation::Starting,
+        ContainerStatus::Running => Observation::Running,
+        ContainerStatus::Exited(c) => Observation::Exited(c),
+        ContainerStatus::OomKilled(c) => Observation::OomKilled(c),
+    }
+}
+
+/// Runs one job against the runtime: the I/O half of [`crate::core::agent`].
+async fn run_job(rt: &dyn ContainerRuntime, job: &Job) -> Outcome {
+    let refused_or_down = |e: RuntimeError| match e {
+        RuntimeError::Unavailable(m) => Outcome::Unavailable(m),
+        e => Outcome::Refused(e.to_string()),
+    };
+    match job {
+        Job::Launch(t) => {
+            if let Err(e) = rt.pull(&t.spec.image).await {
+                return refused_or_down(e);
+            }
+            match rt.start(&t.id, &container_spec(t)).await {
+                Ok(cid) => Outcome::Started(cid),
+                Err(e) => refused_or_down(e),
+            }
+        }
+        Job::Restart(t) => match rt.start(&t.id, &container_spec(t)).await {
+            Ok(cid) => Outcome::Started(cid),
+            Err(e) => refused_or_down(e),
+        },
+        Job::Stop(t) => stop_container(rt, t).await,
+        Job::Forget(t) => {
+            let outcome = if t.state.is_terminal() {
+                Outcome::Stopped(None)
+            } else {
+                stop_container(rt, t).await
+            };
+            if matches!(outcome, Outcome::Stopped(_)) && !t.container_id.is_empty() {
+                // Left behind on failure: the sweep removes what no task owns.
+                match rt.remove(&t.container_id).await {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                    Err(e) => debug!(task = %t.id, error = %e, "could not remove the container yet"),
+                }
+            }
+            outcome
+        }
+    }
+}
+
+async fn stop_container(rt: &dyn ContainerRuntime, t: &LocalTask) -> Outcome {
+    if t.container_id.is_empty() {
+        return Outcome::Stopped(None);
+    }
+    let timeout = Duration::from_millis(t.spec.stop_timeout_ms.max(1));
+    match rt.stop(&t.container_id, timeout).await {
+        Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+        Err(e) => return Outcome::Unavailable(e.to_string()),
+    }
+    match rt.status(&t.container_id).await {
+        Ok(ContainerStatus::Exited(c) | ContainerStatus::OomKilled(c)) => Outcome::Stopped(Some(c)),
+        _ => Outcome::Stopped(None),
     }
 }
 
@@ -530,16 +622,6 @@ impl Agent {
             .values()
             .map(|t| (t.id.clone(), report_of(t)))
             .collect();
-    }
-
-    async fn tick(&mut self, local: &mut LocalState, desired: Option<&[pb::Task]>) {
-        self.watch_containers(local).await;
-        if let Some(desired) = desired {
-            self.converge(local, desired).await;
-        }
-        // Finished tasks the managers no longer list are forgotten; with no manager
-        // reachable they are kept (a restart may still be due).
-        self.publish(local);
     }
 
     /// Adopts the runtime's containers that belong to this worker's tasks (same task, same
@@ -563,6 +645,9 @@ impl Agent {
                 adopted += 1;
                 continue;
             }
+            if self.busy.contains(&c.task_id) {
+                continue; // being started or stopped right now
+            }
             info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
             if !c.status.is_exited() {
                 if let Err(e) = self.runtime.stop(&c.container_id, Duration::from_secs(10)).await {
@@ -579,252 +664,102 @@ impl Agent {
         }
     }
 
-    /// Notices exits; restarts locally when cut off from the managers.
-    async fn watch_containers(&mut self, local: &mut LocalState) {
+    /// One tick: observe the containers, plan (pure), queue reports, start jobs.
+    async fn tick(&mut self, local: &mut LocalState, assigned: Option<&[pb::Task]>) {
         let (connected, decided) = {
             let sh = self.shared.lock().unwrap();
             (sh.connected(self.autonomy_after), sh.first_beat_done)
         };
-        if !decided {
-            return;
-        }
-        for t in local.tasks.values_mut() {
-            if t.container_id.is_empty() || t.state.is_terminal() {
-                continue;
-            }
-            let mut vanished = false;
-            let status = match self.runtime.status(&t.container_id).await {
-                Ok(s) => s,
-                Err(RuntimeError::NotFound(_)) => {
-                    vanished = true;
-                    ContainerStatus::Exited(-1)
-                }
-                Err(e) => {
-                    debug!(task = %t.id, error = %e, "runtime unavailable; status unknown");
+        let mut observed = BTreeMap::new();
+        if decided {
+            for t in local.tasks.values() {
+                if t.container_id.is_empty() || t.state.is_terminal() || self.busy.contains(&t.id) {
                     continue;
                 }
-            };
-            let (state, code) = match status {
-                ContainerStatus::Starting => (TaskState::Starting, 0),
-                ContainerStatus::Running => (TaskState::Running, 0),
-                ContainerStatus::Exited(0) => (TaskState::Complete, 0),
-                ContainerStatus::Exited(c) | ContainerStatus::OomKilled(c) => (TaskState::Failed, c),
-            };
-            if state == t.state {
-                continue;
-            }
-            if state.is_terminal() {
-                t.exit_code = code;
-                t.exited_at_ms = crate::manager::now_ms();
-                t.message = if vanished {
-                    format!(
-                        "container {} is gone (the runtime lost it, e.g. it restarted)",
-                        t.container_id
-                    )
-                } else if matches!(status, ContainerStatus::OomKilled(_)) {
-                    format!(
-                        "killed for going over its memory limit of {} bytes (OOM), exit code {code}",
-                        t.spec.resources.limits.memory_bytes
-                    )
-                } else {
-                    format!("exited with code {code}")
-                };
-                if !connected && self.restart_locally(t).await {
-                    continue;
+                match self.runtime.status(&t.container_id).await {
+                    Ok(s) => {
+                        observed.insert(t.id.clone(), observation(s));
+                    }
+                    Err(RuntimeError::NotFound(_)) => {
+                        observed.insert(t.id.clone(), Observation::Gone);
+                    }
+                    Err(e) => debug!(task = %t.id, error = %e, "runtime unavailable; status unknown"),
                 }
-                info!(task = %t.id, code, "container exited");
-            } else {
-                t.message.clear();
-            }
-            t.state = state;
-            self.report(t);
-        }
-        // Due local restarts of tasks that finished while cut off.
-        for t in local.tasks.values_mut().filter(|t| t.restart_due) {
-            if connected {
-                // Its exit is on its way to the managers: theirs to replace.
-                t.restart_due = false;
-            } else if self.restart_locally(t).await {
-                self.report(t);
             }
         }
+        let assigned: Option<Vec<Assignment>> = assigned.map(|a| a.iter().map(assignment_of).collect());
+        let plan = crate::core::agent::plan(&Input {
+            tasks: &local.tasks,
+            observed: &observed,
+            assigned: assigned.as_deref(),
+            busy: &self.busy,
+            connected,
+            decided,
+            now_ms: crate::manager::now_ms(),
+        });
+        for t in plan.tasks.values() {
+            if local
+                .tasks
+                .get(&t.id)
+                .is_some_and(|old| old.state != t.state && t.state.is_terminal())
+            {
+                info!(task = %t.id, code = t.exit_code, message = %t.message, "container exited");
+            }
+        }
+        local.tasks = plan.tasks;
+        for r in &plan.reports {
+            self.report(r);
+        }
+        for job in plan.jobs {
+            self.spawn(job);
+        }
+        // Finished tasks the managers no longer list are forgotten; with no manager
+        // reachable they are kept (a restart may still be due).
+        self.publish(local);
     }
 
-    /// The restart policy, applied by the worker itself: true if restarted.
-    async fn restart_locally(&self, t: &mut LocalTask) -> bool {
-        let decision = t.spec.restart_policy.decide(
-            t.exit_code != 0,
-            t.local_restarts,
-            t.exited_at_ms,
-            crate::manager::now_ms(),
-        );
-        match decision {
-            Restart::No => return false,
-            Restart::Later => {
-                t.restart_due = true;
-                return false;
-            }
-            Restart::Now => {}
-        }
-        match self.runtime.start(&t.id, &container_spec(t)).await {
-            Ok(cid) => {
-                t.restart_due = false;
-                t.local_restarts += 1;
-                t.container_id = cid;
-                t.state = TaskState::Running;
-                t.message = format!(
-                    "restarted by the worker ({} local restarts) while no manager was reachable",
-                    t.local_restarts
-                );
-                warn!(task = %t.id, restarts = t.local_restarts, "managers unreachable: restarted the task locally");
-                true
-            }
-            Err(e) => {
-                warn!(task = %t.id, error = %e, "local restart failed; will retry");
-                t.restart_due = true;
-                false
-            }
-        }
-    }
-
-    /// Brings local containers to what the managers assign.
-    async fn converge(&mut self, local: &mut LocalState, desired: &[pb::Task]) {
-        let mut listed = std::collections::BTreeSet::new();
-        for a in desired {
-            listed.insert(a.id.clone());
-            let want_running = task_state_from_pb(a.desired_state) == Some(TaskState::Running);
-            let orphaned = task_state_from_pb(a.state) == Some(TaskState::Orphaned);
-            match local.tasks.get_mut(&a.id) {
-                Some(t) if !want_running => {
-                    if !t.state.is_terminal() {
-                        self.stop(t).await;
-                    } else if t.state != TaskState::Shutdown {
-                        // Finished before the stop order: confirm so the managers close it.
-                        self.report(t);
-                    }
-                }
-                Some(t) => {
-                    // The managers' view lags ours (say after a partition): resend.
-                    if task_state_from_pb(a.state) != Some(t.state) && !t.state.is_terminal() {
-                        self.report(t);
-                    }
-                }
-                None if !want_running || orphaned => {
-                    // Nothing runs here for it: let the managers close it.
-                    let t = self.placeholder(a, TaskState::Shutdown, "not running on this node");
-                    self.report(&t);
-                }
-                None => {
-                    let mut t = self.placeholder(a, TaskState::Preparing, "");
-                    self.launch(&mut t).await;
-                    if t.state != TaskState::Preparing {
-                        self.report(&t);
-                        local.tasks.insert(t.id.clone(), t);
-                    }
-                }
-            }
-        }
-        // Tasks the managers no longer list: stop them and forget them.
-        let gone: Vec<String> = local
-            .tasks
-            .keys()
-            .filter(|id| !listed.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            let mut t = local.tasks.remove(&id).expect("listed above");
-            if !t.state.is_terminal() {
-                info!(task = %id, "task no longer assigned here; stopping it");
-                self.stop(&mut t).await;
-            }
-            if !t.container_id.is_empty() {
-                // Left behind on failure: the next sweep removes what no task owns.
-                if let Err(e) = self.runtime.remove(&t.container_id).await {
-                    if !matches!(e, RuntimeError::NotFound(_)) {
-                        debug!(task = %id, error = %e, "could not remove the container yet");
-                    }
-                }
-            }
-            let mut sh = self.shared.lock().unwrap();
-            sh.all.remove(&id);
-        }
-    }
-
-    fn placeholder(&self, a: &pb::Task, state: TaskState, message: &str) -> LocalTask {
-        LocalTask {
-            id: a.id.clone(),
-            service_name: a.service_name.clone(),
-            slot: a.slot,
-            spec: a
-                .spec
-                .clone()
-                .and_then(|s| spec_from_pb(s).ok())
-                .unwrap_or_default(),
-            container_id: String::new(),
-            state,
-            exit_code: 0,
-            message: message.to_string(),
-            local_restarts: 0,
-            exited_at_ms: 0,
-            restart_due: false,
-        }
-    }
-
-    async fn launch(&self, t: &mut LocalTask) {
+    fn spawn(&mut self, job: Job) {
+        let t = job.task();
+        self.busy.insert(t.id.clone());
         let span = tracing::info_span!("task", task = %t.id, service = %t.service_name, slot = t.slot);
-        async {
-            match self.runtime.pull(&t.spec.image).await {
-                Ok(()) => {}
-                Err(RuntimeError::Unavailable(e)) => {
-                    debug!(error = %e, "runtime unavailable; will retry");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "task rejected");
-                    t.state = TaskState::Rejected;
-                    t.exit_code = -1;
-                    t.message = e.to_string();
-                    return;
-                }
+        let (rt, tx) = (self.runtime.clone(), self.done_tx.clone());
+        tokio::spawn(
+            async move {
+                let outcome = run_job(&*rt, &job).await;
+                let _ = tx.send((job, outcome));
             }
-            match self.runtime.start(&t.id, &container_spec(t)).await {
-                Ok(cid) => {
-                    info!(container = %cid, "task started");
-                    t.container_id = cid;
-                    t.state = TaskState::Starting;
-                }
-                Err(RuntimeError::Unavailable(e)) => debug!(error = %e, "runtime unavailable; will retry"),
-                Err(e) => {
-                    warn!(error = %e, "task rejected");
-                    t.state = TaskState::Rejected;
-                    t.message = e.to_string();
-                }
-            }
-        }
-        .instrument(span)
-        .await
+            .instrument(span),
+        );
     }
 
-    async fn stop(&self, t: &mut LocalTask) {
-        if !t.container_id.is_empty() {
-            let timeout = Duration::from_millis(t.spec.stop_timeout_ms.max(1));
-            match self.runtime.stop(&t.container_id, timeout).await {
-                Ok(()) | Err(RuntimeError::NotFound(_)) => {}
-                Err(e) => {
-                    debug!(task = %t.id, error = %e, "stop failed; will retry");
-                    return;
-                }
+    /// A job's outcome: applied (pure), logged, reported.
+    fn finish(&mut self, local: &mut LocalState, job: Job, outcome: Outcome) {
+        let id = job.task().id.clone();
+        self.busy.remove(&id);
+        match (&job, &outcome) {
+            (Job::Launch(_), Outcome::Started(c)) => info!(task = %id, container = %c, "task started"),
+            (Job::Restart(t), Outcome::Started(_)) => {
+                warn!(task = %id, restarts = t.local_restarts + 1, "managers unreachable: restarted the task locally")
+            }
+            (_, Outcome::Refused(m)) => warn!(task = %id, error = %m, "task rejected"),
+            (_, Outcome::Unavailable(m)) => debug!(task = %id, error = %m, "runtime unavailable; will retry"),
+            (Job::Stop(_) | Job::Forget(_), Outcome::Stopped(code)) => {
+                info!(task = %id, ?code, "task shut down")
+            }
+            _ => {}
+        }
+        let applied = crate::core::agent::apply(&job, &outcome);
+        match applied.keep {
+            Some(t) => {
+                local.tasks.insert(id, t);
+            }
+            None => {
+                local.tasks.remove(&id);
             }
         }
-        info!(task = %t.id, "task shut down");
-        t.state = TaskState::Shutdown;
-        t.message = "stopped on the managers' request".into();
-        if let Ok(ContainerStatus::Exited(code) | ContainerStatus::OomKilled(code)) =
-            self.runtime.status(&t.container_id).await
-        {
-            t.exit_code = code;
-            t.message = format!("stopped on the managers' request (exit code {code})");
+        if let Some(r) = &applied.report {
+            self.report(r);
         }
-        self.report(t);
+        self.publish(local);
     }
 }

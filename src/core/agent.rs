@@ -1,0 +1,645 @@
+//! The worker agent's decisions, pure: from what it holds (its local tasks), what its
+//! runtime shows (one observation per container), what the managers assign and whether they
+//! are reachable, each tick's plan: the new local task set, the reports to send, and the
+//! jobs (launch, local restart, stop, forget) that the I/O shell runs in the background.
+//! The shell feeds each job's outcome back through [`apply`]. A task with a job in flight is
+//! `busy` and left alone until its outcome is in, so a slow pull or a 10 s stop never holds
+//! up the other tasks.
+
+use super::{Restart, ServiceSpec, TaskState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A task as the worker keeps it (in its data dir, across its own restarts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalTask {
+    pub id: String,
+    pub service_name: String,
+    pub slot: u32,
+    pub spec: ServiceSpec,
+    pub container_id: String,
+    /// Last state this worker saw (and reported).
+    pub state: TaskState,
+    pub exit_code: i32,
+    pub message: String,
+    /// Restarts this worker made on its own while cut off from the managers.
+    pub local_restarts: u32,
+    /// When the container last exited (wall clock ms), for the restart delay.
+    pub exited_at_ms: i64,
+    /// Exited while no manager was reachable and the restart policy wants it again once
+    /// its delay is over. (A task whose exit a manager learned about is the managers' to
+    /// replace, never restarted here.)
+    #[serde(default)]
+    pub restart_due: bool,
+}
+
+/// What the runtime shows for a task's container. A task with no observation (the runtime
+/// did not answer) is left as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    Starting,
+    Running,
+    Exited(i32),
+    OomKilled(i32),
+    /// The runtime has no such container (it lost it, say the host rebooted).
+    Gone,
+}
+
+/// One task the managers assign to this worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    pub id: String,
+    pub service_name: String,
+    pub slot: u32,
+    pub spec: ServiceSpec,
+    pub desired: TaskState,
+    /// The state the managers last recorded for it (None: not one this worker knows).
+    pub state: Option<TaskState>,
+}
+
+pub struct Input<'a> {
+    pub tasks: &'a BTreeMap<String, LocalTask>,
+    pub observed: &'a BTreeMap<String, Observation>,
+    /// The managers' full assignment set, once one has arrived.
+    pub assigned: Option<&'a [Assignment]>,
+    /// Tasks with a job in flight.
+    pub busy: &'a BTreeSet<String>,
+    /// A manager answered a heartbeat recently.
+    pub connected: bool,
+    /// Whether managers are reachable is known (a first heartbeat was tried).
+    pub decided: bool,
+    pub now_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Job {
+    /// Pull the image and start a container for a task new to this worker.
+    Launch(LocalTask),
+    /// Start the task again, by this worker, while no manager is reachable.
+    Restart(LocalTask),
+    /// Stop the task's container (the managers want it down).
+    Stop(LocalTask),
+    /// The managers no longer list the task: stop it if it runs, report it, remove its
+    /// container.
+    Forget(LocalTask),
+}
+
+impl Job {
+    pub fn task(&self) -> &LocalTask {
+        match self {
+            Job::Launch(t) | Job::Restart(t) | Job::Stop(t) | Job::Forget(t) => t,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub tasks: BTreeMap<String, LocalTask>,
+    /// Task states to report to the managers.
+    pub reports: Vec<LocalTask>,
+    pub jobs: Vec<Job>,
+}
+
+/// How a job ended, as the shell saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Container started with this id.
+    Started(String),
+    /// The runtime was down: nothing happened; try again.
+    Unavailable(String),
+    /// Refused for good (bad image, missing command): the message says why.
+    Refused(String),
+    /// Stopped; the container's exit code if the runtime knows it.
+    Stopped(Option<i32>),
+}
+
+fn observe(t: &mut LocalTask, seen: Observation, now_ms: i64) -> Option<TaskState> {
+    let (state, code) = match seen {
+        Observation::Starting => (TaskState::Starting, 0),
+        Observation::Running => (TaskState::Running, 0),
+        Observation::Exited(0) => (TaskState::Complete, 0),
+        Observation::Exited(c) | Observation::OomKilled(c) => (TaskState::Failed, c),
+        Observation::Gone => (TaskState::Failed, -1),
+    };
+    if state == t.state {
+        return None;
+    }
+    if state.is_terminal() {
+        t.exit_code = code;
+        t.exited_at_ms = now_ms;
+        t.message = match seen {
+            Observation::Gone => format!(
+                "container {} is gone (the runtime lost it, e.g. it restarted)",
+                t.container_id
+            ),
+            Observation::OomKilled(_) => format!(
+                "killed for going over its memory limit of {} bytes (OOM), exit code {code}",
+                t.spec.resources.limits.memory_bytes
+            ),
+            _ => format!("exited with code {code}"),
+        };
+    } else {
+        t.message.clear();
+    }
+    Some(state)
+}
+
+fn placeholder(a: &Assignment, state: TaskState, message: &str) -> LocalTask {
+    LocalTask {
+        id: a.id.clone(),
+        service_name: a.service_name.clone(),
+        slot: a.slot,
+        spec: a.spec.clone(),
+        container_id: String::new(),
+        state,
+        exit_code: 0,
+        message: message.to_string(),
+        local_restarts: 0,
+        exited_at_ms: 0,
+        restart_due: false,
+    }
+}
+
+/// One tick's decisions.
+pub fn plan(input: &Input) -> Plan {
+    let mut tasks = input.tasks.clone();
+    let mut reports = Vec::new();
+    let mut jobs = Vec::new();
+    let idle = |id: &str| !input.busy.contains(id);
+
+    // Exits and starts the runtime shows; local restarts while cut off.
+    if input.decided {
+        for t in tasks.values_mut().filter(|t| idle(&t.id)) {
+            if t.container_id.is_empty() || t.state.is_terminal() {
+                continue;
+            }
+            let Some(seen) = input.observed.get(&t.id) else {
+                continue;
+            };
+            let Some(state) = observe(t, *seen, input.now_ms) else {
+                continue;
+            };
+            t.state = state;
+            if state.is_terminal() && !input.connected {
+                let failed = t.exit_code != 0;
+                match t
+                    .spec
+                    .restart_policy
+                    .decide(failed, t.local_restarts, t.exited_at_ms, input.now_ms)
+                {
+                    Restart::Now => {
+                        jobs.push(Job::Restart(t.clone()));
+                        continue;
+                    }
+                    Restart::Later => t.restart_due = true,
+                    Restart::No => {}
+                }
+            }
+            reports.push(t.clone());
+        }
+        for t in tasks.values_mut().filter(|t| t.restart_due && idle(&t.id)) {
+            if input.connected {
+                // Its exit is on its way to the managers: theirs to replace.
+                t.restart_due = false;
+                continue;
+            }
+            let failed = t.exit_code != 0;
+            if t.spec
+                .restart_policy
+                .decide(failed, t.local_restarts, t.exited_at_ms, input.now_ms)
+                == Restart::Now
+            {
+                jobs.push(Job::Restart(t.clone()));
+            }
+        }
+    }
+
+    // Converge on what the managers assign.
+    if let Some(assigned) = input.assigned {
+        let listed: BTreeSet<&str> = assigned.iter().map(|a| a.id.as_str()).collect();
+        for a in assigned.iter().filter(|a| idle(&a.id)) {
+            let want_running = a.desired == TaskState::Running;
+            let orphaned = a.state == Some(TaskState::Orphaned);
+            match tasks.get(&a.id) {
+                Some(t) if !want_running => {
+                    if !t.state.is_terminal() {
+                        jobs.push(Job::Stop(t.clone()));
+                    } else if t.state != TaskState::Shutdown {
+                        // Finished before the stop order: confirm so the managers close it.
+                        reports.push(t.clone());
+                    }
+                }
+                Some(t) => {
+                    // The managers' view lags ours (say after a partition): resend.
+                    if a.state != Some(t.state) && !t.state.is_terminal() {
+                        reports.push(t.clone());
+                    }
+                }
+                None if !want_running || orphaned => {
+                    // Nothing runs here for it: let the managers close it.
+                    reports.push(placeholder(a, TaskState::Shutdown, "not running on this node"));
+                }
+                None => jobs.push(Job::Launch(placeholder(a, TaskState::Preparing, ""))),
+            }
+        }
+        let gone: Vec<String> = tasks
+            .keys()
+            .filter(|id| !listed.contains(id.as_str()) && idle(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            let t = tasks.remove(&id).expect("listed above");
+            jobs.push(Job::Forget(t));
+        }
+    }
+    // One report per task: its latest state.
+    let mut seen = BTreeSet::new();
+    let mut reports: Vec<LocalTask> = reports
+        .into_iter()
+        .rev()
+        .filter(|t| seen.insert(t.id.clone()))
+        .collect();
+    reports.reverse();
+    Plan { tasks, reports, jobs }
+}
+
+/// What a job's outcome does to its task.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// The task as this worker now keeps it (None: not kept: a launch the runtime could
+    /// not even try, or a forgotten task).
+    pub keep: Option<LocalTask>,
+    /// The state to report to the managers, if any.
+    pub report: Option<LocalTask>,
+}
+
+fn both(t: LocalTask) -> Applied {
+    Applied {
+        keep: Some(t.clone()),
+        report: Some(t),
+    }
+}
+
+/// A job's outcome applied to its task.
+pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
+    let mut t = job.task().clone();
+    let stopped = |t: &mut LocalTask, code: &Option<i32>| {
+        t.state = TaskState::Shutdown;
+        t.message = "stopped on the managers' request".into();
+        if let Some(c) = code {
+            t.exit_code = *c;
+            t.message = format!("stopped on the managers' request (exit code {c})");
+        }
+    };
+    match (job, outcome) {
+        (Job::Launch(_), Outcome::Started(cid)) => {
+            t.container_id = cid.clone();
+            t.state = TaskState::Starting;
+            both(t)
+        }
+        (Job::Launch(_), Outcome::Refused(m)) => {
+            t.state = TaskState::Rejected;
+            t.exit_code = -1;
+            t.message = m.clone();
+            both(t)
+        }
+        // The runtime could not even try: not kept, launched again next tick.
+        (Job::Launch(_), _) => Applied::default(),
+        (Job::Restart(_), Outcome::Started(cid)) => {
+            t.restart_due = false;
+            t.local_restarts += 1;
+            t.container_id = cid.clone();
+            t.state = TaskState::Running;
+            t.message = format!(
+                "restarted by the worker ({} local restarts) while no manager was reachable",
+                t.local_restarts
+            );
+            both(t)
+        }
+        // Still exited: tried again on a later tick.
+        (Job::Restart(_), _) => {
+            t.restart_due = true;
+            both(t)
+        }
+        (Job::Stop(_), Outcome::Stopped(code)) => {
+            stopped(&mut t, code);
+            both(t)
+        }
+        // Not stopped: unchanged, tried again next tick.
+        (Job::Stop(_), _) => Applied {
+            keep: Some(t),
+            report: None,
+        },
+        // It had finished already: the managers know; nothing to say.
+        (Job::Forget(_), _) if t.state.is_terminal() => Applied::default(),
+        (Job::Forget(_), Outcome::Stopped(code)) => {
+            stopped(&mut t, code);
+            Applied {
+                keep: None,
+                report: Some(t),
+            }
+        }
+        // Could not stop it: the sweep removes what no task owns.
+        (Job::Forget(_), _) => Applied::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{RestartCondition, RestartPolicy};
+
+    fn task(id: &str, state: TaskState) -> LocalTask {
+        LocalTask {
+            id: id.into(),
+            service_name: "web".into(),
+            slot: 1,
+            spec: ServiceSpec {
+                name: "web".into(),
+                image: "busybox".into(),
+                restart_policy: RestartPolicy {
+                    condition: RestartCondition::Any,
+                    max_attempts: 0,
+                    delay_ms: 0,
+                },
+                ..Default::default()
+            },
+            container_id: format!("c-{id}"),
+            state,
+            exit_code: 0,
+            message: String::new(),
+            local_restarts: 0,
+            exited_at_ms: 0,
+            restart_due: false,
+        }
+    }
+
+    fn assignment(id: &str, desired: TaskState, state: Option<TaskState>) -> Assignment {
+        Assignment {
+            id: id.into(),
+            service_name: "web".into(),
+            slot: 1,
+            spec: task(id, TaskState::Running).spec,
+            desired,
+            state,
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        tasks: Vec<LocalTask>,
+        observed: Vec<(&'static str, Observation)>,
+        assigned: Option<Vec<Assignment>>,
+        busy: Vec<&'static str>,
+        connected: bool,
+        /// Expected: (task id, state) after the plan, jobs as (kind, task id), reports.
+        want_tasks: Vec<(&'static str, TaskState)>,
+        want_jobs: Vec<(&'static str, &'static str)>,
+        want_reports: Vec<(&'static str, TaskState)>,
+    }
+
+    fn kind(j: &Job) -> &'static str {
+        match j {
+            Job::Launch(_) => "launch",
+            Job::Restart(_) => "restart",
+            Job::Stop(_) => "stop",
+            Job::Forget(_) => "forget",
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        use Observation as O;
+        use TaskState as S;
+        let cases = vec![
+            Case {
+                name: "a new assignment is launched",
+                tasks: vec![],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Assigned))]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![],
+                want_jobs: vec![("launch", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a busy task is left alone",
+                tasks: vec![],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Assigned))]),
+                busy: vec!["a"],
+                connected: true,
+                want_tasks: vec![],
+                want_jobs: vec![],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a start is reported",
+                tasks: vec![task("a", S::Starting)],
+                observed: vec![("a", O::Running)],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Starting))]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Running)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Running)],
+            },
+            Case {
+                name: "an exit while connected is reported, not restarted here",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Exited(3))],
+                assigned: None,
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Failed)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Failed)],
+            },
+            Case {
+                name: "an exit while cut off is restarted locally",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Exited(3))],
+                assigned: None,
+                busy: vec![],
+                connected: false,
+                want_tasks: vec![("a", S::Failed)],
+                want_jobs: vec![("restart", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "an OOM kill is a failure",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::OomKilled(137))],
+                assigned: None,
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Failed)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Failed)],
+            },
+            Case {
+                name: "no observation: nothing changes",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![],
+                assigned: None,
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Running)],
+                want_jobs: vec![],
+                want_reports: vec![],
+            },
+            Case {
+                name: "desired shutdown stops a running task",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Running)],
+                assigned: Some(vec![assignment("a", S::Shutdown, Some(S::Running))]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Running)],
+                want_jobs: vec![("stop", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a task no longer assigned is forgotten",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Running)],
+                assigned: Some(vec![]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![],
+                want_jobs: vec![("forget", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "an orphaned assignment unknown here is closed",
+                tasks: vec![],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Orphaned))]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Shutdown)],
+            },
+            Case {
+                name: "the managers' lagging view gets a resend",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Running)],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Starting))]),
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Running)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Running)],
+            },
+            Case {
+                name: "a container gone from the runtime fails the task",
+                tasks: vec![task("a", S::Running)],
+                observed: vec![("a", O::Gone)],
+                assigned: None,
+                busy: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Failed)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Failed)],
+            },
+        ];
+        for c in cases {
+            let tasks: BTreeMap<String, LocalTask> = c.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+            let observed = c
+                .observed
+                .into_iter()
+                .map(|(id, o)| (id.to_string(), o))
+                .collect();
+            let busy = c.busy.into_iter().map(str::to_string).collect();
+            let p = plan(&Input {
+                tasks: &tasks,
+                observed: &observed,
+                assigned: c.assigned.as_deref(),
+                busy: &busy,
+                connected: c.connected,
+                decided: true,
+                now_ms: 1_000,
+            });
+            let got_tasks: Vec<(&str, TaskState)> =
+                p.tasks.values().map(|t| (t.id.as_str(), t.state)).collect();
+            assert_eq!(got_tasks, c.want_tasks, "{}: tasks", c.name);
+            let got_jobs: Vec<(&str, &str)> =
+                p.jobs.iter().map(|j| (kind(j), j.task().id.as_str())).collect();
+            assert_eq!(got_jobs, c.want_jobs, "{}: jobs", c.name);
+            let got_reports: Vec<(&str, TaskState)> =
+                p.reports.iter().map(|t| (t.id.as_str(), t.state)).collect();
+            assert_eq!(got_reports, c.want_reports, "{}: reports", c.name);
+        }
+    }
+
+    #[test]
+    fn undecided_worker_does_not_restart() {
+        let tasks: BTreeMap<String, LocalTask> = [("a".to_string(), task("a", TaskState::Running))].into();
+        let observed = [("a".to_string(), Observation::Exited(1))].into();
+        let p = plan(&Input {
+            tasks: &tasks,
+            observed: &observed,
+            assigned: None,
+            busy: &BTreeSet::new(),
+            connected: false,
+            decided: false,
+            now_ms: 0,
+        });
+        assert!(p.jobs.is_empty() && p.reports.is_empty());
+        assert_eq!(p.tasks, tasks);
+    }
+
+    #[test]
+    fn apply_table() {
+        use TaskState as S;
+        let t = task("a", S::Preparing);
+        let r = apply(&Job::Launch(t.clone()), &Outcome::Started("c1".into()));
+        let kept = r.keep.unwrap();
+        assert!(r.report.is_some() && kept.state == S::Starting && kept.container_id == "c1");
+        assert_eq!(
+            apply(&Job::Launch(t.clone()), &Outcome::Unavailable("down".into())),
+            Applied::default()
+        );
+        let kept = apply(&Job::Launch(t.clone()), &Outcome::Refused("no such image".into()))
+            .keep
+            .unwrap();
+        assert_eq!(
+            (kept.state, kept.message.as_str(), kept.exit_code),
+            (S::Rejected, "no such image", -1)
+        );
+
+        let r = apply(
+            &Job::Restart(task("a", S::Failed)),
+            &Outcome::Started("c2".into()),
+        );
+        let kept = r.keep.unwrap();
+        assert!(kept.state == S::Running && kept.local_restarts == 1 && !kept.restart_due);
+        assert!(
+            apply(
+                &Job::Restart(task("a", S::Failed)),
+                &Outcome::Unavailable("x".into())
+            )
+            .keep
+            .unwrap()
+            .restart_due
+        );
+
+        let r = apply(&Job::Stop(task("a", S::Running)), &Outcome::Stopped(Some(143)));
+        let kept = r.keep.unwrap();
+        assert!(kept.state == S::Shutdown && kept.exit_code == 143 && kept.message.contains("143"));
+        let r = apply(
+            &Job::Stop(task("a", S::Running)),
+            &Outcome::Unavailable("x".into()),
+        );
+        assert_eq!((r.keep.unwrap().state, r.report), (S::Running, None));
+
+        let r = apply(&Job::Forget(task("a", S::Running)), &Outcome::Stopped(None));
+        assert!(r.keep.is_none() && r.report.unwrap().state == S::Shutdown);
+        assert_eq!(
+            apply(&Job::Forget(task("a", S::Failed)), &Outcome::Stopped(None)),
+            Applied::default()
+        );
+    }
+}
