@@ -505,3 +505,53 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
         rig.containers(ns).is_empty().then_some(())
     });
 }
+
+/// The runtime contract (src/worker/contract.rs) against containerd itself, as `cargo test`
+/// runs it against the simulated runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_keeps_the_runtime_contract() {
+    use warren::worker::containerd::{pull::RegistryOpts, ContainerdOpts, ContainerdRuntime};
+    use warren::worker::contract::{run_all, Fixture};
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = tokio::task::block_in_place(|| Rig::start(&tmp.path().join("rig")));
+    let rt = ContainerdRuntime::connect(ContainerdOpts {
+        socket: rig.socket.clone().into(),
+        namespace: "contract".into(),
+        node_id: "contract-node".into(),
+        logs_dir: tmp.path().join("logs"),
+        registry: RegistryOpts {
+            insecure: vec![rig.registry.clone()],
+            credentials: Default::default(),
+        },
+        cgroup_parent: "/warren-contract".into(),
+    })
+    .await
+    .expect("connecting to the rig's containerd");
+    let spec = |cmd: &[&str]| warren::core::ServiceSpec {
+        name: "contract".into(),
+        image: rig.image.clone(),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let prefix = format!("contract{}", std::process::id());
+    run_all(&Fixture {
+        runtime: &*rt,
+        image: rig.image.clone(),
+        missing_image: format!("{}/nope:1", rig.registry),
+        runs: spec(&["sh", "-c", "trap 'exit 143' TERM; sleep 1000 & wait"]),
+        exits_3: spec(&["sh", "-c", "sleep 0.2; exit 3"]),
+        missing_command: spec(&["/no/such/binary"]),
+        prefix,
+        patience: Duration::from_secs(30),
+    })
+    .await;
+    assert!(
+        rig.containers("contract").is_empty(),
+        "the contract suite left containers behind"
+    );
+    tokio::task::block_in_place(|| drop(rig));
+}

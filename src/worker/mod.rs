@@ -7,6 +7,7 @@
 
 #[cfg(not(madsim))]
 pub mod containerd;
+pub mod contract;
 pub mod local;
 pub mod runtime;
 pub mod sim_runtime;

@@ -56,7 +56,8 @@ pub trait ContainerRuntime: Send + Sync {
     /// Stops a container: SIGTERM, SIGKILL after `timeout`. It stays listed (exited) until
     /// removed.
     async fn stop(&self, container_id: &str, timeout: Duration) -> Result<(), RuntimeError>;
-    /// Deletes an exited container and everything it held (its root filesystem, its logs).
+    /// Deletes a container (killing it first if it still runs) and everything it held: its
+    /// root filesystem, its logs.
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError>;
     async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError>;
     /// Every container this worker's runtime holds, running or exited.

@@ -555,6 +555,21 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        match ContainersClient::new(self.conn.channel.clone())
+            .get(
+                self.conn
+                    .req(containerd_client::services::v1::GetContainerRequest {
+                        id: container_id.to_string(),
+                    }),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(RuntimeError::NotFound(container_id.into()))
+            }
+            Err(s) => return Err(status_to_error(s)),
+        }
         self.delete_all(container_id).await?;
         for p in [
             Self::log_path(&self.opts.logs_dir, container_id),
