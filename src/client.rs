@@ -344,6 +344,18 @@ impl Client {
         }
     }
 
+    /// A service's task output, as a stream of lines (notices among them).
+    pub async fn service_logs(
+        &self,
+        req: pb::ServiceLogsRequest,
+    ) -> Result<tonic::Streaming<pb::LogLine>, ClientError> {
+        self.call(|mut s| {
+            let req = req.clone();
+            async move { s.services.service_logs(req).await }
+        })
+        .await
+    }
+
     /// Tasks of `service` (all services if empty).
     pub async fn list_tasks(&self, service: &str, consistent: bool) -> Result<Vec<pb::Task>, ClientError> {
         self.all_pages(|mut s, page_token| {

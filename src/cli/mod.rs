@@ -145,6 +145,22 @@ pub enum ServiceCmd {
     /// Delete a service.
     #[command(alias = "rm")]
     Delete { service: String },
+    /// Show what a service's tasks print: `logs web --tail 100 --follow`.
+    Logs {
+        service: String,
+        /// Keep printing new output until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Last lines per task: a number or `all` (at most 10,000).
+        #[arg(long, default_value = "all", value_parser = parse_tail)]
+        tail: i64,
+        /// Only this task (an id or a prefix of at least 6 characters, as `service ps` shows).
+        #[arg(long = "task")]
+        task_id: Option<String>,
+        /// Prefix lines with the time they were written (not available yet).
+        #[arg(long, short = 't')]
+        timestamps: bool,
+    },
     /// List a service's tasks: node, desired and actual state, since when, and why.
     Ps {
         service: String,
@@ -203,6 +219,19 @@ pub enum RestartCondition {
     None,
     OnFailure,
     Any,
+}
+
+/// `--tail`: a line count or `all` (-1).
+fn parse_tail(s: &str) -> Result<i64, String> {
+    match s.trim() {
+        "all" => Ok(-1),
+        n => match n.parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(n),
+            _ => Err(format!(
+                "{s:?} is not a line count; use a number from 0 up, or `all`"
+            )),
+        },
+    }
 }
 
 /// CPUs as a decimal ("0.5") to thousandths.
@@ -441,6 +470,45 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 .await?;
             println!("{}", r.id);
             Ok(())
+        }
+        ServiceCmd::Logs {
+            service,
+            follow,
+            tail,
+            task_id,
+            timestamps,
+        } => {
+            if timestamps {
+                anyhow::bail!("--timestamps is not available: the container runtime writes task output to the log file without times; drop the flag");
+            }
+            let name = service.clone();
+            let mut lines = c
+                .service_logs(pb::ServiceLogsRequest {
+                    service,
+                    follow,
+                    tail,
+                    task_id: task_id.unwrap_or_default(),
+                })
+                .await?;
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            loop {
+                match lines.message().await {
+                    Ok(Some(l)) if !l.notice.is_empty() => eprintln!("warning: {}", l.notice),
+                    Ok(Some(l)) => {
+                        let mut o = stdout.lock();
+                        let id = crate::core::limits::prefix(&l.task_id, 12);
+                        write!(o, "{name}.{}.{id}@{} | ", l.slot, l.node_id)?;
+                        o.write_all(&l.line)?;
+                        o.write_all(b"\n")?;
+                        if follow {
+                            o.flush()?;
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(s) => anyhow::bail!("the log stream broke: {} (run the command again)", s.message()),
+                }
+            }
         }
         ServiceCmd::Ps { service, consistent } => {
             let tasks = c.list_tasks(&service, consistent).await?;

@@ -64,6 +64,10 @@ pub struct Input<'a> {
     pub assigned: Option<&'a [Assignment]>,
     /// Tasks with a job in flight.
     pub busy: &'a BTreeSet<String>,
+    /// Containers found at start that this worker's saved state did not know (task id →
+    /// container id; say it was killed between starting one and saving): adopted if the
+    /// managers assign the task, else discarded, once the first assignment set is in.
+    pub unclaimed: &'a BTreeMap<String, String>,
     /// A manager answered a heartbeat recently.
     pub connected: bool,
     /// Whether managers are reachable is known (a first heartbeat was tried).
@@ -82,12 +86,15 @@ pub enum Job {
     /// The managers no longer list the task: stop it if it runs, report it, remove its
     /// container.
     Forget(LocalTask),
+    /// A container found at start that no assigned task owns: stop and remove it (nothing to
+    /// report; the task stands in only for its ids and stop timeout).
+    Discard(LocalTask),
 }
 
 impl Job {
     pub fn task(&self) -> &LocalTask {
         match self {
-            Job::Launch(t) | Job::Restart(t) | Job::Stop(t) | Job::Forget(t) => t,
+            Job::Launch(t) | Job::Restart(t) | Job::Stop(t) | Job::Forget(t) | Job::Discard(t) => t,
         }
     }
 }
@@ -112,6 +119,9 @@ pub enum Outcome {
     /// Stopped; the container's exit code if the runtime knows it.
     Stopped(Option<i32>),
 }
+
+/// Stop timeout of a discarded container (its service's own is not known here).
+pub const DISCARD_STOP_TIMEOUT_MS: u64 = 10_000;
 
 fn observe(t: &mut LocalTask, seen: Observation, now_ms: i64) -> Option<TaskState> {
     let (state, code) = match seen {
@@ -239,7 +249,35 @@ pub fn plan(input: &Input) -> Plan {
                     // Nothing runs here for it: let the managers close it.
                     reports.push(placeholder(a, TaskState::Shutdown, "not running on this node"));
                 }
-                None => jobs.push(Job::Launch(placeholder(a, TaskState::Preparing, ""))),
+                None => match input.unclaimed.get(&a.id) {
+                    Some(cid) => {
+                        let mut t = placeholder(a, TaskState::Starting, "");
+                        t.container_id = cid.clone();
+                        reports.push(t.clone());
+                        tasks.insert(t.id.clone(), t);
+                    }
+                    None => jobs.push(Job::Launch(placeholder(a, TaskState::Preparing, ""))),
+                },
+            }
+        }
+        for (task, cid) in input.unclaimed {
+            let adopted = tasks.get(task).is_some_and(|t| &t.container_id == cid);
+            if !adopted && idle(task) {
+                let mut stand_in = placeholder(
+                    &Assignment {
+                        id: task.clone(),
+                        service_name: String::new(),
+                        slot: 0,
+                        spec: ServiceSpec::default(),
+                        desired: TaskState::Shutdown,
+                        state: None,
+                    },
+                    TaskState::Running,
+                    "",
+                );
+                stand_in.container_id = cid.clone();
+                stand_in.spec.stop_timeout_ms = DISCARD_STOP_TIMEOUT_MS;
+                jobs.push(Job::Discard(stand_in));
             }
         }
         let gone: Vec<String> = tasks
@@ -341,6 +379,7 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
         }
         // Could not stop it: the sweep removes what no task owns.
         (Job::Forget(_), _) => Applied::default(),
+        (Job::Discard(_), _) => Applied::default(),
     }
 }
 
@@ -391,6 +430,7 @@ mod tests {
         observed: Vec<(&'static str, Observation)>,
         assigned: Option<Vec<Assignment>>,
         busy: Vec<&'static str>,
+        unclaimed: Vec<(&'static str, &'static str)>,
         connected: bool,
         /// Expected: (task id, state) after the plan, jobs as (kind, task id), reports.
         want_tasks: Vec<(&'static str, TaskState)>,
@@ -404,6 +444,7 @@ mod tests {
             Job::Restart(_) => "restart",
             Job::Stop(_) => "stop",
             Job::Forget(_) => "forget",
+            Job::Discard(_) => "discard",
         }
     }
 
@@ -418,6 +459,7 @@ mod tests {
                 observed: vec![],
                 assigned: Some(vec![assignment("a", S::Running, Some(S::Assigned))]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![],
                 want_jobs: vec![("launch", "a")],
@@ -429,6 +471,7 @@ mod tests {
                 observed: vec![],
                 assigned: Some(vec![assignment("a", S::Running, Some(S::Assigned))]),
                 busy: vec!["a"],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![],
                 want_jobs: vec![],
@@ -440,6 +483,7 @@ mod tests {
                 observed: vec![("a", O::Running)],
                 assigned: Some(vec![assignment("a", S::Running, Some(S::Starting))]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Running)],
                 want_jobs: vec![],
@@ -451,6 +495,7 @@ mod tests {
                 observed: vec![("a", O::Exited(3))],
                 assigned: None,
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Failed)],
                 want_jobs: vec![],
@@ -462,6 +507,7 @@ mod tests {
                 observed: vec![("a", O::Exited(3))],
                 assigned: None,
                 busy: vec![],
+                unclaimed: vec![],
                 connected: false,
                 want_tasks: vec![("a", S::Failed)],
                 want_jobs: vec![("restart", "a")],
@@ -473,6 +519,7 @@ mod tests {
                 observed: vec![("a", O::OomKilled(137))],
                 assigned: None,
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Failed)],
                 want_jobs: vec![],
@@ -484,6 +531,7 @@ mod tests {
                 observed: vec![],
                 assigned: None,
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Running)],
                 want_jobs: vec![],
@@ -495,6 +543,7 @@ mod tests {
                 observed: vec![("a", O::Running)],
                 assigned: Some(vec![assignment("a", S::Shutdown, Some(S::Running))]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Running)],
                 want_jobs: vec![("stop", "a")],
@@ -506,6 +555,7 @@ mod tests {
                 observed: vec![("a", O::Running)],
                 assigned: Some(vec![]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![],
                 want_jobs: vec![("forget", "a")],
@@ -517,6 +567,7 @@ mod tests {
                 observed: vec![],
                 assigned: Some(vec![assignment("a", S::Running, Some(S::Orphaned))]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![],
                 want_jobs: vec![],
@@ -528,6 +579,7 @@ mod tests {
                 observed: vec![("a", O::Running)],
                 assigned: Some(vec![assignment("a", S::Running, Some(S::Starting))]),
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Running)],
                 want_jobs: vec![],
@@ -539,10 +591,23 @@ mod tests {
                 observed: vec![("a", O::Gone)],
                 assigned: None,
                 busy: vec![],
+                unclaimed: vec![],
                 connected: true,
                 want_tasks: vec![("a", S::Failed)],
                 want_jobs: vec![],
                 want_reports: vec![("a", S::Failed)],
+            },
+            Case {
+                name: "a container found at start is adopted if assigned, discarded if not",
+                tasks: vec![],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Running))]),
+                busy: vec![],
+                unclaimed: vec![("a", "c-a"), ("b", "c-b")],
+                connected: true,
+                want_tasks: vec![("a", S::Starting)],
+                want_jobs: vec![("discard", "b")],
+                want_reports: vec![("a", S::Starting)],
             },
         ];
         for c in cases {
@@ -558,6 +623,11 @@ mod tests {
                 observed: &observed,
                 assigned: c.assigned.as_deref(),
                 busy: &busy,
+                unclaimed: &c
+                    .unclaimed
+                    .into_iter()
+                    .map(|(t, c)| (t.to_string(), c.to_string()))
+                    .collect(),
                 connected: c.connected,
                 decided: true,
                 now_ms: 1_000,
@@ -583,6 +653,7 @@ mod tests {
             observed: &observed,
             assigned: None,
             busy: &BTreeSet::new(),
+            unclaimed: &BTreeMap::new(),
             connected: false,
             decided: false,
             now_ms: 0,

@@ -57,6 +57,13 @@ pub const MAX_API_CONNECTIONS: usize = 4096;
 /// A new connection must complete its HTTP/2 preface within this long.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
+/// `service logs`: tasks one request may cover (else name one with --task), lines and bytes
+/// a tail may return per task, and the longest line (longer ones are split).
+pub const MAX_LOG_TASKS: usize = 1_000;
+pub const MAX_LOG_TAIL_LINES: usize = 10_000;
+pub const MAX_LOG_TAIL_BYTES: usize = 4 << 20;
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
 pub fn prefix(text: &str, max: usize) -> &str {
     if text.len() <= max {

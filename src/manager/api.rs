@@ -335,6 +335,97 @@ impl Api {
 
 #[tonic::async_trait]
 impl ServiceService for Api {
+    type ServiceLogsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+    async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Reply<Self::ServiceLogsStream> {
+        let req = req.into_inner();
+        let invalid = |field: &str, reason: String| -> Status {
+            ApiError::State(StateError::InvalidArgument {
+                field: field.into(),
+                reason,
+            })
+            .into()
+        };
+        if req.tail < -1 {
+            return Err(invalid(
+                "tail",
+                format!("{} is not a line count; use -1 for all, or 0 and up", req.tail),
+            ));
+        }
+        // Per node: (task id, slot) of the service's tasks that ran somewhere.
+        let by_node: std::collections::BTreeMap<String, Vec<(String, u32)>> = self
+            .read(|st| {
+                let svc = st
+                    .service(&req.service)
+                    .ok_or_else(|| not_found("service", &req.service))?;
+                let mut tasks: Vec<&core::Task> = st
+                    .tasks
+                    .values()
+                    .filter(|t| t.service_id == svc.id && !t.node_id.is_empty())
+                    .collect();
+                if !req.task_id.is_empty() {
+                    if req.task_id.len() < 6 {
+                        return Err(ApiError::State(StateError::InvalidArgument {
+                            field: "task_id".into(),
+                            reason:
+                                "give at least 6 characters of the task id (`warren service ps` shows 12)"
+                                    .into(),
+                        }));
+                    }
+                    tasks.retain(|t| t.id.starts_with(&req.task_id));
+                    match tasks.len() {
+                        0 => return Err(not_found("task", &req.task_id)),
+                        1 => {}
+                        n => {
+                            return Err(ApiError::State(StateError::InvalidArgument {
+                                field: "task_id".into(),
+                                reason: format!(
+                                    "{} matches {n} tasks; give more of it",
+                                    core::limits::quote(&req.task_id)
+                                ),
+                            }))
+                        }
+                    }
+                }
+                if tasks.len() > core::limits::MAX_LOG_TASKS {
+                    return Err(ApiError::State(StateError::FailedPrecondition(format!(
+                        "service {} has {} tasks with logs; at most {} at once: pick one with --task",
+                        req.service,
+                        tasks.len(),
+                        core::limits::MAX_LOG_TASKS
+                    ))));
+                }
+                let mut by_node: std::collections::BTreeMap<String, Vec<(String, u32)>> = Default::default();
+                for t in tasks {
+                    by_node
+                        .entry(t.node_id.clone())
+                        .or_default()
+                        .push((t.id.clone(), t.slot));
+                }
+                Ok(by_node)
+            })
+            .map_err(Status::from)?;
+        let tail = if req.tail < 0 {
+            core::limits::MAX_LOG_TAIL_LINES as i64
+        } else {
+            req.tail.min(core::limits::MAX_LOG_TAIL_LINES as i64)
+        };
+        let mut streams = Vec::new();
+        for (node, tasks) in by_node {
+            let slots: std::collections::BTreeMap<String, u32> = tasks.iter().cloned().collect();
+            let ids: Vec<String> = tasks.into_iter().map(|(id, _)| id).collect();
+            let lines = super::logs::from_node(&self.m, &node, ids, req.follow, tail).await;
+            let node_id = node.clone();
+            streams.push(futures::StreamExt::map(lines, move |mut l| {
+                l.slot = slots.get(&l.task_id).copied().unwrap_or(0);
+                l.node_id = node_id.clone();
+                Ok(l)
+            }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::select_all(streams))))
+    }
+
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
         let rid = request_id("create_service", &req)?;
         let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default()).map_err(ApiError::State)?;
@@ -657,6 +748,43 @@ impl ClusterService for Api {
 impl TaskService for Api {
     type WatchAssignmentsStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AssignmentEvent, Status>> + Send>>;
+    type LogSessionStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogRequest, Status>> + Send>>;
+
+    /// A worker's log session: a hello naming a registered node, then its uploads, while
+    /// this manager sends it the log requests for its tasks.
+    async fn log_session(
+        &self,
+        req: Request<tonic::Streaming<pb::LogUpload>>,
+    ) -> Reply<Self::LogSessionStream> {
+        let mut uploads = req.into_inner();
+        let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), uploads.message()).await {
+            Ok(Ok(Some(h))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a log session starts with a hello naming the node",
+                ))
+            }
+        };
+        let node = hello.node_id;
+        if !self.read(|st| st.nodes.contains_key(&node)) {
+            return Err(not_found("node", &node).into());
+        }
+        let (generation, orders) = self.m.logs.open(&node);
+        tracing::debug!(node = %node, "log session opened");
+        let m = self.m.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(up)) = uploads.message().await {
+                m.logs.upload(&node, generation, up).await;
+            }
+            m.logs.close(&node, generation);
+            tracing::debug!(node = %node, "log session closed");
+        });
+        let out = futures::stream::unfold(orders, |mut orders| async move {
+            orders.recv().await.map(|o| (Ok(o), orders))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
         let req = req.into_inner();

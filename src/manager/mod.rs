@@ -8,6 +8,7 @@ pub mod error;
 mod join;
 pub mod leader;
 mod listener;
+pub mod logs;
 pub mod marker;
 pub mod orchestrator;
 mod peers;
@@ -123,6 +124,7 @@ pub struct Manager {
     pub peers: peers::Peers,
     pub election: election::ElectionTimer,
     pub heartbeats: orchestrator::Heartbeats,
+    pub logs: logs::LogBroker,
     reads: ReadBatch,
     pub orchestrator: orchestrator::OrchestratorOpts,
     pub timing: crate::core::election::ElectionTiming,
@@ -365,6 +367,7 @@ pub async fn start(
             peers: Default::default(),
             election: election::ElectionTimer::new(outlogged),
             heartbeats: Default::default(),
+            logs: Default::default(),
             reads: Default::default(),
             orchestrator: opts.timing.orchestrator.clone(),
             timing: opts.timing.election(),

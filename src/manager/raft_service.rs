@@ -99,6 +99,29 @@ impl RaftService for RaftRpc {
         Ok(Response::new(encode(&run_local(&self.m, op).await)))
     }
 
+    type NodeLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    /// Log lines from a worker whose session this manager holds, for a peer's `service logs`.
+    async fn node_logs(&self, req: Request<RaftPayload>) -> Result<Response<Self::NodeLogsStream>, Status> {
+        use prost::Message;
+        let q: super::logs::NodeLogsQuery = decode(req.get_ref()).map_err(bad_payload)?;
+        let rx = self
+            .m
+            .logs
+            .request(&q.node_id, q.task_ids, q.follow, q.tail)
+            .ok_or_else(|| Status::not_found(format!("no log session of node {} here", q.node_id)))?;
+        let out = futures::stream::unfold(rx, |mut rx| async move {
+            let lines = rx.recv().await?;
+            let data = crate::proto::v1::LogUpload {
+                lines,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            Some((Ok(RaftPayload { data }), rx))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
     /// Answers with this manager's members, so a peer that missed a join learns of it.
     async fn ping(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let members: std::collections::BTreeSet<NodeId> = self.m.members().into_keys().collect();

@@ -88,7 +88,7 @@ async fn start_status_stop_remove(f: &Fixture<'_>) {
     let rt = f.runtime;
     let task = format!("{}-life", f.prefix);
     let cid = rt.start(&task, &f.runs).await.expect("contract: start");
-    eventually(f, &cid, "ran", |s| *s == Ok(ContainerStatus::Running)).await;
+    let _ = eventually(f, &cid, "ran", |s| *s == Ok(ContainerStatus::Running)).await;
     assert_eq!(
         listed(f, &task).await,
         vec![(cid.clone(), ContainerStatus::Running)],
@@ -135,9 +135,9 @@ async fn one_container_per_task(f: &Fixture<'_>) {
     let rt = f.runtime;
     let task = format!("{}-again", f.prefix);
     let first = rt.start(&task, &f.exits_3).await.expect("contract: start");
-    eventually(f, &first, "exited", |s| matches!(s, Ok(st) if st.is_exited())).await;
+    let _ = eventually(f, &first, "exited", |s| matches!(s, Ok(st) if st.is_exited())).await;
     let second = rt.start(&task, &f.runs).await.expect("contract: start again");
-    eventually(f, &second, "ran", |s| *s == Ok(ContainerStatus::Running)).await;
+    let _ = eventually(f, &second, "ran", |s| *s == Ok(ContainerStatus::Running)).await;
     let l = listed(f, &task).await;
     assert_eq!(
         l.len(),

@@ -9,6 +9,7 @@
 pub mod containerd;
 pub mod contract;
 pub mod local;
+pub mod logs;
 pub mod runtime;
 pub mod sim_runtime;
 
@@ -247,6 +248,9 @@ pub async fn start(
         let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);
         let watcher = tokio::spawn(watch_assignments(client.clone(), opts.node_id.clone(), assign_tx).in_current_span());
         let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone()).in_current_span());
+        let log_session = runtime
+            .logs_dir()
+            .map(|dir| tokio::spawn(logs::session(client.clone(), opts.node_id.clone(), dir).in_current_span()));
 
         let autonomy_after = Duration::from_millis(opts.autonomy_after_ms);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -256,6 +260,7 @@ pub async fn start(
             autonomy_after,
             saved: local.clone(),
             busy: BTreeSet::new(),
+            unclaimed: BTreeMap::new(),
             done_tx,
         };
         // Until the managers tell us otherwise, keep what we ran.
@@ -294,6 +299,9 @@ pub async fn start(
         info!("worker stopping; its containers keep running");
         watcher.abort();
         beater.abort();
+        if let Some(h) = log_session {
+            h.abort();
+        }
         Ok(())
     }
     .instrument(span)
@@ -516,6 +524,8 @@ struct Agent {
     saved: LocalState,
     /// Tasks with a job in flight.
     busy: BTreeSet<String>,
+    /// Containers found at start that the saved state did not know (see `core::agent`).
+    unclaimed: BTreeMap<String, String>,
     done_tx: tokio::sync::mpsc::UnboundedSender<(Job, Outcome)>,
 }
 
@@ -574,6 +584,13 @@ async fn run_job(rt: &dyn ContainerRuntime, job: &Job) -> Outcome {
             Err(e) => refused_or_down(e),
         },
         Job::Stop(t) => stop_container(rt, t).await,
+        Job::Discard(t) => {
+            let outcome = stop_container(rt, t).await;
+            if let Err(e) = rt.remove(&t.container_id).await {
+                debug!(container = %t.container_id, error = %e, "could not remove it yet");
+            }
+            outcome
+        }
         Job::Forget(t) => {
             let outcome = if t.state.is_terminal() {
                 Outcome::Stopped(None)
@@ -626,9 +643,10 @@ impl Agent {
     }
 
     /// Adopts the runtime's containers that belong to this worker's tasks (same task, same
-    /// container: left running) and stops and removes the others. Run at start and every
-    /// `SWEEP_MS`, so that what a failed removal left behind does not stay.
-    async fn sweep(&self, local: &LocalState, at_start: bool) {
+    /// container: left running). At start, the others wait for the first assignment set
+    /// (`unclaimed`: adopted if assigned, else discarded); later, every `SWEEP_MS`, they are
+    /// stopped and removed, so that what a failed removal left behind does not stay.
+    async fn sweep(&mut self, local: &LocalState, at_start: bool) {
         let listed = match self.runtime.list().await {
             Ok(l) => l,
             Err(e) => {
@@ -646,8 +664,13 @@ impl Agent {
                 adopted += 1;
                 continue;
             }
-            if self.busy.contains(&c.task_id) {
-                continue; // being started or stopped right now
+            if at_start {
+                info!(task = %c.task_id, container = %c.container_id, "found a container this worker's saved state does not know: kept until the managers say whether its task is ours");
+                self.unclaimed.insert(c.task_id.clone(), c.container_id.clone());
+                continue;
+            }
+            if self.busy.contains(&c.task_id) || self.unclaimed.contains_key(&c.task_id) {
+                continue; // being started, stopped or claimed right now
             }
             info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
             if !c.status.is_exited() {
@@ -694,6 +717,7 @@ impl Agent {
             observed: &observed,
             assigned: assigned.as_deref(),
             busy: &self.busy,
+            unclaimed: &self.unclaimed,
             connected,
             decided,
             now_ms: crate::manager::now_ms(),
@@ -706,6 +730,15 @@ impl Agent {
             {
                 info!(task = %t.id, code = t.exit_code, message = %t.message, "container exited");
             }
+        }
+        if assigned.is_some() {
+            for (task, cid) in &self.unclaimed {
+                if plan.tasks.get(task).is_some_and(|t| &t.container_id == cid) {
+                    info!(task = %task, container = %cid, "adopted a running container (not restarted)");
+                }
+            }
+            // Each was adopted or is being discarded.
+            self.unclaimed.clear();
         }
         local.tasks = plan.tasks;
         for r in &plan.reports {

@@ -62,4 +62,9 @@ pub trait ContainerRuntime: Send + Sync {
     async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError>;
     /// Every container this worker's runtime holds, running or exited.
     async fn list(&self) -> Result<Vec<Listed>, RuntimeError>;
+    /// Where task output goes (`DIR/TASK.log`, one older copy `TASK.log.1`); None if this
+    /// runtime keeps none.
+    fn logs_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }

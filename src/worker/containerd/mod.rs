@@ -243,7 +243,7 @@ impl ContainerdRuntime {
     }
 
     pub fn log_path(logs_dir: &Path, task_id: &str) -> PathBuf {
-        logs_dir.join(format!("{task_id}.log"))
+        crate::worker::logs::file(logs_dir, task_id)
     }
 
     async fn image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
@@ -580,6 +580,10 @@ impl ContainerRuntime for ContainerdRuntime {
         Ok(())
     }
 
+    fn logs_dir(&self) -> Option<PathBuf> {
+        Some(self.opts.logs_dir.clone())
+    }
+
     async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError> {
         if let Some(s) = self.known.lock().unwrap().status.get(container_id) {
             return Ok(*s);
@@ -614,11 +618,7 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 }
 
-fn rotated(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".1");
-    PathBuf::from(s)
-}
+use crate::worker::logs::rotated;
 
 /// Keeps each task log under `LOG_MAX_BYTES`: copy to `.1`, then truncate (the shim
 /// appends, so its next write lands at the new end). Lines written between the copy and
@@ -695,7 +695,7 @@ async fn watch_events(conn: Conn, known: Arc<Mutex<Known>>) {
             backoff.wait(None).await;
             continue;
         }
-        debug!("containerd events: subscribed");
+        info!("watching containerd events");
         backoff = crate::retry::Backoff::new(100, 5_000);
         loop {
             match stream.message().await {
