@@ -116,6 +116,8 @@ impl Rig {
             .open(self.dir.join("containerd.log"))
             .unwrap();
         let cd = self.dir.join("containerd");
+        // Ended by rig.sh stop, by the PID written below.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("containerd")
             .arg("--root")
             .arg(cd.join("root"))

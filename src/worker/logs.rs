@@ -141,7 +141,18 @@ async fn answer(dir: PathBuf, req: pb::LogRequest, tx: Uploads) {
         }
         follow.push((task.clone(), end, Vec::new()));
     }
-    while req.follow {
+    if !req.follow {
+        let _ = tx
+            .send(pb::LogUpload {
+                request_id: req.request_id,
+                done: true,
+                ..Default::default()
+            })
+            .await;
+        return;
+    }
+    // Until the reader hangs up (the manager cancels) or the session ends.
+    loop {
         tokio::time::sleep(FOLLOW_POLL).await;
         for (task, offset, carry) in follow.iter_mut() {
             let path = file(&dir, task);
@@ -170,13 +181,6 @@ async fn answer(dir: PathBuf, req: pb::LogRequest, tx: Uploads) {
             }
         }
     }
-    let _ = tx
-        .send(pb::LogUpload {
-            request_id: req.request_id,
-            done: true,
-            ..Default::default()
-        })
-        .await;
 }
 
 /// Holds a log session with some manager for ever, moving on when it breaks.
