@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Warren's main job for now: one local manager (data in ./warren-data, API on 127.0.0.1:8080),
-# one worker (./warren-worker, simulated container runtime until containerd support lands)
-# and a demo service whose tasks the worker runs. Ctrl-C stops both; running this again
-# resumes the same cluster.
+# Warren's main job: one local manager (data in ./warren-data, API on 127.0.0.1:8080), one
+# worker (./warren-worker) running real containers through a private containerd, and a demo
+# service of two busybox httpd replicas answering on 127.0.0.1:8001 and :8002. No internet
+# needed: the image is built from Debian's busybox-static and served by a registry on
+# 127.0.0.1:5000 (scripts/rig.sh, in ./warren-rig). Ctrl-C stops everything and removes the
+# containers; running this again resumes the same cluster.
+#
+# On a real host, point the worker at the system containerd instead
+# (`--containerd-socket /run/containerd/containerd.sock`, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -10,10 +15,17 @@ cargo build --release -q
 W=target/release/warren
 API=${WARREN_API:-127.0.0.1:8080}
 RAFT=${WARREN_RAFT:-127.0.0.1:7946}
+pid= wpid=
+stop_all() {
+  kill -TERM $pid $wpid 2>/dev/null || true
+  wait $pid $wpid 2>/dev/null || true
+  ./scripts/rig.sh stop ./warren-rig
+}
+trap stop_all INT TERM EXIT
+./scripts/rig.sh stop ./warren-rig
+eval "$(RIG_REGISTRY_PORT=${WARREN_REGISTRY_PORT:-5000} ./scripts/rig.sh start ./warren-rig)"
 $W cluster init --node-id 1 --api-addr "$API" --bind-addr "$RAFT" --data-dir ./warren-data &
 pid=$!
-wpid=
-trap 'kill -TERM $pid $wpid 2>/dev/null; wait $pid $wpid' INT TERM EXIT
 for _ in $(seq 1 100); do
   $W --manager "$API" cluster info >/dev/null 2>&1 && break
   kill -0 $pid 2>/dev/null || { echo "the manager exited; see its log above" >&2; exit 1; }
@@ -21,17 +33,23 @@ for _ in $(seq 1 100); do
 done
 # The worker joins with a token the first time; later runs resume from its data dir.
 if [ -e ./warren-worker/worker.json ]; then TOKEN=(); else TOKEN=(--token "$($W --manager "$API" cluster join-token worker -q)"); fi
-$W --manager "$API" worker start "${TOKEN[@]}" --node-id demo-worker --data-dir ./warren-worker --label zone=local &
+$W --manager "$API" worker start "${TOKEN[@]}" --node-id demo-worker --data-dir ./warren-worker --label zone=local \
+  --containerd-socket "$WARREN_RIG_CONTAINERD_SOCKET" --containerd-namespace warren-demo \
+  --insecure-registry "$WARREN_RIG_REGISTRY" &
 wpid=$!
+# Host networking: each replica serves on 8000 + its slot.
 $W --manager "$API" service inspect hello >/dev/null 2>&1 ||
-  $W --manager "$API" service create hello --image busybox:latest --replicas 2 -e GREETING=hi -- httpd -f -p 8000
-for _ in $(seq 1 100); do
-  $W --manager "$API" service ps hello -o json 2>/dev/null | grep -q '"state": "running"' && break
+  $W --manager "$API" service create hello --image "$WARREN_RIG_IMAGE" --replicas 2 -e GREETING=hi \
+    -- sh -c 'echo "replica $WARREN_TASK_SLOT serving on port $((8000 + WARREN_TASK_SLOT))"; exec httpd -f -p $((8000 + WARREN_TASK_SLOT)) -h /www'
+for _ in $(seq 1 300); do
+  curl -sf http://127.0.0.1:8001/ >/dev/null 2>&1 && curl -sf http://127.0.0.1:8002/ >/dev/null 2>&1 && break
   sleep 0.1
 done
 $W --manager "$API" cluster info
 $W --manager "$API" node ls
 $W --manager "$API" service ps hello
+echo "curl http://127.0.0.1:8001/ -> $(curl -s http://127.0.0.1:8001/)"
+$W --manager "$API" service logs hello --tail 5
 echo
-echo "Manager (pid $pid) and worker (pid $wpid) running. Try: $W --manager $API service scale hello=3 ; $W --manager $API service ps hello ; Ctrl-C to stop."
+echo "Manager (pid $pid) and worker (pid $wpid) running real containers. Try: $W --manager $API service logs hello -f ; $W --manager $API service scale hello=3 ; Ctrl-C to stop."
 wait $pid

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Installs what building and testing Warren needs on Debian: protoc for the gRPC code.
+# Installs what building and testing Warren needs on Debian: protoc for the gRPC code; for
+# the real-container tests and the demo, containerd + runc, a registry (docker-registry),
+# umoci + skopeo + busybox-static to build the test image, htpasswd (apache2-utils) for a
+# registry with a password, curl and python3.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v umoci >/dev/null || need+=(umoci)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive

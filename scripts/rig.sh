@@ -6,7 +6,7 @@
 #   scripts/rig.sh stop DIR              # kills what start started (by PID) and removes DIR
 #
 # Needs root and Debian's containerd, runc, docker-registry, umoci, skopeo, busybox-static
-# (installed here when missing). Nothing is downloaded but Debian's packages: the image is
+# (installed here when missing). RIG_REGISTRY_PORT fixes the registry's port (default: a free one). Nothing is downloaded but Debian's packages: the image is
 # built from /bin/busybox.
 set -euo pipefail
 cmd=${1:?usage: rig.sh start|stop DIR}
@@ -19,6 +19,7 @@ need_packages() {
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v umoci >/dev/null || need+=(umoci)
   command -v skopeo >/dev/null || need+=(skopeo)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
   [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -41,7 +42,7 @@ start() {
   dir=$(cd "$dir" && pwd)
   # The registry, on a free loopback port, storing under DIR.
   local port
-  port=$(free_port)
+  port=${RIG_REGISTRY_PORT:-$(free_port)}
   cat >"$dir/registry.yml" <<EOF
 version: 0.1
 log:
@@ -55,6 +56,28 @@ EOF
   docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
   echo $! >"$dir/registry.pid"
   wait_for curl -sf "http://127.0.0.1:$port/v2/"
+
+  # A second registry that wants a password (htpasswd, user warren / s3cret).
+  local auth_port
+  auth_port=$(free_port)
+  htpasswd -Bbn warren s3cret >"$dir/htpasswd" 2>/dev/null
+  cat >"$dir/auth-registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/auth-registry
+auth:
+  htpasswd:
+    realm: warren-rig
+    path: $dir/htpasswd
+http:
+  addr: 127.0.0.1:$auth_port
+EOF
+  docker-registry serve "$dir/auth-registry.yml" >"$dir/auth-registry.log" 2>&1 &
+  echo $! >"$dir/auth-registry.pid"
+  wait_for sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$auth_port/v2/)\" = 401 ]"
 
   # A private containerd (its own root, state and socket).
   mkdir -p "$dir/containerd"
@@ -78,17 +101,44 @@ EOF
     umoci config --image oci:bb --config.cmd /bin/httpd --config.cmd -f --config.cmd -p \
       --config.cmd 8000 --config.cmd -h --config.cmd /www --config.env PATH=/bin >/dev/null
     skopeo copy -q --dest-tls-verify=false oci:oci:bb "docker://$image" >&2
+    skopeo copy -q --dest-tls-verify=false --dest-creds warren:s3cret oci:oci:bb \
+      "docker://127.0.0.1:$auth_port/busybox:test" >&2
     rm -rf bundle oci
+    # An index that offers the image for linux/arm64 only (no image for this host).
+    skopeo inspect --raw --tls-verify=false "docker://$image" >manifest.json
+    local digest size
+    digest="sha256:$(sha256sum manifest.json | cut -d' ' -f1)"
+    size=$(stat -c %s manifest.json)
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"arm64","os":"linux"}}]}' \
+      "$digest" "$size" >index.json
+    curl -sf -X PUT -H "Content-Type: application/vnd.oci.image.index.v1+json" --data-binary @index.json \
+      "http://127.0.0.1:$port/v2/busybox/manifests/armonly" >/dev/null
+    rm -f manifest.json index.json
   )
   echo "export WARREN_RIG_DIR=$dir"
   echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
   echo "export WARREN_RIG_REGISTRY=127.0.0.1:$port"
   echo "export WARREN_RIG_IMAGE=$image"
+  echo "export WARREN_RIG_ARM_ONLY_IMAGE=127.0.0.1:$port/busybox:armonly"
+  echo "export WARREN_RIG_AUTH_REGISTRY=127.0.0.1:$auth_port"
+  echo "export WARREN_RIG_AUTH_IMAGE=127.0.0.1:$auth_port/busybox:test"
+  echo "export WARREN_RIG_AUTH_USER=warren"
+  echo "export WARREN_RIG_AUTH_PASSWORD=s3cret"
 }
 
 stop() {
   [ -d "$dir" ] || return 0
-  for name in containerd registry; do
+  # Containers first (their shims outlive containerd otherwise), in every namespace.
+  local sock="$dir/containerd/containerd.sock"
+  if [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; then
+    for ns in $(ctr --address "$sock" namespaces ls -q 2>/dev/null); do
+      for t in $(ctr --address "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+        ctr --address "$sock" -n "$ns" tasks kill -a -s SIGKILL "$t" >/dev/null 2>&1 || true
+        for _ in $(seq 1 50); do ctr --address "$sock" -n "$ns" tasks delete "$t" >/dev/null 2>&1 && break; sleep 0.1; done
+      done
+    done
+  fi
+  for name in containerd registry auth-registry; do
     if [ -f "$dir/$name.pid" ]; then
       kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
       for _ in $(seq 1 50); do kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null || break; sleep 0.1; done

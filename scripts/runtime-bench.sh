@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 TRIALS=${1:-5}
 ./scripts/deps.sh >/dev/null
 cargo build --release -q --bin warren
-W=$PWD/target/release/warren
+W=${WARREN_BIN:-$PWD/target/release/warren}
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

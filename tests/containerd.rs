@@ -23,6 +23,13 @@ pub struct Rig {
     pub socket: String,
     pub registry: String,
     pub image: String,
+    /// An index offering the image for linux/arm64 only.
+    pub arm_only_image: String,
+    /// A registry that wants a password, and the image there.
+    pub auth_registry: String,
+    pub auth_image: String,
+    pub auth_user: String,
+    pub auth_password: String,
 }
 
 impl Rig {
@@ -38,6 +45,11 @@ impl Rig {
             socket: String::new(),
             registry: String::new(),
             image: String::new(),
+            arm_only_image: String::new(),
+            auth_registry: String::new(),
+            auth_image: String::new(),
+            auth_user: String::new(),
+            auth_password: String::new(),
         };
         assert!(out.status.success(), "rig.sh start failed: {}", stderr(&out));
         for line in stdout(&out).lines() {
@@ -48,6 +60,11 @@ impl Rig {
                 "WARREN_RIG_CONTAINERD_SOCKET" => rig.socket = v.to_string(),
                 "WARREN_RIG_REGISTRY" => rig.registry = v.to_string(),
                 "WARREN_RIG_IMAGE" => rig.image = v.to_string(),
+                "WARREN_RIG_ARM_ONLY_IMAGE" => rig.arm_only_image = v.to_string(),
+                "WARREN_RIG_AUTH_REGISTRY" => rig.auth_registry = v.to_string(),
+                "WARREN_RIG_AUTH_IMAGE" => rig.auth_image = v.to_string(),
+                "WARREN_RIG_AUTH_USER" => rig.auth_user = v.to_string(),
+                "WARREN_RIG_AUTH_PASSWORD" => rig.auth_password = v.to_string(),
                 _ => {}
             }
         }
@@ -210,22 +227,40 @@ fn http_get(port: u16) -> Option<String> {
     Some(body)
 }
 
-/// A worker on the rig's containerd in its own namespace.
+/// A worker on the rig's containerd in its own namespace, with registry credentials
+/// `(user, password)` for the rig's password-protected registry if given.
 fn worker(rig: &Rig, api: &str, token: Option<&str>, id: &str, dir: &Path, ns: &str) -> WorkerProc {
-    WorkerProc::spawn(
-        api,
-        token,
-        id,
-        dir,
-        &[
-            "--containerd-socket",
-            &rig.socket,
-            "--containerd-namespace",
-            ns,
-            "--insecure-registry",
-            &rig.registry,
-        ],
-    )
+    worker_with(rig, api, token, id, dir, ns, None)
+}
+
+fn worker_with(
+    rig: &Rig,
+    api: &str,
+    token: Option<&str>,
+    id: &str,
+    dir: &Path,
+    ns: &str,
+    creds: Option<(&str, &str)>,
+) -> WorkerProc {
+    let mut args = vec![
+        "--containerd-socket".to_string(),
+        rig.socket.clone(),
+        "--containerd-namespace".into(),
+        ns.into(),
+        "--insecure-registry".into(),
+        rig.registry.clone(),
+        "--insecure-registry".into(),
+        rig.auth_registry.clone(),
+    ];
+    if let Some((user, password)) = creds {
+        let file = dir.with_extension("auth.json");
+        let config = serde_json::json!({"auths": {rig.auth_registry.clone(): {"username": user, "password": password}}});
+        std::fs::write(&file, config.to_string()).unwrap();
+        args.push("--registry-auth-file".into());
+        args.push(file.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    WorkerProc::spawn(api, token, id, dir, &args)
 }
 
 /// A shell that exits on SIGTERM (PID 1 ignores signals it has no handler for) and serves
@@ -265,7 +300,16 @@ fn logs(rig: &Rig, tmp: &Path) {
         .trim()
         .to_string();
     // The worker knows only manager 1; the CLI asks manager 2.
-    let _w = worker(rig, c.api(1), Some(&token), "logs-1", &tmp.join("logs-1"), ns);
+    let creds = (rig.auth_user.as_str(), rig.auth_password.as_str());
+    let _w = worker_with(
+        rig,
+        c.api(1),
+        Some(&token),
+        "logs-1",
+        &tmp.join("logs-1"),
+        ns,
+        Some(creds),
+    );
     let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
     ok(
         c.api(1),
@@ -524,7 +568,15 @@ fn restarts_underneath(rig: &Rig, api: &str, token: &str, tmp: &Path) {
 /// Each fault is a clear message on the task, and the worker keeps serving its other task.
 fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
     let ns = "faults";
-    let _w = worker(rig, api, Some(token), "faults-1", &tmp.join("faults-1"), ns);
+    let _w = worker_with(
+        rig,
+        api,
+        Some(token),
+        "faults-1",
+        &tmp.join("faults-1"),
+        ns,
+        Some(("warren", "wrong")),
+    );
     let base = free_base();
     ok(
         api,
@@ -558,6 +610,21 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             "unreachable",
             vec!["--image".into(), unreachable, "--".into(), "sh".into()],
             "cannot reach the registry",
+        ),
+        (
+            "noplatform",
+            vec![
+                "--image".into(),
+                rig.arm_only_image.clone(),
+                "--".into(),
+                "sh".into(),
+            ],
+            "no image for this host's platform",
+        ),
+        (
+            "badcreds",
+            vec!["--image".into(), rig.auth_image.clone(), "--".into(), "sh".into()],
+            "--registry-auth-file",
         ),
         (
             "nocmd",

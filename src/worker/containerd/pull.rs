@@ -206,9 +206,17 @@ fn pull_err(image: &str, reason: impl std::fmt::Display) -> RuntimeError {
 }
 
 /// Registry errors in words an operator acts on.
-fn registry_err(image: &str, e: oci_client::errors::OciDistributionError) -> RuntimeError {
+/// `had_credentials`: the auth file named this registry.
+fn registry_err(
+    image: &str,
+    had_credentials: bool,
+    e: oci_client::errors::OciDistributionError,
+) -> RuntimeError {
     use oci_client::errors::OciDistributionError as E;
     let reason = match &e {
+        E::UnauthorizedError { url } if had_credentials => {
+            format!("the registry refused the credentials --registry-auth-file gives for it ({url})")
+        }
         E::AuthenticationFailure(m) => {
             format!("the registry refused the credentials ({m}); check --registry-auth-file")
         }
@@ -270,11 +278,16 @@ impl Puller {
     }
 }
 
-/// The full name containerd records an image under (`docker.io/library/busybox:latest`).
+/// The reference and the full name containerd records an image under
+/// (`docker.io/library/busybox:latest`), from a reference the managers validated.
 pub fn image_name(image: &str) -> Result<(Reference, String), RuntimeError> {
-    let r: Reference = image
-        .parse()
-        .map_err(|e| pull_err(image, format!("not a valid image reference: {e}")))?;
+    let p = crate::core::validate::image_parts(image);
+    let r = match (p.tag, p.digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(p.registry, p.repository, t, d),
+        (Some(t), None) => Reference::with_tag(p.registry, p.repository, t),
+        (None, Some(d)) => Reference::with_digest(p.registry, p.repository, d),
+        (None, None) => return Err(pull_err(image, "not a valid image reference")),
+    };
     let name = r.whole();
     Ok((r, name))
 }
@@ -497,6 +510,7 @@ impl Conn {
         lease: &str,
     ) -> Result<ImageInfo, RuntimeError> {
         let auth = puller.auth(reference);
+        let had_creds = !matches!(auth, RegistryAuth::Anonymous);
         let accepted = [
             OCI_IMAGE_INDEX_MEDIA_TYPE,
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
@@ -508,7 +522,7 @@ impl Conn {
             .client
             .pull_manifest_raw(reference, &auth, &accepted)
             .await
-            .map_err(|e| registry_err(image, e))?;
+            .map_err(|e| registry_err(image, had_creds, e))?;
         let check = |bytes: &[u8], want: &str| -> Result<(), RuntimeError> {
             let got = sha256_digest(bytes);
             if got != want {
@@ -550,7 +564,7 @@ impl Conn {
                 .client
                 .pull_manifest_raw(&by_digest, &auth, &accepted)
                 .await
-                .map_err(|e| registry_err(image, e))?;
+                .map_err(|e| registry_err(image, had_creds, e))?;
             check(&bytes, &chosen.digest)?;
             if digest != chosen.digest {
                 return Err(pull_err(
@@ -582,7 +596,7 @@ impl Conn {
             .client
             .pull_blob(reference, &oci_desc(&config), &mut config_bytes)
             .await
-            .map_err(|e| registry_err(image, e))?;
+            .map_err(|e| registry_err(image, had_creds, e))?;
         let (defaults, diff_ids) = parse_config(&config_bytes).map_err(|e| pull_err(image, e))?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(pull_err(
@@ -610,7 +624,7 @@ impl Conn {
                 .client
                 .pull_blob_stream(reference, &oci_desc(layer))
                 .await
-                .map_err(|e| registry_err(image, e))?;
+                .map_err(|e| registry_err(image, had_creds, e))?;
             self.write_blob(lease, &layer.digest, layer.size, stream.stream, HashMap::new())
                 .await
                 .map_err(|s| pull_err(image, format!("storing layer {}: {}", layer.digest, s.message())))?;
