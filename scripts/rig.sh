@@ -12,20 +12,7 @@ set -euo pipefail
 cmd=${1:?usage: rig.sh start|stop DIR}
 dir=${2:?usage: rig.sh start|stop DIR}
 
-need_packages() {
-  local need=()
-  command -v containerd >/dev/null || need+=(containerd)
-  command -v runc >/dev/null || need+=(runc)
-  command -v docker-registry >/dev/null || need+=(docker-registry)
-  command -v umoci >/dev/null || need+=(umoci)
-  command -v skopeo >/dev/null || need+=(skopeo)
-  command -v htpasswd >/dev/null || need+=(apache2-utils)
-  [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
-  if [ ${#need[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${need[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${need[@]}" >&2; }
-  fi
-}
+need_packages() { "$(dirname "$0")/deps.sh" >&2; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

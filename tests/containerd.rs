@@ -107,6 +107,14 @@ impl Rig {
             .collect()
     }
 
+    /// Waits until exactly `n` containers run in `ns`; those (id, pid).
+    pub fn wait_running(&self, ns: &str, n: usize) -> BTreeSet<(String, u32)> {
+        wait_until(&format!("{n} running containers in {ns}"), WAIT, || {
+            let r = self.running(ns);
+            (r.len() == n).then_some(r)
+        })
+    }
+
     pub fn containers(&self, ns: &str) -> Vec<String> {
         self.ctr(ns, &["containers", "ls", "-q"])
             .lines()
@@ -180,14 +188,6 @@ fn is_root() -> bool {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         .unwrap_or(false)
-}
-
-fn json_of(api: &str, args: &[&str]) -> Value {
-    let mut full = args.to_vec();
-    full.extend(["-o", "json"]);
-    let out = warren(api, &full);
-    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn ps(api: &str, service: &str) -> Vec<Value> {
@@ -327,9 +327,7 @@ fn logs(rig: &Rig, tmp: &Path) {
             ticker,
         ],
     );
-    wait_until("two running tickers", WAIT, || {
-        (rig.running(ns).len() == 2).then_some(())
-    });
+    rig.wait_running(ns, 2);
     let out = wait_until("five lines of each task through manager 2", WAIT, || {
         let o = warren(c.api(2), &["service", "logs", "ticker", "--tail", "5"]);
         let text = stdout(&o);
@@ -414,9 +412,7 @@ fn lifecycle(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             SERVE,
         ],
     );
-    wait_until("three running containers", WAIT, || {
-        (rig.running(ns).len() == 3).then_some(())
-    });
+    rig.wait_running(ns, 3);
     for slot in 1..=3u32 {
         let body = wait_until("an answer on each replica's port", WAIT, || {
             http_get((base + slot) as u16)
@@ -513,10 +509,7 @@ fn restarts_underneath(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             SERVE,
         ],
     );
-    let before = wait_until("two running containers", WAIT, || {
-        let r = rig.running(ns);
-        (r.len() == 2).then_some(r)
-    });
+    let before = rig.wait_running(ns, 2);
     w.kill9();
     let w = worker(rig, api, None, "adopt-1", &dir, ns);
     wait_until("the restarted worker to adopt its containers", WAIT, || {
@@ -594,10 +587,7 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             SERVE,
         ],
     );
-    let healthy = wait_until("the healthy task running", WAIT, || {
-        let r = rig.running(ns);
-        (r.len() == 1).then_some(r)
-    });
+    let healthy = rig.wait_running(ns, 1);
     let unreachable = format!("127.0.0.1:{}/busybox:test", free_port());
     let unknown = format!("{}/nope:1", rig.registry);
     let cases: Vec<(&str, Vec<String>, &str)> = vec![

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+
 use std::path::Path;
 
 /// A worker with the simulated runtime.
@@ -19,14 +19,6 @@ fn sim_worker(manager: &str, token: Option<&str>, id: &str, data_dir: &Path, ext
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn json_of(api: &str, args: &[&str]) -> Value {
-    let mut full = args.to_vec();
-    full.extend(["-o", "json"]);
-    let out = warren(api, &full);
-    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn token(api: &str, role: &str, extra: &[&str]) -> String {
     let mut args = vec!["cluster", "join-token", role, "-q"];

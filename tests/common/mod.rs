@@ -191,6 +191,15 @@ pub fn warren(manager: &str, args: &[&str]) -> Output {
         .expect("running warren")
 }
 
+/// `warren ARGS -o json`, which must succeed.
+pub fn json_of(api: &str, args: &[&str]) -> serde_json::Value {
+    let mut full = args.to_vec();
+    full.extend(["-o", "json"]);
+    let out = warren(api, &full);
+    assert!(out.status.success(), "warren {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
