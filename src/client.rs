@@ -115,7 +115,12 @@ impl Client {
             endpoints.push((
                 m.to_string(),
                 ep.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                    .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)),
+                    .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+                    // A manager that vanished without closing the connection is noticed
+                    // (long-lived streams: assignments, log sessions, `logs --follow`).
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true),
             ));
         }
         if endpoints.is_empty() {

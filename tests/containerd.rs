@@ -281,7 +281,7 @@ fn real_containers_end_to_end() {
         .to_string();
 
     lifecycle(&rig, &m.api, &token, tmp.path());
-    restarts_underneath(&rig, &m.api, &token, tmp.path());
+    restarts_underneath(&rig, &m, &token, tmp.path());
     faults(&rig, &m.api, &token, tmp.path());
     drop(m);
     logs(&rig, tmp.path());
@@ -486,7 +486,8 @@ fn lifecycle(rig: &Rig, api: &str, token: &str, tmp: &Path) {
 
 /// kill -9 of the worker, then its restart: the same containers, adopted, not restarted.
 /// containerd restarted underneath: nothing restarted, and an exit afterwards is seen.
-fn restarts_underneath(rig: &Rig, api: &str, token: &str, tmp: &Path) {
+fn restarts_underneath(rig: &Rig, m: &ManagerProc, token: &str, tmp: &Path) {
+    let api = m.api.as_str();
     let ns = "adopt";
     let dir = tmp.join("adopt-1");
     let mut w = worker(rig, api, Some(token), "adopt-1", &dir, ns);
@@ -552,6 +553,37 @@ fn restarts_underneath(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             (r.len() == 2 && !r.iter().any(|(c, _)| *c == victim)).then_some(())
         },
     );
+
+    // Autonomy with real containers: no manager answers (SIGSTOP), a container dies, and the
+    // worker itself starts it again (same task, so same container id, new process).
+    let now = rig.wait_running(ns, 2);
+    m.signal(nix::sys::signal::Signal::SIGSTOP);
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("the worker to run on its own", WAIT, || {
+            w.log_text().contains("running on its own").then_some(())
+        });
+        let (victim, pid) = now.iter().next().unwrap().clone();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_until("a local restart of the same task", WAIT, || {
+            rig.running(ns)
+                .iter()
+                .any(|(c, p)| *c == victim && *p != pid)
+                .then_some(())
+        });
+        assert!(
+            w.log_text().contains("restarted the task locally"),
+            "{}",
+            w.log_text()
+        );
+    }));
+    m.signal(nix::sys::signal::Signal::SIGCONT);
+    if let Err(e) = cut {
+        std::panic::resume_unwind(e);
+    }
     ok(api, &["service", "rm", "keep"]);
     wait_until("no containers", WAIT, || {
         rig.containers(ns).is_empty().then_some(())
@@ -579,6 +611,10 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
             "healthy",
             "--image",
             &rig.image,
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "64MiB",
             "-e",
             &format!("BASE={base}"),
             "--",
@@ -588,6 +624,28 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
         ],
     );
     let healthy = rig.wait_running(ns, 1);
+    // The limits are the container's cgroup's (v1 or v2 hierarchy).
+    let id = &healthy.iter().next().unwrap().0;
+    let read = |paths: &[String]| {
+        paths
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let memory = read(&[
+        format!("/sys/fs/cgroup/memory/warren/{id}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/warren/{id}/memory.max"),
+    ]);
+    assert_eq!(memory.as_deref(), Some("67108864"), "memory limit of {id}");
+    let cpu = read(&[
+        format!("/sys/fs/cgroup/cpu,cpuacct/warren/{id}/cpu.cfs_quota_us"),
+        format!("/sys/fs/cgroup/cpu/warren/{id}/cpu.cfs_quota_us"),
+        format!("/sys/fs/cgroup/warren/{id}/cpu.max"),
+    ]);
+    assert!(
+        matches!(cpu.as_deref(), Some("50000") | Some("50000 100000")),
+        "cpu quota of {id}: {cpu:?}"
+    );
     let unreachable = format!("127.0.0.1:{}/busybox:test", free_port());
     let unknown = format!("{}/nope:1", rig.registry);
     let cases: Vec<(&str, Vec<String>, &str)> = vec![

@@ -310,3 +310,56 @@ fn assignments_and_lists_larger_than_one_message_arrive_in_pages() {
     }
     assert_eq!(services(&m.api).len(), 81);
 }
+
+/// `--runtime containerd` (the default) with no containerd, or one that never answers: a clear
+/// error at start naming what to do, not a hang.
+#[test]
+fn a_missing_or_silent_containerd_is_a_clear_error_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let t = token(&m.api, "worker", &[]);
+    let missing = tmp.path().join("no-such.sock");
+    let mut w = WorkerProc::spawn(
+        &m.api,
+        Some(&t),
+        "cd-missing",
+        &tmp.path().join("w1"),
+        &["--containerd-socket", missing.to_str().unwrap()],
+    );
+    let status = w.wait_exit(WAIT).expect("the worker exits");
+    assert!(!status.success());
+    let log = w.log_text();
+    assert!(
+        log.contains("does not exist") && log.contains("apt-get install containerd"),
+        "{log}"
+    );
+
+    // A socket that accepts and never answers.
+    let silent = tmp.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    // Accepts and keeps every connection, answering nothing (the thread ends with the test
+    // process).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut w = WorkerProc::spawn(
+        &m.api,
+        Some(&t),
+        "cd-silent",
+        &tmp.path().join("w2"),
+        &["--containerd-socket", silent.to_str().unwrap()],
+    );
+    let status = w.wait_exit(WAIT).expect("the worker exits");
+    assert!(!status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+    let log = w.log_text();
+    assert!(log.contains("did not answer within 5 s"), "{log}");
+}

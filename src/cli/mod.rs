@@ -505,6 +505,11 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                             o.flush()?;
                         }
                     }
+                    Ok(None) if follow => {
+                        anyhow::bail!(
+                            "the log stream ended: a worker or manager went away; run the command again"
+                        )
+                    }
                     Ok(None) => return Ok(()),
                     Err(s) => anyhow::bail!("the log stream broke: {} (run the command again)", s.message()),
                 }

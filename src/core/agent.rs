@@ -170,6 +170,26 @@ fn placeholder(a: &Assignment, state: TaskState, message: &str) -> LocalTask {
     }
 }
 
+/// The job that stops and removes container `cid` of a task this worker does not hold.
+pub fn discard(task_id: &str, cid: &str) -> Job {
+    Job::Discard(LocalTask {
+        id: task_id.to_string(),
+        service_name: String::new(),
+        slot: 0,
+        spec: ServiceSpec {
+            stop_timeout_ms: DISCARD_STOP_TIMEOUT_MS,
+            ..Default::default()
+        },
+        container_id: cid.to_string(),
+        state: TaskState::Running,
+        exit_code: 0,
+        message: String::new(),
+        local_restarts: 0,
+        exited_at_ms: 0,
+        restart_due: false,
+    })
+}
+
 /// One tick's decisions.
 pub fn plan(input: &Input) -> Plan {
     let mut tasks = input.tasks.clone();
@@ -263,21 +283,7 @@ pub fn plan(input: &Input) -> Plan {
         for (task, cid) in input.unclaimed {
             let adopted = tasks.get(task).is_some_and(|t| &t.container_id == cid);
             if !adopted && idle(task) {
-                let mut stand_in = placeholder(
-                    &Assignment {
-                        id: task.clone(),
-                        service_name: String::new(),
-                        slot: 0,
-                        spec: ServiceSpec::default(),
-                        desired: TaskState::Shutdown,
-                        state: None,
-                    },
-                    TaskState::Running,
-                    "",
-                );
-                stand_in.container_id = cid.clone();
-                stand_in.spec.stop_timeout_ms = DISCARD_STOP_TIMEOUT_MS;
-                jobs.push(Job::Discard(stand_in));
+                jobs.push(discard(task, cid));
             }
         }
         let gone: Vec<String> = tasks

@@ -70,7 +70,12 @@ impl LogBroker {
             .get(node)
             .is_some_and(|s| s.generation == generation)
         {
-            inner.sessions.remove(node);
+            let s = inner.sessions.remove(node).expect("checked");
+            for reader in s.readers.values() {
+                let _ = reader.try_send(vec![notice(format!(
+                    "the log session of node {node} ended (its worker stopped or lost this manager); its lines may be incomplete"
+                ))]);
+            }
         }
     }
 
@@ -100,6 +105,18 @@ impl LogBroker {
                 cancel: false,
             })
             .ok()?;
+        // When the reader hangs up, the worker is told to stop at once (not only when it next
+        // sends something, which for a quiet followed task may be never).
+        let closed = tx.clone();
+        let orders = s.orders.clone();
+        tokio::spawn(async move {
+            closed.closed().await;
+            let _ = orders.send(pb::LogRequest {
+                request_id,
+                cancel: true,
+                ..Default::default()
+            });
+        });
         s.readers.insert(request_id, tx);
         Some(rx)
     }
@@ -155,7 +172,7 @@ pub async fn from_node(
     use futures::StreamExt;
     use prost::Message;
     if let Some(rx) = m.logs.request(node, task_ids.clone(), follow, tail) {
-        return lines(rx).boxed();
+        return with_idle_limit(lines(rx).boxed(), follow, node);
     }
     let query = NodeLogsQuery {
         node_id: node.to_string(),
@@ -175,29 +192,68 @@ pub async fn from_node(
         match tokio::time::timeout(PEER_ANSWER, call).await {
             Ok(Ok(r)) => {
                 let stream = r.into_inner();
-                return futures::stream::unfold(stream, |mut s| async move {
+                let lines = futures::stream::unfold(stream, |mut s| async move {
                     let p = s.message().await.ok().flatten()?;
                     let up = pb::LogUpload::decode(p.data.as_slice()).ok()?;
                     Some((up.lines, s))
                 })
                 .flat_map(futures::stream::iter)
                 .boxed();
+                return with_idle_limit(lines, follow, node);
             }
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
             Ok(Err(_)) | Err(_) => m.peers.forget(&peer.raft_addr),
         }
     }
-    futures::stream::iter([pb::LogLine {
-        notice: format!(
-            "no logs from node {node}: its worker holds no log session with any reachable manager (it may be down or cut off, or run the simulated runtime)"
-        ),
-        ..Default::default()
-    }])
+    futures::stream::iter([notice(format!(
+        "no logs from node {node}: its worker holds no log session with any reachable manager (it may be down or cut off, or run the simulated runtime)"
+    ))])
+    .boxed()
+}
+
+/// Without --follow, a worker that sends nothing for this long (its session is there but
+/// the worker is not: a host gone silent) ends its part of the answer with a notice.
+const QUIET_WORKER: Duration = Duration::from_secs(10);
+
+fn with_idle_limit(
+    lines: futures::stream::BoxStream<'static, pb::LogLine>,
+    follow: bool,
+    node: &str,
+) -> futures::stream::BoxStream<'static, pb::LogLine> {
+    use futures::StreamExt;
+    if follow {
+        return lines;
+    }
+    let node = node.to_string();
+    futures::stream::unfold(Some(lines), move |state| {
+        let node = node.clone();
+        async move {
+            let mut lines = state?;
+            match tokio::time::timeout(QUIET_WORKER, lines.next()).await {
+                Ok(Some(l)) => Some((l, Some(lines))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    notice(format!(
+                        "node {node}'s worker sent nothing for {} s; its lines may be incomplete",
+                        QUIET_WORKER.as_secs()
+                    )),
+                    None,
+                )),
+            }
+        }
+    })
     .boxed()
 }
 
 /// A peer manager must start answering a `NodeLogs` call within this long.
 const PEER_ANSWER: Duration = Duration::from_secs(3);
+
+fn notice(text: String) -> pb::LogLine {
+    pb::LogLine {
+        notice: text,
+        ..Default::default()
+    }
+}
 
 /// A receiver of batches as a stream of lines.
 pub fn lines(rx: mpsc::Receiver<Batch>) -> impl futures::Stream<Item = pb::LogLine> + Send {

@@ -128,6 +128,13 @@ async fn exit_codes(f: &Fixture<'_>) {
         Ok(ContainerStatus::Exited(3)),
         "contract: the exit code is the process's"
     );
+    let r = rt.stop(&cid, Duration::from_secs(1)).await;
+    assert_eq!(r, Ok(()), "contract: stopping an exited container is fine");
+    assert_eq!(
+        rt.status(&cid).await,
+        Ok(ContainerStatus::Exited(3)),
+        "contract: stopping an exited container keeps its exit code"
+    );
     rt.remove(&cid).await.expect("contract: remove");
 }
 

@@ -15,8 +15,9 @@ use tracing::{debug, warn, Instrument};
 
 /// How often a followed file is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
-/// Lines per upload message.
+/// Lines and bytes per upload message.
 const LINES_PER_UPLOAD: usize = 256;
+const UPLOAD_BYTES: usize = 1 << 20;
 /// Bytes read from a followed file per poll.
 const FOLLOW_READ_BYTES: u64 = 1 << 20;
 
@@ -103,22 +104,30 @@ pub fn tail(dir: &Path, task_id: &str, want: usize) -> std::io::Result<(Vec<Vec<
 
 type Uploads = tokio::sync::mpsc::Sender<pb::LogUpload>;
 
+/// Sends `lines` in uploads of at most `LINES_PER_UPLOAD` lines and `UPLOAD_BYTES` bytes
+/// (well under the 4 MiB a gRPC message may have).
 async fn send_lines(tx: &Uploads, request_id: u64, task_id: &str, lines: Vec<Vec<u8>>) -> bool {
-    for chunk in lines.chunks(LINES_PER_UPLOAD) {
-        let up = pb::LogUpload {
-            request_id,
-            lines: chunk
-                .iter()
-                .map(|l| pb::LogLine {
-                    task_id: task_id.to_string(),
-                    line: l.clone(),
-                    ..Default::default()
-                })
-                .collect(),
+    let mut batch: Vec<pb::LogLine> = Vec::new();
+    let mut bytes = 0;
+    let mut lines = lines.into_iter().peekable();
+    while let Some(line) = lines.next() {
+        bytes += line.len() + task_id.len() + 16;
+        batch.push(pb::LogLine {
+            task_id: task_id.to_string(),
+            line,
             ..Default::default()
-        };
-        if tx.send(up).await.is_err() {
-            return false;
+        });
+        let full = batch.len() >= LINES_PER_UPLOAD || bytes >= UPLOAD_BYTES;
+        if full || lines.peek().is_none() {
+            let up = pb::LogUpload {
+                request_id,
+                lines: std::mem::take(&mut batch),
+                ..Default::default()
+            };
+            bytes = 0;
+            if tx.send(up).await.is_err() {
+                return false;
+            }
         }
     }
     true

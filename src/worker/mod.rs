@@ -260,6 +260,7 @@ pub async fn start(
             autonomy_after,
             saved: local.clone(),
             busy: BTreeSet::new(),
+            was_connected: None,
             unclaimed: BTreeMap::new(),
             done_tx,
         };
@@ -524,6 +525,8 @@ struct Agent {
     saved: LocalState,
     /// Tasks with a job in flight.
     busy: BTreeSet<String>,
+    /// Whether the last tick had a manager answering (for saying when that changes).
+    was_connected: Option<bool>,
     /// Containers found at start that the saved state did not know (see `core::agent`).
     unclaimed: BTreeMap<String, String>,
     done_tx: tokio::sync::mpsc::UnboundedSender<(Job, Outcome)>,
@@ -664,24 +667,18 @@ impl Agent {
                 adopted += 1;
                 continue;
             }
-            if at_start {
-                info!(task = %c.task_id, container = %c.container_id, "found a container this worker's saved state does not know: kept until the managers say whether its task is ours");
-                self.unclaimed.insert(c.task_id.clone(), c.container_id.clone());
-                continue;
-            }
             if self.busy.contains(&c.task_id) || self.unclaimed.contains_key(&c.task_id) {
                 continue; // being started, stopped or claimed right now
             }
+            if at_start && c.status == ContainerStatus::Running {
+                info!(task = %c.task_id, container = %c.container_id, "found a running container this worker's saved state does not know: kept until the managers say whether its task is ours");
+                self.unclaimed.insert(c.task_id.clone(), c.container_id.clone());
+                continue;
+            }
+            // Not ours, or not running (a start cut short): stopped and removed in the
+            // background; a task of ours that needs it is launched afresh.
             info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
-            if !c.status.is_exited() {
-                if let Err(e) = self.runtime.stop(&c.container_id, Duration::from_secs(10)).await {
-                    warn!(container = %c.container_id, error = %e, "cannot stop it");
-                    continue;
-                }
-            }
-            if let Err(e) = self.runtime.remove(&c.container_id).await {
-                warn!(container = %c.container_id, error = %e, "cannot remove it");
-            }
+            self.spawn(crate::core::agent::discard(&c.task_id, &c.container_id));
         }
         if at_start && adopted > 0 {
             info!(adopted, "adopted running containers (not restarted)");
@@ -694,6 +691,19 @@ impl Agent {
             let sh = self.shared.lock().unwrap();
             (sh.connected(self.autonomy_after), sh.first_beat_done)
         };
+        if decided && Some(connected) != self.was_connected {
+            if connected {
+                if self.was_connected.is_some() {
+                    info!("a manager answers again: the managers decide again");
+                }
+            } else {
+                warn!(
+                    after_ms = self.autonomy_after.as_millis() as u64,
+                    "no manager answers: running on its own (tasks keep running; exits are restarted here per their restart policy)"
+                );
+            }
+            self.was_connected = Some(connected);
+        }
         let mut observed = BTreeMap::new();
         if decided {
             for t in local.tasks.values() {
@@ -787,6 +797,8 @@ impl Agent {
             Some(t) => {
                 local.tasks.insert(id, t);
             }
+            // A discarded container was never a kept task's: leave the tasks alone.
+            None if matches!(job, Job::Discard(_)) => {}
             None => {
                 local.tasks.remove(&id);
             }

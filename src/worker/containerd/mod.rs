@@ -75,8 +75,14 @@ impl Conn {
         r
     }
 
+    /// A request under `lease`, with no deadline: a blob write or a layer's unpack takes as
+    /// long as the layer is big (the writer has its own stall timeout instead).
     fn leased<T>(&self, m: T, lease: &str) -> Request<T> {
-        let mut r = self.req(m);
+        let mut r = Request::new(m);
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            self.namespace.parse().expect("validated namespace"),
+        );
         r.metadata_mut()
             .insert("containerd-lease", lease.parse().expect("ascii lease id"));
         r
@@ -135,6 +141,19 @@ pub enum ConnectError {
 struct Known {
     status: HashMap<String, ContainerStatus>,
     oom: HashSet<String>,
+    /// The init pid of each container's current task: an exit event of an earlier task of
+    /// the same id (say the one a start replaced) is not this one's.
+    pids: HashMap<String, u32>,
+}
+
+impl Known {
+    /// Records `s` unless an exit is already known: a status read that raced with the exit
+    /// event must not bring a dead container back to life.
+    fn observe(&mut self, id: &str, s: ContainerStatus) {
+        if !self.status.get(id).is_some_and(|old| old.is_exited()) || s.is_exited() {
+            self.status.insert(id.to_string(), s);
+        }
+    }
 }
 
 pub struct ContainerdRuntime {
@@ -179,10 +198,19 @@ impl ContainerdRuntime {
             match tokio::time::timeout(CONNECT_TIMEOUT, containerd_client::connect(&opts.socket)).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
+                    // A socket that accepts and never speaks HTTP/2 ends in tonic's own timeout.
+                    let mut cause: &dyn std::error::Error = &e;
+                    while let Some(next) = cause.source() {
+                        cause = next;
+                    }
+                    // (Its type is not always reachable through the chain: match its words.)
+                    if cause.is::<tonic::TimeoutExpired>() || cause.to_string() == "Timeout expired" {
+                        return Err(ConnectError::Silent(path));
+                    }
                     return Err(ConnectError::Unreachable {
                         path,
-                        reason: std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
-                    })
+                        reason: cause.to_string(),
+                    });
                 }
                 Err(_) => return Err(ConnectError::Silent(path)),
             };
@@ -194,7 +222,12 @@ impl ContainerdRuntime {
         vreq.set_timeout(CONNECT_TIMEOUT);
         let version = match VersionClient::new(conn.channel.clone()).version(vreq).await {
             Ok(v) => v.into_inner().version,
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => return Err(ConnectError::Silent(path)),
+            Err(s)
+                if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+                    || s.message().contains("Timeout expired") =>
+            {
+                return Err(ConnectError::Silent(path))
+            }
             Err(s) => {
                 return Err(ConnectError::Unreachable {
                     path,
@@ -263,6 +296,12 @@ impl ContainerdRuntime {
         Ok(info)
     }
 
+    fn remove_logs(&self, task_id: &str) {
+        let p = Self::log_path(&self.opts.logs_dir, task_id);
+        let _ = std::fs::remove_file(rotated(&p));
+        let _ = std::fs::remove_file(p);
+    }
+
     fn forget_image(&self, image: &str) {
         self.images.lock().unwrap().remove(image);
     }
@@ -280,8 +319,9 @@ impl ContainerdRuntime {
             .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
         let mut known = self.known.lock().unwrap();
         let s = process_status(p.status, p.exit_status, known.oom.contains(id));
-        known.status.insert(id.to_string(), s);
-        Ok(s)
+        known.observe(id, s);
+        known.pids.insert(id.to_string(), p.pid);
+        Ok(known.status[id])
     }
 
     /// Deletes the task (killing it first if it still runs), the container and its
@@ -340,6 +380,7 @@ impl ContainerdRuntime {
         let mut known = self.known.lock().unwrap();
         known.status.remove(id);
         known.oom.remove(id);
+        known.pids.remove(id);
         Ok(())
     }
 
@@ -372,32 +413,26 @@ impl ContainerdRuntime {
             .map(|_| ())
     }
 
-    async fn create_and_start(
+    async fn prepare_and_create(
         &self,
         task_id: &str,
         spec: &ServiceSpec,
         info: &ImageInfo,
-    ) -> Result<(), RuntimeError> {
-        let host_files: Vec<&str> = HOST_FILES
-            .iter()
-            .copied()
-            .filter(|f| Path::new(f).exists())
-            .collect();
-        let oci = spec::runtime_spec(
-            task_id,
-            &self.opts.cgroup_parent,
-            &info.defaults,
-            spec,
-            &host_files,
-        )
-        .map_err(RuntimeError::Start)?;
+        oci: serde_json::Value,
+        lease: &str,
+    ) -> Result<Vec<containerd_client::types::Mount>, RuntimeError> {
+        let in_lease = |md: &mut tonic::metadata::MetadataMap| {
+            md.insert("containerd-lease", lease.parse().expect("ascii lease id"));
+        };
+        let mut prepare = self.conn.req(PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: task_id.to_string(),
+            parent: info.top_chain.clone(),
+            labels: HashMap::new(),
+        });
+        in_lease(prepare.metadata_mut());
         let mounts = SnapshotsClient::new(self.conn.channel.clone())
-            .prepare(self.conn.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: task_id.to_string(),
-                parent: info.top_chain.clone(),
-                labels: HashMap::new(),
-            }))
+            .prepare(prepare)
             .await
             .map_err(status_to_error)?
             .into_inner()
@@ -423,12 +458,42 @@ impl ContainerdRuntime {
             snapshot_key: task_id.to_string(),
             ..Default::default()
         };
+        let mut create = self.conn.req(CreateContainerRequest {
+            container: Some(container),
+        });
+        in_lease(create.metadata_mut());
         ContainersClient::new(self.conn.channel.clone())
-            .create(self.conn.req(CreateContainerRequest {
-                container: Some(container),
-            }))
+            .create(create)
             .await
             .map_err(status_to_error)?;
+        Ok(mounts)
+    }
+
+    async fn create_and_start(
+        &self,
+        task_id: &str,
+        spec: &ServiceSpec,
+        info: &ImageInfo,
+    ) -> Result<(), RuntimeError> {
+        let host_files: Vec<&str> = HOST_FILES
+            .iter()
+            .copied()
+            .filter(|f| Path::new(f).exists())
+            .collect();
+        let oci = spec::runtime_spec(
+            task_id,
+            &self.opts.cgroup_parent,
+            &info.defaults,
+            spec,
+            &host_files,
+        )
+        .map_err(RuntimeError::Start)?;
+        // Under a lease until the container references its snapshot, so that a GC between
+        // the two cannot take the snapshot.
+        let lease = self.conn.lease("start", 600).await.map_err(status_to_error)?;
+        let r = self.prepare_and_create(task_id, spec, info, oci, &lease).await;
+        self.conn.drop_lease(lease).await;
+        let mounts = r?;
         let log = Self::log_path(&self.opts.logs_dir, task_id);
         let uri = format!("file://{}", log.display());
         self.known
@@ -447,14 +512,17 @@ impl ContainerdRuntime {
             }))
             .await
             .map_err(status_to_error)?;
-        tasks
+        let pid = tasks
             .start(self.conn.req(StartRequest {
                 container_id: task_id.to_string(),
                 exec_id: String::new(),
             }))
             .await
-            .map_err(status_to_error)?;
+            .map_err(status_to_error)?
+            .into_inner()
+            .pid;
         let mut known = self.known.lock().unwrap();
+        known.pids.insert(task_id.to_string(), pid);
         // An exit event may already have come in: keep it.
         if known.status.get(task_id) == Some(&ContainerStatus::Starting) {
             known.status.insert(task_id.to_string(), ContainerStatus::Running);
@@ -503,6 +571,7 @@ impl ContainerRuntime for ContainerdRuntime {
                 if let Err(cleanup) = self.delete_all(task_id).await {
                     warn!(task = %task_id, error = %cleanup, "could not clean up after a failed start");
                 }
+                self.remove_logs(task_id);
                 Err(match e {
                     RuntimeError::NotFound(m) => RuntimeError::Start(m),
                     e => e,
@@ -517,8 +586,17 @@ impl ContainerRuntime for ContainerdRuntime {
             .await
         {
             Ok(()) => {}
+            // containerd 1.6 answers NotFound ("process already finished") for a task that
+            // has exited: then its status says so; no task or container at all is NotFound.
             Err(s) if s.code() == tonic::Code::NotFound => {
-                return Err(RuntimeError::NotFound(container_id.into()))
+                return match self.task_status(container_id).await {
+                    Ok(st) if st.is_exited() => Ok(()),
+                    Ok(_) => Err(RuntimeError::Unavailable(format!(
+                        "{container_id}: SIGTERM not delivered: {}",
+                        s.message()
+                    ))),
+                    Err(e) => Err(e),
+                };
             }
             // Already exited.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
@@ -566,17 +644,13 @@ impl ContainerRuntime for ContainerdRuntime {
         {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {
-                return Err(RuntimeError::NotFound(container_id.into()))
+                self.remove_logs(container_id);
+                return Err(RuntimeError::NotFound(container_id.into()));
             }
             Err(s) => return Err(status_to_error(s)),
         }
         self.delete_all(container_id).await?;
-        for p in [
-            Self::log_path(&self.opts.logs_dir, container_id),
-            rotated(&Self::log_path(&self.opts.logs_dir, container_id)),
-        ] {
-            let _ = std::fs::remove_file(p);
-        }
+        self.remove_logs(container_id);
         Ok(())
     }
 
@@ -724,6 +798,9 @@ fn apply_event(known: &Mutex<Known>, topic: &str, value: &[u8]) {
             if ev.id != ev.container_id {
                 return; // an exec'd process, not the container's own
             }
+            if k.pids.get(&ev.container_id).is_some_and(|p| *p != ev.pid) {
+                return; // the exit of an earlier task of this container id
+            }
             let s = exited(ev.exit_status, k.oom.contains(&ev.container_id));
             info!(container = %ev.container_id, code = ev.exit_status, "container exited");
             k.status.insert(ev.container_id, s);
@@ -755,7 +832,8 @@ async fn reconcile(conn: &Conn, known: &Mutex<Known>) -> Result<(), tonic::Statu
     k.status.retain(|id, _| live.contains(id.as_str()));
     for t in &tasks {
         let s = process_status(t.status, t.exit_status, k.oom.contains(&t.container_id));
-        k.status.insert(t.container_id.clone(), s);
+        k.observe(&t.container_id, s);
+        k.pids.insert(t.container_id.clone(), t.pid);
     }
     Ok(())
 }

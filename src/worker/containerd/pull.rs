@@ -34,8 +34,11 @@ use std::collections::HashMap;
 pub const MAX_METADATA_BYTES: usize = 4 << 20;
 /// Blob bytes per Content.Write message.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
+/// A blob download that sends nothing for this long is given up (no overall deadline: a big
+/// layer on a slow link takes as long as it takes).
+const BLOB_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// A pull's lease expires on its own after this long, should the worker die mid-pull.
-const LEASE_EXPIRE_SECS: u64 = 3600;
+const LEASE_EXPIRE_SECS: u64 = 24 * 3600;
 
 #[derive(Deserialize, Clone, Debug, Default)]
 #[serde(rename_all = "camelCase")]
@@ -433,7 +436,17 @@ impl Conn {
         let producer = async move {
             let mut offset = 0i64;
             let mut buf: Vec<u8> = Vec::new();
-            while let Some(part) = chunks.next().await {
+            loop {
+                let part = match tokio::time::timeout(BLOB_STALL, chunks.next()).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(tonic::Status::deadline_exceeded(format!(
+                            "fetching {digest}: the registry sent nothing for {} s",
+                            BLOB_STALL.as_secs()
+                        )))
+                    }
+                };
                 let part = part.map_err(|e| tonic::Status::data_loss(format!("fetching {digest}: {e}")))?;
                 buf.extend_from_slice(&part);
                 if buf.len() >= WRITE_CHUNK_BYTES {
@@ -477,28 +490,38 @@ impl Conn {
         if let Some(info) = self.resolve_local(&name).await.map_err(status_to_error)? {
             return Ok(info);
         }
-        let lease_id = format!("warren-pull-{:x}", rand_u64());
-        let expire = humantime::format_rfc3339_seconds(
-            std::time::SystemTime::now() + std::time::Duration::from_secs(LEASE_EXPIRE_SECS),
-        )
-        .to_string();
-        LeasesClient::new(self.channel.clone())
-            .create(self.req(containerd_client::services::v1::CreateRequest {
-                id: lease_id.clone(),
-                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
-            }))
+        let lease_id = self
+            .lease("pull", LEASE_EXPIRE_SECS)
             .await
             .map_err(status_to_error)?;
         let result = self
             .pull_leased(puller, image, &reference, &name, &lease_id)
             .await;
-        let _ = LeasesClient::new(self.channel.clone())
-            .delete(self.req(containerd_client::services::v1::DeleteRequest {
-                id: lease_id,
-                sync: false,
-            }))
-            .await;
+        self.drop_lease(lease_id).await;
         result
+    }
+
+    /// A lease that protects what is written under it from containerd's GC, and expires on
+    /// its own after `expire_secs` should this process die before dropping it.
+    pub(super) async fn lease(&self, what: &str, expire_secs: u64) -> Result<String, tonic::Status> {
+        let id = format!("warren-{what}-{:x}", rand_u64());
+        let expire = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(expire_secs),
+        )
+        .to_string();
+        LeasesClient::new(self.channel.clone())
+            .create(self.req(containerd_client::services::v1::CreateRequest {
+                id: id.clone(),
+                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
+            }))
+            .await?;
+        Ok(id)
+    }
+
+    pub(super) async fn drop_lease(&self, id: String) {
+        let _ = LeasesClient::new(self.channel.clone())
+            .delete(self.req(containerd_client::services::v1::DeleteRequest { id, sync: false }))
+            .await;
     }
 
     async fn pull_leased(
