@@ -76,6 +76,10 @@ struct Manifest {
 #[derive(Deserialize, Debug, Default)]
 struct ImageConfig {
     #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
     config: Option<ContainerConfig>,
     #[serde(default)]
     rootfs: Option<RootFs>,
@@ -169,6 +173,14 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 fn parse_config(bytes: &[u8]) -> Result<(ImageDefaults, Vec<String>), String> {
     let c: ImageConfig =
         serde_json::from_slice(bytes).map_err(|e| format!("the image config is not valid JSON: {e}"))?;
+    // A single-platform image names its platform in its config (an index was checked before).
+    let (os, arch) = (c.os.as_str(), c.architecture.as_str());
+    if (!os.is_empty() && os != "linux") || (!arch.is_empty() && arch != host_arch()) {
+        return Err(format!(
+            "the image is for {os}/{arch}, not this host's platform linux/{}",
+            host_arch()
+        ));
+    }
     let cc = c.config.unwrap_or_default();
     let defaults = ImageDefaults {
         entrypoint: cc.entrypoint.unwrap_or_default(),
@@ -877,12 +889,18 @@ mod tests {
     #[test]
     fn config_defaults_and_diff_ids() {
         let (d, ids) = parse_config(
-            br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/httpd"],"Env":["PATH=/bin"],"WorkingDir":"/w"},"rootfs":{"type":"layers","diff_ids":["sha256:1"]}}"#,
+            &r#"{"architecture":"ARCH","os":"linux","config":{"Cmd":["/bin/httpd"],"Env":["PATH=/bin"],"WorkingDir":"/w"},"rootfs":{"type":"layers","diff_ids":["sha256:1"]}}"#.replace("ARCH", host_arch()).into_bytes(),
         )
         .unwrap();
         assert_eq!(d.cmd, vec!["/bin/httpd"]);
         assert_eq!(d.working_dir, "/w");
         assert_eq!(ids, vec!["sha256:1"]);
         assert!(parse_config(b"nope").is_err());
+        let e =
+            parse_config(br#"{"architecture":"s390x","os":"linux","rootfs":{"diff_ids":[]}}"#).unwrap_err();
+        assert!(
+            e.contains("linux/s390x") && e.contains("this host's platform"),
+            "{e}"
+        );
     }
 }
