@@ -203,6 +203,14 @@ async fn leader_killed_during_scale_up_to_500() {
         Duration::from_secs(60),
     ))
     .await;
+    // Converged as one survivor saw it; the one read below may apply the log a little later
+    // (a plain read), so wait for it to see the same before checking the spread through it.
+    c.on_client(wait_converged(
+        vec![via],
+        want(&[("web", 500)]),
+        Duration::from_secs(10),
+    ))
+    .await;
     let tasks = c
         .on_client(wait_for("tasks", Duration::from_secs(10), move || {
             list_tasks(via)
