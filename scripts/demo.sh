@@ -42,7 +42,8 @@ $W --manager "$API" service inspect hello >/dev/null 2>&1 ||
   $W --manager "$API" service create hello --image "$WARREN_RIG_IMAGE" --replicas 2 -e GREETING=hi \
     -- sh -c 'echo "replica $WARREN_TASK_SLOT serving on port $((8000 + WARREN_TASK_SLOT))"; exec httpd -f -p $((8000 + WARREN_TASK_SLOT)) -h /www'
 for _ in $(seq 1 300); do
-  curl -sf http://127.0.0.1:8001/ >/dev/null 2>&1 && curl -sf http://127.0.0.1:8002/ >/dev/null 2>&1 && break
+  curl -sf http://127.0.0.1:8001/ >/dev/null 2>&1 && curl -sf http://127.0.0.1:8002/ >/dev/null 2>&1 &&
+    [ "$($W --manager "$API" service ps hello -o json | grep -c '"state": "running"')" -ge 2 ] && break
   sleep 0.1
 done
 $W --manager "$API" cluster info

@@ -40,7 +40,7 @@ storage:
 http:
   addr: 127.0.0.1:$port
 EOF
-  docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+  setsid docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
   echo $! >"$dir/registry.pid"
   wait_for curl -sf "http://127.0.0.1:$port/v2/"
 
@@ -62,13 +62,15 @@ auth:
 http:
   addr: 127.0.0.1:$auth_port
 EOF
-  docker-registry serve "$dir/auth-registry.yml" >"$dir/auth-registry.log" 2>&1 &
+  setsid docker-registry serve "$dir/auth-registry.yml" >"$dir/auth-registry.log" 2>&1 &
   echo $! >"$dir/auth-registry.pid"
   wait_for sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$auth_port/v2/)\" = 401 ]"
 
   # A private containerd (its own root, state and socket).
   mkdir -p "$dir/containerd"
-  containerd --root "$dir/containerd/root" --state "$dir/containerd/state" \
+  # Own session: a Ctrl-C meant for the caller must not stop containerd before `stop` has
+  # removed the containers through it.
+  setsid containerd --root "$dir/containerd/root" --state "$dir/containerd/state" \
     --address "$dir/containerd/containerd.sock" >"$dir/containerd.log" 2>&1 &
   echo $! >"$dir/containerd.pid"
   wait_for ctr --address "$dir/containerd/containerd.sock" version
@@ -125,6 +127,15 @@ stop() {
       done
     done
   fi
+  # Shims left without their containerd (it died first): kill their containers through runc,
+  # then the shims, found by the socket address in their command line.
+  pgrep -f "containerd-shim-runc-v2 .*-address $sock" | while read -r pid; do
+    args=$(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null) || continue
+    ns=$(sed -n 's/.*-namespace \([^ ]*\).*/\1/p' <<<"$args")
+    id=$(sed -n 's/.*-id \([^ ]*\).*/\1/p' <<<"$args")
+    [ -n "$ns" ] && [ -n "$id" ] && runc --root "/run/containerd/runc/$ns" delete -f "$id" >/dev/null 2>&1 || true
+    kill -9 "$pid" 2>/dev/null || true
+  done
   for name in containerd registry auth-registry; do
     if [ -f "$dir/$name.pid" ]; then
       kill "$(cat "$dir/$name.pid")" 2>/dev/null || true

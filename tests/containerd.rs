@@ -338,6 +338,19 @@ fn logs(rig: &Rig, tmp: &Path) {
     });
     assert!(out.lines().all(|l| l.contains("@logs-1 | tick ")), "{out}");
     let task = ps(c.api(2), "ticker")[0]["id"].as_str().unwrap().to_string();
+    // A complete answer ends at once (no waiting on the worker), with no warning.
+    let t0 = Instant::now();
+    let whole = warren(c.api(2), &["service", "logs", "ticker", "--tail", "2"]);
+    assert!(
+        whole.status.success() && stderr(&whole).is_empty(),
+        "{}",
+        stderr(&whole)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "service logs took {:?}",
+        t0.elapsed()
+    );
     let one = ok(
         c.api(2),
         &["service", "logs", "ticker", "--tail", "3", "--task", &task[..8]],

@@ -84,13 +84,7 @@ impl LogBroker {
     }
 
     /// Asks `node`'s worker for lines; None if this manager holds no session of it.
-    pub fn request(
-        &self,
-        node: &str,
-        task_ids: Vec<String>,
-        follow: bool,
-        tail: i64,
-    ) -> Option<mpsc::Receiver<Batch>> {
+    pub fn request(&self, node: &str, task_ids: Vec<String>, follow: bool, tail: i64) -> Option<Reader> {
         let mut inner = self.inner.lock().unwrap();
         inner.next_id += 1;
         let request_id = inner.next_id;
@@ -105,20 +99,14 @@ impl LogBroker {
                 cancel: false,
             })
             .ok()?;
-        // When the reader hangs up, the worker is told to stop at once (not only when it next
-        // sends something, which for a quiet followed task may be never).
-        let closed = tx.clone();
-        let orders = s.orders.clone();
-        tokio::spawn(async move {
-            closed.closed().await;
-            let _ = orders.send(pb::LogRequest {
-                request_id,
-                cancel: true,
-                ..Default::default()
-            });
-        });
         s.readers.insert(request_id, tx);
-        Some(rx)
+        Some(Reader {
+            rx,
+            _cancel: CancelOnDrop {
+                orders: s.orders.clone(),
+                request_id,
+            },
+        })
     }
 
     /// An upload from `node`'s session `generation`: its lines to their reader.
@@ -255,10 +243,34 @@ fn notice(text: String) -> pb::LogLine {
     }
 }
 
-/// A receiver of batches as a stream of lines.
-pub fn lines(rx: mpsc::Receiver<Batch>) -> impl futures::Stream<Item = pb::LogLine> + Send {
+/// The lines of one request as they come; dropping it (the reader hung up) tells the worker
+/// to stop at once, not only when it next sends something (for a quiet followed task that
+/// may be never).
+pub struct Reader {
+    pub rx: mpsc::Receiver<Batch>,
+    _cancel: CancelOnDrop,
+}
+
+struct CancelOnDrop {
+    orders: mpsc::UnboundedSender<pb::LogRequest>,
+    request_id: u64,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        // A request already done is unknown to the worker, which ignores the cancel.
+        let _ = self.orders.send(pb::LogRequest {
+            request_id: self.request_id,
+            cancel: true,
+            ..Default::default()
+        });
+    }
+}
+
+/// A request's batches as a stream of lines.
+pub fn lines(reader: Reader) -> impl futures::Stream<Item = pb::LogLine> + Send {
     use futures::StreamExt;
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+    futures::stream::unfold(reader, |mut r| async move { r.rx.recv().await.map(|b| (b, r)) })
         .flat_map(futures::stream::iter)
 }
 
@@ -298,7 +310,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(rx.recv().await.unwrap()[0].line, b"hello");
+        assert_eq!(rx.rx.recv().await.unwrap()[0].line, b"hello");
         // The reader hangs up: the next upload cancels the request on the worker.
         drop(rx);
         b.upload(

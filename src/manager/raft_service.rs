@@ -110,14 +110,14 @@ impl RaftService for RaftRpc {
             .logs
             .request(&q.node_id, q.task_ids, q.follow, q.tail)
             .ok_or_else(|| Status::not_found(format!("no log session of node {} here", q.node_id)))?;
-        let out = futures::stream::unfold(rx, |mut rx| async move {
-            let lines = rx.recv().await?;
+        let out = futures::stream::unfold(rx, |mut reader| async move {
+            let lines = reader.rx.recv().await?;
             let data = crate::proto::v1::LogUpload {
                 lines,
                 ..Default::default()
             }
             .encode_to_vec();
-            Some((Ok(RaftPayload { data }), rx))
+            Some((Ok(RaftPayload { data }), reader))
         });
         Ok(Response::new(Box::pin(out)))
     }
