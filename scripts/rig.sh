@@ -129,7 +129,7 @@ stop() {
   fi
   # Shims left without their containerd (it died first): kill their containers through runc,
   # then the shims, found by the socket address in their command line.
-  pgrep -f "containerd-shim-runc-v2 .*-address $sock" | while read -r pid; do
+  { pgrep -f "containerd-shim-runc-v2 .*-address $sock" || true; } | while read -r pid; do
     args=$(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null) || continue
     ns=$(sed -n 's/.*-namespace \([^ ]*\).*/\1/p' <<<"$args")
     id=$(sed -n 's/.*-id \([^ ]*\).*/\1/p' <<<"$args")
