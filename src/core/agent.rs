@@ -190,6 +190,50 @@ pub fn discard(task_id: &str, cid: &str) -> Job {
     })
 }
 
+/// A container the runtime holds, as the sweep sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub task_id: String,
+    pub container_id: String,
+    pub running: bool,
+}
+
+/// What the sweep does with one found container.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// One of this worker's tasks' containers: left as it is.
+    Ours,
+    /// Being started, stopped or claimed right now: left alone this time.
+    Busy,
+    /// Found running at start, unknown to the saved state: kept until the managers' first
+    /// assignment set says whether its task is ours (see `Input::unclaimed`).
+    Unclaimed,
+    /// Not ours, or not running (a start cut short): stop and remove it.
+    Discard(Box<Job>),
+}
+
+/// The sweep's decision for one container (at the agent's start and then periodically).
+pub fn sweep(
+    c: &Found,
+    tasks: &BTreeMap<String, LocalTask>,
+    busy: &BTreeSet<String>,
+    unclaimed: &BTreeMap<String, String>,
+    at_start: bool,
+) -> Verdict {
+    if tasks
+        .get(&c.task_id)
+        .is_some_and(|t| t.container_id == c.container_id)
+    {
+        Verdict::Ours
+    } else if busy.contains(&c.task_id) || unclaimed.contains_key(&c.task_id) {
+        Verdict::Busy
+    } else if at_start && c.running {
+        Verdict::Unclaimed
+    } else {
+        Verdict::Discard(Box::new(discard(&c.task_id, &c.container_id)))
+    }
+}
+
 /// One tick's decisions.
 pub fn plan(input: &Input) -> Plan {
     let mut tasks = input.tasks.clone();
@@ -666,6 +710,36 @@ mod tests {
         });
         assert!(p.jobs.is_empty() && p.reports.is_empty());
         assert_eq!(p.tasks, tasks);
+    }
+
+    #[test]
+    fn sweep_table() {
+        let tasks: BTreeMap<String, LocalTask> = [("a".to_string(), task("a", TaskState::Running))].into();
+        let busy: BTreeSet<String> = ["b".to_string()].into();
+        let unclaimed: BTreeMap<String, String> = [("u".to_string(), "c-u".to_string())].into();
+        let found = |t: &str, c: &str, running: bool| Found {
+            task_id: t.into(),
+            container_id: c.into(),
+            running,
+        };
+        let v = |f: Found, at_start: bool| sweep(&f, &tasks, &busy, &unclaimed, at_start);
+        assert_eq!(v(found("a", "c-a", true), true), Verdict::Ours);
+        assert_eq!(v(found("b", "c-b", true), false), Verdict::Busy);
+        assert_eq!(v(found("u", "c-u", true), false), Verdict::Busy);
+        assert_eq!(v(found("x", "c-x", true), true), Verdict::Unclaimed);
+        // Not running at start, a stale container of a known task, or later: discarded.
+        assert_eq!(
+            v(found("x", "c-x", false), true),
+            Verdict::Discard(Box::new(discard("x", "c-x")))
+        );
+        assert_eq!(
+            v(found("a", "old", true), false),
+            Verdict::Discard(Box::new(discard("a", "old")))
+        );
+        assert_eq!(
+            v(found("x", "c-x", true), false),
+            Verdict::Discard(Box::new(discard("x", "c-x")))
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod runtime;
 pub mod sim_runtime;
 
 use crate::client::{Client, ClientError};
-use crate::core::agent::{Assignment, Input, Job, Observation, Outcome};
+use crate::core::agent::{Assignment, Found, Input, Job, Observation, Outcome, Verdict};
 use crate::core::TaskState;
 use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
@@ -659,26 +659,23 @@ impl Agent {
         };
         let mut adopted = 0;
         for c in listed {
-            let ours = local
-                .tasks
-                .get(&c.task_id)
-                .is_some_and(|t| t.container_id == c.container_id);
-            if ours {
-                adopted += 1;
-                continue;
+            let found = Found {
+                task_id: c.task_id.clone(),
+                container_id: c.container_id.clone(),
+                running: c.status == ContainerStatus::Running,
+            };
+            match crate::core::agent::sweep(&found, &local.tasks, &self.busy, &self.unclaimed, at_start) {
+                Verdict::Ours => adopted += 1,
+                Verdict::Busy => {}
+                Verdict::Unclaimed => {
+                    info!(task = %c.task_id, container = %c.container_id, "found a running container this worker's saved state does not know: kept until the managers say whether its task is ours");
+                    self.unclaimed.insert(c.task_id, c.container_id);
+                }
+                Verdict::Discard(job) => {
+                    info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
+                    self.spawn(*job);
+                }
             }
-            if self.busy.contains(&c.task_id) || self.unclaimed.contains_key(&c.task_id) {
-                continue; // being started, stopped or claimed right now
-            }
-            if at_start && c.status == ContainerStatus::Running {
-                info!(task = %c.task_id, container = %c.container_id, "found a running container this worker's saved state does not know: kept until the managers say whether its task is ours");
-                self.unclaimed.insert(c.task_id.clone(), c.container_id.clone());
-                continue;
-            }
-            // Not ours, or not running (a start cut short): stopped and removed in the
-            // background; a task of ours that needs it is launched afresh.
-            info!(task = %c.task_id, container = %c.container_id, "container of no task of this worker: removing it");
-            self.spawn(crate::core::agent::discard(&c.task_id, &c.container_id));
         }
         if at_start && adopted > 0 {
             info!(adopted, "adopted running containers (not restarted)");
