@@ -2,9 +2,17 @@ use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = warren::cli::Cli::parse();
+    // Run by containerd's shim once per container: no runtime, no tracing, little memory.
+    if let warren::cli::Cmd::LogWriter { file } = &cli.command {
+        return warren::worker::log_writer::run(file);
+    }
+    run(cli)
+}
+
+#[tokio::main]
+async fn run(cli: warren::cli::Cli) -> ExitCode {
     let daemon = matches!(
         &cli.command,
         warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_))

@@ -310,7 +310,7 @@ fn logs(rig: &Rig, tmp: &Path) {
         ns,
         Some(creds),
     );
-    let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    let ticker = "echo started >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
     ok(
         c.api(1),
         &[
@@ -332,8 +332,16 @@ fn logs(rig: &Rig, tmp: &Path) {
         let o = warren(c.api(2), &["service", "logs", "ticker", "--tail", "5"]);
         let text = stdout(&o);
         (o.status.success()
-            && text.lines().filter(|l| l.starts_with("ticker.1.")).count() == 5
-            && text.lines().filter(|l| l.starts_with("ticker.2.")).count() == 5)
+            && text
+                .lines()
+                .filter(|l| l.starts_with("ticker.1.") && l.contains("| tick "))
+                .count()
+                == 5
+            && text
+                .lines()
+                .filter(|l| l.starts_with("ticker.2.") && l.contains("| tick "))
+                .count()
+                == 5)
             .then_some(text)
     });
     assert!(out.lines().all(|l| l.contains("@logs-1 | tick ")), "{out}");
@@ -357,6 +365,40 @@ fn logs(rig: &Rig, tmp: &Path) {
     );
     assert_eq!(one.lines().count(), 3, "{one}");
     assert!(one.lines().all(|l| l.contains(&task[..12])), "{one}");
+    // stderr is kept too (its order against stdout is not: they are two pipes).
+    let all = ok(c.api(2), &["service", "logs", "ticker", "--task", &task[..8]]);
+    assert!(
+        all.lines().any(|l| l.ends_with("| started")),
+        "{all}"
+    );
+    // --timestamps: each line's own time, as it was written (the ticker writes every 0.2 s).
+    let stamped = ok(
+        c.api(2),
+        &[
+            "service",
+            "logs",
+            "ticker",
+            "--tail",
+            "4",
+            "--task",
+            &task[..8],
+            "--timestamps",
+        ],
+    );
+    let times: Vec<std::time::SystemTime> = stamped
+        .lines()
+        .map(|l| humantime::parse_rfc3339(l.split(' ').next().unwrap()).expect(l))
+        .collect();
+    assert_eq!(times.len(), 4, "{stamped}");
+    let now = std::time::SystemTime::now();
+    for w in times.windows(2) {
+        let gap = w[1].duration_since(w[0]).expect("times in order");
+        assert!(gap >= Duration::from_millis(150), "lines 0.2 s apart: {stamped}");
+    }
+    assert!(
+        now.duration_since(times[0]).unwrap() < Duration::from_secs(120),
+        "{stamped}"
+    );
     let bad = warren(c.api(2), &["service", "logs", "ticker", "--tail", "-5"]);
     assert!(!bad.status.success(), "a negative tail is refused");
 
@@ -396,6 +438,15 @@ fn logs(rig: &Rig, tmp: &Path) {
     ok(c.api(1), &["service", "rm", "ticker"]);
     wait_until("no containers", WAIT, || {
         rig.containers(ns).is_empty().then_some(())
+    });
+    // The shim ended each container's log writer.
+    let logs_dir = tmp.join("logs-1").join("logs");
+    wait_until("no log writer left", WAIT, || {
+        let ps = Command::new("pgrep")
+            .args(["-f", &format!("log-writer {}", logs_dir.display())])
+            .output()
+            .unwrap();
+        (!ps.status.success()).then_some(())
     });
 }
 
@@ -761,6 +812,7 @@ async fn containerd_keeps_the_runtime_contract() {
         namespace: "contract".into(),
         node_id: "contract-node".into(),
         logs_dir: tmp.path().join("logs"),
+        log_writer: env!("CARGO_BIN_EXE_warren").into(),
         registry: RegistryOpts {
             insecure: vec![rig.registry.clone()],
             credentials: Default::default(),

@@ -56,6 +56,10 @@ pub enum Cmd {
     /// Run a worker.
     #[command(subcommand)]
     Worker(WorkerCmd),
+    /// Internal: run by containerd's shim for each container, stdout and stderr on fds 3 and
+    /// 4; writes them with times to FILE.
+    #[command(hide = true)]
+    LogWriter { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,7 +161,7 @@ pub enum ServiceCmd {
         /// Only this task (an id or a prefix of at least 6 characters, as `service ps` shows).
         #[arg(long = "task")]
         task_id: Option<String>,
-        /// Prefix lines with the time they were written (not available yet).
+        /// Start each line with the time it was written (RFC 3339, UTC, nanoseconds).
         #[arg(long, short = 't')]
         timestamps: bool,
     },
@@ -322,6 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, Mode::Init, shutdown_signal()).await,
+        Cmd::LogWriter { .. } => anyhow::bail!("log-writer is run by containerd's shim, not from here"),
         Cmd::Cluster(ClusterCmd::JoinToken {
             role,
             ttl,
@@ -478,9 +483,6 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             task_id,
             timestamps,
         } => {
-            if timestamps {
-                anyhow::bail!("--timestamps is not available: the container runtime writes task output to the log file without times; drop the flag");
-            }
             let name = service.clone();
             let mut lines = c
                 .service_logs(pb::ServiceLogsRequest {
@@ -498,6 +500,13 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                     Ok(Some(l)) => {
                         let mut o = stdout.lock();
                         let id = crate::core::limits::prefix(&l.task_id, 12);
+                        if timestamps {
+                            match l.time_unix_nanos {
+                                Some(ns) => write!(o, "{} ", output::rfc3339_nanos(ns))?,
+                                // Written by an older worker without times.
+                                None => write!(o, "{:30} ", "(time unknown)")?,
+                            }
+                        }
                         write!(o, "{name}.{}.{id}@{} | ", l.slot, l.node_id)?;
                         o.write_all(&l.line)?;
                         o.write_all(b"\n")?;

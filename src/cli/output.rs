@@ -285,3 +285,9 @@ mod tests {
         assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }
+
+/// `2026-11-29T06:51:29.000000005Z` for nanoseconds since the Unix epoch.
+pub fn rfc3339_nanos(unix_nanos: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}

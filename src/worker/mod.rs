@@ -9,6 +9,7 @@
 pub mod containerd;
 pub mod contract;
 pub mod local;
+pub mod log_writer;
 pub mod logs;
 pub mod runtime;
 pub mod sim_runtime;
@@ -154,6 +155,9 @@ pub async fn open_runtime(opts: &WorkerOpts) -> anyhow::Result<Arc<dyn Container
                 namespace: opts.containerd_namespace.clone(),
                 node_id: opts.node_id.clone(),
                 logs_dir: opts.data_dir.join("logs"),
+                log_writer: std::env::current_exe().context(
+                    "cannot find the warren binary's path (the shim runs it as each container's log writer)",
+                )?,
                 registry: containerd::pull::RegistryOpts {
                     insecure: opts.insecure_registries.clone(),
                     credentials,

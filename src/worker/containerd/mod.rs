@@ -7,9 +7,10 @@
 //!   task that resubscribes when the stream drops and then reconciles against a list, so
 //!   no exit is missed; a call per container happens only for one this process has not
 //!   seen yet (say, adopted after the agent restarted).
-//! - stdout and stderr go straight from the shim to `DATA_DIR/logs/TASK.log` (so a
-//!   container never blocks on a stopped agent); the agent caps the file at
-//!   `LOG_MAX_BYTES`, keeping one older copy as `TASK.log.1`.
+//! - stdout and stderr go from the shim to a `warren log-writer` process per container
+//!   (containerd's `binary://` log URI), which stamps each line with its time and stream
+//!   and writes `DATA_DIR/logs/TASK.log`, capped with one older copy (`log_writer`). The
+//!   shim owns that process, so a container never blocks on a stopped agent.
 
 pub mod auth;
 pub mod pull;
@@ -49,9 +50,6 @@ pub const LABEL_NODE: &str = "warren.node";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One call to containerd (creating a task forks a shim and runc: seconds on a slow host).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// A task's log file is cut at this size (one older copy kept): 10 MiB + 10 MiB per task.
-pub const LOG_MAX_BYTES: u64 = 10 << 20;
-const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Grace after SIGKILL for the process to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Host files bind-mounted read-only into every container (host networking).
@@ -115,6 +113,8 @@ pub struct ContainerdOpts {
     pub node_id: String,
     /// Where task logs go (`DATA_DIR/logs`).
     pub logs_dir: PathBuf,
+    /// The `warren` binary, which the shim runs as each container's `log-writer`.
+    pub log_writer: PathBuf,
     pub registry: pull::RegistryOpts,
     /// cgroup parent of every container (`/warren` → `/warren/TASK`).
     pub cgroup_parent: String,
@@ -271,7 +271,6 @@ impl ContainerdRuntime {
             known: Arc::new(Mutex::new(Known::default())),
         });
         tokio::spawn(watch_events(rt.conn.clone(), rt.known.clone()));
-        tokio::spawn(cap_logs(rt.opts.logs_dir.clone()));
         Ok(rt)
     }
 
@@ -495,7 +494,7 @@ impl ContainerdRuntime {
         self.conn.drop_lease(lease).await;
         let mounts = r?;
         let log = Self::log_path(&self.opts.logs_dir, task_id);
-        let uri = format!("file://{}", log.display());
+        let uri = log_uri(&self.opts.log_writer, &log);
         self.known
             .lock()
             .unwrap()
@@ -694,29 +693,21 @@ impl ContainerRuntime for ContainerdRuntime {
 
 use crate::worker::logs::rotated;
 
-/// Keeps each task log under `LOG_MAX_BYTES`: copy to `.1`, then truncate (the shim
-/// appends, so its next write lands at the new end). Lines written between the copy and
-/// the truncation are lost; that window is one copy of at most 10 MiB.
-async fn cap_logs(dir: PathBuf) {
-    loop {
-        tokio::time::sleep(LOG_CHECK_INTERVAL).await;
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_none_or(|x| x != "log") {
-                continue;
-            }
-            if e.metadata().is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
-                let r = std::fs::copy(&p, rotated(&p))
-                    .and_then(|_| std::fs::OpenOptions::new().write(true).open(&p)?.set_len(0));
-                if let Err(err) = r {
-                    warn!(file = %p.display(), error = %err, "cannot cap task log");
-                }
+/// `binary:///WARREN?log-writer=FILE`: the shim runs `WARREN log-writer FILE` (a query's
+/// key and value become two arguments; one key keeps their order fixed).
+pub fn log_uri(warren: &Path, file: &Path) -> String {
+    fn escape(p: &Path) -> String {
+        let mut out = String::new();
+        for &b in p.as_os_str().as_encoded_bytes() {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
             }
         }
+        out
     }
+    format!("binary://{}?log-writer={}", escape(warren), escape(file))
 }
 
 /// Follows task exit and OOM events for ever. A subscription sends nothing until the first
