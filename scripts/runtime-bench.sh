@@ -105,5 +105,13 @@ warren_create rss fifty 50 >/dev/null
 sleep 2 # let the agent settle into its steady state before reading RSS (a measurement pause, not synchronisation)
 kib() { awk -v k="$1:" '$1 == k {printf "%.1f", $2/1024}' /proc/$WPID/status; }
 echo "worker_rss_50_containers_mib=$(kib VmRSS) anon_mib=$(kib RssAnon) file_mib=$(kib RssFile) hwm_mib=$(kib VmHWM)"
+# Each container's log writer (run by its shim): median RSS and its own (anonymous) part.
+lw=$(pgrep -f "log-writer $tmp/rss/logs/" || true)
+if [ -n "$lw" ]; then
+  lw_rss=$(for p in $lw; do awk '/^VmRSS/ {print $2}' /proc/$p/status; done | median)
+  lw_anon=$(for p in $lw; do awk '/^RssAnon/ {print $2}' /proc/$p/status; done | median)
+  echo "log_writers=$(echo "$lw" | wc -w) log_writer_rss_kib_median=$lw_rss anon_kib=$lw_anon"
+fi
+[ -n "${SMAPS_OUT:-}" ] && cp /proc/$WPID/smaps "$SMAPS_OUT"
 warren_rm rss fifty
 if [ -n "${WORKER_WRAP:-}" ]; then pkill -TERM -f "node-id rss" || true; sleep 3; fi
