@@ -1,6 +1,7 @@
 pub mod core;
 pub mod raft;
 pub mod retry;
+pub mod security;
 pub mod proto {
     //! Generated gRPC types.
     pub mod v1 {

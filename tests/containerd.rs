@@ -367,10 +367,7 @@ fn logs(rig: &Rig, tmp: &Path) {
     assert!(one.lines().all(|l| l.contains(&task[..12])), "{one}");
     // stderr is kept too (its order against stdout is not: they are two pipes).
     let all = ok(c.api(2), &["service", "logs", "ticker", "--task", &task[..8]]);
-    assert!(
-        all.lines().any(|l| l.ends_with("| started")),
-        "{all}"
-    );
+    assert!(all.lines().any(|l| l.ends_with("| started")), "{all}");
     // --timestamps: each line's own time, as it was written (the ticker writes every 0.2 s).
     let stamped = ok(
         c.api(2),

@@ -1,0 +1,4 @@
+//! Who is calling: the cluster's certificates (`pki`), and (in the production build) the
+//! TLS that carries them.
+
+pub mod pki;
