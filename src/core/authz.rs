@@ -1,0 +1,381 @@
+//! Who may call what: one pure decision from (caller, RPC, target), used by every gRPC
+//! service in both builds. The caller comes from the connection's verified certificate in
+//! production and from the simulated host's credential under the simulator; this module
+//! does not know which.
+//!
+//! - An admin (operator credential) may use the public API.
+//! - A worker may register, heartbeat, watch its assignments and hold its log session, all
+//!   for its own node id only, and renew its own certificate.
+//! - A manager may use the internal Raft and leader-call RPCs, and renew its certificate.
+//! - A caller without a certificate may only fetch the CA certificate (public) and join
+//!   with a token (the handler checks the token).
+//! - A revoked certificate may do nothing.
+
+use std::collections::BTreeSet;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No client certificate.
+    Anonymous,
+    Admin {
+        name: String,
+        serial_hex: String,
+    },
+    Manager {
+        id: u64,
+        serial_hex: String,
+    },
+    Worker {
+        node_id: String,
+        serial_hex: String,
+    },
+}
+
+impl Caller {
+    fn serial(&self) -> Option<&str> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Admin { serial_hex, .. }
+            | Caller::Manager { serial_hex, .. }
+            | Caller::Worker { serial_hex, .. } => Some(serial_hex),
+        }
+    }
+
+    /// For messages: "a worker certificate (node edge-1)".
+    pub fn describe(&self) -> String {
+        match self {
+            Caller::Anonymous => "no client certificate".into(),
+            Caller::Admin { name, .. } => format!("an admin certificate ({name})"),
+            Caller::Manager { id, .. } => format!("a manager certificate (manager {id})"),
+            Caller::Worker { node_id, .. } => format!("a worker certificate (node {node_id})"),
+        }
+    }
+}
+
+/// Every RPC Warren serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rpc {
+    // ClusterService
+    GetClusterInfo,
+    GenerateJoinToken,
+    JoinCluster,
+    RemoveManager,
+    GetCaCertificate,
+    RenewCertificate,
+    IssueAdminCertificate,
+    // NodeService
+    RegisterNode,
+    Heartbeat,
+    ListNodes,
+    GetNode,
+    UpdateNode,
+    RemoveNode,
+    // ServiceService
+    CreateService,
+    GetService,
+    ListServices,
+    UpdateService,
+    ScaleService,
+    DeleteService,
+    ServiceLogs,
+    // TaskService
+    ListTasks,
+    GetTask,
+    WatchAssignments,
+    LogSession,
+    // RaftService (managers only)
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    LeaderCall,
+    Ping,
+    NodeLogs,
+}
+
+impl Rpc {
+    pub const ALL: [Rpc; 30] = [
+        Rpc::GetClusterInfo,
+        Rpc::GenerateJoinToken,
+        Rpc::JoinCluster,
+        Rpc::RemoveManager,
+        Rpc::GetCaCertificate,
+        Rpc::RenewCertificate,
+        Rpc::IssueAdminCertificate,
+        Rpc::RegisterNode,
+        Rpc::Heartbeat,
+        Rpc::ListNodes,
+        Rpc::GetNode,
+        Rpc::UpdateNode,
+        Rpc::RemoveNode,
+        Rpc::CreateService,
+        Rpc::GetService,
+        Rpc::ListServices,
+        Rpc::UpdateService,
+        Rpc::ScaleService,
+        Rpc::DeleteService,
+        Rpc::ServiceLogs,
+        Rpc::ListTasks,
+        Rpc::GetTask,
+        Rpc::WatchAssignments,
+        Rpc::LogSession,
+        Rpc::AppendEntries,
+        Rpc::Vote,
+        Rpc::InstallSnapshot,
+        Rpc::LeaderCall,
+        Rpc::Ping,
+        Rpc::NodeLogs,
+    ];
+
+    /// Who may call it.
+    pub fn needs(self) -> Needs {
+        use Rpc::*;
+        match self {
+            GetCaCertificate => Needs::Anyone,
+            JoinCluster => Needs::Token,
+            RegisterNode => Needs::TokenOrSelf,
+            Heartbeat | WatchAssignments | LogSession => Needs::SelfWorker,
+            RenewCertificate => Needs::AnyNode,
+            AppendEntries | Vote | InstallSnapshot | LeaderCall | Ping | NodeLogs => Needs::Manager,
+            GetClusterInfo
+            | GenerateJoinToken
+            | RemoveManager
+            | IssueAdminCertificate
+            | ListNodes
+            | GetNode
+            | UpdateNode
+            | RemoveNode
+            | CreateService
+            | GetService
+            | ListServices
+            | UpdateService
+            | ScaleService
+            | DeleteService
+            | ServiceLogs
+            | ListTasks
+            | GetTask => Needs::Admin,
+        }
+    }
+}
+
+/// The kinds of caller an RPC admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Public: no certificate needed.
+    Anyone,
+    /// A join token, checked by the handler; callers come without a certificate.
+    Token,
+    /// A worker token (first registration, no certificate yet) or the worker's own
+    /// certificate (registering again after a restart).
+    TokenOrSelf,
+    /// The worker certificate of the node the request is about.
+    SelfWorker,
+    /// Any node certificate (manager or worker), for itself.
+    AnyNode,
+    Manager,
+    Admin,
+}
+
+impl Needs {
+    fn what(self) -> &'static str {
+        match self {
+            Needs::Anyone => "nothing",
+            Needs::Token => "a join token",
+            Needs::TokenOrSelf => "a worker token or that worker's certificate",
+            Needs::SelfWorker => "the certificate of the worker it is about",
+            Needs::AnyNode => "a manager or worker certificate",
+            Needs::Manager => "a manager certificate",
+            Needs::Admin => "an admin certificate",
+        }
+    }
+}
+
+/// What a request is about, where that matters: the node id it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    None,
+    Node(&'a str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("{rpc:?} needs {needs}; this connection presents no client certificate: pass --tls-dir DIR (or set WARREN_TLS_DIR) with the credential `cluster init` wrote, or one from `warren cluster admin-cert`")]
+    Unauthenticated { rpc: Rpc, needs: &'static str },
+    #[error("{rpc:?} needs {needs}; this connection presents {caller}")]
+    WrongRole {
+        rpc: Rpc,
+        needs: &'static str,
+        caller: String,
+    },
+    #[error("{rpc:?} for node {target:?} refused: this connection presents {caller}, and a worker may act only for itself")]
+    OtherNode {
+        rpc: Rpc,
+        target: String,
+        caller: String,
+    },
+    #[error("this connection presents {caller}, which was revoked (its node was removed); a removed node must join again with a new token")]
+    Revoked { caller: String },
+}
+
+/// May `caller` call `rpc` about `target`, given the revoked serial numbers?
+pub fn authorize(
+    caller: &Caller,
+    rpc: Rpc,
+    target: Target<'_>,
+    revoked: &BTreeSet<String>,
+) -> Result<(), Denied> {
+    if caller.serial().is_some_and(|s| revoked.contains(s)) {
+        return Err(Denied::Revoked {
+            caller: caller.describe(),
+        });
+    }
+    let needs = rpc.needs();
+    let wrong = || {
+        if *caller == Caller::Anonymous {
+            Denied::Unauthenticated {
+                rpc,
+                needs: needs.what(),
+            }
+        } else {
+            Denied::WrongRole {
+                rpc,
+                needs: needs.what(),
+                caller: caller.describe(),
+            }
+        }
+    };
+    let own_node = |node_id: &str| match target {
+        Target::Node(t) if t == node_id => Ok(()),
+        Target::Node(t) => Err(Denied::OtherNode {
+            rpc,
+            target: t.to_string(),
+            caller: caller.describe(),
+        }),
+        // A worker RPC always names its node; one that does not is refused.
+        Target::None => Err(Denied::OtherNode {
+            rpc,
+            target: String::new(),
+            caller: caller.describe(),
+        }),
+    };
+    match (needs, caller) {
+        (Needs::Anyone, _) => Ok(()),
+        (Needs::Token, Caller::Anonymous) => Ok(()),
+        (Needs::TokenOrSelf, Caller::Anonymous) => Ok(()),
+        (Needs::TokenOrSelf | Needs::SelfWorker, Caller::Worker { node_id, .. }) => own_node(node_id),
+        (Needs::AnyNode, Caller::Manager { .. } | Caller::Worker { .. }) => Ok(()),
+        (Needs::Manager, Caller::Manager { .. }) => Ok(()),
+        (Needs::Admin, Caller::Admin { .. }) => Ok(()),
+        _ => Err(wrong()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin() -> Caller {
+        Caller::Admin {
+            name: "ops".into(),
+            serial_hex: "a1".into(),
+        }
+    }
+    fn manager() -> Caller {
+        Caller::Manager {
+            id: 2,
+            serial_hex: "m2".into(),
+        }
+    }
+    fn worker(id: &str) -> Caller {
+        Caller::Worker {
+            node_id: id.into(),
+            serial_hex: format!("w-{id}"),
+        }
+    }
+
+    /// Every RPC against every kind of caller: A admin, M manager, W worker for its own
+    /// node, O worker naming another node, N no certificate. `+` allowed, `-` refused.
+    #[test]
+    fn every_rpc_against_every_caller() {
+        use Rpc::*;
+        #[rustfmt::skip]
+        let table: [(Rpc, &str); 30] = [
+            //                       A M W O N
+            (GetClusterInfo,        "+ - - - -"),
+            (GenerateJoinToken,     "+ - - - -"),
+            (JoinCluster,           "- - - - +"),
+            (RemoveManager,         "+ - - - -"),
+            (GetCaCertificate,      "+ + + + +"),
+            (RenewCertificate,      "- + + + -"),
+            (IssueAdminCertificate, "+ - - - -"),
+            (RegisterNode,          "- - + - +"),
+            (Heartbeat,             "- - + - -"),
+            (ListNodes,             "+ - - - -"),
+            (GetNode,               "+ - - - -"),
+            (UpdateNode,            "+ - - - -"),
+            (RemoveNode,            "+ - - - -"),
+            (CreateService,         "+ - - - -"),
+            (GetService,            "+ - - - -"),
+            (ListServices,          "+ - - - -"),
+            (UpdateService,         "+ - - - -"),
+            (ScaleService,          "+ - - - -"),
+            (DeleteService,         "+ - - - -"),
+            (ServiceLogs,           "+ - - - -"),
+            (ListTasks,             "+ - - - -"),
+            (GetTask,               "+ - - - -"),
+            (WatchAssignments,      "- - + - -"),
+            (LogSession,            "- - + - -"),
+            (AppendEntries,         "- + - - -"),
+            (Vote,                  "- + - - -"),
+            (InstallSnapshot,       "- + - - -"),
+            (LeaderCall,            "- + - - -"),
+            (Ping,                  "- + - - -"),
+            (NodeLogs,              "- + - - -"),
+        ];
+        assert_eq!(
+            table.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            Rpc::ALL.to_vec(),
+            "the table covers every RPC in order"
+        );
+        let none = BTreeSet::new();
+        for (rpc, row) in table {
+            let want: Vec<bool> = row.split(' ').map(|c| c == "+").collect();
+            let got = vec![
+                authorize(&admin(), rpc, Target::Node("edge-1"), &none).is_ok(),
+                authorize(&manager(), rpc, Target::Node("edge-1"), &none).is_ok(),
+                authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), &none).is_ok(),
+                authorize(&worker("edge-2"), rpc, Target::Node("edge-1"), &none).is_ok(),
+                authorize(&Caller::Anonymous, rpc, Target::Node("edge-1"), &none).is_ok(),
+            ];
+            assert_eq!(got, want, "{rpc:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_is_needed_and_revocation_beats_everything() {
+        let none = BTreeSet::new();
+        let e = authorize(&worker("edge-1"), Rpc::DeleteService, Target::None, &none).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DeleteService needs an admin certificate; this connection presents a worker certificate (node edge-1)"
+        );
+        let e = authorize(&Caller::Anonymous, Rpc::ListServices, Target::None, &none).unwrap_err();
+        assert!(matches!(e, Denied::Unauthenticated { .. }), "{e}");
+        assert!(e.to_string().contains("--tls-dir"), "{e}");
+        let e = authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), &none).unwrap_err();
+        assert!(matches!(e, Denied::OtherNode { .. }), "{e}");
+        // A worker RPC that names no node is refused, not waved through.
+        assert!(authorize(&worker("edge-1"), Rpc::Heartbeat, Target::None, &none).is_err());
+        let revoked: BTreeSet<String> = ["w-edge-1".to_string()].into();
+        for rpc in Rpc::ALL {
+            let e = authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), &revoked).unwrap_err();
+            assert!(matches!(e, Denied::Revoked { .. }), "{rpc:?}");
+        }
+        assert!(authorize(
+            &worker("edge-2"),
+            Rpc::Heartbeat,
+            Target::Node("edge-2"),
+            &revoked
+        )
+        .is_ok());
+    }
+}
