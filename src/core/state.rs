@@ -4,7 +4,8 @@
 //! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
 
 use super::limits::{
-    MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES, MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS,
+    MAX_CA_BYTES, MAX_LIVE_CERTS_PER_HOLDER, MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES,
+    MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS,
 };
 use super::model::*;
 use super::reconciler::TaskChange;
@@ -198,6 +199,49 @@ pub enum Command {
         rotate: bool,
         now_ms: i64,
     },
+    /// The cluster CA, set once right after `InitCluster` by the first manager.
+    InstallCa {
+        cert_der: Vec<u8>,
+        key_pkcs8: Vec<u8>,
+    },
+    /// A certificate a manager signed for `holder` (see `holder`), so that it can be revoked.
+    /// Its holder must not have been removed since the request was checked.
+    RecordCertificate {
+        holder: String,
+        serial_hex: String,
+        not_after_ms: i64,
+        now_ms: i64,
+    },
+    /// Revokes every certificate of `holder` (a manager removed from the cluster).
+    RevokeHolder {
+        holder: String,
+    },
+}
+
+/// The key certificates are tracked under: `worker/edge-1`, `manager/3`, `admin/ops`.
+pub fn holder(kind: &str, id: &str) -> String {
+    format!("{kind}/{id}")
+}
+
+/// The cluster's certificate authority and what it signed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pki {
+    pub ca_cert_der: Vec<u8>,
+    /// Replicated so that any leader can sign; it never leaves the managers.
+    pub ca_key_pkcs8: Vec<u8>,
+    /// Holder -> serial (hex) -> expiry, for the certificates not yet expired.
+    pub issued: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Revoked serial -> its expiry (after which it is dropped: it no longer verifies).
+    pub revoked: BTreeMap<String, i64>,
+}
+
+impl Pki {
+    fn revoke_holder(&mut self, holder: &str) -> usize {
+        let serials = self.issued.remove(holder).unwrap_or_default();
+        let n = serials.len();
+        self.revoked.extend(serials);
+        n
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +285,7 @@ pub struct ClusterState {
     pub request_order: BTreeMap<u64, String>,
     /// Sum of `Remembered::cost` over `requests`.
     pub remembered_bytes: u64,
+    pub pki: Pki,
 }
 
 impl Command {
@@ -494,7 +539,70 @@ impl ClusterState {
                     )));
                 }
                 self.nodes.remove(&id);
+                self.pki.revoke_holder(&holder("worker", &id));
                 Ok(Outcome::NodeRemoved { id })
+            }
+            Command::InstallCa { cert_der, key_pkcs8 } => {
+                if !self.pki.ca_cert_der.is_empty() {
+                    return Err(StateError::FailedPrecondition(
+                        "the cluster already has a CA".into(),
+                    ));
+                }
+                if cert_der.is_empty() || key_pkcs8.is_empty() {
+                    return Err(StateError::invalid("CA", "certificate and key must not be empty"));
+                }
+                if cert_der.len() > MAX_CA_BYTES || key_pkcs8.len() > MAX_CA_BYTES {
+                    return Err(StateError::invalid(
+                        "CA",
+                        format!("at most {MAX_CA_BYTES} bytes each"),
+                    ));
+                }
+                self.pki.ca_cert_der = cert_der;
+                self.pki.ca_key_pkcs8 = key_pkcs8;
+                Ok(Outcome::Internal)
+            }
+            Command::RecordCertificate {
+                holder: who,
+                serial_hex,
+                not_after_ms,
+                now_ms,
+            } => {
+                if serial_hex.is_empty()
+                    || serial_hex.len() > 64
+                    || !serial_hex.chars().all(|c| c.is_ascii_hexdigit())
+                {
+                    return Err(StateError::invalid("serial", "must be 1 to 64 hex digits"));
+                }
+                if not_after_ms <= now_ms {
+                    return Err(StateError::invalid("certificate", "must expire in the future"));
+                }
+                // A worker removed while its request was in flight gets no certificate.
+                if let Some(node_id) = who.strip_prefix("worker/") {
+                    if !self.nodes.contains_key(node_id) {
+                        return Err(StateError::not_found("node", node_id));
+                    }
+                }
+                self.pki.revoked.retain(|_, exp| *exp > now_ms);
+                for serials in self.pki.issued.values_mut() {
+                    serials.retain(|_, exp| *exp > now_ms);
+                }
+                self.pki.issued.retain(|_, serials| !serials.is_empty());
+                let live = self.pki.issued.get(&who).map_or(0, BTreeMap::len);
+                if live >= MAX_LIVE_CERTS_PER_HOLDER {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "{who} already has {live} unexpired certificates (at most {MAX_LIVE_CERTS_PER_HOLDER}); renewals happen at half the lifetime, so wait for older ones to expire"
+                    )));
+                }
+                self.pki
+                    .issued
+                    .entry(who)
+                    .or_default()
+                    .insert(serial_hex, not_after_ms);
+                Ok(Outcome::Internal)
+            }
+            Command::RevokeHolder { holder: who } => {
+                self.pki.revoke_holder(&who);
+                Ok(Outcome::Internal)
             }
             Command::SetJoinToken {
                 role,
@@ -1395,6 +1503,72 @@ mod tests {
             (st, outs)
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn certificates_are_tracked_bounded_and_revoked_with_their_holder() {
+        let mut st = base();
+        let ca = Command::InstallCa {
+            cert_der: vec![1; 10],
+            key_pkcs8: vec![2; 10],
+        };
+        st.apply(10, ca.clone()).unwrap();
+        assert!(
+            matches!(st.apply(11, ca), Err(StateError::FailedPrecondition(_))),
+            "a CA is set once"
+        );
+        let record =
+            |holder: &str, serial: &str, not_after_ms: i64, now_ms: i64| Command::RecordCertificate {
+                holder: holder.into(),
+                serial_hex: serial.into(),
+                not_after_ms,
+                now_ms,
+            };
+        st.apply(12, record("worker/n1", "aa", 1_000, 100)).unwrap();
+        st.apply(13, record("manager/2", "bb", 1_000, 100)).unwrap();
+        // Refused, changing nothing: an unknown worker, an expired or malformed certificate.
+        for bad in [
+            record("worker/ghost", "cc", 1_000, 100),
+            record("worker/n1", "cc", 100, 100),
+            record("worker/n1", "not-hex", 1_000, 100),
+            record("worker/n1", "", 1_000, 100),
+        ] {
+            let before = st.clone();
+            assert!(st.apply(14, bad.clone()).is_err(), "{bad:?}");
+            assert_eq!(st, before);
+        }
+        // At most MAX_LIVE_CERTS_PER_HOLDER unexpired ones per holder.
+        for i in 1..MAX_LIVE_CERTS_PER_HOLDER {
+            st.apply(20 + i as u64, record("worker/n1", &format!("a{i:x}"), 1_000, 100))
+                .unwrap();
+        }
+        let before = st.clone();
+        assert!(st.apply(40, record("worker/n1", "ff", 1_000, 100)).is_err());
+        assert_eq!(st, before);
+        // Removing the node revokes all of its certificates, and only its.
+        st.apply(
+            41,
+            Command::RemoveNode {
+                id: "n1".into(),
+                force: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(st.pki.revoked.len(), MAX_LIVE_CERTS_PER_HOLDER);
+        assert!(st.pki.revoked.contains_key("aa") && !st.pki.revoked.contains_key("bb"));
+        st.apply(
+            42,
+            Command::RevokeHolder {
+                holder: "manager/2".into(),
+            },
+        )
+        .unwrap();
+        assert!(st.pki.revoked.contains_key("bb") && st.pki.issued.is_empty());
+        // Expired entries are dropped (an expired certificate no longer verifies anyway).
+        st.apply(43, register("n2")).unwrap();
+        st.apply(44, record("worker/n2", "dd", 5_000, 2_000)).unwrap();
+        assert_eq!(st.pki.revoked.len(), 0);
+        assert_eq!(st.pki.issued.len(), 1);
     }
 }
 
