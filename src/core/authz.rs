@@ -6,9 +6,10 @@
 //! - An admin (operator credential) may use the public API.
 //! - A worker may register, heartbeat, watch its assignments and hold its log session, all
 //!   for its own node id only, and renew its own certificate.
-//! - A manager may use the internal Raft and leader-call RPCs, and renew its certificate.
-//! - A caller without a certificate may only fetch the CA certificate (public) and join
-//!   with a token (the handler checks the token).
+//! - A manager may use the internal Raft and leader-call RPCs, join as itself, and renew its
+//!   certificate.
+//! - A caller without a certificate may only fetch the CA certificate (public) and get its
+//!   first certificate with a join token (the handler checks the token).
 //! - A revoked certificate may do nothing.
 
 use std::collections::BTreeSet;
@@ -61,6 +62,7 @@ pub enum Rpc {
     JoinCluster,
     RemoveManager,
     GetCaCertificate,
+    IssueCertificate,
     RenewCertificate,
     IssueAdminCertificate,
     // NodeService
@@ -93,12 +95,13 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 30] = [
+    pub const ALL: [Rpc; 31] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
         Rpc::RemoveManager,
         Rpc::GetCaCertificate,
+        Rpc::IssueCertificate,
         Rpc::RenewCertificate,
         Rpc::IssueAdminCertificate,
         Rpc::RegisterNode,
@@ -131,9 +134,9 @@ impl Rpc {
         use Rpc::*;
         match self {
             GetCaCertificate => Needs::Anyone,
-            JoinCluster => Needs::Token,
-            RegisterNode => Needs::TokenOrSelf,
-            Heartbeat | WatchAssignments | LogSession => Needs::SelfWorker,
+            IssueCertificate => Needs::Token,
+            JoinCluster => Needs::SelfManager,
+            RegisterNode | Heartbeat | WatchAssignments | LogSession => Needs::SelfWorker,
             RenewCertificate => Needs::AnyNode,
             AppendEntries | Vote | InstallSnapshot | LeaderCall | Ping | NodeLogs => Needs::Manager,
             GetClusterInfo
@@ -162,13 +165,13 @@ impl Rpc {
 pub enum Needs {
     /// Public: no certificate needed.
     Anyone,
-    /// A join token, checked by the handler; callers come without a certificate.
+    /// A join token, checked by the handler; callers come without a certificate (they are
+    /// getting their first one).
     Token,
-    /// A worker token (first registration, no certificate yet) or the worker's own
-    /// certificate (registering again after a restart).
-    TokenOrSelf,
     /// The worker certificate of the node the request is about.
     SelfWorker,
+    /// The manager certificate of the manager the request is about.
+    SelfManager,
     /// Any node certificate (manager or worker), for itself.
     AnyNode,
     Manager,
@@ -179,9 +182,9 @@ impl Needs {
     fn what(self) -> &'static str {
         match self {
             Needs::Anyone => "nothing",
-            Needs::Token => "a join token",
-            Needs::TokenOrSelf => "a worker token or that worker's certificate",
+            Needs::Token => "a join token and no certificate",
             Needs::SelfWorker => "the certificate of the worker it is about",
+            Needs::SelfManager => "the certificate of the manager it is about",
             Needs::AnyNode => "a manager or worker certificate",
             Needs::Manager => "a manager certificate",
             Needs::Admin => "an admin certificate",
@@ -260,8 +263,8 @@ pub fn authorize(
     match (needs, caller) {
         (Needs::Anyone, _) => Ok(()),
         (Needs::Token, Caller::Anonymous) => Ok(()),
-        (Needs::TokenOrSelf, Caller::Anonymous) => Ok(()),
-        (Needs::TokenOrSelf | Needs::SelfWorker, Caller::Worker { node_id, .. }) => own_node(node_id),
+        (Needs::SelfWorker, Caller::Worker { node_id, .. }) => own_node(node_id),
+        (Needs::SelfManager, Caller::Manager { id, .. }) => own_node(&id.to_string()),
         (Needs::AnyNode, Caller::Manager { .. } | Caller::Worker { .. }) => Ok(()),
         (Needs::Manager, Caller::Manager { .. }) => Ok(()),
         (Needs::Admin, Caller::Admin { .. }) => Ok(()),
@@ -298,16 +301,17 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 30] = [
+        let table: [(Rpc, &str); 31] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
-            (JoinCluster,           "- - - - +"),
+            (JoinCluster,           "- - - - -"),
             (RemoveManager,         "+ - - - -"),
             (GetCaCertificate,      "+ + + + +"),
+            (IssueCertificate,      "- - - - +"),
             (RenewCertificate,      "- + + + -"),
             (IssueAdminCertificate, "+ - - - -"),
-            (RegisterNode,          "- - + - +"),
+            (RegisterNode,          "- - + - -"),
             (Heartbeat,             "- - + - -"),
             (ListNodes,             "+ - - - -"),
             (GetNode,               "+ - - - -"),
@@ -363,6 +367,9 @@ mod tests {
         assert!(e.to_string().contains("--tls-dir"), "{e}");
         let e = authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), &none).unwrap_err();
         assert!(matches!(e, Denied::OtherNode { .. }), "{e}");
+        // A manager joins as itself only.
+        assert!(authorize(&manager(), Rpc::JoinCluster, Target::Node("2"), &none).is_ok());
+        assert!(authorize(&manager(), Rpc::JoinCluster, Target::Node("3"), &none).is_err());
         // A worker RPC that names no node is refused, not waved through.
         assert!(authorize(&worker("edge-1"), Rpc::Heartbeat, Target::None, &none).is_err());
         let revoked: BTreeSet<String> = ["w-edge-1".to_string()].into();

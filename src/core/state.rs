@@ -205,12 +205,14 @@ pub enum Command {
         key_pkcs8: Vec<u8>,
     },
     /// A certificate a manager signed for `holder` (see `holder`), so that it can be revoked.
-    /// Its holder must not have been removed since the request was checked.
+    /// A renewal names the certificate it renews, which must still be current: a holder
+    /// removed (revoked) meanwhile gets nothing.
     RecordCertificate {
         holder: String,
         serial_hex: String,
         not_after_ms: i64,
         now_ms: i64,
+        renews: Option<String>,
     },
     /// Revokes every certificate of `holder` (a manager removed from the cluster).
     RevokeHolder {
@@ -566,6 +568,7 @@ impl ClusterState {
                 serial_hex,
                 not_after_ms,
                 now_ms,
+                renews,
             } => {
                 if serial_hex.is_empty()
                     || serial_hex.len() > 64
@@ -576,10 +579,17 @@ impl ClusterState {
                 if not_after_ms <= now_ms {
                     return Err(StateError::invalid("certificate", "must expire in the future"));
                 }
-                // A worker removed while its request was in flight gets no certificate.
-                if let Some(node_id) = who.strip_prefix("worker/") {
-                    if !self.nodes.contains_key(node_id) {
-                        return Err(StateError::not_found("node", node_id));
+                if let Some(old) = &renews {
+                    let current = self
+                        .pki
+                        .issued
+                        .get(&who)
+                        .and_then(|s| s.get(old))
+                        .is_some_and(|exp| *exp > now_ms);
+                    if !current {
+                        return Err(StateError::FailedPrecondition(format!(
+                            "certificate {old} of {who} is no longer current (revoked with its node, or expired): join again with a new token"
+                        )));
                     }
                 }
                 self.pki.revoked.retain(|_, exp| *exp > now_ms);
@@ -1523,12 +1533,21 @@ mod tests {
                 serial_hex: serial.into(),
                 not_after_ms,
                 now_ms,
+                renews: None,
             };
+        let renew = |holder: &str, serial: &str, old: &str| Command::RecordCertificate {
+            holder: holder.into(),
+            serial_hex: serial.into(),
+            not_after_ms: 1_000,
+            now_ms: 100,
+            renews: Some(old.into()),
+        };
         st.apply(12, record("worker/n1", "aa", 1_000, 100)).unwrap();
         st.apply(13, record("manager/2", "bb", 1_000, 100)).unwrap();
-        // Refused, changing nothing: an unknown worker, an expired or malformed certificate.
+        // Refused, changing nothing: renewing an unknown certificate, an expired or malformed one.
         for bad in [
-            record("worker/ghost", "cc", 1_000, 100),
+            renew("worker/ghost", "cc", "aa"),
+            renew("worker/n1", "cc", "bb"),
             record("worker/n1", "cc", 100, 100),
             record("worker/n1", "not-hex", 1_000, 100),
             record("worker/n1", "", 1_000, 100),
@@ -1556,6 +1575,13 @@ mod tests {
         .unwrap();
         assert_eq!(st.pki.revoked.len(), MAX_LIVE_CERTS_PER_HOLDER);
         assert!(st.pki.revoked.contains_key("aa") && !st.pki.revoked.contains_key("bb"));
+        let before = st.clone();
+        assert!(
+            st.apply(42, renew("worker/n1", "ee", "aa")).is_err(),
+            "a removed node cannot renew"
+        );
+        assert_eq!(st, before);
+        st.apply(42, renew("manager/2", "b2", "bb")).unwrap();
         st.apply(
             42,
             Command::RevokeHolder {
@@ -1563,7 +1589,13 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(st.pki.revoked.contains_key("bb") && st.pki.issued.is_empty());
+        assert!(
+            st.pki.revoked.contains_key("bb")
+                && st.pki.revoked.contains_key("b2")
+                && st.pki.issued.is_empty(),
+            "{:?}",
+            st.pki
+        );
         // Expired entries are dropped (an expired certificate no longer verifies anyway).
         st.apply(43, register("n2")).unwrap();
         st.apply(44, record("worker/n2", "dd", 5_000, 2_000)).unwrap();

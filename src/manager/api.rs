@@ -685,14 +685,14 @@ impl ClusterService for Api {
         } else {
             i64::try_from(req.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
         };
-        let cluster_id = self.read(|st| st.cluster_id.clone());
-        if cluster_id.is_empty() {
+        let (cluster_id, ca) = self.read(|st| (st.cluster_id.clone(), st.pki.ca_cert_der.clone()));
+        if cluster_id.is_empty() || ca.is_empty() {
             return Err(
                 ApiError::Unavailable("the cluster is still initialising; retry in a moment".into()).into(),
             );
         }
         let secret = format!("{:032x}", madsim::rand::random::<u128>());
-        let text = token::format(&cluster_id, role, &secret);
+        let text = token::format(&cluster_id, role, &token::ca_fingerprint(&ca), &secret);
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl_ms);
         let cmd = Command::SetJoinToken {

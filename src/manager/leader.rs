@@ -441,22 +441,49 @@ pub async fn write(m: &Manager, cmd: Command, request: Option<RequestId>) -> Api
     }
 }
 
-/// Leader-only: records the cluster id in the replicated state once, right after bootstrap.
+/// Leader-only: records the cluster id and creates the cluster CA in the replicated state,
+/// once, right after bootstrap.
 pub async fn ensure_cluster_id(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut metrics = m.raft.metrics();
+    let mut ca: Option<(Vec<u8>, Vec<u8>)> = None;
     loop {
         let is_leader = metrics.borrow().current_leader == Some(m.id);
-        let missing = m.state.read().unwrap().state.cluster_id.is_empty();
-        if is_leader && missing {
-            let cmd = Command::InitCluster {
-                cluster_id: m.identity.cluster_id.clone(),
-                now_ms: super::now_ms(),
+        let (missing_id, missing_ca) = {
+            let st = &m.state.read().unwrap().state;
+            (st.cluster_id.is_empty(), st.pki.ca_cert_der.is_empty())
+        };
+        if !missing_id && !missing_ca {
+            return;
+        }
+        if is_leader {
+            let cmd = if missing_id {
+                Command::InitCluster {
+                    cluster_id: m.identity.cluster_id.clone(),
+                    now_ms: super::now_ms(),
+                }
+            } else {
+                let (cert_der, key_pkcs8) = match &ca {
+                    Some(c) => c.clone(),
+                    None => match crate::security::pki::Ca::create(
+                        &m.identity.cluster_id,
+                        std::time::SystemTime::now(),
+                    ) {
+                        Ok(c) => {
+                            let made = (c.cert_der.clone(), c.key_pkcs8().to_vec());
+                            ca = Some(made.clone());
+                            made
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot create the cluster CA");
+                            return;
+                        }
+                    },
+                };
+                Command::InstallCa { cert_der, key_pkcs8 }
             };
             if let LeaderReply::Done(_) = run_local(&m, LeaderOp::Write(cmd)).await {
-                return;
+                continue;
             }
-        } else if !missing {
-            return;
         }
         tokio::select! {
             biased;
