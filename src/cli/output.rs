@@ -276,6 +276,12 @@ pub fn join_token(out: Output, t: &pb::JoinToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `2026-11-29T06:51:29.000000005Z` for nanoseconds since the Unix epoch.
+pub fn rfc3339_nanos(unix_nanos: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -286,8 +292,3 @@ mod tests {
     }
 }
 
-/// `2026-11-29T06:51:29.000000005Z` for nanoseconds since the Unix epoch.
-pub fn rfc3339_nanos(unix_nanos: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos.max(0) as u64);
-    humantime::format_rfc3339_nanos(t).to_string()
-}
