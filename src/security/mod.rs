@@ -2,3 +2,5 @@
 //! TLS that carries them.
 
 pub mod pki;
+#[cfg(not(madsim))]
+pub mod tls;
