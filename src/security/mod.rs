@@ -2,5 +2,6 @@
 //! TLS that carries them.
 
 pub mod pki;
+pub mod store;
 #[cfg(not(madsim))]
 pub mod tls;
