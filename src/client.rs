@@ -48,6 +48,8 @@ impl ClientError {
 
 pub struct Client {
     endpoints: Vec<(String, Endpoint)>,
+    /// mutual TLS with this process's credential (`security`).
+    transport: crate::security::Transport,
     /// One open channel per endpoint, reused across calls; dropped on a connection error.
     channels: Mutex<Vec<Option<Channel>>>,
     current: AtomicUsize,
@@ -96,7 +98,7 @@ fn outcome_unknown(s: &Status) -> bool {
 }
 
 impl Client {
-    pub fn new<S: AsRef<str>>(managers: &[S]) -> Result<Self, ClientError> {
+    pub fn new<S: AsRef<str>>(managers: &[S], transport: crate::security::Transport) -> Result<Self, ClientError> {
         let mut endpoints = Vec::new();
         for m in managers
             .iter()
@@ -129,6 +131,7 @@ impl Client {
         Ok(Client {
             channels: Mutex::new(vec![None; endpoints.len()]),
             endpoints,
+            transport,
             current: AtomicUsize::new(0),
             race_first: std::sync::atomic::AtomicBool::new(true),
         })
@@ -221,8 +224,9 @@ impl Client {
         let attempts = (0..self.endpoints.len()).map(|k| {
             let i = (start + k) % self.endpoints.len();
             let ep = self.endpoints[i].1.clone();
+            let transport = self.transport.clone();
             Box::pin(async move {
-                let ch = ep.connect().await.map_err(|_| ())?;
+                let ch = transport.connect(&ep).await.map_err(|_| ())?;
                 let mut probe = ClusterServiceClient::new(ch.clone());
                 let mut req = tonic::Request::new(pb::GetClusterInfoRequest::default());
                 req.set_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
@@ -257,7 +261,7 @@ impl Client {
             let cached = self.channels.lock().unwrap()[i].clone();
             let ch = match cached {
                 Some(ch) => ch,
-                None => match ep.connect().await {
+                None => match self.transport.connect(ep).await {
                     Ok(ch) => {
                         self.channels.lock().unwrap()[i] = Some(ch.clone());
                         ch

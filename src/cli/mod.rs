@@ -29,6 +29,11 @@ pub struct Cli {
     /// Output format of list, inspect and info commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Directory with the operator credential (admin.crt, admin.key, ca.crt): the one
+    /// `cluster init` wrote to DATA_DIR/admin, or one from `warren cluster admin-cert`.
+    /// Default: ~/.warren.
+    #[arg(long, global = true, env = "WARREN_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -119,6 +124,19 @@ pub enum ClusterCmd {
         /// Linearizable read through the leader.
         #[arg(long)]
         consistent: bool,
+    },
+    /// Issue an operator credential for another operator: the key is made here, only its
+    /// signing request goes to the cluster. Writes admin.crt, admin.key and ca.crt (0600).
+    AdminCert {
+        /// Directory to write to (created 0700); use it with --tls-dir or WARREN_TLS_DIR.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Who it is for (named in the certificate and in the managers' logs).
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Lifetime (at most 365d).
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
     },
 }
 
@@ -322,7 +340,11 @@ async fn shutdown_signal() {
 
 /// Runs the parsed command; errors carry the message shown to the operator.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || Client::new(&cli.manager);
+    let tls_dir = cli.tls_dir.clone();
+    let client = || -> anyhow::Result<Client> {
+        let cred = operator_credential(tls_dir.as_deref())?;
+        Ok(Client::new(&cli.manager, crate::security::Transport::new(&cred)?)?)
+    };
     let out = cli.output;
     match cli.command {
         Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, Mode::Init, shutdown_signal()).await,
@@ -375,6 +397,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remove_manager(&c, me, force).await
         }
         Cmd::Manager(ManagerCmd::Remove { id, force }) => remove_manager(&client()?, id, force).await,
+        Cmd::Cluster(ClusterCmd::AdminCert { out: dir, name, ttl }) => {
+            use crate::security::{pki::Key, store::Credential};
+            if Credential::exists(&dir, "admin") {
+                anyhow::bail!(
+                    "{} already holds an operator credential; choose another --out (nothing was changed)",
+                    dir.display()
+                );
+            }
+            let key = Key::generate()?;
+            let req = pb::IssueAdminCertificateRequest {
+                name: name.clone(),
+                csr_der: key.request()?,
+                ttl_seconds: ttl.as_secs().max(1),
+            };
+            let issued = client()?
+                .call(|mut s| {
+                    let req = req.clone();
+                    async move { s.cluster.issue_admin_certificate(req).await }
+                })
+                .await?;
+            let cred = Credential {
+                cert_der: issued.cert_der,
+                key_pkcs8: key.pkcs8_der().to_vec(),
+                ca_der: issued.ca_der,
+            };
+            cred.save(&dir, "admin")?;
+            let who = cred.identity()?;
+            println!(
+                "operator credential for {name} written to {} (valid until {}); use it with --tls-dir {} or WARREN_TLS_DIR",
+                dir.display(),
+                humantime::format_rfc3339_seconds(who.not_after),
+                dir.display()
+            );
+            Ok(())
+        }
         Cmd::Cluster(ClusterCmd::Info { consistent }) => {
             let info = client()?
                 .call(|mut s| async move {
@@ -529,6 +586,24 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             output::tasks(out, &tasks)
         }
     }
+}
+
+/// The operator credential: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
+fn operator_credential(dir: Option<&std::path::Path>) -> anyhow::Result<crate::security::store::Credential> {
+    use crate::security::store::Credential;
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".warren"))
+            .unwrap_or_else(|| std::path::PathBuf::from(".warren")),
+    };
+    if !Credential::exists(&dir, "admin") {
+        anyhow::bail!(
+            "no operator credential in {} (admin.crt): pass --tls-dir DIR or set WARREN_TLS_DIR to the directory `cluster init` printed (DATA_DIR/admin on the first manager), or to one made with `warren cluster admin-cert --out DIR`",
+            dir.display()
+        );
+    }
+    Credential::load(&dir, "admin").with_context(|| format!("reading the operator credential in {}", dir.display()))
 }
 
 /// The capacity a worker offers: flags, else the host's CPUs and memory.

@@ -5,6 +5,7 @@ use super::convert::{service_to_pb, spec_from_pb, task_state_from_pb, task_to_pb
 use super::join::JOIN_DEADLINE_MS;
 use super::leader::{self, LeaderAnswer, LeaderOp};
 use super::{now_ms, ApiError, ApiResult, ManagerRef};
+use crate::core::authz::{Caller, Rpc, Target};
 use crate::core::{self, token, Command, Outcome, StateError};
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
@@ -176,12 +177,89 @@ fn not_found(kind: &str, name: &str) -> ApiError {
 }
 
 impl Api {
+    /// Who sent `req`, if they may call `rpc` about `target` (`core::authz`).
+    fn allow<T>(&self, req: &Request<T>, rpc: Rpc, target: Target<'_>) -> Result<Caller, Status> {
+        let who = self.read(|st| {
+            crate::security::check(req, rpc, target, |serial| st.pki.revoked.contains_key(serial))
+        });
+        who.map_err(|e| {
+            tracing::info!(rpc = ?rpc, error = %e, "request refused");
+            ApiError::Denied(e).into()
+        })
+    }
+
+    /// `allow` for a caller already known (a stream's later messages).
+    fn allow_caller(&self, who: &Caller, rpc: Rpc, target: Target<'_>) -> Result<(), Status> {
+        #[cfg(madsim)]
+        if !crate::security::sim_seam::enforced() {
+            return Ok(());
+        }
+        self.read(|st| core::authz::authorize(who, rpc, target, |serial| st.pki.revoked.contains_key(serial)))
+            .map_err(|e| ApiError::Denied(e).into())
+    }
+
+    /// The cluster CA, loaded from the replicated state.
+    fn ca(&self) -> ApiResult<(String, crate::security::pki::Ca)> {
+        let (cluster_id, cert, key) = self.read(|st| {
+            (
+                st.cluster_id.clone(),
+                st.pki.ca_cert_der.clone(),
+                st.pki.ca_key_pkcs8.clone(),
+            )
+        });
+        if cert.is_empty() {
+            return Err(ApiError::Unavailable(
+                "the cluster is still initialising (no CA yet); retry in a moment".into(),
+            ));
+        }
+        let ca = crate::security::pki::Ca::load(&cert, &key)
+            .map_err(|e| ApiError::Internal(format!("the cluster CA in the replicated state is unusable: {e}")))?;
+        Ok((cluster_id, ca))
+    }
+
+    /// Signs `csr_der` for `role`/`id`, records the certificate in the replicated state
+    /// (so that removing its holder revokes it) and returns it with the CA.
+    async fn sign_and_record(
+        &self,
+        csr_der: &[u8],
+        role: crate::security::pki::CertRole,
+        id: &str,
+        ttl: std::time::Duration,
+        renews: Option<String>,
+    ) -> Reply<pb::IssuedCertificate> {
+        if csr_der.len() > 16 * 1024 {
+            return Err(ApiError::State(StateError::invalid("csr", "at most 16 KiB")).into());
+        }
+        let (cluster_id, ca) = self.ca()?;
+        let now = std::time::SystemTime::now();
+        let cert = ca
+            .sign(csr_der, &cluster_id, role, id, now, ttl)
+            .map_err(|e| ApiError::State(StateError::invalid("certificate request", e.to_string())))?;
+        let issued = crate::security::pki::identity(&cert).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let not_after_ms = issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.m
+            .write(Command::RecordCertificate {
+                holder: core::state::holder(role.as_str(), id),
+                serial_hex: issued.serial_hex.clone(),
+                not_after_ms,
+                now_ms: now_ms(),
+                renews,
+            })
+            .await?;
+        tracing::info!(holder = %core::state::holder(role.as_str(), id), serial = %issued.serial_hex, "certificate issued");
+        ok(Ok(pb::IssuedCertificate {
+            cert_der: cert,
+            ca_der: vec![ca.cert_der.clone()],
+        }))
+    }
+
     async fn register_worker(&self, req: pb::RegisterNodeRequest) -> Reply<pb::RegisterNodeResponse> {
+        // The caller holds this node's certificate (checked by `allow`), which only a
+        // worker token could get it.
         core::validate::node_id(&req.node_id).map_err(ApiError::State)?;
-        // As for managers: check against state at least as new as the leader's.
-        self.m.read_barrier().await?;
-        self.read(|st| token::check(st, &req.token, core::Role::Worker, now_ms()))
-            .map_err(ApiError::Token)?;
         let capacity = req.capacity.unwrap_or_default();
         let cmd = Command::RegisterNode {
             id: req.node_id,
@@ -339,6 +417,7 @@ impl ServiceService for Api {
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
     async fn service_logs(&self, req: Request<pb::ServiceLogsRequest>) -> Reply<Self::ServiceLogsStream> {
+        self.allow(&req, Rpc::ServiceLogs, Target::None)?;
         let req = req.into_inner();
         let invalid = |field: &str, reason: String| -> Status {
             ApiError::State(StateError::InvalidArgument {
@@ -427,6 +506,7 @@ impl ServiceService for Api {
     }
 
     async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Reply<pb::Service> {
+        self.allow(&req, Rpc::CreateService, Target::None)?;
         let rid = request_id("create_service", &req)?;
         let spec = spec_from_pb(req.into_inner().spec.unwrap_or_default()).map_err(ApiError::State)?;
         let id = super::new_id();
@@ -441,6 +521,7 @@ impl ServiceService for Api {
     }
 
     async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Reply<pb::Service> {
+        self.allow(&req, Rpc::GetService, Target::None)?;
         let req = req.into_inner();
         self.read_barrier(req.consistent).await?;
         ok(self
@@ -449,6 +530,7 @@ impl ServiceService for Api {
     }
 
     async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Reply<pb::ListServicesResponse> {
+        self.allow(&req, Rpc::ListServices, Target::None)?;
         let req = req.into_inner();
         let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
@@ -466,6 +548,7 @@ impl ServiceService for Api {
     }
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Reply<pb::Service> {
+        self.allow(&req, Rpc::UpdateService, Target::None)?;
         let rid = request_id("update_service", &req)?;
         let req = req.into_inner();
         let spec = spec_from_pb(req.spec.unwrap_or_default()).map_err(ApiError::State)?;
@@ -483,6 +566,7 @@ impl ServiceService for Api {
     }
 
     async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Reply<pb::Service> {
+        self.allow(&req, Rpc::ScaleService, Target::None)?;
         let rid = request_id("scale_service", &req)?;
         let req = req.into_inner();
         ok(self
@@ -502,6 +586,7 @@ impl ServiceService for Api {
         &self,
         req: Request<pb::DeleteServiceRequest>,
     ) -> Reply<pb::DeleteServiceResponse> {
+        self.allow(&req, Rpc::DeleteService, Target::None)?;
         let rid = request_id("delete_service", &req)?;
         let req = req.into_inner();
         ok(
@@ -554,12 +639,14 @@ fn node_to_pb(n: &core::Node) -> pb::Node {
 #[tonic::async_trait]
 impl NodeService for Api {
     async fn register_node(&self, req: Request<pb::RegisterNodeRequest>) -> Reply<pb::RegisterNodeResponse> {
+        self.allow(&req, Rpc::RegisterNode, Target::Node(&req.get_ref().node_id))?;
         let req = req.into_inner();
         let span = tracing::info_span!("register_node", node = %req.node_id);
         self.register_worker(req).instrument(span).await
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
+        self.allow(&req, Rpc::Heartbeat, Target::Node(&req.get_ref().node_id))?;
         let req = req.into_inner();
         let mut reports = Vec::with_capacity(req.changes.len());
         for c in req.changes {
@@ -596,6 +683,7 @@ impl NodeService for Api {
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
+        self.allow(&req, Rpc::ListNodes, Target::None)?;
         let req = req.into_inner();
         let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
@@ -613,6 +701,7 @@ impl NodeService for Api {
     }
 
     async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Reply<pb::Node> {
+        self.allow(&req, Rpc::GetNode, Target::None)?;
         let req = req.into_inner();
         self.read_barrier(req.consistent).await?;
         ok(self
@@ -621,6 +710,7 @@ impl NodeService for Api {
     }
 
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::Node> {
+        self.allow(&req, Rpc::UpdateNode, Target::None)?;
         let rid = request_id("update_node", &req)?;
         let req = req.into_inner();
         let availability = match pb::NodeAvailability::try_from(req.availability) {
@@ -650,6 +740,7 @@ impl NodeService for Api {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::RemoveNodeResponse> {
+        self.allow(&req, Rpc::RemoveNode, Target::None)?;
         let rid = request_id("remove_node", &req)?;
         let req = req.into_inner();
         ok(self
@@ -669,11 +760,13 @@ impl NodeService for Api {
 #[tonic::async_trait]
 impl ClusterService for Api {
     async fn get_cluster_info(&self, req: Request<pb::GetClusterInfoRequest>) -> Reply<pb::ClusterInfo> {
+        self.allow(&req, Rpc::GetClusterInfo, Target::None)?;
         self.read_barrier(req.into_inner().consistent).await?;
         ok(Ok(self.cluster_info()))
     }
 
     async fn generate_join_token(&self, req: Request<pb::GenerateJoinTokenRequest>) -> Reply<pb::JoinToken> {
+        self.allow(&req, Rpc::GenerateJoinToken, Target::None)?;
         let req = req.into_inner();
         let role = match pb::Role::try_from(req.role) {
             Ok(pb::Role::Manager) => core::Role::Manager,
@@ -723,15 +816,115 @@ impl ClusterService for Api {
     }
 
     async fn join_cluster(&self, req: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
+        self.allow(&req, Rpc::JoinCluster, Target::Node(&req.get_ref().node_id.to_string()))?;
         let req = req.into_inner();
         let span = tracing::info_span!("join_cluster", new_manager = req.node_id, api = %req.api_addr);
         self.join_manager(req).instrument(span).await
+    }
+
+    async fn get_ca_certificate(&self, req: Request<pb::GetCaCertificateRequest>) -> Reply<pb::CaCertificate> {
+        self.allow(&req, Rpc::GetCaCertificate, Target::None)?;
+        let (cluster_id, ca) = self.ca()?;
+        ok(Ok(pb::CaCertificate {
+            cluster_id,
+            certs_der: vec![ca.cert_der.clone()],
+        }))
+    }
+
+    async fn issue_certificate(&self, req: Request<pb::IssueCertificateRequest>) -> Reply<pb::IssuedCertificate> {
+        use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
+        self.allow(&req, Rpc::IssueCertificate, Target::None)?;
+        let req = req.into_inner();
+        let parsed = token::parse(&req.token).map_err(ApiError::Token)?;
+        // Against state at least as new as the leader's, so a token issued through another
+        // manager a moment ago is known here.
+        self.m.read_barrier().await?;
+        self.read(|st| token::check(st, &req.token, parsed.role, now_ms()))
+            .map_err(ApiError::Token)?;
+        let span = tracing::info_span!("issue_certificate", node = %core::state::cut(&req.node_id));
+        async {
+            let role = match parsed.role {
+                core::Role::Worker => {
+                    core::validate::node_id(&req.node_id).map_err(ApiError::State)?;
+                    // A node id in use belongs to the worker holding its certificate.
+                    if self.read(|st| st.nodes.contains_key(&req.node_id)) {
+                        return Err(ApiError::State(StateError::FailedPrecondition(format!(
+                            "node id {:?} is in use by a registered worker; pick another --node-id, or remove the old node with `warren node rm {}` first",
+                            core::state::cut(&req.node_id),
+                            core::state::cut(&req.node_id)
+                        )))
+                        .into());
+                    }
+                    CertRole::Worker
+                }
+                core::Role::Manager => {
+                    let id: u64 = req
+                        .node_id
+                        .parse()
+                        .ok()
+                        .filter(|i| *i > 0)
+                        .ok_or_else(|| ApiError::State(StateError::invalid("node id", "a manager id is a number greater than 0")))?;
+                    if self.m.members().contains_key(&id) {
+                        return Err(ApiError::State(StateError::FailedPrecondition(format!(
+                            "manager id {id} is in use; pick another --node-id, or remove the old manager with `warren manager remove {id}` first"
+                        )))
+                        .into());
+                    }
+                    CertRole::Manager
+                }
+            };
+            self.sign_and_record(&req.csr_der, role, &req.node_id, DEFAULT_CERT_TTL, None)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn renew_certificate(&self, req: Request<pb::RenewCertificateRequest>) -> Reply<pb::IssuedCertificate> {
+        use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
+        let who = self.allow(&req, Rpc::RenewCertificate, Target::None)?;
+        let (role, id, serial) = match who {
+            Caller::Manager { id, serial_hex } => (CertRole::Manager, id.to_string(), serial_hex),
+            Caller::Worker { node_id, serial_hex } => (CertRole::Worker, node_id, serial_hex),
+            _ => return Err(Status::permission_denied("only a node renews its certificate")),
+        };
+        self.sign_and_record(&req.get_ref().csr_der, role, &id, DEFAULT_CERT_TTL, Some(serial))
+            .await
+    }
+
+    async fn issue_admin_certificate(
+        &self,
+        req: Request<pb::IssueAdminCertificateRequest>,
+    ) -> Reply<pb::IssuedCertificate> {
+        use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
+        self.allow(&req, Rpc::IssueAdminCertificate, Target::None)?;
+        let req = req.into_inner();
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_CERT_TTL,
+            s if s.saturating_mul(1000) > core::limits::MAX_CERT_TTL_MS as u64 => {
+                return Err(ApiError::State(StateError::invalid(
+                    "ttl",
+                    format!("at most {} days", core::limits::MAX_CERT_TTL_MS / 86_400_000),
+                ))
+                .into())
+            }
+            s => std::time::Duration::from_secs(s),
+        };
+        core::validate::node_id(&req.name).map_err(|_| {
+            ApiError::State(StateError::invalid(
+                "name",
+                "use 1-64 lowercase letters, digits and '-' (it names the operator in the certificate)",
+            ))
+        })?;
+        self.sign_and_record(&req.csr_der, CertRole::Admin, &req.name, ttl, None)
+            .await
     }
 
     async fn remove_manager(
         &self,
         req: Request<pb::RemoveManagerRequest>,
     ) -> Reply<pb::RemoveManagerResponse> {
+        self.allow(&req, Rpc::RemoveManager, Target::None)?;
         let req = req.into_inner();
         let op = LeaderOp::RemoveManager {
             id: req.node_id,
@@ -757,6 +950,8 @@ impl TaskService for Api {
         &self,
         req: Request<tonic::Streaming<pb::LogUpload>>,
     ) -> Reply<Self::LogSessionStream> {
+        // Which node the session is for comes with its hello; checked then.
+        let caller = crate::security::caller(&req);
         let mut uploads = req.into_inner();
         let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), uploads.message()).await {
             Ok(Ok(Some(h))) => h,
@@ -767,6 +962,7 @@ impl TaskService for Api {
             }
         };
         let node = hello.node_id;
+        self.allow_caller(&caller, Rpc::LogSession, Target::Node(&node))?;
         if !self.read(|st| st.nodes.contains_key(&node)) {
             return Err(not_found("node", &node).into());
         }
@@ -787,6 +983,7 @@ impl TaskService for Api {
     }
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
+        self.allow(&req, Rpc::ListTasks, Target::None)?;
         let req = req.into_inner();
         let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
@@ -814,6 +1011,7 @@ impl TaskService for Api {
     }
 
     async fn get_task(&self, req: Request<pb::GetTaskRequest>) -> Reply<pb::Task> {
+        self.allow(&req, Rpc::GetTask, Target::None)?;
         let id = req.into_inner().id;
         ok(self
             .read(|st| st.tasks.get(&id).map(|t| task_to_pb(st, t, true)))
@@ -826,6 +1024,7 @@ impl TaskService for Api {
         &self,
         req: Request<pb::WatchAssignmentsRequest>,
     ) -> Reply<Self::WatchAssignmentsStream> {
+        self.allow(&req, Rpc::WatchAssignments, Target::Node(&req.get_ref().node_id))?;
         let node_id = req.into_inner().node_id;
         if !self.read(|st| st.nodes.contains_key(&node_id)) {
             return Err(not_found("node", &node_id).into());
@@ -930,6 +1129,7 @@ const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
 pub const ASSIGNMENT_KEEPALIVE_MS: u64 = 2_000;
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let transport = m.transport.clone();
     let api = Api {
         m,
         streams: Default::default(),
@@ -939,7 +1139,7 @@ pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = (
         .add_service(NodeServiceServer::new(api.clone()))
         .add_service(ServiceServiceServer::new(api.clone()))
         .add_service(TaskServiceServer::new(api));
-    super::listener::serve(router, addr, stop)
+    super::listener::serve(router, addr, stop, &transport)
         .await
         .map_err(|e| anyhow::anyhow!("API server on {addr}: {e}; is another process using --api-addr?"))
 }

@@ -10,6 +10,8 @@ pub enum ApiError {
     State(#[from] StateError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Denied(#[from] crate::core::authz::Denied),
     /// No leader could be reached before the deadline.
     #[error("no Raft leader answered within {waited_ms} ms (last known leader: {last_leader}{}); the cluster may be electing a leader or have lost quorum: `warren cluster info` shows which managers are reachable", last_error_note(.last_error))]
     NoLeader {
@@ -47,6 +49,8 @@ impl From<ApiError> for Status {
             },
             ApiError::Token(TokenError::Malformed(_)) => Code::InvalidArgument,
             ApiError::Token(_) => Code::PermissionDenied,
+            ApiError::Denied(crate::core::authz::Denied::Unauthenticated { .. }) => Code::Unauthenticated,
+            ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::NoLeader { .. } | ApiError::Unavailable(_) | ApiError::NotApplied(_) => {
                 Code::Unavailable
             }

@@ -17,7 +17,7 @@ pub const JOIN_DEADLINE_MS: u64 = 60_000;
 pub async fn join(m: &Manager, token_text: &str, leaders: &[String]) -> anyhow::Result<String> {
     // Catch a mangled token before bothering the cluster; never echo it.
     token::parse(token_text).map_err(|e| anyhow!("{e}"))?;
-    let client = Client::new(leaders)?;
+    let client = Client::new(leaders, m.transport.clone())?;
     let req = pb::JoinClusterRequest {
         token: token_text.trim().to_string(),
         node_id: m.id,

@@ -441,47 +441,79 @@ pub async fn write(m: &Manager, cmd: Command, request: Option<RequestId>) -> Api
     }
 }
 
-/// Leader-only: records the cluster id and creates the cluster CA in the replicated state,
-/// once, right after bootstrap.
-pub async fn ensure_cluster_id(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Leader-only, on the first manager: records the cluster id, then the CA `cluster init`
+/// made and the certificates it signed, in the replicated state, once, right after
+/// bootstrap; then the CA key file goes.
+pub async fn ensure_cluster_id(
+    m: ManagerRef,
+    data_dir: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut metrics = m.raft.metrics();
-    let mut ca: Option<(Vec<u8>, Vec<u8>)> = None;
+    let pending = match super::credentials::pending_ca(&data_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the CA cluster init made");
+            None
+        }
+    };
+    // Commands answered once (applied or refused) are not sent again.
+    let mut answered: std::collections::BTreeSet<String> = Default::default();
     loop {
         let is_leader = metrics.borrow().current_leader == Some(m.id);
-        let (missing_id, missing_ca) = {
+        let (missing_id, missing_ca, unrecorded) = {
             let st = &m.state.read().unwrap().state;
-            (st.cluster_id.is_empty(), st.pki.ca_cert_der.is_empty())
+            let unrecorded: Vec<(String, String, i64)> = pending
+                .iter()
+                .flat_map(|p| p.issued.iter())
+                .filter(|(holder, serial, _)| {
+                    !answered.contains(serial) && !st.pki.issued.get(holder).is_some_and(|s| s.contains_key(serial))
+                })
+                .cloned()
+                .collect();
+            (
+                st.cluster_id.is_empty(),
+                st.pki.ca_cert_der.is_empty() && !answered.contains("ca"),
+                unrecorded,
+            )
         };
-        if !missing_id && !missing_ca {
-            return;
-        }
-        if is_leader {
-            let cmd = if missing_id {
-                Command::InitCluster {
-                    cluster_id: m.identity.cluster_id.clone(),
-                    now_ms: super::now_ms(),
+        let cmd = match &pending {
+            _ if missing_id => Some(Command::InitCluster {
+                cluster_id: m.identity.cluster_id.clone(),
+                now_ms: super::now_ms(),
+            }),
+            Some(p) if missing_ca => Some(Command::InstallCa {
+                cert_der: p.cert_der.clone(),
+                key_pkcs8: p.key_pkcs8.clone(),
+            }),
+            Some(_) => unrecorded.first().map(|(holder, serial, not_after_ms)| Command::RecordCertificate {
+                holder: holder.clone(),
+                serial_hex: serial.clone(),
+                not_after_ms: *not_after_ms,
+                now_ms: super::now_ms(),
+                renews: None,
+            }),
+            None => None,
+        };
+        let Some(cmd) = cmd else {
+            if pending.is_some() {
+                if let Err(e) = super::credentials::pending_ca_done(&data_dir) {
+                    tracing::warn!(error = %e, "cannot remove the CA key file cluster init left");
                 }
-            } else {
-                let (cert_der, key_pkcs8) = match &ca {
-                    Some(c) => c.clone(),
-                    None => match crate::security::pki::Ca::create(
-                        &m.identity.cluster_id,
-                        std::time::SystemTime::now(),
-                    ) {
-                        Ok(c) => {
-                            let made = (c.cert_der.clone(), c.key_pkcs8().to_vec());
-                            ca = Some(made.clone());
-                            made
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot create the cluster CA");
-                            return;
-                        }
-                    },
-                };
-                Command::InstallCa { cert_der, key_pkcs8 }
-            };
-            if let LeaderReply::Done(_) = run_local(&m, LeaderOp::Write(cmd)).await {
+            }
+            return;
+        };
+        let key = match &cmd {
+            Command::InstallCa { .. } => Some("ca".to_string()),
+            Command::RecordCertificate { serial_hex, .. } => Some(serial_hex.clone()),
+            _ => None,
+        };
+        if is_leader {
+            if let LeaderReply::Done(r) = run_local(&m, LeaderOp::Write(cmd)).await {
+                if let LeaderAnswer::Written(WriteResult(Err(e))) = &r {
+                    tracing::error!(error = %e, "setting up the cluster's PKI was refused");
+                }
+                answered.extend(key);
                 continue;
             }
         }

@@ -1,7 +1,8 @@
 //! How the managers' gRPC servers take connections: HTTP/2 keep-alive (a silent peer is
-//! dropped), TCP keep-alive, and in the production build a cap on open connections and a
-//! deadline for the HTTP/2 preface, so a thousand sockets that never speak cannot hold the
-//! manager's file descriptors for ever. The simulator's network has no sockets to guard.
+//! dropped), TCP keep-alive, and in the production build mutual TLS (`security::tls`), a cap
+//! on open connections and deadlines for the TLS handshake and the HTTP/2 preface, so a
+//! thousand sockets that never speak cannot hold the manager's file descriptors for ever.
+//! The simulator's network has no sockets to guard and no TLS (see `security`).
 
 #[cfg(not(madsim))]
 use crate::core::limits::{HANDSHAKE_TIMEOUT_MS, MAX_API_CONNECTIONS};
@@ -28,23 +29,40 @@ pub async fn serve(
     router: Router,
     addr: SocketAddr,
     stop: impl Future<Output = ()>,
+    _transport: &crate::security::Transport,
 ) -> Result<(), tonic::transport::Error> {
     router.serve_with_shutdown(addr, stop).await
 }
 
 #[cfg(not(madsim))]
-pub async fn serve(router: Router, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    router: Router,
+    addr: SocketAddr,
+    stop: impl Future<Output = ()>,
+    transport: &crate::security::Transport,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connection_cap()));
-    let incoming = futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+    let acceptor = tokio_rustls::TlsAcceptor::from(transport.tls().server_config());
+    // Handshakes run beside each other, so one slow client holds up nobody else.
+    let (tx, rx) = tokio::sync::mpsc::channel::<guarded::Conn>(64);
+    let accept_loop = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((io, peer)) => match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let _ = io.set_nodelay(true);
-                        let conn =
-                            guarded::Guarded::new(io, permit, Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
-                        return Some((Ok::<_, std::io::Error>(conn), (listener, slots)));
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let deadline = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+                            match tokio::time::timeout(deadline, acceptor.accept(io)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = tx.send(guarded::Guarded::new(tls, permit, peer, deadline)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
                     }
                     Err(_) => {
                         tracing::warn!(%peer, limit = connection_cap(), "connection refused: too many open connections");
@@ -58,7 +76,12 @@ pub async fn serve(router: Router, addr: SocketAddr, stop: impl Future<Output = 
             }
         }
     });
-    router.serve_with_incoming_shutdown(incoming, stop).await?;
+    let incoming = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx))
+    });
+    let r = router.serve_with_incoming_shutdown(incoming, stop).await;
+    accept_loop.abort();
+    r?;
     Ok(())
 }
 
@@ -80,26 +103,45 @@ mod guarded {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::Duration;
+    use crate::security::tls::PeerInfo;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tokio::net::TcpStream;
-    use tonic::transport::server::{Connected, TcpConnectInfo};
+    use tonic::transport::server::Connected;
 
     /// The HTTP/2 client preface is 24 bytes.
     const PREFACE_BYTES: usize = 24;
 
+    pub type Conn = Guarded<tokio_rustls::server::TlsStream<TcpStream>>;
+
     /// A connection holding one of the server's connection slots, closed with an error if
     /// its first 24 bytes do not arrive within the handshake deadline.
-    pub struct Guarded {
-        io: TcpStream,
+    pub struct Guarded<T> {
+        io: T,
+        peer: PeerInfo,
         _slot: tokio::sync::OwnedSemaphorePermit,
         handshake: Option<Pin<Box<tokio::time::Sleep>>>,
         read: usize,
     }
 
-    impl Guarded {
-        pub fn new(io: TcpStream, slot: tokio::sync::OwnedSemaphorePermit, deadline: Duration) -> Self {
+    impl Conn {
+        pub fn new(
+            io: tokio_rustls::server::TlsStream<TcpStream>,
+            slot: tokio::sync::OwnedSemaphorePermit,
+            remote: std::net::SocketAddr,
+            deadline: Duration,
+        ) -> Self {
+            let client_cert = io
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
             Guarded {
                 io,
+                peer: PeerInfo {
+                    remote_addr: Some(remote),
+                    client_cert,
+                },
                 _slot: slot,
                 handshake: Some(Box::pin(tokio::time::sleep(deadline))),
                 read: 0,
@@ -107,14 +149,14 @@ mod guarded {
         }
     }
 
-    impl Connected for Guarded {
-        type ConnectInfo = TcpConnectInfo;
-        fn connect_info(&self) -> TcpConnectInfo {
-            self.io.connect_info()
+    impl Connected for Conn {
+        type ConnectInfo = PeerInfo;
+        fn connect_info(&self) -> PeerInfo {
+            self.peer.clone()
         }
     }
 
-    impl AsyncRead for Guarded {
+    impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -137,7 +179,7 @@ mod guarded {
         }
     }
 
-    impl AsyncWrite for Guarded {
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
             Pin::new(&mut self.io).poll_write(cx, buf)
         }

@@ -3,6 +3,7 @@
 
 mod api;
 pub mod convert;
+pub mod credentials;
 mod election;
 pub mod error;
 mod join;
@@ -118,6 +119,8 @@ pub struct Identity {
 /// A running manager, shared by its gRPC services.
 pub struct Manager {
     pub id: NodeId,
+    /// This manager's credential and trusted CAs: every connection it serves or opens.
+    pub transport: crate::security::Transport,
     pub raft: Raft,
     pub state: SharedState,
     pub identity: Identity,
@@ -336,8 +339,20 @@ pub async fn start(
     }
     let span = tracing::info_span!("manager", node_id = identity.node_id);
     async move {
+        // The credential comes first: every server and connection below uses it.
+        let credential = match &mode {
+            _ if crate::security::store::Credential::exists(&credentials::tls_dir(&opts.data_dir), "node") => {
+                credentials::load(&opts.data_dir)?
+            }
+            Mode::Init if !identity.cluster_id.is_empty() && !db_existed => credentials::create_at_init(&opts.data_dir, &identity)?,
+            Mode::Join { token, leaders } if identity.cluster_id.is_empty() => {
+                crate::security::enroll::enroll(&credentials::tls_dir(&opts.data_dir), token, leaders, &identity.node_id.to_string()).await?
+            }
+            _ => credentials::load(&opts.data_dir)?,
+        };
+        let transport = crate::security::Transport::new(&credential)?;
         let state = sm_store.shared();
-        let network = Network::default();
+        let network = Network::new(transport.clone());
         let outlogged = network.outlogged.clone();
         let raft = Raft::new(identity.node_id, config, network, log_store.clone(), sm_store)
             .await
@@ -359,12 +374,14 @@ pub async fn start(
             info!("resuming from data dir");
         }
 
+        let manager_transport = transport.clone();
         let manager = Arc::new(Manager {
             id: identity.node_id,
+            transport,
             raft: raft.clone(),
             state,
             identity,
-            peers: Default::default(),
+            peers: peers::Peers::new(manager_transport.clone()),
             election: election::ElectionTimer::new(outlogged),
             heartbeats: Default::default(),
             logs: Default::default(),
@@ -375,7 +392,7 @@ pub async fn start(
         });
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), stop_rx.clone()));
+        let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
         let marker_task = tokio::spawn(marker::run(
             opts.data_dir.clone(),

@@ -20,8 +20,8 @@ const CHANNEL_REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// A manager not heard from for this long counts as unreachable.
 pub const REACHABLE_WITHIN_MS: u64 = 3_000;
 
-#[derive(Default)]
 pub struct Peers {
+    transport: crate::security::Transport,
     last_contact: Mutex<BTreeMap<NodeId, Instant>>,
     /// One channel per peer address, reused between probes; dropped when a probe fails.
     channels: Mutex<BTreeMap<String, Channel>>,
@@ -33,6 +33,16 @@ pub struct Peers {
 }
 
 impl Peers {
+    pub fn new(transport: crate::security::Transport) -> Peers {
+        Peers {
+            transport,
+            last_contact: Default::default(),
+            channels: Default::default(),
+            warned: Default::default(),
+            members_seen: Default::default(),
+        }
+    }
+
     /// Milliseconds since `id` last answered; `None` if never.
     pub fn since_contact_ms(&self, id: NodeId) -> Option<u64> {
         let map = self.last_contact.lock().unwrap();
@@ -65,7 +75,7 @@ impl Peers {
         if let Some(ch) = self.channels.lock().unwrap().get(addr).cloned() {
             return Ok(ch);
         }
-        let ch = connect(addr, Duration::from_millis(CHANNEL_REQUEST_TIMEOUT_MS)).await?;
+        let ch = connect(addr, Duration::from_millis(CHANNEL_REQUEST_TIMEOUT_MS), &self.transport).await?;
         self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -1,5 +1,6 @@
 //! Server half of the internal RPCs: Raft messages from peers and forwarded writes.
 
+use crate::core::authz::{Rpc, Target};
 use super::leader::{run_local, LeaderOp};
 use super::ManagerRef;
 use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
@@ -64,9 +65,22 @@ enum Message {
     Snapshot,
 }
 
+impl RaftRpc {
+    /// Only managers speak here (`core::authz`).
+    fn allow<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<(), Status> {
+        let st = self.m.state.read().unwrap();
+        crate::security::check(req, rpc, Target::None, |serial| {
+            st.state.pki.revoked.contains_key(serial)
+        })
+        .map(|_| ())
+        .map_err(|e| crate::manager::ApiError::Denied(e).into())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.allow(&req, Rpc::AppendEntries)?;
         let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
             decode(req.get_ref()).map_err(bad_payload)?;
         self.admit(Message::Append, &rpc.vote)?;
@@ -78,6 +92,7 @@ impl RaftService for RaftRpc {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.allow(&req, Rpc::Vote)?;
         let rpc: openraft::raft::VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad_payload)?;
         self.admit(Message::Vote, &rpc.vote)?;
         let res = self.m.raft.vote(rpc).await;
@@ -88,6 +103,7 @@ impl RaftService for RaftRpc {
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.allow(&req, Rpc::InstallSnapshot)?;
         let rpc: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
             decode(req.get_ref()).map_err(bad_payload)?;
         self.admit(Message::Snapshot, &rpc.vote)?;
@@ -95,6 +111,7 @@ impl RaftService for RaftRpc {
     }
 
     async fn leader_call(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.allow(&req, Rpc::LeaderCall)?;
         let op: LeaderOp = decode(req.get_ref()).map_err(bad_payload)?;
         Ok(Response::new(encode(&run_local(&self.m, op).await)))
     }
@@ -103,6 +120,7 @@ impl RaftService for RaftRpc {
 
     /// Log lines from a worker whose session this manager holds, for a peer's `service logs`.
     async fn node_logs(&self, req: Request<RaftPayload>) -> Result<Response<Self::NodeLogsStream>, Status> {
+        self.allow(&req, Rpc::NodeLogs)?;
         use prost::Message;
         let q: super::logs::NodeLogsQuery = decode(req.get_ref()).map_err(bad_payload)?;
         let rx = self
@@ -123,16 +141,18 @@ impl RaftService for RaftRpc {
     }
 
     /// Answers with this manager's members, so a peer that missed a join learns of it.
-    async fn ping(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn ping(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.allow(&req, Rpc::Ping)?;
         let members: std::collections::BTreeSet<NodeId> = self.m.members().into_keys().collect();
         Ok(Response::new(encode(&members)))
     }
 }
 
 pub async fn serve(m: ManagerRef, addr: SocketAddr, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let transport = m.transport.clone();
     let router = super::listener::builder()
         .add_service(RaftServiceServer::new(RaftRpc { m }).max_decoding_message_size(64 << 20));
-    super::listener::serve(router, addr, stop)
+    super::listener::serve(router, addr, stop, &transport)
         .await
         .map_err(|e| anyhow::anyhow!("Raft server on {addr}: {e}; is another process using --bind-addr?"))
 }

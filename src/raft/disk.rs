@@ -54,6 +54,50 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `write_durable` for a secret: the file is created with mode 0600.
+#[cfg(not(madsim))]
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // An earlier leftover keeps its old mode through `open`.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if needed, readable only by its owner.
+#[cfg(not(madsim))]
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes a file written by `write_durable`/`write_private`; a missing one is fine.
+#[cfg(not(madsim))]
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The content of a file written by `write_durable`, or `None` if there is none.
 #[cfg(not(madsim))]
 pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
@@ -73,6 +117,23 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(madsim)]
 pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     Ok(sim::read_file(path))
+}
+
+#[cfg(madsim)]
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    sim::write_file(path, bytes);
+    Ok(())
+}
+
+#[cfg(madsim)]
+pub fn create_private_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(madsim)]
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    sim::remove_file(path);
+    Ok(())
 }
 
 #[cfg(madsim)]
@@ -126,6 +187,10 @@ pub mod sim {
 
     pub fn read_file(path: &Path) -> Option<Vec<u8>> {
         DISKS.with(|d| d.borrow().get(path).map(|d| d.lock().unwrap().durable.clone()))
+    }
+
+    pub fn remove_file(path: &Path) {
+        DISKS.with(|d| d.borrow_mut().remove(path));
     }
 
     pub fn len(path: &Path) -> Option<u64> {

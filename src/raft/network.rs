@@ -31,12 +31,15 @@ pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, super::codec::C
 }
 
 /// Opens a channel to `addr` (host:port) with bounded connect and request times.
-pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+pub async fn connect(
+    addr: &str,
+    request_timeout: Duration,
+    transport: &crate::security::Transport,
+) -> Result<Channel, tonic::transport::Error> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .timeout(request_timeout)
-        .connect()
-        .await
+        .timeout(request_timeout);
+    transport.connect(&ep).await
 }
 
 /// When a peer last refused this node's vote request because the peer's log is newer.
@@ -46,9 +49,19 @@ pub async fn connect(addr: &str, request_timeout: Duration) -> Result<Channel, t
 /// backs off after such a refusal.
 pub type Outlogged = std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Network {
     pub outlogged: Outlogged,
+    transport: crate::security::Transport,
+}
+
+impl Network {
+    pub fn new(transport: crate::security::Transport) -> Network {
+        Network {
+            outlogged: Default::default(),
+            transport,
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -60,6 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: None,
             outlogged: self.outlogged.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -69,6 +83,7 @@ pub struct Connection {
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
     outlogged: Outlogged,
+    transport: crate::security::Transport,
 }
 
 #[derive(Clone, Copy)]
@@ -95,7 +110,7 @@ impl Connection {
             // Reported as a network error, not `Unreachable`: openraft's backoff for
             // unreachable peers waits in an unbiased `select!`, whose randomness madsim does
             // not control; retrying at the next heartbeat costs one refused connect.
-            let ch = connect(&self.addr, ttl).await.map_err(|e| {
+            let ch = connect(&self.addr, ttl, &self.transport).await.map_err(|e| {
                 tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
                 RPCError::Network(NetworkError::new(&e))
             })?;

@@ -1,7 +1,190 @@
-//! Who is calling: the cluster's certificates (`pki`), and (in the production build) the
-//! TLS that carries them.
+//! Who is calling: the cluster's certificates (`pki`), credentials on disk (`store`), and the
+//! transport that carries them.
+//!
+//! The seam between the two builds is here and nowhere else:
+//! - production: every connection is mutual TLS (`tls`); the caller is the verified client
+//!   certificate of the connection the request came on;
+//! - simulator (madsim has no TLS): a simulated host publishes the certificate of the
+//!   credential it holds (`sim_seam`), and the caller is the certificate the host at the
+//!   request's source address published, checked against the trusted CAs the same way.
+//!
+//! Either way `core::authz` decides what the caller may do.
 
 pub mod pki;
+pub mod enroll;
 pub mod store;
 #[cfg(not(madsim))]
 pub mod tls;
+
+#[cfg(madsim)]
+pub mod sim_seam;
+
+use crate::core::authz::Caller;
+use pki::CertRole;
+
+/// The caller that `cert_der` (already verified) names.
+pub fn caller_from_cert(cert_der: &[u8]) -> Caller {
+    let Ok(who) = pki::identity(cert_der) else {
+        return Caller::Anonymous;
+    };
+    match who.role {
+        CertRole::Admin => Caller::Admin {
+            name: who.id,
+            serial_hex: who.serial_hex,
+        },
+        CertRole::Worker => Caller::Worker {
+            node_id: who.id,
+            serial_hex: who.serial_hex,
+        },
+        CertRole::Manager => match who.id.parse() {
+            Ok(id) => Caller::Manager {
+                id,
+                serial_hex: who.serial_hex,
+            },
+            Err(_) => Caller::Anonymous,
+        },
+    }
+}
+
+/// Who sent `req`.
+#[cfg(not(madsim))]
+pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.extensions()
+        .get::<tls::PeerInfo>()
+        .and_then(|p| p.client_cert.as_ref())
+        .map_or(Caller::Anonymous, |c| caller_from_cert(c))
+}
+
+#[cfg(madsim)]
+pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.remote_addr()
+        .and_then(|a| sim_seam::credential_of(a.ip()))
+        .map_or(Caller::Anonymous, |c| caller_from_cert(&c))
+}
+
+/// Who sent `req`, and may they call `rpc` about `target`? (`core::authz` decides; the
+/// revoked serials come from the replicated state.)
+pub fn check<T>(
+    req: &tonic::Request<T>,
+    rpc: crate::core::authz::Rpc,
+    target: crate::core::authz::Target<'_>,
+    revoked: impl Fn(&str) -> bool,
+) -> Result<Caller, crate::core::authz::Denied> {
+    let who = caller(req);
+    #[cfg(madsim)]
+    if !sim_seam::enforced() {
+        return Ok(who);
+    }
+    crate::core::authz::authorize(&who, rpc, target, revoked)?;
+    Ok(who)
+}
+
+/// How this process connects and serves: its credential and the CAs it trusts.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    #[cfg(not(madsim))]
+    tls: std::sync::Arc<tls::Tls>,
+    #[cfg(madsim)]
+    sim: std::sync::Arc<sim_seam::SimTls>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the credential's certificate is not usable: {0}")]
+    Cert(#[from] pki::PkiError),
+    #[cfg(not(madsim))]
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+impl Transport {
+    /// Presents `cred` and trusts its CAs.
+    pub fn new(cred: &store::Credential) -> Result<Transport, TransportError> {
+        let cluster_id = cred.identity()?.cluster_id;
+        Self::trusting(&cluster_id, cred.ca_der.clone(), Some(cred))
+    }
+
+    /// Trusts `roots` for `cluster_id`, presenting `cred` if given (a node without a
+    /// certificate yet presents none).
+    pub fn trusting(
+        cluster_id: &str,
+        roots: Vec<Vec<u8>>,
+        cred: Option<&store::Credential>,
+    ) -> Result<Transport, TransportError> {
+        #[cfg(not(madsim))]
+        {
+            let own = cred.map(|c| (c.cert_der.as_slice(), c.key_pkcs8.as_slice()));
+            Ok(Transport {
+                tls: tls::Tls::new(cluster_id, roots, own)?,
+            })
+        }
+        #[cfg(madsim)]
+        {
+            Ok(Transport {
+                sim: sim_seam::SimTls::new(cluster_id, roots, cred.map(|c| c.cert_der.clone())),
+            })
+        }
+    }
+
+    /// Trusts any server: only to fetch the CA certificate, which the caller checks
+    /// against its join token before it sends anything else.
+    pub fn bootstrap() -> Transport {
+        #[cfg(not(madsim))]
+        {
+            Transport {
+                tls: tls::Tls::bootstrap(),
+            }
+        }
+        #[cfg(madsim)]
+        {
+            Transport {
+                sim: sim_seam::SimTls::new("", Vec::new(), None),
+            }
+        }
+    }
+
+    /// Presents a new certificate from now on (renewal).
+    pub fn set_own(&self, cred: &store::Credential) -> Result<(), TransportError> {
+        #[cfg(not(madsim))]
+        self.tls.set_own(&cred.cert_der, &cred.key_pkcs8)?;
+        #[cfg(madsim)]
+        self.sim.set_own(cred.cert_der.clone());
+        Ok(())
+    }
+
+    /// Opens a channel to `ep` (TLS in production).
+    pub async fn connect(&self, ep: &tonic::transport::Endpoint) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        #[cfg(not(madsim))]
+        {
+            ep.connect_with_connector(tls::connector(self.tls.clone())).await
+        }
+        #[cfg(madsim)]
+        {
+            self.sim.publish();
+            ep.connect().await
+        }
+    }
+
+    /// A channel to `ep` opened on first use.
+    pub fn connect_lazy(&self, ep: &tonic::transport::Endpoint) -> tonic::transport::Channel {
+        #[cfg(not(madsim))]
+        {
+            ep.connect_with_connector_lazy(tls::connector(self.tls.clone()))
+        }
+        #[cfg(madsim)]
+        {
+            self.sim.publish();
+            ep.connect_lazy()
+        }
+    }
+
+    #[cfg(not(madsim))]
+    pub fn tls(&self) -> &std::sync::Arc<tls::Tls> {
+        &self.tls
+    }
+
+    #[cfg(madsim)]
+    pub fn sim(&self) -> &std::sync::Arc<sim_seam::SimTls> {
+        &self.sim
+    }
+}

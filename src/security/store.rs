@@ -1,11 +1,12 @@
 //! Credentials on disk: `NAME.crt` (the certificate), `NAME.key` (its private key, PKCS#8)
-//! and `ca.crt` (the trusted CA certificates), PEM, mode 0600, each written to a temporary
-//! file, fsynced and renamed into place so a crash leaves the old or the new file, never half
-//! of one. `NAME` is `node` in a node's data dir (`DATA_DIR/tls/`) and `admin` in an
+//! and `ca.crt` (the trusted CA certificates), PEM, mode 0600 in a 0700 directory, each
+//! written to a temporary file, fsynced and renamed into place so a crash leaves the old or
+//! the new file, never half of one (through the disk seam, so the simulator keeps them on its
+//! simulated disk). `NAME` is `node` in a node's data dir (`DATA_DIR/tls/`) and `admin` in an
 //! operator's credential directory.
 
 use super::pki::{self, CertIdentity};
-use std::io::Write;
+use crate::raft::disk;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,16 +40,20 @@ impl Credential {
 
     /// Is there a credential called `name` in `dir`?
     pub fn exists(dir: &Path, name: &str) -> bool {
-        paths(dir, name).0.exists()
+        disk::exists(&paths(dir, name).0)
     }
 
     pub fn load(dir: &Path, name: &str) -> Result<Credential, StoreError> {
         let (crt, key, ca) = paths(dir, name);
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| StoreError::Read {
+            let rerr = |source| StoreError::Read {
                 path: p.display().to_string(),
                 source,
-            })
+            };
+            let bytes = disk::read_durable(p)
+                .map_err(rerr)?
+                .ok_or_else(|| rerr(std::io::ErrorKind::NotFound.into()))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
         };
         let first = |p: &Path, label: &str, what: &'static str| -> Result<Vec<Vec<u8>>, StoreError> {
             let blocks = pki::pem_blocks(&read(p)?, label);
@@ -78,51 +83,14 @@ impl Credential {
             let path = p.display().to_string();
             move |source| StoreError::Write { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(werr(dir))?;
-        set_mode(dir, 0o700).map_err(werr(dir))?;
+        disk::create_private_dir(dir).map_err(werr(dir))?;
         let ca_pem: String = self.ca_der.iter().map(|c| pki::pem_encode("CERTIFICATE", c)).collect();
-        write_private(&ca, ca_pem.as_bytes()).map_err(werr(&ca))?;
-        write_private(&key, pki::pem_encode("PRIVATE KEY", &self.key_pkcs8).as_bytes()).map_err(werr(&key))?;
+        disk::write_private(&ca, ca_pem.as_bytes()).map_err(werr(&ca))?;
+        disk::write_private(&key, pki::pem_encode("PRIVATE KEY", &self.key_pkcs8).as_bytes()).map_err(werr(&key))?;
         // The certificate last: its presence says the credential is complete.
-        write_private(&crt, pki::pem_encode("CERTIFICATE", &self.cert_der).as_bytes()).map_err(werr(&crt))?;
+        disk::write_private(&crt, pki::pem_encode("CERTIFICATE", &self.cert_der).as_bytes()).map_err(werr(&crt))?;
         Ok(())
     }
-}
-
-#[cfg(unix)]
-fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_p: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
-}
-
-/// Writes `data` to `path` with mode 0600: temporary file, fsync, rename, fsync the directory.
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        set_mode(&tmp, 0o600)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(all(test, not(madsim)))]

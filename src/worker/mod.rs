@@ -204,7 +204,25 @@ pub async fn start(
         #[cfg(not(madsim))]
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
-        let client = Arc::new(Client::new(&opts.managers)?);
+        let tls_dir = opts.data_dir.join("tls");
+        let credential = if crate::security::store::Credential::exists(&tls_dir, "node") {
+            crate::security::store::Credential::load(&tls_dir, "node")?
+        } else {
+            let Some(token) = &opts.token else {
+                bail!("a new worker needs --token; get one with `warren cluster join-token worker` on a manager");
+            };
+            crate::security::enroll::enroll(&tls_dir, token, &opts.managers, &opts.node_id).await?
+        };
+        let who = credential.identity()?;
+        if who.id != opts.node_id {
+            bail!(
+                "data dir {} holds the certificate of worker {:?}, not {:?}; use that node id or another data dir",
+                opts.data_dir.display(),
+                who.id,
+                opts.node_id
+            );
+        }
+        let client = Arc::new(Client::new(&opts.managers, crate::security::Transport::new(&credential)?)?);
         // Spread workers over the managers (stable per node id).
         let spread = opts.node_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         client.start_at(spread);
@@ -233,9 +251,6 @@ pub async fn start(
                 st
             }
             None => {
-                if opts.token.is_none() {
-                    bail!("a new worker needs --token; get one with `warren cluster join-token worker` on a manager");
-                }
                 let cluster_id = register(&client, &opts, capacity).await?;
                 let st = LocalState {
                     node_id: opts.node_id.clone(),
@@ -320,7 +335,8 @@ async fn register(
     capacity: crate::core::Resources,
 ) -> anyhow::Result<String> {
     let req = pb::RegisterNodeRequest {
-        token: opts.token.clone().unwrap_or_default(),
+        // The node's certificate is its credential now; the token is not sent again.
+        token: String::new(),
         node_id: opts.node_id.clone(),
         address: opts.address.clone(),
         labels: opts.labels.iter().cloned().collect(),

@@ -1,0 +1,121 @@
+//! A manager's credential (`DATA_DIR/tls/node.*`): made with a new cluster CA at `cluster
+//! init` (with the first operator credential in `DATA_DIR/admin/`), got with a join token
+//! at `manager join`, loaded on every later start.
+
+use super::Identity;
+use crate::raft::disk;
+use crate::security::pki::{self, Ca, CertRole, Key, DEFAULT_CERT_TTL};
+use crate::security::store::Credential;
+use anyhow::{anyhow, Context};
+use std::path::{Path, PathBuf};
+
+pub const TLS_DIR: &str = "tls";
+pub const ADMIN_DIR: &str = "admin";
+/// The new CA's key, kept only until the first leader has put the CA in the replicated state.
+const INIT_CA_KEY: &str = "init-ca.key";
+
+pub fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(TLS_DIR)
+}
+
+pub fn admin_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADMIN_DIR)
+}
+
+fn sign_new(ca: &Ca, cluster_id: &str, role: CertRole, id: &str) -> anyhow::Result<Credential> {
+    let key = Key::generate()?;
+    let cert = ca.sign(
+        &key.request()?,
+        cluster_id,
+        role,
+        id,
+        std::time::SystemTime::now(),
+        DEFAULT_CERT_TTL,
+    )?;
+    Ok(Credential {
+        cert_der: cert,
+        key_pkcs8: key.pkcs8_der().to_vec(),
+        ca_der: vec![ca.cert_der.clone()],
+    })
+}
+
+/// `cluster init`: the cluster CA, this manager's credential and the first operator
+/// credential (`DATA_DIR/admin`). Done once; a restart of an init finds them.
+pub fn create_at_init(data_dir: &Path, identity: &Identity) -> anyhow::Result<Credential> {
+    let dir = tls_dir(data_dir);
+    if Credential::exists(&dir, "node") {
+        return load(data_dir);
+    }
+    let ca = Ca::create(&identity.cluster_id, std::time::SystemTime::now())?;
+    disk::create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    disk::write_private(
+        &dir.join(INIT_CA_KEY),
+        pki::pem_encode("PRIVATE KEY", ca.key_pkcs8()).as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", dir.join(INIT_CA_KEY).display()))?;
+    let admin = sign_new(&ca, &identity.cluster_id, CertRole::Admin, "admin")?;
+    admin.save(&admin_dir(data_dir), "admin")?;
+    let own = sign_new(&ca, &identity.cluster_id, CertRole::Manager, &identity.node_id.to_string())?;
+    own.save(&dir, "node")?;
+    tracing::info!(
+        dir = %admin_dir(data_dir).display(),
+        "operator credential written; use it with `export WARREN_TLS_DIR={}` or `--tls-dir`",
+        admin_dir(data_dir).display()
+    );
+    Ok(own)
+}
+
+/// What `cluster init` left for the first leader to replicate: the CA (certificate and
+/// key) and the certificates it signed at init (holder, serial, expiry in ms).
+pub struct PendingCa {
+    pub cert_der: Vec<u8>,
+    pub key_pkcs8: Vec<u8>,
+    pub issued: Vec<(String, String, i64)>,
+}
+
+pub fn pending_ca(data_dir: &Path) -> anyhow::Result<Option<PendingCa>> {
+    let dir = tls_dir(data_dir);
+    let Some(key_pem) = disk::read_durable(&dir.join(INIT_CA_KEY))? else {
+        return Ok(None);
+    };
+    let key_pkcs8 = pki::pem_blocks(&String::from_utf8_lossy(&key_pem), "PRIVATE KEY")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{} is damaged", dir.join(INIT_CA_KEY).display()))?;
+    let own = Credential::load(&dir, "node")?;
+    let mut issued = Vec::new();
+    for cred in [&own, &Credential::load(&admin_dir(data_dir), "admin")?] {
+        let who = cred.identity()?;
+        let not_after_ms = who
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        issued.push((
+            crate::core::state::holder(who.role.as_str(), &who.id),
+            who.serial_hex,
+            not_after_ms,
+        ));
+    }
+    Ok(Some(PendingCa {
+        cert_der: own.ca_der[0].clone(),
+        key_pkcs8,
+        issued,
+    }))
+}
+
+/// The CA is in the replicated state: its key file goes.
+pub fn pending_ca_done(data_dir: &Path) -> std::io::Result<()> {
+    disk::remove(&tls_dir(data_dir).join(INIT_CA_KEY))
+}
+
+pub fn load(data_dir: &Path) -> anyhow::Result<Credential> {
+    let dir = tls_dir(data_dir);
+    if !Credential::exists(&dir, "node") {
+        anyhow::bail!(
+            "data dir {} has no TLS credential ({}/node.crt): it was made by a Warren without TLS, or the file was removed; remove this manager (`warren manager remove ID`) and join it again with a new token",
+            data_dir.display(),
+            dir.display()
+        );
+    }
+    Ok(Credential::load(&dir, "node")?)
+}
