@@ -127,9 +127,11 @@ async fn streams(api: &str, c: &Client, pid: u32) -> anyhow::Result<()> {
     let open = |node: String| {
         let api = api.to_string();
         async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
-                .connect()
-                .await?;
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?;
+            let transport = warren::security::Transport::new(&warren::security::operator_credential(None)?)?;
+            // An operator credential may not watch a node's assignments (core::authz): these
+            // streams are now refused; measuring held streams needs worker credentials.
+            let ch = transport.connect(&ep).await?;
             let mut t = pb::task_service_client::TaskServiceClient::new(ch);
             let r = t
                 .watch_assignments(pb::WatchAssignmentsRequest {
@@ -171,7 +173,7 @@ async fn churn(managers: &[String], pid: u32) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let mut tasks = Vec::new();
         for k in 0..CLIENTS {
-            let client = Arc::new(Client::new(managers)?);
+            let client = Arc::new(Client::new(managers, warren::security::Transport::new(&warren::security::operator_credential(None)?)?)?);
             tasks.push(tokio::spawn(async move {
                 let mut i = k;
                 while i < COUNT {
@@ -210,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let pid: u32 = pid.parse()?;
     let managers = vec![api.clone()];
-    let c = Client::new(&managers)?;
+    let c = Client::new(&managers, warren::security::Transport::new(&warren::security::operator_credential(None)?)?)?;
     match phase.as_str() {
         "updates" => updates(&c, pid).await,
         "streams" => streams(api, &c, pid).await,

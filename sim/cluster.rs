@@ -293,14 +293,16 @@ impl Cluster {
 }
 
 /// A client that talks to one manager only.
+/// (The simulated operator presents no credential yet: the simulator does not enforce
+/// `core::authz` until its hosts publish theirs; see `security::sim_seam`.)
 pub fn client_of(id: u64) -> Client {
-    Client::new(&[api_addr(id)]).unwrap()
+    Client::new(&[api_addr(id)], warren::security::Transport::bootstrap()).unwrap()
 }
 
 /// A client for all `ids`, failing over between them.
 pub fn client_of_all(ids: impl IntoIterator<Item = u64>) -> Client {
     let addrs: Vec<String> = ids.into_iter().map(api_addr).collect();
-    Client::new(&addrs).unwrap()
+    Client::new(&addrs, warren::security::Transport::bootstrap()).unwrap()
 }
 
 pub async fn cluster_info(id: u64) -> Option<pb::ClusterInfo> {

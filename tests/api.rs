@@ -26,7 +26,7 @@ async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren
 async fn status_codes_for_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
-    let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
+    let c = admin_client(std::slice::from_ref(&m.api));
     let web = create(&c, spec("web", 1)).await.unwrap();
 
     for (spec, code) in [
@@ -115,8 +115,8 @@ async fn status_codes_for_bad_input() {
         4
     );
 
-    let dead = Client::new(&[format!("127.0.0.1:{}", free_port())]).unwrap();
+    let dead = admin_client(&[format!("127.0.0.1:{}", free_port())]);
     let err = create(&dead, spec("x", 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(Client::new::<&str>(&[]).is_err());
+    assert!(Client::new::<&str>(&[], warren::security::Transport::bootstrap()).is_err());
 }

@@ -27,7 +27,7 @@ async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren
 async fn the_api_refuses_what_the_cli_never_sends() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
-    let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
+    let c = admin_client(std::slice::from_ref(&m.api));
     // No replicas: the orchestrator has nothing to write, so the log moves only by requests.
     create(
         &c,
@@ -188,12 +188,11 @@ async fn the_api_refuses_what_the_cli_never_sends() {
         );
     }
 
-    // Nodes: an UpdateNode with nothing to change, bad labels; a bad address at register.
-    let wtoken = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))
-        .trim()
-        .to_string();
+    // Nodes: an UpdateNode with nothing to change, bad labels; a bad address at register
+    // (sent with node n1's certificate, as its worker would).
+    let w = worker_client(&m.api, "n1", &tmp.path().join("n1-tls")).await;
     let reg = |address: &str, labels: &[(&str, &str)]| pb::RegisterNodeRequest {
-        token: wtoken.clone(),
+        token: String::new(),
         node_id: "n1".into(),
         address: address.into(),
         labels: labels
@@ -206,7 +205,7 @@ async fn the_api_refuses_what_the_cli_never_sends() {
         ("address", reg("not an address!", &[])),
         ("label", reg("10.0.0.1:1", &[("", "v")])),
     ] {
-        let e = c
+        let e = w
             .call(|mut s| {
                 let req = req.clone();
                 async move { s.nodes.register_node(req).await }
@@ -215,7 +214,7 @@ async fn the_api_refuses_what_the_cli_never_sends() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "register with bad {what}: {e}");
     }
-    c.call(|mut s| {
+    w.call(|mut s| {
         let req = reg("10.0.0.1:4000", &[]);
         async move { s.nodes.register_node(req).await }
     })
@@ -263,7 +262,7 @@ async fn the_api_refuses_what_the_cli_never_sends() {
                 .collect(),
         ),
     ] {
-        let e = c
+        let e = w
             .call(|mut s| {
                 let changes = changes.clone();
                 async move {

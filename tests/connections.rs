@@ -19,6 +19,7 @@ fn silent_connections_do_not_starve_the_api() {
     let api = format!("127.0.0.1:{}", free_port());
     let raft = format!("127.0.0.1:{}", free_port());
     let log = tmp.path().join("m1.log");
+    remember_admin_dir(&api, dir.join("admin"));
     let mut child = unsafe {
         Command::new(bin())
             .args(ManagerProc::init_args(&api, &raft, &dir))

@@ -400,7 +400,7 @@ fn logs(rig: &Rig, tmp: &Path) {
     assert!(!bad.status.success(), "a negative tail is refused");
 
     // --follow: new lines keep coming, in order.
-    let mut child = Command::new(bin())
+    let mut child = warren_cmd(c.api(3))
         .args([
             "--manager",
             c.api(3),

@@ -96,8 +96,9 @@ fn refused_joins_leave_membership_unchanged() {
         ("expired", 7, expiring, "expired"),
         ("rotated out", 7, rotated_out, "rotated out or never issued"),
         ("garbage", 7, garbage, "malformed"),
-        ("other cluster", 7, other_cluster, "belongs to cluster"),
-        ("node id in use", 2, current.clone(), "manager id \"2"),
+        // Caught before the secret is sent: the cluster's CA is not the token's.
+        ("other cluster", 7, other_cluster, "does not match the join token"),
+        ("node id in use", 2, current.clone(), "manager id 2 is in use"),
     ];
     for (what, id, token, expect) in cases {
         let mut j = ManagerProc::join(id, 9, &token, &leaders, &tmp.path().join(what.replace(' ', "-")));

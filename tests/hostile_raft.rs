@@ -49,7 +49,7 @@ async fn a_join_that_cannot_complete_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let token = manager_token(&m.api, &[]);
-    let c = Client::new(std::slice::from_ref(&m.api)).unwrap();
+    let c = admin_client(std::slice::from_ref(&m.api));
     let dead_raft = format!("127.0.0.1:{}", free_port()); // nothing listens there
     let dead_api = format!("127.0.0.1:{}", free_port());
 

@@ -342,7 +342,7 @@ async fn shutdown_signal() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let tls_dir = cli.tls_dir.clone();
     let client = || -> anyhow::Result<Client> {
-        let cred = operator_credential(tls_dir.as_deref())?;
+        let cred = crate::security::operator_credential(tls_dir.as_deref())?;
         Ok(Client::new(&cli.manager, crate::security::Transport::new(&cred)?)?)
     };
     let out = cli.output;
@@ -586,24 +586,6 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             output::tasks(out, &tasks)
         }
     }
-}
-
-/// The operator credential: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
-fn operator_credential(dir: Option<&std::path::Path>) -> anyhow::Result<crate::security::store::Credential> {
-    use crate::security::store::Credential;
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => std::env::var_os("HOME")
-            .map(|h| std::path::PathBuf::from(h).join(".warren"))
-            .unwrap_or_else(|| std::path::PathBuf::from(".warren")),
-    };
-    if !Credential::exists(&dir, "admin") {
-        anyhow::bail!(
-            "no operator credential in {} (admin.crt): pass --tls-dir DIR or set WARREN_TLS_DIR to the directory `cluster init` printed (DATA_DIR/admin on the first manager), or to one made with `warren cluster admin-cert --out DIR`",
-            dir.display()
-        );
-    }
-    Credential::load(&dir, "admin").with_context(|| format!("reading the operator credential in {}", dir.display()))
 }
 
 /// The capacity a worker offers: flags, else the host's CPUs and memory.

@@ -346,7 +346,14 @@ pub async fn start(
             }
             Mode::Init if !identity.cluster_id.is_empty() && !db_existed => credentials::create_at_init(&opts.data_dir, &identity)?,
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => {
-                crate::security::enroll::enroll(&credentials::tls_dir(&opts.data_dir), token, leaders, &identity.node_id.to_string()).await?
+                crate::security::enroll::enroll(
+                    &credentials::tls_dir(&opts.data_dir),
+                    token,
+                    leaders,
+                    crate::core::Role::Manager,
+                    &identity.node_id.to_string(),
+                )
+                .await?
             }
             _ => credentials::load(&opts.data_dir)?,
         };

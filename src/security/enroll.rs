@@ -12,9 +12,25 @@ use crate::proto::v1 as pb;
 use anyhow::{anyhow, Context};
 use std::path::Path;
 
-/// Gets this node's certificate as `node_id` and saves it as `DIR/node.*`.
-pub async fn enroll<S: AsRef<str>>(dir: &Path, token_text: &str, managers: &[S], node_id: &str) -> anyhow::Result<Credential> {
+/// Gets this node's certificate as the `role` `node_id` and saves it as `DIR/node.*`.
+pub async fn enroll<S: AsRef<str>>(
+    dir: &Path,
+    token_text: &str,
+    managers: &[S],
+    role: crate::core::Role,
+    node_id: &str,
+) -> anyhow::Result<Credential> {
     let parsed = token::parse(token_text).map_err(|e| anyhow!("{e}"))?;
+    if parsed.role != role {
+        // Before anything is sent: the token's role is in the clear.
+        return Err(anyhow!(
+            "{}",
+            token::TokenError::WrongRole {
+                token_role: parsed.role.as_str(),
+                wanted: role.as_str(),
+            }
+        ));
+    }
     let boot = Client::new(managers, Transport::bootstrap())?;
     let offered = boot
         .call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
@@ -59,7 +75,7 @@ pub async fn enroll<S: AsRef<str>>(dir: &Path, token_text: &str, managers: &[S],
         ca_der: issued.ca_der,
     };
     let who = cred.identity()?;
-    if who.id != node_id || who.cluster_id != parsed.cluster_id {
+    if who.id != node_id || who.cluster_id != parsed.cluster_id || who.role.as_str() != role.as_str() {
         anyhow::bail!(
             "the cluster issued a certificate for {}/{} instead of {}/{node_id}",
             who.cluster_id,

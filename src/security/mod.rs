@@ -79,6 +79,25 @@ pub fn check<T>(
     Ok(who)
 }
 
+/// The operator credential: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
+pub fn operator_credential(dir: Option<&std::path::Path>) -> anyhow::Result<crate::security::store::Credential> {
+    use crate::security::store::Credential;
+    let dir = match dir.map(|d| d.as_os_str().to_owned()).or_else(|| std::env::var_os("WARREN_TLS_DIR")) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".warren"))
+            .unwrap_or_else(|| std::path::PathBuf::from(".warren")),
+    };
+    if !Credential::exists(&dir, "admin") {
+        anyhow::bail!(
+            "no operator credential in {} (admin.crt): pass --tls-dir DIR or set WARREN_TLS_DIR to the directory `cluster init` printed (DATA_DIR/admin on the first manager), or to one made with `warren cluster admin-cert --out DIR`",
+            dir.display()
+        );
+    }
+    use anyhow::Context;
+    Credential::load(&dir, "admin").with_context(|| format!("reading the operator credential in {}", dir.display()))
+}
+
 /// How this process connects and serves: its credential and the CAs it trusts.
 #[derive(Clone, Debug)]
 pub struct Transport {

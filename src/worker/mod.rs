@@ -211,7 +211,7 @@ pub async fn start(
             let Some(token) = &opts.token else {
                 bail!("a new worker needs --token; get one with `warren cluster join-token worker` on a manager");
             };
-            crate::security::enroll::enroll(&tls_dir, token, &opts.managers, &opts.node_id).await?
+            crate::security::enroll::enroll(&tls_dir, token, &opts.managers, crate::core::Role::Worker, &opts.node_id).await?
         };
         let who = credential.identity()?;
         if who.id != opts.node_id {

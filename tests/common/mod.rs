@@ -11,6 +11,60 @@ pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("warren")
 }
 
+/// The operator credential of each manager a test started (by API address): the one
+/// `cluster init` wrote to its data dir, shared by the managers that joined it.
+static ADMIN_DIRS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+pub fn remember_admin_dir(api: &str, dir: PathBuf) {
+    ADMIN_DIRS.lock().unwrap().push((api.to_string(), dir));
+}
+
+/// The operator credential for `manager` (a comma-separated list: the first address a
+/// manager was started on), or the newest one known (for addresses where none runs).
+pub fn admin_dir_for(manager: &str) -> Option<PathBuf> {
+    let dirs = ADMIN_DIRS.lock().unwrap();
+    manager
+        .split(',')
+        .find_map(|m| dirs.iter().rev().find(|(a, _)| a == m))
+        .or(dirs.last())
+        .map(|(_, d)| d.clone())
+}
+
+/// A client transport presenting the operator credential for `manager`.
+pub fn admin_transport(manager: &str) -> warren::security::Transport {
+    let dir = admin_dir_for(manager).expect("no manager started by this test");
+    let cred = warren::security::store::Credential::load(&dir, "admin").expect("the operator credential");
+    warren::security::Transport::new(&cred).unwrap()
+}
+
+/// A `Client` for `managers`, as the operator.
+pub fn admin_client<S: AsRef<str>>(managers: &[S]) -> warren::client::Client {
+    let first = managers.first().map(|m| m.as_ref().to_string()).unwrap_or_default();
+    warren::client::Client::new(managers, admin_transport(&first)).unwrap()
+}
+
+/// A `Client` holding the certificate of worker `node_id`, got with a worker token from
+/// `manager` (as `worker start` does), kept under `dir`.
+pub async fn worker_client(manager: &str, node_id: &str, dir: &Path) -> warren::client::Client {
+    let token = stdout(&warren(manager, &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let cred = warren::security::enroll::enroll(dir, &token, &[manager], warren::core::Role::Worker, node_id)
+        .await
+        .expect("a worker certificate");
+    warren::client::Client::new(&[manager], warren::security::Transport::new(&cred).unwrap()).unwrap()
+}
+
+/// `Command::new(bin())` with the operator credential for `manager` in the environment.
+pub fn warren_cmd(manager: &str) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("WARREN_TLS_DIR");
+    if let Some(d) = admin_dir_for(manager) {
+        cmd.env("WARREN_TLS_DIR", d);
+    }
+    cmd
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -60,6 +114,7 @@ impl ManagerProc {
     pub fn start_with(data_dir: &Path, api: &str, raft: &str, extra: &[&str]) -> ManagerProc {
         let mut args = Self::init_args(api, raft, data_dir);
         args.extend(extra.iter().map(|s| s.to_string()));
+        remember_admin_dir(api, data_dir.join("admin"));
         let m = Self::spawn(&args, api, raft, data_dir);
         m.wait_ready();
         m
@@ -106,6 +161,9 @@ impl ManagerProc {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(d) = admin_dir_for(leaders) {
+            remember_admin_dir(&api, d);
+        }
         Self::spawn(&args, &api, &raft, data_dir)
     }
 
@@ -182,7 +240,7 @@ impl Drop for ManagerProc {
 
 /// Runs the `warren` CLI against `manager`.
 pub fn warren(manager: &str, args: &[&str]) -> Output {
-    Command::new(bin())
+    warren_cmd(manager)
         .arg("--manager")
         .arg(manager)
         .args(args)
