@@ -49,7 +49,15 @@ async fn a_join_that_cannot_complete_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let token = manager_token(&m.api, &[]);
-    let c = admin_client(std::slice::from_ref(&m.api));
+    // Each joiner holds the certificate of the id it joins as (JoinCluster needs it).
+    let as_manager = |id: u64| {
+        let (api, dir) = (m.api.clone(), tmp.path().join(format!("tls-{id}")));
+        async move {
+            let cred = enrolled(&api, warren::core::Role::Manager, &id.to_string(), &dir).await;
+            Client::new(&[api], warren::security::Transport::new(&cred).unwrap()).unwrap()
+        }
+    };
+    let c = as_manager(7).await;
     let dead_raft = format!("127.0.0.1:{}", free_port()); // nothing listens there
     let dead_api = format!("127.0.0.1:{}", free_port());
 
@@ -74,12 +82,20 @@ async fn a_join_that_cannot_complete_changes_nothing() {
     let out = warren(&m.api, &["cluster", "join-token", "manager", "-q"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // Reusing manager 1's Raft address under a new id, and re-joining as voter 1.
-    let e = join(&c, join_request(&token, 8, &dead_api, &m.raft))
+    // Reusing manager 1's Raft address under a new id, and re-joining as voter 1 (with
+    // manager 1's own credential; with another manager's it is not even asked).
+    let c8 = as_manager(8).await;
+    let e = join(&c8, join_request(&token, 8, &dead_api, &m.raft))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e}");
     let e = join(&c, join_request(&token, 1, &dead_api, &dead_raft))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let own = warren::security::store::Credential::load(&m.data_dir.join("tls"), "node").unwrap();
+    let c1 = Client::new(&[m.api.clone()], warren::security::Transport::new(&own).unwrap()).unwrap();
+    let e = join(&c1, join_request(&token, 1, &dead_api, &dead_raft))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e}");
@@ -88,22 +104,47 @@ async fn a_join_that_cannot_complete_changes_nothing() {
     create_ok(&m.api, "still-writable");
 }
 
-async fn raft_client(addr: &str) -> RaftServiceClient<tonic::transport::Channel> {
-    RaftServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+async fn raft_client(
+    addr: &str,
+    cred: &warren::security::store::Credential,
+) -> RaftServiceClient<tonic::transport::Channel> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let t = warren::security::Transport::new(cred).unwrap();
+    RaftServiceClient::new(t.connect(&ep).await.unwrap())
 }
 
-/// AppendEntries and Vote from node 99 (not a member), and a term of 2^64-1 from a member's
-/// id: refused before anything is persisted; the leader keeps its term and stays writable,
-/// across a restart too.
+/// AppendEntries and Vote from node 99 (a manager certificate, not a member), messages
+/// naming another manager as their sender, a term of 2^64-1, an operator certificate and a
+/// plaintext client: refused before anything is persisted; the leader keeps its term and
+/// stays writable, across a restart too.
 #[tokio::test(flavor = "multi_thread")]
 async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = ManagerProc::start(&tmp.path().join("m1"));
     create_ok(&m.api, "before");
     let term = info(&m.api).unwrap()["term"].as_u64().unwrap();
-    let mut raft = raft_client(&m.raft).await;
+    let outsider = enrolled(&m.api, warren::core::Role::Manager, "99", &tmp.path().join("tls-99")).await;
+    let mut raft = raft_client(&m.raft, &outsider).await;
+    // No TLS at all: the connection fails, no answer comes back.
+    if let Ok(mut plain) = RaftServiceClient::connect(format!("http://{}", m.raft)).await {
+        let req = VoteRequest::<u64> {
+            vote: Vote::new(term + 1, 99),
+            last_log_id: None,
+        };
+        let e = plain.vote(encode(&req)).await.unwrap_err();
+        assert!(
+            !matches!(e.code(), Code::PermissionDenied | Code::InvalidArgument),
+            "a plaintext request got an answer: {e:?}"
+        );
+    }
+    // An operator's credential is not a manager's.
+    let admin = warren::security::store::Credential::load(&m.data_dir.join("admin"), "admin").unwrap();
+    let e = raft_client(&m.raft, &admin)
+        .await
+        .vote(encode(&VoteRequest::<u64> { vote: Vote::new(term + 1, 1), last_log_id: None }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     let append = |vote: Vote<u64>| AppendEntriesRequest::<TypeConfig> {
         vote,

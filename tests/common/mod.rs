@@ -46,13 +46,27 @@ pub fn admin_client<S: AsRef<str>>(managers: &[S]) -> warren::client::Client {
 /// A `Client` holding the certificate of worker `node_id`, got with a worker token from
 /// `manager` (as `worker start` does), kept under `dir`.
 pub async fn worker_client(manager: &str, node_id: &str, dir: &Path) -> warren::client::Client {
-    let token = stdout(&warren(manager, &["cluster", "join-token", "worker", "-q"]))
+    let cred = enrolled(manager, warren::core::Role::Worker, node_id, dir).await;
+    warren::client::Client::new(&[manager], warren::security::Transport::new(&cred).unwrap()).unwrap()
+}
+
+/// A certificate for `role` `node_id`, got with a fresh join token from `manager`.
+pub async fn enrolled(
+    manager: &str,
+    role: warren::core::Role,
+    node_id: &str,
+    dir: &Path,
+) -> warren::security::store::Credential {
+    let kind = match role {
+        warren::core::Role::Worker => "worker",
+        warren::core::Role::Manager => "manager",
+    };
+    let token = stdout(&warren(manager, &["cluster", "join-token", kind, "-q"]))
         .trim()
         .to_string();
-    let cred = warren::security::enroll::enroll(dir, &token, &[manager], warren::core::Role::Worker, node_id)
+    warren::security::enroll::enroll(dir, &token, &[manager], role, node_id)
         .await
-        .expect("a worker certificate");
-    warren::client::Client::new(&[manager], warren::security::Transport::new(&cred).unwrap()).unwrap()
+        .expect("a certificate")
 }
 
 /// `Command::new(bin())` with the operator credential for `manager` in the environment.
