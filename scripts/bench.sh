@@ -31,6 +31,7 @@ run_trial() { # $1 = clients, $2 = creates; prints "creates_per_s idle_rss_kib l
   dir=$(mktemp -d); api=127.0.0.1:$(port)
   $W cluster init --node-id 1 --api-addr $api --bind-addr 127.0.0.1:$(port) --data-dir $dir/m >$dir/log 2>&1 &
   pid=$!
+  export WARREN_TLS_DIR=$dir/m/admin # the operator credential cluster init writes
   for _ in $(seq 1 200); do $W --manager $api cluster info >/dev/null 2>&1 && break; sleep 0.05; done
   sleep 2 # let start-up allocations settle before reading idle RSS
   idle=$(rss_kib $pid)

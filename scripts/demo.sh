@@ -25,6 +25,7 @@ trap stop_all INT TERM EXIT
 ./scripts/rig.sh stop ./warren-rig
 eval "$(RIG_REGISTRY_PORT=${WARREN_REGISTRY_PORT:-5000} ./scripts/rig.sh start ./warren-rig)"
 $W cluster init --node-id 1 --api-addr "$API" --bind-addr "$RAFT" --data-dir ./warren-data &
+export WARREN_TLS_DIR=$PWD/warren-data/admin # the operator credential cluster init writes
 pid=$!
 for _ in $(seq 1 100); do
   $W --manager "$API" cluster info >/dev/null 2>&1 && break

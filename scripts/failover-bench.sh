@@ -23,6 +23,7 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/
 
 for n in 1 2 3; do API[$n]=127.0.0.$n:$(port); done
 $W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr 127.0.0.1:$(port) --data-dir $T/m1 >>$T/m1.log 2>&1 &
+export WARREN_TLS_DIR=$T/m1/admin # the operator credential cluster init writes
 PID[1]=$!
 until info ${API[1]} >/dev/null; do sleep 0.05; done
 TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)

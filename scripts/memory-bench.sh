@@ -23,6 +23,7 @@ start_manager() { # $1 = data dir; sets API and PID
   API=127.0.0.1:$(port)
   "$W" cluster init --node-id 1 --api-addr "$API" --bind-addr 127.0.0.1:$(port) --data-dir "$1" 2>"$1.log" &
   PID=$!
+  export WARREN_TLS_DIR=$1/admin # the operator credential cluster init writes
   pids+=("$PID")
   for _ in $(seq 1 200); do
     "$W" --manager "$API" cluster info -o json 2>/dev/null | grep -q '"leader_id": 1' && return 0

@@ -8,11 +8,14 @@ fn main() -> ExitCode {
     if let warren::cli::Cmd::LogWriter { file } = &cli.command {
         return warren::worker::log_writer::run(file);
     }
-    run(cli)
+    drop(cli);
+    run()
 }
 
+// Parses again: the simulator's `main` attribute takes no arguments.
 #[tokio::main]
-async fn run(cli: warren::cli::Cli) -> ExitCode {
+async fn run() -> ExitCode {
+    let cli = warren::cli::Cli::parse();
     let daemon = matches!(
         &cli.command,
         warren::cli::Cmd::Cluster(warren::cli::ClusterCmd::Init(_))

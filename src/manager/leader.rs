@@ -472,7 +472,7 @@ pub async fn ensure_cluster_id(
                 .cloned()
                 .collect();
             (
-                st.cluster_id.is_empty(),
+                st.cluster_id.is_empty() && !answered.contains("id"),
                 st.pki.ca_cert_der.is_empty() && !answered.contains("ca"),
                 unrecorded,
             )
@@ -504,6 +504,7 @@ pub async fn ensure_cluster_id(
             return;
         };
         let key = match &cmd {
+            Command::InitCluster { .. } => Some("id".to_string()),
             Command::InstallCa { .. } => Some("ca".to_string()),
             Command::RecordCertificate { serial_hex, .. } => Some(serial_hex.clone()),
             _ => None,
@@ -514,9 +515,11 @@ pub async fn ensure_cluster_id(
                     tracing::error!(error = %e, "setting up the cluster's PKI was refused");
                 }
                 answered.extend(key);
-                continue;
             }
         }
+        // Then wait for the next change (the answer's entry being applied, a new leader):
+        // never around again at once, so an answer that comes before its entry is applied
+        // cannot spin this loop.
         tokio::select! {
             biased;
             _ = stop.changed() => return,

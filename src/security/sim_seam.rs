@@ -7,7 +7,7 @@
 //! Until the harness turns checking on (`enforce`), requests are not refused in the
 //! simulator; see docs/simulation.md.
 
-use madsim::runtime::NodeId;
+use madsim::task::NodeId;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,0 +1,241 @@
+#![cfg(not(madsim))]
+//! Mutual TLS and authorization against real manager processes, with plain gRPC clients
+//! holding whatever credential an attacker or a mistake would: none, another cluster's, an
+//! expired one, a revoked worker's, a worker's on the admin API, a worker's for another node.
+//! Each refusal must name what is needed and change nothing.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tonic::Code;
+use warren::client::Client;
+use warren::core::Role;
+use warren::proto::v1 as pb;
+use warren::security::store::Credential;
+use warren::security::Transport;
+
+fn admin_cred(m: &ManagerProc) -> Credential {
+    Credential::load(&m.data_dir.join("admin"), "admin").unwrap()
+}
+
+fn client_with(api: &str, t: Transport) -> Client {
+    Client::new(&[api], t).unwrap()
+}
+
+async fn list(c: &Client) -> Result<pb::ListServicesResponse, warren::client::ClientError> {
+    c.call(|mut s| async move { s.services.list_services(pb::ListServicesRequest::default()).await })
+        .await
+}
+
+async fn heartbeat(c: &Client, node: &str) -> Result<pb::HeartbeatResponse, warren::client::ClientError> {
+    let node = node.to_string();
+    c.call(|mut s| {
+        let node = node.clone();
+        async move {
+            s.nodes
+                .heartbeat(pb::HeartbeatRequest {
+                    node_id: node,
+                    changes: vec![],
+                })
+                .await
+        }
+    })
+    .await
+}
+
+async fn register(c: &Client, node: &str) -> Result<pb::RegisterNodeResponse, warren::client::ClientError> {
+    let req = pb::RegisterNodeRequest {
+        node_id: node.into(),
+        address: "10.0.0.1:1".into(),
+        ..Default::default()
+    };
+    c.call(|mut s| {
+        let req = req.clone();
+        async move { s.nodes.register_node(req).await }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_wrong_credential_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    ok_create(&m.api, "web");
+    let ca = admin_cred(&m).ca_der;
+    let cluster_id = admin_cred(&m).identity().unwrap().cluster_id;
+    let before = services(&m.api);
+
+    // No client certificate: only joining is open; the answer says what to pass.
+    let anon = client_with(&m.api, Transport::trusting(&cluster_id, ca.clone(), None).unwrap());
+    let e = list(&anon).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.to_string().contains("--tls-dir"), "{e}");
+    let ca_answer = anon
+        .call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
+        .await
+        .unwrap();
+    assert_eq!(ca_answer.certs_der, ca, "the CA certificate is public");
+
+    // Another cluster's credential (another CA): the handshake itself fails.
+    let other = ManagerProc::start(&tmp.path().join("other"));
+    let foreign = Transport::trusting(&cluster_id, ca.clone(), Some(&admin_cred(&other))).unwrap();
+    let e = list(&client_with(&m.api, foreign)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+
+    // An expired operator credential.
+    let short = tmp.path().join("short");
+    let out = warren(&m.api, &["cluster", "admin-cert", "--out", short.to_str().unwrap(), "--name", "brief", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let brief = Credential::load(&short, "admin").unwrap();
+    assert!(list(&client_with(&m.api, Transport::new(&brief).unwrap())).await.is_ok());
+    // Wait on the certificate's own clock (its validity is in whole seconds).
+    std::thread::sleep(Duration::from_millis(2_100));
+    let e = list(&client_with(&m.api, Transport::new(&brief).unwrap())).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "an expired certificate: {e}");
+    assert!(m.log_text().contains("expired"), "the manager logs why");
+
+    // A worker's certificate: its own node only, never the admin API.
+    let w1 = worker_client(&m.api, "w1", &tmp.path().join("w1")).await;
+    register(&w1, "w1").await.unwrap();
+    let w2 = worker_client(&m.api, "w2", &tmp.path().join("w2")).await;
+    register(&w2, "w2").await.unwrap();
+    let e = list(&w1).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("needs an admin certificate"), "{e}");
+    let e = w1
+        .call(|mut s| async move {
+            s.services
+                .delete_service(pb::DeleteServiceRequest { service: "web".into() })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let e = heartbeat(&w1, "w2").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("only for itself"), "{e}");
+    let e = register(&w1, "w2").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    heartbeat(&w1, "w1").await.unwrap();
+    // A worker cannot mint itself an operator credential either.
+    let e = w1
+        .call(|mut s| async move {
+            s.cluster
+                .issue_admin_certificate(pb::IssueAdminCertificateRequest {
+                    name: "evil".into(),
+                    csr_der: warren::security::pki::Key::generate().unwrap().request().unwrap(),
+                    ttl_seconds: 0,
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // A node id in use cannot be taken over with a new token.
+    let token = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"])).trim().to_string();
+    let e = warren::security::enroll::enroll(&tmp.path().join("thief"), &token, &[&m.api], Role::Worker, "w1")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("in use"), "{e:#}");
+    // A manager token on the worker path, and a tampered CA fingerprint.
+    let mtoken = manager_token(&m.api, &[]);
+    let e = warren::security::enroll::enroll(&tmp.path().join("x"), &mtoken, &[&m.api], Role::Worker, "w9")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("this is a manager token"), "{e:#}");
+    let fp = warren::core::token::ca_fingerprint(&ca[0]);
+    let flipped: String = fp
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i == 7 { if c == '0' { '1' } else { '0' } } else { c })
+        .collect();
+    let tampered = token.replace(&fp, &flipped);
+    let e = warren::security::enroll::enroll(&tmp.path().join("y"), &tampered, &[&m.api], Role::Worker, "w9")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("does not match the join token"), "{e:#}");
+    // Sent anyway (a client that skips the check): the manager refuses it too.
+    let e = anon
+        .call(|mut s| {
+            let token = tampered.clone();
+            async move {
+                s.cluster
+                    .issue_certificate(pb::IssueCertificateRequest {
+                        token,
+                        node_id: "w9".into(),
+                        csr_der: warren::security::pki::Key::generate().unwrap().request().unwrap(),
+                    })
+                    .await
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("another CA"), "{e}");
+
+    // A removed worker's certificate is revoked: nothing more, not even a renewal.
+    let out = warren(&m.api, &["node", "rm", "w2", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e = heartbeat(&w2, "w2").await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let e = w2
+        .call(|mut s| async move {
+            s.cluster
+                .renew_certificate(pb::RenewCertificateRequest {
+                    csr_der: warren::security::pki::Key::generate().unwrap().request().unwrap(),
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    assert_eq!(services(&m.api), before, "a refused call changed the services");
+    let nodes = json_of(&m.api, &["node", "ls"]);
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["w1"], "{nodes}");
+}
+
+fn ok_create(api: &str, name: &str) {
+    let out = warren(api, &["service", "create", name, "--image", "busybox", "--replicas", "0"]);
+    assert!(out.status.success(), "create {name}: {}", stderr(&out));
+}
+
+/// Nothing answers in plaintext: not the API, not the Raft port.
+#[test]
+fn no_plaintext_socket_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for addr in [&m.api, &m.raft] {
+        let r = rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .connect()
+                .await;
+            match ch {
+                Err(e) => Err(e.to_string()),
+                Ok(ch) => pb::cluster_service_client::ClusterServiceClient::new(ch)
+                    .get_ca_certificate(pb::GetCaCertificateRequest {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            }
+        });
+        let e = r.expect_err("a plaintext client got an answer");
+        assert!(!e.starts_with("Ok"), "{addr}: {e}");
+    }
+    // The CLI with the operator credential gets through.
+    let out = warren(&m.api, &["cluster", "info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
