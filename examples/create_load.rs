@@ -20,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = Arc::new(Client::new(&managers, warren::security::Transport::new(&warren::security::operator_credential(None)?)?)?);
+        let client = Arc::new(Client::new(
+            &managers,
+            warren::security::Transport::new(&warren::security::operator_credential(None)?)?,
+        )?);
         let prefix = prefix.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = c;

@@ -173,7 +173,10 @@ async fn churn(managers: &[String], pid: u32) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let mut tasks = Vec::new();
         for k in 0..CLIENTS {
-            let client = Arc::new(Client::new(managers, warren::security::Transport::new(&warren::security::operator_credential(None)?)?)?);
+            let client = Arc::new(Client::new(
+                managers,
+                warren::security::Transport::new(&warren::security::operator_credential(None)?)?,
+            )?);
             tasks.push(tokio::spawn(async move {
                 let mut i = k;
                 while i < COUNT {
@@ -212,7 +215,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let pid: u32 = pid.parse()?;
     let managers = vec![api.clone()];
-    let c = Client::new(&managers, warren::security::Transport::new(&warren::security::operator_credential(None)?)?)?;
+    let c = Client::new(
+        &managers,
+        warren::security::Transport::new(&warren::security::operator_credential(None)?)?,
+    )?;
     match phase.as_str() {
         "updates" => updates(&c, pid).await,
         "streams" => streams(api, &c, pid).await,

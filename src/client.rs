@@ -30,6 +30,10 @@ pub enum ClientError {
     Unreachable { tried: String, last: String },
     #[error("{}", .0.message())]
     Status(Status),
+    #[error("the server at {address} is not a manager this credential trusts ({reason}); it belongs to another cluster than the credential in --tls-dir or WARREN_TLS_DIR, or it is not a Warren manager")]
+    ServerUntrusted { address: String, reason: String },
+    #[error("the manager at {address} refused this connection's certificate ({reason}); check that --tls-dir or WARREN_TLS_DIR names a credential of this cluster that has not expired (`warren cluster admin-cert` issues a new one)")]
+    CredentialRefused { address: String, reason: String },
     /// A write was sent but no manager could say whether it took effect.
     #[error("the outcome of this change is unknown (request id {request_id}): {last}; it may have taken effect: look before retrying (for example `warren service ls`)")]
     OutcomeUnknown { request_id: String, last: String },
@@ -41,6 +45,9 @@ impl ClientError {
         match self {
             ClientError::Status(s) => s.code(),
             ClientError::Unreachable { .. } | ClientError::OutcomeUnknown { .. } => Code::Unavailable,
+            ClientError::CredentialRefused { .. } | ClientError::ServerUntrusted { .. } => {
+                Code::Unauthenticated
+            }
             _ => Code::InvalidArgument,
         }
     }
@@ -98,7 +105,10 @@ fn outcome_unknown(s: &Status) -> bool {
 }
 
 impl Client {
-    pub fn new<S: AsRef<str>>(managers: &[S], transport: crate::security::Transport) -> Result<Self, ClientError> {
+    pub fn new<S: AsRef<str>>(
+        managers: &[S],
+        transport: crate::security::Transport,
+    ) -> Result<Self, ClientError> {
         let mut endpoints = Vec::new();
         for m in managers
             .iter()
@@ -267,7 +277,20 @@ impl Client {
                         ch
                     }
                     Err(e) => {
-                        last = format!("{addr}: {}", error_chain(&e));
+                        let chain = error_chain(&e);
+                        if let Some(reason) = untrusted_server(&chain) {
+                            return Err(ClientError::ServerUntrusted {
+                                address: addr.clone(),
+                                reason,
+                            });
+                        }
+                        if let Some(i) = chain.find("received fatal alert") {
+                            return Err(ClientError::CredentialRefused {
+                                address: addr.clone(),
+                                reason: chain[i..].to_string(),
+                            });
+                        }
+                        last = format!("{addr}: {chain}");
                         continue;
                     }
                 },
@@ -284,6 +307,15 @@ impl Client {
                 Ok(r) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r.into_inner());
+                }
+                // The manager's TLS refused our certificate (another cluster's, expired,
+                // revoked by a CA rotation): no other manager will take it either.
+                Err(s) if tls_alert(&s).is_some() => {
+                    self.channels.lock().unwrap()[i] = None;
+                    return Err(ClientError::CredentialRefused {
+                        address: addr.clone(),
+                        reason: tls_alert(&s).unwrap_or_default(),
+                    });
                 }
                 // A manager that cannot reach a leader, or that did not answer in time (a hung
                 // host): try the next one. A write's retry carries the same request id.
@@ -436,6 +468,32 @@ impl Client {
         })
         .await
     }
+}
+
+/// Why our TLS refused the server's certificate, from an error's text.
+fn untrusted_server(chain: &str) -> Option<String> {
+    let i = chain.find("invalid peer certificate")?;
+    let rest = &chain[i..];
+    // rustls shows a verifier's own reason as `Other(OtherError(Custom { .. error: "WHY" }))`.
+    let why = rest
+        .split_once("error: \"")
+        .and_then(|(_, r)| r.split_once('"'))
+        .map_or(rest, |(w, _)| w);
+    Some(why.to_string())
+}
+
+/// The TLS alert behind a failed call, if the peer refused our certificate.
+fn tls_alert(s: &Status) -> Option<String> {
+    use std::error::Error;
+    let mut cur: Option<&dyn Error> = s.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if let Some(i) = text.find("received fatal alert") {
+            return Some(text[i..].to_string());
+        }
+        cur = e.source();
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -123,7 +123,13 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
     let mut m = ManagerProc::start(&tmp.path().join("m1"));
     create_ok(&m.api, "before");
     let term = info(&m.api).unwrap()["term"].as_u64().unwrap();
-    let outsider = enrolled(&m.api, warren::core::Role::Manager, "99", &tmp.path().join("tls-99")).await;
+    let outsider = enrolled(
+        &m.api,
+        warren::core::Role::Manager,
+        "99",
+        &tmp.path().join("tls-99"),
+    )
+    .await;
     let mut raft = raft_client(&m.raft, &outsider).await;
     // No TLS at all: the connection fails, no answer comes back.
     if let Ok(mut plain) = RaftServiceClient::connect(format!("http://{}", m.raft)).await {
@@ -141,7 +147,10 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
     let admin = warren::security::store::Credential::load(&m.data_dir.join("admin"), "admin").unwrap();
     let e = raft_client(&m.raft, &admin)
         .await
-        .vote(encode(&VoteRequest::<u64> { vote: Vote::new(term + 1, 1), last_log_id: None }))
+        .vote(encode(&VoteRequest::<u64> {
+            vote: Vote::new(term + 1, 1),
+            last_log_id: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");

@@ -67,7 +67,10 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     let before = services(&m.api);
 
     // No client certificate: only joining is open; the answer says what to pass.
-    let anon = client_with(&m.api, Transport::trusting(&cluster_id, ca.clone(), None).unwrap());
+    let anon = client_with(
+        &m.api,
+        Transport::trusting(&cluster_id, ca.clone(), None).unwrap(),
+    );
     let e = list(&anon).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     assert!(e.to_string().contains("--tls-dir"), "{e}");
@@ -81,19 +84,60 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     let other = ManagerProc::start(&tmp.path().join("other"));
     let foreign = Transport::trusting(&cluster_id, ca.clone(), Some(&admin_cred(&other))).unwrap();
     let e = list(&client_with(&m.api, foreign)).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(
+        e.to_string().contains("refused this connection's certificate"),
+        "{e}"
+    );
 
     // An expired operator credential.
     let short = tmp.path().join("short");
-    let out = warren(&m.api, &["cluster", "admin-cert", "--out", short.to_str().unwrap(), "--name", "brief", "--ttl", "1s"]);
+    let out = warren(
+        &m.api,
+        &[
+            "cluster",
+            "admin-cert",
+            "--out",
+            short.to_str().unwrap(),
+            "--name",
+            "brief",
+            "--ttl",
+            "1s",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let brief = Credential::load(&short, "admin").unwrap();
-    assert!(list(&client_with(&m.api, Transport::new(&brief).unwrap())).await.is_ok());
+    assert!(list(&client_with(&m.api, Transport::new(&brief).unwrap()))
+        .await
+        .is_ok());
     // Wait on the certificate's own clock (its validity is in whole seconds).
     std::thread::sleep(Duration::from_millis(2_100));
-    let e = list(&client_with(&m.api, Transport::new(&brief).unwrap())).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "an expired certificate: {e}");
-    assert!(m.log_text().contains("expired"), "the manager logs why");
+    // The CLI says so before it connects...
+    let out = warren_cmd(&m.api)
+        .args([
+            "--manager",
+            &m.api,
+            "--tls-dir",
+            short.to_str().unwrap(),
+            "service",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("expired at"), "{}", stderr(&out));
+    // ...and a client that sends it anyway is refused by the manager's TLS.
+    let e = list(&client_with(&m.api, Transport::new(&brief).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "an expired certificate: {e}");
+    assert!(
+        e.to_string().contains("refused this connection's certificate"),
+        "{e}"
+    );
+    assert!(
+        m.log_text().contains("the certificate expired"),
+        "the manager logs why"
+    );
 
     // A worker's certificate: its own node only, never the admin API.
     let w1 = worker_client(&m.api, "w1", &tmp.path().join("w1")).await;
@@ -106,7 +150,9 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     let e = w1
         .call(|mut s| async move {
             s.services
-                .delete_service(pb::DeleteServiceRequest { service: "web".into() })
+                .delete_service(pb::DeleteServiceRequest {
+                    service: "web".into(),
+                })
                 .await
         })
         .await
@@ -134,10 +180,13 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     // A node id in use cannot be taken over with a new token.
-    let token = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"])).trim().to_string();
-    let e = warren::security::enroll::enroll(&tmp.path().join("thief"), &token, &[&m.api], Role::Worker, "w1")
-        .await
-        .unwrap_err();
+    let token = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let e =
+        warren::security::enroll::enroll(&tmp.path().join("thief"), &token, &[&m.api], Role::Worker, "w1")
+            .await
+            .unwrap_err();
     assert!(format!("{e:#}").contains("in use"), "{e:#}");
     // A manager token on the worker path, and a tampered CA fingerprint.
     let mtoken = manager_token(&m.api, &[]);
@@ -149,13 +198,26 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     let flipped: String = fp
         .chars()
         .enumerate()
-        .map(|(i, c)| if i == 7 { if c == '0' { '1' } else { '0' } } else { c })
+        .map(|(i, c)| {
+            if i == 7 {
+                if c == '0' {
+                    '1'
+                } else {
+                    '0'
+                }
+            } else {
+                c
+            }
+        })
         .collect();
     let tampered = token.replace(&fp, &flipped);
     let e = warren::security::enroll::enroll(&tmp.path().join("y"), &tampered, &[&m.api], Role::Worker, "w9")
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("does not match the join token"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("does not match the join token"),
+        "{e:#}"
+    );
     // Sent anyway (a client that skips the check): the manager refuses it too.
     let e = anon
         .call(|mut s| {
@@ -205,7 +267,10 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
 }
 
 fn ok_create(api: &str, name: &str) {
-    let out = warren(api, &["service", "create", name, "--image", "busybox", "--replicas", "0"]);
+    let out = warren(
+        api,
+        &["service", "create", name, "--image", "busybox", "--replicas", "0"],
+    );
     assert!(out.status.success(), "create {name}: {}", stderr(&out));
 }
 

@@ -343,7 +343,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let tls_dir = cli.tls_dir.clone();
     let client = || -> anyhow::Result<Client> {
         let cred = crate::security::operator_credential(tls_dir.as_deref())?;
-        Ok(Client::new(&cli.manager, crate::security::Transport::new(&cred)?)?)
+        Ok(Client::new(
+            &cli.manager,
+            crate::security::Transport::new(&cred)?,
+        )?)
     };
     let out = cli.output;
     match cli.command {

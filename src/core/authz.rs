@@ -218,7 +218,12 @@ pub enum Denied {
 }
 
 /// May `caller` call `rpc` about `target`, given which serial numbers are revoked?
-pub fn authorize(caller: &Caller, rpc: Rpc, target: Target<'_>, revoked: impl Fn(&str) -> bool) -> Result<(), Denied> {
+pub fn authorize(
+    caller: &Caller,
+    rpc: Rpc,
+    target: Target<'_>,
+    revoked: impl Fn(&str) -> bool,
+) -> Result<(), Denied> {
     if caller.serial().is_some_and(revoked) {
         return Err(Denied::Revoked {
             caller: caller.describe(),
@@ -340,9 +345,18 @@ mod tests {
             let got = vec![
                 authorize(&admin(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
                 authorize(&manager(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
-                authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
-                authorize(&worker("edge-2"), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
-                authorize(&Caller::Anonymous, rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
+                authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
+                    none.contains(s)
+                })
+                .is_ok(),
+                authorize(&worker("edge-2"), rpc, Target::Node("edge-1"), |s| {
+                    none.contains(s)
+                })
+                .is_ok(),
+                authorize(&Caller::Anonymous, rpc, Target::Node("edge-1"), |s| {
+                    none.contains(s)
+                })
+                .is_ok(),
             ];
             assert_eq!(got, want, "{rpc:?}");
         }
@@ -351,32 +365,55 @@ mod tests {
     #[test]
     fn refusals_say_what_is_needed_and_revocation_beats_everything() {
         let none: BTreeSet<String> = BTreeSet::new();
-        let e = authorize(&worker("edge-1"), Rpc::DeleteService, Target::None, |s| none.contains(s)).unwrap_err();
+        let e = authorize(&worker("edge-1"), Rpc::DeleteService, Target::None, |s| {
+            none.contains(s)
+        })
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "DeleteService needs an admin certificate; this connection presents a worker certificate (node edge-1)"
         );
-        let e = authorize(&Caller::Anonymous, Rpc::ListServices, Target::None, |s| none.contains(s)).unwrap_err();
+        let e = authorize(&Caller::Anonymous, Rpc::ListServices, Target::None, |s| {
+            none.contains(s)
+        })
+        .unwrap_err();
         assert!(matches!(e, Denied::Unauthenticated { .. }), "{e}");
         assert!(e.to_string().contains("--tls-dir"), "{e}");
-        let e = authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), |s| none.contains(s)).unwrap_err();
+        let e = authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), |s| {
+            none.contains(s)
+        })
+        .unwrap_err();
         assert!(matches!(e, Denied::OtherNode { .. }), "{e}");
         // A manager joins as itself only.
-        assert!(authorize(&manager(), Rpc::JoinCluster, Target::Node("2"), |s| none.contains(s)).is_ok());
-        assert!(authorize(&manager(), Rpc::JoinCluster, Target::Node("3"), |s| none.contains(s)).is_err());
+        assert!(
+            authorize(&manager(), Rpc::JoinCluster, Target::Node("2"), |s| none
+                .contains(s))
+            .is_ok()
+        );
+        assert!(
+            authorize(&manager(), Rpc::JoinCluster, Target::Node("3"), |s| none
+                .contains(s))
+            .is_err()
+        );
         // A worker RPC that names no node is refused, not waved through.
-        assert!(authorize(&worker("edge-1"), Rpc::Heartbeat, Target::None, |s| none.contains(s)).is_err());
+        assert!(
+            authorize(&worker("edge-1"), Rpc::Heartbeat, Target::None, |s| none
+                .contains(s))
+            .is_err()
+        );
         let revoked: BTreeSet<String> = ["w-edge-1".to_string()].into();
         for rpc in Rpc::ALL {
-            let e = authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| revoked.contains(s)).unwrap_err();
+            let e = authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
+                revoked.contains(s)
+            })
+            .unwrap_err();
             assert!(matches!(e, Denied::Revoked { .. }), "{rpc:?}");
         }
-        assert!(authorize(
-            &worker("edge-2"),
-            Rpc::Heartbeat,
-            Target::Node("edge-2"),
-            |s| revoked.contains(s)
-        )
-        .is_ok());
+        assert!(
+            authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-2"), |s| {
+                revoked.contains(s)
+            })
+            .is_ok()
+        );
     }
 }

@@ -212,8 +212,9 @@ impl Api {
                 "the cluster is still initialising (no CA yet); retry in a moment".into(),
             ));
         }
-        let ca = crate::security::pki::Ca::load(&cert, &key)
-            .map_err(|e| ApiError::Internal(format!("the cluster CA in the replicated state is unusable: {e}")))?;
+        let ca = crate::security::pki::Ca::load(&cert, &key).map_err(|e| {
+            ApiError::Internal(format!("the cluster CA in the replicated state is unusable: {e}"))
+        })?;
         Ok((cluster_id, ca))
     }
 
@@ -816,13 +817,20 @@ impl ClusterService for Api {
     }
 
     async fn join_cluster(&self, req: Request<pb::JoinClusterRequest>) -> Reply<pb::JoinClusterResponse> {
-        self.allow(&req, Rpc::JoinCluster, Target::Node(&req.get_ref().node_id.to_string()))?;
+        self.allow(
+            &req,
+            Rpc::JoinCluster,
+            Target::Node(&req.get_ref().node_id.to_string()),
+        )?;
         let req = req.into_inner();
         let span = tracing::info_span!("join_cluster", new_manager = req.node_id, api = %req.api_addr);
         self.join_manager(req).instrument(span).await
     }
 
-    async fn get_ca_certificate(&self, req: Request<pb::GetCaCertificateRequest>) -> Reply<pb::CaCertificate> {
+    async fn get_ca_certificate(
+        &self,
+        req: Request<pb::GetCaCertificateRequest>,
+    ) -> Reply<pb::CaCertificate> {
         self.allow(&req, Rpc::GetCaCertificate, Target::None)?;
         let (cluster_id, ca) = self.ca()?;
         ok(Ok(pb::CaCertificate {
@@ -831,7 +839,10 @@ impl ClusterService for Api {
         }))
     }
 
-    async fn issue_certificate(&self, req: Request<pb::IssueCertificateRequest>) -> Reply<pb::IssuedCertificate> {
+    async fn issue_certificate(
+        &self,
+        req: Request<pb::IssueCertificateRequest>,
+    ) -> Reply<pb::IssuedCertificate> {
         use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
         self.allow(&req, Rpc::IssueCertificate, Target::None)?;
         let req = req.into_inner();
@@ -880,7 +891,10 @@ impl ClusterService for Api {
         .await
     }
 
-    async fn renew_certificate(&self, req: Request<pb::RenewCertificateRequest>) -> Reply<pb::IssuedCertificate> {
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Reply<pb::IssuedCertificate> {
         use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
         let who = self.allow(&req, Rpc::RenewCertificate, Target::None)?;
         let (role, id, serial) = match who {

@@ -55,7 +55,12 @@ pub fn create_at_init(data_dir: &Path, identity: &Identity) -> anyhow::Result<Cr
     .with_context(|| format!("cannot write {}", dir.join(INIT_CA_KEY).display()))?;
     let admin = sign_new(&ca, &identity.cluster_id, CertRole::Admin, "admin")?;
     admin.save(&admin_dir(data_dir), "admin")?;
-    let own = sign_new(&ca, &identity.cluster_id, CertRole::Manager, &identity.node_id.to_string())?;
+    let own = sign_new(
+        &ca,
+        &identity.cluster_id,
+        CertRole::Manager,
+        &identity.node_id.to_string(),
+    )?;
     own.save(&dir, "node")?;
     tracing::info!(
         dir = %admin_dir(data_dir).display(),

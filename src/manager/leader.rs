@@ -467,7 +467,8 @@ pub async fn ensure_cluster_id(
                 .iter()
                 .flat_map(|p| p.issued.iter())
                 .filter(|(holder, serial, _)| {
-                    !answered.contains(serial) && !st.pki.issued.get(holder).is_some_and(|s| s.contains_key(serial))
+                    !answered.contains(serial)
+                        && !st.pki.issued.get(holder).is_some_and(|s| s.contains_key(serial))
                 })
                 .cloned()
                 .collect();
@@ -486,13 +487,15 @@ pub async fn ensure_cluster_id(
                 cert_der: p.cert_der.clone(),
                 key_pkcs8: p.key_pkcs8.clone(),
             }),
-            Some(_) => unrecorded.first().map(|(holder, serial, not_after_ms)| Command::RecordCertificate {
-                holder: holder.clone(),
-                serial_hex: serial.clone(),
-                not_after_ms: *not_after_ms,
-                now_ms: super::now_ms(),
-                renews: None,
-            }),
+            Some(_) => unrecorded
+                .first()
+                .map(|(holder, serial, not_after_ms)| Command::RecordCertificate {
+                    holder: holder.clone(),
+                    serial_hex: serial.clone(),
+                    not_after_ms: *not_after_ms,
+                    now_ms: super::now_ms(),
+                    renews: None,
+                }),
             None => None,
         };
         let Some(cmd) = cmd else {

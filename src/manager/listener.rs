@@ -59,8 +59,8 @@ pub async fn serve(
                                 Ok(Ok(tls)) => {
                                     let _ = tx.send(guarded::Guarded::new(tls, permit, peer, deadline)).await;
                                 }
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                Ok(Err(e)) => refused::note(peer, &e.to_string()),
+                                Err(_) => refused::note(peer, "TLS handshake timed out"),
                             }
                         });
                     }
@@ -85,6 +85,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// Refused handshakes, in the log at most once a second (a scan must not flood it), each
+/// line saying how many more were refused meanwhile.
+#[cfg(not(madsim))]
+mod refused {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+
+    pub fn note(peer: std::net::SocketAddr, reason: &str) {
+        let mut last = LAST.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            QUIET.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let more = QUIET.swap(0, Ordering::Relaxed);
+        tracing::info!(%peer, reason, refused_since_last_line = more, "TLS connection refused");
+    }
+}
+
 /// Open connections one server takes: `MAX_API_CONNECTIONS`, or a quarter of the process's
 /// file descriptor limit if that is lower (two servers, the Raft peers, the database and
 /// new connections need the rest).
@@ -98,12 +120,12 @@ pub fn connection_cap() -> usize {
 
 #[cfg(not(madsim))]
 mod guarded {
+    use crate::security::tls::PeerInfo;
     use std::future::Future;
     use std::io;
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::Duration;
-    use crate::security::tls::PeerInfo;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tokio::net::TcpStream;
     use tonic::transport::server::Connected;

@@ -75,7 +75,12 @@ impl Peers {
         if let Some(ch) = self.channels.lock().unwrap().get(addr).cloned() {
             return Ok(ch);
         }
-        let ch = connect(addr, Duration::from_millis(CHANNEL_REQUEST_TIMEOUT_MS), &self.transport).await?;
+        let ch = connect(
+            addr,
+            Duration::from_millis(CHANNEL_REQUEST_TIMEOUT_MS),
+            &self.transport,
+        )
+        .await?;
         self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -1,8 +1,8 @@
 //! Server half of the internal RPCs: Raft messages from peers and forwarded writes.
 
-use crate::core::authz::{Caller, Rpc, Target};
 use super::leader::{run_local, LeaderOp};
 use super::ManagerRef;
+use crate::core::authz::{Caller, Rpc, Target};
 use crate::proto::internal::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::internal::RaftPayload;
 use crate::raft::network::{decode, encode};

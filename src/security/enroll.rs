@@ -56,7 +56,10 @@ pub async fn enroll<S: AsRef<str>>(
         })?;
     let key = Key::generate()?;
     let csr_der = key.request()?;
-    let trusted = Client::new(managers, Transport::trusting(&parsed.cluster_id, vec![ca_der], None)?)?;
+    let trusted = Client::new(
+        managers,
+        Transport::trusting(&parsed.cluster_id, vec![ca_der], None)?,
+    )?;
     let req = pb::IssueCertificateRequest {
         token: token_text.trim().to_string(),
         node_id: node_id.to_string(),

@@ -10,8 +10,8 @@
 //!
 //! Either way `core::authz` decides what the caller may do.
 
-pub mod pki;
 pub mod enroll;
+pub mod pki;
 pub mod store;
 #[cfg(not(madsim))]
 pub mod tls;
@@ -80,9 +80,14 @@ pub fn check<T>(
 }
 
 /// The operator credential: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
-pub fn operator_credential(dir: Option<&std::path::Path>) -> anyhow::Result<crate::security::store::Credential> {
+pub fn operator_credential(
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<crate::security::store::Credential> {
     use crate::security::store::Credential;
-    let dir = match dir.map(|d| d.as_os_str().to_owned()).or_else(|| std::env::var_os("WARREN_TLS_DIR")) {
+    let dir = match dir
+        .map(|d| d.as_os_str().to_owned())
+        .or_else(|| std::env::var_os("WARREN_TLS_DIR"))
+    {
         Some(d) => std::path::PathBuf::from(d),
         None => std::env::var_os("HOME")
             .map(|h| std::path::PathBuf::from(h).join(".warren"))
@@ -95,7 +100,18 @@ pub fn operator_credential(dir: Option<&std::path::Path>) -> anyhow::Result<crat
         );
     }
     use anyhow::Context;
-    Credential::load(&dir, "admin").with_context(|| format!("reading the operator credential in {}", dir.display()))
+    let cred = Credential::load(&dir, "admin")
+        .with_context(|| format!("reading the operator credential in {}", dir.display()))?;
+    let who = cred.identity()?;
+    if who.not_after <= std::time::SystemTime::now() {
+        anyhow::bail!(
+            "the operator credential in {} ({}) expired at {}; an operator with a valid one can issue a new one with `warren cluster admin-cert --out DIR`",
+            dir.display(),
+            who.id,
+            humantime::format_rfc3339_seconds(who.not_after)
+        );
+    }
+    Ok(cred)
 }
 
 /// How this process connects and serves: its credential and the CAs it trusts.
@@ -172,7 +188,10 @@ impl Transport {
     }
 
     /// Opens a channel to `ep` (TLS in production).
-    pub async fn connect(&self, ep: &tonic::transport::Endpoint) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    pub async fn connect(
+        &self,
+        ep: &tonic::transport::Endpoint,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
         #[cfg(not(madsim))]
         {
             ep.connect_with_connector(tls::connector(self.tls.clone())).await

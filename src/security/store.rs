@@ -30,7 +30,11 @@ pub enum StoreError {
 }
 
 fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")), dir.join("ca.crt"))
+    (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join("ca.crt"),
+    )
 }
 
 impl Credential {
@@ -84,11 +88,17 @@ impl Credential {
             move |source| StoreError::Write { path, source }
         };
         disk::create_private_dir(dir).map_err(werr(dir))?;
-        let ca_pem: String = self.ca_der.iter().map(|c| pki::pem_encode("CERTIFICATE", c)).collect();
+        let ca_pem: String = self
+            .ca_der
+            .iter()
+            .map(|c| pki::pem_encode("CERTIFICATE", c))
+            .collect();
         disk::write_private(&ca, ca_pem.as_bytes()).map_err(werr(&ca))?;
-        disk::write_private(&key, pki::pem_encode("PRIVATE KEY", &self.key_pkcs8).as_bytes()).map_err(werr(&key))?;
+        disk::write_private(&key, pki::pem_encode("PRIVATE KEY", &self.key_pkcs8).as_bytes())
+            .map_err(werr(&key))?;
         // The certificate last: its presence says the credential is complete.
-        disk::write_private(&crt, pki::pem_encode("CERTIFICATE", &self.cert_der).as_bytes()).map_err(werr(&crt))?;
+        disk::write_private(&crt, pki::pem_encode("CERTIFICATE", &self.cert_der).as_bytes())
+            .map_err(werr(&crt))?;
         Ok(())
     }
 }
@@ -129,7 +139,13 @@ mod tests {
             assert_eq!(mode, 0o600, "{f}");
         }
         std::fs::write(d.join("admin.key"), "nothing here").unwrap();
-        assert!(matches!(Credential::load(&d, "admin"), Err(StoreError::Empty { .. })));
-        assert!(matches!(Credential::load(&d, "node"), Err(StoreError::Read { .. })));
+        assert!(matches!(
+            Credential::load(&d, "admin"),
+            Err(StoreError::Empty { .. })
+        ));
+        assert!(matches!(
+            Credential::load(&d, "node"),
+            Err(StoreError::Read { .. })
+        ));
     }
 }

@@ -309,7 +309,7 @@ pub fn connector(
     tls: Arc<Tls>,
 ) -> impl tower::Service<
     tonic::codegen::http::Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Response = hyper_util::rt::TokioIo<Prefixed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
     Error = std::io::Error,
     Future = impl Send,
 > + Clone
@@ -327,12 +327,88 @@ pub fn connector(
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
-            let stream = tokio_rustls::TlsConnector::from(tls.client_config())
+            let mut stream = tokio_rustls::TlsConnector::from(tls.client_config())
                 .connect(name, tcp)
                 .await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
+            // In TLS 1.3 the server checks our certificate after our side of the handshake
+            // is done; its verdict (an alert, or its first bytes) comes with the first read.
+            // Waiting for it here makes a refused certificate a clear connect error instead
+            // of a call cancelled later with the reason lost.
+            let mut first = vec![0u8; 4096];
+            let n = match tokio::time::timeout(
+                FIRST_BYTES_WAIT,
+                tokio::io::AsyncReadExt::read(&mut stream, &mut first),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => 0,
+            };
+            first.truncate(n);
+            Ok(hyper_util::rt::TokioIo::new(Prefixed {
+                prefix: first,
+                inner: stream,
+            }))
         }
     })
+}
+
+/// How long a new connection waits for the server's first bytes (see `connector`).
+const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A stream whose first bytes were already read: they are read again first.
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    inner: T,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,10 @@ pub fn admin_transport(manager: &str) -> warren::security::Transport {
 
 /// A `Client` for `managers`, as the operator.
 pub fn admin_client<S: AsRef<str>>(managers: &[S]) -> warren::client::Client {
-    let first = managers.first().map(|m| m.as_ref().to_string()).unwrap_or_default();
+    let first = managers
+        .first()
+        .map(|m| m.as_ref().to_string())
+        .unwrap_or_default();
     warren::client::Client::new(managers, admin_transport(&first)).unwrap()
 }
 
