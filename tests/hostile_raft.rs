@@ -94,7 +94,11 @@ async fn a_join_that_cannot_complete_changes_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     let own = warren::security::store::Credential::load(&m.data_dir.join("tls"), "node").unwrap();
-    let c1 = Client::new(&[m.api.clone()], warren::security::Transport::new(&own).unwrap()).unwrap();
+    let c1 = Client::new(
+        std::slice::from_ref(&m.api),
+        warren::security::Transport::new(&own).unwrap(),
+    )
+    .unwrap();
     let e = join(&c1, join_request(&token, 1, &dead_api, &dead_raft))
         .await
         .unwrap_err();

@@ -945,6 +945,17 @@ impl ClusterService for Api {
             force: req.force,
         };
         leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+        // Out of the membership: now its certificates stop working (not before: a removal
+        // refused for quorum must leave the manager able to talk).
+        let holder = core::state::holder("manager", &req.node_id.to_string());
+        if let Err(e) = self.m.write(Command::RevokeHolder { holder }).await {
+            tracing::warn!(manager = req.node_id, error = %e, "removed, but revoking its certificates failed");
+            return Err(ApiError::Unavailable(format!(
+                "manager {} was removed, but revoking its certificates failed ({e}); run the command again",
+                req.node_id
+            ))
+            .into());
+        }
         ok(Ok(pb::RemoveManagerResponse {
             managers: self.cluster_info().managers,
         }))
