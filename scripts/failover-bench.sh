@@ -4,14 +4,18 @@
 #   `warren service create` through the survivors is acknowledged; restart the killed manager
 #   from its data dir and wait until all three agree again. Then the same measurement on a
 #   3-member etcd (../shared/tools/etcd-failover) in the same run, and forwarded-write throughput.
+# Then one CLI command per new process (`cluster info`, 30 times): each is a new connection
+# and, with TLS, a new handshake.
 # Usage: scripts/failover-bench.sh [TRIALS]
+#   WARREN_BIN=... LOAD_BIN=... compare another build (say, one before TLS) in the same way;
+#   SKIP_ETCD=1 leaves out the etcd half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-20}
 ./scripts/deps.sh
-cargo build --release -q --bin warren --example create_load
-W=$PWD/target/release/warren
-LOAD=$PWD/target/release/examples/create_load
+if [ -z "${WARREN_BIN:-}" ]; then cargo build --release -q --bin warren --example create_load; fi
+W=${WARREN_BIN:-$PWD/target/release/warren}
+LOAD=${LOAD_BIN:-$PWD/target/release/examples/create_load}
 T=$(mktemp -d -t warren-failover.XXXXXX)
 declare -A PID API
 cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
@@ -71,7 +75,16 @@ for clients in 1 16; do
   done
 done
 
-if command -v etcd >/dev/null; then
+cli=()
+for k in $(seq 1 30); do
+  t0=$(now); $W --manager ${API[$leader]} cluster info >/dev/null; t1=$(now)
+  cli+=("$(python3 -c "print(f'{($t1-$t0)*1000:.1f}')")")
+done
+echo "one CLI command (cluster info, new process and connection each): median $(printf '%s\n' "${cli[@]}" | sort -n | sed -n 15p) ms over 30"
+
+if [ "${SKIP_ETCD:-}" = 1 ]; then
+  :
+elif command -v etcd >/dev/null; then
   ../shared/tools/etcd-failover "$TRIALS" | tail -1
 else
   echo "etcd not installed (apt-get install etcd-server etcd-client) - skipped"

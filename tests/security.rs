@@ -304,3 +304,106 @@ fn no_plaintext_socket_is_open() {
     let out = warren(&m.api, &["cluster", "info"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+fn serial_of(tls_dir: &std::path::Path) -> Option<String> {
+    Credential::load(tls_dir, "node")
+        .ok()?
+        .identity()
+        .ok()
+        .map(|w| w.serial_hex)
+}
+
+/// Node certificates of 12 s (renewed at 6 s): three managers and a worker renew theirs at
+/// least twice, beyond the lifetime of their first certificate, while writes keep being
+/// acknowledged and the worker stays ready.
+#[test]
+fn certificates_renew_while_the_cluster_serves_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let m1 = ManagerProc::start_with(&tmp.path().join("m1"), &api, &raft, &["--cert-ttl", "12s"]);
+    let token = manager_token(&m1.api, &[]);
+    let mut procs = vec![m1];
+    for i in 2..=3u64 {
+        let leaders = procs[0].api.clone();
+        procs.push(ManagerProc::join(
+            i,
+            i as u8,
+            &token,
+            &leaders,
+            &tmp.path().join(format!("m{i}")),
+        ));
+        let apis: Vec<&str> = procs.iter().map(|p| p.api.as_str()).collect();
+        wait_cluster(&apis, &(1..=i).collect::<Vec<_>>(), FORM);
+    }
+    let wtoken = stdout(&warren(&procs[0].api, &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let all = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
+    let _w = WorkerProc::spawn(
+        &all,
+        Some(&wtoken),
+        "w1",
+        &tmp.path().join("w1"),
+        &["--runtime", "sim"],
+    );
+    let dirs: Vec<std::path::PathBuf> = procs
+        .iter()
+        .map(|p| p.data_dir.join("tls"))
+        .chain([tmp.path().join("w1").join("tls")])
+        .collect();
+    let first = wait_until("every node to have its certificate", FORM, || {
+        dirs.iter().map(|d| serial_of(d)).collect::<Option<Vec<String>>>()
+    });
+    // The latest expiry among the first certificates: past it, only renewed ones are valid.
+    let first_expiry = dirs
+        .iter()
+        .map(|d| Credential::load(d, "node").unwrap().identity().unwrap().not_after)
+        .max()
+        .unwrap();
+    let mut seen: Vec<std::collections::BTreeSet<String>> =
+        first.iter().map(|s| [s.clone()].into()).collect();
+    let mut writes = 0;
+    wait_until(
+        "two renewals on every node, with writes going on",
+        Duration::from_secs(60),
+        || {
+            let out = warren(
+                &all,
+                &[
+                    "service",
+                    "create",
+                    &format!("r{writes}"),
+                    "--image",
+                    "busybox",
+                    "--replicas",
+                    "0",
+                ],
+            );
+            assert!(out.status.success(), "write {writes} failed: {}", stderr(&out));
+            writes += 1;
+            for (d, s) in dirs.iter().zip(seen.iter_mut()) {
+                s.extend(serial_of(d));
+            }
+            (seen.iter().all(|s| s.len() >= 3) && std::time::SystemTime::now() > first_expiry).then_some(())
+        },
+    );
+    // Still serving after the first certificates expired: writes, and the worker is ready.
+    let out = warren(
+        &all,
+        &[
+            "service",
+            "create",
+            "after",
+            "--image",
+            "busybox",
+            "--replicas",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the worker to be ready", FORM, || {
+        let nodes = json_of(&all, &["node", "ls"]);
+        (nodes[0]["status"] == "ready").then_some(())
+    });
+}

@@ -383,6 +383,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_addr: String::new(),
                 bind_addr: String::new(),
                 data_dir: s.data_dir,
+                cert_ttl: crate::security::pki::DEFAULT_CERT_TTL,
                 timing: s.timing,
             };
             manager::start(opts, Mode::Resume, shutdown_signal()).await

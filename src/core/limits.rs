@@ -40,8 +40,10 @@ pub const MAX_TOKEN_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
 /// Unexpired certificates one holder (node or admin name) may have at once: renewing at half
 /// the lifetime leaves two; more means a caller renewing in a loop.
 pub const MAX_LIVE_CERTS_PER_HOLDER: usize = 8;
-/// Longest certificate lifetime a caller may ask for (`cluster admin-cert --ttl`).
+/// Longest certificate lifetime (`cluster admin-cert --ttl`, `cluster init --cert-ttl`).
 pub const MAX_CERT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
+/// Shortest node certificate lifetime (`cluster init --cert-ttl`; short ones are for tests).
+pub const MIN_CERT_TTL_MS: i64 = 10_000;
 /// Largest CA certificate or key stored in the replicated state.
 pub const MAX_CA_BYTES: usize = 16 * 1024;
 /// Raft terms a message may be ahead of this manager's; a larger jump is refused before

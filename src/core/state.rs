@@ -4,8 +4,8 @@
 //! (BTreeMaps only, no clock, no randomness) and a rejected command changes nothing.
 
 use super::limits::{
-    MAX_CA_BYTES, MAX_LIVE_CERTS_PER_HOLDER, MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES,
-    MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS,
+    MAX_CA_BYTES, MAX_CERT_TTL_MS, MAX_LIVE_CERTS_PER_HOLDER, MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES,
+    MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS, MIN_CERT_TTL_MS,
 };
 use super::model::*;
 use super::reconciler::TaskChange;
@@ -199,10 +199,12 @@ pub enum Command {
         rotate: bool,
         now_ms: i64,
     },
-    /// The cluster CA, set once right after `InitCluster` by the first manager.
+    /// The cluster CA, set once right after `InitCluster` by the first manager, with the
+    /// lifetime of the node certificates it will sign.
     InstallCa {
         cert_der: Vec<u8>,
         key_pkcs8: Vec<u8>,
+        cert_ttl_ms: i64,
     },
     /// A certificate a manager signed for `holder` (see `holder`), so that it can be revoked.
     /// A renewal names the certificate it renews, which must still be current: a holder
@@ -235,6 +237,8 @@ pub struct Pki {
     pub issued: BTreeMap<String, BTreeMap<String, i64>>,
     /// Revoked serial -> its expiry (after which it is dropped: it no longer verifies).
     pub revoked: BTreeMap<String, i64>,
+    /// Lifetime of node certificates (`cluster init --cert-ttl`); renewed at half of it.
+    pub cert_ttl_ms: i64,
 }
 
 impl Pki {
@@ -544,7 +548,21 @@ impl ClusterState {
                 self.pki.revoke_holder(&holder("worker", &id));
                 Ok(Outcome::NodeRemoved { id })
             }
-            Command::InstallCa { cert_der, key_pkcs8 } => {
+            Command::InstallCa {
+                cert_der,
+                key_pkcs8,
+                cert_ttl_ms,
+            } => {
+                if !(MIN_CERT_TTL_MS..=MAX_CERT_TTL_MS).contains(&cert_ttl_ms) {
+                    return Err(StateError::invalid(
+                        "certificate lifetime",
+                        format!(
+                            "between {} s and {} days",
+                            MIN_CERT_TTL_MS / 1000,
+                            MAX_CERT_TTL_MS / 86_400_000
+                        ),
+                    ));
+                }
                 if !self.pki.ca_cert_der.is_empty() {
                     return Err(StateError::FailedPrecondition(
                         "the cluster already has a CA".into(),
@@ -561,6 +579,7 @@ impl ClusterState {
                 }
                 self.pki.ca_cert_der = cert_der;
                 self.pki.ca_key_pkcs8 = key_pkcs8;
+                self.pki.cert_ttl_ms = cert_ttl_ms;
                 Ok(Outcome::Internal)
             }
             Command::RecordCertificate {
@@ -1521,6 +1540,7 @@ mod tests {
         let ca = Command::InstallCa {
             cert_der: vec![1; 10],
             key_pkcs8: vec![2; 10],
+            cert_ttl_ms: 86_400_000,
         };
         st.apply(10, ca.clone()).unwrap();
         assert!(

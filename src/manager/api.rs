@@ -198,6 +198,14 @@ impl Api {
             .map_err(|e| ApiError::Denied(e).into())
     }
 
+    /// The lifetime of node certificates (`cluster init --cert-ttl`).
+    fn node_cert_ttl(&self) -> std::time::Duration {
+        match self.read(|st| st.pki.cert_ttl_ms) {
+            ms if ms > 0 => std::time::Duration::from_millis(ms as u64),
+            _ => crate::security::pki::DEFAULT_CERT_TTL,
+        }
+    }
+
     /// The cluster CA, loaded from the replicated state.
     fn ca(&self) -> ApiResult<(String, crate::security::pki::Ca)> {
         let (cluster_id, cert, key) = self.read(|st| {
@@ -843,7 +851,7 @@ impl ClusterService for Api {
         &self,
         req: Request<pb::IssueCertificateRequest>,
     ) -> Reply<pb::IssuedCertificate> {
-        use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
+        use crate::security::pki::CertRole;
         self.allow(&req, Rpc::IssueCertificate, Target::None)?;
         let req = req.into_inner();
         let parsed = token::parse(&req.token).map_err(ApiError::Token)?;
@@ -884,7 +892,7 @@ impl ClusterService for Api {
                     CertRole::Manager
                 }
             };
-            self.sign_and_record(&req.csr_der, role, &req.node_id, DEFAULT_CERT_TTL, None)
+            self.sign_and_record(&req.csr_der, role, &req.node_id, self.node_cert_ttl(), None)
                 .await
         }
         .instrument(span)
@@ -895,15 +903,21 @@ impl ClusterService for Api {
         &self,
         req: Request<pb::RenewCertificateRequest>,
     ) -> Reply<pb::IssuedCertificate> {
-        use crate::security::pki::{CertRole, DEFAULT_CERT_TTL};
+        use crate::security::pki::CertRole;
         let who = self.allow(&req, Rpc::RenewCertificate, Target::None)?;
         let (role, id, serial) = match who {
             Caller::Manager { id, serial_hex } => (CertRole::Manager, id.to_string(), serial_hex),
             Caller::Worker { node_id, serial_hex } => (CertRole::Worker, node_id, serial_hex),
             _ => return Err(Status::permission_denied("only a node renews its certificate")),
         };
-        self.sign_and_record(&req.get_ref().csr_der, role, &id, DEFAULT_CERT_TTL, Some(serial))
-            .await
+        self.sign_and_record(
+            &req.get_ref().csr_der,
+            role,
+            &id,
+            self.node_cert_ttl(),
+            Some(serial),
+        )
+        .await
     }
 
     async fn issue_admin_certificate(

@@ -3,16 +3,20 @@
 //! at `manager join`, loaded on every later start.
 
 use super::Identity;
+use crate::core::limits::{MAX_CERT_TTL_MS, MIN_CERT_TTL_MS};
 use crate::raft::disk;
 use crate::security::pki::{self, Ca, CertRole, Key, DEFAULT_CERT_TTL};
 use crate::security::store::Credential;
 use anyhow::{anyhow, Context};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const TLS_DIR: &str = "tls";
 pub const ADMIN_DIR: &str = "admin";
-/// The new CA's key, kept only until the first leader has put the CA in the replicated state.
+/// The new CA's key, kept only until the first leader has put the CA in the replicated state,
+/// and the node certificate lifetime chosen at init.
 const INIT_CA_KEY: &str = "init-ca.key";
+const INIT_CERT_TTL: &str = "init-cert-ttl";
 
 pub fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TLS_DIR)
@@ -22,7 +26,13 @@ pub fn admin_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(ADMIN_DIR)
 }
 
-fn sign_new(ca: &Ca, cluster_id: &str, role: CertRole, id: &str) -> anyhow::Result<Credential> {
+fn sign_new(
+    ca: &Ca,
+    cluster_id: &str,
+    role: CertRole,
+    id: &str,
+    ttl: Duration,
+) -> anyhow::Result<Credential> {
     let key = Key::generate()?;
     let cert = ca.sign(
         &key.request()?,
@@ -30,7 +40,7 @@ fn sign_new(ca: &Ca, cluster_id: &str, role: CertRole, id: &str) -> anyhow::Resu
         role,
         id,
         std::time::SystemTime::now(),
-        DEFAULT_CERT_TTL,
+        ttl,
     )?;
     Ok(Credential {
         cert_der: cert,
@@ -41,10 +51,21 @@ fn sign_new(ca: &Ca, cluster_id: &str, role: CertRole, id: &str) -> anyhow::Resu
 
 /// `cluster init`: the cluster CA, this manager's credential and the first operator
 /// credential (`DATA_DIR/admin`). Done once; a restart of an init finds them.
-pub fn create_at_init(data_dir: &Path, identity: &Identity) -> anyhow::Result<Credential> {
+pub fn create_at_init(
+    data_dir: &Path,
+    identity: &Identity,
+    cert_ttl: Duration,
+) -> anyhow::Result<Credential> {
     let dir = tls_dir(data_dir);
     if Credential::exists(&dir, "node") {
         return load(data_dir);
+    }
+    let ttl_ms = cert_ttl.as_millis() as i64;
+    if !(MIN_CERT_TTL_MS..=MAX_CERT_TTL_MS).contains(&ttl_ms) {
+        anyhow::bail!(
+            "--cert-ttl {} is out of range: use 10s to 365d",
+            humantime::format_duration(cert_ttl)
+        );
     }
     let ca = Ca::create(&identity.cluster_id, std::time::SystemTime::now())?;
     disk::create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -53,13 +74,22 @@ pub fn create_at_init(data_dir: &Path, identity: &Identity) -> anyhow::Result<Cr
         pki::pem_encode("PRIVATE KEY", ca.key_pkcs8()).as_bytes(),
     )
     .with_context(|| format!("cannot write {}", dir.join(INIT_CA_KEY).display()))?;
-    let admin = sign_new(&ca, &identity.cluster_id, CertRole::Admin, "admin")?;
+    disk::write_private(&dir.join(INIT_CERT_TTL), ttl_ms.to_string().as_bytes())
+        .with_context(|| format!("cannot write {}", dir.join(INIT_CERT_TTL).display()))?;
+    let admin = sign_new(
+        &ca,
+        &identity.cluster_id,
+        CertRole::Admin,
+        "admin",
+        DEFAULT_CERT_TTL,
+    )?;
     admin.save(&admin_dir(data_dir), "admin")?;
     let own = sign_new(
         &ca,
         &identity.cluster_id,
         CertRole::Manager,
         &identity.node_id.to_string(),
+        cert_ttl,
     )?;
     own.save(&dir, "node")?;
     tracing::info!(
@@ -75,6 +105,7 @@ pub fn create_at_init(data_dir: &Path, identity: &Identity) -> anyhow::Result<Cr
 pub struct PendingCa {
     pub cert_der: Vec<u8>,
     pub key_pkcs8: Vec<u8>,
+    pub cert_ttl_ms: i64,
     pub issued: Vec<(String, String, i64)>,
 }
 
@@ -101,16 +132,21 @@ pub fn pending_ca(data_dir: &Path) -> anyhow::Result<Option<PendingCa>> {
             not_after_ms,
         ));
     }
+    let cert_ttl_ms = disk::read_durable(&dir.join(INIT_CERT_TTL))?
+        .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+        .unwrap_or(DEFAULT_CERT_TTL.as_millis() as i64);
     Ok(Some(PendingCa {
         cert_der: own.ca_der[0].clone(),
         key_pkcs8,
+        cert_ttl_ms,
         issued,
     }))
 }
 
 /// The CA is in the replicated state: its key file goes.
 pub fn pending_ca_done(data_dir: &Path) -> std::io::Result<()> {
-    disk::remove(&tls_dir(data_dir).join(INIT_CA_KEY))
+    disk::remove(&tls_dir(data_dir).join(INIT_CA_KEY))?;
+    disk::remove(&tls_dir(data_dir).join(INIT_CERT_TTL))
 }
 
 pub fn load(data_dir: &Path) -> anyhow::Result<Credential> {

@@ -486,6 +486,7 @@ pub async fn ensure_cluster_id(
             Some(p) if missing_ca => Some(Command::InstallCa {
                 cert_der: p.cert_der.clone(),
                 key_pkcs8: p.key_pkcs8.clone(),
+                cert_ttl_ms: p.cert_ttl_ms,
             }),
             Some(_) => unrecorded
                 .first()

@@ -70,6 +70,10 @@ pub struct ManagerOpts {
     /// Directory holding this manager's Raft log, snapshots and identity.
     #[arg(long, default_value = "./warren-data")]
     pub data_dir: PathBuf,
+    /// Lifetime of node certificates (managers and workers renew theirs at half of it);
+    /// used by `cluster init` only, 10s to 365d.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
     #[command(flatten)]
     pub timing: TimingOpts,
 }
@@ -344,7 +348,9 @@ pub async fn start(
             _ if crate::security::store::Credential::exists(&credentials::tls_dir(&opts.data_dir), "node") => {
                 credentials::load(&opts.data_dir)?
             }
-            Mode::Init if !identity.cluster_id.is_empty() && !db_existed => credentials::create_at_init(&opts.data_dir, &identity)?,
+            Mode::Init if !identity.cluster_id.is_empty() && !db_existed => {
+                credentials::create_at_init(&opts.data_dir, &identity, opts.cert_ttl)?
+            }
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => {
                 crate::security::enroll::enroll(
                     &credentials::tls_dir(&opts.data_dir),
@@ -415,6 +421,12 @@ pub async fn start(
         let raft_server = tokio::spawn(raft_service::serve(manager.clone(), raft_sock, wait_stop(stop_rx.clone())));
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
+        // Renews this manager's certificate through its own API (any manager signs).
+        let renew_task = tokio::spawn(crate::security::renew::keep_renewed(
+            credentials::tls_dir(&opts.data_dir),
+            manager.transport.clone(),
+            vec![manager.identity.api_addr.clone()],
+        ));
 
         // Joining happens with the servers up: the leader replicates to us while we wait.
         let join = async {
@@ -454,6 +466,7 @@ pub async fn start(
         info!("shutting down");
         let _ = stop_tx.send(true);
         cluster_id_task.abort();
+        renew_task.abort();
         probe_task.abort();
         election_task.abort();
         orchestrator_task.abort();

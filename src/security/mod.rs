@@ -12,6 +12,7 @@
 
 pub mod enroll;
 pub mod pki;
+pub mod renew;
 pub mod store;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -57,6 +57,8 @@ impl CertRole {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CertIdentity {
     pub cluster_id: String,
+    /// When it was issued (its validity starts `BACKDATE` earlier).
+    pub issued_at: SystemTime,
     pub role: CertRole,
     /// A manager's numeric id, a worker's node id, or an admin's name.
     pub id: String,
@@ -288,13 +290,25 @@ pub fn identity(cert_der: &[u8]) -> Result<CertIdentity, PkiError> {
     check_name(cluster_id).and(check_name(id))?;
     let not_after =
         std::time::UNIX_EPOCH + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+    let issued_at = std::time::UNIX_EPOCH
+        + Duration::from_secs(cert.validity().not_before.timestamp().max(0) as u64)
+        + BACKDATE;
     Ok(CertIdentity {
         cluster_id: cluster_id.to_string(),
+        issued_at,
         role,
         id: id.to_string(),
         serial_hex: hex::encode(cert.raw_serial()),
         not_after,
     })
+}
+
+impl CertIdentity {
+    /// When its holder should get a new one: half way through its life.
+    pub fn renew_at(&self) -> SystemTime {
+        let life = self.not_after.duration_since(self.issued_at).unwrap_or_default();
+        self.issued_at + life / 2
+    }
 }
 
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -360,6 +374,8 @@ mod tests {
             ("c0ffee", CertRole::Worker, "edge-1")
         );
         assert_eq!(id.not_after, now() + DEFAULT_CERT_TTL);
+        assert_eq!(id.issued_at, now());
+        assert_eq!(id.renew_at(), now() + DEFAULT_CERT_TTL / 2);
         assert_eq!(id.serial_hex.len(), 32);
         // The CA reloaded from its stored form signs certificates that chain the same way.
         let again = Ca::load(&ca.cert_der, ca.key_pkcs8()).unwrap();

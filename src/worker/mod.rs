@@ -222,7 +222,12 @@ pub async fn start(
                 opts.node_id
             );
         }
-        let client = Arc::new(Client::new(&opts.managers, crate::security::Transport::new(&credential)?)?);
+        let transport = crate::security::Transport::new(&credential)?;
+        let client = Arc::new(Client::new(&opts.managers, transport.clone())?);
+        let renewal = tokio::spawn(
+            crate::security::renew::keep_renewed(tls_dir.clone(), transport, opts.managers.clone()).in_current_span(),
+        );
+        let _renewal = AbortOnDrop(renewal);
         // Spread workers over the managers (stable per node id).
         let spread = opts.node_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         client.start_at(spread);
@@ -824,5 +829,14 @@ impl Agent {
             self.report(r);
         }
         self.publish(local);
+    }
+}
+
+/// Ends a background task when the scope that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,0 +1,107 @@
+//! Keeps a node's certificate fresh: at half its life the node makes a new key, asks any
+//! manager to sign it (`RenewCertificate`, authenticated by the current certificate), saves
+//! the new credential and presents it on every new connection from then on. Connections open
+//! at the time keep the certificate they were made with until they close.
+
+use super::pki::Key;
+use super::store::Credential;
+use super::Transport;
+use crate::client::Client;
+use crate::proto::v1 as pb;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+/// Looks at the certificate at least this often.
+const CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Renews `DIR/node.*` for ever (until the task is dropped), through `managers`.
+pub async fn keep_renewed(dir: PathBuf, transport: Transport, managers: Vec<String>) {
+    let mut backoff = crate::retry::Backoff::new(1_000, 60_000);
+    loop {
+        let cred = match Credential::load(&dir, "node") {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read this node's certificate; renewal waits");
+                tokio::time::sleep(CHECK_INTERVAL).await;
+                continue;
+            }
+        };
+        let Ok(who) = cred.identity() else { return };
+        let now = SystemTime::now();
+        let due = who.renew_at();
+        if now < due {
+            let wait = due.duration_since(now).unwrap_or_default().min(CHECK_INTERVAL);
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        // A new connection each time: it must present the current certificate (one opened
+        // earlier still speaks for the one it was opened with).
+        let client = match Client::new(&managers, transport.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot renew the certificate");
+                return;
+            }
+        };
+        match renew_once(&client, &cred).await {
+            Ok(new) => {
+                if let Err(e) = new.save(&dir, "node") {
+                    warn!(error = %e, "cannot save the renewed certificate; retrying");
+                    backoff.wait(None).await;
+                    continue;
+                }
+                if let Err(e) = transport.set_own(&new) {
+                    warn!(error = %e, "cannot use the renewed certificate");
+                }
+                let next = new.identity().map(|w| w.not_after).unwrap_or(now);
+                info!(
+                    old_serial = %who.serial_hex,
+                    valid_until = %humantime::format_rfc3339_seconds(next),
+                    "certificate renewed"
+                );
+                backoff = crate::retry::Backoff::new(1_000, 60_000);
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    expires = %humantime::format_rfc3339_seconds(who.not_after),
+                    "certificate renewal failed; retrying"
+                );
+                backoff.wait(None).await;
+            }
+        }
+    }
+}
+
+async fn renew_once(client: &Client, old: &Credential) -> anyhow::Result<Credential> {
+    let key = Key::generate()?;
+    let req = pb::RenewCertificateRequest {
+        csr_der: key.request()?,
+    };
+    let issued = client
+        .call(|mut s| {
+            let req = req.clone();
+            async move { s.cluster.renew_certificate(req).await }
+        })
+        .await?;
+    let new = Credential {
+        cert_der: issued.cert_der,
+        key_pkcs8: key.pkcs8_der().to_vec(),
+        ca_der: if issued.ca_der.is_empty() {
+            old.ca_der.clone()
+        } else {
+            issued.ca_der
+        },
+    };
+    let (a, b) = (old.identity()?, new.identity()?);
+    anyhow::ensure!(
+        (a.role, &a.id, &a.cluster_id) == (b.role, &b.id, &b.cluster_id),
+        "the renewed certificate names {}/{} instead of {}/{}",
+        b.role.as_str(),
+        b.id,
+        a.role.as_str(),
+        a.id
+    );
+    Ok(new)
+}
