@@ -110,27 +110,40 @@ async fn updates(c: &Client, pid: u32) -> anyhow::Result<()> {
 }
 
 async fn streams(api: &str, c: &Client, pid: u32) -> anyhow::Result<()> {
+    // 50 worker identities, each with its own certificate (as `worker start` gets one), and
+    // registered with it: only a worker may watch its own node's assignments.
     let token = c.join_token(pb::Role::Worker, 3600, false).await?.token;
+    let dir = std::env::temp_dir().join(format!("memory-probe-{}", std::process::id()));
+    let mut transports = std::collections::BTreeMap::new();
     for n in 0..50 {
+        let node = format!("probe-{n}");
+        let cred = warren::security::enroll::enroll(
+            &dir.join(&node),
+            &token,
+            &[api],
+            warren::core::Role::Worker,
+            &node,
+        )
+        .await?;
+        let transport = warren::security::Transport::new(&cred)?;
         let req = pb::RegisterNodeRequest {
-            token: token.clone(),
-            node_id: format!("probe-{n}"),
+            node_id: node.clone(),
             address: format!("10.9.0.{n}:1"),
             ..Default::default()
         };
-        c.call(|mut s| {
-            let req = req.clone();
-            async move { s.nodes.register_node(req).await }
-        })
-        .await?;
+        Client::new(&[api], transport.clone())?
+            .call(|mut s| {
+                let req = req.clone();
+                async move { s.nodes.register_node(req).await }
+            })
+            .await?;
+        transports.insert(node, transport);
     }
     let open = |node: String| {
         let api = api.to_string();
+        let transport = transports[&node].clone();
         async move {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?;
-            let transport = warren::security::Transport::new(&warren::security::operator_credential(None)?)?;
-            // An operator credential may not watch a node's assignments (core::authz): these
-            // streams are now refused; measuring held streams needs worker credentials.
             let ch = transport.connect(&ep).await?;
             let mut t = pb::task_service_client::TaskServiceClient::new(ch);
             let r = t
@@ -162,6 +175,7 @@ async fn streams(api: &str, c: &Client, pid: u32) -> anyhow::Result<()> {
     drop(held);
     p.end(Duration::from_secs(5)).await;
     println!("streams_accepted_50_nodes={accepted}");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

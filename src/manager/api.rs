@@ -954,14 +954,20 @@ impl ClusterService for Api {
     ) -> Reply<pb::RemoveManagerResponse> {
         self.allow(&req, Rpc::RemoveManager, Target::None)?;
         let req = req.into_inner();
-        let op = LeaderOp::RemoveManager {
-            id: req.node_id,
-            force: req.force,
-        };
-        leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+        let holder = core::state::holder("manager", &req.node_id.to_string());
+        let member = self.m.members().contains_key(&req.node_id);
+        let certified = self.read(|st| st.pki.issued.contains_key(&holder));
+        // A manager already out of the membership whose certificates are still live (an
+        // earlier removal whose revocation failed) only needs the revocation.
+        if member || !certified {
+            let op = LeaderOp::RemoveManager {
+                id: req.node_id,
+                force: req.force,
+            };
+            leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+        }
         // Out of the membership: now its certificates stop working (not before: a removal
         // refused for quorum must leave the manager able to talk).
-        let holder = core::state::holder("manager", &req.node_id.to_string());
         if let Err(e) = self.m.write(Command::RevokeHolder { holder }).await {
             tracing::warn!(manager = req.node_id, error = %e, "removed, but revoking its certificates failed");
             return Err(ApiError::Unavailable(format!(
