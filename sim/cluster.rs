@@ -82,6 +82,10 @@ impl Cluster {
     pub async fn start_with(n: u64, scenario: &str, flags: Vec<String>) -> Cluster {
         warren::raft::disk::sim::reset_all();
         warren::worker::sim_runtime::SimRuntime::reset_hosts();
+        // Every request is authorized as in production: each host presents the credential
+        // it holds (the operator's on the client host), known by its address.
+        warren::security::sim_seam::reset();
+        warren::security::sim_seam::enforce(true);
         if let Ok(filter) = std::env::var("RUST_LOG") {
             // Debugging aid: daemon logs with simulated timestamps.
             let _ = tracing_subscriber::fmt()
@@ -97,6 +101,7 @@ impl Cluster {
             .name("client")
             .ip("10.0.1.1".parse().unwrap())
             .build();
+        warren::security::sim_seam::bind_host("10.0.1.1".parse().unwrap(), client_node.id());
         let mut c = Cluster {
             handle,
             managers: BTreeMap::new(),
@@ -160,6 +165,7 @@ impl Cluster {
                 }
             })
             .build();
+        warren::security::sim_seam::bind_host(format!("10.0.0.{i}").parse().unwrap(), node.id());
         self.managers.insert(i, node);
     }
 
@@ -257,6 +263,7 @@ impl Cluster {
                 }
             })
             .build();
+        warren::security::sim_seam::bind_host(format!("10.0.2.{i}").parse().unwrap(), node.id());
         self.workers.insert(i, node);
     }
 
@@ -292,17 +299,25 @@ impl Cluster {
     }
 }
 
-/// A client that talks to one manager only.
-/// (The simulated operator presents no credential yet: the simulator does not enforce
-/// `core::authz` until its hosts publish theirs; see `security::sim_seam`.)
-pub fn client_of(id: u64) -> Client {
-    Client::new(&[api_addr(id)], warren::security::Transport::bootstrap()).unwrap()
+/// The operator credential `cluster init` wrote on manager 1's (simulated) disk; none
+/// before it has.
+pub fn operator() -> warren::security::Transport {
+    let dir = std::path::Path::new("/sim/manager-1/admin");
+    match warren::security::store::Credential::load(dir, "admin") {
+        Ok(cred) => warren::security::Transport::new(&cred).unwrap(),
+        Err(_) => warren::security::Transport::bootstrap(),
+    }
 }
 
-/// A client for all `ids`, failing over between them.
+/// A client that talks to one manager only, as the operator.
+pub fn client_of(id: u64) -> Client {
+    Client::new(&[api_addr(id)], operator()).unwrap()
+}
+
+/// A client for all `ids`, failing over between them, as the operator.
 pub fn client_of_all(ids: impl IntoIterator<Item = u64>) -> Client {
     let addrs: Vec<String> = ids.into_iter().map(api_addr).collect();
-    Client::new(&addrs, warren::security::Transport::bootstrap()).unwrap()
+    Client::new(&addrs, operator()).unwrap()
 }
 
 pub async fn cluster_info(id: u64) -> Option<pb::ClusterInfo> {

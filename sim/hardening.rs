@@ -198,3 +198,155 @@ async fn a_flipped_byte_on_disk_is_refused_at_restart() {
     }
     eprintln!("{flipped} copies changed; restart refused: {refused}");
 }
+
+fn ok<T>(r: Result<T, warren::client::ClientError>) -> Result<(), warren::client::ClientError> {
+    r.map(|_| ())
+}
+
+/// Every call a hostile host would make, through `transport`, against every manager; returns
+/// (calls answered with data or success, calls refused as unauthenticated or forbidden).
+async fn attack(transport: warren::security::Transport, rounds: u64) -> (u64, u64) {
+    use tonic::Code;
+    let (mut answered, mut refused) = (0, 0);
+    let mut tally = |r: Result<(), warren::client::ClientError>| match r {
+        Ok(()) => answered += 1,
+        Err(e) if matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated) => refused += 1,
+        Err(_) => {}
+    };
+    for round in 0..rounds {
+        for id in [1u64, 2, 3] {
+            let c = warren::client::Client::new(&[api_addr(id)], transport.clone()).unwrap();
+            tally(ok(c.list_services(false).await));
+            tally(ok(c.list_nodes().await));
+            tally(ok(create_service(
+                &c,
+                &format!("rogue-{round}-{id}"),
+                1,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap_or(Err(warren::client::ClientError::NoManagers))));
+            tally(ok(c.join_token(pb::Role::Manager, 60, false).await));
+            tally(ok(c
+                .call(|mut s| async move {
+                    s.nodes
+                        .heartbeat(pb::HeartbeatRequest {
+                            node_id: "worker-1".into(),
+                            changes: vec![],
+                        })
+                        .await
+                })
+                .await));
+            tally(ok(c
+                .call(|mut s| async move {
+                    s.tasks
+                        .watch_assignments(pb::WatchAssignmentsRequest {
+                            node_id: "worker-1".into(),
+                            resume_after_seq: 0,
+                        })
+                        .await
+                })
+                .await));
+            tally(ok(c
+                .call(|mut s| async move {
+                    s.services
+                        .delete_service(pb::DeleteServiceRequest {
+                            service: "web".into(),
+                        })
+                        .await
+                })
+                .await));
+            // And the Raft port, as a would-be manager.
+            if let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", raft_addr(id))) {
+                if let Ok(ch) = transport.connect(&ep).await {
+                    let vote = openraft::raft::VoteRequest::<u64> {
+                        vote: openraft::Vote::new(5 + round, 99),
+                        last_log_id: None,
+                    };
+                    let r = RaftServiceClient::new(ch).vote(encode(&vote)).await;
+                    tally(r.map(|_| ()).map_err(warren::client::ClientError::Status));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (answered, refused)
+}
+
+/// Two hostile hosts during a leader kill: one with no credential, one holding the
+/// credential of a worker that was removed (so revoked). Every call of theirs is refused,
+/// none changes the state or reads anything, and the cluster carries on.
+#[madsim::test]
+async fn rogue_hosts_change_nothing_and_read_nothing() {
+    let mut c = Cluster::start(3, "hardening::rogue_hosts_change_nothing_and_read_nothing").await;
+    c.start_workers(2, &[]).await;
+    c.on_client(async {
+        create_service(&client_of_all([1, 2, 3]), "web", 2, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap()
+    })
+    .await;
+    // Worker 2 goes away and is removed: its certificate is revoked.
+    c.kill_worker(2);
+    c.on_client(async {
+        client_of_all([1, 2, 3])
+            .call_write(|mut s| {
+                let req = s.req(pb::RemoveNodeRequest {
+                    id: "worker-2".into(),
+                    force: true,
+                });
+                async move { s.nodes.remove_node(req).await }
+            })
+            .await
+            .unwrap()
+    })
+    .await;
+    let services_before = c.on_client(service_names(1)).await.unwrap();
+    let stolen =
+        warren::security::store::Credential::load(std::path::Path::new("/sim/worker-2/tls"), "node").unwrap();
+    let handle = madsim::runtime::Handle::current();
+    let mut rogues = Vec::new();
+    for (k, cred) in [(1u8, None), (2u8, Some(stolen))] {
+        let node = handle
+            .create_node()
+            .name(format!("rogue-{k}"))
+            .ip(format!("10.0.3.{k}").parse().unwrap())
+            .build();
+        warren::security::sim_seam::bind_host(format!("10.0.3.{k}").parse().unwrap(), node.id());
+        rogues.push(node.spawn(async move {
+            let transport = match &cred {
+                Some(c) => warren::security::Transport::new(c).unwrap(),
+                None => warren::security::Transport::bootstrap(),
+            };
+            attack(transport, 10).await
+        }));
+    }
+    let leader = c
+        .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(madsim::rand::random::<u64>() % 1_000)).await;
+    c.kill(leader);
+    let mut refused_total = 0;
+    for r in rogues {
+        let (answered, refused) = r.await.unwrap();
+        assert_eq!(answered, 0, "a rogue host got an answer");
+        refused_total += refused;
+    }
+    assert!(
+        refused_total > 0,
+        "nothing was refused: authorization is not being checked"
+    );
+    c.restart(leader);
+    c.on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(20)))
+        .await;
+    let after = c.on_client(service_names(1)).await.unwrap();
+    assert_eq!(after, services_before, "a rogue host changed the services");
+    let nodes = c.on_client(list_nodes(1)).await.unwrap();
+    let ids: BTreeSet<String> = nodes.into_iter().map(|n| n.id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["worker-1".to_string()]),
+        "a rogue host changed the nodes"
+    );
+}
