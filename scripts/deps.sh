@@ -2,7 +2,7 @@
 # Installs what building and testing Warren needs on Debian: protoc for the gRPC code; for
 # the real-container tests and the demo, containerd + runc, a registry (docker-registry),
 # umoci + skopeo + busybox-static to build the test image, htpasswd (apache2-utils) for a
-# registry with a password, curl and python3.
+# registry with a password, curl and python3; ss (iproute2) to check which sockets listen.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
@@ -15,6 +15,7 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+command -v ss >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive

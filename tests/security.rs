@@ -274,31 +274,48 @@ fn ok_create(api: &str, name: &str) {
     assert!(out.status.success(), "create {name}: {}", stderr(&out));
 }
 
+/// A plaintext gRPC client gets no answer from `addr`.
+fn assert_no_plaintext(addr: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await;
+        match ch {
+            Err(e) => Err(e.to_string()),
+            Ok(ch) => pb::cluster_service_client::ClusterServiceClient::new(ch)
+                .get_ca_certificate(pb::GetCaCertificateRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        }
+    });
+    assert!(r.is_err(), "{addr}: a plaintext client got an answer");
+}
+
+/// The TCP ports process `pid` listens on, as `ss` shows them.
+fn listening(pid: u32) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnpH"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
 /// Nothing answers in plaintext: not the API, not the Raft port.
 #[test]
 fn no_plaintext_socket_is_open() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
     for addr in [&m.api, &m.raft] {
-        let r = rt.block_on(async {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .connect()
-                .await;
-            match ch {
-                Err(e) => Err(e.to_string()),
-                Ok(ch) => pb::cluster_service_client::ClusterServiceClient::new(ch)
-                    .get_ca_certificate(pb::GetCaCertificateRequest {})
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
-            }
-        });
-        let e = r.expect_err("a plaintext client got an answer");
-        assert!(!e.starts_with("Ok"), "{addr}: {e}");
+        assert_no_plaintext(addr);
     }
     // The CLI with the operator credential gets through.
     let out = warren(&m.api, &["cluster", "info"]);
@@ -313,9 +330,10 @@ fn serial_of(tls_dir: &std::path::Path) -> Option<String> {
         .map(|w| w.serial_hex)
 }
 
-/// Node certificates of 12 s (renewed at 6 s): three managers and a worker renew theirs at
-/// least twice, beyond the lifetime of their first certificate, while writes keep being
-/// acknowledged and the worker stays ready.
+/// Three managers and two workers formed with tokens over mTLS, with no plaintext socket
+/// (checked with `ss` and a plaintext client). Node certificates of 12 s (renewed at 6 s):
+/// the managers and a worker renew theirs at least twice, beyond the lifetime of their first
+/// certificate, while writes keep being acknowledged and the workers stay ready.
 #[test]
 fn certificates_renew_while_the_cluster_serves_writes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -340,17 +358,53 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         .trim()
         .to_string();
     let all = procs.iter().map(|p| p.api.clone()).collect::<Vec<_>>().join(",");
-    let _w = WorkerProc::spawn(
+    let w1 = WorkerProc::spawn(
         &all,
         Some(&wtoken),
         "w1",
         &tmp.path().join("w1"),
         &["--runtime", "sim"],
     );
+    let w2 = WorkerProc::spawn(
+        &all,
+        Some(&wtoken),
+        "w2",
+        &tmp.path().join("w2"),
+        &["--runtime", "sim"],
+    );
+    wait_until("both workers ready", Duration::from_secs(60), || {
+        let nodes = json_of(&all, &["node", "ls"]);
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == 2).then_some(())
+    });
+    // No plaintext socket anywhere: each manager listens on its two ports only, both TLS;
+    // workers listen on nothing (they dial out).
+    for p in &procs {
+        let ports = listening(p.child.id());
+        let want: std::collections::BTreeSet<String> = [p.api.clone(), p.raft.clone()].into();
+        assert_eq!(
+            ports, want,
+            "manager {} listens on more than its two ports",
+            p.api
+        );
+        for addr in &ports {
+            assert_no_plaintext(addr);
+        }
+    }
+    for w in [&w1, &w2] {
+        assert!(listening(w.child.id()).is_empty(), "a worker listens");
+    }
     let dirs: Vec<std::path::PathBuf> = procs
         .iter()
         .map(|p| p.data_dir.join("tls"))
-        .chain([tmp.path().join("w1").join("tls")])
+        .chain([
+            tmp.path().join("w1").join("tls"),
+            tmp.path().join("w2").join("tls"),
+        ])
         .collect();
     let first = wait_until("every node to have its certificate", FORM, || {
         dirs.iter().map(|d| serial_of(d)).collect::<Option<Vec<String>>>()
@@ -402,8 +456,13 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_until("the worker to be ready", FORM, || {
+    wait_until("the workers to be ready", FORM, || {
         let nodes = json_of(&all, &["node", "ls"]);
-        (nodes[0]["status"] == "ready").then_some(())
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == 2).then_some(())
     });
 }
