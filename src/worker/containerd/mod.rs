@@ -327,7 +327,7 @@ impl ContainerdRuntime {
     /// snapshot; what is already gone is skipped.
     async fn delete_all(&self, id: &str) -> Result<(), RuntimeError> {
         let mut tasks = TasksClient::new(self.conn.channel.clone());
-        let _ = tasks
+        let killed = tasks
             .kill(self.conn.req(KillRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
@@ -335,29 +335,30 @@ impl ContainerdRuntime {
                 all: true,
             }))
             .await;
+        // Delete refuses a process that has not been reaped yet (containerd 1.6 says so
+        // with code Unknown, not FailedPrecondition), so wait for the exit first.
+        if killed.is_ok() {
+            let _ = tokio::time::timeout(KILL_WAIT, self.wait(id)).await;
+        }
         let ignore_missing = |r: Result<(), tonic::Status>| match r {
             Ok(()) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(status_to_error(s)),
         };
-        let deleted = tasks
-            .delete(self.conn.req(DeleteTaskRequest {
+        let delete = || {
+            let mut tasks = tasks.clone();
+            let req = self.conn.req(DeleteTaskRequest {
                 container_id: id.to_string(),
-            }))
-            .await
-            .map(|_| ());
-        match deleted {
-            // Still running a moment after SIGKILL: wait for it, then delete.
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            });
+            async move { tasks.delete(req).await.map(|_| ()) }
+        };
+        match delete().await {
+            // Still running (a process of the task outlived init): wait again, once.
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition || s.message().contains("running process") =>
+            {
                 let _ = tokio::time::timeout(KILL_WAIT, self.wait(id)).await;
-                ignore_missing(
-                    tasks
-                        .delete(self.conn.req(DeleteTaskRequest {
-                            container_id: id.to_string(),
-                        }))
-                        .await
-                        .map(|_| ()),
-                )?;
+                ignore_missing(delete().await)?;
             }
             other => ignore_missing(other)?,
         }
