@@ -58,7 +58,9 @@ pub struct Client {
     /// mutual TLS with this process's credential (`security`).
     transport: crate::security::Transport,
     /// One open channel per endpoint, reused across calls; dropped on a connection error.
-    channels: Mutex<Vec<Option<Channel>>>,
+    /// Each with the transport generation it was opened at (an older one is replaced: it
+    /// presents a renewed-away certificate).
+    channels: Mutex<Vec<Option<(u64, Channel)>>>,
     current: AtomicUsize,
     /// Pick the first manager to answer rather than the first listed (off once a caller
     /// chose where to start with `start_at`).
@@ -219,6 +221,19 @@ impl Client {
             .join(", ")
     }
 
+    /// The open channel to endpoint `i`, if it was opened with the current credential.
+    fn cached(&self, i: usize) -> Option<Channel> {
+        let generation = self.transport.generation();
+        match &self.channels.lock().unwrap()[i] {
+            Some((g, ch)) if *g == generation => Some(ch.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, i: usize, ch: Channel) {
+        self.channels.lock().unwrap()[i] = Some((self.transport.generation(), ch));
+    }
+
     /// Talks first to whichever manager answers first, when the current one has no open
     /// channel: a cheap `GetClusterInfo` races on all of them (a TCP connect alone is not
     /// enough: a hung host accepts connections and then answers nothing). An unreachable or
@@ -226,7 +241,7 @@ impl Client {
     async fn connect_fastest(&self) {
         let start = self.current.load(Ordering::Relaxed);
         if !self.race_first.load(Ordering::Relaxed)
-            || self.channels.lock().unwrap()[start].is_some()
+            || self.cached(start).is_some()
             || self.endpoints.len() < 2
         {
             return;
@@ -251,7 +266,7 @@ impl Client {
             })
         });
         if let Ok(((i, ch), _)) = futures::future::select_ok(attempts).await {
-            self.channels.lock().unwrap()[i] = Some(ch);
+            self.keep(i, ch);
             self.current.store(i, Ordering::Relaxed);
         }
     }
@@ -268,12 +283,12 @@ impl Client {
         for k in 0..n {
             let i = (start + k) % n;
             let (addr, ep) = &self.endpoints[i];
-            let cached = self.channels.lock().unwrap()[i].clone();
+            let cached = self.cached(i);
             let ch = match cached {
                 Some(ch) => ch,
                 None => match self.transport.connect(ep).await {
                     Ok(ch) => {
-                        self.channels.lock().unwrap()[i] = Some(ch.clone());
+                        self.keep(i, ch.clone());
                         ch
                     }
                     Err(e) => {

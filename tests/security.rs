@@ -466,3 +466,126 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         (ready == 2).then_some(())
     });
 }
+
+/// (id, node, container, state) of every task of `service` that should run.
+fn tasks_of(api: &str, service: &str) -> Vec<(String, String, String, String)> {
+    json_of(api, &["service", "ps", service])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["desired_state"] == "running")
+        .map(|t| {
+            let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+            (s("id"), s("node"), s("container_id"), s("state"))
+        })
+        .collect()
+}
+
+/// `cluster ca --rotate` on 3 managers and 2 workers with a service running: every node
+/// renews from the new CA, nobody trusts the old one afterwards (an operator credential of
+/// the old CA is refused), and no task restarts.
+#[test]
+fn ca_rotation_replaces_every_certificate_without_restarting_a_task() {
+    let cluster = Cluster::form(3);
+    let all = cluster.all();
+    let wtoken = stdout(&warren(&all, &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let workers: Vec<WorkerProc> = ["w1", "w2"]
+        .iter()
+        .map(|w| WorkerProc::spawn(&all, Some(&wtoken), w, &tmp.path().join(w), &["--runtime", "sim"]))
+        .collect();
+    let out = warren(
+        &all,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = wait_until(
+        "4 tasks running on the two workers",
+        Duration::from_secs(60),
+        || {
+            let t = tasks_of(&all, "web");
+            let nodes: std::collections::BTreeSet<&str> = t.iter().map(|x| x.1.as_str()).collect();
+            (t.len() == 4 && t.iter().all(|x| x.3 == "running") && nodes.len() == 2).then_some(t)
+        },
+    );
+    let started = || -> usize {
+        workers
+            .iter()
+            .map(|w| w.log_text().matches("task started").count())
+            .sum()
+    };
+    let started_before = started();
+    assert_eq!(started_before, 4, "the worker logs name each start");
+    let admin_dir = admin_dir_for(cluster.api(1)).expect("the operator credential");
+    let old_admin = tmp.path().join("old-admin");
+    std::fs::create_dir(&old_admin).unwrap();
+    for f in ["admin.crt", "admin.key", "ca.crt"] {
+        std::fs::copy(admin_dir.join(f), old_admin.join(f)).unwrap();
+    }
+    let old_ca = Credential::load(&old_admin, "admin").unwrap().ca_der;
+
+    let out = warren(&all, &["cluster", "ca", "--rotate", "--timeout", "120s"]);
+    assert!(out.status.success(), "rotate: {}", stderr(&out));
+    assert!(stdout(&out).contains("CA rotation complete"), "{}", stdout(&out));
+    let status = stdout(&warren(&all, &["cluster", "ca"]));
+    assert!(status.contains("no rotation under way"), "{status}");
+    // The operator credential in use was replaced by one of the new CA, which it alone trusts.
+    let admin = Credential::load(&admin_dir, "admin").unwrap();
+    assert_eq!(admin.ca_der.len(), 1);
+    let new_ca = admin.ca_der[0].clone();
+    assert_ne!(vec![new_ca.clone()], old_ca);
+    assert!(warren::security::pki::issued_by(&admin.cert_der, &new_ca));
+    assert!(
+        status.contains(&warren::security::pki::fingerprint_hex(&new_ca)),
+        "{status}"
+    );
+
+    // Every node holds a certificate of the new CA and, soon, trusts only it.
+    let dirs: Vec<std::path::PathBuf> = cluster
+        .procs
+        .iter()
+        .map(|p| p.data_dir.join("tls"))
+        .chain(["w1", "w2"].iter().map(|w| tmp.path().join(w).join("tls")))
+        .collect();
+    wait_until("every node to trust only the new CA", FORM, || {
+        dirs.iter()
+            .all(|d| {
+                let c = Credential::load(d, "node").unwrap();
+                warren::security::pki::issued_by(&c.cert_der, &new_ca) && c.ca_der == vec![new_ca.clone()]
+            })
+            .then_some(())
+    });
+    // The old CA's operator credential is refused, with what to do.
+    let out = warren_cmd(&all)
+        .args(["--manager", &all, "--tls-dir"])
+        .arg(&old_admin)
+        .args(["service", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an old-CA credential still works");
+    assert!(stderr(&out).contains("admin-cert"), "{}", stderr(&out));
+    // The cluster serves writes, the workers are ready, and not a task restarted.
+    ok_create(&all, "after-rotation");
+    wait_until("both workers ready", FORM, || {
+        let nodes = json_of(&all, &["node", "ls"]);
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == 2).then_some(())
+    });
+    assert_eq!(tasks_of(&all, "web"), before, "tasks changed during the rotation");
+    assert_eq!(started(), started_before, "a worker started a task again");
+    drop(workers);
+}

@@ -138,6 +138,22 @@ pub enum ClusterCmd {
         #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Show the cluster CA and any rotation under way; `--rotate` replaces the CA.
+    Ca {
+        /// Make a new CA. Every manager and worker renews its certificate at once (nothing
+        /// restarts) and the old CA stops being trusted when all have. The operator credential
+        /// in use is replaced by one of the new CA; other operators need new ones from
+        /// `warren cluster admin-cert` before the rotation completes; join tokens must be
+        /// issued again.
+        #[arg(long)]
+        rotate: bool,
+        /// With --rotate: return once the rotation has started.
+        #[arg(long, requires = "rotate")]
+        detach: bool,
+        /// With --rotate: how long to wait for every node (the rotation goes on after it).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,6 +417,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remove_manager(&c, me, force).await
         }
         Cmd::Manager(ManagerCmd::Remove { id, force }) => remove_manager(&client()?, id, force).await,
+        Cmd::Cluster(ClusterCmd::Ca {
+            rotate,
+            detach,
+            timeout,
+        }) => {
+            if rotate {
+                rotate_ca(&cli.manager, tls_dir.as_deref(), detach, timeout).await
+            } else {
+                let status = client()?
+                    .call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
+                    .await?;
+                print_ca_status(&status);
+                Ok(())
+            }
+        }
         Cmd::Cluster(ClusterCmd::AdminCert { out: dir, name, ttl }) => {
             use crate::security::{pki::Key, store::Credential};
             if Credential::exists(&dir, "admin") {
@@ -423,6 +454,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             let cred = Credential {
                 cert_der: issued.cert_der,
+                chain_der: issued.chain_der,
                 key_pkcs8: key.pkcs8_der().to_vec(),
                 ca_der: issued.ca_der,
             };
@@ -735,5 +767,106 @@ mod tests {
         );
         assert_eq!(key_values("--env", &a.env).unwrap()["A"], "1");
         assert!(key_values("--env", &["NOEQ".into()]).is_err());
+    }
+}
+
+fn print_ca_status(s: &pb::CaStatus) {
+    println!("CA fingerprint: {}", s.ca_fingerprint);
+    if s.rotating {
+        println!(
+            "rotation from {} under way since {}: {} of {} nodes renewed; waiting for {}",
+            s.old_ca_fingerprint,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(s.started_unix_ms.max(0) as u64)
+            ),
+            s.total as usize - s.pending.len(),
+            s.total,
+            s.pending.join(", ")
+        );
+    } else {
+        println!("no rotation under way");
+    }
+}
+
+/// `cluster ca --rotate`: starts the rotation, replaces the operator credential in use with
+/// one of the new CA, then follows the rotation until every node has renewed.
+async fn rotate_ca(
+    managers: &[String],
+    tls_dir: Option<&std::path::Path>,
+    detach: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use crate::security::{pki::Key, store::Credential, Transport};
+    let dir = crate::security::operator_dir(tls_dir);
+    let cred = crate::security::operator_credential(tls_dir)?;
+    let key = Key::generate()?;
+    let req = pb::RotateCaRequest {
+        csr_der: key.request()?,
+    };
+    let started = Client::new(managers, Transport::new(&cred)?)?
+        .call(|mut s| {
+            let req = req.clone();
+            async move { s.cluster.rotate_ca(req).await }
+        })
+        .await
+        .context("starting the CA rotation")?;
+    let issued = started
+        .admin
+        .ok_or_else(|| anyhow::anyhow!("the manager sent no new operator credential"))?;
+    let mut new = Credential {
+        cert_der: issued.cert_der,
+        chain_der: issued.chain_der,
+        key_pkcs8: key.pkcs8_der().to_vec(),
+        ca_der: issued.ca_der,
+    };
+    new.save(&dir, "admin")
+        .with_context(|| format!("saving the new operator credential in {}", dir.display()))?;
+    println!(
+        "CA rotation started: new CA {}; the operator credential in {} now comes from it (other operators need new ones from `warren cluster admin-cert` before the rotation completes; issue join tokens again)",
+        started.status.as_ref().map_or("", |s| s.ca_fingerprint.as_str()),
+        dir.display()
+    );
+    if detach {
+        return Ok(());
+    }
+    let client = Client::new(managers, Transport::new(&new)?)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown = None;
+    loop {
+        let status = client
+            .call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
+            .await?;
+        if !status.rotating {
+            // Trust only the new CA from now on.
+            let cas = client
+                .call(
+                    |mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await },
+                )
+                .await?;
+            new.ca_der = cas.certs_der;
+            new.save(&dir, "admin")?;
+            println!(
+                "CA rotation complete: every node renewed; the cluster trusts only CA {}",
+                status.ca_fingerprint
+            );
+            return Ok(());
+        }
+        let renewed = status.total as usize - status.pending.len();
+        if shown != Some(renewed) {
+            println!(
+                "{renewed} of {} nodes renewed; waiting for {}",
+                status.total,
+                status.pending.join(", ")
+            );
+            shown = Some(renewed);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the CA rotation is still waiting for {} after {}: a node that is down renews when it is back; remove one that is gone for good with `warren node rm` (workers) or `warren manager remove` (managers). The rotation goes on; `warren cluster ca` shows it",
+                status.pending.join(", "),
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

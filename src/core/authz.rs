@@ -19,14 +19,18 @@ pub enum Caller {
     Admin {
         name: String,
         serial_hex: String,
+        /// When its certificate expires (Unix ms).
+        expires_ms: i64,
     },
     Manager {
         id: u64,
         serial_hex: String,
+        expires_ms: i64,
     },
     Worker {
         node_id: String,
         serial_hex: String,
+        expires_ms: i64,
     },
 }
 
@@ -37,6 +41,15 @@ impl Caller {
             Caller::Admin { serial_hex, .. }
             | Caller::Manager { serial_hex, .. }
             | Caller::Worker { serial_hex, .. } => Some(serial_hex),
+        }
+    }
+
+    fn expires_ms(&self) -> Option<i64> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Admin { expires_ms, .. }
+            | Caller::Manager { expires_ms, .. }
+            | Caller::Worker { expires_ms, .. } => Some(*expires_ms),
         }
     }
 
@@ -63,6 +76,8 @@ pub enum Rpc {
     IssueCertificate,
     RenewCertificate,
     IssueAdminCertificate,
+    RotateCa,
+    GetCaStatus,
     // NodeService
     RegisterNode,
     Heartbeat,
@@ -93,7 +108,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 31] = [
+    pub const ALL: [Rpc; 33] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
@@ -102,6 +117,8 @@ impl Rpc {
         Rpc::IssueCertificate,
         Rpc::RenewCertificate,
         Rpc::IssueAdminCertificate,
+        Rpc::RotateCa,
+        Rpc::GetCaStatus,
         Rpc::RegisterNode,
         Rpc::Heartbeat,
         Rpc::ListNodes,
@@ -141,6 +158,8 @@ impl Rpc {
             | GenerateJoinToken
             | RemoveManager
             | IssueAdminCertificate
+            | RotateCa
+            | GetCaStatus
             | ListNodes
             | GetNode
             | UpdateNode
@@ -213,19 +232,28 @@ pub enum Denied {
         target: String,
         caller: String,
     },
-    #[error("this connection presents {caller}, which was revoked (its node was removed); a removed node must join again with a new token")]
+    #[error("this connection presents {caller}, which was revoked (its node was removed, or the cluster CA was rotated and this certificate was not replaced); a removed node must join again with a new token, and an operator needs a new credential from `warren cluster admin-cert`")]
     Revoked { caller: String },
+    /// A connection outlived its certificate (TLS checks it only when the connection opens).
+    #[error("this connection presents {caller}, which has expired; nodes renew theirs at half their lifetime and reconnect, operators get a new one with `warren cluster admin-cert`")]
+    Expired { caller: String },
 }
 
-/// May `caller` call `rpc` about `target`, given which serial numbers are revoked?
+/// May `caller` call `rpc` about `target` at `now_ms`, given which serial numbers are revoked?
 pub fn authorize(
     caller: &Caller,
     rpc: Rpc,
     target: Target<'_>,
+    now_ms: i64,
     revoked: impl Fn(&str) -> bool,
 ) -> Result<(), Denied> {
     if caller.serial().is_some_and(revoked) {
         return Err(Denied::Revoked {
+            caller: caller.describe(),
+        });
+    }
+    if caller.expires_ms().is_some_and(|exp| exp <= now_ms) {
+        return Err(Denied::Expired {
             caller: caller.describe(),
         });
     }
@@ -275,23 +303,36 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
+    const NOW_MS: i64 = 1_000;
+
     fn admin() -> Caller {
         Caller::Admin {
             name: "ops".into(),
             serial_hex: "a1".into(),
+            expires_ms: NOW_MS + 1,
         }
     }
     fn manager() -> Caller {
         Caller::Manager {
             id: 2,
             serial_hex: "m2".into(),
+            expires_ms: NOW_MS + 1,
         }
     }
     fn worker(id: &str) -> Caller {
         Caller::Worker {
             node_id: id.into(),
             serial_hex: format!("w-{id}"),
+            expires_ms: NOW_MS + 1,
         }
+    }
+    fn az(
+        caller: &Caller,
+        rpc: Rpc,
+        target: Target<'_>,
+        revoked: impl Fn(&str) -> bool,
+    ) -> Result<(), Denied> {
+        authorize(caller, rpc, target, NOW_MS, revoked)
     }
 
     /// Every RPC against every kind of caller: A admin, M manager, W worker for its own
@@ -300,7 +341,7 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 31] = [
+        let table: [(Rpc, &str); 33] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
@@ -310,6 +351,8 @@ mod tests {
             (IssueCertificate,      "- - - - +"),
             (RenewCertificate,      "- + + + -"),
             (IssueAdminCertificate, "+ - - - -"),
+            (RotateCa,              "+ - - - -"),
+            (GetCaStatus,           "+ - - - -"),
             (RegisterNode,          "- - + - -"),
             (Heartbeat,             "- - + - -"),
             (ListNodes,             "+ - - - -"),
@@ -343,17 +386,17 @@ mod tests {
         for (rpc, row) in table {
             let want: Vec<bool> = row.split(' ').map(|c| c == "+").collect();
             let got = vec![
-                authorize(&admin(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
-                authorize(&manager(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
-                authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
+                az(&admin(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
+                az(&manager(), rpc, Target::Node("edge-1"), |s| none.contains(s)).is_ok(),
+                az(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
                     none.contains(s)
                 })
                 .is_ok(),
-                authorize(&worker("edge-2"), rpc, Target::Node("edge-1"), |s| {
+                az(&worker("edge-2"), rpc, Target::Node("edge-1"), |s| {
                     none.contains(s)
                 })
                 .is_ok(),
-                authorize(&Caller::Anonymous, rpc, Target::Node("edge-1"), |s| {
+                az(&Caller::Anonymous, rpc, Target::Node("edge-1"), |s| {
                     none.contains(s)
                 })
                 .is_ok(),
@@ -365,7 +408,7 @@ mod tests {
     #[test]
     fn refusals_say_what_is_needed_and_revocation_beats_everything() {
         let none: BTreeSet<String> = BTreeSet::new();
-        let e = authorize(&worker("edge-1"), Rpc::DeleteService, Target::None, |s| {
+        let e = az(&worker("edge-1"), Rpc::DeleteService, Target::None, |s| {
             none.contains(s)
         })
         .unwrap_err();
@@ -373,47 +416,50 @@ mod tests {
             e.to_string(),
             "DeleteService needs an admin certificate; this connection presents a worker certificate (node edge-1)"
         );
-        let e = authorize(&Caller::Anonymous, Rpc::ListServices, Target::None, |s| {
+        let e = az(&Caller::Anonymous, Rpc::ListServices, Target::None, |s| {
             none.contains(s)
         })
         .unwrap_err();
         assert!(matches!(e, Denied::Unauthenticated { .. }), "{e}");
         assert!(e.to_string().contains("--tls-dir"), "{e}");
-        let e = authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), |s| {
+        let e = az(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-1"), |s| {
             none.contains(s)
         })
         .unwrap_err();
         assert!(matches!(e, Denied::OtherNode { .. }), "{e}");
         // A manager joins as itself only.
-        assert!(
-            authorize(&manager(), Rpc::JoinCluster, Target::Node("2"), |s| none
-                .contains(s))
-            .is_ok()
-        );
-        assert!(
-            authorize(&manager(), Rpc::JoinCluster, Target::Node("3"), |s| none
-                .contains(s))
-            .is_err()
-        );
+        assert!(az(&manager(), Rpc::JoinCluster, Target::Node("2"), |s| none
+            .contains(s))
+        .is_ok());
+        assert!(az(&manager(), Rpc::JoinCluster, Target::Node("3"), |s| none
+            .contains(s))
+        .is_err());
         // A worker RPC that names no node is refused, not waved through.
-        assert!(
-            authorize(&worker("edge-1"), Rpc::Heartbeat, Target::None, |s| none
-                .contains(s))
-            .is_err()
-        );
+        assert!(az(&worker("edge-1"), Rpc::Heartbeat, Target::None, |s| none
+            .contains(s))
+        .is_err());
         let revoked: BTreeSet<String> = ["w-edge-1".to_string()].into();
         for rpc in Rpc::ALL {
-            let e = authorize(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
+            let e = az(&worker("edge-1"), rpc, Target::Node("edge-1"), |s| {
                 revoked.contains(s)
             })
             .unwrap_err();
             assert!(matches!(e, Denied::Revoked { .. }), "{rpc:?}");
         }
         assert!(
-            authorize(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-2"), |s| {
+            az(&worker("edge-2"), Rpc::Heartbeat, Target::Node("edge-2"), |s| {
                 revoked.contains(s)
             })
             .is_ok()
         );
+        // A connection that outlived its certificate can do nothing, whatever its role.
+        for (who, rpc, target) in [
+            (admin(), Rpc::ListServices, Target::None),
+            (manager(), Rpc::AppendEntries, Target::None),
+            (worker("edge-1"), Rpc::Heartbeat, Target::Node("edge-1")),
+        ] {
+            let e = authorize(&who, rpc, target, NOW_MS + 1, |_| false).unwrap_err();
+            assert!(matches!(e, Denied::Expired { .. }), "{e}");
+        }
     }
 }

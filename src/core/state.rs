@@ -11,7 +11,7 @@ use super::model::*;
 use super::reconciler::TaskChange;
 use super::validate;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a command was refused. The variants are what callers branch on (the gRPC layer maps
 /// them to status codes in one place).
@@ -215,10 +215,22 @@ pub enum Command {
         not_after_ms: i64,
         now_ms: i64,
         renews: Option<String>,
+        /// `token::ca_fingerprint` of the CA that signed it (during a CA rotation, a
+        /// certificate the old CA signed does not count as renewed).
+        issuer_fingerprint: String,
     },
     /// Revokes every certificate of `holder` (a manager removed from the cluster).
     RevokeHolder {
         holder: String,
+    },
+    /// `cluster ca --rotate`: the new CA signs from now on; both are trusted until every
+    /// manager and worker holding a certificate of the old one has renewed (see `CaRotation`).
+    StartCaRotation {
+        cert_der: Vec<u8>,
+        key_pkcs8: Vec<u8>,
+        /// The new CA's certificate signed by the old CA.
+        cross_cert_der: Vec<u8>,
+        now_ms: i64,
     },
 }
 
@@ -239,6 +251,26 @@ pub struct Pki {
     pub revoked: BTreeMap<String, i64>,
     /// Lifetime of node certificates (`cluster init --cert-ttl`); renewed at half of it.
     pub cert_ttl_ms: i64,
+    /// A CA rotation under way.
+    pub rotation: Option<CaRotation>,
+}
+
+/// A CA rotation (as Swarm's): the new CA (`Pki::ca_*`) signs every certificate from the
+/// start; a certificate it signs is presented with `cross_cert_der`, so a node that still
+/// trusts only the old CA accepts it; every node trusts both until each manager and worker
+/// that held an old certificate has renewed; then the old CA and every certificate it
+/// signed stop counting (admin credentials included: operators get new ones meanwhile).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub old_ca_cert_der: Vec<u8>,
+    pub cross_cert_der: Vec<u8>,
+    /// Node holders (`manager/ID`, `worker/ID`) still holding only old certificates.
+    pub pending: BTreeSet<String>,
+    /// How many node holders there were when it started.
+    pub total: u32,
+    /// Serials the old CA signed; revoked when the rotation completes.
+    pub old_serials: BTreeSet<String>,
+    pub started_ms: i64,
 }
 
 impl Pki {
@@ -246,7 +278,57 @@ impl Pki {
         let serials = self.issued.remove(holder).unwrap_or_default();
         let n = serials.len();
         self.revoked.extend(serials);
+        if let Some(r) = &mut self.rotation {
+            r.pending.remove(holder);
+        }
+        self.settle_rotation();
         n
+    }
+
+    /// The CAs to trust, the signing one first.
+    pub fn trusted(&self) -> Vec<Vec<u8>> {
+        let mut v = vec![self.ca_cert_der.clone()];
+        if let Some(r) = &self.rotation {
+            v.push(r.old_ca_cert_der.clone());
+        }
+        v.retain(|c| !c.is_empty());
+        v
+    }
+
+    /// What a certificate signed now is presented with (the cross-signed CA during a rotation).
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.rotation.iter().map(|r| r.cross_cert_der.clone()).collect()
+    }
+
+    /// Completes the rotation once nobody waits for a new certificate: the old CA's
+    /// certificates still unexpired are revoked, so even connections opened with them stop.
+    fn settle_rotation(&mut self) {
+        let Some(r) = &self.rotation else { return };
+        if !r.pending.is_empty() {
+            return;
+        }
+        let old = self.rotation.take().expect("checked").old_serials;
+        for serials in self.issued.values_mut() {
+            let gone: Vec<String> = serials.keys().filter(|s| old.contains(*s)).cloned().collect();
+            for s in gone {
+                if let Some(exp) = serials.remove(&s) {
+                    self.revoked.insert(s, exp);
+                }
+            }
+        }
+        self.issued.retain(|_, serials| !serials.is_empty());
+    }
+
+    fn prune(&mut self, now_ms: i64) {
+        self.revoked.retain(|_, exp| *exp > now_ms);
+        for serials in self.issued.values_mut() {
+            serials.retain(|_, exp| *exp > now_ms);
+        }
+        self.issued.retain(|_, serials| !serials.is_empty());
+        if let Some(r) = &mut self.rotation {
+            let live: BTreeSet<&String> = self.issued.values().flat_map(|s| s.keys()).collect();
+            r.old_serials.retain(|s| live.contains(s));
+        }
     }
 }
 
@@ -588,6 +670,7 @@ impl ClusterState {
                 not_after_ms,
                 now_ms,
                 renews,
+                issuer_fingerprint,
             } => {
                 if serial_hex.is_empty()
                     || serial_hex.len() > 64
@@ -611,26 +694,85 @@ impl ClusterState {
                         )));
                     }
                 }
-                self.pki.revoked.retain(|_, exp| *exp > now_ms);
-                for serials in self.pki.issued.values_mut() {
-                    serials.retain(|_, exp| *exp > now_ms);
-                }
-                self.pki.issued.retain(|_, serials| !serials.is_empty());
+                self.pki.prune(now_ms);
                 let live = self.pki.issued.get(&who).map_or(0, BTreeMap::len);
                 if live >= MAX_LIVE_CERTS_PER_HOLDER {
                     return Err(StateError::FailedPrecondition(format!(
                         "{who} already has {live} unexpired certificates (at most {MAX_LIVE_CERTS_PER_HOLDER}); renewals happen at half the lifetime, so wait for older ones to expire"
                     )));
                 }
+                let current_ca = super::token::ca_fingerprint(&self.pki.ca_cert_der);
+                if let Some(r) = &mut self.pki.rotation {
+                    if issuer_fingerprint == current_ca {
+                        r.pending.remove(&who);
+                    } else {
+                        // Signed by the old CA just before the rotation started.
+                        r.old_serials.insert(serial_hex.clone());
+                    }
+                }
                 self.pki
                     .issued
                     .entry(who)
                     .or_default()
                     .insert(serial_hex, not_after_ms);
+                self.pki.settle_rotation();
                 Ok(Outcome::Internal)
             }
             Command::RevokeHolder { holder: who } => {
                 self.pki.revoke_holder(&who);
+                Ok(Outcome::Internal)
+            }
+            Command::StartCaRotation {
+                cert_der,
+                key_pkcs8,
+                cross_cert_der,
+                now_ms,
+            } => {
+                if self.pki.ca_cert_der.is_empty() {
+                    return Err(StateError::FailedPrecondition(
+                        "the cluster is still initialising (no CA yet); retry in a moment".into(),
+                    ));
+                }
+                if let Some(r) = &self.pki.rotation {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "a CA rotation is already under way ({} of {} nodes renewed; waiting for {}); `warren cluster ca` shows it, and `warren node rm` a node that is gone for good",
+                        r.total as usize - r.pending.len(),
+                        r.total,
+                        r.pending.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if [&cert_der, &key_pkcs8, &cross_cert_der]
+                    .iter()
+                    .any(|b| b.is_empty() || b.len() > MAX_CA_BYTES)
+                {
+                    return Err(StateError::invalid(
+                        "CA",
+                        format!(
+                            "certificate, key and cross-signed certificate must be 1 to {MAX_CA_BYTES} bytes"
+                        ),
+                    ));
+                }
+                self.pki.prune(now_ms);
+                let pending: BTreeSet<String> = self
+                    .pki
+                    .issued
+                    .keys()
+                    .filter(|h| h.starts_with("manager/") || h.starts_with("worker/"))
+                    .cloned()
+                    .collect();
+                let old_serials = self.pki.issued.values().flat_map(|s| s.keys().cloned()).collect();
+                let old_ca_cert_der = std::mem::replace(&mut self.pki.ca_cert_der, cert_der);
+                self.pki.ca_key_pkcs8 = key_pkcs8;
+                self.pki.rotation = Some(CaRotation {
+                    old_ca_cert_der,
+                    cross_cert_der,
+                    total: pending.len() as u32,
+                    pending,
+                    old_serials,
+                    started_ms: now_ms,
+                });
+                // With no node certificates at all there is nobody to wait for.
+                self.pki.settle_rotation();
                 Ok(Outcome::Internal)
             }
             Command::SetJoinToken {
@@ -1554,6 +1696,7 @@ mod tests {
                 not_after_ms,
                 now_ms,
                 renews: None,
+                issuer_fingerprint: String::new(),
             };
         let renew = |holder: &str, serial: &str, old: &str| Command::RecordCertificate {
             holder: holder.into(),
@@ -1561,6 +1704,7 @@ mod tests {
             not_after_ms: 1_000,
             now_ms: 100,
             renews: Some(old.into()),
+            issuer_fingerprint: String::new(),
         };
         st.apply(12, record("worker/n1", "aa", 1_000, 100)).unwrap();
         st.apply(13, record("manager/2", "bb", 1_000, 100)).unwrap();
@@ -1621,6 +1765,88 @@ mod tests {
         st.apply(44, record("worker/n2", "dd", 5_000, 2_000)).unwrap();
         assert_eq!(st.pki.revoked.len(), 0);
         assert_eq!(st.pki.issued.len(), 1);
+    }
+
+    #[test]
+    fn a_ca_rotation_waits_for_every_node_then_retires_the_old_certificates() {
+        let mut st = base();
+        let rotate = |n: u8| Command::StartCaRotation {
+            cert_der: vec![n; 10],
+            key_pkcs8: vec![n + 1; 10],
+            cross_cert_der: vec![n + 2; 10],
+            now_ms: 100,
+        };
+        // No CA yet: refused.
+        assert!(st.apply(9, rotate(5)).is_err());
+        st.apply(
+            10,
+            Command::InstallCa {
+                cert_der: vec![1; 10],
+                key_pkcs8: vec![2; 10],
+                cert_ttl_ms: 86_400_000,
+            },
+        )
+        .unwrap();
+        let old_fp = crate::core::token::ca_fingerprint(&[1; 10]);
+        let new_fp = crate::core::token::ca_fingerprint(&[5; 10]);
+        let record = |holder: &str, serial: &str, issuer: &str| Command::RecordCertificate {
+            holder: holder.into(),
+            serial_hex: serial.into(),
+            not_after_ms: 10_000,
+            now_ms: 100,
+            renews: None,
+            issuer_fingerprint: issuer.into(),
+        };
+        st.apply(11, record("manager/1", "a1", &old_fp)).unwrap();
+        st.apply(12, record("worker/n1", "b1", &old_fp)).unwrap();
+        st.apply(13, record("admin/ops", "c1", &old_fp)).unwrap();
+        st.apply(14, rotate(5)).unwrap();
+        assert_eq!(st.pki.ca_cert_der, vec![5; 10], "the new CA signs from now on");
+        assert_eq!(st.pki.trusted(), vec![vec![5; 10], vec![1; 10]]);
+        assert_eq!(st.pki.chain(), vec![vec![7; 10]]);
+        let r = st.pki.rotation.clone().unwrap();
+        assert_eq!(
+            (r.total, r.pending.iter().map(String::as_str).collect::<Vec<_>>()),
+            (2, vec!["manager/1", "worker/n1"]),
+            "only nodes are waited for"
+        );
+        // A second rotation while one is under way: refused, nothing changes.
+        let before = st.clone();
+        assert!(matches!(
+            st.apply(15, rotate(9)),
+            Err(StateError::FailedPrecondition(_))
+        ));
+        assert_eq!(st, before);
+        // A certificate the old CA signed just before the switch does not count.
+        st.apply(16, record("manager/1", "a2", &old_fp)).unwrap();
+        assert!(st.pki.rotation.as_ref().unwrap().pending.contains("manager/1"));
+        st.apply(17, record("manager/1", "a3", &new_fp)).unwrap();
+        st.apply(18, record("admin/ops", "c2", &new_fp)).unwrap();
+        assert_eq!(
+            st.pki.rotation.as_ref().unwrap().pending,
+            BTreeSet::from(["worker/n1".to_string()])
+        );
+        // The last node leaves instead of renewing: the rotation completes; every
+        // certificate the old CA signed is revoked, the new ones stay.
+        st.apply(19, register("n1")).unwrap();
+        st.apply(
+            20,
+            Command::RemoveNode {
+                id: "n1".into(),
+                force: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(st.pki.rotation, None);
+        assert_eq!(st.pki.trusted(), vec![vec![5; 10]]);
+        assert!(st.pki.chain().is_empty());
+        for old in ["a1", "a2", "b1", "c1"] {
+            assert!(st.pki.revoked.contains_key(old), "{old}");
+        }
+        let live: Vec<&String> = st.pki.issued.values().flat_map(|s| s.keys()).collect();
+        assert_eq!(live, vec!["c2", "a3"]);
+        // And a new rotation may start.
+        st.apply(21, rotate(30)).unwrap();
     }
 }
 

@@ -132,7 +132,13 @@ pub fn check(state: &ClusterState, token: &str, wanted: Role, now_ms: i64) -> Re
         });
     }
     let cluster_ca = ca_fingerprint(&state.pki.ca_cert_der);
-    if parsed.ca_fingerprint != cluster_ca {
+    // During a CA rotation a token made before it (naming the old CA) still works.
+    let trusted = state
+        .pki
+        .trusted()
+        .iter()
+        .any(|c| ca_fingerprint(c) == parsed.ca_fingerprint);
+    if !trusted {
         return Err(TokenError::WrongCa {
             token_ca: parsed.ca_fingerprint[..12].to_string(),
             cluster_ca: cluster_ca[..12].to_string(),

@@ -190,12 +190,31 @@ impl Api {
 
     /// `allow` for a caller already known (a stream's later messages).
     fn allow_caller(&self, who: &Caller, rpc: Rpc, target: Target<'_>) -> Result<(), Status> {
-        #[cfg(madsim)]
-        if !crate::security::sim_seam::enforced() {
-            return Ok(());
-        }
-        self.read(|st| core::authz::authorize(who, rpc, target, |serial| st.pki.revoked.contains_key(serial)))
-            .map_err(|e| ApiError::Denied(e).into())
+        self.read(|st| {
+            crate::security::check_caller(who, rpc, target, |serial| st.pki.revoked.contains_key(serial))
+        })
+        .map_err(|e| ApiError::Denied(e).into())
+    }
+
+    fn ca_status(&self) -> pb::CaStatus {
+        self.read(|st| {
+            let fp = |c: &[u8]| {
+                if c.is_empty() {
+                    String::new()
+                } else {
+                    token::ca_fingerprint(c)
+                }
+            };
+            let r = st.pki.rotation.clone().unwrap_or_default();
+            pb::CaStatus {
+                ca_fingerprint: fp(&st.pki.ca_cert_der),
+                rotating: st.pki.rotation.is_some(),
+                old_ca_fingerprint: fp(&r.old_ca_cert_der),
+                pending: r.pending.into_iter().collect(),
+                total: r.total,
+                started_unix_ms: r.started_ms,
+            }
+        })
     }
 
     /// The lifetime of node certificates (`cluster init --cert-ttl`).
@@ -256,12 +275,22 @@ impl Api {
                 not_after_ms,
                 now_ms: now_ms(),
                 renews,
+                issuer_fingerprint: ca.fingerprint_hex(),
             })
             .await?;
         tracing::info!(holder = %core::state::holder(role.as_str(), id), serial = %issued.serial_hex, "certificate issued");
+        let (ca_der, chain_der) = self.read(|st| {
+            // The chain only while the CA that signed it is still the current one.
+            let current = st.pki.ca_cert_der == ca.cert_der;
+            (
+                st.pki.trusted(),
+                if current { st.pki.chain() } else { Vec::new() },
+            )
+        });
         ok(Ok(pb::IssuedCertificate {
             cert_der: cert,
-            ca_der: vec![ca.cert_der.clone()],
+            ca_der,
+            chain_der,
         }))
     }
 
@@ -688,6 +717,7 @@ impl NodeService for Api {
         .await?;
         ok(Ok(pb::HeartbeatResponse {
             next_heartbeat_ms: self.m.orchestrator.worker_heartbeat_ms,
+            trust_fingerprint: self.read(|st| crate::security::pki::bundle_fingerprint(&st.pki.trusted())),
         }))
     }
 
@@ -840,11 +870,55 @@ impl ClusterService for Api {
         req: Request<pb::GetCaCertificateRequest>,
     ) -> Reply<pb::CaCertificate> {
         self.allow(&req, Rpc::GetCaCertificate, Target::None)?;
-        let (cluster_id, ca) = self.ca()?;
+        let (cluster_id, certs_der) = self.read(|st| (st.cluster_id.clone(), st.pki.trusted()));
+        if certs_der.is_empty() {
+            return Err(ApiError::Unavailable(
+                "the cluster is still initialising (no CA yet); retry in a moment".into(),
+            )
+            .into());
+        }
         ok(Ok(pb::CaCertificate {
             cluster_id,
-            certs_der: vec![ca.cert_der.clone()],
+            certs_der,
         }))
+    }
+
+    async fn rotate_ca(&self, req: Request<pb::RotateCaRequest>) -> Reply<pb::RotateCaResponse> {
+        use crate::security::pki::{Ca, CertRole};
+        let who = self.allow(&req, Rpc::RotateCa, Target::None)?;
+        let Caller::Admin { name, expires_ms, .. } = &who else {
+            return Err(ApiError::Internal("RotateCa admitted a non-admin".into()).into());
+        };
+        let csr_der = req.into_inner().csr_der;
+        let (cluster_id, old) = self.ca()?;
+        let (new, cross) = Ca::create_successor(&old, &cluster_id, std::time::SystemTime::now())
+            .map_err(|e| ApiError::Internal(format!("cannot make the new CA: {e}")))?;
+        self.m
+            .write(Command::StartCaRotation {
+                cert_der: new.cert_der.clone(),
+                key_pkcs8: new.key_pkcs8().to_vec(),
+                cross_cert_der: cross,
+                now_ms: now_ms(),
+            })
+            .await?;
+        tracing::warn!(old_ca = %old.fingerprint_hex(), new_ca = %new.fingerprint_hex(), by = %name, "CA rotation started");
+        // Sign with the new CA: this manager must have applied the rotation first.
+        self.m.read_barrier().await?;
+        // The caller's new credential, with the lifetime its current one had (at least a minute).
+        let ttl = std::time::Duration::from_millis((expires_ms - now_ms()).max(60_000) as u64);
+        let admin = self
+            .sign_and_record(&csr_der, CertRole::Admin, name, ttl, None)
+            .await?
+            .into_inner();
+        ok(Ok(pb::RotateCaResponse {
+            status: Some(self.ca_status()),
+            admin: Some(admin),
+        }))
+    }
+
+    async fn get_ca_status(&self, req: Request<pb::GetCaStatusRequest>) -> Reply<pb::CaStatus> {
+        self.allow(&req, Rpc::GetCaStatus, Target::None)?;
+        ok(Ok(self.ca_status()))
     }
 
     async fn issue_certificate(
@@ -906,8 +980,10 @@ impl ClusterService for Api {
         use crate::security::pki::CertRole;
         let who = self.allow(&req, Rpc::RenewCertificate, Target::None)?;
         let (role, id, serial) = match who {
-            Caller::Manager { id, serial_hex } => (CertRole::Manager, id.to_string(), serial_hex),
-            Caller::Worker { node_id, serial_hex } => (CertRole::Worker, node_id, serial_hex),
+            Caller::Manager { id, serial_hex, .. } => (CertRole::Manager, id.to_string(), serial_hex),
+            Caller::Worker {
+                node_id, serial_hex, ..
+            } => (CertRole::Worker, node_id, serial_hex),
             _ => return Err(Status::permission_denied("only a node renews its certificate")),
         };
         self.sign_and_record(

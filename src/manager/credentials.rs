@@ -44,6 +44,7 @@ fn sign_new(
     )?;
     Ok(Credential {
         cert_der: cert,
+        chain_der: Vec::new(),
         key_pkcs8: key.pkcs8_der().to_vec(),
         ca_der: vec![ca.cert_der.clone()],
     })
@@ -159,4 +160,31 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Credential> {
         );
     }
     Ok(Credential::load(&dir, "node")?)
+}
+
+/// Tells the renewal task what CAs the replicated state trusts, whenever that changes (a CA
+/// rotation starting or completing), until `stop`.
+pub async fn follow_trust(
+    m: super::ManagerRef,
+    tx: tokio::sync::watch::Sender<crate::security::renew::TrustView>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut metrics = m.raft.metrics();
+    loop {
+        let trusted = m.state.read().unwrap().state.pki.trusted();
+        if !trusted.is_empty() {
+            tx.send_if_modified(|v| {
+                let changed = *v != trusted;
+                if changed {
+                    *v = trusted;
+                }
+                changed
+            });
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
 }

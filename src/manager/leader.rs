@@ -488,7 +488,7 @@ pub async fn ensure_cluster_id(
                 key_pkcs8: p.key_pkcs8.clone(),
                 cert_ttl_ms: p.cert_ttl_ms,
             }),
-            Some(_) => unrecorded
+            Some(p) => unrecorded
                 .first()
                 .map(|(holder, serial, not_after_ms)| Command::RecordCertificate {
                     holder: holder.clone(),
@@ -496,6 +496,7 @@ pub async fn ensure_cluster_id(
                     not_after_ms: *not_after_ms,
                     now_ms: super::now_ms(),
                     renews: None,
+                    issuer_fingerprint: crate::core::token::ca_fingerprint(&p.cert_der),
                 }),
             None => None,
         };

@@ -422,10 +422,13 @@ pub async fn start(
         let api_server = tokio::spawn(api::serve(manager.clone(), api_sock, wait_stop(stop_rx.clone())));
         info!(api = %api_sock, raft = %raft_sock, "manager listening");
         // Renews this manager's certificate through its own API (any manager signs).
+        let (trust_tx, trust_rx) = tokio::sync::watch::channel(crate::security::renew::TrustView::new());
+        let trust_task = tokio::spawn(credentials::follow_trust(manager.clone(), trust_tx, stop_rx.clone()));
         let renew_task = tokio::spawn(crate::security::renew::keep_renewed(
             credentials::tls_dir(&opts.data_dir),
             manager.transport.clone(),
             vec![manager.identity.api_addr.clone()],
+            trust_rx,
         ));
 
         // Joining happens with the servers up: the leader replicates to us while we wait.
@@ -467,6 +470,7 @@ pub async fn start(
         let _ = stop_tx.send(true);
         cluster_id_task.abort();
         renew_task.abort();
+        trust_task.abort();
         probe_task.abort();
         election_task.abort();
         orchestrator_task.abort();

@@ -24,7 +24,8 @@ pub struct Peers {
     transport: crate::security::Transport,
     last_contact: Mutex<BTreeMap<NodeId, Instant>>,
     /// One channel per peer address, reused between probes; dropped when a probe fails.
-    channels: Mutex<BTreeMap<String, Channel>>,
+    /// With the transport generation each was opened at (see `Transport::generation`).
+    channels: Mutex<BTreeMap<String, (u64, Channel)>>,
     /// Peers already reported unreachable (until they answer again).
     warned: Mutex<BTreeSet<NodeId>>,
     /// The members each peer listed in its last ping answer: a manager that missed a join
@@ -72,8 +73,11 @@ impl Peers {
     /// The one long-lived channel to the manager at `addr` (pings and forwarded leader
     /// calls share it); callers bound each call with their own timeout.
     pub async fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        if let Some(ch) = self.channels.lock().unwrap().get(addr).cloned() {
-            return Ok(ch);
+        let generation = self.transport.generation();
+        if let Some((g, ch)) = self.channels.lock().unwrap().get(addr).cloned() {
+            if g == generation {
+                return Ok(ch);
+            }
         }
         let ch = connect(
             addr,
@@ -81,7 +85,10 @@ impl Peers {
             &self.transport,
         )
         .await?;
-        self.channels.lock().unwrap().insert(addr.to_string(), ch.clone());
+        self.channels
+            .lock()
+            .unwrap()
+            .insert(addr.to_string(), (generation, ch.clone()));
         Ok(ch)
     }
 

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 /// Format byte of a sealed value (bump it when the layout changes).
 /// 0xA2: the state gained the cluster PKI (0xA1 data is refused with a clear error).
-const SEALED_V2: u8 = 0xA2;
+/// 0xA3: CA rotation (the PKI's rotation, certificates recorded with their issuer).
+const SEALED_FORMAT: u8 = 0xA3;
 const HEADER_BYTES: usize = 5;
 /// Largest value decoded (a snapshot of the whole state included).
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
@@ -65,7 +66,7 @@ pub fn seal<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 
 pub fn seal_bytes(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + HEADER_BYTES);
-    out.push(SEALED_V2);
+    out.push(SEALED_FORMAT);
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
     out
@@ -76,7 +77,7 @@ pub fn unseal_bytes(b: &[u8]) -> Result<&[u8], CodecError> {
     if b.len() < HEADER_BYTES {
         return Err(CodecError::Truncated(b.len()));
     }
-    if b[0] != SEALED_V2 {
+    if b[0] != SEALED_FORMAT {
         return Err(CodecError::Format(b[0]));
     }
     let stored = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes"));

@@ -72,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             client: None,
+            generation: 0,
             outlogged: self.outlogged.clone(),
             transport: self.transport.clone(),
         }
@@ -82,6 +83,8 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    /// The transport generation `client` was opened at (a renewal replaces it).
+    generation: u64,
     outlogged: Outlogged,
     transport: crate::security::Transport,
 }
@@ -106,6 +109,10 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let ttl = option.hard_ttl();
+        let generation = self.transport.generation();
+        if self.generation != generation {
+            self.client = None;
+        }
         if self.client.is_none() {
             // Reported as a network error, not `Unreachable`: openraft's backoff for
             // unreachable peers waits in an unbiased `select!`, whose randomness madsim does
@@ -115,6 +122,7 @@ impl Connection {
                 RPCError::Network(NetworkError::new(&e))
             })?;
             self.client = Some(RaftServiceClient::new(ch));
+            self.generation = generation;
         }
         let client = self.client.as_mut().expect("connected above");
         let mut request = tonic::Request::new(encode(req));

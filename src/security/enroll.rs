@@ -74,6 +74,7 @@ pub async fn enroll<S: AsRef<str>>(
         .map_err(|e| anyhow!("the cluster refused a certificate for {node_id:?}: {e}"))?;
     let cred = Credential {
         cert_der: issued.cert_der,
+        chain_der: issued.chain_der,
         key_pkcs8: key.pkcs8_der().to_vec(),
         ca_der: issued.ca_der,
     };

@@ -28,19 +28,26 @@ pub fn caller_from_cert(cert_der: &[u8]) -> Caller {
     let Ok(who) = pki::identity(cert_der) else {
         return Caller::Anonymous;
     };
+    let expires_ms = who
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     match who.role {
         CertRole::Admin => Caller::Admin {
             name: who.id,
             serial_hex: who.serial_hex,
+            expires_ms,
         },
         CertRole::Worker => Caller::Worker {
             node_id: who.id,
             serial_hex: who.serial_hex,
+            expires_ms,
         },
         CertRole::Manager => match who.id.parse() {
             Ok(id) => Caller::Manager {
                 id,
                 serial_hex: who.serial_hex,
+                expires_ms,
             },
             Err(_) => Caller::Anonymous,
         },
@@ -72,20 +79,28 @@ pub fn check<T>(
     revoked: impl Fn(&str) -> bool,
 ) -> Result<Caller, crate::core::authz::Denied> {
     let who = caller(req);
-    #[cfg(madsim)]
-    if !sim_seam::enforced() {
-        return Ok(who);
-    }
-    crate::core::authz::authorize(&who, rpc, target, revoked)?;
+    check_caller(&who, rpc, target, revoked)?;
     Ok(who)
 }
 
-/// The operator credential: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
-pub fn operator_credential(
-    dir: Option<&std::path::Path>,
-) -> anyhow::Result<crate::security::store::Credential> {
-    use crate::security::store::Credential;
-    let dir = match dir
+/// `check` for a caller already known (a stream's later messages: a connection may outlive
+/// its certificate or see it revoked).
+pub fn check_caller(
+    who: &Caller,
+    rpc: crate::core::authz::Rpc,
+    target: crate::core::authz::Target<'_>,
+    revoked: impl Fn(&str) -> bool,
+) -> Result<(), crate::core::authz::Denied> {
+    #[cfg(madsim)]
+    if !sim_seam::enforced() {
+        return Ok(());
+    }
+    crate::core::authz::authorize(who, rpc, target, crate::manager::now_ms(), revoked)
+}
+
+/// Where the operator credential is: `--tls-dir`, `WARREN_TLS_DIR`, else `~/.warren`.
+pub fn operator_dir(dir: Option<&std::path::Path>) -> std::path::PathBuf {
+    match dir
         .map(|d| d.as_os_str().to_owned())
         .or_else(|| std::env::var_os("WARREN_TLS_DIR"))
     {
@@ -93,7 +108,15 @@ pub fn operator_credential(
         None => std::env::var_os("HOME")
             .map(|h| std::path::PathBuf::from(h).join(".warren"))
             .unwrap_or_else(|| std::path::PathBuf::from(".warren")),
-    };
+    }
+}
+
+/// The operator credential (see `operator_dir`).
+pub fn operator_credential(
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<crate::security::store::Credential> {
+    use crate::security::store::Credential;
+    let dir = operator_dir(dir);
     if !Credential::exists(&dir, "admin") {
         anyhow::bail!(
             "no operator credential in {} (admin.crt): pass --tls-dir DIR or set WARREN_TLS_DIR to the directory `cluster init` printed (DATA_DIR/admin on the first manager), or to one made with `warren cluster admin-cert --out DIR`",
@@ -122,6 +145,9 @@ pub struct Transport {
     tls: std::sync::Arc<tls::Tls>,
     #[cfg(madsim)]
     sim: std::sync::Arc<sim_seam::SimTls>,
+    /// Bumped when the credential or the trusted CAs change: connections opened before
+    /// speak for the old ones, so channel caches reconnect (`generation`).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,15 +175,23 @@ impl Transport {
     ) -> Result<Transport, TransportError> {
         #[cfg(not(madsim))]
         {
-            let own = cred.map(|c| (c.cert_der.as_slice(), c.key_pkcs8.as_slice()));
+            let own = cred.map(|c| {
+                (
+                    c.cert_der.as_slice(),
+                    c.chain_der.as_slice(),
+                    c.key_pkcs8.as_slice(),
+                )
+            });
             Ok(Transport {
                 tls: tls::Tls::new(cluster_id, roots, own)?,
+                generation: Default::default(),
             })
         }
         #[cfg(madsim)]
         {
             Ok(Transport {
                 sim: sim_seam::SimTls::new(cluster_id, roots, cred.map(|c| c.cert_der.clone())),
+                generation: Default::default(),
             })
         }
     }
@@ -169,12 +203,14 @@ impl Transport {
         {
             Transport {
                 tls: tls::Tls::bootstrap(),
+                generation: Default::default(),
             }
         }
         #[cfg(madsim)]
         {
             Transport {
                 sim: sim_seam::SimTls::new("", Vec::new(), None),
+                generation: Default::default(),
             }
         }
     }
@@ -182,10 +218,41 @@ impl Transport {
     /// Presents a new certificate from now on (renewal).
     pub fn set_own(&self, cred: &store::Credential) -> Result<(), TransportError> {
         #[cfg(not(madsim))]
-        self.tls.set_own(&cred.cert_der, &cred.key_pkcs8)?;
+        self.tls
+            .set_own(&cred.cert_der, &cred.chain_der, &cred.key_pkcs8)?;
         #[cfg(madsim)]
         self.sim.set_own(cred.cert_der.clone());
+        self.bump();
         Ok(())
+    }
+
+    /// Trusts `roots` from now on (a CA rotation).
+    pub fn set_roots(&self, roots: Vec<Vec<u8>>) {
+        #[cfg(not(madsim))]
+        self.tls.set_roots(roots);
+        #[cfg(madsim)]
+        {
+            *self.sim.roots.write().unwrap() = roots;
+        }
+        self.bump();
+    }
+
+    /// The CAs trusted now.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        #[cfg(not(madsim))]
+        return self.tls.roots();
+        #[cfg(madsim)]
+        return self.sim.roots.read().unwrap().clone();
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes when what a new connection presents or trusts changes: a channel opened at
+    /// another generation should be replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Opens a channel to `ep` (TLS in production).

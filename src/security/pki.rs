@@ -172,6 +172,10 @@ fn ca_params(cluster_id: &str, now: SystemTime) -> CertificateParams {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("warren cluster {cluster_id} CA"));
     dn.push(DnType::OrganizationName, format!("warren {cluster_id}"));
+    // Each CA's name is its own, so a certificate's issuer says which CA signed it (two
+    // are trusted during a rotation).
+    let tag: [u8; 6] = madsim::rand::random();
+    dn.push(DnType::OrganizationalUnitName, format!("ca {}", hex::encode(tag)));
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -193,6 +197,26 @@ impl Ca {
             key_pkcs8: key.pkcs8,
             issuer: Issuer::new(params, key.pair),
         })
+    }
+
+    /// A CA to replace `old` (`cluster ca --rotate`), and its certificate signed by `old`:
+    /// presented after a certificate the new CA signed, it lets a node that trusts only the
+    /// old CA accept that certificate until it learns of the new one.
+    pub fn create_successor(old: &Ca, cluster_id: &str, now: SystemTime) -> Result<(Ca, Vec<u8>), PkiError> {
+        check_name(cluster_id)?;
+        let key = Key::generate()?;
+        let mut params = ca_params(cluster_id, now);
+        let cert = params.self_signed(&key.pair)?;
+        params.serial_number = Some(random_serial());
+        let cross = params.signed_by(&key.pair, &old.issuer)?;
+        Ok((
+            Ca {
+                cert_der: cert.der().to_vec(),
+                key_pkcs8: key.pkcs8,
+                issuer: Issuer::new(params, key.pair),
+            },
+            cross.der().to_vec(),
+        ))
     }
 
     /// The CA as kept in the replicated state.
@@ -254,6 +278,30 @@ impl Ca {
         csr.params = p;
         Ok(csr.signed_by(&self.issuer)?.der().to_vec())
     }
+}
+
+/// Did the CA whose certificate is `ca_der` sign `cert_der`? (By name: every Warren CA's
+/// name is its own. Says nothing about the signature, which TLS checks.)
+pub fn issued_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    use x509_parser::prelude::*;
+    match (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(ca_der),
+    ) {
+        (Ok((_, cert)), Ok((_, ca))) => cert.issuer().as_raw() == ca.subject().as_raw(),
+        _ => false,
+    }
+}
+
+/// One fingerprint for a set of trusted CAs (in order): what a heartbeat answer carries so a
+/// worker notices the set changed.
+pub fn bundle_fingerprint(cas_der: &[Vec<u8>]) -> String {
+    let mut h = Sha256::new();
+    for c in cas_der {
+        h.update((c.len() as u64).to_be_bytes());
+        h.update(c);
+    }
+    hex::encode(h.finalize())
 }
 
 /// Who `cert_der` names. Says nothing about whether it is genuine: that is the TLS

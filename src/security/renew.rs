@@ -1,9 +1,11 @@
-//! Keeps a node's certificate fresh: at half its life the node makes a new key, asks any
-//! manager to sign it (`RenewCertificate`, authenticated by the current certificate), saves
-//! the new credential and presents it on every new connection from then on. Connections open
-//! at the time keep the certificate they were made with until they close.
+//! Keeps a node's certificate fresh: at half its life (or at once, when a CA rotation put
+//! another CA in charge) the node makes a new key, asks any manager to sign it
+//! (`RenewCertificate`, authenticated by the current certificate), saves the new credential
+//! and presents it from then on: the transport's generation changes, so cached channels
+//! reconnect with it. Streams open at the time keep the certificate they were opened with
+//! until they end (the managers refuse their messages once it expires or is revoked).
 
-use super::pki::Key;
+use super::pki::{self, Key};
 use super::store::Credential;
 use super::Transport;
 use crate::client::Client;
@@ -15,11 +17,22 @@ use tracing::{info, warn};
 /// Looks at the certificate at least this often.
 const CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Renews `DIR/node.*` for ever (until the task is dropped), through `managers`.
-pub async fn keep_renewed(dir: PathBuf, transport: Transport, managers: Vec<String>) {
+/// The CAs the cluster trusts, the signing one first, as this node last learnt them
+/// (a manager from its replicated state, a worker from its heartbeats); empty: not known.
+pub type TrustView = Vec<Vec<u8>>;
+
+/// Renews `DIR/node.*` for ever (until the task is dropped), through `managers`: at half its
+/// life, and at once when `trust` says another CA signs now (a CA rotation). Trusts what
+/// `trust` says from then on, and keeps `ca.crt` in step with it.
+pub async fn keep_renewed(
+    dir: PathBuf,
+    transport: Transport,
+    managers: Vec<String>,
+    mut trust: tokio::sync::watch::Receiver<TrustView>,
+) {
     let mut backoff = crate::retry::Backoff::new(1_000, 60_000);
     loop {
-        let cred = match Credential::load(&dir, "node") {
+        let mut cred = match Credential::load(&dir, "node") {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot read this node's certificate; renewal waits");
@@ -28,12 +41,31 @@ pub async fn keep_renewed(dir: PathBuf, transport: Transport, managers: Vec<Stri
             }
         };
         let Ok(who) = cred.identity() else { return };
+        let view = trust.borrow_and_update().clone();
+        if !view.is_empty() && view != cred.ca_der {
+            info!(cas = view.len(), "the cluster trusts other CAs now");
+            cred.ca_der = view.clone();
+            if let Err(e) = cred.save(&dir, "node") {
+                warn!(error = %e, "cannot save the trusted CAs");
+            }
+            transport.set_roots(view.clone());
+        }
+        let signer_changed = view.first().is_some_and(|ca| !pki::issued_by(&cred.cert_der, ca));
         let now = SystemTime::now();
         let due = who.renew_at();
-        if now < due {
+        if now < due && !signer_changed {
             let wait = due.duration_since(now).unwrap_or_default().min(CHECK_INTERVAL);
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = trust.changed() => if r.is_err() {
+                    // Nobody tells us of CA changes any more: renew on time only.
+                    tokio::time::sleep(wait).await;
+                },
+            }
             continue;
+        }
+        if signer_changed {
+            info!("a new CA signs for the cluster; renewing this node's certificate now");
         }
         // A new connection each time: it must present the current certificate (one opened
         // earlier still speaks for the one it was opened with).
@@ -51,6 +83,9 @@ pub async fn keep_renewed(dir: PathBuf, transport: Transport, managers: Vec<Stri
                     backoff.wait(None).await;
                     continue;
                 }
+                if new.ca_der != transport.roots() {
+                    transport.set_roots(new.ca_der.clone());
+                }
                 if let Err(e) = transport.set_own(&new) {
                     warn!(error = %e, "cannot use the renewed certificate");
                 }
@@ -61,6 +96,15 @@ pub async fn keep_renewed(dir: PathBuf, transport: Transport, managers: Vec<Stri
                     "certificate renewed"
                 );
                 backoff = crate::retry::Backoff::new(1_000, 60_000);
+                // Signed by the old CA still (a manager that had not yet applied the
+                // rotation): try again, not at once.
+                let still_old = trust
+                    .borrow()
+                    .first()
+                    .is_some_and(|ca| !pki::issued_by(&new.cert_der, ca));
+                if still_old {
+                    backoff.wait(None).await;
+                }
             }
             Err(e) => {
                 warn!(
@@ -87,6 +131,7 @@ async fn renew_once(client: &Client, old: &Credential) -> anyhow::Result<Credent
         .await?;
     let new = Credential {
         cert_der: issued.cert_der,
+        chain_der: issued.chain_der,
         key_pkcs8: key.pkcs8_der().to_vec(),
         ca_der: if issued.ca_der.is_empty() {
             old.ca_der.clone()

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     pub cert_der: Vec<u8>,
+    /// CA certificates presented after it (during a CA rotation: the new CA signed by the
+    /// old one); stored after it in `NAME.crt`.
+    pub chain_der: Vec<Vec<u8>>,
     pub key_pkcs8: Vec<u8>,
     /// Trusted CA certificates (two during a CA rotation).
     pub ca_der: Vec<Vec<u8>>,
@@ -69,8 +72,10 @@ impl Credential {
             }
             Ok(blocks)
         };
+        let mut certs = first(&crt, "CERTIFICATE", "certificate")?;
         let cred = Credential {
-            cert_der: first(&crt, "CERTIFICATE", "certificate")?.remove(0),
+            cert_der: certs.remove(0),
+            chain_der: certs,
             key_pkcs8: first(&key, "PRIVATE KEY", "private key")?.remove(0),
             ca_der: first(&ca, "CERTIFICATE", "CA certificate")?,
         };
@@ -97,8 +102,11 @@ impl Credential {
         disk::write_private(&key, pki::pem_encode("PRIVATE KEY", &self.key_pkcs8).as_bytes())
             .map_err(werr(&key))?;
         // The certificate last: its presence says the credential is complete.
-        disk::write_private(&crt, pki::pem_encode("CERTIFICATE", &self.cert_der).as_bytes())
-            .map_err(werr(&crt))?;
+        let crt_pem: String = std::iter::once(&self.cert_der)
+            .chain(&self.chain_der)
+            .map(|c| pki::pem_encode("CERTIFICATE", c))
+            .collect();
+        disk::write_private(&crt, crt_pem.as_bytes()).map_err(werr(&crt))?;
         Ok(())
     }
 }
@@ -126,6 +134,8 @@ mod tests {
             .unwrap();
         let cred = Credential {
             cert_der: cert,
+            // A chain survives the round trip too.
+            chain_der: vec![ca.cert_der.clone()],
             key_pkcs8: key.pkcs8_der().to_vec(),
             ca_der: vec![ca.cert_der.clone()],
         };

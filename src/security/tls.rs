@@ -56,7 +56,7 @@ impl Tls {
     pub fn new(
         cluster_id: &str,
         roots: Vec<Vec<u8>>,
-        own: Option<(&[u8], &[u8])>,
+        own: Option<(&[u8], &[Vec<u8>], &[u8])>,
     ) -> Result<Arc<Tls>, TlsError> {
         let tls = Tls {
             cluster_id: cluster_id.to_string(),
@@ -65,8 +65,8 @@ impl Tls {
             any_server: false,
             provider: provider(),
         };
-        if let Some((cert, key)) = own {
-            tls.set_own(cert, key)?;
+        if let Some((cert, chain, key)) = own {
+            tls.set_own(cert, chain, key)?;
         }
         Ok(Arc::new(tls))
     }
@@ -82,17 +82,26 @@ impl Tls {
         })
     }
 
-    /// Presents `cert_der` (signed for `key_pkcs8`) from the next handshake on.
-    pub fn set_own(&self, cert_der: &[u8], key_pkcs8: &[u8]) -> Result<(), TlsError> {
+    /// Presents `cert_der` (signed for `key_pkcs8`) followed by `chain_der` from the next
+    /// handshake on.
+    pub fn set_own(&self, cert_der: &[u8], chain_der: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), TlsError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
         let signer = self
             .provider
             .key_provider
             .load_private_key(key)
             .map_err(|e| TlsError::Key(e.to_string()))?;
-        let ck = CertifiedKey::new(vec![CertificateDer::from(cert_der.to_vec())], signer);
+        let certs = std::iter::once(cert_der)
+            .chain(chain_der.iter().map(Vec::as_slice))
+            .map(|c| CertificateDer::from(c.to_vec()))
+            .collect();
+        let ck = CertifiedKey::new(certs, signer);
         *self.own.write().unwrap() = Some(Arc::new(ck));
         Ok(())
+    }
+
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.roots.read().unwrap().iter().map(|c| c.to_vec()).collect()
     }
 
     pub fn set_roots(&self, roots: Vec<Vec<u8>>) {
@@ -480,6 +489,41 @@ mod tests {
             .is_ok());
     }
 
+    #[test]
+    fn during_a_ca_rotation_the_cross_signed_ca_bridges_old_and_new_trust() {
+        let old = Ca::create("c1", SystemTime::now()).unwrap();
+        let (new, cross) = Ca::create_successor(&old, "c1", SystemTime::now()).unwrap();
+        assert_ne!(new.fingerprint_hex(), old.fingerprint_hex());
+        let day = Duration::from_secs(86_400);
+        let (leaf_new, _) = issue(&new, "c1", CertRole::Manager, "1", day);
+        let (leaf_old, _) = issue(&old, "c1", CertRole::Worker, "w1", day);
+        assert!(pki::issued_by(&leaf_new, &new.cert_der) && !pki::issued_by(&leaf_new, &old.cert_der));
+        assert!(pki::issued_by(&leaf_old, &old.cert_der));
+        let chain = [CertificateDer::from(cross.clone())];
+        let verify = |roots: Vec<Vec<u8>>, leaf: &[u8], chain: &[CertificateDer<'_>]| {
+            Tls::new("c1", roots, None)
+                .unwrap()
+                .verify(
+                    &CertificateDer::from(leaf.to_vec()),
+                    chain,
+                    now(),
+                    webpki::KeyUsage::server_auth(),
+                )
+                .is_ok()
+        };
+        // A node that still trusts only the old CA accepts the new one's certificate
+        // through the cross-signed CA, and only with it.
+        assert!(verify(vec![old.cert_der.clone()], &leaf_new, &chain));
+        assert!(!verify(vec![old.cert_der.clone()], &leaf_new, &[]));
+        // A node that trusts both accepts both; one that trusts only the new CA (after the
+        // rotation) accepts the new certificates, with or without the chain, and not the old.
+        let both = vec![new.cert_der.clone(), old.cert_der.clone()];
+        assert!(verify(both.clone(), &leaf_new, &chain) && verify(both, &leaf_old, &[]));
+        assert!(verify(vec![new.cert_der.clone()], &leaf_new, &chain));
+        assert!(verify(vec![new.cert_der.clone()], &leaf_new, &[]));
+        assert!(!verify(vec![new.cert_der.clone()], &leaf_old, &[]));
+    }
+
     /// A real handshake over a socket pair: a worker client reaches a manager server; a
     /// server presenting a worker certificate is refused by the client.
     #[tokio::test]
@@ -489,8 +533,13 @@ mod tests {
         let (m, mk) = issue(&ca, "c1", CertRole::Manager, "1", day);
         let (w, wk) = issue(&ca, "c1", CertRole::Worker, "w1", day);
         for (server_cert, server_key, want_ok) in [(&m, &mk, true), (&w, &wk, false)] {
-            let server = Tls::new("c1", vec![ca.cert_der.clone()], Some((server_cert, server_key))).unwrap();
-            let client = Tls::new("c1", vec![ca.cert_der.clone()], Some((&w, &wk))).unwrap();
+            let server = Tls::new(
+                "c1",
+                vec![ca.cert_der.clone()],
+                Some((server_cert, &[][..], server_key)),
+            )
+            .unwrap();
+            let client = Tls::new("c1", vec![ca.cert_der.clone()], Some((&w, &[][..], &wk))).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config());

@@ -224,8 +224,15 @@ pub async fn start(
         }
         let transport = crate::security::Transport::new(&credential)?;
         let client = Arc::new(Client::new(&opts.managers, transport.clone())?);
+        // Heartbeat answers say when the cluster's CAs change (a rotation); renewal acts on it.
+        let (trust_tx, trust_rx) = tokio::sync::watch::channel(crate::security::renew::TrustView::new());
+        let trust = Arc::new(TrustFollower {
+            tx: trust_tx,
+            known_fingerprint: Mutex::new(crate::security::pki::bundle_fingerprint(&credential.ca_der)),
+        });
         let renewal = tokio::spawn(
-            crate::security::renew::keep_renewed(tls_dir.clone(), transport, opts.managers.clone()).in_current_span(),
+            crate::security::renew::keep_renewed(tls_dir.clone(), transport, opts.managers.clone(), trust_rx)
+                .in_current_span(),
         );
         let _renewal = AbortOnDrop(renewal);
         // Spread workers over the managers (stable per node id).
@@ -271,7 +278,7 @@ pub async fn start(
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);
         let watcher = tokio::spawn(watch_assignments(client.clone(), opts.node_id.clone(), assign_tx).in_current_span());
-        let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone()).in_current_span());
+        let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone(), trust).in_current_span());
         let log_session = runtime
             .logs_dir()
             .map(|dir| tokio::spawn(logs::session(client.clone(), opts.node_id.clone(), dir).in_current_span()));
@@ -450,8 +457,43 @@ async fn watch_assignments(
     }
 }
 
+/// What a worker knows of the CAs its cluster trusts (see `heartbeat_loop`).
+struct TrustFollower {
+    tx: tokio::sync::watch::Sender<crate::security::renew::TrustView>,
+    /// `bundle_fingerprint` of the CAs last learnt.
+    known_fingerprint: Mutex<String>,
+}
+
+impl TrustFollower {
+    /// A heartbeat answer said the cluster trusts CAs with `fingerprint`: if that is news,
+    /// fetch them (over the authenticated connection) for the renewal task.
+    async fn heard(&self, client: &Client, fingerprint: &str) {
+        if fingerprint.is_empty() || *self.known_fingerprint.lock().unwrap() == fingerprint {
+            return;
+        }
+        let got = client
+            .call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
+            .await;
+        match got {
+            Ok(cas) if !cas.certs_der.is_empty() => {
+                info!("the cluster's CAs changed");
+                *self.known_fingerprint.lock().unwrap() =
+                    crate::security::pki::bundle_fingerprint(&cas.certs_der);
+                self.tx.send_replace(cas.certs_der);
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "cannot fetch the cluster's CAs; trying at the next beat"),
+        }
+    }
+}
+
 /// Heartbeats with the pending task changes (all of them after a failed beat).
-async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<Shared>>) {
+async fn heartbeat_loop(
+    client: Arc<Client>,
+    node_id: String,
+    shared: Arc<Mutex<Shared>>,
+    trust: Arc<TrustFollower>,
+) {
     let mut interval_ms = 1_000;
     let mut send_all = true;
     loop {
@@ -475,6 +517,7 @@ async fn heartbeat_loop(client: Arc<Client>, node_id: String, shared: Arc<Mutex<
         });
         match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), beat).await {
             Ok(Ok(resp)) => {
+                trust.heard(&client, &resp.trust_fingerprint).await;
                 let mut sh = shared.lock().unwrap();
                 if sh
                     .last_ack
