@@ -350,3 +350,93 @@ async fn rogue_hosts_change_nothing_and_read_nothing() {
         "a rogue host changed the nodes"
     );
 }
+
+/// The ids of the running tasks, through manager `id`.
+async fn running_task_ids(id: u64) -> Option<BTreeSet<String>> {
+    let tasks = list_tasks(id).await?;
+    Some(
+        tasks
+            .into_iter()
+            .filter(|t| t.state == pb::TaskState::Running as i32)
+            .map(|t| t.id)
+            .collect(),
+    )
+}
+
+/// `cluster ca --rotate` with 3 managers and 2 workers running 4 tasks, the leader killed at
+/// a random moment while the nodes renew: the rotation completes, every node then holds a
+/// certificate of the new CA, the old operator credential is refused, and the same 4 tasks
+/// run (none restarted or replaced).
+#[madsim::test]
+async fn a_ca_rotation_completes_through_a_leader_kill() {
+    use warren::security::{pki, rotate, store::Credential, Transport};
+    let mut c = Cluster::start(3, "hardening::a_ca_rotation_completes_through_a_leader_kill").await;
+    c.start_workers(2, &[]).await;
+    let before = c
+        .on_client(async {
+            create_service(&client_of_all([1, 2, 3]), "web", 4, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .unwrap();
+            wait_for("4 tasks running", Duration::from_secs(30), || async {
+                running_task_ids(1).await.filter(|t| t.len() == 4)
+            })
+            .await
+        })
+        .await;
+    let admin_dir = std::path::Path::new("/sim/manager-1/admin");
+    let old = Credential::load(admin_dir, "admin").unwrap();
+    let leader = c
+        .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(10)))
+        .await;
+    let new_ca = c
+        .on_client(async move {
+            let (cred, status) = rotate::start(&client_of_all([1, 2, 3]), admin_dir).await.unwrap();
+            assert!(status.rotating || status.pending.is_empty(), "{status:?}");
+            cred.ca_der[0].clone()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(madsim::rand::random::<u64>() % 1_000)).await;
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.restart(leader);
+    c.on_client(async move {
+        wait_for("the rotation to complete", Duration::from_secs(60), || async {
+            let s = client_of_all([1, 2, 3]).ca_status().await.ok()?;
+            (!s.rotating).then_some(())
+        })
+        .await;
+        let client = client_of_all([1, 2, 3]);
+        let mut cred = Credential::load(admin_dir, "admin").unwrap();
+        rotate::finish(&client, admin_dir, &mut cred).await.unwrap();
+        assert_eq!(cred.ca_der, vec![new_ca.clone()], "only the new CA is trusted");
+        // Every node holds a certificate of the new CA (renewed before it completed).
+        for dir in [
+            "/sim/manager-1/tls",
+            "/sim/manager-2/tls",
+            "/sim/manager-3/tls",
+            "/sim/worker-1/tls",
+            "/sim/worker-2/tls",
+        ] {
+            let node = Credential::load(std::path::Path::new(dir), "node").unwrap();
+            assert!(
+                pki::issued_by(&node.cert_der, &new_ca),
+                "{dir} holds an old certificate"
+            );
+        }
+        // The old operator credential is refused (revoked with the old CA).
+        let stale = warren::client::Client::new(&[api_addr(1)], Transport::new(&old).unwrap()).unwrap();
+        let r = stale.list_services(false).await;
+        assert!(
+            matches!(&r, Err(e) if e.code() == tonic::Code::PermissionDenied),
+            "an old-CA operator credential still works: {r:?}"
+        );
+        // Not a task restarted or replaced.
+        let after = wait_for("4 tasks running", Duration::from_secs(20), || async {
+            running_task_ids(1).await.filter(|t| t.len() == 4)
+        })
+        .await;
+        assert_eq!(after, before, "tasks were replaced during the rotation");
+    })
+    .await;
+}

@@ -359,6 +359,40 @@ impl Client {
 
 /// Typed calls for the operations the CLI, the simulator and the tools share.
 impl Client {
+    /// Starts a CA rotation; the answer carries the caller's new operator certificate for
+    /// the key of `csr_der`. Sent once: a retry would find the rotation already started.
+    pub async fn rotate_ca(&self, csr_der: Vec<u8>) -> Result<pb::RotateCaResponse, ClientError> {
+        self.call(|mut s| {
+            let req = pb::RotateCaRequest {
+                csr_der: csr_der.clone(),
+            };
+            async move { s.cluster.rotate_ca(req).await }
+        })
+        .await
+    }
+
+    /// Says this node holds the certificate it calls with (see `ConfirmCertificate`).
+    pub async fn confirm_certificate(&self) -> Result<(), ClientError> {
+        self.call(|mut s| async move {
+            s.cluster
+                .confirm_certificate(pb::ConfirmCertificateRequest {})
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn ca_status(&self) -> Result<pb::CaStatus, ClientError> {
+        self.call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
+            .await
+    }
+
+    /// The CAs the cluster trusts, the signing one first.
+    pub async fn ca_certificates(&self) -> Result<pb::CaCertificate, ClientError> {
+        self.call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
+            .await
+    }
+
     pub async fn create_service(&self, spec: pb::ServiceSpec) -> Result<pb::Service, ClientError> {
         self.call_write(|mut s| {
             let req = s.req(pb::CreateServiceRequest {

@@ -425,9 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if rotate {
                 rotate_ca(&cli.manager, tls_dir.as_deref(), detach, timeout).await
             } else {
-                let status = client()?
-                    .call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
-                    .await?;
+                let status = client()?.ca_status().await?;
                 print_ca_status(&status);
                 Ok(())
             }
@@ -796,34 +794,14 @@ async fn rotate_ca(
     detach: bool,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    use crate::security::{pki::Key, store::Credential, Transport};
+    use crate::security::Transport;
     let dir = crate::security::operator_dir(tls_dir);
     let cred = crate::security::operator_credential(tls_dir)?;
-    let key = Key::generate()?;
-    let req = pb::RotateCaRequest {
-        csr_der: key.request()?,
-    };
-    let started = Client::new(managers, Transport::new(&cred)?)?
-        .call(|mut s| {
-            let req = req.clone();
-            async move { s.cluster.rotate_ca(req).await }
-        })
-        .await
-        .context("starting the CA rotation")?;
-    let issued = started
-        .admin
-        .ok_or_else(|| anyhow::anyhow!("the manager sent no new operator credential"))?;
-    let mut new = Credential {
-        cert_der: issued.cert_der,
-        chain_der: issued.chain_der,
-        key_pkcs8: key.pkcs8_der().to_vec(),
-        ca_der: issued.ca_der,
-    };
-    new.save(&dir, "admin")
-        .with_context(|| format!("saving the new operator credential in {}", dir.display()))?;
+    let (mut new, status) =
+        crate::security::rotate::start(&Client::new(managers, Transport::new(&cred)?)?, &dir).await?;
     println!(
         "CA rotation started: new CA {}; the operator credential in {} now comes from it (other operators need new ones from `warren cluster admin-cert` before the rotation completes; issue join tokens again)",
-        started.status.as_ref().map_or("", |s| s.ca_fingerprint.as_str()),
+        status.ca_fingerprint,
         dir.display()
     );
     if detach {
@@ -833,18 +811,9 @@ async fn rotate_ca(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = None;
     loop {
-        let status = client
-            .call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
-            .await?;
+        let status = client.ca_status().await?;
         if !status.rotating {
-            // Trust only the new CA from now on.
-            let cas = client
-                .call(
-                    |mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await },
-                )
-                .await?;
-            new.ca_der = cas.certs_der;
-            new.save(&dir, "admin")?;
+            crate::security::rotate::finish(&client, &dir, &mut new).await?;
             println!(
                 "CA rotation complete: every node renewed; the cluster trusts only CA {}",
                 status.ca_fingerprint

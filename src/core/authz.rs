@@ -78,6 +78,7 @@ pub enum Rpc {
     IssueAdminCertificate,
     RotateCa,
     GetCaStatus,
+    ConfirmCertificate,
     // NodeService
     RegisterNode,
     Heartbeat,
@@ -108,7 +109,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 33] = [
+    pub const ALL: [Rpc; 34] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
@@ -119,6 +120,7 @@ impl Rpc {
         Rpc::IssueAdminCertificate,
         Rpc::RotateCa,
         Rpc::GetCaStatus,
+        Rpc::ConfirmCertificate,
         Rpc::RegisterNode,
         Rpc::Heartbeat,
         Rpc::ListNodes,
@@ -152,7 +154,7 @@ impl Rpc {
             IssueCertificate => Needs::Token,
             JoinCluster => Needs::SelfManager,
             RegisterNode | Heartbeat | WatchAssignments | LogSession => Needs::SelfWorker,
-            RenewCertificate => Needs::AnyNode,
+            RenewCertificate | ConfirmCertificate => Needs::AnyNode,
             AppendEntries | Vote | InstallSnapshot | LeaderCall | Ping | NodeLogs => Needs::Manager,
             GetClusterInfo
             | GenerateJoinToken
@@ -341,7 +343,7 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 33] = [
+        let table: [(Rpc, &str); 34] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
@@ -353,6 +355,7 @@ mod tests {
             (IssueAdminCertificate, "+ - - - -"),
             (RotateCa,              "+ - - - -"),
             (GetCaStatus,           "+ - - - -"),
+            (ConfirmCertificate,    "- + + + -"),
             (RegisterNode,          "- - + - -"),
             (Heartbeat,             "- - + - -"),
             (ListNodes,             "+ - - - -"),

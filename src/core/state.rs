@@ -223,6 +223,13 @@ pub enum Command {
     RevokeHolder {
         holder: String,
     },
+    /// A node presented a certificate `serial_hex` the new CA signed, during a CA rotation: it
+    /// has it, so it no longer waits for one. (Recording is not enough: a renewal's answer can
+    /// be lost, and the rotation must not complete and revoke the only certificate it has.)
+    ConfirmCertificate {
+        holder: String,
+        serial_hex: String,
+    },
     /// `cluster ca --rotate`: the new CA signs from now on; both are trusted until every
     /// manager and worker holding a certificate of the old one has renewed (see `CaRotation`).
     StartCaRotation {
@@ -703,9 +710,7 @@ impl ClusterState {
                 }
                 let current_ca = super::token::ca_fingerprint(&self.pki.ca_cert_der);
                 if let Some(r) = &mut self.pki.rotation {
-                    if issuer_fingerprint == current_ca {
-                        r.pending.remove(&who);
-                    } else {
+                    if issuer_fingerprint != current_ca {
                         // Signed by the old CA just before the rotation started.
                         r.old_serials.insert(serial_hex.clone());
                     }
@@ -715,6 +720,22 @@ impl ClusterState {
                     .entry(who)
                     .or_default()
                     .insert(serial_hex, not_after_ms);
+                Ok(Outcome::Internal)
+            }
+            Command::ConfirmCertificate {
+                holder: who,
+                serial_hex,
+            } => {
+                let current = self
+                    .pki
+                    .issued
+                    .get(&who)
+                    .is_some_and(|s| s.contains_key(&serial_hex));
+                if let Some(r) = &mut self.pki.rotation {
+                    if current && !r.old_serials.contains(&serial_hex) {
+                        r.pending.remove(&who);
+                    }
+                }
                 self.pki.settle_rotation();
                 Ok(Outcome::Internal)
             }
@@ -1817,10 +1838,22 @@ mod tests {
             Err(StateError::FailedPrecondition(_))
         ));
         assert_eq!(st, before);
+        let confirm = |holder: &str, serial: &str| Command::ConfirmCertificate {
+            holder: holder.into(),
+            serial_hex: serial.into(),
+        };
         // A certificate the old CA signed just before the switch does not count.
         st.apply(16, record("manager/1", "a2", &old_fp)).unwrap();
+        st.apply(17, confirm("manager/1", "a2")).unwrap();
         assert!(st.pki.rotation.as_ref().unwrap().pending.contains("manager/1"));
+        // Nor does a new one until its holder shows it has it (the answer may have been lost).
         st.apply(17, record("manager/1", "a3", &new_fp)).unwrap();
+        assert!(st.pki.rotation.as_ref().unwrap().pending.contains("manager/1"));
+        // Confirming someone else's serial, or one never issued, does nothing.
+        st.apply(17, confirm("worker/n1", "a3")).unwrap();
+        st.apply(17, confirm("worker/n1", "zz")).unwrap();
+        assert!(st.pki.rotation.as_ref().unwrap().pending.contains("worker/n1"));
+        st.apply(17, confirm("manager/1", "a3")).unwrap();
         st.apply(18, record("admin/ops", "c2", &new_fp)).unwrap();
         assert_eq!(
             st.pki.rotation.as_ref().unwrap().pending,

@@ -916,6 +916,36 @@ impl ClusterService for Api {
         }))
     }
 
+    async fn confirm_certificate(
+        &self,
+        req: Request<pb::ConfirmCertificateRequest>,
+    ) -> Reply<pb::ConfirmCertificateResponse> {
+        let who = self.allow(&req, Rpc::ConfirmCertificate, Target::None)?;
+        let (holder, serial_hex) = match who {
+            Caller::Manager { id, serial_hex, .. } => {
+                (core::state::holder("manager", &id.to_string()), serial_hex)
+            }
+            Caller::Worker {
+                node_id, serial_hex, ..
+            } => (core::state::holder("worker", &node_id), serial_hex),
+            _ => return Err(Status::permission_denied("only a node confirms its certificate")),
+        };
+        // Against state at least as new as the renewal this follows.
+        self.m.read_barrier().await?;
+        let waiting = self.read(|st| {
+            st.pki
+                .rotation
+                .as_ref()
+                .is_some_and(|r| r.pending.contains(&holder))
+        });
+        if waiting {
+            self.m
+                .write(Command::ConfirmCertificate { holder, serial_hex })
+                .await?;
+        }
+        ok(Ok(pb::ConfirmCertificateResponse {}))
+    }
+
     async fn get_ca_status(&self, req: Request<pb::GetCaStatusRequest>) -> Reply<pb::CaStatus> {
         self.allow(&req, Rpc::GetCaStatus, Target::None)?;
         ok(Ok(self.ca_status()))

@@ -33,7 +33,7 @@ pub async fn enroll<S: AsRef<str>>(
     }
     let boot = Client::new(managers, Transport::bootstrap())?;
     let offered = boot
-        .call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
+        .ca_certificates()
         .await
         .context("fetching the cluster's CA certificate")?;
     let ca_der = offered

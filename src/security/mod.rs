@@ -13,6 +13,7 @@
 pub mod enroll;
 pub mod pki;
 pub mod renew;
+pub mod rotate;
 pub mod store;
 #[cfg(not(madsim))]
 pub mod tls;

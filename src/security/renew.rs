@@ -31,6 +31,8 @@ pub async fn keep_renewed(
     mut trust: tokio::sync::watch::Receiver<TrustView>,
 ) {
     let mut backoff = crate::retry::Backoff::new(1_000, 60_000);
+    // The certificate last confirmed to the cluster during a CA rotation.
+    let mut confirmed: Option<String> = None;
     loop {
         let mut cred = match Credential::load(&dir, "node") {
             Ok(c) => c,
@@ -51,6 +53,25 @@ pub async fn keep_renewed(
             transport.set_roots(view.clone());
         }
         let signer_changed = view.first().is_some_and(|ca| !pki::issued_by(&cred.cert_der, ca));
+        // During a rotation (two CAs trusted), a certificate of the new CA counts only once
+        // the node shows it has it: over a new connection that presents it.
+        if view.len() > 1 && !signer_changed && confirmed.as_deref() != Some(who.serial_hex.as_str()) {
+            let r = match Client::new(&managers, transport.clone()) {
+                Ok(c) => c.confirm_certificate().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            match r {
+                Ok(()) => {
+                    info!(serial = %who.serial_hex, "this node's certificate of the new CA is confirmed");
+                    confirmed = Some(who.serial_hex.clone());
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot confirm the renewed certificate; retrying");
+                    backoff.wait(None).await;
+                    continue;
+                }
+            }
+        }
         let now = SystemTime::now();
         let due = who.renew_at();
         if now < due && !signer_changed {

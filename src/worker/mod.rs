@@ -471,9 +471,7 @@ impl TrustFollower {
         if fingerprint.is_empty() || *self.known_fingerprint.lock().unwrap() == fingerprint {
             return;
         }
-        let got = client
-            .call(|mut s| async move { s.cluster.get_ca_certificate(pb::GetCaCertificateRequest {}).await })
-            .await;
+        let got = client.ca_certificates().await;
         match got {
             Ok(cas) if !cas.certs_der.is_empty() => {
                 info!("the cluster's CAs changed");
