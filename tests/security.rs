@@ -267,11 +267,20 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
 }
 
 fn ok_create(api: &str, name: &str) {
-    let out = warren(
-        api,
-        &["service", "create", name, "--image", "busybox", "--replicas", "0"],
-    );
-    assert!(out.status.success(), "create {name}: {}", stderr(&out));
+    create_service(api, name, 0);
+}
+
+/// Waits until the managers at `api` list `n` ready workers.
+fn wait_workers_ready(api: &str, n: usize, deadline: Duration) {
+    wait_until(&format!("{n} workers ready"), deadline, || {
+        let nodes = json_of(api, &["node", "ls"]);
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|x| x["status"] == "ready")
+            .count();
+        (ready == n).then_some(())
+    });
 }
 
 /// A plaintext gRPC client gets no answer from `addr`.
@@ -372,15 +381,7 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         &tmp.path().join("w2"),
         &["--runtime", "sim"],
     );
-    wait_until("both workers ready", Duration::from_secs(60), || {
-        let nodes = json_of(&all, &["node", "ls"]);
-        let ready = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["status"] == "ready")
-            .count();
-        (ready == 2).then_some(())
-    });
+    wait_workers_ready(&all, 2, Duration::from_secs(60));
     // No plaintext socket anywhere: each manager listens on its two ports only, both TLS;
     // workers listen on nothing (they dial out).
     for p in &procs {
@@ -456,15 +457,7 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_until("the workers to be ready", FORM, || {
-        let nodes = json_of(&all, &["node", "ls"]);
-        let ready = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["status"] == "ready")
-            .count();
-        (ready == 2).then_some(())
-    });
+    wait_workers_ready(&all, 2, FORM);
 }
 
 /// (id, node, container, state) of every task of `service` that should run.
@@ -496,19 +489,7 @@ fn ca_rotation_replaces_every_certificate_without_restarting_a_task() {
         .iter()
         .map(|w| WorkerProc::spawn(&all, Some(&wtoken), w, &tmp.path().join(w), &["--runtime", "sim"]))
         .collect();
-    let out = warren(
-        &all,
-        &[
-            "service",
-            "create",
-            "web",
-            "--image",
-            "busybox",
-            "--replicas",
-            "4",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    create_service(&all, "web", 4);
     let before = wait_until(
         "4 tasks running on the two workers",
         Duration::from_secs(60),
@@ -576,15 +557,7 @@ fn ca_rotation_replaces_every_certificate_without_restarting_a_task() {
     assert!(stderr(&out).contains("admin-cert"), "{}", stderr(&out));
     // The cluster serves writes, the workers are ready, and not a task restarted.
     ok_create(&all, "after-rotation");
-    wait_until("both workers ready", FORM, || {
-        let nodes = json_of(&all, &["node", "ls"]);
-        let ready = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["status"] == "ready")
-            .count();
-        (ready == 2).then_some(())
-    });
+    wait_workers_ready(&all, 2, FORM);
     assert_eq!(tasks_of(&all, "web"), before, "tasks changed during the rotation");
     assert_eq!(started(), started_before, "a worker started a task again");
     drop(workers);

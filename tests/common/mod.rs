@@ -266,6 +266,24 @@ pub fn warren(manager: &str, args: &[&str]) -> Output {
         .expect("running warren")
 }
 
+/// `service create NAME --image busybox --replicas N`, which must succeed.
+pub fn create_service(api: &str, name: &str, replicas: u32) {
+    let replicas = replicas.to_string();
+    let out = warren(
+        api,
+        &[
+            "service",
+            "create",
+            name,
+            "--image",
+            "busybox",
+            "--replicas",
+            &replicas,
+        ],
+    );
+    assert!(out.status.success(), "create {name}: {}", stderr(&out));
+}
+
 /// `warren ARGS -o json`, which must succeed.
 pub fn json_of(api: &str, args: &[&str]) -> serde_json::Value {
     let mut full = args.to_vec();
