@@ -20,6 +20,7 @@ T=$(mktemp -d -t warren-failover.XXXXXX)
 declare -A PID API
 cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 now() { date +%s.%N; }
 info() { $W --manager "$1" cluster info -o json 2>/dev/null; }

@@ -18,6 +18,7 @@ pids=()
 stop() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cleanup() { for p in "${pids[@]}"; do stop "$p"; done; rm -rf "$tmp"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 
 start_manager() { # $1 = data dir; sets API and PID
   API=127.0.0.1:$(port)

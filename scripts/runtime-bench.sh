@@ -20,6 +20,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 eval "$(./scripts/rig.sh start "$tmp/rig")"
 SOCK=$WARREN_RIG_CONTAINERD_SOCKET
 IMG=$WARREN_RIG_IMAGE
