@@ -107,9 +107,9 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let brief = Credential::load(&short, "admin").unwrap();
-    assert!(list(&client_with(&m.api, Transport::new(&brief).unwrap()))
-        .await
-        .is_ok());
+    // A connection opened while it is valid, and kept open.
+    let open = client_with(&m.api, Transport::new(&brief).unwrap());
+    assert!(list(&open).await.is_ok());
     // Wait on the certificate's own clock (its validity is in whole seconds).
     std::thread::sleep(Duration::from_millis(2_100));
     // The CLI says so before it connects...
@@ -138,6 +138,15 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
         m.log_text().contains("the certificate expired"),
         "the manager logs why"
     );
+    // The connection opened before it expired does not outlive it: TLS checked it once,
+    // every request checks it again.
+    let e = list(&open).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "an open connection past expiry: {e}"
+    );
+    assert!(e.to_string().contains("has expired"), "{e}");
 
     // A worker's certificate: its own node only, never the admin API.
     let w1 = worker_client(&m.api, "w1", &tmp.path().join("w1")).await;
@@ -178,6 +187,21 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    // Nor rotate the CA, and an operator has no certificate to confirm.
+    let e = w1
+        .rotate_ca(warren::security::pki::Key::generate().unwrap().request().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let admin = client_with(&m.api, Transport::new(&admin_cred(&m)).unwrap());
+    let e = admin.confirm_certificate().await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let status = admin.ca_status().await.unwrap();
+    assert!(!status.rotating, "{status:?}");
+    assert_eq!(
+        status.ca_fingerprint,
+        warren::security::pki::fingerprint_hex(&ca[0])
+    );
 
     // A node id in use cannot be taken over with a new token.
     let token = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))
