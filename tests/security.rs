@@ -218,6 +218,11 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("this is a manager token"), "{e:#}");
+    // And the reverse: a worker token to join as a manager.
+    let e = warren::security::enroll::enroll(&tmp.path().join("z"), &token, &[&m.api], Role::Manager, "9")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("this is a worker token"), "{e:#}");
     let fp = warren::core::token::ca_fingerprint(&ca[0]);
     let flipped: String = fp
         .chars()
