@@ -57,7 +57,7 @@ fn catches_a_retried_command_applied_twice() {
 #[test]
 fn catches_stale_consistent_reads() {
     assert!(
-        caught_within(Bug::StaleConsistentRead, Profile::EdgeWan, 40).is_some(),
+        caught_within(Bug::StaleConsistentRead, Profile::Flaky, 40).is_some(),
         "StaleConsistentRead escaped 40 seeds"
     );
 }

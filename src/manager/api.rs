@@ -1182,23 +1182,24 @@ impl TaskService for Api {
         }
         let slot = StreamSlot::take(self, &node_id)?;
         let m = self.m.clone();
-        let metrics = m.raft.metrics();
         let queued = std::collections::VecDeque::<pb::AssignmentEvent>::new();
         let init = (
             m,
             node_id,
             None::<Vec<(String, u64, u64)>>,
             0u64,
-            metrics,
+            (),
             (queued, slot),
         );
         let stream = futures::stream::unfold(
             init,
-            |(m, node, mut last, mut seq, mut metrics, (mut queued, slot))| async move {
+            |(m, node, mut last, mut seq, unit, (mut queued, slot))| async move {
                 loop {
                     if let Some(ev) = queued.pop_front() {
-                        return Some((Ok(ev), (m, node, last, seq, metrics, (queued, slot))));
+                        return Some((Ok(ev), (m, node, last, seq, unit, (queued, slot))));
                     }
+                    // Before reading the state, so a change after the read is waited out.
+                    let seen = m.changes.version();
                     let (key, tasks) = {
                         let guard = m.state.read().unwrap();
                         let st = &guard.state;
@@ -1231,10 +1232,10 @@ impl TaskService for Api {
                     }
                     tokio::select! {
                         biased;
-                        r = metrics.changed() => if r.is_err() { return None },
+                        r = m.changes.after(seen) => if r.is_none() { return None },
                         _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
                             let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
-                            return Some((Ok(ev), (m, node, last, seq, metrics, (queued, slot))));
+                            return Some((Ok(ev), (m, node, last, seq, unit, (queued, slot))));
                         }
                     }
                 }

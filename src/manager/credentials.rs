@@ -169,8 +169,8 @@ pub async fn follow_trust(
     tx: tokio::sync::watch::Sender<crate::security::renew::TrustView>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut metrics = m.raft.metrics();
     loop {
+        let seen = m.changes.version();
         let trusted = m.state.read().unwrap().state.pki.trusted();
         if !trusted.is_empty() {
             tx.send_if_modified(|v| {
@@ -184,7 +184,7 @@ pub async fn follow_trust(
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            r = metrics.changed() => if r.is_err() { return },
+            r = m.changes.after(seen) => if r.is_none() { return },
         }
     }
 }

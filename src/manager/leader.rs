@@ -113,8 +113,11 @@ pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
             Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
             Err(e) => from_raft_err(e, "write"),
         },
-        LeaderOp::ReadIndex => match m.raft.ensure_linearizable().await {
-            Ok(log_id) => LeaderReply::Done(LeaderAnswer::ReadIndex(log_id.map(|l| l.index))),
+        // Only the read index: the manager serving the read waits until it has applied that
+        // far (`Manager::read_barrier`). Not `ensure_linearizable`, whose wait adds a waiter on
+        // the metrics channel behind an unbiased `select!` (see `manager::changes`).
+        LeaderOp::ReadIndex => match m.raft.get_read_log_id().await {
+            Ok((log_id, _applied)) => LeaderReply::Done(LeaderAnswer::ReadIndex(log_id.map(|l| l.index))),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 LeaderReply::NotLeader(f.leader_id.zip(f.leader_node))
             }
@@ -449,7 +452,7 @@ pub async fn ensure_cluster_id(
     data_dir: std::path::PathBuf,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut metrics = m.raft.metrics();
+    let metrics = m.raft.metrics();
     let pending = match super::credentials::pending_ca(&data_dir) {
         Ok(p) => p,
         Err(e) => {
@@ -460,6 +463,7 @@ pub async fn ensure_cluster_id(
     // Commands answered once (applied or refused) are not sent again.
     let mut answered: std::collections::BTreeSet<String> = Default::default();
     loop {
+        let seen = m.changes.version();
         let is_leader = metrics.borrow().current_leader == Some(m.id);
         let (missing_id, missing_ca, unrecorded) = {
             let st = &m.state.read().unwrap().state;
@@ -528,7 +532,7 @@ pub async fn ensure_cluster_id(
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            r = metrics.changed() => if r.is_err() { return },
+            r = m.changes.after(seen) => if r.is_none() { return },
         }
     }
 }

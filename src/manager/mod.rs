@@ -2,6 +2,7 @@
 //! API and the internal Raft RPCs. `start` is what both the binary and the simulator call.
 
 mod api;
+pub mod changes;
 pub mod convert;
 pub mod credentials;
 mod election;
@@ -129,6 +130,8 @@ pub struct Manager {
     pub state: SharedState,
     pub identity: Identity,
     pub peers: peers::Peers,
+    /// Raft metrics changes, for every task that waits for one (see `changes`).
+    pub changes: Arc<changes::Changes>,
     pub election: election::ElectionTimer,
     pub heartbeats: orchestrator::Heartbeats,
     pub logs: logs::LogBroker,
@@ -402,7 +405,9 @@ pub async fn start(
             orchestrator: opts.timing.orchestrator.clone(),
             timing: opts.timing.election(),
             leader_since: Default::default(),
+            changes: Default::default(),
         });
+        let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));
@@ -470,6 +475,7 @@ pub async fn start(
         let _ = stop_tx.send(true);
         cluster_id_task.abort();
         renew_task.abort();
+        changes_task.abort();
         trust_task.abort();
         probe_task.abort();
         election_task.abort();
@@ -631,13 +637,14 @@ impl Manager {
         // Our own wait rather than `Raft::wait`, whose unbiased `select!` the simulator
         // cannot make deterministic.
         let Some(index) = index else { return Ok(()) };
-        let mut metrics = self.raft.metrics();
+        let metrics = self.raft.metrics();
         let caught_up = async {
             loop {
+                let seen = self.changes.version();
                 if metrics.borrow().last_applied.is_some_and(|l| l.index >= index) {
                     return true;
                 }
-                if metrics.changed().await.is_err() {
+                if self.changes.after(seen).await.is_none() {
                     return false;
                 }
             }

@@ -76,7 +76,10 @@ pub async fn keep_renewed(
         let due = who.renew_at();
         if now < due && !signer_changed {
             let wait = due.duration_since(now).unwrap_or_default().min(CHECK_INTERVAL);
+            // Biased: an unbiased select! draws from tokio's own generator, which the
+            // simulator does not seed (see docs/simulation.md).
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(wait) => {}
                 r = trust.changed() => if r.is_err() {
                     // Nobody tells us of CA changes any more: renew on time only.

@@ -1,0 +1,90 @@
+//! Wakes tasks when this manager's Raft metrics change (an entry applied, a new leader, a
+//! new term). One task (`follow`) waits on openraft's metrics channel and bumps a version;
+//! every other task waits here.
+//!
+//! Why not wait on the metrics channel itself: tokio's watch channel wakes its waiters
+//! through one of eight `Notify`s picked by a thread-local generator that tokio seeds from a
+//! process-wide counter, which the simulator cannot seed. With more than one waiter, the
+//! order they wake in (and so the simulated schedule) would depend on what else ran in the
+//! process before: a seed would not replay alone as it ran in the suite. `Notify` wakes its
+//! waiters in the order they came.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Changes {
+    version: AtomicU64,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl Changes {
+    /// The current version: pass it to `after` to wait for the next change.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the version is no longer `seen`; the new version, or `None` once the Raft
+    /// core has ended (no change will come).
+    pub async fn after(&self, seen: u64) -> Option<u64> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a bump between the check and the wait is seen.
+            notified.as_mut().enable();
+            let v = self.version();
+            if v != seen {
+                return Some(v);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+/// The one waiter on `raft`'s metrics channel: bumps `changes` at each change, until the
+/// channel closes.
+pub async fn follow(raft: crate::raft::Raft, changes: std::sync::Arc<Changes>) {
+    let mut metrics = raft.metrics();
+    while metrics.changed().await.is_ok() {
+        changes.bump();
+    }
+    changes.close();
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn waiters_see_every_bump_and_the_close() {
+        let c = Arc::new(Changes::default());
+        let seen = c.version();
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.after(seen).await })
+        };
+        tokio::task::yield_now().await;
+        c.bump();
+        assert_eq!(waiter.await.unwrap(), Some(seen + 1));
+        // A bump that came before the wait is not missed.
+        c.bump();
+        assert_eq!(c.after(seen + 1).await, Some(seen + 2));
+        c.close();
+        assert_eq!(c.after(seen + 2).await, None);
+    }
+}
