@@ -24,22 +24,11 @@ MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q -- --skip workers::
 MADSIM_TEST_NUM=$SIM_WORKER_SEEDS cargo sim -q -- workers::
 echo "simulation took $(( $(date +%s) - start )) s"
 echo "== simulation: determinism check"
-# In-process: madsim runs each seed twice and compares every RNG draw and its time. One test
-# at a time: run beside other tests, chaos_flaky trips the check the way the worker scenarios
-# do (see docs/simulation.md).
-for seed in 1 2 3 4 5; do
-  MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip workers:: --test-threads=1
-done
-# The worker scenarios fail the in-process check (state left by the first run in the same
-# process, see docs/simulation.md), so they are checked the way a replay is used: the same seed
-# in two processes must give the same daemon logs, event for event.
+# In-process, as CI runs the suite (tests in parallel): madsim runs each seed twice and
+# compares every draw of the seeded generator and its simulated time.
 for seed in 1 2 3; do
-  for run in a b; do
-    RUST_LOG=warren=debug MADSIM_TEST_SEED=$seed cargo sim -q -- workers:: --test-threads=1 --nocapture 2>&1 |
-      grep -v "finished in" > "target/sim/replay-$seed-$run.log"
-  done
-  cmp "target/sim/replay-$seed-a.log" "target/sim/replay-$seed-b.log" ||
-    { echo "seed $seed: two runs of the worker scenarios differ" >&2; exit 1; }
-  echo "seed $seed: worker scenarios replay identically ($(wc -l < "target/sim/replay-$seed-a.log") log lines)"
+  MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip selftest:: --skip regressions::
 done
+echo "== simulation: alone vs suite, and every printed replay line"
+./scripts/sim-replay-check.sh
 echo "all tests passed"

@@ -69,6 +69,22 @@ pub struct Cluster {
     /// Managers whose start may fail (the scenario checks why), and the errors they gave.
     pub may_fail: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
     pub failures: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, String>>>,
+    /// The test this run belongs to (`module::name`), for the replay and digest lines.
+    pub scenario: String,
+}
+
+/// At the end of every run: a digest of the events (the simulated time reached and the next
+/// draw of the seeded generator, which depends on every draw made), printed with the seed.
+/// The same seed must give the same digest alone (its printed replay line) as in the suite
+/// (checked by `scripts/sim-replay-check.sh`).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.scenario.contains("::") {
+            let ns = madsim::time::TimeHandle::current().elapsed().as_nanos();
+            let draw: u64 = madsim::rand::random();
+            eprintln!("digest {} seed {}: {ns} {draw:016x}", self.scenario, self.seed);
+        }
+    }
 }
 
 impl Cluster {
@@ -95,7 +111,10 @@ impl Cluster {
         }
         let handle = Handle::current();
         let seed = handle.seed();
-        eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
+        if scenario.contains("::") {
+            // A pinned regression seed replays with the same line (its test pins the seed).
+            eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
+        }
         let client_node = handle
             .create_node()
             .name("client")
@@ -111,6 +130,7 @@ impl Cluster {
             workers: BTreeMap::new(),
             may_fail: Default::default(),
             failures: Default::default(),
+            scenario: scenario.to_string(),
         };
         let mut args = vec!["warren".to_string(), "init".to_string()];
         args.extend(daemon_args(1));

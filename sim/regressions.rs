@@ -16,7 +16,10 @@ fn on_seed<F: std::future::Future<Output = ()> + 'static>(seed: u64, f: impl FnO
 #[test]
 fn chaos_flaky_seed_1795861830551408062_retried_delete() {
     on_seed(1795861830551408062, || {
-        chaos::run(Profile::Flaky, "regressions::retried_delete")
+        chaos::run(
+            Profile::Flaky,
+            "regressions::chaos_flaky_seed_1795861830551408062_retried_delete",
+        )
     });
 }
 
@@ -24,7 +27,10 @@ fn chaos_flaky_seed_1795861830551408062_retried_delete() {
 #[test]
 fn chaos_lan_seed_1795861978348249968_retried_write() {
     on_seed(1795861978348249968, || {
-        chaos::run(Profile::Lan, "regressions::retried_write")
+        chaos::run(
+            Profile::Lan,
+            "regressions::chaos_lan_seed_1795861978348249968_retried_write",
+        )
     });
 }
 

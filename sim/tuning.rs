@@ -67,7 +67,7 @@ fn record_leaders() -> Rc<RefCell<Vec<(Instant, u64, u64)>>> {
 pub async fn failover_once(profile: Profile, timing: Timing) -> Failover {
     profile.apply();
     let leaders = record_leaders();
-    let c = Cluster::start_with(3, "tuning::failover", timing.flags()).await;
+    let c = Cluster::start_with(3, "tuning-failover (sweep)", timing.flags()).await;
     let bursts = c.client_node.spawn(profile.run_bursts());
     let all = vec![1, 2, 3];
     let leader = c
@@ -109,7 +109,7 @@ pub async fn failover_once(profile: Profile, timing: Timing) -> Failover {
 pub async fn spurious_leader_changes(profile: Profile, timing: Timing, hours: u64) -> usize {
     profile.apply();
     let leaders = record_leaders();
-    let c = Cluster::start_with(3, "tuning::steady", timing.flags()).await;
+    let c = Cluster::start_with(3, "tuning-steady (sweep)", timing.flags()).await;
     c.on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(60)))
         .await;
     let settled = leaders.borrow().len();

@@ -1,7 +1,7 @@
 //! Workers under faults: 3 managers + 5 workers running real agents against simulated
 //! container runtimes (one per host). Checkers in `checkers/tasks.rs`.
 
-use crate::checkers::tasks::{no_task_on_two_nodes, running_by_task, unique_ids, wait_converged};
+use crate::checkers::tasks::{converged, no_task_on_two_nodes, running_by_task, unique_ids, wait_converged};
 use crate::cluster::*;
 use crate::faults::rand_range;
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +88,11 @@ async fn worker_kill_reschedules() {
 /// itself); after heal exactly the desired count runs, within a bound.
 #[madsim::test]
 async fn partitioned_worker_keeps_running_then_exact_count() {
-    let c = cluster_with("workers::partitioned_worker_keeps_running", &[("web", 10)]).await;
+    let c = cluster_with(
+        "workers::partitioned_worker_keeps_running_then_exact_count",
+        &[("web", 10)],
+    )
+    .await;
     let victim = rand_range(1, 6);
     let host = format!("worker-{victim}");
     let before = tasks_on(&host);
@@ -127,7 +131,7 @@ async fn partitioned_worker_keeps_running_then_exact_count() {
 /// A crashing task on a cut-off worker is restarted by the worker itself.
 #[madsim::test]
 async fn cut_off_worker_restarts_failed_tasks_itself() {
-    let c = cluster_with("workers::cut_off_worker_restarts", &[]).await;
+    let c = cluster_with("workers::cut_off_worker_restarts_failed_tasks_itself", &[]).await;
     let spec = pb::ServiceSpec {
         name: "flappy".into(),
         image: "busybox".into(),
@@ -188,7 +192,7 @@ async fn restarts_of(rt: &SimRuntime, task: &str) -> usize {
 /// The leader dies during a scale-up to 500: tasks converge with unique ids, each on one node.
 #[madsim::test]
 async fn leader_killed_during_scale_up_to_500() {
-    let c = cluster_with("workers::leader_killed_during_scale_up", &[("web", 5)]).await;
+    let c = cluster_with("workers::leader_killed_during_scale_up_to_500", &[("web", 5)]).await;
     let leader = c
         .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
         .await;
@@ -203,18 +207,19 @@ async fn leader_killed_during_scale_up_to_500() {
         Duration::from_secs(60),
     ))
     .await;
-    // Converged as one survivor saw it; the one read below may apply the log a little later
-    // (a plain read), so wait for it to see the same before checking the spread through it.
-    c.on_client(wait_converged(
-        vec![via],
-        want(&[("web", 500)]),
-        Duration::from_secs(10),
-    ))
-    .await;
+    // The spread is checked on one read of `via` that is itself converged (not a second,
+    // later read: a plain read may lag, or the set may have moved on since).
     let tasks = c
-        .on_client(wait_for("tasks", Duration::from_secs(10), move || {
-            list_tasks(via)
-        }))
+        .on_client(wait_for(
+            "a converged read through one survivor",
+            Duration::from_secs(10),
+            move || async move {
+                let tasks = list_tasks(via).await?;
+                converged(&tasks, &running_by_task(), &want(&[("web", 500)]))
+                    .ok()
+                    .map(|()| tasks)
+            },
+        ))
         .await;
     unique_ids(&tasks).unwrap();
     let per_node: BTreeMap<String, usize> = tasks
@@ -231,7 +236,7 @@ async fn leader_killed_during_scale_up_to_500() {
 /// A leader change alone moves nothing: same task ids, nothing orphaned or shut down.
 #[madsim::test]
 async fn leader_change_alone_reschedules_nothing() {
-    let c = cluster_with("workers::leader_change_alone", &[("web", 20)]).await;
+    let c = cluster_with("workers::leader_change_alone_reschedules_nothing", &[("web", 20)]).await;
     let before = c
         .on_client(wait_for("tasks", Duration::from_secs(10), || list_tasks(1)))
         .await;
