@@ -114,9 +114,32 @@ async fn partitioned_worker_keeps_running_then_exact_count() {
         before,
         "a cut-off worker stopped or changed its tasks (agent restarted: {restart_agent})"
     );
-    // The managers replaced them elsewhere: the slot now runs twice.
-    let running = running_by_task();
-    no_task_on_two_nodes(&running).unwrap();
+    // The managers replaced them elsewhere: the other hosts run all 10 replicas (new task
+    // ids), while the cut-off host still runs its own.
+    let elsewhere = {
+        let host = host.clone();
+        c.on_client(wait_for(
+            "replacements on the other hosts",
+            Duration::from_secs(20),
+            move || {
+                let host = host.clone();
+                async move {
+                    let running = running_by_task();
+                    no_task_on_two_nodes(&running).unwrap();
+                    let n = running.values().filter(|hosts| !hosts.contains(&host)).count();
+                    (n == 10).then_some(n)
+                }
+            },
+        ))
+        .await
+    };
+    assert_eq!(elsewhere, 10);
+    assert!(
+        before
+            .iter()
+            .all(|t| running_by_task().get(t).is_some_and(|h| h == &vec![host.clone()])),
+        "the cut-off host's tasks moved"
+    );
     c.heal_worker(victim);
     let took = c
         .on_client(wait_converged(

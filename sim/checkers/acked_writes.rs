@@ -45,3 +45,42 @@ pub fn missing(expected: &BTreeMap<String, Option<i64>>, actual: &BTreeMap<Strin
         .map(|(k, want)| format!("{k}: want {want:?}, have {:?}", actual.get(k)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn ev(key: &str, op: Op, ret: Ret, start: u64, end: u64) -> Event {
+        let o = Instant::now();
+        Event {
+            client: 0,
+            key: key.into(),
+            op,
+            ret,
+            invoked: o + Duration::from_millis(start),
+            returned: Some(o + Duration::from_millis(end)),
+        }
+    }
+
+    #[madsim::test]
+    async fn a_lost_acknowledged_write_is_reported() {
+        let events = vec![
+            ev("a", Op::Create { replicas: 1 }, Ret::Ok, 0, 1),
+            ev("a", Op::Scale { replicas: 3 }, Ret::Ok, 2, 3),
+            ev("b", Op::Create { replicas: 2 }, Ret::Ok, 0, 1),
+            ev("b", Op::Delete, Ret::Ok, 2, 3),
+            // Overlapping writes: either outcome is allowed, so not expected.
+            ev("c", Op::Create { replicas: 1 }, Ret::Ok, 0, 5),
+            ev("c", Op::Delete, Ret::Ok, 1, 6),
+        ];
+        let want = expected(&events);
+        assert_eq!(want, [("a".to_string(), Some(3)), ("b".to_string(), None)].into());
+        let good: BTreeMap<String, i64> = [("a".to_string(), 3), ("c".to_string(), 1)].into();
+        assert!(missing(&want, &good).is_empty());
+        // The scale was lost; the delete was lost.
+        let bad: BTreeMap<String, i64> = [("a".to_string(), 1), ("b".to_string(), 2)].into();
+        assert_eq!(missing(&want, &bad).len(), 2);
+    }
+}

@@ -47,3 +47,21 @@ impl ElectionSafety {
         self.leaders.borrow().iter().map(|(t, n)| (*t, n[0])).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_leaders_in_one_term_fail_the_check() {
+        let ok = ElectionSafety::default();
+        ok.leaders.borrow_mut().insert(1, vec![1]);
+        ok.leaders.borrow_mut().insert(2, vec![3]);
+        ok.check();
+        assert_eq!(ok.leaders(), vec![(1, 1), (2, 3)]);
+        let bad = ElectionSafety::default();
+        bad.leaders.borrow_mut().insert(4, vec![1, 2]);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad.check()));
+        assert!(r.is_err(), "two leaders in term 4 went unnoticed");
+    }
+}

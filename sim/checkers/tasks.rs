@@ -116,3 +116,69 @@ pub async fn wait_converged(via: Vec<u64>, want: BTreeMap<String, i64>, deadline
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each property fails on a task set that breaks it.
+    use super::*;
+
+    fn task(id: &str, slot: u32, node: &str) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            service_name: "web".into(),
+            slot,
+            node_id: node.into(),
+            desired_state: pb::TaskState::Running as i32,
+            state: pb::TaskState::Running as i32,
+            ..Default::default()
+        }
+    }
+
+    fn on(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(t, hosts)| (t.to_string(), hosts.iter().map(|h| h.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn converged_accepts_the_good_set_and_names_each_fault() {
+        let want: BTreeMap<String, i64> = [("web".to_string(), 2)].into();
+        let good = vec![task("a", 1, "w1"), task("b", 2, "w2")];
+        let running = on(&[("a", &["w1"]), ("b", &["w2"])]);
+        assert_eq!(converged(&good, &running, &want), Ok(()));
+        let cases: Vec<(&str, Vec<pb::Task>, BTreeMap<String, Vec<String>>)> = vec![
+            (
+                "appears twice",
+                vec![task("a", 1, "w1"), task("a", 2, "w2")],
+                running.clone(),
+            ),
+            (
+                "runs on",
+                good.clone(),
+                on(&[("a", &["w1", "w2"]), ("b", &["w2"])]),
+            ),
+            (
+                "unwanted task",
+                good.clone(),
+                on(&[("a", &["w1"]), ("b", &["w2"]), ("z", &["w1"])]),
+            ),
+            (
+                "has containers on",
+                good.clone(),
+                on(&[("a", &["w2"]), ("b", &["w2"])]),
+            ),
+            ("has containers on", good.clone(), on(&[("b", &["w2"])])),
+            (
+                "slots",
+                vec![task("a", 1, "w1"), task("b", 1, "w2")],
+                running.clone(),
+            ),
+            ("running tasks", vec![task("a", 1, "w1")], on(&[("a", &["w1"])])),
+        ];
+        for (what, tasks, running) in cases {
+            let e = converged(&tasks, &running, &want).unwrap_err();
+            assert!(e.contains(what), "want {what:?}: {e}");
+        }
+    }
+}
