@@ -147,7 +147,8 @@ mod tests {
         let good = vec![task("a", 1, "w1"), task("b", 2, "w2")];
         let running = on(&[("a", &["w1"]), ("b", &["w2"])]);
         assert_eq!(converged(&good, &running, &want), Ok(()));
-        let cases: Vec<(&str, Vec<pb::Task>, BTreeMap<String, Vec<String>>)> = vec![
+        type Case<'a> = (&'a str, Vec<pb::Task>, BTreeMap<String, Vec<String>>);
+        let cases: Vec<Case> = vec![
             (
                 "appears twice",
                 vec![task("a", 1, "w1"), task("a", 2, "w2")],

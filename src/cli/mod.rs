@@ -715,59 +715,6 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn scale_forms() {
-        assert_eq!(scale_target("web=3", None).unwrap(), ("web".into(), 3));
-        assert_eq!(scale_target("web", Some(0)).unwrap(), ("web".into(), 0));
-        assert_eq!(scale_target("web", Some(-1)).unwrap(), ("web".into(), -1));
-        assert!(scale_target("web=3", Some(2)).is_err());
-        assert!(scale_target("web", None).is_err());
-        assert!(scale_target("web=x", None)
-            .unwrap_err()
-            .to_string()
-            .contains("not a number"));
-    }
-
-    #[test]
-    fn parses_create_with_command() {
-        let cli = Cli::try_parse_from([
-            "warren",
-            "service",
-            "create",
-            "web",
-            "--image",
-            "busybox",
-            "--replicas",
-            "-1",
-            "-e",
-            "A=1",
-            "--",
-            "sleep",
-            "10",
-        ])
-        .unwrap();
-        let Cmd::Service(ServiceCmd::Create(a)) = cli.command else {
-            panic!()
-        };
-        assert_eq!(
-            (a.replicas, a.command),
-            (-1, vec!["sleep".to_string(), "10".into()])
-        );
-        assert_eq!(key_values("--env", &a.env).unwrap()["A"], "1");
-        assert!(key_values("--env", &["NOEQ".into()]).is_err());
-    }
-}
-
 fn print_ca_status(s: &pb::CaStatus) {
     println!("CA fingerprint: {}", s.ca_fingerprint);
     if s.rotating {
@@ -837,5 +784,58 @@ async fn rotate_ca(
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn scale_forms() {
+        assert_eq!(scale_target("web=3", None).unwrap(), ("web".into(), 3));
+        assert_eq!(scale_target("web", Some(0)).unwrap(), ("web".into(), 0));
+        assert_eq!(scale_target("web", Some(-1)).unwrap(), ("web".into(), -1));
+        assert!(scale_target("web=3", Some(2)).is_err());
+        assert!(scale_target("web", None).is_err());
+        assert!(scale_target("web=x", None)
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
+    }
+
+    #[test]
+    fn parses_create_with_command() {
+        let cli = Cli::try_parse_from([
+            "warren",
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "-1",
+            "-e",
+            "A=1",
+            "--",
+            "sleep",
+            "10",
+        ])
+        .unwrap();
+        let Cmd::Service(ServiceCmd::Create(a)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.replicas, a.command),
+            (-1, vec!["sleep".to_string(), "10".into()])
+        );
+        assert_eq!(key_values("--env", &a.env).unwrap()["A"], "1");
+        assert!(key_values("--env", &["NOEQ".into()]).is_err());
     }
 }

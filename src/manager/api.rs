@@ -1232,7 +1232,7 @@ impl TaskService for Api {
                     }
                     tokio::select! {
                         biased;
-                        r = m.changes.after(seen) => if r.is_none() { return None },
+                        r = m.changes.after(seen) => { r?; },
                         _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
                             let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
                             return Some((Ok(ev), (m, node, last, seq, unit, (queued, slot))));

@@ -31,6 +31,9 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A certificate, the chain presented after it, and its key (PKCS#8).
+pub type OwnCredential<'a> = (&'a [u8], &'a [Vec<u8>], &'a [u8]);
+
 /// What one process trusts and presents.
 pub struct Tls {
     cluster_id: String,
@@ -56,7 +59,7 @@ impl Tls {
     pub fn new(
         cluster_id: &str,
         roots: Vec<Vec<u8>>,
-        own: Option<(&[u8], &[Vec<u8>], &[u8])>,
+        own: Option<OwnCredential<'_>>,
     ) -> Result<Arc<Tls>, TlsError> {
         let tls = Tls {
             cluster_id: cluster_id.to_string(),
