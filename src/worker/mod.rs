@@ -228,7 +228,9 @@ pub async fn start(
         let (trust_tx, trust_rx) = tokio::sync::watch::channel(crate::security::renew::TrustView::new());
         let trust = Arc::new(TrustFollower {
             tx: trust_tx,
-            known_fingerprint: Mutex::new(crate::security::pki::bundle_fingerprint(&credential.ca_der)),
+            // Unknown at start: the first heartbeat answer makes the worker fetch the CAs, so
+            // one restarted in the middle of a CA rotation still confirms its new certificate.
+            known_fingerprint: Mutex::new(String::new()),
         });
         let renewal = tokio::spawn(
             crate::security::renew::keep_renewed(tls_dir.clone(), transport, opts.managers.clone(), trust_rx)
@@ -474,7 +476,8 @@ impl TrustFollower {
         let got = client.ca_certificates().await;
         match got {
             Ok(cas) if !cas.certs_der.is_empty() => {
-                info!("the cluster's CAs changed");
+                // The renewal task says when they differ from what this node trusts.
+                debug!(cas = cas.certs_der.len(), "fetched the cluster's CAs");
                 *self.known_fingerprint.lock().unwrap() =
                     crate::security::pki::bundle_fingerprint(&cas.certs_der);
                 self.tx.send_replace(cas.certs_der);
