@@ -18,7 +18,9 @@ W=${WARREN_BIN:-$PWD/target/release/warren}
 LOAD=${LOAD_BIN:-$PWD/target/release/examples/create_load}
 T=$(mktemp -d -t warren-failover.XXXXXX)
 declare -A PID API
-cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
+# `|| true`: under `set -e` the first `wait` (a killed process's status) would end the trap
+# before the other managers are killed.
+cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
