@@ -11,6 +11,7 @@ pub mod limits;
 pub mod membership;
 pub mod model;
 pub mod reconciler;
+pub mod renewal;
 pub mod scheduler;
 pub mod state;
 pub mod token;

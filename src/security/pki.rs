@@ -138,7 +138,7 @@ pub struct Ca {
 
 /// SHA-256 of a certificate's DER, lowercase hex: what a join token carries of the CA.
 pub fn fingerprint_hex(cert_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(cert_der))
+    crate::core::token::ca_fingerprint(cert_der)
 }
 
 fn random_serial() -> SerialNumber {

@@ -9,6 +9,7 @@ use super::pki::{self, Key};
 use super::store::Credential;
 use super::Transport;
 use crate::client::Client;
+use crate::core::renewal;
 use crate::proto::v1 as pb;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -52,10 +53,16 @@ pub async fn keep_renewed(
             }
             transport.set_roots(view.clone());
         }
-        let signer_changed = view.first().is_some_and(|ca| !pki::issued_by(&cred.cert_der, ca));
-        // During a rotation (two CAs trusted), a certificate of the new CA counts only once
-        // the node shows it has it: over a new connection that presents it.
-        if view.len() > 1 && !signer_changed && confirmed.as_deref() != Some(who.serial_hex.as_str()) {
+        let now = SystemTime::now();
+        let due = who.renew_at();
+        let next = renewal::next(renewal::Facts {
+            due: now >= due,
+            cas_trusted: view.len(),
+            signed_by_current: view.first().map(|ca| pki::issued_by(&cred.cert_der, ca)),
+            confirmed: confirmed.as_deref() == Some(who.serial_hex.as_str()),
+        });
+        // Confirmed over a new connection, which presents the certificate.
+        if next == renewal::Next::Confirm {
             let r = match Client::new(&managers, transport.clone()) {
                 Ok(c) => c.confirm_certificate().await.map_err(anyhow::Error::from),
                 Err(e) => Err(e.into()),
@@ -68,13 +75,11 @@ pub async fn keep_renewed(
                 Err(e) => {
                     warn!(error = %e, "cannot confirm the renewed certificate; retrying");
                     backoff.wait(None).await;
-                    continue;
                 }
             }
+            continue;
         }
-        let now = SystemTime::now();
-        let due = who.renew_at();
-        if now < due && !signer_changed {
+        if next == renewal::Next::Wait {
             let wait = due.duration_since(now).unwrap_or_default().min(CHECK_INTERVAL);
             // Biased: an unbiased select! draws from tokio's own generator, which the
             // simulator does not seed (see docs/simulation.md).
@@ -88,7 +93,7 @@ pub async fn keep_renewed(
             }
             continue;
         }
-        if signer_changed {
+        if now < due {
             info!("a new CA signs for the cluster; renewing this node's certificate now");
         }
         // A new connection each time: it must present the current certificate (one opened
