@@ -6,7 +6,7 @@ use crate::checkers::election_safety::ElectionSafety;
 use crate::checkers::history::{History, Op, Ret};
 use crate::checkers::{acked_writes, linearizability, liveness};
 use crate::cluster::*;
-use crate::faults::{rand_range, random_fault, Profile};
+use crate::faults::{rand_range, random_fault, random_machine_fault, Profile};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::Code;
@@ -109,6 +109,16 @@ async fn services_of(id: u64) -> Option<BTreeMap<String, i64>> {
 }
 
 pub async fn run(profile: Profile, scenario: &str) {
+    run_with(profile, scenario, false).await
+}
+
+/// As `run`, with machine faults (pauses, clock jumps, slow and failing disks) drawn beside
+/// the network ones, and BUGGIFY on.
+pub async fn run_mixed(profile: Profile, scenario: &str) {
+    run_with(profile, scenario, true).await
+}
+
+async fn run_with(profile: Profile, scenario: &str, machine: bool) {
     profile.apply();
     // Installed before the cluster starts so the first election is seen too.
     let elections = ElectionSafety::install();
@@ -119,6 +129,9 @@ pub async fn run(profile: Profile, scenario: &str) {
         spike_ms: 50..500,
     }));
     let c = Cluster::start_with(MANAGERS, scenario, profile.timing_flags()).await;
+    if machine {
+        warren::sim_hooks::enable_buggify();
+    }
     let bursts = c.client_node.spawn(profile.run_bursts());
 
     let history = History::default();
@@ -140,7 +153,11 @@ pub async fn run(profile: Profile, scenario: &str) {
             .await
             .unwrap_or(1)
             .clamp(1, MANAGERS);
-        let fault = random_fault(MANAGERS, leader);
+        let fault = if machine && madsim::rand::random::<bool>() {
+            random_machine_fault(MANAGERS, leader)
+        } else {
+            random_fault(MANAGERS, leader)
+        };
         c.inject(&fault).await;
         tokio::time::sleep(Duration::from_millis(rand_range(300, 3_000))).await;
         c.heal(&fault).await;
@@ -209,6 +226,14 @@ async fn chaos_edge_wan() {
 #[madsim::test]
 async fn chaos_flaky() {
     run(Profile::Flaky, "chaos::chaos_flaky").await;
+}
+
+/// Machine faults beside the network ones, with BUGGIFY on: a paused manager resuming with a
+/// stale view, a clock jumping hours either way and drifting, a slow disk, and a disk whose
+/// fsync fails once or always or that is full (the manager must stop, not carry on).
+#[madsim::test]
+async fn chaos_machine_faults() {
+    run_mixed(Profile::Lan, "chaos::chaos_machine_faults").await;
 }
 
 /// Elections under rapid restarts: five managers; the leader is killed and, while the others

@@ -98,6 +98,7 @@ impl Cluster {
     pub async fn start_with(n: u64, scenario: &str, flags: Vec<String>) -> Cluster {
         warren::raft::disk::sim::reset_all();
         warren::worker::sim_runtime::SimRuntime::reset_hosts();
+        warren::sim_hooks::reset_node_faults();
         // Every request is authorized as in production: each host presents the credential
         // it holds (the operator's on the client host), known by its address.
         warren::security::sim_seam::reset();

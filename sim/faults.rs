@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use madsim::net::NetSim;
 use std::ops::Range;
 use std::time::Duration;
+use warren::raft::disk::sim::DiskFault;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
@@ -95,6 +96,24 @@ pub enum Fault {
     /// Clog the nodes one by one (FoundationDB's swizzle-clog); healing unclogs them in a
     /// random order.
     Swizzle(Vec<u64>),
+    /// The process stops being scheduled (SIGSTOP, a long GC or VM pause) and later resumes
+    /// with the view it had.
+    Pause(u64),
+    /// The node's wall clock jumps by `offset_ms` and then drifts by `drift_ppm`; healing
+    /// sets it right (a second jump).
+    Clock {
+        node: u64,
+        offset_ms: i64,
+        drift_ppm: i64,
+    },
+    /// Every fsync of the node takes 20–400 ms.
+    SlowDisk(u64),
+    /// The node's disk fails: its fsyncs fail (the next one, or all) or it is full. The
+    /// manager must stop rather than carry on; healing repairs the disk and restarts it.
+    Disk {
+        node: u64,
+        fault: DiskFault,
+    },
 }
 
 impl Cluster {
@@ -118,6 +137,32 @@ impl Cluster {
                     net.clog_node(self.node_id(*i));
                     tokio::time::sleep(Duration::from_millis(rand_range(50, 300))).await;
                 }
+            }
+            Fault::Pause(i) => self.handle.pause(self.node_id(*i)),
+            Fault::Clock {
+                node,
+                offset_ms,
+                drift_ppm,
+            } => warren::sim_hooks::set_clock_skew(
+                self.node_id(*node),
+                Some(warren::sim_hooks::ClockSkew {
+                    offset_ms: *offset_ms,
+                    drift_ppm: *drift_ppm,
+                    since: tokio::time::Instant::now(),
+                }),
+            ),
+            Fault::SlowDisk(i) => warren::sim_hooks::set_node_disk_latency(
+                self.node_id(*i),
+                Some(warren::sim_hooks::DiskLatency {
+                    base_us: 20_000..400_000,
+                    spike_one_in: 0,
+                    spike_ms: 0..1,
+                }),
+            ),
+            Fault::Disk { node, fault } => {
+                // Its daemon is expected to stop with an error, not to panic the test.
+                self.may_fail.lock().unwrap().insert(*node);
+                warren::raft::disk::sim::set_fault(&manager_dir(*node), *fault);
             }
         }
     }
@@ -144,14 +189,91 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(rand_range(50, 300))).await;
                 }
             }
+            Fault::Pause(i) => self.handle.resume(self.node_id(*i)),
+            Fault::Clock { node, .. } => warren::sim_hooks::set_clock_skew(self.node_id(*node), None),
+            Fault::SlowDisk(i) => warren::sim_hooks::set_node_disk_latency(self.node_id(*i), None),
+            Fault::Disk { node, .. } => {
+                let errors = warren::raft::disk::sim::set_fault(&manager_dir(*node), DiskFault::default());
+                if errors > 0 {
+                    // Fenced: a manager whose disk returned an error stops (within its core
+                    // check interval) instead of serving on as if the write had happened.
+                    let failures = self.failures.clone();
+                    let node = *node;
+                    let why = self
+                        .on_client(crate::cluster::wait_for(
+                            "the manager to stop after its disk failed",
+                            Duration::from_secs(5),
+                            move || {
+                                let f = failures.lock().unwrap().get(&node).cloned();
+                                async move { f }
+                            },
+                        ))
+                        .await;
+                    assert!(
+                        why.contains("Raft core stopped")
+                            || why.contains("disk")
+                            || why.contains("simulated"),
+                        "manager {node} stopped for another reason: {why}"
+                    );
+                }
+                self.failures.lock().unwrap().remove(node);
+                self.restart(*node);
+                self.may_fail.lock().unwrap().remove(node);
+            }
         }
     }
+}
+
+fn manager_dir(i: u64) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sim/manager-{i}"))
 }
 
 pub fn shuffle<T>(v: &mut [T]) {
     for i in (1..v.len()).rev() {
         let j = (madsim::rand::random::<u64>() % (i as u64 + 1)) as usize;
         v.swap(i, j);
+    }
+}
+
+/// A fault of the machine rather than the network, drawn from the seed for managers
+/// `1..=n`, given the current leader.
+pub fn random_machine_fault(n: u64, leader: u64) -> Fault {
+    let any = 1 + madsim::rand::random::<u64>() % n;
+    let victim = if madsim::rand::random::<bool>() {
+        leader
+    } else {
+        any
+    };
+    match madsim::rand::random::<u64>() % 4 {
+        0 => Fault::Pause(victim),
+        1 => {
+            // Up to two hours either way, drifting up to 500 ppm.
+            let offset_ms = rand_range(1_000, 7_200_000) as i64;
+            let sign = if madsim::rand::random::<bool>() { 1 } else { -1 };
+            Fault::Clock {
+                node: victim,
+                offset_ms: sign * offset_ms,
+                drift_ppm: rand_range(0, 1_000) as i64 - 500,
+            }
+        }
+        2 => Fault::SlowDisk(victim),
+        _ => Fault::Disk {
+            node: victim,
+            fault: match madsim::rand::random::<u64>() % 3 {
+                0 => DiskFault {
+                    fail_syncs: 1,
+                    full: false,
+                },
+                1 => DiskFault {
+                    fail_syncs: u32::MAX,
+                    full: false,
+                },
+                _ => DiskFault {
+                    fail_syncs: 0,
+                    full: true,
+                },
+            },
+        },
     }
 }
 

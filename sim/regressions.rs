@@ -41,3 +41,13 @@ fn token_failover_seed_1795860078542115312_stale_leader_view() {
         crate::scenarios::token_failover().await;
     });
 }
+
+/// Found restarts stalled for an hour when the leader's clock was set back an hour (the
+/// restart delay compared a finish time stamped before the jump with the time after it).
+/// Fixed by counting a finish time in the future as a delay already over.
+#[test]
+fn clock_jump_seed_12_stalled_restarts() {
+    on_seed(12, || async {
+        crate::workers::clock_jumps("regressions::clock_jump_seed_12_stalled_restarts").await;
+    });
+}

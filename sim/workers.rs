@@ -1,7 +1,9 @@
 //! Workers under faults: 3 managers + 5 workers running real agents against simulated
 //! container runtimes (one per host). Checkers in `checkers/tasks.rs`.
 
-use crate::checkers::tasks::{converged, no_task_on_two_nodes, running_by_task, unique_ids, wait_converged};
+use crate::checkers::tasks::{
+    consistent_views, converged, no_task_on_two_nodes, running_by_task, views, wait_converged,
+};
 use crate::cluster::*;
 use crate::faults::rand_range;
 use std::collections::{BTreeMap, BTreeSet};
@@ -244,7 +246,8 @@ async fn leader_killed_during_scale_up_to_500() {
             },
         ))
         .await;
-    unique_ids(&tasks).unwrap();
+    let all = c.on_client(views(MANAGERS.to_vec())).await;
+    consistent_views(&all).unwrap();
     let per_node: BTreeMap<String, usize> = tasks
         .iter()
         .filter(|t| t.state == pb::TaskState::Running as i32)
@@ -352,4 +355,154 @@ fn bench_worker_kill() {
         took.last().unwrap(),
         GRACE
     );
+}
+
+/// Creates `spec` through any manager.
+async fn create_spec(spec: pb::ServiceSpec) {
+    client_of_all(MANAGERS)
+        .call(|mut s| {
+            let spec = spec.clone();
+            async move {
+                s.services
+                    .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                    .await
+            }
+        })
+        .await
+        .expect("create");
+}
+
+/// One manager's wall clock (the leader's, half the time) jumps minutes to hours ahead or
+/// behind, again and again, and drifts, while a service whose containers crash every 2 s is
+/// restarted by the managers (on failure, 1 s delay). Restarts must not stall: in the last
+/// 10 s every slot is seen running again, whichever clock stamped its crash reports.
+/// Elections must stay safe (leases run on the monotonic clock).
+#[madsim::test]
+async fn a_clock_jump_on_one_manager_does_not_stall_restarts() {
+    clock_jumps("workers::a_clock_jump_on_one_manager_does_not_stall_restarts").await;
+}
+
+pub async fn clock_jumps(scenario: &str) {
+    let elections = crate::checkers::election_safety::ElectionSafety::install();
+    let c = cluster_with(scenario, &[]).await;
+    let spec = pb::ServiceSpec {
+        name: "crashy".into(),
+        image: "busybox".into(),
+        replicas: 5,
+        env: [
+            ("WARREN_SIM_EXIT_AFTER_MS".to_string(), "2000".to_string()),
+            ("WARREN_SIM_EXIT_CODE".to_string(), "1".to_string()),
+        ]
+        .into(),
+        restart_policy: Some(pb::RestartPolicy {
+            condition: pb::RestartCondition::OnFailure as i32,
+            max_attempts: 0,
+            delay_ms: 1_000,
+        }),
+        ..Default::default()
+    };
+    c.on_client(create_spec(spec)).await;
+    let leader = c
+        .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
+        .await;
+    let victim = if madsim::rand::random::<bool>() {
+        leader
+    } else {
+        rand_range(1, 4)
+    };
+    let mut jumps = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rand_range(500, 4_000))).await;
+        let sign = if madsim::rand::random::<bool>() { 1 } else { -1 };
+        let offset_ms = sign * rand_range(60_000, 7_200_000) as i64;
+        warren::sim_hooks::set_clock_skew(
+            c.node_id(victim),
+            Some(warren::sim_hooks::ClockSkew {
+                offset_ms,
+                drift_ppm: rand_range(0, 1_000) as i64 - 500,
+                since: tokio::time::Instant::now(),
+            }),
+        );
+        jumps.push(offset_ms / 1_000);
+    }
+    // The clock stays wrong; every slot must still come back.
+    let seen = c
+        .on_client(async {
+            let mut seen = BTreeSet::new();
+            let end = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < end && seen.len() < 5 {
+                if let Some(tasks) = list_tasks(1).await {
+                    for t in tasks.iter().filter(|t| {
+                        t.service_name == "crashy"
+                            && t.desired_state == pb::TaskState::Running as i32
+                            && t.state == pb::TaskState::Running as i32
+                    }) {
+                        seen.insert(t.slot);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            seen
+        })
+        .await;
+    eprintln!("manager {victim}'s clock jumped by {jumps:?} s; slots running again: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        5,
+        "restarts stalled after manager {victim}'s clock jumped by {jumps:?} s: only slots {seen:?} ran again"
+    );
+    elections.check();
+}
+
+/// A worker's runtime wedges: stops asked during the window never answer (lost calls).
+/// A scale-down that needs those stops must finish once the runtime answers again (the
+/// worker gives up on a lost stop and asks anew), and the other service's scale-up goes on
+/// during the window.
+#[madsim::test]
+async fn a_runtime_that_hangs_on_stop_holds_up_nothing_else() {
+    let c = cluster_with(
+        "workers::a_runtime_that_hangs_on_stop_holds_up_nothing_else",
+        &[("web", 10), ("api", 5)],
+    )
+    .await;
+    let victim = rand_range(1, 6);
+    let rt = SimRuntime::for_host(&format!("worker-{victim}"));
+    rt.set_knobs(warren::worker::sim_runtime::SimKnobs {
+        hang_stops: true,
+        ..Default::default()
+    });
+    c.on_client(async {
+        scale("web", 2).await;
+        scale("api", 15).await;
+    })
+    .await;
+    // The scale-up converges with the stops still hanging (web still has extra containers).
+    c.on_client(wait_for(
+        "api scaled up during the hang",
+        Duration::from_secs(30),
+        || async {
+            let tasks = list_tasks(1).await?;
+            let running = tasks
+                .iter()
+                .filter(|t| {
+                    t.service_name == "api"
+                        && t.state == pb::TaskState::Running as i32
+                        && t.desired_state == pb::TaskState::Running as i32
+                })
+                .count();
+            (running == 15).then_some(())
+        },
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(rand_range(0, 20_000))).await;
+    rt.set_knobs(Default::default());
+    let took = c
+        .on_client(wait_converged(
+            MANAGERS.to_vec(),
+            want(&[("web", 2), ("api", 15)]),
+            Duration::from_secs(10 + warren::worker::STOP_ANSWER_GRACE_MS / 1_000 + 20),
+        ))
+        .await;
+    eprintln!("worker-{victim}'s stops hung; converged {took:?} after the runtime recovered");
 }

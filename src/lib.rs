@@ -14,8 +14,23 @@ pub mod proto {
 pub mod bugs;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod failstop;
 pub mod manager;
 #[cfg(feature = "sim")]
 pub mod sim_hooks;
 pub mod worker;
+
+/// A BUGGIFY point: `buggify!(N)` is true about one time in N under the simulator when the
+/// scenario switched BUGGIFY on (`sim_hooks::enable_buggify`), so rare branches (retries,
+/// dropped streams, delays) run in every simulation; a constant `false` in production.
+#[macro_export]
+macro_rules! buggify {
+    ($one_in:expr) => {{
+        #[cfg(feature = "sim")]
+        let fire = $crate::sim_hooks::buggify($one_in);
+        #[cfg(not(feature = "sim"))]
+        let fire = false;
+        fire
+    }};
+}

@@ -18,9 +18,16 @@ impl Backoff {
 
     /// Sleeps a random 1..=step ms (never past `left`, if given), then doubles the step.
     pub async fn wait(&mut self, left: Option<Duration>) {
-        let sleep = Duration::from_millis(madsim::rand::random::<u64>() % self.step_ms + 1);
+        let sleep = self.next_delay();
         let sleep = left.map_or(sleep, |l| sleep.min(l));
         tokio::time::sleep(sleep).await;
+    }
+
+    /// The next delay (a random 1..=step ms), doubling the step; for callers that must not
+    /// sleep in place and instead refuse attempts until the delay has passed.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = Duration::from_millis(madsim::rand::random::<u64>() % self.step_ms + 1);
         self.step_ms = (self.step_ms * 2).min(self.max_ms);
+        delay
     }
 }

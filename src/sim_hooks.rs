@@ -55,6 +55,73 @@ pub fn reset() {
     BUGS.with(|b| b.borrow_mut().clear());
     clear();
     set_disk_latency(None);
+    reset_node_faults();
+}
+
+/// Clears what is keyed by madsim's node ids (skewed clocks, slow disks) and switches
+/// BUGGIFY off: a new simulation numbers its nodes afresh (start of each cluster).
+pub fn reset_node_faults() {
+    NODE_DISK_LATENCY.with(|d| d.borrow_mut().clear());
+    CLOCK_SKEW.with(|c| c.borrow_mut().clear());
+    BUGGIFY.with(|b| b.set(false));
+}
+
+/// madsim's id of a simulated node.
+#[cfg(madsim)]
+pub type SimNode = madsim::task::NodeId;
+#[cfg(not(madsim))]
+pub type SimNode = u64;
+
+/// The simulated node this code runs on.
+fn this_node() -> SimNode {
+    #[cfg(madsim)]
+    return madsim::plugin::node();
+    #[cfg(not(madsim))]
+    0
+}
+
+/// A wall clock off by `offset_ms`, drifting by `drift_ppm` (millionths) from `since`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockSkew {
+    pub offset_ms: i64,
+    pub drift_ppm: i64,
+    pub since: tokio::time::Instant,
+}
+
+thread_local! {
+    static CLOCK_SKEW: RefCell<std::collections::BTreeMap<SimNode, ClockSkew>> =
+        const { RefCell::new(std::collections::BTreeMap::new()) };
+    static NODE_DISK_LATENCY: RefCell<std::collections::BTreeMap<SimNode, DiskLatency>> =
+        const { RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// Gives simulated node `node` (madsim's id) a skewed wall clock; `None` sets it right.
+pub fn set_clock_skew(node: SimNode, skew: Option<ClockSkew>) {
+    CLOCK_SKEW.with(|c| match skew {
+        Some(s) => c.borrow_mut().insert(node, s),
+        None => c.borrow_mut().remove(&node),
+    });
+}
+
+/// How far this node's wall clock is off now, in ms.
+pub(crate) fn clock_skew_ms() -> i64 {
+    let node = this_node();
+    CLOCK_SKEW.with(|c| {
+        c.borrow().get(&node).map_or(0, |s| {
+            let elapsed_ms = tokio::time::Instant::now()
+                .saturating_duration_since(s.since)
+                .as_millis() as i64;
+            s.offset_ms + elapsed_ms * s.drift_ppm / 1_000_000
+        })
+    })
+}
+
+/// A slow disk on one simulated node only (madsim's id), over the cluster-wide setting.
+pub fn set_node_disk_latency(node: SimNode, l: Option<DiskLatency>) {
+    NODE_DISK_LATENCY.with(|d| match l {
+        Some(l) => d.borrow_mut().insert(node, l),
+        None => d.borrow_mut().remove(&node),
+    });
 }
 
 pub fn enabled(bug: Bug) -> bool {
@@ -84,9 +151,11 @@ fn draw(r: &std::ops::Range<u64>) -> u64 {
 
 /// How long the next fsync should take, drawn from the seeded RNG.
 pub(crate) fn fsync_delay() -> Option<std::time::Duration> {
+    let node = this_node();
+    let own = NODE_DISK_LATENCY.with(|d| d.borrow().get(&node).cloned());
     DISK_LATENCY.with(|d| {
         let d = d.borrow();
-        let l = d.as_ref()?;
+        let l = own.as_ref().or(d.as_ref())?;
         let spike = l.spike_one_in > 0 && madsim::rand::random::<u64>().is_multiple_of(l.spike_one_in);
         Some(if spike {
             std::time::Duration::from_millis(draw(&l.spike_ms))
@@ -94,4 +163,20 @@ pub(crate) fn fsync_delay() -> Option<std::time::Duration> {
             std::time::Duration::from_micros(draw(&l.base_us))
         })
     })
+}
+
+thread_local! {
+    static BUGGIFY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Switches BUGGIFY points on for this simulation (FoundationDB's idea): each point then
+/// takes its rare branch now and then, by the seed.
+pub fn enable_buggify() {
+    BUGGIFY.with(|b| b.set(true));
+}
+
+/// One in `one_in` times (by the seed) when BUGGIFY is on; never otherwise. Called through
+/// `warren::buggify!`, which is a constant `false` in production builds.
+pub fn buggify(one_in: u64) -> bool {
+    BUGGIFY.with(|b| b.get()) && madsim::rand::random::<u64>().is_multiple_of(one_in.max(1))
 }

@@ -5,8 +5,13 @@
 //!   slot 1..=replicas, each with a live container on the node the managers assigned it
 //!   to, and no container runs for a task the managers do not want running.
 //!
-//! The managers' view comes from `ListTasks`; what really runs comes from each simulated
-//! host's container runtime.
+//! - **consistent views**: in every manager's view no slot of a service has two tasks meant
+//!   to run, and a task id names the same service and slot (and node, once assigned) in
+//!   every view, so a duplicate made by one manager shows up even though each view is a map
+//!   keyed by task id.
+//!
+//! The managers' view comes from `ListTasks` on each of them; what really runs comes from
+//! each simulated host's container runtime.
 
 use crate::cluster::list_tasks;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +47,53 @@ pub fn unique_ids(tasks: &[pb::Task]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Every manager's view (manager id -> its `ListTasks`), checked against the others. Holds
+/// at any moment, converged or not: a lagging view may miss tasks, never contradict.
+pub fn consistent_views(views: &BTreeMap<u64, Vec<pb::Task>>) -> Result<(), String> {
+    let mut named: BTreeMap<&str, (u64, &pb::Task)> = BTreeMap::new();
+    for (&manager, tasks) in views {
+        unique_ids(tasks).map_err(|e| format!("manager {manager}: {e}"))?;
+        let mut meant: BTreeMap<(&str, u32), &str> = BTreeMap::new();
+        for t in tasks {
+            if t.desired_state == pb::TaskState::Running as i32 {
+                if let Some(other) = meant.insert((&t.service_name, t.slot), &t.id) {
+                    return Err(format!(
+                        "manager {manager}: {} slot {} has two tasks meant to run: {other} and {}",
+                        t.service_name, t.slot, t.id
+                    ));
+                }
+            }
+            match named.get(t.id.as_str()) {
+                None => {
+                    named.insert(&t.id, (manager, t));
+                }
+                Some((m, seen)) => {
+                    let moved =
+                        !seen.node_id.is_empty() && !t.node_id.is_empty() && seen.node_id != t.node_id;
+                    if seen.service_name != t.service_name || seen.slot != t.slot || moved {
+                        return Err(format!(
+                            "task {} differs between managers: {m} has {}/{} on {:?}, {manager} has {}/{} on {:?}",
+                            t.id, seen.service_name, seen.slot, seen.node_id, t.service_name, t.slot, t.node_id
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each manager in `ids` that answers, with its tasks.
+pub async fn views(ids: Vec<u64>) -> BTreeMap<u64, Vec<pb::Task>> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        if let Some(tasks) = list_tasks(id).await {
+            out.insert(id, tasks);
+        }
+    }
+    out
 }
 
 /// `want`: service name -> replicas.
@@ -95,8 +147,8 @@ pub fn converged(
 }
 
 /// Waits until the tasks seen through one of the managers `via` and the hosts' runtimes
-/// converge to `want`; returns how long that took. Panics with the last discrepancy at
-/// `deadline`.
+/// converge to `want`, then checks every answering manager's view against the others;
+/// returns how long convergence took. Panics with the last discrepancy at `deadline`.
 pub async fn wait_converged(via: Vec<u64>, want: BTreeMap<String, i64>, deadline: Duration) -> Duration {
     let start = tokio::time::Instant::now();
     let mut last = String::from("no manager answered");
@@ -106,7 +158,13 @@ pub async fn wait_converged(via: Vec<u64>, want: BTreeMap<String, i64>, deadline
                 continue;
             };
             match converged(&tasks, &running_by_task(), &want) {
-                Ok(()) => return start.elapsed(),
+                Ok(()) => {
+                    let took = start.elapsed();
+                    if let Err(e) = consistent_views(&views(via.clone()).await) {
+                        panic!("managers' task views disagree: {e}");
+                    }
+                    return took;
+                }
                 Err(e) => last = e,
             }
         }
@@ -179,6 +237,46 @@ mod tests {
         ];
         for (what, tasks, running) in cases {
             let e = converged(&tasks, &running, &want).unwrap_err();
+            assert!(e.contains(what), "want {what:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn consistent_views_accepts_lag_and_names_each_contradiction() {
+        let shut = |mut t: pb::Task| {
+            t.desired_state = pb::TaskState::Shutdown as i32;
+            t
+        };
+        let good: BTreeMap<u64, Vec<pb::Task>> = [
+            (
+                1,
+                vec![task("a", 1, "w1"), task("b", 2, "w2"), shut(task("c", 1, "w2"))],
+            ),
+            // Lagging: b not assigned yet, c not seen.
+            (2, vec![task("a", 1, "w1"), task("b", 2, "")]),
+        ]
+        .into();
+        assert_eq!(consistent_views(&good), Ok(()));
+        let cases: Vec<(&str, BTreeMap<u64, Vec<pb::Task>>)> = vec![
+            (
+                "appears twice",
+                [(1, vec![task("a", 1, "w1"), task("a", 2, "w1")])].into(),
+            ),
+            (
+                "two tasks meant to run",
+                [(2, vec![task("a", 1, "w1"), task("d", 1, "w2")])].into(),
+            ),
+            (
+                "differs between managers",
+                [(1, vec![task("a", 1, "w1")]), (3, vec![task("a", 2, "w1")])].into(),
+            ),
+            (
+                "differs between managers",
+                [(1, vec![task("a", 1, "w1")]), (3, vec![task("a", 1, "w2")])].into(),
+            ),
+        ];
+        for (what, views) in cases {
+            let e = consistent_views(&views).unwrap_err();
             assert!(e.contains(what), "want {what:?}: {e}");
         }
     }

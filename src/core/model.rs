@@ -51,6 +51,13 @@ impl RestartPolicy {
     /// `failed`: it ended in failure (not a clean exit); `restarts_so_far`: attempts already
     /// made; `finished_at_ms` / `now_ms`: for the delay. Used by the managers' reconciler and
     /// by a worker restarting tasks itself while cut off.
+    ///
+    /// Both times are wall-clock readings, possibly of different machines (the manager that
+    /// took the report, the leader deciding). A finish time in the future means the clock
+    /// moved back (or disagrees): the delay counts as over, since waiting for the clock to
+    /// catch up could stall the slot for as long as the jump (found in the simulator: a
+    /// leader's clock set back an hour stopped every restart for an hour). A jump costs at
+    /// most one skipped delay, never a stall.
     pub fn decide(&self, failed: bool, restarts_so_far: u32, finished_at_ms: i64, now_ms: i64) -> Restart {
         let wanted = match self.condition {
             RestartCondition::None => false,
@@ -59,7 +66,10 @@ impl RestartPolicy {
         };
         if !wanted || (self.max_attempts != 0 && restarts_so_far >= self.max_attempts) {
             Restart::No
-        } else if now_ms < finished_at_ms + self.delay_ms as i64 {
+        } else if (finished_at_ms
+            ..finished_at_ms.saturating_add(i64::try_from(self.delay_ms).unwrap_or(i64::MAX)))
+            .contains(&now_ms)
+        {
             Restart::Later
         } else {
             Restart::Now
@@ -223,4 +233,56 @@ pub struct JoinTokenRecord {
     pub hash_hex: String,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_decisions_never_stall_on_a_clock_jump() {
+        let p = |condition, max_attempts, delay_ms| RestartPolicy {
+            condition,
+            max_attempts,
+            delay_ms,
+        };
+        use RestartCondition::*;
+        // (policy, failed, restarts so far, finished at, now, want)
+        let cases = [
+            (p(Any, 0, 1_000), false, 0, 10_000, 10_500, Restart::Later),
+            (p(Any, 0, 1_000), false, 0, 10_000, 11_000, Restart::Now),
+            (p(Any, 0, 0), false, 0, 10_000, 10_000, Restart::Now),
+            (p(OnFailure, 0, 0), false, 0, 10_000, 20_000, Restart::No),
+            (p(OnFailure, 0, 0), true, 0, 10_000, 20_000, Restart::Now),
+            (p(None, 0, 0), true, 0, 10_000, 20_000, Restart::No),
+            (p(Any, 3, 0), true, 3, 10_000, 20_000, Restart::No),
+            (p(Any, 3, 0), true, 2, 10_000, 20_000, Restart::Now),
+            // The clock was set back an hour after the finish was stamped: no hour-long wait.
+            (
+                p(Any, 0, 1_000),
+                true,
+                0,
+                10_000 + 3_600_000,
+                10_500,
+                Restart::Now,
+            ),
+            // Set forward: the delay is over at once too.
+            (
+                p(Any, 0, 1_000),
+                true,
+                0,
+                10_000,
+                10_000 + 3_600_000,
+                Restart::Now,
+            ),
+            (p(Any, 0, u64::MAX), true, 0, 10_000, 10_500, Restart::Later),
+        ];
+        for (policy, failed, restarts, finished, now, want) in cases {
+            assert_eq!(
+                policy.decide(failed, restarts, finished, now),
+                want,
+                "{policy:?} failed={failed} restarts={restarts} finished={finished} now={now}"
+            );
+        }
+    }
 }

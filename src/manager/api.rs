@@ -259,7 +259,7 @@ impl Api {
             return Err(ApiError::State(StateError::invalid("csr", "at most 16 KiB")).into());
         }
         let (cluster_id, ca) = self.ca()?;
-        let now = std::time::SystemTime::now();
+        let now = crate::clock::now();
         let cert = ca
             .sign(csr_der, &cluster_id, role, id, now, ttl)
             .map_err(|e| ApiError::State(StateError::invalid("certificate request", e.to_string())))?;
@@ -891,7 +891,7 @@ impl ClusterService for Api {
         };
         let csr_der = req.into_inner().csr_der;
         let (cluster_id, old) = self.ca()?;
-        let (new, cross) = Ca::create_successor(&old, &cluster_id, std::time::SystemTime::now())
+        let (new, cross) = Ca::create_successor(&old, &cluster_id, crate::clock::now())
             .map_err(|e| ApiError::Internal(format!("cannot make the new CA: {e}")))?;
         self.m
             .write(Command::StartCaRotation {

@@ -34,14 +34,7 @@ fn sign_new(
     ttl: Duration,
 ) -> anyhow::Result<Credential> {
     let key = Key::generate()?;
-    let cert = ca.sign(
-        &key.request()?,
-        cluster_id,
-        role,
-        id,
-        std::time::SystemTime::now(),
-        ttl,
-    )?;
+    let cert = ca.sign(&key.request()?, cluster_id, role, id, crate::clock::now(), ttl)?;
     Ok(Credential {
         cert_der: cert,
         chain_der: Vec::new(),
@@ -68,7 +61,7 @@ pub fn create_at_init(
             humantime::format_duration(cert_ttl)
         );
     }
-    let ca = Ca::create(&identity.cluster_id, std::time::SystemTime::now())?;
+    let ca = Ca::create(&identity.cluster_id, crate::clock::now())?;
     disk::create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     disk::write_private(
         &dir.join(INIT_CA_KEY),

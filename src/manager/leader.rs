@@ -370,6 +370,11 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
         let local = local
             .await
             .unwrap_or_else(|_| LeaderReply::Failed(format!("no commit within {} ms", left.as_millis())));
+        // BUGGIFY: the leader's answer was lost; the retry must not apply the write twice.
+        let local = match local {
+            LeaderReply::Done(_) if crate::buggify!(30) => LeaderReply::Failed("buggify: answer lost".into()),
+            r => r,
+        };
         let reply = match local {
             LeaderReply::NotLeader(Some((id, node))) if id != m.id => {
                 last_leader = format!("manager {id} at {}", node.api_addr);

@@ -241,10 +241,7 @@ pub fn new_id() -> String {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// Runs a manager until `shutdown` resolves. An existing data directory always resumes its
@@ -506,6 +503,15 @@ async fn watch_core(raft: Raft) -> anyhow::Error {
             return anyhow::anyhow!(
                 "the Raft core ended unexpectedly; this manager exits so that its supervisor restarts it"
             );
+        }
+        // BUGGIFY: a snapshot now and the log purged up to it, so that a follower behind
+        // must take a snapshot install, a path a short run rarely reaches otherwise.
+        if crate::buggify!(150) {
+            let _ = raft.trigger().snapshot().await;
+            let snapshot = rx.borrow().snapshot;
+            if let Some(s) = snapshot {
+                let _ = raft.trigger().purge_log(s.index).await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(CORE_CHECK_INTERVAL_MS)).await;
     }

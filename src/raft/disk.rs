@@ -106,8 +106,7 @@ pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 
 #[cfg(madsim)]
 pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    sim::write_file(path, bytes);
-    Ok(())
+    sim::write_file(path, bytes)
 }
 
 #[cfg(madsim)]
@@ -117,8 +116,7 @@ pub fn read_durable(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 
 #[cfg(madsim)]
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    sim::write_file(path, bytes);
-    Ok(())
+    sim::write_file(path, bytes)
 }
 
 #[cfg(madsim)]
@@ -158,27 +156,125 @@ pub mod sim {
         epoch: u64,
         current: Vec<u8>,
         durable: Vec<u8>,
+        /// Byte ranges of `current` written (or resized) since the last sync: a sync copies
+        /// only these, not the whole file (a whole copy per fsync dominated the profile).
+        dirty: Vec<(usize, usize)>,
+    }
+
+    impl DiskState {
+        fn mark(&mut self, start: usize, end: usize) {
+            if start < end {
+                self.dirty.push((start, end));
+            }
+        }
+
+        fn sync(&mut self) {
+            let len = self.current.len();
+            self.durable.resize(len, 0);
+            for (start, end) in std::mem::take(&mut self.dirty) {
+                let end = end.min(len);
+                if start < end {
+                    self.durable[start..end].copy_from_slice(&self.current[start..end]);
+                }
+            }
+        }
     }
 
     type Disks = BTreeMap<PathBuf, Arc<Mutex<DiskState>>>;
+
+    /// A broken disk, for every file under one directory.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DiskFault {
+        /// How many of the next fsyncs fail with EIO (`u32::MAX`: all of them). What a
+        /// failed fsync was to persist is lost, as Linux drops dirty pages after a failed
+        /// writeback: the "fsyncgate" lesson, a later fsync that succeeds says nothing about
+        /// the writes before it, so a daemon must not carry on after one.
+        pub fail_syncs: u32,
+        /// The disk is full: every write fails with ENOSPC (as on a copy-on-write or
+        /// thin-provisioned filesystem, where overwriting also needs new blocks).
+        pub full: bool,
+    }
+
+    #[derive(Debug, Default)]
+    struct FaultState {
+        fault: DiskFault,
+        /// I/O errors returned so far.
+        errors: u64,
+    }
 
     thread_local! {
         // madsim runs a whole simulation on one thread, so a thread-local set of disks
         // isolates simulations that the test harness runs in parallel.
         static DISKS: RefCell<Disks> = const { RefCell::new(BTreeMap::new()) };
+        static FAULTS: RefCell<BTreeMap<PathBuf, FaultState>> = const { RefCell::new(BTreeMap::new()) };
     }
 
-    /// Forgets every simulated disk of this simulation (call at the start of each run).
+    /// Forgets every simulated disk and disk fault of this simulation (call at the start of
+    /// each run).
     pub fn reset_all() {
         DISKS.with(|d| d.borrow_mut().clear());
+        FAULTS.with(|f| f.borrow_mut().clear());
+    }
+
+    /// Breaks the disk holding `dir` (the default fault repairs it); returns how many I/O
+    /// errors the previous fault of that disk returned.
+    pub fn set_fault(dir: &Path, fault: DiskFault) -> u64 {
+        FAULTS.with(|f| {
+            let mut f = f.borrow_mut();
+            let errors = f.get(dir).map_or(0, |s| s.errors);
+            if fault == DiskFault::default() {
+                f.remove(dir);
+            } else {
+                f.insert(dir.to_path_buf(), FaultState { fault, errors });
+            }
+            errors
+        })
+    }
+
+    /// I/O errors the disk holding `dir` has returned under its current fault.
+    pub fn errors(dir: &Path) -> u64 {
+        FAULTS.with(|f| f.borrow().get(dir).map_or(0, |s| s.errors))
+    }
+
+    /// Whether an operation on `path` fails now (counting the error): `sync` for an fsync.
+    fn fails(path: &Path, sync: bool) -> Option<io::Error> {
+        FAULTS.with(|f| {
+            let mut f = f.borrow_mut();
+            let (_, st) = f.iter_mut().find(|(dir, _)| path.starts_with(dir))?;
+            let err = if st.fault.full && !sync {
+                enospc()
+            } else if sync && st.fault.fail_syncs > 0 {
+                if st.fault.fail_syncs != u32::MAX {
+                    st.fault.fail_syncs -= 1;
+                }
+                eio()
+            } else {
+                return None;
+            };
+            st.errors += 1;
+            Some(err)
+        })
+    }
+
+    fn enospc() -> io::Error {
+        io::Error::new(io::ErrorKind::StorageFull, "simulated disk full (ENOSPC)")
+    }
+
+    fn eio() -> io::Error {
+        io::Error::other("simulated fsync failure (EIO); unsynced writes lost")
     }
 
     /// A whole-file write that is durable at once (the real path fsyncs before renaming).
-    pub fn write_file(path: &Path, bytes: &[u8]) {
+    pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+        if let Some(e) = fails(path, false).or_else(|| fails(path, true)) {
+            return Err(e);
+        }
         let disk = DISKS.with(|d| d.borrow_mut().entry(path.to_path_buf()).or_default().clone());
         let mut d = disk.lock().unwrap();
         d.current = bytes.to_vec();
         d.durable = bytes.to_vec();
+        d.dirty.clear();
+        Ok(())
     }
 
     pub fn read_file(path: &Path) -> Option<Vec<u8>> {
@@ -226,6 +322,7 @@ pub mod sim {
     pub struct SimBackend {
         disk: Arc<Mutex<DiskState>>,
         epoch: u64,
+        path: PathBuf,
     }
 
     impl SimBackend {
@@ -235,9 +332,14 @@ pub mod sim {
                 let mut d = disk.lock().unwrap();
                 d.epoch += 1;
                 d.current = d.durable.clone();
+                d.dirty.clear();
                 d.epoch
             };
-            SimBackend { disk, epoch }
+            SimBackend {
+                disk,
+                epoch,
+                path: path.to_path_buf(),
+            }
         }
 
         fn with<T>(&self, f: impl FnOnce(&mut DiskState) -> T) -> io::Result<T> {
@@ -269,14 +371,31 @@ pub mod sim {
         }
 
         fn set_len(&self, len: u64) -> io::Result<()> {
-            self.with(|d| d.current.resize(len as usize, 0))
+            if let Some(e) = fails(&self.path, false) {
+                return Err(e);
+            }
+            self.with(|d| {
+                let (old, new) = (d.current.len(), len as usize);
+                d.current.resize(new, 0);
+                d.mark(old.min(new), old.max(new));
+            })
         }
 
         fn sync_data(&self) -> io::Result<()> {
-            self.with(|d| d.durable = d.current.clone())
+            if let Some(e) = fails(&self.path, true) {
+                return self.with(|d| {
+                    d.current = d.durable.clone();
+                    d.dirty.clear();
+                    Err(e)
+                })?;
+            }
+            self.with(DiskState::sync)
         }
 
         fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            if let Some(e) = fails(&self.path, false) {
+                return Err(e);
+            }
             self.with(|d| {
                 let start = offset as usize;
                 let end = start + data.len();
@@ -284,6 +403,7 @@ pub mod sim {
                     d.current.resize(end, 0);
                 }
                 d.current[start..end].copy_from_slice(data);
+                d.mark(start, end);
             })
         }
     }

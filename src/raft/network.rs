@@ -10,6 +10,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -18,6 +19,12 @@ use tonic::transport::{Channel, Endpoint};
 /// A new TCP connection to a peer that does not answer fails after this long, so a dead
 /// peer never holds up replication to the others.
 pub const CONNECT_TIMEOUT_MS: u64 = 300;
+
+/// After a refused connect, the next attempt to that peer waits a jittered delay growing
+/// from this...
+pub const RECONNECT_MIN_MS: u64 = 10;
+/// ...to this, so a restarted peer is reached again within about half a second.
+pub const RECONNECT_MAX_MS: u64 = 500;
 
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
     RaftPayload {
@@ -73,6 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: None,
             generation: 0,
+            retry: None,
             outlogged: self.outlogged.clone(),
             transport: self.transport.clone(),
         }
@@ -85,6 +93,10 @@ pub struct Connection {
     client: Option<RaftServiceClient<Channel>>,
     /// The transport generation `client` was opened at (a renewal replaces it).
     generation: u64,
+    /// After a failed connect: the backoff and when the next attempt may be made. openraft
+    /// retries a failed replication at once (reading the entries from the log again each
+    /// time), so without this a dead peer whose connects are refused at once costs a busy loop.
+    retry: Option<(crate::retry::Backoff, tokio::time::Instant)>,
     outlogged: Outlogged,
     transport: crate::security::Transport,
 }
@@ -116,13 +128,47 @@ impl Connection {
         if self.client.is_none() {
             // Reported as a network error, not `Unreachable`: openraft's backoff for
             // unreachable peers waits in an unbiased `select!`, whose randomness madsim does
-            // not control; retrying at the next heartbeat costs one refused connect.
-            let ch = connect(&self.addr, ttl, &self.transport).await.map_err(|e| {
-                tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
-                RPCError::Network(NetworkError::new(&e))
-            })?;
+            // not control. The pacing is ours instead: a call before the next attempt is due
+            // waits (at most 3/4 of its own timeout) and, if still early, fails without
+            // connecting.
+            if let Some((_, at)) = &self.retry {
+                let now = tokio::time::Instant::now();
+                if *at > now {
+                    tokio::time::sleep((*at - now).min(ttl * 3 / 4)).await;
+                    if *at > tokio::time::Instant::now() {
+                        return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+                            "peer unreachable; waiting before the next connect",
+                        ))));
+                    }
+                }
+            }
+            let ch = match connect(&self.addr, ttl, &self.transport).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
+                    let (backoff, _) = self.retry.get_or_insert_with(|| {
+                        let b = crate::retry::Backoff::new(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
+                        (b, tokio::time::Instant::now())
+                    });
+                    let at = tokio::time::Instant::now() + backoff.next_delay();
+                    self.retry.as_mut().expect("set above").1 = at;
+                    return Err(RPCError::Network(NetworkError::new(&e)));
+                }
+            };
+            self.retry = None;
             self.client = Some(RaftServiceClient::new(ch));
             self.generation = generation;
+        }
+        // BUGGIFY: a message held up (reordered behind later ones) or lost with its
+        // connection.
+        if crate::buggify!(40) {
+            tokio::time::sleep(ttl.mul_f64(madsim::rand::random::<f64>())).await;
+        }
+        if crate::buggify!(200) {
+            self.client = None;
+            return Err(RPCError::Network(NetworkError::new(&AnyError::error(
+                "buggify: connection lost",
+            ))));
         }
         let client = self.client.as_mut().expect("connected above");
         let mut request = tonic::Request::new(encode(req));

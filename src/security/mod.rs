@@ -24,8 +24,30 @@ pub mod sim_seam;
 use crate::core::authz::Caller;
 use pki::CertRole;
 
+/// How many parsed certificates `caller_from_cert` remembers.
+const CALLER_MEMO_ENTRIES: usize = 256;
+
+/// Certificates already parsed, by their bytes: every request names its caller, and parsing
+/// the same certificate again on each one showed in the profile. A pure memo (the answer is
+/// a function of the bytes), cleared whole when full.
+static CALLER_MEMO: std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Caller>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// The caller that `cert_der` (already verified) names.
 pub fn caller_from_cert(cert_der: &[u8]) -> Caller {
+    if let Some(c) = CALLER_MEMO.lock().expect("caller memo lock").get(cert_der) {
+        return c.clone();
+    }
+    let caller = parse_caller(cert_der);
+    let mut memo = CALLER_MEMO.lock().expect("caller memo lock");
+    if memo.len() >= CALLER_MEMO_ENTRIES {
+        memo.clear();
+    }
+    memo.insert(cert_der.to_vec(), caller.clone());
+    caller
+}
+
+fn parse_caller(cert_der: &[u8]) -> Caller {
     let Ok(who) = pki::identity(cert_der) else {
         return Caller::Anonymous;
     };
@@ -128,7 +150,7 @@ pub fn operator_credential(
     let cred = Credential::load(&dir, "admin")
         .with_context(|| format!("reading the operator credential in {}", dir.display()))?;
     let who = cred.identity()?;
-    if who.not_after <= std::time::SystemTime::now() {
+    if who.not_after <= crate::clock::now() {
         anyhow::bail!(
             "the operator credential in {} ({}) expired at {}; an operator with a valid one can issue a new one with `warren cluster admin-cert --out DIR`",
             dir.display(),

@@ -432,6 +432,11 @@ async fn watch_assignments(
         // A full set may come in several pages (`more`); it counts once complete.
         let mut partial: Vec<pb::Task> = Vec::new();
         loop {
+            // BUGGIFY: the stream drops mid-set; the worker reconnects and gets a full set.
+            if crate::buggify!(100) {
+                debug!("buggify: dropping the assignment stream");
+                break;
+            }
             match tokio::time::timeout(silence, stream.message()).await {
                 Ok(Ok(Some(ev))) => {
                     if ev.full_set {
@@ -681,14 +686,28 @@ async fn run_job(rt: &dyn ContainerRuntime, job: &Job) -> Outcome {
     }
 }
 
+/// How long past a task's stop timeout the worker waits for the runtime to answer a stop.
+pub const STOP_ANSWER_GRACE_MS: u64 = 10_000;
+
 async fn stop_container(rt: &dyn ContainerRuntime, t: &LocalTask) -> Outcome {
     if t.container_id.is_empty() {
         return Outcome::Stopped(None);
     }
     let timeout = Duration::from_millis(t.spec.stop_timeout_ms.max(1));
-    match rt.stop(&t.container_id, timeout).await {
-        Ok(()) | Err(RuntimeError::NotFound(_)) => {}
-        Err(e) => return Outcome::Unavailable(e.to_string()),
+    // The runtime kills the container after `timeout`; a stop that has not answered well
+    // after that was lost (a wedged runtime, a dead connection): give up on this call so the
+    // task is free again and the next tick asks anew.
+    let deadline = timeout + Duration::from_millis(STOP_ANSWER_GRACE_MS);
+    match tokio::time::timeout(deadline, rt.stop(&t.container_id, timeout)).await {
+        Ok(Ok(()) | Err(RuntimeError::NotFound(_))) => {}
+        Ok(Err(e)) => return Outcome::Unavailable(e.to_string()),
+        Err(_) => {
+            warn!(task = %t.id, container = %t.container_id, deadline_ms = deadline.as_millis() as u64, "the runtime did not answer a stop; asking again");
+            return Outcome::Unavailable(format!(
+                "the container runtime did not answer a stop within {} ms",
+                deadline.as_millis()
+            ));
+        }
     }
     match rt.status(&t.container_id).await {
         Ok(ContainerStatus::Exited(c) | ContainerStatus::OomKilled(c)) => Outcome::Stopped(Some(c)),

@@ -22,6 +22,9 @@ use tokio::time::Instant;
 pub struct SimKnobs {
     pub fail_pull: BTreeSet<String>,
     pub start_delay_ms: u64,
+    /// A stop asked while set never answers (a call lost by a wedged runtime, as a
+    /// containerd request on a connection that died); stops asked later work again.
+    pub hang_stops: bool,
 }
 
 #[derive(Debug)]
@@ -205,6 +208,9 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn stop(&self, container_id: &str, _timeout: Duration) -> Result<(), RuntimeError> {
+        if self.live()?.knobs.hang_stops {
+            std::future::pending::<()>().await;
+        }
         let mut inner = self.live()?;
         let c = inner
             .containers
@@ -270,6 +276,7 @@ mod tests {
         let rt = SimRuntime::new(SimKnobs {
             fail_pull: ["bad:1".to_string()].into(),
             start_delay_ms: 100,
+            ..Default::default()
         });
         assert!(matches!(rt.pull("bad:1").await, Err(RuntimeError::Pull { .. })));
         assert!(rt.pull("busybox").await.is_ok());
