@@ -114,7 +114,7 @@ impl Cluster {
         let seed = handle.seed();
         if scenario.contains("::") {
             // A pinned regression seed replays with the same line (its test pins the seed).
-            eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact");
+            eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact --include-ignored");
         }
         let client_node = handle
             .create_node()

@@ -194,9 +194,12 @@ impl Cluster {
             Fault::SlowDisk(i) => warren::sim_hooks::set_node_disk_latency(self.node_id(*i), None),
             Fault::Disk { node, .. } => {
                 let errors = warren::raft::disk::sim::set_fault(&manager_dir(*node), DiskFault::default());
-                if errors > 0 {
-                    // Fenced: a manager whose disk returned an error stops (within its core
-                    // check interval) instead of serving on as if the write had happened.
+                let db = manager_dir(*node).join(warren::manager::DB_FILE);
+                // Errors on other files (the committed-index marker, written to a new file
+                // and renamed only once synced) leave the old copy valid and are retried.
+                if errors.get(&db).is_some_and(|&n| n > 0) {
+                    // Fenced: a manager whose database returned an error stops (within its
+                    // core check interval) instead of serving on as if the write had happened.
                     let failures = self.failures.clone();
                     let node = *node;
                     let why = self
@@ -214,6 +217,10 @@ impl Cluster {
                             || why.contains("disk")
                             || why.contains("simulated"),
                         "manager {node} stopped for another reason: {why}"
+                    );
+                    eprintln!(
+                        "manager {node} fenced itself after {} database error(s): {why}",
+                        errors[&db]
                     );
                 }
                 self.failures.lock().unwrap().remove(node);

@@ -27,6 +27,8 @@ mod scenarios;
 #[cfg(madsim)]
 mod selftest;
 #[cfg(madsim)]
+mod soak;
+#[cfg(madsim)]
 mod tuning;
 #[cfg(madsim)]
 mod tuning_doc;

@@ -72,3 +72,14 @@ fn catches_forgetting_the_vote_on_restart() {
         "ForgetVoteOnRestart escaped 20 seeds"
     );
 }
+
+#[test]
+fn catches_carrying_on_after_a_failed_fsync() {
+    assert!(
+        caught_by(Bug::IgnoreFsyncError, 40, || async {
+            chaos::run_mixed(Profile::Lan, "selftest").await
+        })
+        .is_some(),
+        "IgnoreFsyncError escaped 40 seeds"
+    );
+}

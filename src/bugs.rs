@@ -16,6 +16,7 @@ pub enum Bug {
     ApplyTwice,
     StaleConsistentRead,
     ForgetVoteOnRestart,
+    IgnoreFsyncError,
 }
 
 #[cfg(not(feature = "sim"))]

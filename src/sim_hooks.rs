@@ -40,6 +40,9 @@ pub enum Bug {
     StaleConsistentRead,
     /// The vote is not read back after a restart.
     ForgetVoteOnRestart,
+    /// A failed log write (fsync error, full disk) is reported as flushed: the manager
+    /// carries on as if the write had happened (the "fsyncgate" mistake).
+    IgnoreFsyncError,
 }
 
 thread_local! {

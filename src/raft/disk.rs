@@ -198,8 +198,8 @@ pub mod sim {
     #[derive(Debug, Default)]
     struct FaultState {
         fault: DiskFault,
-        /// I/O errors returned so far.
-        errors: u64,
+        /// I/O errors returned so far, by file.
+        errors: BTreeMap<PathBuf, u64>,
     }
 
     thread_local! {
@@ -216,24 +216,23 @@ pub mod sim {
         FAULTS.with(|f| f.borrow_mut().clear());
     }
 
-    /// Breaks the disk holding `dir` (the default fault repairs it); returns how many I/O
-    /// errors the previous fault of that disk returned.
-    pub fn set_fault(dir: &Path, fault: DiskFault) -> u64 {
+    /// Breaks the disk holding `dir` (the default fault repairs it); returns the I/O errors
+    /// the previous fault of that disk returned, by file.
+    pub fn set_fault(dir: &Path, fault: DiskFault) -> BTreeMap<PathBuf, u64> {
         FAULTS.with(|f| {
             let mut f = f.borrow_mut();
-            let errors = f.get(dir).map_or(0, |s| s.errors);
-            if fault == DiskFault::default() {
-                f.remove(dir);
-            } else {
-                f.insert(dir.to_path_buf(), FaultState { fault, errors });
+            let errors = f.remove(dir).map(|s| s.errors).unwrap_or_default();
+            if fault != DiskFault::default() {
+                f.insert(
+                    dir.to_path_buf(),
+                    FaultState {
+                        fault,
+                        errors: errors.clone(),
+                    },
+                );
             }
             errors
         })
-    }
-
-    /// I/O errors the disk holding `dir` has returned under its current fault.
-    pub fn errors(dir: &Path) -> u64 {
-        FAULTS.with(|f| f.borrow().get(dir).map_or(0, |s| s.errors))
     }
 
     /// Whether an operation on `path` fails now (counting the error): `sync` for an fsync.
@@ -251,7 +250,7 @@ pub mod sim {
             } else {
                 return None;
             };
-            st.errors += 1;
+            *st.errors.entry(path.to_path_buf()).or_default() += 1;
             Some(err)
         })
     }
