@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-# 112 seeds x 12 manager scenarios = 1,344 simulated runs, plus self-tests and pinned seeds;
-# the worker scenarios (3 managers + 5 workers each, heavier) get 20 seeds x 5 = 100 runs.
-SIM_SEEDS=${SIM_SEEDS:-112}
-SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-20}
+# 500 seeds per manager scenario, plus self-tests and pinned seeds; 100 per worker scenario
+# (3 managers + 5 workers each, heavier); one seed of the simulated day (the soak).
+SIM_SEEDS=${SIM_SEEDS:-500}
+SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-100}
 SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
 
 echo "== fmt"; cargo fmt --check
@@ -23,6 +23,10 @@ start=$(date +%s)
 MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q -- --skip workers::
 MADSIM_TEST_NUM=$SIM_WORKER_SEEDS cargo sim -q -- workers::
 echo "simulation took $(( $(date +%s) - start )) s"
+echo "== simulation: the soak, one simulated day of faults and churn"
+start=$(date +%s)
+MADSIM_TEST_NUM=1 cargo sim -q -- --ignored soak::
+echo "soak took $(( $(date +%s) - start )) s"
 echo "== simulation: determinism check"
 # In-process, as CI runs the suite (tests in parallel): madsim runs each seed twice and
 # compares every draw of the seeded generator and its simulated time.

@@ -6,9 +6,9 @@
 //!   to, and no container runs for a task the managers do not want running.
 //!
 //! - **consistent views**: in every manager's view no slot of a service has two tasks meant
-//!   to run, and a task id names the same service and slot (and node, once assigned) in
-//!   every view, so a duplicate made by one manager shows up even though each view is a map
-//!   keyed by task id.
+//!   to run (an orphaned one, whose node is down, aside), and a task id names the same
+//!   service and slot (and node, once assigned) in every view, so a duplicate made by one
+//!   manager shows up even though each view is a map keyed by task id.
 //!
 //! The managers' view comes from `ListTasks` on each of them; what really runs comes from
 //! each simulated host's container runtime.
@@ -57,7 +57,9 @@ pub fn consistent_views(views: &BTreeMap<u64, Vec<pb::Task>>) -> Result<(), Stri
         unique_ids(tasks).map_err(|e| format!("manager {manager}: {e}"))?;
         let mut meant: BTreeMap<(&str, u32), &str> = BTreeMap::new();
         for t in tasks {
-            if t.desired_state == pb::TaskState::Running as i32 {
+            // An orphaned task (its node down) stays meant to run until the node returns
+            // and the duplicate policy picks one; its replacement is not a duplicate.
+            if t.desired_state == pb::TaskState::Running as i32 && t.state != pb::TaskState::Orphaned as i32 {
                 if let Some(other) = meant.insert((&t.service_name, t.slot), &t.id) {
                     return Err(format!(
                         "manager {manager}: {} slot {} has two tasks meant to run: {other} and {}",
@@ -146,27 +148,29 @@ pub fn converged(
     Ok(())
 }
 
-/// Waits until the tasks seen through one of the managers `via` and the hosts' runtimes
-/// converge to `want`, then checks every answering manager's view against the others;
-/// returns how long convergence took. Panics with the last discrepancy at `deadline`.
+/// Waits until every manager of `via` that answers sees the tasks converge to `want` (with
+/// the hosts' runtimes), then checks their views against each other; returns how long that
+/// took. Panics with the last discrepancy at `deadline`.
 pub async fn wait_converged(via: Vec<u64>, want: BTreeMap<String, i64>, deadline: Duration) -> Duration {
     let start = tokio::time::Instant::now();
     let mut last = String::from("no manager answered");
     loop {
-        for &id in &via {
-            let Some(tasks) = list_tasks(id).await else {
-                continue;
-            };
-            match converged(&tasks, &running_by_task(), &want) {
-                Ok(()) => {
-                    let took = start.elapsed();
-                    if let Err(e) = consistent_views(&views(via.clone()).await) {
-                        panic!("managers' task views disagree: {e}");
-                    }
-                    return took;
+        let all = views(via.clone()).await;
+        let running = running_by_task();
+        let behind = all
+            .iter()
+            .map(|(id, tasks)| converged(tasks, &running, &want).map_err(|e| format!("manager {id}: {e}")))
+            .find_map(Result::err);
+        match behind {
+            None if !all.is_empty() => {
+                let took = start.elapsed();
+                if let Err(e) = consistent_views(&all) {
+                    panic!("managers' task views disagree: {e}");
                 }
-                Err(e) => last = e,
+                return took;
             }
+            None => {}
+            Some(e) => last = e,
         }
         if start.elapsed() > deadline {
             panic!("tasks did not converge within {deadline:?}: {last}");
