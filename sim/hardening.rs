@@ -401,9 +401,16 @@ async fn a_ca_rotation_completes_through_a_leader_kill() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.restart(leader);
     c.on_client(async move {
+        // Complete on every manager (plain reads: a restarted manager may lag behind the
+        // one that answers first, and `rotate::finish` reads the CAs from whichever answers).
         wait_for("the rotation to complete", Duration::from_secs(60), || async {
-            let s = client_of_all([1, 2, 3]).ca_status().await.ok()?;
-            (!s.rotating).then_some(())
+            for m in [1, 2, 3] {
+                let s = client_of(m).ca_status().await.ok()?;
+                if s.rotating {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await;
         let client = client_of_all([1, 2, 3]);

@@ -57,9 +57,20 @@ pub fn consistent_views(views: &BTreeMap<u64, Vec<pb::Task>>) -> Result<(), Stri
         unique_ids(tasks).map_err(|e| format!("manager {manager}: {e}"))?;
         let mut meant: BTreeMap<(&str, u32), &str> = BTreeMap::new();
         for t in tasks {
-            // An orphaned task (its node down) stays meant to run until the node returns
-            // and the duplicate policy picks one; its replacement is not a duplicate.
-            if t.desired_state == pb::TaskState::Running as i32 && t.state != pb::TaskState::Orphaned as i32 {
+            // Meant to run and not over: a finished task keeps its desired state in the
+            // history, and an orphaned one (its node down) stays meant to run until the node
+            // returns and the duplicate policy picks one; neither makes its replacement a
+            // duplicate.
+            let over = [
+                pb::TaskState::Complete,
+                pb::TaskState::Failed,
+                pb::TaskState::Shutdown,
+                pb::TaskState::Rejected,
+                pb::TaskState::Orphaned,
+            ]
+            .iter()
+            .any(|s| *s as i32 == t.state);
+            if t.desired_state == pb::TaskState::Running as i32 && !over {
                 if let Some(other) = meant.insert((&t.service_name, t.slot), &t.id) {
                     return Err(format!(
                         "manager {manager}: {} slot {} has two tasks meant to run: {other} and {}",
@@ -251,10 +262,20 @@ mod tests {
             t.desired_state = pb::TaskState::Shutdown as i32;
             t
         };
+        // Finished, still with its desired state: history, not a duplicate.
+        let failed = |mut t: pb::Task| {
+            t.state = pb::TaskState::Failed as i32;
+            t
+        };
         let good: BTreeMap<u64, Vec<pb::Task>> = [
             (
                 1,
-                vec![task("a", 1, "w1"), task("b", 2, "w2"), shut(task("c", 1, "w2"))],
+                vec![
+                    task("a", 1, "w1"),
+                    task("b", 2, "w2"),
+                    shut(task("c", 1, "w2")),
+                    failed(task("e", 2, "w1")),
+                ],
             ),
             // Lagging: b not assigned yet, c not seen.
             (2, vec![task("a", 1, "w1"), task("b", 2, "")]),

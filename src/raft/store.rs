@@ -722,7 +722,9 @@ mod tests {
         for i in 5..=8 {
             t.push(entry(1, i));
         }
-        let cases: &[(u64, u64, Option<Vec<(u64, u64)>>)] = &[
+        // (start, end, the (term, index) pairs answered, or none: read the database)
+        type Case = (u64, u64, Option<Vec<(u64, u64)>>);
+        let cases: &[Case] = &[
             (5, 9, Some(vec![(1, 5), (1, 6), (1, 7), (1, 8)])),
             (6, 7, Some(vec![(1, 6)])),
             (7, 7, Some(vec![])),
