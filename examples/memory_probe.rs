@@ -196,14 +196,7 @@ async fn churn(managers: &[String], pid: u32) -> anyhow::Result<()> {
                 while i < COUNT {
                     let name = format!("c{round}-{i}");
                     client.create_service(spec(&name, 0)).await?;
-                    client
-                        .call_write(|mut s| {
-                            let req = s.req(pb::DeleteServiceRequest {
-                                service: name.clone(),
-                            });
-                            async move { s.services.delete_service(req).await }
-                        })
-                        .await?;
+                    client.delete_service(&name).await?;
                     i += CLIENTS;
                 }
                 anyhow::Ok(())

@@ -83,3 +83,23 @@ fn catches_carrying_on_after_a_failed_fsync() {
         "IgnoreFsyncError escaped 40 seeds"
     );
 }
+
+/// The liveness checker itself fails when no write can succeed: two of three managers dead.
+#[test]
+fn liveness_fails_without_a_quorum() {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default());
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let c = crate::cluster::Cluster::start(3, "selftest").await;
+            c.kill(1);
+            c.kill(2);
+            c.on_client(crate::checkers::liveness::check(
+                vec![1, 2, 3],
+                std::time::Duration::from_secs(5),
+            ))
+            .await;
+        })
+    }));
+    sim_hooks::reset();
+    assert!(res.is_err(), "liveness passed with two of three managers dead");
+}

@@ -12,7 +12,6 @@ use crate::cluster::*;
 use crate::faults::{rand_range, random_fault, random_machine_fault, Fault, Profile};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use warren::proto::v1 as pb;
 
 const MANAGERS: [u64; 3] = [1, 2, 3];
 const WORKERS: u64 = 5;
@@ -50,17 +49,7 @@ async fn churn() {
                     let _ = client.scale_service(&name, replicas).await;
                 }
                 _ => {
-                    let service = name.clone();
-                    let _ = client
-                        .call(|mut s| {
-                            let service = service.clone();
-                            async move {
-                                s.services
-                                    .delete_service(pb::DeleteServiceRequest { service })
-                                    .await
-                            }
-                        })
-                        .await;
+                    let _ = client.delete_service(&name).await;
                 }
             }
         };
@@ -191,17 +180,8 @@ pub async fn soak(scenario: &str, hours: u64) {
     for name in want.keys() {
         let name = name.clone();
         c.on_client(async move {
-            let client = client_of_all(MANAGERS);
-            let service = name.clone();
-            client
-                .call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.services
-                            .delete_service(pb::DeleteServiceRequest { service })
-                            .await
-                    }
-                })
+            client_of_all(MANAGERS)
+                .delete_service(&name)
                 .await
                 .unwrap_or_else(|e| panic!("deleting {name}: {e}"));
         })

@@ -168,20 +168,7 @@ async fn cut_off_worker_restarts_failed_tasks_itself() {
         .into(),
         ..Default::default()
     };
-    c.on_client(async move {
-        client_of_all(MANAGERS)
-            .call(|mut s| {
-                let spec = spec.clone();
-                async move {
-                    s.services
-                        .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                        .await
-                }
-            })
-            .await
-            .expect("create flappy");
-    })
-    .await;
+    c.on_client(create_spec(spec)).await;
     // Each of the 5 workers gets one replica.
     let victim = rand_range(1, 6);
     let host = format!("worker-{victim}");
@@ -359,17 +346,7 @@ fn bench_worker_kill() {
 
 /// Creates `spec` through any manager.
 async fn create_spec(spec: pb::ServiceSpec) {
-    client_of_all(MANAGERS)
-        .call(|mut s| {
-            let spec = spec.clone();
-            async move {
-                s.services
-                    .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                    .await
-            }
-        })
-        .await
-        .expect("create");
+    client_of_all(MANAGERS).create_service(spec).await.expect("create");
 }
 
 /// One manager's wall clock (the leader's, half the time) jumps minutes to hours ahead or

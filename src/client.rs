@@ -403,6 +403,16 @@ impl Client {
         .await
     }
 
+    pub async fn delete_service(&self, service: &str) -> Result<pb::DeleteServiceResponse, ClientError> {
+        self.call_write(|mut s| {
+            let req = s.req(pb::DeleteServiceRequest {
+                service: service.to_string(),
+            });
+            async move { s.services.delete_service(req).await }
+        })
+        .await
+    }
+
     pub async fn scale_service(&self, service: &str, replicas: i64) -> Result<pb::Service, ClientError> {
         self.call_write(|mut s| {
             let req = s.req(pb::ScaleServiceRequest {

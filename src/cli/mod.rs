@@ -556,14 +556,7 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             output::created(out, &s)
         }
         ServiceCmd::Delete { service } => {
-            let r = c
-                .call_write(|mut s| {
-                    let req = s.req(pb::DeleteServiceRequest {
-                        service: service.clone(),
-                    });
-                    async move { s.services.delete_service(req).await }
-                })
-                .await?;
+            let r = c.delete_service(&service).await?;
             println!("{}", r.id);
             Ok(())
         }
