@@ -346,7 +346,10 @@ fn bench_worker_kill() {
 
 /// Creates `spec` through any manager.
 async fn create_spec(spec: pb::ServiceSpec) {
-    client_of_all(MANAGERS).create_service(spec).await.expect("create");
+    client_of_all(MANAGERS)
+        .create_service(spec)
+        .await
+        .expect("create");
 }
 
 /// One manager's wall clock (the leader's, half the time) jumps minutes to hours ahead or
