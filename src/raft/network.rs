@@ -146,12 +146,7 @@ impl Connection {
                 Ok(ch) => ch,
                 Err(e) => {
                     tracing::debug!(target_node = self.target, addr = %self.addr, error = %e, "raft peer unreachable");
-                    let (backoff, _) = self.retry.get_or_insert_with(|| {
-                        let b = crate::retry::Backoff::new(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
-                        (b, tokio::time::Instant::now())
-                    });
-                    let at = tokio::time::Instant::now() + backoff.next_delay();
-                    self.retry.as_mut().expect("set above").1 = at;
+                    self.wait_before_next_connect();
                     return Err(RPCError::Network(NetworkError::new(&e)));
                 }
             };
@@ -188,7 +183,33 @@ impl Connection {
         };
         let answer: Result<Resp, RaftError<NodeId, E>> =
             decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        answer.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+        match answer {
+            Ok(r) => Ok(r),
+            // The peer's Raft core has stopped (it is exiting). openraft turns a remote fatal
+            // error into `Unreachable`, whose backoff waits in an unbiased `select!` that
+            // madsim does not seed (found: the simulator's in-process determinism check
+            // failed after a manager fenced itself on a disk error). Reported as a network
+            // error instead, with reconnects paced as for a dead peer.
+            Err(RaftError::Fatal(f)) => {
+                self.client = None;
+                self.wait_before_next_connect();
+                Err(RPCError::Network(NetworkError::new(&f)))
+            }
+            Err(e) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(
+                self.target,
+                e,
+            ))),
+        }
+    }
+
+    /// After a failure: the next connect waits a jittered, growing delay.
+    fn wait_before_next_connect(&mut self) {
+        let (backoff, _) = self.retry.get_or_insert_with(|| {
+            let b = crate::retry::Backoff::new(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
+            (b, tokio::time::Instant::now())
+        });
+        let at = tokio::time::Instant::now() + backoff.next_delay();
+        self.retry.as_mut().expect("set above").1 = at;
     }
 }
 
