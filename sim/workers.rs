@@ -157,17 +157,7 @@ async fn partitioned_worker_keeps_running_then_exact_count() {
 #[madsim::test]
 async fn cut_off_worker_restarts_failed_tasks_itself() {
     let c = cluster_with("workers::cut_off_worker_restarts_failed_tasks_itself", &[]).await;
-    let spec = pb::ServiceSpec {
-        name: "flappy".into(),
-        image: "busybox".into(),
-        replicas: 5,
-        env: [
-            ("WARREN_SIM_EXIT_AFTER_MS".to_string(), "3000".to_string()),
-            ("WARREN_SIM_EXIT_CODE".to_string(), "1".to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
+    let spec = crashing("flappy", 3_000);
     c.on_client(create_spec(spec)).await;
     // Each of the 5 workers gets one replica.
     let victim = rand_range(1, 6);
@@ -344,6 +334,21 @@ fn bench_worker_kill() {
     );
 }
 
+/// Five replicas of busybox whose containers exit with code 1 every `exit_after_ms`.
+fn crashing(name: &str, exit_after_ms: u64) -> pb::ServiceSpec {
+    pb::ServiceSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        replicas: 5,
+        env: [
+            ("WARREN_SIM_EXIT_AFTER_MS".to_string(), exit_after_ms.to_string()),
+            ("WARREN_SIM_EXIT_CODE".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
 /// Creates `spec` through any manager.
 async fn create_spec(spec: pb::ServiceSpec) {
     client_of_all(MANAGERS)
@@ -366,20 +371,12 @@ pub async fn clock_jumps(scenario: &str) {
     let elections = crate::checkers::election_safety::ElectionSafety::install();
     let c = cluster_with(scenario, &[]).await;
     let spec = pb::ServiceSpec {
-        name: "crashy".into(),
-        image: "busybox".into(),
-        replicas: 5,
-        env: [
-            ("WARREN_SIM_EXIT_AFTER_MS".to_string(), "2000".to_string()),
-            ("WARREN_SIM_EXIT_CODE".to_string(), "1".to_string()),
-        ]
-        .into(),
         restart_policy: Some(pb::RestartPolicy {
             condition: pb::RestartCondition::OnFailure as i32,
             max_attempts: 0,
             delay_ms: 1_000,
         }),
-        ..Default::default()
+        ..crashing("crashy", 2_000)
     };
     c.on_client(create_spec(spec)).await;
     let leader = c
