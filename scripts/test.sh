@@ -9,30 +9,37 @@ cd "$(dirname "$0")/.."
 SIM_SEEDS=${SIM_SEEDS:-500}
 SIM_WORKER_SEEDS=${SIM_WORKER_SEEDS:-100}
 SIM_CFG=(--features sim --config "build.rustflags=['--cfg','madsim']" --target-dir target/sim)
+# Each phase prints its wall time, so CI time can be tracked per phase (docs/benchmarks.md).
+suite_start=$(date +%s)
+phase_start=$suite_start
+phase() {
+  local now; now=$(date +%s)
+  if [[ -n ${phase_name:-} ]]; then echo "-- $phase_name took $(( now - phase_start )) s"; fi
+  phase_name=$1; phase_start=$now; echo "== $1"
+}
 
-echo "== fmt"; cargo fmt --check
-echo "== clippy (production)"; cargo clippy --all-targets -q -- -D warnings
-echo "== clippy (simulator)"; cargo clippy --all-targets -q "${SIM_CFG[@]}" -- -D warnings
-echo "== unit and real-process tests"; cargo test -q
-echo "== the sim suite refuses to run without the simulator cfg"
+phase "fmt"; cargo fmt --check
+phase "clippy (production)"; cargo clippy --all-targets -q -- -D warnings
+phase "clippy (simulator)"; cargo clippy --all-targets -q "${SIM_CFG[@]}" -- -D warnings
+phase "build (production, tests)"; cargo test -q --no-run
+phase "unit and real-process tests"; cargo test -q
+phase "the sim suite refuses to run without the simulator cfg"
 if cargo test -q --features sim --test sim >/dev/null 2>&1; then
   echo "cargo test --features sim without --cfg madsim passed; it must fail" >&2; exit 1
 fi
-echo "== simulation: $SIM_SEEDS seeds per scenario, self-tests, pinned regression seeds"
-start=$(date +%s)
+phase "build (simulator)"; cargo sim -q --no-run
+phase "simulation: $SIM_SEEDS seeds per scenario, self-tests, pinned regression seeds"
 MADSIM_TEST_NUM=$SIM_SEEDS cargo sim -q -- --skip workers::
 MADSIM_TEST_NUM=$SIM_WORKER_SEEDS cargo sim -q -- workers::
-echo "simulation took $(( $(date +%s) - start )) s"
-echo "== simulation: the soak, one simulated day of faults and churn"
-start=$(date +%s)
+phase "simulation: the soak, one simulated day of faults and churn"
 MADSIM_TEST_NUM=1 cargo sim -q -- --ignored soak::
-echo "soak took $(( $(date +%s) - start )) s"
-echo "== simulation: determinism check"
+phase "simulation: determinism check"
 # In-process, as CI runs the suite (tests in parallel): madsim runs each seed twice and
 # compares every draw of the seeded generator and its simulated time.
 for seed in 1 2 3; do
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip selftest:: --skip regressions::
 done
-echo "== simulation: alone vs suite, and every printed replay line"
+phase "simulation: alone vs suite, and every printed replay line"
 ./scripts/sim-replay-check.sh
-echo "all tests passed"
+phase "done"
+echo "all tests passed in $(( $(date +%s) - suite_start )) s"
