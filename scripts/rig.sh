@@ -6,8 +6,13 @@
 #   scripts/rig.sh stop DIR              # kills what start started (by PID) and removes DIR
 #
 # Needs root and Debian's containerd, runc, docker-registry, umoci, skopeo, busybox-static
-# (installed here when missing). RIG_REGISTRY_PORT fixes the registry's port (default: a free one). Nothing is downloaded but Debian's packages: the image is
+# (installed here when missing). Nothing is downloaded but Debian's packages: the image is
 # built from /bin/busybox.
+#   RIG_REGISTRY_PORT   the registry's port (default: a free one)
+#   RIG_REGISTRY_HOST   the address it listens on (default 127.0.0.1; the multi-host tests
+#                       put it on their lab bridge so that every host reaches it)
+#   RIG_NO_CONTAINERD=1 registries and image only; RIG_CONTAINERD_ONLY=1 containerd only
+#                       (one per worker host in the multi-host tests)
 set -euo pipefail
 cmd=${1:?usage: rig.sh start|stop DIR}
 dir=${2:?usage: rig.sh start|stop DIR}
@@ -24,9 +29,15 @@ wait_for() {
 }
 
 start() {
-  need_packages
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
+  if [ "${RIG_CONTAINERD_ONLY:-}" = 1 ]; then
+    start_containerd
+    echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
+    return
+  fi
+  need_packages
+  local host=${RIG_REGISTRY_HOST:-127.0.0.1}
   # The registry, on a free loopback port, storing under DIR.
   local port
   port=${RIG_REGISTRY_PORT:-$(free_port)}
@@ -38,11 +49,11 @@ storage:
   filesystem:
     rootdirectory: $dir/registry
 http:
-  addr: 127.0.0.1:$port
+  addr: $host:$port
 EOF
   setsid docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
   echo $! >"$dir/registry.pid"
-  wait_for curl -sf "http://127.0.0.1:$port/v2/"
+  wait_for curl -sf "http://$host:$port/v2/"
 
   # A second registry that wants a password (htpasswd, user warren / s3cret).
   local auth_port
@@ -66,17 +77,10 @@ EOF
   echo $! >"$dir/auth-registry.pid"
   wait_for sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$auth_port/v2/)\" = 401 ]"
 
-  # A private containerd (its own root, state and socket).
-  mkdir -p "$dir/containerd"
-  # Own session: a Ctrl-C meant for the caller must not stop containerd before `stop` has
-  # removed the containers through it.
-  setsid containerd --root "$dir/containerd/root" --state "$dir/containerd/state" \
-    --address "$dir/containerd/containerd.sock" >"$dir/containerd.log" 2>&1 &
-  echo $! >"$dir/containerd.pid"
-  wait_for ctr --address "$dir/containerd/containerd.sock" version
+  [ "${RIG_NO_CONTAINERD:-}" = 1 ] || start_containerd
 
   # The test image: busybox-static with sh, sleep and httpd, pushed to the registry.
-  local image="127.0.0.1:$port/busybox:test"
+  local image="$host:$port/busybox:test"
   (
     cd "$dir"
     umoci init --layout oci >/dev/null
@@ -101,18 +105,29 @@ EOF
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"arm64","os":"linux"}}]}' \
       "$digest" "$size" >index.json
     curl -sf -X PUT -H "Content-Type: application/vnd.oci.image.index.v1+json" --data-binary @index.json \
-      "http://127.0.0.1:$port/v2/busybox/manifests/armonly" >/dev/null
+      "http://$host:$port/v2/busybox/manifests/armonly" >/dev/null
     rm -f manifest.json index.json
   )
   echo "export WARREN_RIG_DIR=$dir"
-  echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
-  echo "export WARREN_RIG_REGISTRY=127.0.0.1:$port"
+  [ "${RIG_NO_CONTAINERD:-}" = 1 ] || echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
+  echo "export WARREN_RIG_REGISTRY=$host:$port"
   echo "export WARREN_RIG_IMAGE=$image"
-  echo "export WARREN_RIG_ARM_ONLY_IMAGE=127.0.0.1:$port/busybox:armonly"
+  echo "export WARREN_RIG_ARM_ONLY_IMAGE=$host:$port/busybox:armonly"
   echo "export WARREN_RIG_AUTH_REGISTRY=127.0.0.1:$auth_port"
   echo "export WARREN_RIG_AUTH_IMAGE=127.0.0.1:$auth_port/busybox:test"
   echo "export WARREN_RIG_AUTH_USER=warren"
   echo "export WARREN_RIG_AUTH_PASSWORD=s3cret"
+}
+
+# A private containerd (its own root, state and socket).
+start_containerd() {
+  mkdir -p "$dir/containerd"
+  # Own session: a Ctrl-C meant for the caller must not stop containerd before `stop` has
+  # removed the containers through it.
+  setsid containerd --root "$dir/containerd/root" --state "$dir/containerd/state" \
+    --address "$dir/containerd/containerd.sock" >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  wait_for ctr --address "$dir/containerd/containerd.sock" version
 }
 
 stop() {

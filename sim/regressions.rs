@@ -51,3 +51,16 @@ fn clock_jump_seed_12_stalled_restarts() {
         crate::workers::clock_jumps("regressions::clock_jump_seed_12_stalled_restarts").await;
     });
 }
+
+/// Found a joining manager whose disk filled up reporting redb's "Previous I/O error" from
+/// its identity write instead of the disk error that stopped its Raft core. Fixed by
+/// reporting the core's reason whenever the core has stopped.
+#[test]
+fn machine_faults_seed_1795971849086722276_join_on_a_full_disk() {
+    on_seed(1795971849086722276, || {
+        chaos::run_mixed(
+            Profile::Lan,
+            "regressions::machine_faults_seed_1795971849086722276_join_on_a_full_disk",
+        )
+    });
+}

@@ -26,9 +26,10 @@ pub struct LocalTask {
     pub local_restarts: u32,
     /// When the container last exited (wall clock ms), for the restart delay.
     pub exited_at_ms: i64,
-    /// Exited while no manager was reachable and the restart policy wants it again once
-    /// its delay is over. (A task whose exit a manager learned about is the managers' to
-    /// replace, never restarted here.)
+    /// Exited while no manager was reachable (or its exit was never acknowledged before the
+    /// managers went out of reach) and the restart policy wants it again once its delay is
+    /// over. (A task whose exit a manager acknowledged is the managers' to replace, never
+    /// restarted here.)
     #[serde(default)]
     pub restart_due: bool,
 }
@@ -68,6 +69,8 @@ pub struct Input<'a> {
     /// container id; say it was killed between starting one and saving): adopted if the
     /// managers assign the task, else discarded, once the first assignment set is in.
     pub unclaimed: &'a BTreeMap<String, String>,
+    /// Tasks whose latest report no manager has acknowledged yet.
+    pub unacked: &'a BTreeSet<String>,
     /// A manager answered a heartbeat recently.
     pub connected: bool,
     /// Whether managers are reachable is known (a first heartbeat was tried).
@@ -270,6 +273,26 @@ pub fn plan(input: &Input) -> Plan {
                 }
             }
             reports.push(t.clone());
+        }
+        // An exit reported while the managers still seemed reachable, but never acknowledged
+        // (the link went down as it happened): no manager will replace it, so it is this
+        // worker's to restart, as if it had exited after the cut.
+        if !input.connected {
+            for t in tasks.values_mut().filter(|t| {
+                matches!(t.state, TaskState::Failed | TaskState::Complete)
+                    && !t.restart_due
+                    && input.unacked.contains(&t.id)
+                    && idle(&t.id)
+            }) {
+                let failed = t.exit_code != 0;
+                if t.spec
+                    .restart_policy
+                    .decide(failed, t.local_restarts, t.exited_at_ms, input.now_ms)
+                    != Restart::No
+                {
+                    t.restart_due = true;
+                }
+            }
         }
         for t in tasks.values_mut().filter(|t| t.restart_due && idle(&t.id)) {
             if input.connected {
@@ -678,6 +701,7 @@ mod tests {
                     .into_iter()
                     .map(|(t, c)| (t.to_string(), c.to_string()))
                     .collect(),
+                unacked: &BTreeSet::new(),
                 connected: c.connected,
                 decided: true,
                 now_ms: 1_000,
@@ -704,12 +728,77 @@ mod tests {
             assigned: None,
             busy: &BTreeSet::new(),
             unclaimed: &BTreeMap::new(),
+            unacked: &BTreeSet::new(),
             connected: false,
             decided: false,
             now_ms: 0,
         });
         assert!(p.jobs.is_empty() && p.reports.is_empty());
         assert_eq!(p.tasks, tasks);
+    }
+
+    /// Found by the multi-host partition test: a container that died in the seconds between
+    /// the cut and the worker noticing it (its exit reported, never acknowledged) was never
+    /// restarted, by the managers (who never heard) or by the worker.
+    #[test]
+    fn unacknowledged_exit_is_restarted_here_once_cut_off() {
+        use TaskState as S;
+        let cases = [
+            // (name, state, acknowledged, connected, restart wanted)
+            ("unacknowledged failure, cut off", S::Failed, false, false, true),
+            (
+                "unacknowledged completion, cut off",
+                S::Complete,
+                false,
+                false,
+                true,
+            ),
+            (
+                "acknowledged failure: the managers' to replace",
+                S::Failed,
+                true,
+                false,
+                false,
+            ),
+            (
+                "unacknowledged, still connected: on its way",
+                S::Failed,
+                false,
+                true,
+                false,
+            ),
+            (
+                "stopped on request: not restarted",
+                S::Shutdown,
+                false,
+                false,
+                false,
+            ),
+            ("rejected: not restarted", S::Rejected, false, false, false),
+        ];
+        for (name, state, acked, connected, want) in cases {
+            let mut t = task("a", state);
+            t.exit_code = 1;
+            let tasks: BTreeMap<String, LocalTask> = [("a".to_string(), t)].into();
+            let unacked: BTreeSet<String> = if acked {
+                BTreeSet::new()
+            } else {
+                ["a".to_string()].into()
+            };
+            let p = plan(&Input {
+                tasks: &tasks,
+                observed: &BTreeMap::new(),
+                assigned: None,
+                busy: &BTreeSet::new(),
+                unclaimed: &BTreeMap::new(),
+                unacked: &unacked,
+                connected,
+                decided: true,
+                now_ms: 1_000,
+            });
+            let restarts: Vec<&str> = p.jobs.iter().map(kind).collect();
+            assert_eq!(restarts == ["restart"], want, "{name}: jobs {restarts:?}");
+        }
     }
 
     #[test]

@@ -455,7 +455,7 @@ pub async fn start(
         let mut servers = futures::future::select(raft_server, api_server);
         let shutdown = std::pin::pin!(shutdown);
         let mut core_failed = false;
-        let result = tokio::select! {
+        let mut result = tokio::select! {
             biased;
             _ = shutdown => Ok(()),
             r = join => r,
@@ -472,6 +472,15 @@ pub async fn start(
                 }
             }
         };
+        // Another part failing because the core's disk failed (a join writing the identity
+        // to a database that refuses all writes after an I/O error): the core's reason is
+        // the one to report, and the process exits as after any core failure.
+        if result.is_err() && !core_failed {
+            if let Some(why) = core_failure(&raft) {
+                core_failed = true;
+                result = Err(why);
+            }
+        }
         info!("shutting down");
         // A core that stopped on its own (a disk error): the process exits at once with the
         // reason, as after a panic; no graceful stop of the servers, no last marker write
@@ -501,6 +510,16 @@ pub async fn start(
     .await
 }
 
+/// Why this manager's Raft core stopped on its own, if it did.
+fn core_failure(raft: &Raft) -> Option<anyhow::Error> {
+    match &raft.metrics().borrow().running_state {
+        Err(fatal) => Some(anyhow::anyhow!(
+            "the Raft core stopped ({fatal}); this manager exits so that its supervisor restarts it (check the data dir's disk: space, errors)"
+        )),
+        Ok(()) => None,
+    }
+}
+
 /// Resolves, with the reason, when this manager's Raft core has stopped (it does not stop
 /// before `Raft::shutdown` unless something is fatally wrong). Polled on a timer rather than
 /// by waiting on the metrics channel: tokio's watch channel wakes its waiters through one of
@@ -509,10 +528,8 @@ pub async fn start(
 async fn watch_core(raft: Raft) -> anyhow::Error {
     let rx = raft.metrics();
     loop {
-        if let Err(fatal) = &rx.borrow().running_state {
-            return anyhow::anyhow!(
-                "the Raft core stopped ({fatal}); this manager exits so that its supervisor restarts it (check the data dir's disk: space, errors)"
-            );
+        if let Some(why) = core_failure(&raft) {
+            return why;
         }
         if rx.has_changed().is_err() {
             return anyhow::anyhow!(

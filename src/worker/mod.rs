@@ -772,9 +772,10 @@ impl Agent {
 
     /// One tick: observe the containers, plan (pure), queue reports, start jobs.
     async fn tick(&mut self, local: &mut LocalState, assigned: Option<&[pb::Task]>) {
-        let (connected, decided) = {
+        let (connected, decided, unacked) = {
             let sh = self.shared.lock().unwrap();
-            (sh.connected(self.autonomy_after), sh.first_beat_done)
+            let unacked: BTreeSet<String> = sh.pending.keys().cloned().collect();
+            (sh.connected(self.autonomy_after), sh.first_beat_done, unacked)
         };
         if decided && Some(connected) != self.was_connected {
             if connected {
@@ -813,6 +814,7 @@ impl Agent {
             assigned: assigned.as_deref(),
             busy: &self.busy,
             unclaimed: &self.unclaimed,
+            unacked: &unacked,
             connected,
             decided,
             now_ms: crate::manager::now_ms(),
