@@ -28,8 +28,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 
 run_trial() { # $1 = clients, $2 = creates; prints "creates_per_s idle_rss_kib loaded_rss_kib"
   local dir api pid out idle loaded
-  dir=$(mktemp -d); api=127.0.0.1:$(port)
-  $W cluster init --node-id 1 --api-addr $api --bind-addr 127.0.0.1:$(port) --data-dir $dir/m >$dir/log 2>&1 &
+  dir=$(mktemp -d); api="127.0.0.1:$(port)"
+  $W cluster init --node-id 1 --api-addr $api --bind-addr "127.0.0.1:$(port)" --data-dir $dir/m >$dir/log 2>&1 &
   pid=$!
   export WARREN_TLS_DIR=$dir/m/admin # the operator credential cluster init writes
   for _ in $(seq 1 200); do $W --manager $api cluster info >/dev/null 2>&1 && break; sleep 0.05; done

@@ -2,7 +2,9 @@
 # Installs what building and testing Warren needs on Debian: protoc for the gRPC code; for
 # the real-container tests and the demo, containerd + runc, a registry (docker-registry),
 # umoci + skopeo + busybox-static to build the test image, htpasswd (apache2-utils) for a
-# registry with a password, curl and python3; ss (iproute2) to check which sockets listen.
+# registry with a password, curl and python3; ss (iproute2) to check which sockets listen and
+# to make the multi-host tests' network namespaces; shellcheck and python3-yaml to check the
+# test scripts and the Lima template.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
@@ -16,6 +18,9 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v ss >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive

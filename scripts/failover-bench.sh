@@ -28,15 +28,15 @@ now() { date +%s.%N; }
 info() { $W --manager "$1" cluster info -o json 2>/dev/null; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
 
-for n in 1 2 3; do API[$n]=127.0.0.$n:$(port); done
-$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr 127.0.0.1:$(port) --data-dir $T/m1 >>$T/m1.log 2>&1 &
+for n in 1 2 3; do API[$n]="127.0.0.$n:$(port)"; done
+$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" --data-dir $T/m1 >>$T/m1.log 2>&1 &
 export WARREN_TLS_DIR=$T/m1/admin # the operator credential cluster init writes
 PID[1]=$!
 until info ${API[1]} >/dev/null; do sleep 0.05; done
 TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
 for n in 2 3; do
   $W manager join --token "$TOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
-    --bind-addr 127.0.0.$n:$(port) --data-dir $T/m$n >>$T/m$n.log 2>&1 &
+    --bind-addr "127.0.0.$n:$(port)" --data-dir $T/m$n >>$T/m$n.log 2>&1 &
   PID[$n]=$!
 done
 all_agree() { # every manager answers, same leader, 3 voters, all reachable from the leader

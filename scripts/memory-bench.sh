@@ -21,8 +21,8 @@ trap cleanup EXIT
 trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 
 start_manager() { # $1 = data dir; sets API and PID
-  API=127.0.0.1:$(port)
-  "$W" cluster init --node-id 1 --api-addr "$API" --bind-addr 127.0.0.1:$(port) --data-dir "$1" 2>"$1.log" &
+  API="127.0.0.1:$(port)"
+  "$W" cluster init --node-id 1 --api-addr "$API" --bind-addr "127.0.0.1:$(port)" --data-dir "$1" 2>"$1.log" &
   PID=$!
   export WARREN_TLS_DIR=$1/admin # the operator credential cluster init writes
   pids+=("$PID")

@@ -30,8 +30,8 @@ now_ms() { date +%s%3N; }
 running() { ctr --address "$SOCK" -n "$1" tasks ls 2>/dev/null | grep -c RUNNING || true; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-API=127.0.0.1:$(port)
-"$W" cluster init --node-id 1 --api-addr "$API" --bind-addr 127.0.0.1:$(port) --data-dir "$tmp/m1" 2>"$tmp/m1.log" &
+API="127.0.0.1:$(port)"
+"$W" cluster init --node-id 1 --api-addr "$API" --bind-addr "127.0.0.1:$(port)" --data-dir "$tmp/m1" 2>"$tmp/m1.log" &
 export WARREN_TLS_DIR=$tmp/m1/admin # the operator credential cluster init writes
 pids+=($!)
 for _ in $(seq 1 200); do "$W" --manager "$API" cluster info >/dev/null 2>&1 && break; sleep 0.1; done

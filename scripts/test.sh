@@ -33,6 +33,9 @@ lint_build() {
 }
 
 phase "fmt"; cargo fmt --check
+phase "scripts: shellcheck, and the Lima template parses"
+shellcheck -S warning -x scripts/*.sh scripts/multihost/*.sh lima/*.sh
+python3 -c 'import yaml, sys; d = yaml.safe_load(open("lima/warren.yaml")); sys.exit(0 if {"images", "networks", "provision"} <= set(d) else "lima/warren.yaml misses a key")'
 phase "build (production, every target, clippy's lints)"; lint_build cargo test -q --all-targets --no-run
 phase "unit and real-process tests"; cargo test -q
 phase "multi-host: 3 managers and 2 workers in network namespaces (cluster, failover, partition)"
@@ -51,7 +54,7 @@ MADSIM_TEST_NUM=1 cargo sim -q -- --ignored soak::
 phase "simulation: determinism check"
 # In-process, as CI runs the suite (tests in parallel): madsim runs each seed twice and
 # compares every draw of the seeded generator and its simulated time.
-for seed in 1 2 3; do
+for seed in 1 2; do
   MADSIM_TEST_SEED=$seed MADSIM_TEST_CHECK_DETERMINISM=1 cargo sim -q -- --skip selftest:: --skip regressions::
 done
 phase "simulation: alone vs suite, and every printed replay line"

@@ -32,6 +32,7 @@ cut_off() { on_client ip link set "p-$1" down; }
 heal() { on_client ip link set "p-$1" up; }
 # The host's containerd socket (workers).
 containerd_socket() { echo "$(hostdir "$1")/rig/containerd/containerd.sock"; }
+client_tls_dir() { echo "$RUN_DIR/admin"; }
 # A hard power-off is not something a namespace has.
 power_off() { return 1; }
 power_on() { return 1; }

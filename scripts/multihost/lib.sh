@@ -11,6 +11,7 @@
 #   cut_off HOST / heal HOST  cut HOST off the network, and restore it
 #   power_off HOST          hard power-off (VM backends), 1 when the backend has none
 #   containerd_socket HOST  the worker host's containerd
+#   client_tls_dir          where the client finds the operator credential
 #   backend_up / backend_down
 # Hosts: managers m1..m3, workers w1..w2. Everything a run makes is removed on exit, also
 # on failure or Ctrl-C.
@@ -153,17 +154,17 @@ form_cluster() {
   start_daemon m1 manager "$WBIN" cluster init --node-id 1 $(manager_args m1)
   wait_until 30 "m1 to answer" on m1 test -f "$(hostdir m1)/data/admin/admin.crt"
   # The operator credential cluster init wrote: to the client and to every host.
-  CLIENT_TLS=$RUN_DIR/admin
-  mkdir -p "$CLIENT_TLS"
-  local f
+  local f local_tls=$RUN_DIR/admin
+  mkdir -p "$local_tls"
   for f in admin.crt admin.key ca.crt; do
     wait_until 10 "m1's $f" on m1 test -s "$(hostdir m1)/data/admin/$f"
-    copy_from m1 "data/admin/$f" "$CLIENT_TLS/$f"
+    copy_from m1 "data/admin/$f" "$local_tls/$f"
   done
   for h in "${HOSTS[@]}"; do
     on "$h" mkdir -p "$(hostdir "$h")/admin"
-    for f in admin.crt admin.key ca.crt; do copy_to "$h" "$CLIENT_TLS/$f" "admin/$f"; done
+    for f in admin.crt admin.key ca.crt; do copy_to "$h" "$local_tls/$f" "admin/$f"; done
   done
+  CLIENT_TLS=$(client_tls_dir)
   wait_until 30 "m1 to serve the API" cli_on m1 cluster info
   token=$(cli_on m1 cluster join-token manager -q)
   for h in m2 m3; do
