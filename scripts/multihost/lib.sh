@@ -142,6 +142,14 @@ all_agree() {
   manager_host "$l"
 }
 
+# The leader's host once all three managers agree (polled: a CLI call can fail on a busy host).
+agreed_leader() {
+  wait_until 60 "three voters agreeing on a leader" all_agree "${MANAGERS[@]}"
+  local l
+  for _ in 1 2 3 4 5; do l=$(all_agree "${MANAGERS[@]}") && { echo "$l"; return; }; done
+  fail "the managers agreed on a leader, then not five times in a row"
+}
+
 manager_args() {
   echo --api-addr "$(api "$1")" --bind-addr "$(host_addr "$1"):$RAFT_PORT" --data-dir "$(hostdir "$1")/data"
 }

@@ -34,7 +34,7 @@ test_failover() {
   local before after t leader lid surv=() h t0 t1 tl res_leader=() res_write=() how
   before=$(container_snapshot)
   for t in $(seq 1 "$FAILOVER_TRIALS"); do
-    leader=$(all_agree "${MANAGERS[@]}") || fail "no agreed leader before trial $t"
+    leader=$(agreed_leader)
     lid=$(manager_node_id "$leader")
     surv=(); for h in "${MANAGERS[@]}"; do [[ $h != "$leader" ]] && surv+=("$h"); done
     how="kill -9"

@@ -29,6 +29,10 @@ const BACKOFF_MAX_MS: u64 = 200;
 /// manager looks again at who leads and retries (same request id): a frozen leader must not
 /// hold a write for the whole deadline while a new one is elected beside it.
 const FORWARD_ATTEMPT_MS: u64 = 1_500;
+/// While a call is forwarded, how often this manager looks whether the one it forwarded to
+/// still leads: a leader that died without a reset (a powered-off host answers nothing)
+/// would otherwise hold the call for `FORWARD_ATTEMPT_MS` after a new one is elected.
+const LEADER_RECHECK_MS: u64 = 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
@@ -379,10 +383,33 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
             LeaderReply::NotLeader(Some((id, node))) if id != m.id => {
                 last_leader = format!("manager {id} at {}", node.api_addr);
                 let left = deadline.saturating_sub(start.elapsed());
-                match forward(m, &node, &op, attempt_timeout(&op, left)).await {
-                    // The one we asked lost leadership too: learn from the next round.
-                    LeaderReply::NotLeader(_) => LeaderReply::NotLeader(None),
-                    r => r,
+                let forwarded = async {
+                    match forward(m, &node, &op, attempt_timeout(&op, left)).await {
+                        // The one we asked lost leadership too: learn from the next round.
+                        LeaderReply::NotLeader(_) => LeaderReply::NotLeader(None),
+                        r => r,
+                    }
+                };
+                // Membership changes keep their attempt (they wait on purpose); anything
+                // else is dropped once another leader or an election shows, and retried
+                // with the same request id (applied at most once).
+                let moved = async {
+                    if matches!(op, LeaderOp::AddManager { .. } | LeaderOp::RemoveManager { .. }) {
+                        return std::future::pending().await;
+                    }
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(LEADER_RECHECK_MS)).await;
+                        if m.raft.metrics().borrow().current_leader != Some(id) {
+                            return LeaderReply::Failed(format!(
+                                "manager {id} stopped leading while a call was forwarded to it"
+                            ));
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = forwarded => r,
+                    r = moved => r,
                 }
             }
             r => r,
