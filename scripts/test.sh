@@ -41,7 +41,7 @@ phase "unit and real-process tests"; cargo test -q
 phase "multi-host: 3 managers and 2 workers in network namespaces (cluster, failover, partition)"
 WARREN_BIN=$PWD/target/debug/warren ./scripts/multihost/run.sh --backend netns
 phase "the sim suite refuses to run without the simulator cfg"
-if RUSTC_WORKSPACE_WRAPPER= cargo test -q --features sim --test sim >/dev/null 2>&1; then
+if RUSTC_WORKSPACE_WRAPPER='' cargo test -q --features sim --test sim >/dev/null 2>&1; then
   echo "cargo test --features sim without --cfg madsim passed; it must fail" >&2; exit 1
 fi
 phase "build (simulator, every target, clippy's lints)"
