@@ -20,7 +20,7 @@ hostdir() { echo "$GUEST_DIR"; }
 host_addr() { echo "${LIMA_ADDR[$1]}"; }
 copy_to() {
   # shellcheck disable=SC2016 # expanded in the VM
-  limactl shell --workdir / "$(inst "$1")" sudo sh -c 'cat >"$1"' sh "$GUEST_DIR/$3" <"$2"
+  limactl shell --workdir / "$(inst "$1")" sudo sh -c 'cat >"$1" && sync "$1"' sh "$GUEST_DIR/$3" <"$2"
 }
 copy_from() { limactl shell --workdir / "$(inst "$1")" sudo cat "$GUEST_DIR/$2" >"$3"; }
 cut_off() {

@@ -39,12 +39,7 @@ power_on() { return 1; }
 
 backend_up() {
   need_cmds ip nsenter
-  ip netns add "$LAB_NS"
-  CREATED_NS+=("$LAB_NS")
-  on_client ip link set lo up
-  on_client ip link add br0 type bridge
-  on_client ip addr add "$LAB_ADDR/24" dev br0
-  on_client ip link set br0 up
+  lab_up "$LAB_ADDR"
   local h
   for h in "${HOSTS[@]}"; do
     ip netns add "$(host_ns "$h")"
@@ -57,10 +52,7 @@ backend_up() {
     on "$h" ip link set eth0 up
   done
   # The registry (and the test image) in the lab, reachable from every host.
-  eval "$(on_client env RIG_REGISTRY_HOST=$LAB_ADDR RIG_NO_CONTAINERD=1 "$REPO/scripts/rig.sh" start "$RUN_DIR/lab-rig")"
-  RIG_STARTED+=("lab:$RUN_DIR/lab-rig")
-  REGISTRY=$WARREN_RIG_REGISTRY
-  IMAGE=$WARREN_RIG_IMAGE
+  lab_registry_up
   for h in "${WORKERS[@]}"; do
     on "$h" env RIG_CONTAINERD_ONLY=1 "$REPO/scripts/rig.sh" start "$(hostdir "$h")/rig" >/dev/null
     RIG_STARTED+=("$h:$(hostdir "$h")/rig")

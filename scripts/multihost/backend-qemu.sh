@@ -40,7 +40,8 @@ on() {
 }
 copy_to() {
   # shellcheck disable=SC2046,SC2016
-  on_client ssh $(ssh_opts) "root@$(mgmt_addr "$1")" "cat > $(printf '%q' "$GUEST_DIR/$3")" <"$2"
+  # Synced: a hard power-off must not leave an empty file (found: an operator credential lost).
+  on_client ssh $(ssh_opts) "root@$(mgmt_addr "$1")" "cat > $(printf '%q' "$GUEST_DIR/$3") && sync $(printf '%q' "$GUEST_DIR/$3")" <"$2"
 }
 copy_from() {
   # shellcheck disable=SC2046
@@ -183,15 +184,7 @@ backend_up() {
   pick_accel
   log "qemu accelerator: $QEMU_ACCEL"
   echo "qemu accelerator: $QEMU_ACCEL" >>"${RESULTS_FILE:-/dev/null}"
-  ip netns add "$LAB_NS"
-  CREATED_NS+=("$LAB_NS")
-  on_client ip link set lo up
-  on_client ip link add br0 type bridge
-  on_client ip addr add "$LAB_ADDR/24" dev br0
-  on_client ip link set br0 up
-  on_client ip link add br1 type bridge
-  on_client ip addr add 10.78.0.1/24 dev br1
-  on_client ip link set br1 up
+  lab_up "$LAB_ADDR" 10.78.0.1
   local h t0; t0=$(date +%s)
   for h in "${HOSTS[@]}"; do
     on_client ip tuntap add "td-$h" mode tap
@@ -201,10 +194,7 @@ backend_up() {
     qemu-img create -q -f qcow2 -b "$QEMU_CACHE/rootfs.img" -F raw "$RUN_DIR/disk-$h.qcow2"
     boot_vm "$h"
   done
-  eval "$(on_client env RIG_REGISTRY_HOST=$LAB_ADDR RIG_NO_CONTAINERD=1 "$REPO/scripts/rig.sh" start "$RUN_DIR/lab-rig")"
-  RIG_STARTED+=("lab:$RUN_DIR/lab-rig")
-  REGISTRY=$WARREN_RIG_REGISTRY
-  IMAGE=$WARREN_RIG_IMAGE
+  lab_registry_up
   for h in "${HOSTS[@]}"; do wait_until 900 "$h to boot (console: $RUN_DIR/console-$h.log)" on "$h" true; done
   log "5 VMs booted in $(( $(date +%s) - t0 )) s ($QEMU_ACCEL)"
   echo "qemu: 5 VMs booted in $(( $(date +%s) - t0 )) s ($QEMU_ACCEL)" >>"${RESULTS_FILE:-/dev/null}"

@@ -116,6 +116,30 @@ harness_up() {
   backend_up
 }
 
+# The lab (netns and qemu backends): a network namespace ($LAB_NS) where the client and the
+# registry live, with one bridge per network: lab_up ADDR... gives br0 the first address
+# (/24), br1 the second.
+lab_up() {
+  ip netns add "$LAB_NS"
+  CREATED_NS+=("$LAB_NS")
+  on_client ip link set lo up
+  local i=0 a
+  for a in "$@"; do
+    on_client ip link add "br$i" type bridge
+    on_client ip addr add "$a/24" dev "br$i"
+    on_client ip link set "br$i" up
+    i=$((i + 1))
+  done
+}
+# The rig's registry with the test image, in the lab on br0's address.
+lab_registry_up() {
+  eval "$(on_client env RIG_REGISTRY_HOST="$LAB_ADDR" RIG_NO_CONTAINERD=1 "$REPO/scripts/rig.sh" start "$RUN_DIR/lab-rig")"
+  RIG_STARTED+=("lab:$RUN_DIR/lab-rig")
+  REGISTRY=$WARREN_RIG_REGISTRY
+  # shellcheck disable=SC2034 # the tests deploy it
+  IMAGE=$WARREN_RIG_IMAGE
+}
+
 api() { echo "$(host_addr "$1"):$API_PORT"; }
 apis() { local out=() h; for h in "$@"; do out+=("$(api "$h")"); done; (IFS=,; echo "${out[*]}"); }
 # The CLI as the operator runs it, against the given managers (default: all of them).
