@@ -75,19 +75,7 @@ fn spec(name: &str, env_bytes: usize) -> pb::ServiceSpec {
 }
 
 async fn update(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren::client::ClientError> {
-    c.call(|mut st| {
-        let spec = spec.clone();
-        async move {
-            st.services
-                .update_service(pb::UpdateServiceRequest {
-                    service: spec.name.clone(),
-                    spec: Some(spec),
-                    expected_version: 0,
-                })
-                .await
-        }
-    })
-    .await
+    c.update_service(&spec.name.clone(), spec, 0, false).await
 }
 
 async fn updates(c: &Client, pid: u32) -> anyhow::Result<()> {

@@ -413,6 +413,39 @@ impl Client {
         .await
     }
 
+    /// A new spec for `service`; `expected_version` 0 = whatever is current, else the
+    /// `Service.version` it was read at (refused if it changed since).
+    pub async fn update_service(
+        &self,
+        service: &str,
+        spec: pb::ServiceSpec,
+        expected_version: u64,
+        force: bool,
+    ) -> Result<pb::Service, ClientError> {
+        self.call_write(|mut s| {
+            let req = s.req(pb::UpdateServiceRequest {
+                service: service.to_string(),
+                spec: Some(spec.clone()),
+                expected_version,
+                force,
+            });
+            async move { s.services.update_service(req).await }
+        })
+        .await
+    }
+
+    /// Back to spec version `to_version` (0: the one the latest update replaced).
+    pub async fn rollback_service(&self, service: &str, to_version: u64) -> Result<pb::Service, ClientError> {
+        self.call_write(|mut s| {
+            let req = s.req(pb::RollbackServiceRequest {
+                service: service.to_string(),
+                to_version,
+            });
+            async move { s.services.rollback_service(req).await }
+        })
+        .await
+    }
+
     pub async fn scale_service(&self, service: &str, replicas: i64) -> Result<pb::Service, ClientError> {
         self.call_write(|mut s| {
             let req = s.req(pb::ScaleServiceRequest {

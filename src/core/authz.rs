@@ -91,6 +91,7 @@ pub enum Rpc {
     GetService,
     ListServices,
     UpdateService,
+    RollbackService,
     ScaleService,
     DeleteService,
     ServiceLogs,
@@ -109,7 +110,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 34] = [
+    pub const ALL: [Rpc; 35] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
@@ -131,6 +132,7 @@ impl Rpc {
         Rpc::GetService,
         Rpc::ListServices,
         Rpc::UpdateService,
+        Rpc::RollbackService,
         Rpc::ScaleService,
         Rpc::DeleteService,
         Rpc::ServiceLogs,
@@ -170,6 +172,7 @@ impl Rpc {
             | GetService
             | ListServices
             | UpdateService
+            | RollbackService
             | ScaleService
             | DeleteService
             | ServiceLogs
@@ -343,7 +346,7 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 34] = [
+        let table: [(Rpc, &str); 35] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
@@ -366,6 +369,7 @@ mod tests {
             (GetService,            "+ - - - -"),
             (ListServices,          "+ - - - -"),
             (UpdateService,         "+ - - - -"),
+            (RollbackService,       "+ - - - -"),
             (ScaleService,          "+ - - - -"),
             (DeleteService,         "+ - - - -"),
             (ServiceLogs,           "+ - - - -"),

@@ -23,6 +23,14 @@ pub const MAX_CONSTRAINT_BYTES: usize = 256;
 /// A whole service spec as stored (bincode), so that any number of tasks of one service
 /// fit an assignment page and any service fits a reply.
 pub const MAX_SPEC_BYTES: usize = 96 * 1024;
+/// Earlier spec versions a service keeps for rollback (`service inspect` lists them), beyond
+/// those its tasks still run.
+pub const SPEC_HISTORY: usize = 5;
+/// Rolling update settings: the delay between slots, the monitor period, a new task's time
+/// to come up.
+pub const MAX_UPDATE_DELAY_MS: u64 = 3600 * 1000;
+pub const MAX_UPDATE_MONITOR_MS: u64 = 3600 * 1000;
+pub const MAX_UPDATE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 /// Restart delay and stop timeout (Docker has no bound; a day and an hour are generous).
 pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_STOP_TIMEOUT_MS: u64 = 3600 * 1000;

@@ -15,6 +15,7 @@ pub mod renewal;
 pub mod scheduler;
 pub mod state;
 pub mod token;
+pub mod update;
 pub mod validate;
 
 pub use model::*;

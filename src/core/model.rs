@@ -1,7 +1,7 @@
 //! Model types of the replicated cluster state.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::limits::MAX_REPLICAS;
 
@@ -105,6 +105,153 @@ pub struct ServiceSpec {
     pub restart_policy: RestartPolicy,
     pub constraints: Vec<String>,
     pub stop_timeout_ms: u64,
+    /// How a change of the tasks' spec rolls out (`service update --update-*`).
+    pub update_config: UpdateConfig,
+    /// How a rollback rolls out (`--rollback-*`).
+    pub rollback_config: UpdateConfig,
+}
+
+impl ServiceSpec {
+    /// Whether `other` runs different tasks: everything but the replica count and the
+    /// rollout settings. Only such a change makes a new spec version and a rolling update.
+    pub fn same_tasks(&self, other: &ServiceSpec) -> bool {
+        let strip = |s: &ServiceSpec| ServiceSpec {
+            replicas: 0,
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// What an update does when a new task fails (Swarm's `--update-failure-action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// Which goes first when a slot's task is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one (the new image is pulled first).
+    #[default]
+    StopFirst,
+    /// Start the new task, stop the old one once the new one runs.
+    StartFirst,
+}
+
+/// Rollout settings; the defaults are Swarm's, plus a timeout for a new task to come up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Slots replaced at once; 0 = all.
+    pub parallelism: u32,
+    /// Wait after a slot is done before the next one starts.
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long a new task must keep running (and healthy) before its slot counts as done.
+    pub monitor_ms: u64,
+    /// Failed slots tolerated, in thousandths of the slots to update (0: none).
+    pub max_failure_permille: u32,
+    pub order: UpdateOrder,
+    /// How long a new task may take to be pulled and reach running before it counts as failed.
+    pub timeout_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_permille: 0,
+            order: UpdateOrder::StopFirst,
+            timeout_ms: 300_000,
+        }
+    }
+}
+
+/// Where a rolling update (or rollback) is; `Updating` and `RollbackStarted` are in progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateState {
+    #[default]
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted
+        )
+    }
+}
+
+/// A slot being replaced: its new task and the task it replaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotUpdate {
+    pub new_task_id: String,
+    /// Empty if the slot had no active task.
+    pub old_task_id: String,
+    pub started_at_ms: i64,
+    /// When the orchestrator first saw the new task running with the old one stopped (the
+    /// monitor period counts from here).
+    pub running_since_ms: Option<i64>,
+}
+
+/// The progress of a rolling update, in the replicated state: a new leader continues it
+/// exactly where it was.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub from_version: u64,
+    pub to_version: u64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub message: String,
+    /// Slots whose new task passed its monitor period.
+    pub done: BTreeSet<u32>,
+    /// Slots whose new task failed, and why.
+    pub failed: BTreeMap<u32, String>,
+    pub in_flight: BTreeMap<u32, SlotUpdate>,
+    /// No new slot starts before this (the update delay).
+    pub next_slot_at_ms: i64,
+    /// Bumped by every change; an orchestrator change names the revision it read, so a stale
+    /// round changes nothing.
+    pub revision: u64,
+}
+
+/// An earlier spec of a service, kept for rollback and for tasks still running it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecVersion {
+    pub version: u64,
+    pub spec: ServiceSpec,
+    /// When another version took its place.
+    pub replaced_at_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +262,39 @@ pub struct Service {
     pub updated_at_ms: i64,
     /// Raft log index of the last change to this service.
     pub version: u64,
+    /// Version of `spec`'s tasks (1 at create; a new number for every change of the tasks).
+    pub spec_version: u64,
+    /// Highest spec version handed out so far.
+    pub last_spec_version: u64,
+    /// Earlier specs, oldest first: the last `SPEC_HISTORY` and any that a task still runs.
+    pub previous: Vec<SpecVersion>,
+    /// The latest rolling update or rollback, if any.
+    pub update: Option<UpdateStatus>,
+}
+
+impl Service {
+    /// A service as created at log `index`: spec version 1, no history, no update.
+    pub fn new(id: String, spec: ServiceSpec, now_ms: i64, index: u64) -> Service {
+        Service {
+            id,
+            spec,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            version: index,
+            spec_version: 1,
+            last_spec_version: 1,
+            previous: Vec::new(),
+            update: None,
+        }
+    }
+
+    /// The spec of version `v`, if it is kept.
+    pub fn spec_of(&self, v: u64) -> Option<&ServiceSpec> {
+        if v == self.spec_version {
+            return Some(&self.spec);
+        }
+        self.previous.iter().find(|p| p.version == v).map(|p| &p.spec)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +341,9 @@ pub enum TaskState {
     Shutdown,
     Rejected,
     Orphaned,
+    /// Prepared (image pulled), not started: a stop-first update's new task waits here
+    /// while its predecessor stops.
+    Ready,
 }
 
 impl TaskState {
@@ -185,6 +368,7 @@ impl TaskState {
             TaskState::Shutdown => "shutdown",
             TaskState::Rejected => "rejected",
             TaskState::Orphaned => "orphaned",
+            TaskState::Ready => "ready",
         }
     }
 }
@@ -197,6 +381,8 @@ pub struct Task {
     pub slot: u32,
     /// Replacements of this slot before this task (restart policy's attempt count).
     pub attempt: u32,
+    /// The service spec version this task runs (`Service::spec_of`).
+    pub spec_version: u64,
     /// Empty while pending.
     pub node_id: String,
     pub desired_state: TaskState,

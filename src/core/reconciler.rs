@@ -52,6 +52,22 @@ pub enum TaskChange {
     Remove {
         task_id: String,
     },
+    /// A stop-first update's prepared task may start: its predecessor has stopped.
+    Run {
+        task_id: String,
+    },
+    /// A rolling update's progress after this round, if the update is still at `revision`.
+    SetUpdate {
+        service_id: String,
+        revision: u64,
+        status: Box<UpdateStatus>,
+    },
+    /// The update at `revision` failed and its failure action is rollback.
+    AutoRollback {
+        service_id: String,
+        revision: u64,
+        message: String,
+    },
 }
 
 /// Which copy survives when a slot runs twice: a worker cut off from the managers kept
@@ -159,14 +175,23 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     for service in st.services.values() {
         let by_slot = slots.get(service.id.as_str()).unwrap_or(&empty);
         let replicas = service.spec.replicas as u32;
-        // Tasks to place: (slot, attempt) of new ones, then ids of pending ones.
-        let mut new_tasks: Vec<(u32, u32)> = Vec::new();
+        // Tasks to place: (slot, attempt, id, desired state) of new ones, then pending ones.
+        let mut new_tasks: Vec<(u32, u32, Option<String>, TaskState)> = Vec::new();
         let mut pending: Vec<&Task> = Vec::new();
+        // Slots a rolling update is replacing: two tasks there are the update's doing, and
+        // an empty one is being filled by it.
+        let updating = service
+            .update
+            .as_ref()
+            .filter(|u| u.state.in_progress())
+            .map(|u| &u.in_flight);
+        let in_update = |slot: u32| updating.is_some_and(|f| f.contains_key(&slot));
 
         for (&slot, tasks) in by_slot {
             let is_active = |t: &&&Task| t.is_active() && !orphaned.contains(&t.id.as_str());
+            let prepared = |t: &&&Task| t.desired_state == TaskState::Ready && !t.state.is_terminal();
             if slot > replicas {
-                for t in tasks.iter().filter(is_active) {
+                for t in tasks.iter().filter(|t| is_active(t) || prepared(t)) {
                     changes.push(TaskChange::Shutdown {
                         task_id: t.id.clone(),
                         reason: "scaled down".into(),
@@ -184,6 +209,18 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 } else {
                     active.push(t);
                 }
+            }
+            if let Some(t) = tasks
+                .iter()
+                .find(|t| prepared(t) && t.node_id.is_empty() && t.state == TaskState::Pending)
+            {
+                pending.push(t);
+            }
+            if in_update(slot) || tasks.iter().any(|t| prepared(&t)) {
+                if let Some(t) = active.iter().find(|t| t.node_id.is_empty()) {
+                    pending.push(t);
+                }
+                continue;
             }
             if active.len() > 1 {
                 let keep = match input.duplicates {
@@ -208,15 +245,24 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Some(_) => {}
                 None => {
                     if let Some(attempt) = replacement(service, tasks.last().copied(), input.now_ms) {
-                        new_tasks.push((slot, attempt));
+                        new_tasks.push((slot, attempt, None, TaskState::Running));
                     }
                 }
             }
         }
         for slot in 1..=replicas {
             if !by_slot.contains_key(&slot) {
-                new_tasks.push((slot, 0));
+                new_tasks.push((slot, 0, None, TaskState::Running));
             }
+        }
+        let update = super::update::step(service, by_slot, input.now_ms, new_id);
+        changes.extend(update.changes);
+        for (slot, id, desired) in update.create {
+            let attempt = by_slot
+                .get(&slot)
+                .and_then(|ts| ts.last())
+                .map_or(0, |t| t.attempt);
+            new_tasks.push((slot, attempt, Some(id), desired));
         }
         new_tasks.sort();
 
@@ -235,18 +281,19 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Err(_) => {}
             }
         }
-        for (&(slot, attempt), place) in new_tasks.iter().zip(for_new) {
+        for ((slot, attempt, id, desired), place) in new_tasks.into_iter().zip(for_new) {
             let (node_id, state, message) = match place {
                 Ok(node) => (node.clone(), TaskState::Assigned, String::new()),
                 Err(reason) => (String::new(), TaskState::Pending, reason.clone()),
             };
             changes.push(TaskChange::Create(Task {
-                id: new_id(),
+                id: id.unwrap_or_else(&mut *new_id),
                 service_id: service.id.clone(),
                 slot,
                 attempt,
+                spec_version: service.spec_version,
                 node_id,
-                desired_state: TaskState::Running,
+                desired_state: desired,
                 state,
                 message,
                 error: String::new(),
@@ -303,6 +350,7 @@ pub fn liveness(heard_ago_ms: Option<u64>, leading_for_ms: u64, grace_ms: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::limits::SPEC_HISTORY;
     use crate::core::state::{Command, TaskReport};
 
     struct World {
@@ -812,5 +860,377 @@ mod tests {
         w.report("a", &t, TaskState::Failed, 3);
         w.report("a", &t, TaskState::Running, 0);
         assert_eq!(w.st.tasks[&t].state, TaskState::Failed);
+    }
+
+    // ---------------------------------------------------------------- rolling updates
+
+    impl World {
+        /// What healthy workers do with their tasks, except that tasks of `bad` spec
+        /// versions fail: a pull (`bad_pull`) or a start.
+        fn work(&mut self, bad: &[u64], bad_pull: bool) {
+            let mut by_node: BTreeMap<String, Vec<TaskReport>> = BTreeMap::new();
+            for t in self.st.tasks.values() {
+                if t.node_id.is_empty() || t.state.is_terminal() || t.state == TaskState::Orphaned {
+                    continue;
+                }
+                let failing = bad.contains(&t.spec_version);
+                let next = match (t.desired_state, t.state) {
+                    (TaskState::Shutdown, _) => Some(TaskState::Shutdown),
+                    (TaskState::Ready, TaskState::Assigned) if failing && bad_pull => {
+                        Some(TaskState::Rejected)
+                    }
+                    (TaskState::Ready, TaskState::Assigned) => Some(TaskState::Ready),
+                    (TaskState::Running, TaskState::Assigned | TaskState::Ready) if failing && bad_pull => {
+                        Some(TaskState::Rejected)
+                    }
+                    (TaskState::Running, TaskState::Assigned | TaskState::Ready) if failing => {
+                        Some(TaskState::Failed)
+                    }
+                    (TaskState::Running, TaskState::Assigned | TaskState::Ready) => Some(TaskState::Running),
+                    _ => None,
+                };
+                if let Some(state) = next {
+                    let code = if state == TaskState::Failed { 1 } else { 0 };
+                    by_node
+                        .entry(t.node_id.clone())
+                        .or_default()
+                        .push(report(&t.id, state, code));
+                }
+            }
+            for (node_id, reports) in by_node {
+                self.apply(Command::ReportTasks {
+                    node_id,
+                    reports,
+                    now_ms: self.now_ms,
+                });
+            }
+        }
+
+        fn update(&mut self, name: &str, f: impl FnOnce(&mut ServiceSpec)) {
+            let mut spec = self.st.service(name).unwrap().spec.clone();
+            f(&mut spec);
+            self.apply(Command::UpdateService {
+                service: name.into(),
+                spec,
+                expected_version: 0,
+                force: false,
+                now_ms: self.now_ms,
+            });
+        }
+
+        fn status(&self, name: &str) -> UpdateStatus {
+            self.st.service(name).unwrap().update.clone().unwrap()
+        }
+
+        /// Slots of `name` with no task running (any version).
+        fn down(&self, name: &str) -> usize {
+            let s = self.st.service(name).unwrap();
+            (1..=s.spec.replicas as u32)
+                .filter(|slot| {
+                    !self
+                        .st
+                        .tasks
+                        .values()
+                        .any(|t| t.service_id == s.id && t.slot == *slot && t.state == TaskState::Running)
+                })
+                .count()
+        }
+
+        fn running_versions(&self, name: &str) -> Vec<u64> {
+            let s = self.st.service(name).unwrap();
+            let mut v: Vec<u64> = self
+                .active(&s.id)
+                .iter()
+                .filter(|t| t.state == TaskState::Running)
+                .map(|t| t.spec_version)
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// Rounds and worker steps, 500 ms apart, until the update is no longer in
+        /// progress; `each` checks an invariant after every step. Returns the rounds taken.
+        fn drive(&mut self, name: &str, bad: &[u64], bad_pull: bool, each: &mut dyn FnMut(&World)) -> usize {
+            for i in 0..400 {
+                self.round();
+                each(self);
+                self.work(bad, bad_pull);
+                each(self);
+                if !self.status(name).state.in_progress() {
+                    return i;
+                }
+                self.now_ms += 500;
+            }
+            panic!("update never ended: {:?}", self.status(name));
+        }
+    }
+
+    fn image_v2(s: &mut ServiceSpec) {
+        s.image = "busybox:2".into();
+        s.update_config.monitor_ms = 1_000;
+        s.rollback_config.monitor_ms = 1_000;
+    }
+
+    /// A running service of `replicas` at version 1 on three workers.
+    fn deployed(replicas: i64) -> World {
+        let mut w = World::new(&["a", "b", "c"]);
+        w.service("web", replicas, RestartPolicy::default());
+        w.settle();
+        w.work(&[], false);
+        w.settle();
+        assert_eq!(w.running_versions("web"), vec![1; replicas as usize]);
+        w
+    }
+
+    /// Tasks per slot created by the update to version `v` (each slot exactly once).
+    fn creates_per_slot(w: &World, v: u64) -> BTreeMap<u32, usize> {
+        let mut m = BTreeMap::new();
+        for t in w.st.tasks.values().filter(|t| t.spec_version == v) {
+            *m.entry(t.slot).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn rolling_update_never_takes_more_than_parallelism_down() {
+        // (replicas, parallelism, order)
+        for (replicas, parallelism, order) in [
+            (4, 1, UpdateOrder::StopFirst),
+            (5, 2, UpdateOrder::StopFirst),
+            (4, 1, UpdateOrder::StartFirst),
+            (3, 0, UpdateOrder::StartFirst),
+        ] {
+            let mut w = deployed(replicas);
+            w.update("web", |s| {
+                image_v2(s);
+                s.update_config.parallelism = parallelism;
+                s.update_config.order = order;
+            });
+            let cap = if parallelism == 0 {
+                replicas as usize
+            } else {
+                parallelism as usize
+            };
+            w.drive("web", &[], false, &mut |w| {
+                let down = w.down("web");
+                match order {
+                    UpdateOrder::StopFirst => {
+                        assert!(down <= cap, "{down} slots down, parallelism {parallelism}")
+                    }
+                    UpdateOrder::StartFirst => {
+                        assert_eq!(down, 0, "start-first left a slot without a running task")
+                    }
+                }
+            });
+            let u = w.status("web");
+            assert_eq!(u.state, UpdateState::Completed, "{u:?}");
+            assert_eq!(u.done.len(), replicas as usize);
+            assert_eq!(w.running_versions("web"), vec![2; replicas as usize]);
+            assert!(
+                creates_per_slot(&w, 2).values().all(|n| *n == 1),
+                "a slot was updated twice"
+            );
+            assert!(w.round().is_empty(), "a completed update keeps changing things");
+        }
+    }
+
+    #[test]
+    fn stop_first_stops_the_old_task_only_once_the_new_one_is_pulled() {
+        let mut w = deployed(2);
+        w.update("web", image_v2);
+        w.round();
+        let new: Vec<Task> =
+            w.st.tasks
+                .values()
+                .filter(|t| t.spec_version == 2)
+                .cloned()
+                .collect();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].desired_state, TaskState::Ready);
+        // Not pulled yet: the old task keeps running.
+        w.now_ms += 500;
+        w.round();
+        assert_eq!(w.down("web"), 0);
+        // A failed pull: the old task still runs, the update pauses on the slot.
+        w.work(&[2], true);
+        w.drive("web", &[2], true, &mut |_| {});
+        let u = w.status("web");
+        assert_eq!(u.state, UpdateState::Paused, "{u:?}");
+        assert!(u.message.contains("rejected"), "{}", u.message);
+        assert_eq!(w.running_versions("web"), vec![1, 1]);
+    }
+
+    #[test]
+    fn failure_actions() {
+        // (action, failures tolerated per mille, want state, want running versions)
+        let cases = [
+            (FailureAction::Pause, 0, UpdateState::Paused),
+            (FailureAction::Rollback, 0, UpdateState::RollbackCompleted),
+            (FailureAction::Continue, 0, UpdateState::Completed),
+            (FailureAction::Pause, 1_000, UpdateState::Completed),
+        ];
+        for (action, permille, want) in cases {
+            let mut w = deployed(3);
+            w.service("other", 0, RestartPolicy::default());
+            w.update("web", |s| {
+                image_v2(s);
+                s.update_config.failure_action = action;
+                s.update_config.max_failure_permille = permille;
+                s.restart_policy.condition = RestartCondition::None;
+            });
+            w.drive("web", &[2], false, &mut |_| {});
+            let u = w.status("web");
+            assert_eq!(u.state, want, "{action:?} {permille}: {u:?}");
+            match want {
+                UpdateState::Paused => {
+                    // One slot tried and failed; the other two still run version 1.
+                    assert_eq!(u.failed.len(), 1);
+                    assert_eq!(w.running_versions("web"), vec![1, 1]);
+                    assert!(w.round().is_empty() || w.status("web").state == UpdateState::Paused);
+                }
+                UpdateState::RollbackCompleted => {
+                    assert_eq!(w.st.service("web").unwrap().spec_version, 1);
+                    w.settle();
+                    w.work(&[2], false);
+                    w.settle();
+                    assert_eq!(w.running_versions("web"), vec![1, 1, 1]);
+                    assert!(u.message.contains("rolled back"), "{}", u.message);
+                }
+                _ => assert_eq!(u.failed.len(), 3, "{u:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_rollback_pauses_and_never_loops() {
+        let mut w = deployed(2);
+        w.update("web", |s| {
+            image_v2(s);
+            s.update_config.failure_action = FailureAction::Rollback;
+            s.rollback_config.failure_action = FailureAction::Rollback;
+            s.restart_policy.condition = RestartCondition::None;
+        });
+        // Both versions fail now (say the registry lost both images).
+        w.drive("web", &[1, 2], false, &mut |_| {});
+        let u = w.status("web");
+        assert_eq!(u.state, UpdateState::RollbackPaused, "{u:?}");
+        let revision = u.revision;
+        for _ in 0..5 {
+            w.now_ms += 1_000;
+            w.round();
+        }
+        assert_eq!(w.status("web").revision, revision, "a paused rollback moved on");
+    }
+
+    #[test]
+    fn a_new_leader_continues_the_update_where_it_was() {
+        let mut w = deployed(4);
+        w.update("web", |s| {
+            image_v2(s);
+            s.update_config.parallelism = 2;
+        });
+        for _ in 0..6 {
+            w.round();
+            w.work(&[], false);
+            w.now_ms += 500;
+        }
+        let before = w.status("web");
+        assert!(
+            before.state.in_progress() && !before.done.is_empty(),
+            "{before:?}"
+        );
+        // A new leader: it knows only the replicated state and hears from nobody yet.
+        for l in w.liveness.values_mut() {
+            *l = Liveness::Unknown;
+        }
+        w.drive("web", &[], false, &mut |w| assert!(w.down("web") <= 2));
+        assert_eq!(w.status("web").state, UpdateState::Completed);
+        assert!(
+            creates_per_slot(&w, 2).values().all(|n| *n == 1),
+            "a slot was updated twice"
+        );
+        assert!(before.done.iter().all(|s| w.status("web").done.contains(s)));
+    }
+
+    #[test]
+    fn manual_rollback_and_history() {
+        let mut w = deployed(2);
+        for i in 2..=8 {
+            w.update("web", |s| {
+                s.image = format!("busybox:{i}");
+                s.update_config.monitor_ms = 0;
+            });
+            w.drive("web", &[], false, &mut |_| {});
+        }
+        let s = w.st.service("web").unwrap().clone();
+        assert_eq!(s.spec_version, 8);
+        let kept: Vec<u64> = s.previous.iter().map(|p| p.version).collect();
+        assert_eq!(
+            kept,
+            vec![3, 4, 5, 6, 7],
+            "the last {SPEC_HISTORY} earlier versions"
+        );
+        // Replicas and rollout settings alone make no new version.
+        w.update("web", |s| s.replicas = 3);
+        assert_eq!(w.st.service("web").unwrap().spec_version, 8);
+        // Back to the one before; then to a named one.
+        w.apply(Command::RollbackService {
+            service: "web".into(),
+            to_version: 0,
+            now_ms: w.now_ms,
+        });
+        assert_eq!(w.st.service("web").unwrap().spec_version, 7);
+        assert_eq!(
+            w.st.service("web").unwrap().spec.replicas,
+            3,
+            "a rollback is not a scale"
+        );
+        w.drive("web", &[], false, &mut |_| {});
+        assert_eq!(w.status("web").state, UpdateState::RollbackCompleted);
+        assert_eq!(w.running_versions("web"), vec![7, 7, 7]);
+        w.apply(Command::RollbackService {
+            service: "web".into(),
+            to_version: 4,
+            now_ms: w.now_ms,
+        });
+        w.drive("web", &[], false, &mut |_| {});
+        assert_eq!(w.st.service("web").unwrap().spec.image, "busybox:4");
+        assert_eq!(w.running_versions("web"), vec![4, 4, 4]);
+        // Refusals change nothing.
+        let before = w.st.clone();
+        for (to, want) in [(4, "runs version 4 already"), (1, "has no version 1")] {
+            w.index += 1;
+            let err =
+                w.st.apply(
+                    w.index,
+                    Command::RollbackService {
+                        service: "web".into(),
+                        to_version: to,
+                        now_ms: w.now_ms,
+                    },
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        assert_eq!(w.st, before);
+    }
+
+    #[test]
+    fn a_task_that_never_comes_up_fails_its_slot_at_the_timeout() {
+        let mut w = deployed(1);
+        w.update("web", |s| {
+            image_v2(s);
+            s.update_config.timeout_ms = 3_000;
+        });
+        // The worker never answers for the new task.
+        for _ in 0..10 {
+            w.round();
+            w.now_ms += 500;
+        }
+        let u = w.status("web");
+        assert_eq!(u.state, UpdateState::Paused, "{u:?}");
+        assert!(u.failed[&1].contains("within 3000 ms"), "{u:?}");
+        w.work(&[], false);
+        assert_eq!(w.running_versions("web"), vec![1]);
     }
 }

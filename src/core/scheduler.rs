@@ -210,13 +210,7 @@ mod tests {
         };
         spec.resources.reservations.cpu_millis = cpu_millis;
         spec.constraints = constraints.iter().map(|s| s.to_string()).collect();
-        Service {
-            id: id.into(),
-            spec,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            version: 1,
-        }
+        Service::new(id.into(), spec, 0, 1)
     }
 
     fn task(id: &str, service: &str, node: &str) -> Task {
@@ -225,6 +219,7 @@ mod tests {
             service_id: service.into(),
             slot: 1,
             attempt: 0,
+            spec_version: 1,
             node_id: node.into(),
             desired_state: TaskState::Running,
             state: TaskState::Running,

@@ -5,7 +5,7 @@
 
 use super::limits::{
     MAX_CA_BYTES, MAX_CERT_TTL_MS, MAX_LIVE_CERTS_PER_HOLDER, MAX_LIVE_TOKENS_PER_ROLE, MAX_REMEMBERED_BYTES,
-    MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS, MIN_CERT_TTL_MS,
+    MAX_REMEMBERED_REQUESTS, MAX_TOKEN_TTL_MS, MIN_CERT_TTL_MS, SPEC_HISTORY,
 };
 use super::model::*;
 use super::reconciler::TaskChange;
@@ -142,11 +142,21 @@ pub enum Command {
         spec: ServiceSpec,
         now_ms: i64,
     },
+    /// A new spec. A change of what the tasks run (anything but the replica count and the
+    /// rollout settings), or `force`, makes a new spec version and starts a rolling update.
     UpdateService {
         service: String,
         spec: ServiceSpec,
         /// 0 = any version.
         expected_version: u64,
+        force: bool,
+        now_ms: i64,
+    },
+    /// Back to an earlier spec version (0: the one before the latest update), rolled out
+    /// with the rollback settings.
+    RollbackService {
+        service: String,
+        to_version: u64,
         now_ms: i64,
     },
     ScaleService {
@@ -502,13 +512,7 @@ impl ClusterState {
                         name: id,
                     });
                 }
-                let service = Service {
-                    id: id.clone(),
-                    spec,
-                    created_at_ms: now_ms,
-                    updated_at_ms: now_ms,
-                    version: index,
-                };
+                let service = Service::new(id.clone(), spec, now_ms, index);
                 self.service_names.insert(service.spec.name.clone(), id.clone());
                 self.services.insert(id, service.clone());
                 Ok(Outcome::Service(service))
@@ -517,6 +521,7 @@ impl ClusterState {
                 service,
                 spec,
                 expected_version,
+                force,
                 now_ms,
             } => {
                 validate::service_spec(&spec)?;
@@ -532,10 +537,39 @@ impl ClusterState {
                         ),
                     ));
                 }
+                let new_tasks = force || !spec.same_tasks(&current.spec);
                 let s = self.services.get_mut(&id).expect("id resolved above");
-                s.spec = spec;
+                if new_tasks {
+                    let from = s.spec_version;
+                    s.last_spec_version += 1;
+                    let to = s.last_spec_version;
+                    let old = std::mem::replace(&mut s.spec, spec);
+                    s.previous.push(SpecVersion {
+                        version: from,
+                        spec: old,
+                        replaced_at_ms: now_ms,
+                    });
+                    s.spec_version = to;
+                    start_update(s, UpdateState::Updating, from, now_ms, String::new());
+                } else {
+                    s.spec = spec;
+                }
                 s.updated_at_ms = now_ms;
                 s.version = index;
+                prune_history(s, &self.tasks);
+                Ok(Outcome::Service(s.clone()))
+            }
+            Command::RollbackService {
+                service,
+                to_version,
+                now_ms,
+            } => {
+                let id = self.service_id(&service)?;
+                let s = self.services.get_mut(&id).expect("id resolved above");
+                let target = rollback_target(s, to_version)?;
+                rollback(s, target, now_ms, "rollback requested".into());
+                s.version = index;
+                prune_history(s, &self.tasks);
                 Ok(Outcome::Service(s.clone()))
             }
             Command::ScaleService {
@@ -957,7 +991,9 @@ impl ClusterState {
             TaskChange::Assign { task_id, node_id } => {
                 let ready = nodes.get(&node_id).is_some_and(|n| n.status == NodeStatus::Ready);
                 task_update(&task_id, &mut |t| {
-                    let ok = ready && t.state == TaskState::Pending && t.desired_state == TaskState::Running;
+                    let ok = ready
+                        && t.state == TaskState::Pending
+                        && matches!(t.desired_state, TaskState::Running | TaskState::Ready);
                     if ok {
                         t.node_id = node_id.clone();
                         t.state = TaskState::Assigned;
@@ -993,6 +1029,55 @@ impl ClusterState {
                 }
                 ok
             }),
+            TaskChange::Run { task_id } => task_update(&task_id, &mut |t| {
+                let ok = t.desired_state == TaskState::Ready && !t.state.is_terminal();
+                if ok {
+                    t.desired_state = TaskState::Running;
+                }
+                ok
+            }),
+            TaskChange::SetUpdate {
+                service_id,
+                revision,
+                status,
+            } => {
+                let Some(s) = self.services.get_mut(&service_id) else {
+                    return false;
+                };
+                if s.update.as_ref().map(|u| u.revision) != Some(revision) {
+                    return false;
+                }
+                let mut status = *status;
+                status.revision = revision + 1;
+                let finished = !status.state.in_progress();
+                s.update = Some(status);
+                s.version = index;
+                if finished {
+                    prune_history(s, &self.tasks);
+                }
+                true
+            }
+            TaskChange::AutoRollback {
+                service_id,
+                revision,
+                message,
+            } => {
+                let Some(s) = self.services.get_mut(&service_id) else {
+                    return false;
+                };
+                let Some(u) = &s.update else { return false };
+                let target = u.from_version;
+                if u.revision != revision
+                    || u.state != UpdateState::Updating
+                    || u.to_version != s.spec_version
+                    || !s.previous.iter().any(|p| p.version == target)
+                {
+                    return false;
+                }
+                rollback(s, target, now_ms, message);
+                s.version = index;
+                true
+            }
             TaskChange::Remove { task_id } => {
                 let done = tasks.get(&task_id).is_some_and(|t| t.state.is_terminal());
                 if done {
@@ -1032,6 +1117,113 @@ impl ClusterState {
             _ => false,
         }
     }
+}
+
+/// Starts tracking a rolling update (or rollback) of `s` from spec version `from` to its
+/// current one. Slots still being replaced by an update in progress stay in flight, so a
+/// new update never takes more than its parallelism of slots down at once.
+fn start_update(s: &mut Service, state: UpdateState, from: u64, now_ms: i64, message: String) {
+    let prev = s.update.take();
+    let in_flight = prev
+        .as_ref()
+        .filter(|u| u.state.in_progress())
+        .map(|u| u.in_flight.clone())
+        .unwrap_or_default();
+    s.update = Some(UpdateStatus {
+        state,
+        from_version: from,
+        to_version: s.spec_version,
+        started_at_ms: now_ms,
+        finished_at_ms: None,
+        message,
+        done: BTreeSet::new(),
+        failed: BTreeMap::new(),
+        in_flight,
+        next_slot_at_ms: now_ms,
+        revision: prev.map_or(0, |u| u.revision) + 1,
+    });
+}
+
+/// The version a rollback of `s` goes back to: `to_version`, or (0) the version the latest
+/// update replaced, else the newest earlier one.
+fn rollback_target(s: &Service, to_version: u64) -> Result<u64, StateError> {
+    let kept = |v: u64| s.previous.iter().any(|p| p.version == v);
+    let listing = || {
+        let v: Vec<String> = s.previous.iter().map(|p| p.version.to_string()).collect();
+        if v.is_empty() {
+            "it keeps no earlier version".to_string()
+        } else {
+            format!(
+                "it keeps versions {} (see `warren service inspect`)",
+                v.join(", ")
+            )
+        }
+    };
+    if to_version == s.spec_version && to_version != 0 {
+        return Err(StateError::FailedPrecondition(format!(
+            "service {:?} runs version {to_version} already",
+            s.spec.name
+        )));
+    }
+    if to_version != 0 {
+        return if kept(to_version) {
+            Ok(to_version)
+        } else {
+            Err(StateError::FailedPrecondition(format!(
+                "service {:?} has no version {to_version}; {}",
+                s.spec.name,
+                listing()
+            )))
+        };
+    }
+    s.update
+        .as_ref()
+        .map(|u| u.from_version)
+        .filter(|v| *v != s.spec_version && kept(*v))
+        .or_else(|| s.previous.last().map(|p| p.version))
+        .ok_or_else(|| {
+            StateError::FailedPrecondition(format!(
+                "service {:?} has no earlier version to roll back to; {}",
+                s.spec.name,
+                listing()
+            ))
+        })
+}
+
+/// Makes kept version `target` current again and starts rolling it out. The replica count
+/// stays as it is: a rollback reverts what the tasks run, not a scale.
+fn rollback(s: &mut Service, target: u64, now_ms: i64, message: String) {
+    let Some(i) = s.previous.iter().position(|p| p.version == target) else {
+        return;
+    };
+    let back = s.previous.remove(i);
+    let from = s.spec_version;
+    let replicas = s.spec.replicas;
+    let old = std::mem::replace(&mut s.spec, back.spec);
+    s.spec.replicas = replicas;
+    s.previous.push(SpecVersion {
+        version: from,
+        spec: old,
+        replaced_at_ms: now_ms,
+    });
+    s.spec_version = target;
+    s.updated_at_ms = now_ms;
+    start_update(s, UpdateState::RollbackStarted, from, now_ms, message);
+}
+
+/// Keeps the newest `SPEC_HISTORY` earlier versions, and any that a task of `s` still runs.
+fn prune_history(s: &mut Service, tasks: &BTreeMap<String, Task>) {
+    let live: BTreeSet<u64> = tasks
+        .values()
+        .filter(|t| t.service_id == s.id && !t.state.is_terminal())
+        .map(|t| t.spec_version)
+        .collect();
+    let keep_from = s.previous.len().saturating_sub(SPEC_HISTORY);
+    let mut i = 0;
+    s.previous.retain(|p| {
+        i += 1;
+        i > keep_from || live.contains(&p.version)
+    });
 }
 
 /// States a worker may report (the earlier ones are the orchestrator's).
@@ -1175,6 +1367,7 @@ mod tests {
                     service: "nope".into(),
                     spec: spec("nope", 1),
                     expected_version: 0,
+                    force: false,
                     now_ms: 1,
                 },
                 |e| matches!(e, StateError::NotFound { .. }),
@@ -1185,6 +1378,7 @@ mod tests {
                     service: "web".into(),
                     spec: spec("web", 1),
                     expected_version: 7,
+                    force: false,
                     now_ms: 1,
                 },
                 |e| matches!(e, StateError::VersionConflict { .. }),
@@ -1195,6 +1389,7 @@ mod tests {
                     service: "web".into(),
                     spec: spec("web2", 1),
                     expected_version: 0,
+                    force: false,
                     now_ms: 1,
                 },
                 |e| matches!(e, StateError::InvalidArgument { .. }),
@@ -1205,6 +1400,7 @@ mod tests {
                     service: "web".into(),
                     spec: spec("web", 20_000),
                     expected_version: 0,
+                    force: false,
                     now_ms: 1,
                 },
                 |e| matches!(e, StateError::InvalidArgument { .. }),
@@ -1361,6 +1557,7 @@ mod tests {
                 service: "web".into(),
                 spec: new.clone(),
                 expected_version: 1,
+                force: false,
                 now_ms: 9,
             },
         )
@@ -1498,6 +1695,7 @@ mod tests {
                     service: "web".into(),
                     spec: big.clone(),
                     expected_version: 0,
+                    force: false,
                     now_ms: 1,
                 }),
             };
@@ -1541,6 +1739,7 @@ mod tests {
                 service: "web".into(),
                 spec: big,
                 expected_version: 0,
+                force: false,
                 now_ms: 1,
             },
             Command::ScaleService {

@@ -2,7 +2,7 @@
 //! so the CLI can print it as is.
 
 use super::limits::*;
-use super::model::ServiceSpec;
+use super::model::{ServiceSpec, UpdateConfig};
 use super::state::StateError;
 use std::collections::BTreeMap;
 
@@ -354,11 +354,58 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), StateError> {
     command(spec)?;
     constraints(spec)?;
     restart_and_resources(spec)?;
+    update_config("update", &spec.update_config)?;
+    update_config("rollback", &spec.rollback_config)?;
     let size = bincode::serialized_size(spec).unwrap_or(u64::MAX);
     if size > MAX_SPEC_BYTES as u64 {
         return Err(StateError::invalid(
             "spec",
             format!("the service spec is {size} bytes; at most {MAX_SPEC_BYTES} (env, labels, command and constraints together)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Rollout settings (`--update-*`, `--rollback-*`).
+pub fn update_config(what: &str, c: &UpdateConfig) -> Result<(), StateError> {
+    let field = |name: &str| format!("{what} {name}");
+    if i64::from(c.parallelism) > MAX_REPLICAS {
+        return Err(StateError::invalid(
+            &field("parallelism"),
+            format!(
+                "{} is above the most replicas a service may have ({MAX_REPLICAS}); 0 means all at once",
+                c.parallelism
+            ),
+        ));
+    }
+    for (name, value, max, flag) in [
+        ("delay", c.delay_ms, MAX_UPDATE_DELAY_MS, "delay"),
+        ("monitor", c.monitor_ms, MAX_UPDATE_MONITOR_MS, "monitor"),
+        ("timeout", c.timeout_ms, MAX_UPDATE_TIMEOUT_MS, "timeout"),
+    ] {
+        if value > max {
+            return Err(StateError::invalid(
+                &field(name),
+                format!("{value} ms is above the maximum of {max} ms; lower --{what}-{flag}"),
+            ));
+        }
+    }
+    if c.timeout_ms < 1_000 {
+        return Err(StateError::invalid(
+            &field("timeout"),
+            format!(
+                "{} ms is too short for a task to be pulled and started; at least 1000 ms (--{what}-timeout 1s)",
+                c.timeout_ms
+            ),
+        ));
+    }
+    if c.max_failure_permille > 1_000 {
+        return Err(StateError::invalid(
+            &field("max failure ratio"),
+            format!(
+                "{}/1000 is above 1; give a fraction from 0 to 1",
+                c.max_failure_permille
+            ),
         ));
     }
     Ok(())

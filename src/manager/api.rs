@@ -596,6 +596,23 @@ impl ServiceService for Api {
                     service: req.service,
                     spec,
                     expected_version: req.expected_version,
+                    force: req.force,
+                    now_ms: now_ms(),
+                },
+                rid,
+            )
+            .await)
+    }
+
+    async fn rollback_service(&self, req: Request<pb::RollbackServiceRequest>) -> Reply<pb::Service> {
+        self.allow(&req, Rpc::RollbackService, Target::None)?;
+        let rid = request_id("rollback_service", &req)?;
+        let req = req.into_inner();
+        ok(self
+            .write_service(
+                Command::RollbackService {
+                    service: req.service,
+                    to_version: req.to_version,
                     now_ms: now_ms(),
                 },
                 rid,

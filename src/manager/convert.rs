@@ -29,7 +29,11 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<model::ServiceSpec, core::Stat
             ))
         }
     };
+    let update_config = update_config_from_pb(s.update_config, "update")?;
+    let rollback_config = update_config_from_pb(s.rollback_config, "rollback")?;
     Ok(model::ServiceSpec {
+        update_config,
+        rollback_config,
         name: s.name,
         image: s.image,
         replicas: s.replicas,
@@ -49,6 +53,107 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<model::ServiceSpec, core::Stat
         constraints: s.constraints,
         stop_timeout_ms: s.stop_timeout_ms,
     })
+}
+
+/// Rollout settings from the wire: absent = the defaults; unknown enum values are refused.
+fn update_config_from_pb(
+    c: Option<pb::UpdateConfig>,
+    what: &str,
+) -> Result<model::UpdateConfig, core::StateError> {
+    let Some(c) = c else {
+        return Ok(model::UpdateConfig::default());
+    };
+    let failure_action = match pb::FailureAction::try_from(c.failure_action) {
+        Ok(pb::FailureAction::Unspecified | pb::FailureAction::Pause) => model::FailureAction::Pause,
+        Ok(pb::FailureAction::Continue) => model::FailureAction::Continue,
+        Ok(pb::FailureAction::Rollback) => model::FailureAction::Rollback,
+        Err(_) => {
+            return Err(core::StateError::invalid(
+                &format!("{what} failure action"),
+                format!(
+                    "{} is not a failure action; use pause, continue or rollback",
+                    c.failure_action
+                ),
+            ))
+        }
+    };
+    let order = match pb::UpdateOrder::try_from(c.order) {
+        Ok(pb::UpdateOrder::Unspecified | pb::UpdateOrder::StopFirst) => model::UpdateOrder::StopFirst,
+        Ok(pb::UpdateOrder::StartFirst) => model::UpdateOrder::StartFirst,
+        Err(_) => {
+            return Err(core::StateError::invalid(
+                &format!("{what} order"),
+                format!("{} is not an order; use stop-first or start-first", c.order),
+            ))
+        }
+    };
+    Ok(model::UpdateConfig {
+        parallelism: c.parallelism,
+        delay_ms: c.delay_ms,
+        failure_action,
+        monitor_ms: c.monitor_ms,
+        max_failure_permille: c.max_failure_permille,
+        order,
+        timeout_ms: c.timeout_ms,
+    })
+}
+
+fn update_config_to_pb(c: &model::UpdateConfig) -> pb::UpdateConfig {
+    pb::UpdateConfig {
+        parallelism: c.parallelism,
+        delay_ms: c.delay_ms,
+        failure_action: match c.failure_action {
+            model::FailureAction::Pause => pb::FailureAction::Pause,
+            model::FailureAction::Continue => pb::FailureAction::Continue,
+            model::FailureAction::Rollback => pb::FailureAction::Rollback,
+        } as i32,
+        monitor_ms: c.monitor_ms,
+        max_failure_permille: c.max_failure_permille,
+        order: match c.order {
+            model::UpdateOrder::StopFirst => pb::UpdateOrder::StopFirst,
+            model::UpdateOrder::StartFirst => pb::UpdateOrder::StartFirst,
+        } as i32,
+        timeout_ms: c.timeout_ms,
+    }
+}
+
+fn update_status_to_pb(u: &model::UpdateStatus) -> pb::UpdateStatus {
+    use model::UpdateState as U;
+    pb::UpdateStatus {
+        state: match u.state {
+            U::Updating => pb::UpdateState::Updating,
+            U::Paused => pb::UpdateState::Paused,
+            U::Completed => pb::UpdateState::Completed,
+            U::RollbackStarted => pb::UpdateState::RollbackStarted,
+            U::RollbackPaused => pb::UpdateState::RollbackPaused,
+            U::RollbackCompleted => pb::UpdateState::RollbackCompleted,
+        } as i32,
+        from_version: u.from_version,
+        to_version: u.to_version,
+        started_at_ms: u.started_at_ms,
+        finished_at_ms: u.finished_at_ms,
+        message: u.message.clone(),
+        done_slots: u.done.iter().copied().collect(),
+        failed: u
+            .failed
+            .iter()
+            .map(|(slot, reason)| pb::SlotFailure {
+                slot: *slot,
+                reason: reason.clone(),
+            })
+            .collect(),
+        in_flight: u
+            .in_flight
+            .iter()
+            .map(|(slot, f)| pb::SlotInFlight {
+                slot: *slot,
+                new_task_id: f.new_task_id.clone(),
+                old_task_id: f.old_task_id.clone(),
+                started_at_ms: f.started_at_ms,
+                running_since_ms: f.running_since_ms,
+            })
+            .collect(),
+    }
 }
 
 fn res_to_pb(r: model::Resources) -> pb::Resources {
@@ -82,6 +187,8 @@ pub fn spec_to_pb(s: &model::ServiceSpec) -> pb::ServiceSpec {
         }),
         constraints: s.constraints.clone(),
         stop_timeout_ms: s.stop_timeout_ms,
+        update_config: Some(update_config_to_pb(&s.update_config)),
+        rollback_config: Some(update_config_to_pb(&s.rollback_config)),
     }
 }
 
@@ -92,6 +199,17 @@ pub fn service_to_pb(s: &core::Service) -> pb::Service {
         created_at_ms: s.created_at_ms,
         updated_at_ms: s.updated_at_ms,
         version: s.version,
+        spec_version: s.spec_version,
+        previous: s
+            .previous
+            .iter()
+            .map(|p| pb::SpecVersion {
+                version: p.version,
+                spec: Some(spec_to_pb(&p.spec)),
+                replaced_at_ms: p.replaced_at_ms,
+            })
+            .collect(),
+        update_status: s.update.as_ref().map(update_status_to_pb),
     }
 }
 
@@ -109,6 +227,7 @@ pub fn task_state_to_pb(s: model::TaskState) -> pb::TaskState {
         T::Shutdown => pb::TaskState::Shutdown,
         T::Rejected => pb::TaskState::Rejected,
         T::Orphaned => pb::TaskState::Orphaned,
+        T::Ready => pb::TaskState::Ready,
     }
 }
 
@@ -127,10 +246,12 @@ pub fn task_state_from_pb(s: i32) -> Option<model::TaskState> {
         pb::TaskState::Shutdown => T::Shutdown,
         pb::TaskState::Rejected => T::Rejected,
         pb::TaskState::Orphaned => T::Orphaned,
+        pb::TaskState::Ready => T::Ready,
     })
 }
 
-/// A task on the wire; `with_spec` adds its service's spec (what a worker needs to run it).
+/// A task on the wire; `with_spec` adds the spec of its version (what a worker needs to run
+/// it; absent if that version is no longer kept, which only a finished task can be).
 pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> pb::Task {
     let service = st.services.get(&t.service_id);
     pb::Task {
@@ -149,11 +270,12 @@ pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> 
         exit_code: t.exit_code,
         version: t.version,
         spec: if with_spec {
-            service.map(|s| spec_to_pb(&s.spec))
+            service.and_then(|s| s.spec_of(t.spec_version)).map(spec_to_pb)
         } else {
             None
         },
         attempt: t.attempt,
+        spec_version: t.spec_version,
     }
 }
 
