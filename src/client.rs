@@ -490,6 +490,18 @@ impl Client {
     }
 
     /// Tasks of `service` (all services if empty).
+    pub async fn get_service(&self, service: &str, consistent: bool) -> Result<pb::Service, ClientError> {
+        self.call(|mut s| {
+            let service = service.to_string();
+            async move {
+                s.services
+                    .get_service(pb::GetServiceRequest { service, consistent })
+                    .await
+            }
+        })
+        .await
+    }
+
     pub async fn list_tasks(&self, service: &str, consistent: bool) -> Result<Vec<pb::Task>, ClientError> {
         self.all_pages(|mut s, page_token| {
             let req = pb::ListTasksRequest {

@@ -2,6 +2,7 @@
 //! them over gRPC. `main.rs` only calls `run`.
 
 mod output;
+mod rollout;
 
 use crate::client::{Client, ClientError};
 use crate::manager::{self, JoinOpts, ManagerOpts, Mode, StartOpts};
@@ -180,6 +181,19 @@ pub enum ServiceCmd {
         #[arg(long, allow_negative_numbers = true)]
         replicas: Option<i64>,
     },
+    /// Change a service: `update web --image nginx:1.27`. A change of what the tasks run rolls
+    /// out slot by slot (see the --update-* flags); waits for the rollout unless --detach and
+    /// exits non-zero if it paused or was rolled back.
+    Update(Box<rollout::UpdateArgs>),
+    /// Roll back to the version before the latest update, or `--to-version V` (see the
+    /// versions with `service inspect`); waits unless --detach.
+    Rollback {
+        service: String,
+        #[arg(long, default_value_t = 0)]
+        to_version: u64,
+        #[command(flatten)]
+        wait: rollout::WaitArgs,
+    },
     /// Delete a service.
     #[command(alias = "rm")]
     Delete { service: String },
@@ -247,6 +261,8 @@ pub struct CreateArgs {
     /// Time a task gets to stop before it is killed, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub stop_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub rollout: rollout::RolloutArgs,
     /// Command and arguments run in the container.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -257,6 +273,14 @@ pub enum RestartCondition {
     None,
     OnFailure,
     Any,
+}
+
+fn restart_condition(c: RestartCondition) -> pb::RestartCondition {
+    match c {
+        RestartCondition::None => pb::RestartCondition::None,
+        RestartCondition::OnFailure => pb::RestartCondition::OnFailure,
+        RestartCondition::Any => pb::RestartCondition::Any,
+    }
 }
 
 /// `--tail`: a line count or `all` (-1).
@@ -519,17 +543,15 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                     limits: Some(res(a.limit_cpu, a.limit_memory)),
                 }),
                 restart_policy: Some(pb::RestartPolicy {
-                    condition: match a.restart_condition {
-                        RestartCondition::None => pb::RestartCondition::None,
-                        RestartCondition::OnFailure => pb::RestartCondition::OnFailure,
-                        RestartCondition::Any => pb::RestartCondition::Any,
-                    } as i32,
+                    condition: restart_condition(a.restart_condition) as i32,
                     max_attempts: a.restart_max_attempts,
                     delay_ms: a.restart_delay.as_millis() as u64,
                 }),
                 stop_timeout_ms: a.stop_timeout.as_millis() as u64,
                 ..Default::default()
             };
+            let mut spec = spec;
+            a.rollout.apply(&mut spec);
             let s = c.create_service(spec).await?;
             output::created(out, &s)
         }
@@ -538,17 +560,46 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             output::services(out, &services)
         }
         ServiceCmd::Inspect { service, consistent } => {
-            let s = c
-                .call(|mut s| {
-                    let service = service.clone();
-                    async move {
-                        s.services
-                            .get_service(pb::GetServiceRequest { service, consistent })
-                            .await
-                    }
-                })
-                .await?;
+            let s = c.get_service(&service, consistent).await?;
             output::json(&output::service_json(&s))
+        }
+        ServiceCmd::Update(a) => {
+            let current = c.get_service(&a.service, true).await?;
+            let mut spec = current.spec.clone().unwrap_or_default();
+            a.apply(&mut spec)?;
+            let s = c
+                .update_service(&a.service, spec, current.version, a.force)
+                .await?;
+            let started = s.update_status.as_ref().is_some_and(|u| {
+                s.spec_version != current.spec_version
+                    || u.started_at_ms
+                        > current
+                            .update_status
+                            .as_ref()
+                            .map_or(i64::MIN, |c| c.started_at_ms)
+            });
+            if a.wait.detach || out == Output::Json {
+                return output::created(out, &s);
+            }
+            if !started {
+                println!(
+                    "{}: the tasks' spec did not change; nothing to roll out",
+                    a.service
+                );
+                return Ok(());
+            }
+            rollout::wait(&c, &s, false).await
+        }
+        ServiceCmd::Rollback {
+            service,
+            to_version,
+            wait,
+        } => {
+            let s = c.rollback_service(&service, to_version).await?;
+            if wait.detach || out == Output::Json {
+                return output::created(out, &s);
+            }
+            rollout::wait(&c, &s, true).await
         }
         ServiceCmd::Scale { service, replicas } => {
             let (service, replicas) = scale_target(&service, replicas)?;

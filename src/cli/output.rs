@@ -59,6 +59,49 @@ pub fn service_json(s: &pb::Service) -> Value {
         "created_at": time(s.created_at_ms),
         "updated_at": time(s.updated_at_ms),
         "version": s.version,
+        "spec_version": s.spec_version,
+        "update_config": update_config_json(spec.update_config),
+        "rollback_config": update_config_json(spec.rollback_config),
+        "update_status": s.update_status.as_ref().map(|u| json!({
+            "state": super::rollout::state_name(u),
+            "from_version": u.from_version,
+            "to_version": u.to_version,
+            "started_at": time(u.started_at_ms),
+            "finished_at": u.finished_at_ms.map(time),
+            "message": u.message,
+            "done_slots": u.done_slots,
+            "failed": u.failed.iter().map(|f| json!({"slot": f.slot, "reason": f.reason})).collect::<Vec<_>>(),
+            "in_flight": u.in_flight.iter().map(|f| json!({
+                "slot": f.slot,
+                "new_task": f.new_task_id,
+                "old_task": f.old_task_id,
+                "started_at": time(f.started_at_ms),
+                "running_since": f.running_since_ms.map(time),
+            })).collect::<Vec<_>>(),
+        })),
+        "history": s.previous.iter().map(|p| {
+            let ps = p.spec.clone().unwrap_or_default();
+            json!({
+                "version": p.version,
+                "image": ps.image,
+                "command": ps.command,
+                "env": ps.env,
+                "replaced_at": time(p.replaced_at_ms),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn update_config_json(c: Option<pb::UpdateConfig>) -> Value {
+    let c = c.unwrap_or_else(super::rollout::default_config);
+    json!({
+        "parallelism": c.parallelism,
+        "delay_ms": c.delay_ms,
+        "failure_action": short(pb::FailureAction::try_from(c.failure_action).ok().map(|r| r.as_str_name()), "FAILURE_ACTION_"),
+        "monitor_ms": c.monitor_ms,
+        "max_failure_ratio": f64::from(c.max_failure_permille) / 1000.0,
+        "order": short(pb::UpdateOrder::try_from(c.order).ok().map(|r| r.as_str_name()), "UPDATE_ORDER_"),
+        "timeout_ms": c.timeout_ms,
     })
 }
 
@@ -101,6 +144,8 @@ pub fn task_json(t: &pb::Task) -> Value {
         "service": t.service_name,
         "slot": t.slot,
         "attempt": t.attempt,
+        "spec_version": t.spec_version,
+        "image": t.image,
         "node": t.node_id,
         "desired_state": task_state(t.desired_state),
         "state": task_state(t.state),
@@ -122,6 +167,7 @@ pub fn tasks(out: Output, list: &[pb::Task]) -> anyhow::Result<()> {
     let mut t = table(&[
         "ID",
         "NAME",
+        "IMAGE (VERSION)",
         "NODE",
         "DESIRED",
         "STATE",
@@ -146,6 +192,11 @@ pub fn tasks(out: Output, list: &[pb::Task]) -> anyhow::Result<()> {
         t.add_row(vec![
             task.id.chars().take(12).collect(),
             name,
+            if task.image.is_empty() {
+                format!("(version {} no longer kept)", task.spec_version)
+            } else {
+                format!("{} ({})", task.image, task.spec_version)
+            },
             if task.node_id.is_empty() {
                 "-".into()
             } else {

@@ -80,7 +80,10 @@ pub struct Input<'a> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Job {
-    /// Pull the image and start a container for a task new to this worker.
+    /// Pull the image only: a stop-first update's new task, started once its predecessor
+    /// has stopped (the managers then want it running).
+    Prepare(LocalTask),
+    /// Pull the image and start a container for a task new to this worker (or prepared).
     Launch(LocalTask),
     /// Start the task again, by this worker, while no manager is reachable.
     Restart(LocalTask),
@@ -97,7 +100,12 @@ pub enum Job {
 impl Job {
     pub fn task(&self) -> &LocalTask {
         match self {
-            Job::Launch(t) | Job::Restart(t) | Job::Stop(t) | Job::Forget(t) | Job::Discard(t) => t,
+            Job::Prepare(t)
+            | Job::Launch(t)
+            | Job::Restart(t)
+            | Job::Stop(t)
+            | Job::Forget(t)
+            | Job::Discard(t) => t,
         }
     }
 }
@@ -113,6 +121,8 @@ pub struct Plan {
 /// How a job ended, as the shell saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Image pulled (a `Prepare`).
+    Prepared,
     /// Container started with this id.
     Started(String),
     /// The runtime was down: nothing happened; try again.
@@ -316,8 +326,20 @@ pub fn plan(input: &Input) -> Plan {
         let listed: BTreeSet<&str> = assigned.iter().map(|a| a.id.as_str()).collect();
         for a in assigned.iter().filter(|a| idle(&a.id)) {
             let want_running = a.desired == TaskState::Running;
+            let want_ready = a.desired == TaskState::Ready;
             let orphaned = a.state == Some(TaskState::Orphaned);
-            match tasks.get(&a.id) {
+            match tasks.get_mut(&a.id) {
+                Some(t) if want_ready => {
+                    if a.state != Some(t.state) && !t.state.is_terminal() {
+                        reports.push(t.clone());
+                    }
+                }
+                Some(t) if !want_running && t.container_id.is_empty() && !t.state.is_terminal() => {
+                    // Prepared, never started: nothing to stop.
+                    t.state = TaskState::Shutdown;
+                    t.message = "stopped on the managers' request before it started".into();
+                    reports.push(t.clone());
+                }
                 Some(t) if !want_running => {
                     if !t.state.is_terminal() {
                         jobs.push(Job::Stop(t.clone()));
@@ -326,11 +348,18 @@ pub fn plan(input: &Input) -> Plan {
                         reports.push(t.clone());
                     }
                 }
+                Some(t) if t.state == TaskState::Ready && t.container_id.is_empty() => {
+                    // Prepared, and now wanted running (its predecessor has stopped).
+                    jobs.push(Job::Launch(t.clone()));
+                }
                 Some(t) => {
                     // The managers' view lags ours (say after a partition): resend.
                     if a.state != Some(t.state) && !t.state.is_terminal() {
                         reports.push(t.clone());
                     }
+                }
+                None if want_ready && !orphaned => {
+                    jobs.push(Job::Prepare(placeholder(a, TaskState::Preparing, "")));
                 }
                 None if !want_running || orphaned => {
                     // Nothing runs here for it: let the managers close it.
@@ -403,18 +432,33 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
         }
     };
     match (job, outcome) {
-        (Job::Launch(_), Outcome::Started(cid)) => {
-            t.container_id = cid.clone();
-            t.state = TaskState::Starting;
+        (Job::Prepare(_), Outcome::Prepared) => {
+            t.state = TaskState::Ready;
+            t.message = format!(
+                "image {} pulled; waiting for the task it replaces to stop",
+                t.spec.image
+            );
             both(t)
         }
-        (Job::Launch(_), Outcome::Refused(m)) => {
+        (Job::Prepare(_) | Job::Launch(_), Outcome::Refused(m)) => {
             t.state = TaskState::Rejected;
             t.exit_code = -1;
             t.message = m.clone();
             both(t)
         }
-        // The runtime could not even try: not kept, launched again next tick.
+        // The runtime could not even try: not kept, prepared again next tick.
+        (Job::Prepare(_), _) => Applied::default(),
+        (Job::Launch(_), Outcome::Started(cid)) => {
+            t.container_id = cid.clone();
+            t.state = TaskState::Starting;
+            both(t)
+        }
+        // The runtime could not even try: launched again next tick (a prepared task stays
+        // prepared; a new one is not kept).
+        (Job::Launch(l), _) if l.state == TaskState::Ready => Applied {
+            keep: Some(t),
+            report: None,
+        },
         (Job::Launch(_), _) => Applied::default(),
         (Job::Restart(_), Outcome::Started(cid)) => {
             t.restart_due = false;
@@ -513,6 +557,7 @@ mod tests {
 
     fn kind(j: &Job) -> &'static str {
         match j {
+            Job::Prepare(_) => "prepare",
             Job::Launch(_) => "launch",
             Job::Restart(_) => "restart",
             Job::Stop(_) => "stop",
@@ -537,6 +582,63 @@ mod tests {
                 want_tasks: vec![],
                 want_jobs: vec![("launch", "a")],
                 want_reports: vec![],
+            },
+            Case {
+                name: "a stop-first update's new task is only pulled",
+                tasks: vec![],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Ready, Some(S::Assigned))]),
+                busy: vec![],
+                unclaimed: vec![],
+                connected: true,
+                want_tasks: vec![],
+                want_jobs: vec![("prepare", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a prepared task waits while its predecessor stops",
+                tasks: vec![LocalTask {
+                    container_id: String::new(),
+                    ..task("a", S::Ready)
+                }],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Ready, Some(S::Ready))]),
+                busy: vec![],
+                unclaimed: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Ready)],
+                want_jobs: vec![],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a prepared task is started once wanted running",
+                tasks: vec![LocalTask {
+                    container_id: String::new(),
+                    ..task("a", S::Ready)
+                }],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Running, Some(S::Ready))]),
+                busy: vec![],
+                unclaimed: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Ready)],
+                want_jobs: vec![("launch", "a")],
+                want_reports: vec![],
+            },
+            Case {
+                name: "a prepared task stopped before it started has nothing to stop",
+                tasks: vec![LocalTask {
+                    container_id: String::new(),
+                    ..task("a", S::Ready)
+                }],
+                observed: vec![],
+                assigned: Some(vec![assignment("a", S::Shutdown, Some(S::Ready))]),
+                busy: vec![],
+                unclaimed: vec![],
+                connected: true,
+                want_tasks: vec![("a", S::Shutdown)],
+                want_jobs: vec![],
+                want_reports: vec![("a", S::Shutdown)],
             },
             Case {
                 name: "a busy task is left alone",
@@ -715,6 +817,63 @@ mod tests {
             let got_reports: Vec<(&str, TaskState)> =
                 p.reports.iter().map(|t| (t.id.as_str(), t.state)).collect();
             assert_eq!(got_reports, c.want_reports, "{}: reports", c.name);
+        }
+    }
+
+    #[test]
+    fn prepare_and_launch_outcomes() {
+        use TaskState as S;
+        let new = || LocalTask {
+            container_id: String::new(),
+            ..task("a", S::Preparing)
+        };
+        let ready = || LocalTask {
+            container_id: String::new(),
+            ..task("a", S::Ready)
+        };
+        // (job, outcome, kept state, reported state)
+        let cases = [
+            (
+                Job::Prepare(new()),
+                Outcome::Prepared,
+                Some(S::Ready),
+                Some(S::Ready),
+            ),
+            (
+                Job::Prepare(new()),
+                Outcome::Refused("pulling image x: not found".into()),
+                Some(S::Rejected),
+                Some(S::Rejected),
+            ),
+            (
+                Job::Prepare(new()),
+                Outcome::Unavailable("down".into()),
+                None,
+                None,
+            ),
+            (
+                Job::Launch(ready()),
+                Outcome::Started("c1".into()),
+                Some(S::Starting),
+                Some(S::Starting),
+            ),
+            (
+                Job::Launch(ready()),
+                Outcome::Unavailable("down".into()),
+                Some(S::Ready),
+                None,
+            ),
+            (
+                Job::Launch(new()),
+                Outcome::Unavailable("down".into()),
+                None,
+                None,
+            ),
+        ];
+        for (job, outcome, keep, report) in cases {
+            let a = apply(&job, &outcome);
+            assert_eq!(a.keep.map(|t| t.state), keep, "{job:?} {outcome:?}");
+            assert_eq!(a.report.map(|t| t.state), report, "{job:?} {outcome:?}");
         }
     }
 

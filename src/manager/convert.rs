@@ -276,6 +276,10 @@ pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> 
         },
         attempt: t.attempt,
         spec_version: t.spec_version,
+        image: service
+            .and_then(|s| s.spec_of(t.spec_version))
+            .map(|s| s.image.clone())
+            .unwrap_or_default(),
     }
 }
 

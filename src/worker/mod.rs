@@ -647,6 +647,10 @@ async fn run_job(rt: &dyn ContainerRuntime, job: &Job) -> Outcome {
         e => Outcome::Refused(e.to_string()),
     };
     match job {
+        Job::Prepare(t) => match rt.pull(&t.spec.image).await {
+            Ok(()) => Outcome::Prepared,
+            Err(e) => refused_or_down(e),
+        },
         Job::Launch(t) => {
             if let Err(e) = rt.pull(&t.spec.image).await {
                 return refused_or_down(e);
@@ -869,6 +873,7 @@ impl Agent {
         self.busy.remove(&id);
         match (&job, &outcome) {
             (Job::Launch(_), Outcome::Started(c)) => info!(task = %id, container = %c, "task started"),
+            (Job::Prepare(t), Outcome::Prepared) => info!(task = %id, image = %t.spec.image, "task prepared"),
             (Job::Restart(t), Outcome::Started(_)) => {
                 warn!(task = %id, restarts = t.local_restarts + 1, "managers unreachable: restarted the task locally")
             }

@@ -1,0 +1,406 @@
+//! `service update`, `service rollback` and the rollout settings of `service create`: the
+//! flags, the spec changes they make, and the wait that follows a change (progress per slot,
+//! an exit code CI can trust).
+
+use super::{key_values, parse_cpus, RestartCondition};
+use crate::client::Client;
+use crate::proto::v1 as pb;
+use clap::{Args, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailureAction {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    StopFirst,
+    StartFirst,
+}
+
+/// Rollout settings; unset flags keep what the service has (the defaults at create).
+#[derive(Args, Debug, Default)]
+pub struct RolloutArgs {
+    /// Slots replaced at once during an update (0 = all) [default: 1].
+    #[arg(long)]
+    pub update_parallelism: Option<u32>,
+    /// Wait between one slot finishing and the next starting, e.g. 10s [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub update_delay: Option<Duration>,
+    /// What a failed new task does to the update [default: pause].
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<FailureAction>,
+    /// How long a new task must keep running before its slot counts as done [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// Fraction of slots that may fail before the failure action, 0 to 1 [default: 0].
+    #[arg(long, value_parser = parse_ratio)]
+    pub update_max_failure_ratio: Option<u32>,
+    /// Stop the old task first (its image pulled beforehand) or start the new one first
+    /// [default: stop-first].
+    #[arg(long, value_enum)]
+    pub update_order: Option<Order>,
+    /// How long a new task may take to be pulled and reach running [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub update_timeout: Option<Duration>,
+    /// The same settings for a rollback.
+    #[arg(long)]
+    pub rollback_parallelism: Option<u32>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rollback_delay: Option<Duration>,
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<FailureAction>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rollback_monitor: Option<Duration>,
+    #[arg(long, value_parser = parse_ratio)]
+    pub rollback_max_failure_ratio: Option<u32>,
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<Order>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rollback_timeout: Option<Duration>,
+}
+
+/// A ratio 0..=1 as thousandths.
+fn parse_ratio(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok((r * 1000.0).round() as u32),
+        _ => Err(format!(
+            "{s:?} is not a fraction from 0 to 1; use for example 0.2"
+        )),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The defaults (as the managers apply them to an absent config).
+pub fn default_config() -> pb::UpdateConfig {
+    pb::UpdateConfig {
+        parallelism: 1,
+        delay_ms: 0,
+        failure_action: pb::FailureAction::Pause as i32,
+        monitor_ms: 5_000,
+        max_failure_permille: 0,
+        order: pb::UpdateOrder::StopFirst as i32,
+        timeout_ms: 300_000,
+    }
+}
+
+impl RolloutArgs {
+    /// Sets the given flags on `spec`'s update and rollback configs.
+    pub fn apply(&self, spec: &mut pb::ServiceSpec) {
+        let action = |a: FailureAction| match a {
+            FailureAction::Pause => pb::FailureAction::Pause as i32,
+            FailureAction::Continue => pb::FailureAction::Continue as i32,
+            FailureAction::Rollback => pb::FailureAction::Rollback as i32,
+        };
+        let order = |o: Order| match o {
+            Order::StopFirst => pb::UpdateOrder::StopFirst as i32,
+            Order::StartFirst => pb::UpdateOrder::StartFirst as i32,
+        };
+        #[allow(clippy::type_complexity)]
+        let sets: [(
+            &mut Option<pb::UpdateConfig>,
+            Option<u32>,
+            Option<Duration>,
+            Option<FailureAction>,
+            Option<Duration>,
+            Option<u32>,
+            Option<Order>,
+            Option<Duration>,
+        ); 2] = [
+            (
+                &mut spec.update_config,
+                self.update_parallelism,
+                self.update_delay,
+                self.update_failure_action,
+                self.update_monitor,
+                self.update_max_failure_ratio,
+                self.update_order,
+                self.update_timeout,
+            ),
+            (
+                &mut spec.rollback_config,
+                self.rollback_parallelism,
+                self.rollback_delay,
+                self.rollback_failure_action,
+                self.rollback_monitor,
+                self.rollback_max_failure_ratio,
+                self.rollback_order,
+                self.rollback_timeout,
+            ),
+        ];
+        for (cfg, parallelism, delay, failure, monitor, ratio, ord, timeout) in sets {
+            let c = cfg.get_or_insert_with(default_config);
+            if let Some(v) = parallelism {
+                c.parallelism = v;
+            }
+            if let Some(v) = delay {
+                c.delay_ms = ms(v);
+            }
+            if let Some(v) = failure {
+                c.failure_action = action(v);
+            }
+            if let Some(v) = monitor {
+                c.monitor_ms = ms(v);
+            }
+            if let Some(v) = ratio {
+                c.max_failure_permille = v;
+            }
+            if let Some(v) = ord {
+                c.order = order(v);
+            }
+            if let Some(v) = timeout {
+                c.timeout_ms = ms(v);
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    pub service: String,
+    /// New image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Add or change an environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env-add")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "env-rm")]
+    pub env_rm: Vec<String>,
+    /// New replica count (no rolling update by itself).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
+    /// Add a placement constraint (repeatable).
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint, as written (repeatable).
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    #[arg(long, value_parser = parse_cpus)]
+    pub reserve_cpu: Option<u64>,
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub reserve_memory: Option<u64>,
+    #[arg(long, value_parser = parse_cpus)]
+    pub limit_cpu: Option<u64>,
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub limit_memory: Option<u64>,
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartCondition>,
+    #[arg(long)]
+    pub restart_max_attempts: Option<u32>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub restart_delay: Option<Duration>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_timeout: Option<Duration>,
+    /// Replace every task even if nothing they run changed.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// New command and arguments (replacing the old ones).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for the rollout to end.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+}
+
+impl UpdateArgs {
+    /// `spec` with the flags' changes.
+    pub fn apply(&self, spec: &mut pb::ServiceSpec) -> anyhow::Result<()> {
+        if let Some(i) = &self.image {
+            spec.image = i.clone();
+        }
+        for k in &self.env_rm {
+            if spec.env.remove(k).is_none() {
+                anyhow::bail!("--env-rm {k}: the service has no environment variable {k:?}");
+            }
+        }
+        spec.env.extend(key_values("--env-add", &self.env_add)?);
+        if let Some(r) = self.replicas {
+            spec.replicas = r;
+        }
+        for c in &self.constraint_rm {
+            let before = spec.constraints.len();
+            spec.constraints.retain(|x| x != c);
+            if spec.constraints.len() == before {
+                anyhow::bail!(
+                    "--constraint-rm {c:?}: the service has no such constraint; it has {:?}",
+                    spec.constraints
+                );
+            }
+        }
+        spec.constraints.extend(self.constraint_add.iter().cloned());
+        let res = spec.resources.get_or_insert_with(Default::default);
+        let reservations = res.reservations.get_or_insert_with(Default::default);
+        if let Some(v) = self.reserve_cpu {
+            reservations.cpu_millis = v;
+        }
+        if let Some(v) = self.reserve_memory {
+            reservations.memory_bytes = v;
+        }
+        let limits = res.limits.get_or_insert_with(Default::default);
+        if let Some(v) = self.limit_cpu {
+            limits.cpu_millis = v;
+        }
+        if let Some(v) = self.limit_memory {
+            limits.memory_bytes = v;
+        }
+        let rp = spec.restart_policy.get_or_insert_with(Default::default);
+        if let Some(c) = self.restart_condition {
+            rp.condition = super::restart_condition(c) as i32;
+        }
+        if let Some(v) = self.restart_max_attempts {
+            rp.max_attempts = v;
+        }
+        if let Some(v) = self.restart_delay {
+            rp.delay_ms = ms(v);
+        }
+        if let Some(v) = self.stop_timeout {
+            spec.stop_timeout_ms = ms(v);
+        }
+        if !self.command.is_empty() {
+            spec.command = self.command.clone();
+            spec.args.clear();
+        }
+        self.rollout.apply(spec);
+        Ok(())
+    }
+}
+
+fn state_of(u: &pb::UpdateStatus) -> pb::UpdateState {
+    pb::UpdateState::try_from(u.state).unwrap_or(pb::UpdateState::Unspecified)
+}
+
+pub fn state_name(u: &pb::UpdateStatus) -> String {
+    state_of(u)
+        .as_str_name()
+        .trim_start_matches("UPDATE_STATE_")
+        .to_ascii_lowercase()
+}
+
+fn in_progress(u: &pb::UpdateStatus) -> bool {
+    matches!(
+        state_of(u),
+        pb::UpdateState::Updating | pb::UpdateState::RollbackStarted
+    )
+}
+
+fn is_rollback(u: &pb::UpdateStatus) -> bool {
+    matches!(
+        state_of(u),
+        pb::UpdateState::RollbackStarted
+            | pb::UpdateState::RollbackPaused
+            | pb::UpdateState::RollbackCompleted
+    )
+}
+
+/// One line per slot: where the rollout is with it.
+fn slot_lines(s: &pb::Service, u: &pb::UpdateStatus) -> Vec<String> {
+    let replicas = u32::try_from(s.spec.as_ref().map_or(0, |x| x.replicas)).unwrap_or(0);
+    (1..=replicas)
+        .map(|slot| {
+            let what = if u.done_slots.contains(&slot) {
+                format!("done (version {})", u.to_version)
+            } else if let Some(f) = u.failed.iter().find(|f| f.slot == slot) {
+                format!("failed: {}", f.reason)
+            } else if let Some(f) = u.in_flight.iter().find(|f| f.slot == slot) {
+                match f.running_since_ms {
+                    Some(_) => format!("running task {}, monitoring", short_id(&f.new_task_id)),
+                    None => format!("starting task {}", short_id(&f.new_task_id)),
+                }
+            } else if in_progress(u) {
+                "waiting".to_string()
+            } else {
+                "-".to_string()
+            };
+            format!("  slot {slot:>3}: {what}")
+        })
+        .collect()
+}
+
+fn short_id(id: &str) -> &str {
+    crate::core::limits::prefix(id, 12)
+}
+
+/// Polls the service until the rollout that `started` began has ended, showing progress
+/// (lines rewritten in place on a terminal, a line per change otherwise). An update that
+/// paused or was rolled back, or a rollback that paused, is an error with the reason.
+pub async fn wait(c: &Client, started: &pb::Service, rollback: bool) -> anyhow::Result<()> {
+    let name = started.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let Some(first) = &started.update_status else {
+        println!("{name}: nothing to roll out (the tasks' spec did not change)");
+        return Ok(());
+    };
+    let (to, since) = (first.to_version, first.started_at_ms);
+    let tty = std::io::stdout().is_terminal();
+    let mut shown: Vec<String> = Vec::new();
+    let mut printed = 0usize;
+    loop {
+        let s = c.get_service(&name, false).await?;
+        let Some(u) = s.update_status.clone() else {
+            anyhow::bail!("service {name} shows no rollout any more (was it deleted and created again?)");
+        };
+        // Ours: the rollout started, or the automatic rollback of the update started.
+        let ours = (u.started_at_ms == since && u.to_version == to)
+            || (!rollback && is_rollback(&u) && u.from_version == to && u.started_at_ms >= since);
+        if !ours {
+            anyhow::bail!(
+                "service {name}: another rollout (to version {}) replaced this one; see `warren service inspect {name}`",
+                u.to_version
+            );
+        }
+        let mut lines = vec![format!(
+            "{name}: {} to version {} ({})",
+            if is_rollback(&u) { "rollback" } else { "update" },
+            u.to_version,
+            state_name(&u)
+        )];
+        lines.extend(slot_lines(&s, &u));
+        if lines != shown {
+            let mut o = std::io::stdout().lock();
+            if tty {
+                if printed > 0 {
+                    write!(o, "\x1b[{printed}A")?;
+                }
+                for l in &lines {
+                    writeln!(o, "\x1b[2K{l}")?;
+                }
+                printed = lines.len();
+            } else {
+                for l in lines.iter().filter(|l| !shown.contains(l)) {
+                    writeln!(o, "{l}")?;
+                }
+            }
+            o.flush()?;
+            shown = lines;
+        }
+        if !in_progress(&u) {
+            let state = state_of(&u);
+            let ok = if rollback {
+                state == pb::UpdateState::RollbackCompleted
+            } else {
+                state == pb::UpdateState::Completed
+            };
+            if ok {
+                println!("{}", u.message);
+                return Ok(());
+            }
+            anyhow::bail!("{} ({name} now runs version {})", u.message, s.spec_version);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
