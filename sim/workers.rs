@@ -483,3 +483,214 @@ async fn a_runtime_that_hangs_on_stop_holds_up_nothing_else() {
         .await;
     eprintln!("worker-{victim}'s stops hung; converged {took:?} after the runtime recovered");
 }
+
+/// The rolling update the update scenarios run: 10 replicas, parallelism 2, monitor 1 s;
+/// the new version crashes 300 ms after it starts if `crash`.
+fn update_spec(version: u32, crash: bool, start_first: bool, action: pb::FailureAction) -> pb::ServiceSpec {
+    let mut env: BTreeMap<String, String> = [("V".to_string(), version.to_string())].into();
+    if crash {
+        env.insert("WARREN_SIM_EXIT_AFTER_MS".into(), "300".into());
+        env.insert("WARREN_SIM_EXIT_CODE".into(), "1".into());
+    }
+    let cfg = pb::UpdateConfig {
+        parallelism: 2,
+        delay_ms: 0,
+        failure_action: action as i32,
+        monitor_ms: 1_000,
+        max_failure_permille: 0,
+        order: if start_first {
+            pb::UpdateOrder::StartFirst
+        } else {
+            pb::UpdateOrder::StopFirst
+        } as i32,
+        timeout_ms: 30_000,
+    };
+    pb::ServiceSpec {
+        name: "web".into(),
+        image: "busybox".into(),
+        replicas: 10,
+        env,
+        update_config: Some(cfg),
+        rollback_config: Some(pb::UpdateConfig {
+            failure_action: pb::FailureAction::Pause as i32,
+            ..cfg
+        }),
+        ..Default::default()
+    }
+}
+
+/// Samples what really runs (the hosts' runtimes) every 50 ms until `stop`: the most slots
+/// of `web` seen with no container running at once. Task ids are mapped to slots through
+/// any manager that answers; a sample with a container of a task no manager has shown yet
+/// is skipped (it cannot be placed in a slot).
+async fn watch_down_slots(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let mut slot_of: BTreeMap<String, u32> = BTreeMap::new();
+    let mut worst = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let running = running_by_task();
+        if running.keys().any(|t| !slot_of.contains_key(t)) {
+            for m in MANAGERS {
+                if let Some(tasks) = list_tasks(m).await {
+                    slot_of.extend(
+                        tasks
+                            .into_iter()
+                            .filter(|t| t.service_name == "web")
+                            .map(|t| (t.id, t.slot)),
+                    );
+                    break;
+                }
+            }
+        }
+        if running.keys().all(|t| slot_of.contains_key(t)) {
+            let up: BTreeSet<u32> = running.keys().map(|t| slot_of[t]).collect();
+            worst = worst.max((1..=10).filter(|s| !up.contains(s)).count());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worst
+}
+
+/// The service's update status through the first manager of `via` that answers.
+async fn update_status(via: &[u64]) -> Option<pb::UpdateStatus> {
+    for &m in via {
+        if let Some(s) = list_services(m).await {
+            return s
+                .into_iter()
+                .find(|s| s.spec.as_ref().is_some_and(|x| x.name == "web"))?
+                .update_status;
+        }
+    }
+    None
+}
+
+/// A rolling update (stop-first or start-first, drawn from the seed) while the leader is
+/// killed or cut off at a random moment. Checked: never more than `parallelism` slots without
+/// a running container (stop-first) and never fewer running than the replica count
+/// (start-first, a healthy version); the update ends (completed, or rolled back when the new
+/// version crashes) within a bound under the new leader; no slot got two tasks of the new
+/// version (none updated twice); then exactly the wanted version runs in every slot.
+async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
+    let start_first = rand_range(0, 2) == 1;
+    let c = cluster_with(scenario, &[]).await;
+    c.on_client(create_spec(update_spec(
+        1,
+        false,
+        start_first,
+        pb::FailureAction::Rollback,
+    )))
+    .await;
+    c.on_client(wait_converged(
+        MANAGERS.to_vec(),
+        want(&[("web", 10)]),
+        Duration::from_secs(30),
+    ))
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        c.client_node.spawn(watch_down_slots(stop))
+    };
+    let leader = c
+        .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
+        .await;
+    c.on_client(async move {
+        client_of_all(MANAGERS)
+            .update_service(
+                "web",
+                update_spec(2, crash, start_first, pb::FailureAction::Rollback),
+                0,
+                false,
+            )
+            .await
+            .expect("update");
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
+    let cut = rand_range(0, 2) == 1;
+    if cut {
+        madsim::net::NetSim::current().clog_node(c.node_id(leader));
+    } else {
+        c.kill(leader);
+    }
+    tokio::time::sleep(Duration::from_millis(rand_range(500, 5_000))).await;
+    if cut {
+        madsim::net::NetSim::current().unclog_node(c.node_id(leader));
+    } else {
+        c.restart(leader);
+    }
+    let end = c
+        .on_client(wait_for("the update to end", Duration::from_secs(90), || async {
+            let u = update_status(&MANAGERS).await?;
+            let state = pb::UpdateState::try_from(u.state).ok()?;
+            (!matches!(
+                state,
+                pb::UpdateState::Updating | pb::UpdateState::RollbackStarted
+            ))
+            .then_some(u)
+        }))
+        .await;
+    let (want_state, want_version) = if crash {
+        (pb::UpdateState::RollbackCompleted, 1)
+    } else {
+        (pb::UpdateState::Completed, 2)
+    };
+    assert_eq!(
+        end.state,
+        want_state as i32,
+        "leader {leader} {}, start-first {start_first}: {end:?}",
+        if cut { "cut off" } else { "killed" }
+    );
+    c.on_client(wait_converged(
+        MANAGERS.to_vec(),
+        want(&[("web", 10)]),
+        Duration::from_secs(30),
+    ))
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let worst = watcher.await.expect("watcher");
+    let tasks = c
+        .on_client(wait_for("tasks", Duration::from_secs(10), || list_tasks(1)))
+        .await;
+    let mut new_per_slot: BTreeMap<u32, usize> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.spec_version == 2) {
+        *new_per_slot.entry(t.slot).or_default() += 1;
+    }
+    assert!(
+        new_per_slot.values().all(|&n| n == 1),
+        "a slot got two tasks of version 2: {new_per_slot:?}"
+    );
+    let running: Vec<u64> = tasks
+        .iter()
+        .filter(|t| {
+            t.state == pb::TaskState::Running as i32 && t.desired_state == pb::TaskState::Running as i32
+        })
+        .map(|t| t.spec_version)
+        .collect();
+    assert_eq!(running, vec![want_version; 10], "{end:?}");
+    if start_first && !crash {
+        assert_eq!(
+            worst, 0,
+            "start-first left {worst} slots without a running container"
+        );
+    } else {
+        assert!(
+            worst <= 2,
+            "{worst} slots down at once with parallelism 2 (start-first {start_first})"
+        );
+    }
+    eprintln!(
+        "leader {leader} {} during the update (start-first {start_first}); {}; at most {worst} slots down",
+        if cut { "cut off" } else { "killed" },
+        end.message
+    );
+}
+
+#[madsim::test]
+async fn rolling_update_survives_leader_faults() {
+    rolling_update_under_leader_faults("workers::rolling_update_survives_leader_faults", false).await;
+}
+
+#[madsim::test]
+async fn failed_update_rolls_back_through_leader_faults() {
+    rolling_update_under_leader_faults("workers::failed_update_rolls_back_through_leader_faults", true).await;
+}

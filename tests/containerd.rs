@@ -841,3 +841,223 @@ async fn containerd_keeps_the_runtime_contract() {
     );
     tokio::task::block_in_place(|| drop(rig));
 }
+
+/// `(slot, spec version, container id)` of each running task of `service`.
+fn running_versions(api: &str, service: &str) -> BTreeSet<(u64, u64, String)> {
+    ps(api, service)
+        .iter()
+        .filter(|t| t["state"] == "running" && t["desired_state"] == "running")
+        .map(|t| {
+            (
+                t["slot"].as_u64().unwrap(),
+                t["spec_version"].as_u64().unwrap(),
+                t["container_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn versions(set: &BTreeSet<(u64, u64, String)>) -> Vec<u64> {
+    set.iter().map(|t| t.1).collect()
+}
+
+/// #14 on real containers: a rolling update replaces tasks slot by slot and `service ps`
+/// keeps the old ones as history; an image that cannot be pulled pauses the update with the
+/// old containers untouched (pulled before stopped) and a non-zero exit; a task that fails
+/// rolls the update back on its own; a manual rollback and `--to-version`; start-first never
+/// runs fewer containers than the replica count.
+#[test]
+fn rolling_updates_with_real_containers() {
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::start(&tmp.path().join("rig"));
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let api = m.api.clone();
+    let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let _w1 = worker(
+        &rig,
+        &api,
+        Some(&token),
+        "upd-1",
+        &tmp.path().join("upd-1"),
+        "upd-1",
+    );
+    let _w2 = worker(
+        &rig,
+        &api,
+        Some(&token),
+        "upd-2",
+        &tmp.path().join("upd-2"),
+        "upd-2",
+    );
+    let containers = || rig.running("upd-1").len() + rig.running("upd-2").len();
+    let sleeper = "trap 'exit 143' TERM; while true; do sleep 1; done";
+    ok(
+        &api,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &rig.image,
+            "--replicas",
+            "4",
+            "-e",
+            "V=1",
+            "--stop-timeout",
+            "2s",
+            "--update-monitor",
+            "1s",
+            "--rollback-monitor",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            sleeper,
+        ],
+    );
+    let v1 = wait_until("4 tasks of version 1 running", WAIT, || {
+        let r = running_versions(&api, "web");
+        (versions(&r) == vec![1; 4]).then_some(r)
+    });
+
+    // An update replaces every slot once; the old tasks stay as history.
+    let out = warren(&api, &["service", "update", "web", "--env-add", "V=2"]);
+    assert!(out.status.success(), "update: {}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("update to version 2 completed"),
+        "{}",
+        stdout(&out)
+    );
+    let v2 = running_versions(&api, "web");
+    assert_eq!(versions(&v2), vec![2; 4], "{v2:?}");
+    let all = ps(&api, "web");
+    for slot in 1..=4u64 {
+        let of_slot: Vec<u64> = all
+            .iter()
+            .filter(|t| t["slot"] == slot)
+            .map(|t| t["spec_version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            of_slot.iter().filter(|v| **v == 2).count(),
+            1,
+            "slot {slot} updated once: {of_slot:?}"
+        );
+        assert!(
+            of_slot.contains(&1),
+            "slot {slot} keeps its old task as history: {of_slot:?}"
+        );
+    }
+    assert!(
+        v1.iter().all(|t| !v2.iter().any(|n| n.2 == t.2)),
+        "containers were replaced"
+    );
+    assert_eq!(containers(), 4);
+    let inspect = json_of(&api, &["service", "inspect", "web"]);
+    assert_eq!(inspect["spec_version"], 2);
+    assert_eq!(inspect["history"][0]["version"], 1);
+    assert_eq!(inspect["update_status"]["state"], "completed");
+
+    // An image that cannot be pulled: the first slot fails before its old task is stopped.
+    let missing = format!("{}/busybox:no-such-tag", rig.registry);
+    let out = warren(&api, &["service", "update", "web", "--image", &missing]);
+    assert!(
+        !out.status.success(),
+        "a paused update exited 0: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("update paused"), "{}", stderr(&out));
+    assert_eq!(
+        running_versions(&api, "web"),
+        v2,
+        "the old containers were touched"
+    );
+    assert_eq!(containers(), 4);
+
+    // Back to version 2 by hand: nothing to replace but the version the slots run.
+    let out = warren(&api, &["service", "rollback", "web"]);
+    assert!(
+        out.status.success(),
+        "rollback: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(json_of(&api, &["service", "inspect", "web"])["spec_version"], 2);
+    assert_eq!(running_versions(&api, "web"), v2);
+
+    // A new command that exits at once, with rollback on failure: rolled back, exit non-zero.
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "update",
+            "web",
+            "--update-failure-action",
+            "rollback",
+            "--restart-condition",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a rolled-back update exited 0: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    let back = wait_until("version 2 on every slot again", WAIT, || {
+        let r = running_versions(&api, "web");
+        (versions(&r) == vec![2; 4]).then_some(r)
+    });
+    assert_eq!(back.len(), 4);
+
+    // --to-version 1.
+    let out = warren(&api, &["service", "rollback", "web", "--to-version", "1"]);
+    assert!(
+        out.status.success(),
+        "rollback --to-version: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(versions(&running_versions(&api, "web")), vec![1; 4]);
+
+    // Start-first: at every poll at least 4 containers run.
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "update",
+            "web",
+            "--env-add",
+            "V=5",
+            "--update-order",
+            "start-first",
+            "--detach",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut fewest = usize::MAX;
+    wait_until("the start-first update to complete", WAIT, || {
+        fewest = fewest.min(containers());
+        let s = json_of(&api, &["service", "inspect", "web"]);
+        (s["update_status"]["state"] == "completed").then_some(())
+    });
+    assert!(
+        fewest >= 4,
+        "start-first ran only {fewest} containers at one point"
+    );
+    let last = running_versions(&api, "web");
+    assert_eq!(versions(&last).len(), 4);
+    assert!(versions(&last).iter().all(|v| *v > 2), "{last:?}");
+    wait_until("the old containers gone", WAIT, || {
+        (containers() == 4).then_some(())
+    });
+}
