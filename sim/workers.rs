@@ -569,8 +569,12 @@ async fn update_status(via: &[u64]) -> Option<pb::UpdateStatus> {
 /// (start-first, a healthy version); the update ends (completed, or rolled back when the new
 /// version crashes) within a bound under the new leader; no slot got two tasks of the new
 /// version (none updated twice); then exactly the wanted version runs in every slot.
-async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
-    let start_first = rand_range(0, 2) == 1;
+async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) -> Duration {
+    rolling_update_with(scenario, crash, true, rand_range(0, 2) == 1).await
+}
+
+/// The update scenario; returns the simulated time from the update call to its end.
+async fn rolling_update_with(scenario: &str, crash: bool, fault: bool, start_first: bool) -> Duration {
     let c = cluster_with(scenario, &[]).await;
     c.on_client(create_spec(update_spec(
         1,
@@ -593,6 +597,7 @@ async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
     let leader = c
         .on_client(agreed_leader(MANAGERS.to_vec(), Duration::from_secs(10)))
         .await;
+    let began = tokio::time::Instant::now();
     c.on_client(async move {
         client_of_all(MANAGERS)
             .update_service(
@@ -605,18 +610,20 @@ async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
             .expect("update");
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
     let cut = rand_range(0, 2) == 1;
-    if cut {
-        madsim::net::NetSim::current().clog_node(c.node_id(leader));
-    } else {
-        c.kill(leader);
-    }
-    tokio::time::sleep(Duration::from_millis(rand_range(500, 5_000))).await;
-    if cut {
-        madsim::net::NetSim::current().unclog_node(c.node_id(leader));
-    } else {
-        c.restart(leader);
+    if fault {
+        tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
+        if cut {
+            madsim::net::NetSim::current().clog_node(c.node_id(leader));
+        } else {
+            c.kill(leader);
+        }
+        tokio::time::sleep(Duration::from_millis(rand_range(500, 5_000))).await;
+        if cut {
+            madsim::net::NetSim::current().unclog_node(c.node_id(leader));
+        } else {
+            c.restart(leader);
+        }
     }
     let end = c
         .on_client(wait_for("the update to end", Duration::from_secs(90), || async {
@@ -629,6 +636,7 @@ async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
             .then_some(u)
         }))
         .await;
+    let took = began.elapsed();
     let (want_state, want_version) = if crash {
         (pb::UpdateState::RollbackCompleted, 1)
     } else {
@@ -679,10 +687,53 @@ async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) {
         );
     }
     eprintln!(
-        "leader {leader} {} during the update (start-first {start_first}); {}; at most {worst} slots down",
-        if cut { "cut off" } else { "killed" },
+        "leader {leader} {} during the update (start-first {start_first}); {}; at most {worst} slots down; {took:?}",
+        match (fault, cut) {
+            (false, _) => "left alone",
+            (true, true) => "cut off",
+            (true, false) => "killed",
+        },
         end.message
     );
+    took
+}
+
+/// Benchmark (docs/benchmarks.md): a stop-first update of 10 replicas, parallelism 2, delay
+/// 0, monitor 1 s (lower bound from the settings: 5 batches x 1 s = 5 s), simulated seconds
+/// from the update call to completed, without and with a leader kill or cut, p50/p99 over
+/// WARREN_BENCH_SEEDS (200).
+/// `cargo sim -- --ignored workers::bench_rolling_update --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_rolling_update() {
+    let seeds: u64 = std::env::var("WARREN_BENCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for fault in [false, true] {
+        let mut took: Vec<f64> = (0..seeds)
+            .map(|seed| {
+                let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+                rt.block_on(rolling_update_with(
+                    "workers::bench_rolling_update",
+                    false,
+                    fault,
+                    false,
+                ))
+                .as_secs_f64()
+            })
+            .collect();
+        took.sort_by(f64::total_cmp);
+        let p = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "rolling update, 10 replicas, parallelism 2, monitor 1 s, {}: p50 {:.2} s ({:.2}x the 5 s bound), p99 {:.2} s, max {:.2} s over {seeds} seeds",
+            if fault { "leader killed or cut off" } else { "no fault" },
+            p(0.5),
+            p(0.5) / 5.0,
+            p(0.99),
+            took.last().unwrap()
+        );
+    }
 }
 
 #[madsim::test]

@@ -183,6 +183,9 @@ struct Shared {
     /// A first heartbeat has been tried (before that, whether managers are reachable is
     /// not known, so no local restart decision is made).
     first_beat_done: bool,
+    /// Woken when a report is queued: it goes out at once instead of at the next beat (a
+    /// rolling update waits on each task's reports, three per slot).
+    report_queued: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -502,6 +505,7 @@ async fn heartbeat_loop(
 ) {
     let mut interval_ms = 1_000;
     let mut send_all = true;
+    let report_queued = shared.lock().unwrap().report_queued.clone();
     loop {
         // At most MAX_REPORTS_PER_HEARTBEAT a beat (the managers refuse more); the rest go
         // in the next beats.
@@ -564,9 +568,19 @@ async fn heartbeat_loop(
                 send_all = true;
             }
         }
-        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        // A failed beat waits out the interval; otherwise a queued report goes out early,
+        // after a moment for the reports of the same tick to gather.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = report_queued.notified(), if !send_all => {
+                tokio::time::sleep(Duration::from_millis(REPORT_GATHER_MS)).await;
+            }
+        }
     }
 }
+
+/// How long a heartbeat woken by a queued report waits for more to gather.
+const REPORT_GATHER_MS: u64 = 20;
 
 /// A task message as the managers accept it (at most `MAX_REPORT_MESSAGE_BYTES`).
 fn cut_message(m: &str) -> String {
@@ -726,6 +740,7 @@ impl Agent {
         let mut sh = self.shared.lock().unwrap();
         sh.pending.insert(t.id.clone(), r.clone());
         sh.all.insert(t.id.clone(), r);
+        sh.report_queued.notify_one();
     }
 
     fn publish(&self, local: &LocalState) {
