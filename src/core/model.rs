@@ -269,7 +269,7 @@ pub struct Service {
     /// Earlier specs, oldest first: the last `SPEC_HISTORY` and any that a task still runs.
     pub previous: Vec<SpecVersion>,
     /// The latest rolling update or rollback, if any.
-    pub update: Option<UpdateStatus>,
+    pub update: Option<Box<UpdateStatus>>,
 }
 
 impl Service {

@@ -919,7 +919,7 @@ mod tests {
         }
 
         fn status(&self, name: &str) -> UpdateStatus {
-            self.st.service(name).unwrap().update.clone().unwrap()
+            *self.st.service(name).unwrap().update.clone().unwrap()
         }
 
         /// Slots of `name` with no task running (any version).

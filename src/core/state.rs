@@ -356,7 +356,7 @@ pub enum Outcome {
     ClusterInitialized {
         cluster_id: String,
     },
-    Service(Service),
+    Service(Box<Service>),
     ServiceDeleted {
         id: String,
     },
@@ -515,7 +515,7 @@ impl ClusterState {
                 let service = Service::new(id.clone(), spec, now_ms, index);
                 self.service_names.insert(service.spec.name.clone(), id.clone());
                 self.services.insert(id, service.clone());
-                Ok(Outcome::Service(service))
+                Ok(Outcome::Service(Box::new(service)))
             }
             Command::UpdateService {
                 service,
@@ -557,7 +557,7 @@ impl ClusterState {
                 s.updated_at_ms = now_ms;
                 s.version = index;
                 prune_history(s, &self.tasks);
-                Ok(Outcome::Service(s.clone()))
+                Ok(Outcome::Service(Box::new(s.clone())))
             }
             Command::RollbackService {
                 service,
@@ -570,7 +570,7 @@ impl ClusterState {
                 rollback(s, target, now_ms, "rollback requested".into());
                 s.version = index;
                 prune_history(s, &self.tasks);
-                Ok(Outcome::Service(s.clone()))
+                Ok(Outcome::Service(Box::new(s.clone())))
             }
             Command::ScaleService {
                 service,
@@ -585,7 +585,7 @@ impl ClusterState {
                 s.spec.replicas = replicas;
                 s.updated_at_ms = now_ms;
                 s.version = index;
-                Ok(Outcome::Service(s.clone()))
+                Ok(Outcome::Service(Box::new(s.clone())))
             }
             Command::DeleteService { service } => {
                 let id = self.service_id(&service)?;
@@ -944,7 +944,7 @@ impl ClusterState {
             Remembered::Internal => Outcome::Internal,
             Remembered::ClusterInitialized { cluster_id } => Outcome::ClusterInitialized { cluster_id },
             Remembered::Service { id } => match self.services.get(&id) {
-                Some(s) => Outcome::Service(s.clone()),
+                Some(s) => Outcome::Service(Box::new(s.clone())),
                 None => return gone("service", &id),
             },
             Remembered::ServiceDeleted { id } => Outcome::ServiceDeleted { id },
@@ -1047,7 +1047,7 @@ impl ClusterState {
                 if s.update.as_ref().map(|u| u.revision) != Some(revision) {
                     return false;
                 }
-                let mut status = *status;
+                let mut status = status;
                 status.revision = revision + 1;
                 let finished = !status.state.in_progress();
                 s.update = Some(status);
@@ -1129,7 +1129,7 @@ fn start_update(s: &mut Service, state: UpdateState, from: u64, now_ms: i64, mes
         .filter(|u| u.state.in_progress())
         .map(|u| u.in_flight.clone())
         .unwrap_or_default();
-    s.update = Some(UpdateStatus {
+    s.update = Some(Box::new(UpdateStatus {
         state,
         from_version: from,
         to_version: s.spec_version,
@@ -1141,7 +1141,7 @@ fn start_update(s: &mut Service, state: UpdateState, from: u64, now_ms: i64, mes
         in_flight,
         next_slot_at_ms: now_ms,
         revision: prev.map_or(0, |u| u.revision) + 1,
-    });
+    }));
 }
 
 /// The version a rollback of `s` goes back to: `to_version`, or (0) the version the latest

@@ -61,7 +61,7 @@ pub fn step(
     let what = if rolling_back { "rollback" } else { "update" };
     let replicas = u32::try_from(service.spec.replicas).unwrap_or(0);
     let tasks: BTreeMap<&str, &Task> = by_slot.values().flatten().map(|t| (t.id.as_str(), *t)).collect();
-    let mut st = u.clone();
+    let mut st = (**u).clone();
     let mut new_failures: Vec<(u32, String)> = Vec::new();
 
     // Slots in flight.
@@ -306,7 +306,7 @@ pub fn step(
         }
     }
 
-    if st != *u {
+    if st != **u {
         out.changes.push(TaskChange::SetUpdate {
             service_id: service.id.clone(),
             revision: u.revision,

@@ -209,7 +209,7 @@ pub fn service_to_pb(s: &core::Service) -> pb::Service {
                 replaced_at_ms: p.replaced_at_ms,
             })
             .collect(),
-        update_status: s.update.as_ref().map(update_status_to_pb),
+        update_status: s.update.as_deref().map(update_status_to_pb),
     }
 }
 
