@@ -55,7 +55,7 @@ for t in $(seq 1 "$TRIALS"); do
   leader=$(all_agree)
   surv=(); for n in 1 2 3; do [[ $n != "$leader" ]] && surv+=("${API[$n]}"); done
   kill -9 "${PID[$leader]}"; t0=$(now); wait "${PID[$leader]}" 2>/dev/null || true
-  until $W --manager "$(IFS=,; echo "${surv[*]}")" service create "t$t" --image busybox >/dev/null 2>&1; do sleep 0.02; done
+  until $W --manager "$(IFS=,; echo "${surv[*]}")" service create -d "t$t" --image busybox >/dev/null 2>&1; do sleep 0.02; done
   t1=$(now)
   d=$(python3 -c "print(f'{$t1-$t0:.3f}')"); res+=("$d")
   echo "trial $t: leader $leader killed, first acked create after ${d}s"

@@ -53,7 +53,7 @@ start_worker() { # $1 = name (node id, namespace, data dir); sets WPID
 # Warren: create -> N running in namespace $1; prints ms.
 warren_create() { # $1 ns, $2 service name, $3 replicas
   local t0; t0=$(now_ms)
-  "$W" --manager "$API" service create "$2" --image "$IMG" --replicas "$3" --constraint "node.id==$1" -- sh -c "$CMD" >/dev/null
+  "$W" --manager "$API" service create -d "$2" --image "$IMG" --replicas "$3" --constraint "node.id==$1" -- sh -c "$CMD" >/dev/null
   until [ "$(running "$1")" -ge "$3" ]; do sleep 0.02; done
   echo $(( $(now_ms) - t0 ))
 }

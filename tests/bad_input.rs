@@ -369,7 +369,7 @@ fn cli_errors_are_short_and_point_at_real_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let m = ManagerProc::start(&tmp.path().join("m1"));
     let long = "a".repeat(20_000);
-    let out = warren(&m.api, &["service", "create", &long, "--image", "busybox"]);
+    let out = warren(&m.api, &["service", "create", "-d", &long, "--image", "busybox"]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -392,11 +392,14 @@ fn cli_errors_are_short_and_point_at_real_commands() {
         assert!(stderr(&out).contains(hint), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("task ls") && !stderr(&out).contains("manager ls"));
     }
-    let out = warren(&m.api, &["service", "create", "x", "--image", "busy\u{1}box"]);
+    let out = warren(
+        &m.api,
+        &["service", "create", "-d", "x", "--image", "busy\u{1}box"],
+    );
     assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
     // A reader that goes away does not make the CLI panic.
     assert!(
-        warren(&m.api, &["service", "create", "web", "--image", "busybox"])
+        warren(&m.api, &["service", "create", "-d", "web", "--image", "busybox"])
             .status
             .success()
     );

@@ -19,6 +19,7 @@ fn service_lifecycle_survives_kill_9() {
         &[
             "service",
             "create",
+            "-d",
             "web",
             "--image",
             "busybox:latest",
@@ -40,6 +41,7 @@ fn service_lifecycle_survives_kill_9() {
             &[
                 "service",
                 "create",
+                "-d",
                 name,
                 "--image",
                 "busybox",
@@ -105,6 +107,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         &[
             "service",
             "create",
+            "-d",
             "web",
             "--image",
             "busybox",
@@ -119,22 +122,26 @@ fn bad_input_is_refused_and_changes_nothing() {
     let long = "a".repeat(64);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["service", "create", "UPPER", "--image", "busybox"],
+            vec!["service", "create", "-d", "UPPER", "--image", "busybox"],
             "not a valid service name",
         ),
         (
-            vec!["service", "create", "a_b", "--image", "busybox"],
+            vec!["service", "create", "-d", "a_b", "--image", "busybox"],
             "'_' is not allowed",
         ),
         (
-            vec!["service", "create", &long, "--image", "busybox"],
+            vec!["service", "create", "-d", &long, "--image", "busybox"],
             "64 characters",
         ),
-        (vec!["service", "create", "", "--image", "busybox"], "it is empty"),
+        (
+            vec!["service", "create", "-d", "", "--image", "busybox"],
+            "it is empty",
+        ),
         (
             vec![
                 "service",
                 "create",
+                "-d",
                 "api",
                 "--image",
                 "busybox",
@@ -147,6 +154,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             vec![
                 "service",
                 "create",
+                "-d",
                 "api",
                 "--image",
                 "busybox",
@@ -156,11 +164,11 @@ fn bad_input_is_refused_and_changes_nothing() {
             "between 0 and 10000",
         ),
         (
-            vec!["service", "create", "api", "--image", ""],
+            vec!["service", "create", "-d", "api", "--image", ""],
             "an image is required",
         ),
         (
-            vec!["service", "create", "web", "--image", "busybox"],
+            vec!["service", "create", "-d", "web", "--image", "busybox"],
             "already exists",
         ),
         (vec!["service", "inspect", "nope"], "\"nope\" not found"),
@@ -290,7 +298,7 @@ fn snapshots_compact_the_log_and_restore_after_kill_9() {
     let mut m = ManagerProc::start_with(&dir, &api, &raft, &flags);
     for i in 0..60 {
         let name = format!("s{i}");
-        let out = warren(&api, &["service", "create", &name, "--image", "busybox"]);
+        let out = warren(&api, &["service", "create", "-d", &name, "--image", "busybox"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert!(warren(&api, &["service", "scale", "s7=9"]).status.success());
@@ -322,7 +330,7 @@ fn sigterm_and_sigint_stop_the_manager_cleanly() {
         let dir = tmp.path().join(format!("{sig:?}"));
         let mut m = ManagerProc::start(&dir);
         assert!(
-            warren(&m.api, &["service", "create", "web", "--image", "busybox"])
+            warren(&m.api, &["service", "create", "-d", "web", "--image", "busybox"])
                 .status
                 .success()
         );

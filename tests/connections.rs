@@ -46,7 +46,7 @@ fn silent_connections_do_not_starve_the_api() {
         "a create to succeed beside the silent connections",
         Duration::from_secs(15),
         || {
-            warren(&api, &["service", "create", "s1", "--image", "busybox"])
+            warren(&api, &["service", "create", "-d", "s1", "--image", "busybox"])
                 .status
                 .success()
                 .then_some(())
@@ -117,6 +117,7 @@ fn a_hung_manager_listed_first_does_not_stall_the_cli() {
             &[
                 "service",
                 "create",
+                "-d",
                 &format!("s{}", started.elapsed().as_nanos()),
                 "--image",
                 "busybox",

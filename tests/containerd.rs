@@ -316,6 +316,7 @@ fn logs(rig: &Rig, tmp: &Path) {
         &[
             "service",
             "create",
+            "-d",
             "ticker",
             "--image",
             &rig.image,
@@ -458,6 +459,7 @@ fn lifecycle(rig: &Rig, api: &str, token: &str, tmp: &Path) {
         &[
             "service",
             "create",
+            "-d",
             "web",
             "--image",
             &rig.image,
@@ -558,6 +560,7 @@ fn restarts_underneath(rig: &Rig, m: &ManagerProc, token: &str, tmp: &Path) {
         &[
             "service",
             "create",
+            "-d",
             "keep",
             "--image",
             &rig.image,
@@ -668,6 +671,7 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
         &[
             "service",
             "create",
+            "-d",
             "healthy",
             "--image",
             &rig.image,
@@ -760,7 +764,7 @@ fn faults(rig: &Rig, api: &str, token: &str, tmp: &Path) {
         ),
     ];
     for (name, args, want) in &cases {
-        let mut full = vec!["service", "create", name, "--restart-condition", "none"];
+        let mut full = vec!["service", "create", "-d", name, "--restart-condition", "none"];
         full.extend(args.iter().map(String::as_str));
         ok(api, &full);
         let found = wait_until_opt(WAIT, || {
@@ -1059,5 +1063,236 @@ fn rolling_updates_with_real_containers() {
     assert!(versions(&last).iter().all(|v| *v > 2), "{last:?}");
     wait_until("the old containers gone", WAIT, || {
         (containers() == 4).then_some(())
+    });
+}
+
+/// Health checks on real containers (run through containerd's exec): a task is `starting`
+/// until its check passes, then `running`; one that turns unhealthy is failed and replaced;
+/// an update whose new tasks never pass their check rolls back on its own and exits non-zero.
+#[test]
+fn health_checks_with_real_containers() {
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::start(&tmp.path().join("rig"));
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let api = m.api.clone();
+    let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let _w = worker(&rig, &api, Some(&token), "hc-1", &tmp.path().join("hc-1"), "hc-1");
+
+    // Healthy 3 s after it starts.
+    let slow = "trap 'exit 143' TERM; sleep 3; touch /tmp/ok; while true; do sleep 1; done";
+    ok(
+        &api,
+        &[
+            "service",
+            "create",
+            "-d",
+            "slow",
+            "--image",
+            &rig.image,
+            "--replicas",
+            "1",
+            "--stop-timeout",
+            "2s",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "2s",
+            "--health-retries",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            slow,
+        ],
+    );
+    let starting = wait_until("slow starting with its container up", WAIT, || {
+        ps(&api, "slow")
+            .into_iter()
+            .find(|t| t["state"] == "starting" && !t["container_id"].as_str().unwrap_or("").is_empty())
+    });
+    let running = wait_until("slow running once healthy", WAIT, || {
+        ps(&api, "slow").into_iter().find(|t| t["state"] == "running")
+    });
+    assert_eq!(starting["id"], running["id"], "the same task became running");
+    assert!(
+        running["message"].as_str().unwrap().contains("healthy"),
+        "{running}"
+    );
+
+    // Unhealthy after 4 s: failed, and replaced per the restart policy.
+    let sick = "trap 'exit 143' TERM; sleep 4; touch /tmp/bad; while true; do sleep 1; done";
+    ok(
+        &api,
+        &[
+            "service",
+            "create",
+            "-d",
+            "sick",
+            "--image",
+            &rig.image,
+            "--stop-timeout",
+            "2s",
+            "--health-cmd",
+            "test ! -f /tmp/bad",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            sick,
+        ],
+    );
+    let failed = wait_until("sick failed as unhealthy", WAIT, || {
+        ps(&api, "sick")
+            .into_iter()
+            .find(|t| t["state"] == "failed" && t["error"].as_str().unwrap_or("").contains("unhealthy"))
+    });
+    wait_until("sick replaced", WAIT, || {
+        ps(&api, "sick").into_iter().find(|t| {
+            t["id"] != failed["id"] && t["desired_state"] == "running" && t["slot"] == failed["slot"]
+        })
+    });
+
+    // An update whose tasks never pass their check: rolled back, non-zero exit, the old task
+    // running again.
+    let before = running_versions(&api, "slow");
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "update",
+            "slow",
+            "--health-cmd",
+            "false",
+            "--health-retries",
+            "1",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "1s",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an update rolled back for health exited 0: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    let after = wait_until("slow back on version 1, healthy", WAIT, || {
+        let r = running_versions(&api, "slow");
+        (versions(&r) == vec![1]).then_some(r)
+    });
+    assert_eq!(after.len(), before.len());
+    let s = json_of(&api, &["service", "inspect", "slow"]);
+    assert_eq!(s["update_status"]["state"], "rollback_completed", "{s}");
+}
+
+/// #14: `kill -9` of the leader in the middle of a rolling update on real containers: the
+/// new leader continues it from the replicated state; it completes with no slot updated
+/// twice, and the restarted manager comes back with the same state.
+#[test]
+fn rolling_update_through_a_leader_kill() {
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::start(&tmp.path().join("rig"));
+    let mut c = Cluster::form_in(
+        tempfile::tempdir_in(tmp.path()).unwrap(),
+        (1..=3).map(|i| tmp.path().join(format!("lk-m{i}"))).collect(),
+    );
+    let all = c.all();
+    let token = ok(c.api(1), &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    let _w1 = worker(&rig, &all, Some(&token), "lk-1", &tmp.path().join("lk-1"), "lk-1");
+    let _w2 = worker(&rig, &all, Some(&token), "lk-2", &tmp.path().join("lk-2"), "lk-2");
+    let sleeper = "trap 'exit 143' TERM; while true; do sleep 1; done";
+    ok(
+        &all,
+        &[
+            "service",
+            "create",
+            "-d",
+            "web",
+            "--image",
+            &rig.image,
+            "--replicas",
+            "6",
+            "-e",
+            "V=1",
+            "--stop-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            sleeper,
+        ],
+    );
+    wait_until("6 tasks of version 1 running", WAIT, || {
+        (versions(&running_versions(&all, "web")) == vec![1; 6]).then_some(())
+    });
+    ok(
+        &all,
+        &[
+            "service",
+            "update",
+            "web",
+            "--env-add",
+            "V=2",
+            "--update-parallelism",
+            "2",
+            "--update-monitor",
+            "2s",
+            "--detach",
+        ],
+    );
+    // Mid-update: some slots done or in flight, not all.
+    wait_until("the update under way", WAIT, || {
+        let u = json_of(&all, &["service", "inspect", "web"])["update_status"].clone();
+        (u["state"] == "updating" && !u["done_slots"].as_array()?.is_empty()).then_some(())
+    });
+    let leader = info(&all)
+        .and_then(|i| i["leader_id"].as_u64())
+        .expect("a leader");
+    c.procs[leader as usize - 1].kill9();
+    let survivors = c.apis_except(&[leader]).join(",");
+    let end = wait_until(
+        "the update to complete under the new leader",
+        Duration::from_secs(120),
+        || {
+            let s = json_of(&survivors, &["service", "inspect", "web"]);
+            (s["update_status"]["state"] != "updating").then_some(s)
+        },
+    );
+    assert_eq!(end["update_status"]["state"], "completed", "{end}");
+    let tasks = ps(&survivors, "web");
+    for slot in 1..=6u64 {
+        let new = tasks
+            .iter()
+            .filter(|t| t["slot"] == slot && t["spec_version"] == 2)
+            .count();
+        assert_eq!(new, 1, "slot {slot} got {new} tasks of version 2");
+    }
+    assert_eq!(versions(&running_versions(&survivors, "web")), vec![2; 6]);
+    wait_until("6 containers", WAIT, || {
+        (rig.running("lk-1").len() + rig.running("lk-2").len() == 6).then_some(())
+    });
+    // The killed manager comes back with the same service state.
+    let back = c.procs[leader as usize - 1].restart();
+    let api = back.api.clone();
+    c.procs[leader as usize - 1] = back;
+    wait_until("the restarted manager sees the update completed", WAIT, || {
+        let s = json_of(&api, &["service", "inspect", "web"]);
+        (s["update_status"]["state"] == "completed" && s["spec_version"] == 2).then_some(())
     });
 }

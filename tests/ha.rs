@@ -18,17 +18,21 @@ fn three_managers_fail_over_and_the_killed_one_rejoins() {
         assert_eq!(i["cluster_id"], cluster_id);
         assert_eq!(i["leader_id"], leader);
     }
-    assert!(
-        warren(c.api(1), &["service", "create", "before", "--image", "busybox"])
-            .status
-            .success()
-    );
+    assert!(warren(
+        c.api(1),
+        &["service", "create", "-d", "before", "--image", "busybox"]
+    )
+    .status
+    .success());
 
     c.procs[leader as usize - 1].kill9();
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
     for s in &survivors {
         let name = format!("after-via-{s}");
-        let out = warren(c.api(*s), &["service", "create", &name, "--image", "busybox"]);
+        let out = warren(
+            c.api(*s),
+            &["service", "create", "-d", &name, "--image", "busybox"],
+        );
         assert!(
             out.status.success(),
             "create through survivor {s}: {}",
@@ -59,7 +63,7 @@ fn five_managers_keep_accepting_writes_with_two_killed() {
     let live = c.apis_except(&[leader, other]);
     for (k, api) in live.iter().enumerate() {
         let name = format!("svc-{k}");
-        let out = warren(api, &["service", "create", &name, "--image", "busybox"]);
+        let out = warren(api, &["service", "create", "-d", &name, "--image", "busybox"]);
         assert!(out.status.success(), "create through {api}: {}", stderr(&out));
     }
     for api in &live {

@@ -37,7 +37,7 @@ async fn join(
 }
 
 fn create_ok(api: &str, name: &str) {
-    let out = warren(api, &["service", "create", name, "--image", "busybox"]);
+    let out = warren(api, &["service", "create", "-d", name, "--image", "busybox"]);
     assert!(out.status.success(), "create {name}: {}", stderr(&out));
 }
 

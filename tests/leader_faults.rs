@@ -30,7 +30,10 @@ fn an_isolated_leader_steps_down_and_says_so() {
         "{info}"
     );
     let started = Instant::now();
-    let out = warren(&api, &["service", "create", "cut-off", "--image", "busybox"]);
+    let out = warren(
+        &api,
+        &["service", "create", "-d", "cut-off", "--image", "busybox"],
+    );
     let took = started.elapsed();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no quorum"), "{}", stderr(&out));
@@ -39,10 +42,13 @@ fn an_isolated_leader_steps_down_and_says_so() {
         c.procs[p as usize - 1].signal(Signal::SIGCONT);
     }
     wait_until("writes to work again", FORM, || {
-        warren(&c.all(), &["service", "create", "healed", "--image", "busybox"])
-            .status
-            .success()
-            .then_some(())
+        warren(
+            &c.all(),
+            &["service", "create", "-d", "healed", "--image", "busybox"],
+        )
+        .status
+        .success()
+        .then_some(())
     });
 }
 
@@ -57,7 +63,7 @@ fn forwarded_writes_do_not_wait_out_a_frozen_leader() {
     let started = Instant::now();
     let out = warren(
         c.api(follower),
-        &["service", "create", "during-pause", "--image", "busybox"],
+        &["service", "create", "-d", "during-pause", "--image", "busybox"],
     );
     let took = started.elapsed();
     c.procs[leader as usize - 1].signal(Signal::SIGCONT);
@@ -82,7 +88,7 @@ fn writes_across_a_leader_kill_end_with_a_definite_answer() {
             (0..30)
                 .map(|i| {
                     let name = format!("s{i}");
-                    let out = warren(&all, &["service", "create", &name, "--image", "busybox"]);
+                    let out = warren(&all, &["service", "create", "-d", &name, "--image", "busybox"]);
                     (name, out.status.success(), stderr(&out))
                 })
                 .collect::<Vec<_>>()
@@ -186,7 +192,9 @@ fn a_leader_whose_disk_fills_exits_and_the_others_carry_on() {
             let name = format!("fill-{}", Instant::now().elapsed().as_nanos() % 1_000_000_007);
             let _ = warren(
                 &all,
-                &["service", "create", &name, "--image", "busybox", "--env", &big],
+                &[
+                    "service", "create", "-d", &name, "--image", "busybox", "--env", &big,
+                ],
             );
             None
         },
@@ -201,7 +209,7 @@ fn a_leader_whose_disk_fills_exits_and_the_others_carry_on() {
     wait_until("the others to take writes", FORM, || {
         warren(
             &rest,
-            &["service", "create", "after-full-disk", "--image", "busybox"],
+            &["service", "create", "-d", "after-full-disk", "--image", "busybox"],
         )
         .status
         .success()

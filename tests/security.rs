@@ -457,6 +457,7 @@ fn certificates_renew_while_the_cluster_serves_writes() {
                 &[
                     "service",
                     "create",
+                    "-d",
                     &format!("r{writes}"),
                     "--image",
                     "busybox",
@@ -478,6 +479,7 @@ fn certificates_renew_while_the_cluster_serves_writes() {
         &[
             "service",
             "create",
+            "-d",
             "after",
             "--image",
             "busybox",

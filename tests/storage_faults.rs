@@ -13,7 +13,7 @@ use std::time::Duration;
 fn stopped_manager_with_services(dir: &Path) -> (String, String, std::path::PathBuf) {
     let mut m = ManagerProc::start(dir);
     for name in ["alpha", "beta"] {
-        let out = warren(&m.api, &["service", "create", name, "--image", "busybox"]);
+        let out = warren(&m.api, &["service", "create", "-d", name, "--image", "busybox"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     m.signal(nix::sys::signal::Signal::SIGTERM);
@@ -173,7 +173,14 @@ fn a_database_restored_from_an_older_copy_is_refused() {
     for i in 0..20 {
         let out = warren(
             &api,
-            &["service", "create", &format!("later-{i}"), "--image", "busybox"],
+            &[
+                "service",
+                "create",
+                "-d",
+                &format!("later-{i}"),
+                "--image",
+                "busybox",
+            ],
         );
         assert!(out.status.success(), "{}", stderr(&out));
     }

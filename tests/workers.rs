@@ -94,6 +94,7 @@ fn workers_run_spread_constrained_and_drained_tasks() {
         &[
             "service",
             "create",
+            "-d",
             "web",
             "--image",
             "busybox",
@@ -114,6 +115,7 @@ fn workers_run_spread_constrained_and_drained_tasks() {
         &[
             "service",
             "create",
+            "-d",
             "eu",
             "--image",
             "busybox",
@@ -134,6 +136,7 @@ fn workers_run_spread_constrained_and_drained_tasks() {
         &[
             "service",
             "create",
+            "-d",
             "big",
             "--image",
             "busybox",
@@ -286,6 +289,7 @@ fn assignments_and_lists_larger_than_one_message_arrive_in_pages() {
         let mut args = vec![
             "service",
             "create",
+            "-d",
             name,
             "--image",
             "busybox",

@@ -46,7 +46,7 @@ test_failover() {
     # writes through them until a write is acknowledged.
     (until new_leader_seen "$lid" "${surv[@]}"; do sleep 0.01; done; now >"$RUN_DIR/leader-seen") &
     local poller=$!
-    until CLI_MANAGERS=$(apis "${surv[@]}") cli service create "failover-$t" --image "$IMAGE" --replicas 0 >/dev/null 2>&1; do
+    until CLI_MANAGERS=$(apis "${surv[@]}") cli service create -d "failover-$t" --image "$IMAGE" --replicas 0 >/dev/null 2>&1; do
       python3 -c "import sys; sys.exit($(now) - $t0 < 30)" && fail "no write acknowledged 30 s after the leader was killed (trial $t)"
       sleep 0.01
     done

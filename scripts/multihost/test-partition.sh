@@ -24,7 +24,7 @@ test_partition_leader() {
   local leader surv=() h t0 t1 err
   leader=$(agreed_leader)
   for h in "${MANAGERS[@]}"; do [[ $h != "$leader" ]] && surv+=("$h"); done
-  cli service create part-before --image "$IMAGE" --replicas 0 >/dev/null
+  cli service create -d part-before --image "$IMAGE" --replicas 0 >/dev/null
   log "test-partition: cutting off the leader's host $leader"
   cut_off "$leader"
   t0=$(now)
@@ -35,10 +35,10 @@ test_partition_leader() {
   python3 -c "import sys; sys.exit($took > $ELECTION_BUDGET_S)" ||
     fail "the majority took ${took}s to elect a leader (budget ${ELECTION_BUDGET_S}s)"
   echo "partition leader cut->majority leader ($BACKEND): ${took}s" | tee -a "${RESULTS_FILE:-/dev/null}"
-  CLI_MANAGERS=$(apis "${surv[@]}") cli service create part-during --image "$IMAGE" --replicas 0 >/dev/null ||
+  CLI_MANAGERS=$(apis "${surv[@]}") cli service create -d part-during --image "$IMAGE" --replicas 0 >/dev/null ||
     fail "the majority refused a write while the old leader was cut off"
   # The old leader, asked on its own host, must refuse and say why; not hang, not accept.
-  if err=$(cli_on "$leader" service create part-stale --image "$IMAGE" --replicas 0 2>&1); then
+  if err=$(cli_on "$leader" service create -d part-stale --image "$IMAGE" --replicas 0 2>&1); then
     fail "the cut-off old leader acknowledged a write: $err"
   fi
   grep -qiE "quorum|leader" <<<"$err" || fail "the old leader's refusal does not say why: $err"

@@ -263,6 +263,10 @@ pub struct CreateArgs {
     pub stop_timeout: std::time::Duration,
     #[command(flatten)]
     pub rollout: rollout::RolloutArgs,
+    #[command(flatten)]
+    pub health: rollout::HealthArgs,
+    #[command(flatten)]
+    pub wait: rollout::WaitArgs,
     /// Command and arguments run in the container.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -552,8 +556,13 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
             };
             let mut spec = spec;
             a.rollout.apply(&mut spec);
+            a.health.apply(&mut spec)?;
             let s = c.create_service(spec).await?;
-            output::created(out, &s)
+            output::created(out, &s)?;
+            if a.wait.detach || out == Output::Json {
+                return Ok(());
+            }
+            rollout::wait_created(&c, &s).await
         }
         ServiceCmd::List { consistent } => {
             let services = c.list_services(consistent).await?;

@@ -205,6 +205,8 @@ pub struct UpdateArgs {
     #[command(flatten)]
     pub rollout: RolloutArgs,
     #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
     /// New command and arguments (replacing the old ones).
     #[arg(last = true)]
@@ -213,7 +215,8 @@ pub struct UpdateArgs {
 
 #[derive(Args, Debug)]
 pub struct WaitArgs {
-    /// Return at once instead of waiting for the rollout to end.
+    /// Return at once instead of waiting (for every replica to run after a create, for the
+    /// rollout to end after an update or rollback).
     #[arg(long, short = 'd')]
     pub detach: bool,
 }
@@ -277,7 +280,7 @@ impl UpdateArgs {
             spec.args.clear();
         }
         self.rollout.apply(spec);
-        Ok(())
+        self.health.apply(spec)
     }
 }
 
@@ -400,6 +403,147 @@ pub async fn wait(c: &Client, started: &pb::Service, rollback: bool) -> anyhow::
                 return Ok(());
             }
             anyhow::bail!("{} ({name} now runs version {})", u.message, s.spec_version);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `--health-*`: the service's health check.
+#[derive(Args, Debug, Default)]
+pub struct HealthArgs {
+    /// Command run inside the container to check it (`/bin/sh -c CMD`; exit 0 is healthy).
+    /// A task is `starting` until a check passes; after --health-retries failures in a row it
+    /// is failed and restarted per its restart policy.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Between checks once healthy (until then every second at most) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// A check running longer fails [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Failures in a row that make a task unhealthy [default: 3].
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Failures in this long after the start do not count [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_start_period: Option<Duration>,
+    /// No health check: neither the service's nor the image's HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
+fn default_health() -> pb::HealthCheck {
+    pb::HealthCheck {
+        cmd: Vec::new(),
+        interval_ms: 30_000,
+        timeout_ms: 30_000,
+        retries: 3,
+        start_period_ms: 0,
+    }
+}
+
+impl HealthArgs {
+    /// Sets the given flags on `spec`.
+    pub fn apply(&self, spec: &mut pb::ServiceSpec) -> anyhow::Result<()> {
+        if self.no_healthcheck {
+            if self.health_cmd.is_some() {
+                anyhow::bail!("--no-healthcheck and --health-cmd together: pass one of them");
+            }
+            spec.healthcheck = None;
+            spec.no_healthcheck = true;
+            return Ok(());
+        }
+        if let Some(c) = &self.health_cmd {
+            let h = spec.healthcheck.get_or_insert_with(default_health);
+            h.cmd = vec!["/bin/sh".into(), "-c".into(), c.clone()];
+            spec.no_healthcheck = false;
+        }
+        let tuning = self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        if !tuning {
+            return Ok(());
+        }
+        let Some(h) = spec.healthcheck.as_mut() else {
+            anyhow::bail!("--health-interval, --health-timeout, --health-retries and --health-start-period need a --health-cmd (the service has none)");
+        };
+        if let Some(v) = self.health_interval {
+            h.interval_ms = ms(v);
+        }
+        if let Some(v) = self.health_timeout {
+            h.timeout_ms = ms(v);
+        }
+        if let Some(v) = self.health_retries {
+            h.retries = v;
+        }
+        if let Some(v) = self.health_start_period {
+            h.start_period_ms = ms(v);
+        }
+        Ok(())
+    }
+}
+
+/// After `service create`: polls the service's tasks until every slot runs (exit 0), showing
+/// progress, or until one of its tasks failed or was rejected (an error with the reason: the
+/// service stays, and the managers go on as its restart policy says).
+pub async fn wait_created(c: &Client, s: &pb::Service) -> anyhow::Result<()> {
+    let name = s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
+    let replicas = usize::try_from(s.spec.as_ref().map_or(0, |x| x.replicas)).unwrap_or(0);
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = String::new();
+    loop {
+        let tasks = c.list_tasks(&name, false).await?;
+        let state = |t: &pb::Task| pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
+        if let Some(bad) = tasks
+            .iter()
+            .find(|t| matches!(state(t), pb::TaskState::Failed | pb::TaskState::Rejected))
+        {
+            if tty && !shown.is_empty() {
+                eprintln!();
+            }
+            let why = if bad.error.is_empty() {
+                &bad.message
+            } else {
+                &bad.error
+            };
+            anyhow::bail!(
+                "service {name} was created, but task {name}.{} {}: {why}; see `warren service ps {name}` (the managers restart it as its restart policy says; fix it with `warren service update` or remove it)",
+                bad.slot,
+                state(bad).as_str_name().trim_start_matches("TASK_STATE_").to_ascii_lowercase(),
+            );
+        }
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                state(t) == pb::TaskState::Running && t.desired_state == pb::TaskState::Running as i32
+            })
+            .count();
+        let pending: Vec<&str> = tasks
+            .iter()
+            .filter(|t| state(t) == pb::TaskState::Pending && !t.message.is_empty())
+            .map(|t| t.message.as_str())
+            .take(1)
+            .collect();
+        let line = match pending.first() {
+            Some(why) => format!("{name}: {running}/{replicas} running; pending: {why}"),
+            None => format!("{name}: {running}/{replicas} running"),
+        };
+        if line != shown {
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+                std::io::stderr().flush()?;
+            } else {
+                eprintln!("{line}");
+            }
+            shown = line;
+        }
+        if running >= replicas {
+            if tty {
+                eprintln!();
+            }
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

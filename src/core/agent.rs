@@ -6,6 +6,7 @@
 //! `busy` and left alone until its outcome is in, so a slow pull or a 10 s stop never holds
 //! up the other tasks.
 
+use super::health::{self, Health, HealthCheck, HealthStatus, Probe};
 use super::{Restart, ServiceSpec, TaskState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,25 @@ pub struct LocalTask {
     /// restarted here.)
     #[serde(default)]
     pub restart_due: bool,
+    /// When this worker first saw its container running (wall clock ms; 0: not yet): the
+    /// health check's start period counts from here.
+    #[serde(default)]
+    pub up_since_ms: i64,
+    /// Its health, if it has a health check (`check_of`).
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// The image's HEALTHCHECK, learnt when the container started.
+    #[serde(default)]
+    pub image_check: Option<HealthCheck>,
+}
+
+/// The health check a task runs: the service's, else the image's unless the service says
+/// `--no-healthcheck`.
+pub fn check_of(t: &LocalTask) -> Option<&HealthCheck> {
+    if t.spec.no_healthcheck {
+        return None;
+    }
+    t.spec.healthcheck.as_ref().or(t.image_check.as_ref())
 }
 
 /// What the runtime shows for a task's container. A task with no observation (the runtime
@@ -95,6 +115,10 @@ pub enum Job {
     /// A container found at start that no assigned task owns: stop and remove it (nothing to
     /// report; the task stands in only for its ids and stop timeout).
     Discard(LocalTask),
+    /// Run the task's health check in its container once.
+    Probe(LocalTask),
+    /// Stop the task's container: it is unhealthy (reported failed).
+    StopUnhealthy(LocalTask),
 }
 
 impl Job {
@@ -105,7 +129,9 @@ impl Job {
             | Job::Restart(t)
             | Job::Stop(t)
             | Job::Forget(t)
-            | Job::Discard(t) => t,
+            | Job::Discard(t)
+            | Job::Probe(t)
+            | Job::StopUnhealthy(t) => t,
         }
     }
 }
@@ -123,6 +149,8 @@ pub struct Plan {
 pub enum Outcome {
     /// Image pulled (a `Prepare`).
     Prepared,
+    /// A health probe's result.
+    Probed(Probe),
     /// Container started with this id.
     Started(String),
     /// The runtime was down: nothing happened; try again.
@@ -137,8 +165,14 @@ pub enum Outcome {
 pub const DISCARD_STOP_TIMEOUT_MS: u64 = 10_000;
 
 fn observe(t: &mut LocalTask, seen: Observation, now_ms: i64) -> Option<TaskState> {
+    let healthy = check_of(t).is_none()
+        || t.health
+            .as_ref()
+            .is_some_and(|h| h.status == HealthStatus::Healthy);
     let (state, code) = match seen {
         Observation::Starting => (TaskState::Starting, 0),
+        // Starting until its health check passes.
+        Observation::Running if !healthy => (TaskState::Starting, 0),
         Observation::Running => (TaskState::Running, 0),
         Observation::Exited(0) => (TaskState::Complete, 0),
         Observation::Exited(c) | Observation::OomKilled(c) => (TaskState::Failed, c),
@@ -180,6 +214,9 @@ fn placeholder(a: &Assignment, state: TaskState, message: &str) -> LocalTask {
         local_restarts: 0,
         exited_at_ms: 0,
         restart_due: false,
+        up_since_ms: 0,
+        health: None,
+        image_check: None,
     }
 }
 
@@ -200,6 +237,9 @@ pub fn discard(task_id: &str, cid: &str) -> Job {
         local_restarts: 0,
         exited_at_ms: 0,
         restart_due: false,
+        up_since_ms: 0,
+        health: None,
+        image_check: None,
     })
 }
 
@@ -263,6 +303,9 @@ pub fn plan(input: &Input) -> Plan {
             let Some(seen) = input.observed.get(&t.id) else {
                 continue;
             };
+            if *seen == Observation::Running && t.up_since_ms == 0 {
+                t.up_since_ms = input.now_ms;
+            }
             let Some(state) = observe(t, *seen, input.now_ms) else {
                 continue;
             };
@@ -392,6 +435,31 @@ pub fn plan(input: &Input) -> Plan {
             jobs.push(Job::Forget(t));
         }
     }
+    // Health probes of running containers with a check; an unhealthy one is stopped.
+    if input.decided {
+        let jobbed: BTreeSet<String> = jobs.iter().map(|j| j.task().id.clone()).collect();
+        for t in tasks.values_mut() {
+            if !idle(&t.id)
+                || jobbed.contains(&t.id)
+                || t.state.is_terminal()
+                || t.container_id.is_empty()
+                || t.up_since_ms == 0
+                || input.observed.get(&t.id) != Some(&Observation::Running)
+            {
+                continue;
+            }
+            let Some(check) = check_of(t).cloned() else {
+                continue;
+            };
+            let h = t.health.get_or_insert_with(Health::default);
+            if h.status == HealthStatus::Unhealthy {
+                jobs.push(Job::StopUnhealthy(t.clone()));
+            } else if health::due(&check, h, t.up_since_ms, input.now_ms) {
+                h.last_probe_ms = input.now_ms;
+                jobs.push(Job::Probe(t.clone()));
+            }
+        }
+    }
     // One report per task: its latest state.
     let mut seen = BTreeSet::new();
     let mut reports: Vec<LocalTask> = reports
@@ -411,6 +479,13 @@ pub struct Applied {
     pub keep: Option<LocalTask>,
     /// The state to report to the managers, if any.
     pub report: Option<LocalTask>,
+}
+
+fn keep_only(t: LocalTask) -> Applied {
+    Applied {
+        keep: Some(t),
+        report: None,
+    }
 }
 
 fn both(t: LocalTask) -> Applied {
@@ -451,6 +526,8 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
         (Job::Launch(_), Outcome::Started(cid)) => {
             t.container_id = cid.clone();
             t.state = TaskState::Starting;
+            t.up_since_ms = 0;
+            t.health = None;
             both(t)
         }
         // The runtime could not even try: launched again next tick (a prepared task stays
@@ -462,6 +539,8 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
         (Job::Launch(_), _) => Applied::default(),
         (Job::Restart(_), Outcome::Started(cid)) => {
             t.restart_due = false;
+            t.up_since_ms = 0;
+            t.health = None;
             t.local_restarts += 1;
             t.container_id = cid.clone();
             t.state = TaskState::Running;
@@ -497,6 +576,36 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
         // Could not stop it: the sweep removes what no task owns.
         (Job::Forget(_), _) => Applied::default(),
         (Job::Discard(_), _) => Applied::default(),
+        (Job::Probe(_), Outcome::Probed(p)) => {
+            let Some(check) = check_of(&t).cloned() else {
+                return keep_only(t);
+            };
+            let before = t.health.clone().unwrap_or_default();
+            let h = health::after_probe(&check, &before, t.up_since_ms, p);
+            let status = h.status;
+            t.message = match status {
+                HealthStatus::Starting => format!("health starting; last probe: {}", h.last_result),
+                HealthStatus::Healthy => format!("healthy; last probe: {}", h.last_result),
+                HealthStatus::Unhealthy => format!(
+                    "unhealthy: {} probes failed in a row; last: {}",
+                    h.failing_streak, h.last_result
+                ),
+            };
+            t.health = Some(h);
+            if status == HealthStatus::Healthy && t.state == TaskState::Starting {
+                t.state = TaskState::Running;
+                return both(t);
+            }
+            keep_only(t)
+        }
+        // The runtime did not answer: no result; probed again when due.
+        (Job::Probe(_), _) => keep_only(t),
+        (Job::StopUnhealthy(_), Outcome::Stopped(code)) => {
+            t.state = TaskState::Failed;
+            t.exit_code = code.unwrap_or(-1);
+            both(t)
+        }
+        (Job::StopUnhealthy(_), _) => keep_only(t),
     }
 }
 
@@ -527,6 +636,9 @@ mod tests {
             local_restarts: 0,
             exited_at_ms: 0,
             restart_due: false,
+            up_since_ms: 0,
+            health: None,
+            image_check: None,
         }
     }
 
@@ -557,6 +669,8 @@ mod tests {
 
     fn kind(j: &Job) -> &'static str {
         match j {
+            Job::Probe(_) => "probe",
+            Job::StopUnhealthy(_) => "stop-unhealthy",
             Job::Prepare(_) => "prepare",
             Job::Launch(_) => "launch",
             Job::Restart(_) => "restart",
@@ -818,6 +932,96 @@ mod tests {
                 p.reports.iter().map(|t| (t.id.as_str(), t.state)).collect();
             assert_eq!(got_reports, c.want_reports, "{}: reports", c.name);
         }
+    }
+
+    /// A task with a health check: `starting` while its container runs unchecked, probed
+    /// every second until healthy, `running` once a probe passes; after `retries` failures
+    /// in a row it is stopped and reported failed.
+    #[test]
+    fn health_checks_gate_running_and_stop_unhealthy_tasks() {
+        use TaskState as S;
+        let mut t = task("a", S::Starting);
+        t.spec.healthcheck = Some(HealthCheck {
+            cmd: vec!["check".into()],
+            interval_ms: 10_000,
+            timeout_ms: 1_000,
+            retries: 2,
+            start_period_ms: 0,
+        });
+        let tick = |t: &LocalTask, now_ms: i64| {
+            let tasks: BTreeMap<String, LocalTask> = [("a".to_string(), t.clone())].into();
+            let observed = [("a".to_string(), Observation::Running)].into();
+            let assigned = vec![assignment("a", S::Running, Some(t.state))];
+            plan(&Input {
+                tasks: &tasks,
+                observed: &observed,
+                assigned: Some(&assigned),
+                busy: &BTreeSet::new(),
+                unclaimed: &BTreeMap::new(),
+                unacked: &BTreeSet::new(),
+                connected: true,
+                decided: true,
+                now_ms,
+            })
+        };
+        // Seen running at 1,000: still starting, nothing reported, no probe yet.
+        let p = tick(&t, 1_000);
+        let t1 = p.tasks["a"].clone();
+        assert_eq!((t1.state, t1.up_since_ms), (S::Starting, 1_000));
+        assert!(p.jobs.is_empty() && p.reports.is_empty(), "{p:?}");
+        // A second later a probe is due.
+        let p = tick(&t1, 2_000);
+        let [Job::Probe(probing)] = p.jobs.as_slice() else {
+            panic!("{:?}", p.jobs)
+        };
+        // It passes: running, reported.
+        let a = apply(
+            &Job::Probe(probing.clone()),
+            &Outcome::Probed(Probe::Exited {
+                code: 0,
+                output: "ok".into(),
+            }),
+        );
+        let healthy = a.keep.unwrap();
+        assert_eq!(healthy.state, S::Running);
+        assert_eq!(a.report.map(|r| r.state), Some(S::Running));
+        // Observed running again: stays running (healthy), no report; next probe at +10 s.
+        let p = tick(&healthy, 3_000);
+        assert_eq!(p.tasks["a"].state, S::Running);
+        assert!(p.jobs.is_empty() && p.reports.is_empty(), "{p:?}");
+        // Two failures in a row: unhealthy, then stopped and reported failed.
+        let mut t = healthy;
+        for now in [12_000, 22_000] {
+            let p = tick(&t, now);
+            let [Job::Probe(probing)] = p.jobs.as_slice() else {
+                panic!("{:?}", p.jobs)
+            };
+            t = apply(&Job::Probe(probing.clone()), &Outcome::Probed(Probe::TimedOut))
+                .keep
+                .unwrap();
+        }
+        assert!(
+            t.message.starts_with("unhealthy: 2 probes failed"),
+            "{}",
+            t.message
+        );
+        let p = tick(&t, 22_100);
+        let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
+            panic!("{:?}", p.jobs)
+        };
+        let a = apply(
+            &Job::StopUnhealthy(stopping.clone()),
+            &Outcome::Stopped(Some(143)),
+        );
+        assert_eq!(a.report.map(|r| (r.state, r.exit_code)), Some((S::Failed, 143)));
+        // --no-healthcheck: running as soon as the container runs.
+        let mut t = task("a", S::Starting);
+        t.spec.no_healthcheck = true;
+        t.image_check = Some(HealthCheck {
+            cmd: vec!["check".into()],
+            ..Default::default()
+        });
+        assert_eq!(tick(&t, 1_000).tasks["a"].state, S::Running);
     }
 
     #[test]

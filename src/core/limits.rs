@@ -31,6 +31,10 @@ pub const SPEC_HISTORY: usize = 5;
 pub const MAX_UPDATE_DELAY_MS: u64 = 3600 * 1000;
 pub const MAX_UPDATE_MONITOR_MS: u64 = 3600 * 1000;
 pub const MAX_UPDATE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Health checks: probe period and timeout (1 s to 1 h), retries, start period.
+pub const MIN_HEALTH_PERIOD_MS: u64 = 1_000;
+pub const MAX_HEALTH_PERIOD_MS: u64 = 3600 * 1000;
+pub const MAX_HEALTH_RETRIES: u32 = 100;
 /// Restart delay and stop timeout (Docker has no bound; a day and an hour are generous).
 pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_STOP_TIMEOUT_MS: u64 = 3600 * 1000;

@@ -1,5 +1,6 @@
 //! Model types of the replicated cluster state.
 
+pub use super::health::HealthCheck;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -109,6 +110,10 @@ pub struct ServiceSpec {
     pub update_config: UpdateConfig,
     /// How a rollback rolls out (`--rollback-*`).
     pub rollback_config: UpdateConfig,
+    /// The service's health check (`--health-*`); None: the image's HEALTHCHECK, if any.
+    pub healthcheck: Option<HealthCheck>,
+    /// Ignore the image's HEALTHCHECK (`--no-healthcheck`).
+    pub no_healthcheck: bool,
 }
 
 impl ServiceSpec {

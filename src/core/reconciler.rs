@@ -1233,4 +1233,33 @@ mod tests {
         w.work(&[], false);
         assert_eq!(w.running_versions("web"), vec![1]);
     }
+
+    #[test]
+    fn update_deadlines_wake_the_orchestrator_when_a_monitor_period_ends() {
+        use crate::core::update::next_deadline;
+        let mut w = deployed(1);
+        let t0 = w.now_ms;
+        w.update("web", image_v2);
+        w.round();
+        // In flight, not running yet: its timeout (default 5 min).
+        assert_eq!(
+            next_deadline(w.st.service("web").unwrap(), w.now_ms),
+            Some(t0 + 300_000)
+        );
+        // Pulled, the old task stopped, the new one started, seen running.
+        let since = (0..10)
+            .find_map(|_| {
+                w.work(&[], false);
+                w.now_ms += 100;
+                w.round();
+                w.status("web").in_flight.get(&1).and_then(|f| f.running_since_ms)
+            })
+            .expect("the new task runs");
+        assert_eq!(
+            next_deadline(w.st.service("web").unwrap(), w.now_ms),
+            Some(since + 1_000)
+        );
+        // Past every deadline: nothing to wake for.
+        assert_eq!(next_deadline(w.st.service("web").unwrap(), t0 + 400_000), None);
+    }
 }

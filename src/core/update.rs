@@ -315,3 +315,25 @@ pub fn step(
     }
     out
 }
+
+/// The earliest wall-clock time (ms) after `now_ms` at which `service`'s update has something
+/// to do without any entry being applied first: a monitor period or a delay ends, a new task
+/// times out. The orchestrator runs a round then rather than at its next tick.
+pub fn next_deadline(service: &Service, now_ms: i64) -> Option<i64> {
+    let u = service.update.as_ref().filter(|u| u.state.in_progress())?;
+    let cfg = if u.state.is_rollback() {
+        service.spec.rollback_config
+    } else {
+        service.spec.update_config
+    };
+    let mut at: Vec<i64> = u
+        .in_flight
+        .values()
+        .map(|f| match f.running_since_ms {
+            Some(since) => since.saturating_add(cfg.monitor_ms as i64),
+            None => f.started_at_ms.saturating_add(cfg.timeout_ms as i64),
+        })
+        .collect();
+    at.push(u.next_slot_at_ms);
+    at.into_iter().filter(|t| *t > now_ms).min()
+}

@@ -356,11 +356,63 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), StateError> {
     restart_and_resources(spec)?;
     update_config("update", &spec.update_config)?;
     update_config("rollback", &spec.rollback_config)?;
+    healthcheck(spec)?;
     let size = bincode::serialized_size(spec).unwrap_or(u64::MAX);
     if size > MAX_SPEC_BYTES as u64 {
         return Err(StateError::invalid(
             "spec",
             format!("the service spec is {size} bytes; at most {MAX_SPEC_BYTES} (env, labels, command and constraints together)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `--health-*` and `--no-healthcheck`.
+fn healthcheck(spec: &ServiceSpec) -> Result<(), StateError> {
+    let Some(h) = &spec.healthcheck else {
+        return Ok(());
+    };
+    if spec.no_healthcheck {
+        return Err(StateError::invalid(
+            "healthcheck",
+            "--no-healthcheck and a --health-cmd together; pass one of them",
+        ));
+    }
+    if h.cmd.is_empty() || h.cmd[0].is_empty() {
+        return Err(StateError::invalid(
+            "health cmd",
+            "empty; give the command to run in the container, e.g. --health-cmd 'wget -q -O- localhost:8080/healthz'",
+        ));
+    }
+    let bytes: usize = h.cmd.iter().map(|a| a.len() + 1).sum();
+    if h.cmd.len() > MAX_COMMAND_ITEMS || bytes > MAX_COMMAND_BYTES || h.cmd.iter().any(|a| a.contains('\0'))
+    {
+        return Err(StateError::invalid(
+            "health cmd",
+            format!("{} arguments, {bytes} bytes; at most {MAX_COMMAND_ITEMS} arguments and {MAX_COMMAND_BYTES} bytes, no NUL", h.cmd.len()),
+        ));
+    }
+    for (name, v) in [("interval", h.interval_ms), ("timeout", h.timeout_ms)] {
+        if !(MIN_HEALTH_PERIOD_MS..=MAX_HEALTH_PERIOD_MS).contains(&v) {
+            return Err(StateError::invalid(
+                &format!("health {name}"),
+                format!("{v} ms; from {MIN_HEALTH_PERIOD_MS} ms to {MAX_HEALTH_PERIOD_MS} ms (--health-{name} 1s..1h)"),
+            ));
+        }
+    }
+    if h.start_period_ms > MAX_HEALTH_PERIOD_MS {
+        return Err(StateError::invalid(
+            "health start period",
+            format!(
+                "{} ms is above the maximum of {MAX_HEALTH_PERIOD_MS} ms (1h)",
+                h.start_period_ms
+            ),
+        ));
+    }
+    if !(1..=MAX_HEALTH_RETRIES).contains(&h.retries) {
+        return Err(StateError::invalid(
+            "health retries",
+            format!("{}; from 1 to {MAX_HEALTH_RETRIES}", h.retries),
         ));
     }
     Ok(())

@@ -34,6 +34,14 @@ pub fn spec_from_pb(s: pb::ServiceSpec) -> Result<model::ServiceSpec, core::Stat
     Ok(model::ServiceSpec {
         update_config,
         rollback_config,
+        healthcheck: s.healthcheck.map(|h| model::HealthCheck {
+            cmd: h.cmd,
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
+        no_healthcheck: s.no_healthcheck,
         name: s.name,
         image: s.image,
         replicas: s.replicas,
@@ -189,6 +197,14 @@ pub fn spec_to_pb(s: &model::ServiceSpec) -> pb::ServiceSpec {
         stop_timeout_ms: s.stop_timeout_ms,
         update_config: Some(update_config_to_pb(&s.update_config)),
         rollback_config: Some(update_config_to_pb(&s.rollback_config)),
+        healthcheck: s.healthcheck.as_ref().map(|h| pb::HealthCheck {
+            cmd: h.cmd.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
+        no_healthcheck: s.no_healthcheck,
     }
 }
 

@@ -17,6 +17,8 @@ use tracing::{debug, info, warn};
 
 /// How often the leader reconciles.
 pub const ROUND_INTERVAL_MS: u64 = 200;
+/// Shortest time between rounds woken by applied entries.
+pub const MIN_ROUND_GAP_MS: u64 = 20;
 /// Most changes committed in one round (bounds the Raft entry size; the rest follow).
 pub const MAX_CHANGES_PER_ROUND: usize = 1_000;
 
@@ -86,12 +88,48 @@ impl Heartbeats {
 
 pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut leading: Option<(u64, Instant)> = None;
+    let mut seen = m.changes.version();
+    let applied = || m.raft.metrics().borrow().last_applied.map(|l| l.index);
+    let mut applied_seen = applied();
+    let mut last_round = Instant::now();
     loop {
+        // A round runs when an entry was applied (a task report, a new spec: a rolling update
+        // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
+        // regardless (node liveness, restart delays, update timers).
+        let mut deadline = last_round + Duration::from_millis(ROUND_INTERVAL_MS);
+        // A rolling update's monitor period or delay ending sooner: a round right then.
+        let now_ms = super::now_ms();
+        let soonest = {
+            let guard = m.state.read().unwrap();
+            guard
+                .state
+                .services
+                .values()
+                .filter_map(|s| crate::core::update::next_deadline(s, now_ms))
+                .min()
+        };
+        if let Some(at_ms) = soonest {
+            let wait_ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
+            deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms.max(MIN_ROUND_GAP_MS)));
+        }
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(ROUND_INTERVAL_MS)) => {}
+            v = m.changes.after(seen) => {
+                match v {
+                    Some(v) => seen = v,
+                    // The Raft core has ended: no change will come; keep the timer.
+                    None => tokio::time::sleep_until(deadline).await,
+                }
+                if v.is_some() && applied() == applied_seen {
+                    continue;
+                }
+                tokio::time::sleep_until(last_round + Duration::from_millis(MIN_ROUND_GAP_MS)).await;
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
         }
+        last_round = Instant::now();
+        applied_seen = applied();
         let (is_leader, term) = {
             let metrics = m.raft.metrics().borrow().clone();
             (metrics.current_leader == Some(m.id), metrics.current_term)

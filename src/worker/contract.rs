@@ -65,6 +65,54 @@ pub async fn run_all(f: &Fixture<'_>) {
     one_container_per_task(f).await;
     start_failures(f).await;
     unknown_containers(f).await;
+    execs(f).await;
+}
+
+/// Health probes: a command run in a running container gives its exit code and output; one
+/// that outlives its timeout is killed and gives none.
+async fn execs(f: &Fixture<'_>) {
+    let rt = f.runtime;
+    let task = format!("{}-exec", f.prefix);
+    let cid = rt.start(&task, &f.runs).await.expect("contract: start");
+    let _ = eventually(f, &cid, "ran", |s| *s == Ok(ContainerStatus::Running)).await;
+    let run = |cmd: &[&str], timeout_ms: u64| {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let cid = cid.clone();
+        async move { rt.exec(&cid, &cmd, Duration::from_millis(timeout_ms)).await }
+    };
+    let ok = run(&["true"], 10_000).await.expect("contract: exec true");
+    assert_eq!(ok.exit_code, Some(0), "contract: exec true: {ok:?}");
+    let bad = run(&["false"], 10_000).await.expect("contract: exec false");
+    assert_eq!(bad.exit_code, Some(1), "contract: exec false: {bad:?}");
+    let said = run(&["echo", "probe-output"], 10_000)
+        .await
+        .expect("contract: exec echo");
+    assert!(
+        said.exit_code == Some(0) && said.output.contains("probe-output"),
+        "contract: exec output: {said:?}"
+    );
+    let began = Instant::now();
+    let hung = run(&["sleep", "60"], 1_000).await.expect("contract: exec sleep");
+    assert_eq!(
+        hung.exit_code, None,
+        "contract: a probe past its timeout: {hung:?}"
+    );
+    assert!(
+        began.elapsed() < f.patience + Duration::from_secs(1),
+        "contract: the timeout held"
+    );
+    assert_eq!(
+        rt.status(&cid).await,
+        Ok(ContainerStatus::Running),
+        "contract: probes leave the container running"
+    );
+    rt.remove(&cid).await.expect("contract: remove");
+    assert!(
+        rt.exec(&cid, &["true".to_string()], Duration::from_secs(1))
+            .await
+            .is_err(),
+        "contract: exec in a removed container fails"
+    );
 }
 
 async fn pulls(f: &Fixture<'_>) {

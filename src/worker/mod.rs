@@ -16,6 +16,7 @@ pub mod sim_runtime;
 
 use crate::client::{Client, ClientError};
 use crate::core::agent::{Assignment, Found, Input, Job, Observation, Outcome, Verdict};
+use crate::core::health::Probe;
 use crate::core::TaskState;
 use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
@@ -571,6 +572,9 @@ async fn heartbeat_loop(
         // A failed beat waits out the interval; otherwise a queued report goes out early,
         // after a moment for the reports of the same tick to gather.
         tokio::select! {
+            // Biased: tokio's random branch order draws from a generator the simulator
+            // cannot seed.
+            biased;
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = report_queued.notified(), if !send_all => {
                 tokio::time::sleep(Duration::from_millis(REPORT_GATHER_MS)).await;
@@ -678,7 +682,28 @@ async fn run_job(rt: &dyn ContainerRuntime, job: &Job) -> Outcome {
             Ok(cid) => Outcome::Started(cid),
             Err(e) => refused_or_down(e),
         },
-        Job::Stop(t) => stop_container(rt, t).await,
+        Job::Stop(t) | Job::StopUnhealthy(t) => stop_container(rt, t).await,
+        Job::Probe(t) => {
+            let Some(check) = crate::core::agent::check_of(t) else {
+                return Outcome::Unavailable("no health check".into());
+            };
+            let timeout = Duration::from_millis(check.timeout_ms);
+            // The runtime kills the probe at its timeout; one that does not answer well after
+            // is treated as timed out, so a wedged runtime cannot hold the task.
+            let grace = timeout + Duration::from_millis(STOP_ANSWER_GRACE_MS);
+            match tokio::time::timeout(grace, rt.exec(&t.container_id, &check.cmd, timeout)).await {
+                Ok(Ok(r)) => Outcome::Probed(match r.exit_code {
+                    Some(code) => Probe::Exited {
+                        code,
+                        output: r.output,
+                    },
+                    None => Probe::TimedOut,
+                }),
+                Ok(Err(RuntimeError::Unavailable(m))) => Outcome::Unavailable(m),
+                Ok(Err(e)) => Outcome::Probed(Probe::Error(e.to_string())),
+                Err(_) => Outcome::Probed(Probe::TimedOut),
+            }
+        }
         Job::Discard(t) => {
             let outcome = stop_container(rt, t).await;
             if let Err(e) = rt.remove(&t.container_id).await {
@@ -899,7 +924,27 @@ impl Agent {
             }
             _ => {}
         }
-        let applied = crate::core::agent::apply(&job, &outcome);
+        let mut applied = crate::core::agent::apply(&job, &outcome);
+        if let (Job::Launch(_) | Job::Restart(_), Outcome::Started(_), Some(t)) =
+            (&job, &outcome, &mut applied.keep)
+        {
+            t.image_check = self.runtime.image_healthcheck(&t.spec.image);
+        }
+        match (&job, &outcome) {
+            (Job::Probe(_), Outcome::Probed(_)) => {
+                if let Some(t) = applied.keep.as_ref().filter(|t| {
+                    t.health
+                        .as_ref()
+                        .is_some_and(|h| h.status != crate::core::health::HealthStatus::Starting)
+                }) {
+                    debug!(task = %id, message = %t.message, "health probe");
+                }
+            }
+            (Job::StopUnhealthy(t), _) => {
+                warn!(task = %id, message = %t.message, "stopping an unhealthy task")
+            }
+            _ => {}
+        }
         match applied.keep {
             Some(t) => {
                 local.tasks.insert(id, t);

@@ -38,6 +38,15 @@ pub enum RuntimeError {
     Unavailable(String),
 }
 
+/// What a command run in a container (`exec`) gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecResult {
+    /// None: it did not finish within the timeout and was killed.
+    pub exit_code: Option<i32>,
+    /// Its stdout and stderr together, the last `MAX_PROBE_OUTPUT_BYTES` or so.
+    pub output: String,
+}
+
 /// One container of this worker, as the runtime lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -62,6 +71,18 @@ pub trait ContainerRuntime: Send + Sync {
     async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError>;
     /// Every container this worker's runtime holds, running or exited.
     async fn list(&self) -> Result<Vec<Listed>, RuntimeError>;
+    /// Runs `cmd` inside running container `container_id` (its namespaces, user, working
+    /// directory and environment), killing it after `timeout`: a health probe.
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError>;
+    /// The HEALTHCHECK of `image` (pulled before), if its config has one.
+    fn image_healthcheck(&self, _image: &str) -> Option<crate::core::HealthCheck> {
+        None
+    }
     /// Where task output goes (`DIR/TASK.log`, one older copy `TASK.log.1`); None if this
     /// runtime keeps none.
     fn logs_dir(&self) -> Option<std::path::PathBuf> {

@@ -9,9 +9,12 @@
 //! - a command starting with `/nonexistent` fails to start (as a missing binary does);
 //! - images listed in `fail_pull` (or named `*-pullfail`) fail to pull;
 //! - `start_delay_ms`: a slow start (the container is `Starting` that long);
-//! - `crash()` / `recover()`: the runtime itself is down (every call fails) and back.
+//! - `crash()` / `recover()`: the runtime itself is down (every call fails) and back;
+//! - `exec` (health probes): `true` exits 0, `false` 1, `sleep` hangs past any timeout;
+//!   anything else exits 0, or 1 while the container is younger than
+//!   `WARREN_SIM_HEALTHY_AFTER_MS`, or always with `WARREN_SIM_UNHEALTHY=1`.
 
-use super::runtime::{ContainerRuntime, ContainerStatus, Listed, RuntimeError};
+use super::runtime::{ContainerRuntime, ContainerStatus, ExecResult, Listed, RuntimeError};
 use crate::core::ServiceSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -35,6 +38,8 @@ struct Container {
     exit_after: Option<(Duration, i32)>,
     oom: bool,
     stopped: Option<i32>,
+    healthy_after: Duration,
+    unhealthy: bool,
 }
 
 impl Container {
@@ -202,6 +207,10 @@ impl ContainerRuntime for SimRuntime {
                 exit_after,
                 oom: spec.env.get("WARREN_SIM_OOM").is_some_and(|v| v == "1"),
                 stopped: None,
+                healthy_after: Duration::from_millis(
+                    env_u64(spec, "WARREN_SIM_HEALTHY_AFTER_MS").unwrap_or(0),
+                ),
+                unhealthy: spec.env.get("WARREN_SIM_UNHEALTHY").is_some_and(|v| v == "1"),
             },
         );
         Ok(id)
@@ -241,6 +250,51 @@ impl ContainerRuntime for SimRuntime {
             None => Err(RuntimeError::NotFound(container_id.to_string())),
             Some(_) => Ok(()),
         }
+    }
+
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let code = {
+            let inner = self.live()?;
+            let c = inner
+                .containers
+                .get(container_id)
+                .ok_or_else(|| RuntimeError::NotFound(container_id.to_string()))?;
+            let now = Instant::now();
+            if c.status(now) != ContainerStatus::Running {
+                return Err(RuntimeError::Start(format!(
+                    "container {container_id} is not running"
+                )));
+            }
+            match cmd.first().map(String::as_str) {
+                Some("true") => 0,
+                Some("false") => 1,
+                Some("sleep") => -1,
+                Some("echo") => 0,
+                _ if c.unhealthy || now - c.started < c.start_delay + c.healthy_after => 1,
+                _ => 0,
+            }
+        };
+        if code < 0 {
+            tokio::time::sleep(timeout).await;
+            return Ok(ExecResult {
+                exit_code: None,
+                output: String::new(),
+            });
+        }
+        let output = match cmd.split_first() {
+            Some((first, rest)) if first == "echo" => rest.join(" "),
+            _ if code == 0 => "ok".into(),
+            _ => "simulated probe failure".into(),
+        };
+        Ok(ExecResult {
+            exit_code: Some(code),
+            output,
+        })
     }
 
     async fn list(&self) -> Result<Vec<Listed>, RuntimeError> {

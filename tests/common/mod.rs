@@ -274,6 +274,7 @@ pub fn create_service(api: &str, name: &str, replicas: u32) {
         &[
             "service",
             "create",
+            "-d",
             name,
             "--image",
             "busybox",

@@ -16,7 +16,7 @@ pub mod auth;
 pub mod pull;
 pub mod spec;
 
-use super::runtime::{ContainerRuntime, ContainerStatus, Listed, RuntimeError};
+use super::runtime::{ContainerRuntime, ContainerStatus, ExecResult, Listed, RuntimeError};
 use crate::core::ServiceSpec;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{
@@ -26,9 +26,10 @@ use containerd_client::services::v1::{
     containers_client::ContainersClient, events_client::EventsClient,
     introspection_client::IntrospectionClient, namespaces_client::NamespacesClient,
     tasks_client::TasksClient, version_client::VersionClient, Container, CreateContainerRequest,
-    CreateNamespaceRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetRequest,
-    KillRequest, ListContainersRequest, ListTasksRequest, Namespace, PluginsRequest, StartRequest,
-    SubscribeRequest, UpdateNamespaceRequest, WaitRequest,
+    CreateNamespaceRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
+    ListContainersRequest, ListTasksRequest, Namespace, PluginsRequest, StartRequest, SubscribeRequest,
+    UpdateNamespaceRequest, WaitRequest,
 };
 use containerd_client::tonic::{self, transport::Channel, Request};
 use prost::Message;
@@ -549,8 +550,154 @@ fn exited(code: u32, oom: bool) -> ContainerStatus {
     }
 }
 
+/// The runtime spec's type, for a process of an exec.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// Output of a probe read back (its end).
+const EXEC_OUTPUT_BYTES: u64 = 4096;
+
+impl ContainerdRuntime {
+    /// The container's own process spec (user, cwd, env, capabilities) with `cmd` as its
+    /// arguments: what an exec runs.
+    async fn exec_spec(&self, container_id: &str, cmd: &[String]) -> Result<prost_types::Any, RuntimeError> {
+        let c = ContainersClient::new(self.conn.channel.clone())
+            .get(self.conn.req(GetContainerRequest {
+                id: container_id.to_string(),
+            }))
+            .await
+            .map_err(status_to_error)?
+            .into_inner()
+            .container
+            .ok_or_else(|| RuntimeError::NotFound(container_id.to_string()))?;
+        let spec: serde_json::Value = c
+            .spec
+            .as_ref()
+            .and_then(|a| serde_json::from_slice(&a.value).ok())
+            .ok_or_else(|| RuntimeError::Start(format!("container {container_id} has no readable spec")))?;
+        let mut process = spec.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(cmd);
+        process["terminal"] = serde_json::json!(false);
+        Ok(prost_types::Any {
+            type_url: PROCESS_TYPE_URL.into(),
+            value: serde_json::to_vec(&process).expect("JSON"),
+        })
+    }
+
+    async fn exec_in(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        cmd: &[String],
+        out: &Path,
+        timeout: Duration,
+    ) -> Result<Option<i32>, RuntimeError> {
+        let spec = self.exec_spec(container_id, cmd).await?;
+        let uri = format!("file://{}", out.display());
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        tasks
+            .exec(self.conn.req(ExecProcessRequest {
+                container_id: container_id.to_string(),
+                stdin: String::new(),
+                stdout: uri.clone(),
+                stderr: uri,
+                terminal: false,
+                spec: Some(spec),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(status_to_error)?;
+        // Waiting before starting: an exit cannot come before the wait is in place.
+        let mut wait = Request::new(WaitRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+        });
+        wait.metadata_mut().insert(
+            "containerd-namespace",
+            self.conn.namespace.parse().expect("validated"),
+        );
+        let mut waiter = tasks.clone();
+        let waited = tokio::spawn(async move { waiter.wait(wait).await });
+        let started = tasks
+            .start(self.conn.req(StartRequest {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        if let Err(s) = started {
+            waited.abort();
+            return Err(RuntimeError::Start(format!(
+                "the health command did not start: {}",
+                s.message()
+            )));
+        }
+        match tokio::time::timeout(timeout, waited).await {
+            Ok(Ok(Ok(r))) => Ok(Some(r.into_inner().exit_status as i32)),
+            Ok(Ok(Err(s))) => Err(status_to_error(s)),
+            Ok(Err(e)) => Err(RuntimeError::Unavailable(format!(
+                "waiting for the health command: {e}"
+            ))),
+            Err(_) => {
+                let _ = tasks
+                    .kill(self.conn.req(KillRequest {
+                        container_id: container_id.to_string(),
+                        exec_id: exec_id.to_string(),
+                        signal: nix::sys::signal::Signal::SIGKILL as u32,
+                        all: false,
+                    }))
+                    .await;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The end of file `p` as text.
+fn read_tail(p: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(p) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[tonic::async_trait]
 impl ContainerRuntime for ContainerdRuntime {
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let n = EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exec_id = format!("health-{}-{n}", std::process::id());
+        let out = self.opts.logs_dir.join(format!("{container_id}.{exec_id}.out"));
+        let code = self.exec_in(container_id, &exec_id, cmd, &out, timeout).await;
+        // The process is deleted whatever happened (a started one that timed out was killed).
+        let _ = TasksClient::new(self.conn.channel.clone())
+            .delete_process(self.conn.req(DeleteProcessRequest {
+                container_id: container_id.to_string(),
+                exec_id: exec_id.clone(),
+            }))
+            .await;
+        let output = read_tail(&out, EXEC_OUTPUT_BYTES);
+        let _ = std::fs::remove_file(&out);
+        Ok(ExecResult {
+            exit_code: code?,
+            output,
+        })
+    }
+
+    fn image_healthcheck(&self, image: &str) -> Option<crate::core::HealthCheck> {
+        let slot = self.images.lock().unwrap().get(image).cloned()?;
+        let info = slot.try_lock().ok()?;
+        info.as_ref()?.defaults.healthcheck.clone()
+    }
+
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
         self.image(image).await.map(|_| ())
     }

@@ -98,6 +98,51 @@ struct ContainerConfig {
     working_dir: Option<String>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    healthcheck: Option<ImageHealthcheck>,
+}
+
+/// Docker's `HEALTHCHECK` in an image config (durations in nanoseconds; 0 = the default).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ImageHealthcheck {
+    #[serde(default)]
+    test: Vec<String>,
+    #[serde(default)]
+    interval: u64,
+    #[serde(default)]
+    timeout: u64,
+    #[serde(default)]
+    start_period: u64,
+    #[serde(default)]
+    retries: u32,
+}
+
+impl ImageHealthcheck {
+    /// The check it describes: `["CMD", args...]`, `["CMD-SHELL", command]`; `["NONE"]` or
+    /// anything else is none.
+    fn check(&self) -> Option<crate::core::HealthCheck> {
+        let cmd = match self.test.split_first() {
+            Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+            Some((kind, [command])) if kind == "CMD-SHELL" => {
+                vec!["/bin/sh".into(), "-c".into(), command.clone()]
+            }
+            _ => return None,
+        };
+        let d = crate::core::HealthCheck::default();
+        let ms = |ns: u64, default: u64| if ns == 0 { default } else { (ns / 1_000_000).max(1) };
+        Some(crate::core::HealthCheck {
+            cmd,
+            interval_ms: ms(self.interval, d.interval_ms),
+            timeout_ms: ms(self.timeout, d.timeout_ms),
+            retries: if self.retries == 0 {
+                d.retries
+            } else {
+                self.retries
+            },
+            start_period_ms: ms(self.start_period, 0),
+        })
+    }
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -188,6 +233,7 @@ fn parse_config(bytes: &[u8]) -> Result<(ImageDefaults, Vec<String>), String> {
         env: cc.env.unwrap_or_default(),
         working_dir: cc.working_dir.unwrap_or_default(),
         user: cc.user.unwrap_or_default(),
+        healthcheck: cc.healthcheck.and_then(|h| h.check()),
     };
     Ok((defaults, c.rootfs.unwrap_or_default().diff_ids))
 }

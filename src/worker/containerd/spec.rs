@@ -13,6 +13,8 @@ pub struct ImageDefaults {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// The image's HEALTHCHECK (Docker's image config), if it has one.
+    pub healthcheck: Option<crate::core::HealthCheck>,
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -163,6 +165,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "MODE=image".into(), "KEEP=1".into()],
             working_dir: "/app".into(),
             user: String::new(),
+            healthcheck: None,
         }
     }
 
