@@ -1082,10 +1082,10 @@ fn health_checks_with_real_containers() {
     let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
         .trim()
         .to_string();
-    let _w = worker(&rig, &api, Some(&token), "hc-1", &tmp.path().join("hc-1"), "hc-1");
+    let w = worker(&rig, &api, Some(&token), "hc-1", &tmp.path().join("hc-1"), "hc-1");
 
     // Healthy 3 s after it starts.
-    let slow = "trap 'exit 143' TERM; sleep 3; touch /tmp/ok; while true; do sleep 1; done";
+    let slow = "trap 'exit 143' TERM; sleep 3; touch /run/ok; while true; do sleep 1; done";
     ok(
         &api,
         &[
@@ -1100,11 +1100,11 @@ fn health_checks_with_real_containers() {
             "--stop-timeout",
             "2s",
             "--health-cmd",
-            "test -f /tmp/ok",
+            "test -f /run/ok",
             "--health-interval",
             "2s",
             "--health-retries",
-            "2",
+            "3",
             "--",
             "sh",
             "-c",
@@ -1116,8 +1116,15 @@ fn health_checks_with_real_containers() {
             .into_iter()
             .find(|t| t["state"] == "starting" && !t["container_id"].as_str().unwrap_or("").is_empty())
     });
-    let running = wait_until("slow running once healthy", WAIT, || {
+    let running = wait_until_opt(WAIT, || {
         ps(&api, "slow").into_iter().find(|t| t["state"] == "running")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "slow never ran healthy: {:#?}\nworker log:\n{}",
+            ps(&api, "slow"),
+            w.log_text()
+        )
     });
     assert_eq!(starting["id"], running["id"], "the same task became running");
     assert!(
@@ -1126,7 +1133,7 @@ fn health_checks_with_real_containers() {
     );
 
     // Unhealthy after 4 s: failed, and replaced per the restart policy.
-    let sick = "trap 'exit 143' TERM; sleep 4; touch /tmp/bad; while true; do sleep 1; done";
+    let sick = "trap 'exit 143' TERM; sleep 4; touch /run/bad; while true; do sleep 1; done";
     ok(
         &api,
         &[
@@ -1139,7 +1146,7 @@ fn health_checks_with_real_containers() {
             "--stop-timeout",
             "2s",
             "--health-cmd",
-            "test ! -f /tmp/bad",
+            "test ! -f /run/bad",
             "--health-interval",
             "1s",
             "--health-retries",
@@ -1150,10 +1157,17 @@ fn health_checks_with_real_containers() {
             sick,
         ],
     );
-    let failed = wait_until("sick failed as unhealthy", WAIT, || {
+    let failed = wait_until_opt(WAIT, || {
         ps(&api, "sick")
             .into_iter()
             .find(|t| t["state"] == "failed" && t["error"].as_str().unwrap_or("").contains("unhealthy"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "sick never failed as unhealthy: {:#?}\nworker log:\n{}",
+            ps(&api, "sick"),
+            w.log_text()
+        )
     });
     wait_until("sick replaced", WAIT, || {
         ps(&api, "sick").into_iter().find(|t| {
@@ -1292,7 +1306,8 @@ fn rolling_update_through_a_leader_kill() {
     let api = back.api.clone();
     c.procs[leader as usize - 1] = back;
     wait_until("the restarted manager sees the update completed", WAIT, || {
-        let s = json_of(&api, &["service", "inspect", "web"]);
+        let out = warren(&api, &["service", "inspect", "web", "-o", "json"]);
+        let s: Value = serde_json::from_slice(&out.stdout).ok()?;
         (s["update_status"]["state"] == "completed" && s["spec_version"] == 2).then_some(())
     });
 }

@@ -165,10 +165,12 @@ pub enum Outcome {
 pub const DISCARD_STOP_TIMEOUT_MS: u64 = 10_000;
 
 fn observe(t: &mut LocalTask, seen: Observation, now_ms: i64) -> Option<TaskState> {
+    // Starting until its health check first passes (an unhealthy task keeps its state until
+    // it is stopped).
     let healthy = check_of(t).is_none()
         || t.health
             .as_ref()
-            .is_some_and(|h| h.status == HealthStatus::Healthy);
+            .is_some_and(|h| h.status != HealthStatus::Starting);
     let (state, code) = match seen {
         Observation::Starting => (TaskState::Starting, 0),
         // Starting until its health check passes.
@@ -1006,6 +1008,12 @@ mod tests {
             t.message
         );
         let p = tick(&t, 22_100);
+        assert_eq!(
+            p.tasks["a"].state,
+            S::Running,
+            "an unhealthy task went back to starting"
+        );
+        assert!(p.reports.is_empty(), "{:?}", p.reports);
         let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
             panic!("{:?}", p.jobs)
         };
@@ -1013,7 +1021,13 @@ mod tests {
             &Job::StopUnhealthy(stopping.clone()),
             &Outcome::Stopped(Some(143)),
         );
-        assert_eq!(a.report.map(|r| (r.state, r.exit_code)), Some((S::Failed, 143)));
+        let r = a.report.unwrap();
+        assert_eq!((r.state, r.exit_code), (S::Failed, 143));
+        assert!(
+            r.message.starts_with("unhealthy: 2 probes failed"),
+            "{}",
+            r.message
+        );
         // --no-healthcheck: running as soon as the container runs.
         let mut t = task("a", S::Starting);
         t.spec.no_healthcheck = true;

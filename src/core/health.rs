@@ -7,7 +7,9 @@
 //! As Docker's: a failed probe inside the start period does not count; after it, `retries`
 //! failures in a row make the task unhealthy; one success makes it healthy. Unlike Docker,
 //! until the first success a probe runs every `min(interval, STARTING_PROBE_MS)`, so that a
-//! rolling update waiting for health does not wait a whole interval per slot.
+//! rolling update waiting for health does not wait a whole interval per slot; those extra
+//! probes count as failures no more often than once an interval, so a task gets as long to
+//! come up as with Docker's timing.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +69,9 @@ pub struct Health {
     pub last_probe_ms: i64,
     /// What the last probe said: its exit code and output, or why it did not run.
     pub last_result: String,
+    /// When the last failure that counted was probed (0: none).
+    #[serde(default)]
+    pub last_counted_ms: i64,
 }
 
 /// What one probe gave.
@@ -115,9 +120,14 @@ pub fn after_probe(check: &HealthCheck, h: &Health, started_ms: i64, probe: &Pro
         next.status = HealthStatus::Healthy;
         next.failing_streak = 0;
     } else if !in_start_period || h.status == HealthStatus::Healthy {
-        next.failing_streak += 1;
-        if next.failing_streak >= check.retries.max(1) {
-            next.status = HealthStatus::Unhealthy;
+        let since = h.last_counted_ms.max(started_ms);
+        let spaced = h.last_probe_ms.saturating_sub(since) >= check.interval_ms as i64;
+        if h.status == HealthStatus::Healthy || spaced {
+            next.failing_streak += 1;
+            next.last_counted_ms = h.last_probe_ms;
+            if next.failing_streak >= check.retries.max(1) {
+                next.status = HealthStatus::Unhealthy;
+            }
         }
     }
     next
@@ -188,24 +198,41 @@ mod tests {
             (
                 "retries failures in a row are unhealthy",
                 check(3, 0),
-                vec![(1_000, fail()), (2_000, fail()), (3_000, Probe::TimedOut)],
+                vec![(10_000, fail()), (20_000, fail()), (30_000, Probe::TimedOut)],
                 vec![Starting, Starting, Unhealthy],
+            ),
+            (
+                "the faster probes before the first success count once an interval",
+                check(2, 0),
+                vec![
+                    (1_000, fail()),
+                    (2_000, fail()),
+                    (10_000, fail()),
+                    (11_000, fail()),
+                    (20_000, fail()),
+                ],
+                vec![Starting, Starting, Starting, Starting, Unhealthy],
             ),
             (
                 "a success resets the streak",
                 check(2, 0),
                 vec![
-                    (1_000, fail()),
-                    (2_000, pass()),
-                    (12_000, fail()),
-                    (22_000, pass()),
+                    (10_000, fail()),
+                    (12_000, pass()),
+                    (22_000, fail()),
+                    (32_000, pass()),
                 ],
                 vec![Starting, Healthy, Healthy, Healthy],
             ),
             (
                 "failures in the start period do not count",
-                check(1, 5_000),
-                vec![(1_000, fail()), (2_000, fail()), (4_000, fail()), (6_000, fail())],
+                check(1, 15_000),
+                vec![
+                    (1_000, fail()),
+                    (10_000, fail()),
+                    (14_000, fail()),
+                    (16_000, fail()),
+                ],
                 vec![Starting, Starting, Starting, Unhealthy],
             ),
             (
@@ -217,7 +244,7 @@ mod tests {
             (
                 "a probe that cannot run counts as failed",
                 check(1, 0),
-                vec![(1_000, Probe::Error("container gone".into()))],
+                vec![(10_000, Probe::Error("container gone".into()))],
                 vec![Unhealthy],
             ),
             (
