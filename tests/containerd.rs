@@ -846,6 +846,23 @@ async fn containerd_keeps_the_runtime_contract() {
     tokio::task::block_in_place(|| drop(rig));
 }
 
+/// The rig, one manager and a worker join token for a test; None (the test is skipped)
+/// without root.
+fn rig_and_manager() -> Option<(tempfile::TempDir, Rig, ManagerProc, String, String)> {
+    if !is_root() {
+        eprintln!("SKIPPED: containerd tests need root");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = Rig::start(&tmp.path().join("rig"));
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let api = m.api.clone();
+    let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    Some((tmp, rig, m, api, token))
+}
+
 /// `(slot, spec version, container id)` of each running task of `service`.
 fn running_versions(api: &str, service: &str) -> BTreeSet<(u64, u64, String)> {
     ps(api, service)
@@ -872,17 +889,9 @@ fn versions(set: &BTreeSet<(u64, u64, String)>) -> Vec<u64> {
 /// runs fewer containers than the replica count.
 #[test]
 fn rolling_updates_with_real_containers() {
-    if !is_root() {
-        eprintln!("SKIPPED: containerd tests need root");
+    let Some((tmp, rig, _m, api, token)) = rig_and_manager() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let rig = Rig::start(&tmp.path().join("rig"));
-    let m = ManagerProc::start(&tmp.path().join("m1"));
-    let api = m.api.clone();
-    let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
-        .trim()
-        .to_string();
+    };
     let _w1 = worker(
         &rig,
         &api,
@@ -1071,17 +1080,9 @@ fn rolling_updates_with_real_containers() {
 /// an update whose new tasks never pass their check rolls back on its own and exits non-zero.
 #[test]
 fn health_checks_with_real_containers() {
-    if !is_root() {
-        eprintln!("SKIPPED: containerd tests need root");
+    let Some((tmp, rig, _m, api, token)) = rig_and_manager() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let rig = Rig::start(&tmp.path().join("rig"));
-    let m = ManagerProc::start(&tmp.path().join("m1"));
-    let api = m.api.clone();
-    let token = ok(&api, &["cluster", "join-token", "worker", "-q"])
-        .trim()
-        .to_string();
+    };
     let w = worker(&rig, &api, Some(&token), "hc-1", &tmp.path().join("hc-1"), "hc-1");
 
     // Healthy 3 s after it starts.

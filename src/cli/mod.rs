@@ -237,18 +237,8 @@ pub struct CreateArgs {
     /// Placement constraint (repeatable): node.labels.KEY==VALUE, node.id!=ID, node.role==worker.
     #[arg(long = "constraint")]
     pub constraints: Vec<String>,
-    /// CPUs reserved per task (e.g. 0.5); the scheduler only places where they are free.
-    #[arg(long, value_parser = parse_cpus)]
-    pub reserve_cpu: Option<u64>,
-    /// Memory reserved per task (e.g. 256MiB).
-    #[arg(long, value_parser = crate::worker::parse_memory)]
-    pub reserve_memory: Option<u64>,
-    /// CPU limit per task.
-    #[arg(long, value_parser = parse_cpus)]
-    pub limit_cpu: Option<u64>,
-    /// Memory limit per task.
-    #[arg(long, value_parser = crate::worker::parse_memory)]
-    pub limit_memory: Option<u64>,
+    #[command(flatten)]
+    pub resources: ResourceArgs,
     /// Restart a finished task: none, on-failure or any.
     #[arg(long, value_enum, default_value_t = RestartCondition::Any)]
     pub restart_condition: RestartCondition,
@@ -270,6 +260,44 @@ pub struct CreateArgs {
     /// Command and arguments run in the container.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Per-task CPU and memory, reserved and limited (`service create` and `service update`).
+#[derive(Args, Debug, Default)]
+pub struct ResourceArgs {
+    /// CPUs reserved per task (e.g. 0.5); the scheduler only places where they are free.
+    #[arg(long, value_parser = parse_cpus)]
+    pub reserve_cpu: Option<u64>,
+    /// Memory reserved per task (e.g. 256MiB).
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub reserve_memory: Option<u64>,
+    /// CPU limit per task.
+    #[arg(long, value_parser = parse_cpus)]
+    pub limit_cpu: Option<u64>,
+    /// Memory limit per task.
+    #[arg(long, value_parser = crate::worker::parse_memory)]
+    pub limit_memory: Option<u64>,
+}
+
+impl ResourceArgs {
+    /// Sets the given flags on `spec` (the others stay as they are).
+    pub fn apply(&self, spec: &mut pb::ServiceSpec) {
+        let res = spec.resources.get_or_insert_with(Default::default);
+        let reservations = res.reservations.get_or_insert_with(Default::default);
+        if let Some(v) = self.reserve_cpu {
+            reservations.cpu_millis = v;
+        }
+        if let Some(v) = self.reserve_memory {
+            reservations.memory_bytes = v;
+        }
+        let limits = res.limits.get_or_insert_with(Default::default);
+        if let Some(v) = self.limit_cpu {
+            limits.cpu_millis = v;
+        }
+        if let Some(v) = self.limit_memory {
+            limits.memory_bytes = v;
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -530,10 +558,6 @@ async fn remove_manager(c: &Client, node_id: u64, force: bool) -> anyhow::Result
 async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
     match cmd {
         ServiceCmd::Create(a) => {
-            let res = |cpu: Option<u64>, mem: Option<u64>| pb::Resources {
-                cpu_millis: cpu.unwrap_or(0),
-                memory_bytes: mem.unwrap_or(0),
-            };
             let spec = pb::ServiceSpec {
                 name: a.name,
                 image: a.image,
@@ -542,10 +566,6 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 labels: key_values("--label", &a.labels)?,
                 command: a.command,
                 constraints: a.constraints,
-                resources: Some(pb::ResourceRequirements {
-                    reservations: Some(res(a.reserve_cpu, a.reserve_memory)),
-                    limits: Some(res(a.limit_cpu, a.limit_memory)),
-                }),
                 restart_policy: Some(pb::RestartPolicy {
                     condition: restart_condition(a.restart_condition) as i32,
                     max_attempts: a.restart_max_attempts,
@@ -555,6 +575,7 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                 ..Default::default()
             };
             let mut spec = spec;
+            a.resources.apply(&mut spec);
             a.rollout.apply(&mut spec);
             a.health.apply(&mut spec)?;
             let s = c.create_service(spec).await?;

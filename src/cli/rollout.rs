@@ -2,7 +2,7 @@
 //! flags, the spec changes they make, and the wait that follows a change (progress per slot,
 //! an exit code CI can trust).
 
-use super::{key_values, parse_cpus, RestartCondition};
+use super::{key_values, RestartCondition};
 use crate::client::Client;
 use crate::proto::v1 as pb;
 use clap::{Args, ValueEnum};
@@ -183,14 +183,8 @@ pub struct UpdateArgs {
     /// Remove a placement constraint, as written (repeatable).
     #[arg(long = "constraint-rm")]
     pub constraint_rm: Vec<String>,
-    #[arg(long, value_parser = parse_cpus)]
-    pub reserve_cpu: Option<u64>,
-    #[arg(long, value_parser = crate::worker::parse_memory)]
-    pub reserve_memory: Option<u64>,
-    #[arg(long, value_parser = parse_cpus)]
-    pub limit_cpu: Option<u64>,
-    #[arg(long, value_parser = crate::worker::parse_memory)]
-    pub limit_memory: Option<u64>,
+    #[command(flatten)]
+    pub resources: super::ResourceArgs,
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartCondition>,
     #[arg(long)]
@@ -247,21 +241,7 @@ impl UpdateArgs {
             }
         }
         spec.constraints.extend(self.constraint_add.iter().cloned());
-        let res = spec.resources.get_or_insert_with(Default::default);
-        let reservations = res.reservations.get_or_insert_with(Default::default);
-        if let Some(v) = self.reserve_cpu {
-            reservations.cpu_millis = v;
-        }
-        if let Some(v) = self.reserve_memory {
-            reservations.memory_bytes = v;
-        }
-        let limits = res.limits.get_or_insert_with(Default::default);
-        if let Some(v) = self.limit_cpu {
-            limits.cpu_millis = v;
-        }
-        if let Some(v) = self.limit_memory {
-            limits.memory_bytes = v;
-        }
+        self.resources.apply(spec);
         let rp = spec.restart_policy.get_or_insert_with(Default::default);
         if let Some(c) = self.restart_condition {
             rp.condition = super::restart_condition(c) as i32;
