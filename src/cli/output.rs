@@ -68,6 +68,7 @@ pub fn service_json(s: &pb::Service) -> Value {
             "to_version": u.to_version,
             "started_at": time(u.started_at_ms),
             "finished_at": u.finished_at_ms.map(time),
+            "took_ms": u.finished_at_ms.map(|f| f - u.started_at_ms),
             "message": u.message,
             "done_slots": u.done_slots,
             "failed": u.failed.iter().map(|f| json!({"slot": f.slot, "reason": f.reason})).collect::<Vec<_>>(),

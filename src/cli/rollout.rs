@@ -74,6 +74,9 @@ fn parse_ratio(s: &str) -> Result<u32, String> {
     }
 }
 
+/// How often the CLI reads the service while it waits.
+const POLL_MS: u64 = 200;
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -384,7 +387,7 @@ pub async fn wait(c: &Client, started: &pb::Service, rollback: bool) -> anyhow::
             }
             anyhow::bail!("{} ({name} now runs version {})", u.message, s.spec_version);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
 }
 
@@ -525,6 +528,6 @@ pub async fn wait_created(c: &Client, s: &pb::Service) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
 }
