@@ -903,6 +903,36 @@ fn rand_u64() -> u64 {
 mod tests {
     use super::*;
 
+    /// Docker's HEALTHCHECK in an image config: CMD, CMD-SHELL, NONE; durations in ns, 0 =
+    /// the default.
+    #[test]
+    fn image_healthchecks() {
+        let parse = |hc: &str| {
+            let cfg =
+                format!(r#"{{"os":"linux","config":{{"Healthcheck":{hc}}},"rootfs":{{"diff_ids":[]}}}}"#);
+            parse_config(cfg.as_bytes()).unwrap().0.healthcheck
+        };
+        let shell =
+            parse(r#"{"Test":["CMD-SHELL","wget -q -O- localhost"],"Interval":5000000000,"Retries":2}"#)
+                .unwrap();
+        assert_eq!(shell.cmd, vec!["/bin/sh", "-c", "wget -q -O- localhost"]);
+        assert_eq!(
+            (
+                shell.interval_ms,
+                shell.timeout_ms,
+                shell.retries,
+                shell.start_period_ms
+            ),
+            (5_000, 30_000, 2, 0)
+        );
+        let exec = parse(r#"{"Test":["CMD","/check","--fast"],"StartPeriod":10000000000}"#).unwrap();
+        assert_eq!(exec.cmd, vec!["/check", "--fast"]);
+        assert_eq!(exec.start_period_ms, 10_000);
+        assert_eq!(parse(r#"{"Test":["NONE"]}"#), None);
+        assert_eq!(parse(r#"{"Test":["CMD"]}"#), None);
+        assert_eq!(parse("null"), None);
+    }
+
     #[test]
     fn chain_ids_follow_the_image_spec() {
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
