@@ -97,6 +97,7 @@ fn main() {
             &reconciler::Input {
                 state: &st,
                 now_ms: 0,
+                leading_since_ms: 0,
                 liveness: &liveness,
                 duplicates: Default::default(),
             },

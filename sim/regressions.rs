@@ -64,3 +64,33 @@ fn machine_faults_seed_1795971849086722276_join_on_a_full_disk() {
         )
     });
 }
+
+/// Found a slot of a failing update taken as done by a new leader: its new task crashed
+/// while the leader was dead, the report reached the next leader late, and the monitor
+/// period had already passed on the clock, so the update moved on and four slots were down
+/// at once with parallelism 2. Fixed by counting monitor and timeout periods from when the
+/// leader began to lead at the earliest.
+#[test]
+fn update_seed_1795994607726620175_late_crash_report() {
+    on_seed(1795994607726620175, || async {
+        crate::workers::rolling_update_under_leader_faults(
+            "regressions::update_seed_1795994607726620175_late_crash_report",
+            true,
+        )
+        .await;
+    });
+}
+
+/// Found a crashed version-2 task restarted after the slot had passed its monitor period
+/// (a late crash report after a leader change) and the checker counting it as the slot
+/// updated twice; the checker tells restarts (attempt + 1) from double updates since.
+#[test]
+fn update_seed_1795992384398849959_restart_not_a_second_update() {
+    on_seed(1795992384398849959, || async {
+        crate::workers::rolling_update_under_leader_faults(
+            "regressions::update_seed_1795992384398849959_restart_not_a_second_update",
+            true,
+        )
+        .await;
+    });
+}

@@ -569,7 +569,7 @@ async fn update_status(via: &[u64]) -> Option<pb::UpdateStatus> {
 /// (start-first, a healthy version); the update ends (completed, or rolled back when the new
 /// version crashes) within a bound under the new leader; no slot got two tasks of the new
 /// version (none updated twice); then exactly the wanted version runs in every slot.
-async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) -> Duration {
+pub(crate) async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) -> Duration {
     rolling_update_with(scenario, crash, true, rand_range(0, 2) == 1).await
 }
 

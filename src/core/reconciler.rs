@@ -95,6 +95,9 @@ pub enum Liveness {
 pub struct Input<'a> {
     pub state: &'a ClusterState,
     pub now_ms: i64,
+    /// When this leader began to lead (wall clock, ms): an update's monitor and timeout
+    /// periods count from then at the earliest.
+    pub leading_since_ms: i64,
     /// Nodes missing here count as `Unknown`.
     pub liveness: &'a BTreeMap<String, Liveness>,
     pub duplicates: DuplicatePolicy,
@@ -255,7 +258,7 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 new_tasks.push((slot, 0, None, TaskState::Running));
             }
         }
-        let update = super::update::step(service, by_slot, input.now_ms, new_id);
+        let update = super::update::step(service, by_slot, input.now_ms, input.leading_since_ms, new_id);
         changes.extend(update.changes);
         for (slot, id, desired) in update.create {
             let attempt = by_slot
@@ -360,6 +363,7 @@ mod tests {
         next_id: u32,
         liveness: BTreeMap<String, Liveness>,
         duplicates: DuplicatePolicy,
+        leading_since_ms: i64,
     }
 
     impl World {
@@ -371,6 +375,7 @@ mod tests {
                 next_id: 0,
                 liveness: BTreeMap::new(),
                 duplicates: DuplicatePolicy::KeepReplacement,
+                leading_since_ms: 0,
             };
             for id in workers {
                 w.apply(Command::RegisterNode {
@@ -416,6 +421,7 @@ mod tests {
                 &Input {
                     state: &self.st,
                     now_ms: self.now_ms,
+                    leading_since_ms: self.leading_since_ms,
                     liveness: &self.liveness,
                     duplicates: self.duplicates,
                 },
@@ -1235,6 +1241,60 @@ mod tests {
     }
 
     #[test]
+    fn a_new_leader_watches_in_flight_slots_for_a_whole_monitor_period() {
+        // (a leader change while slot 1's new task runs, the slot once the monitor period
+        // has passed on the old leader's clock and a late crash report arrives)
+        for (new_leader, want_failed) in [(false, false), (true, true)] {
+            let mut w = deployed(2);
+            w.update("web", image_v2);
+            let since = (0..10)
+                .find_map(|_| {
+                    w.round();
+                    w.work(&[], false);
+                    w.now_ms += 100;
+                    w.status("web").in_flight.get(&1).and_then(|f| f.running_since_ms)
+                })
+                .expect("the new task runs");
+            let new_task = w.status("web").in_flight[&1].new_task_id.clone();
+            // The old leader dies; the next one leads from 1.5 s later, past the monitor period.
+            w.now_ms = since + 1_500;
+            if new_leader {
+                w.leading_since_ms = w.now_ms;
+            }
+            w.round();
+            let u = w.status("web");
+            assert_eq!(u.done.contains(&1), !new_leader, "new leader {new_leader}: {u:?}");
+            if new_leader {
+                assert_eq!(
+                    crate::core::update::next_deadline(
+                        w.st.service("web").unwrap(),
+                        w.now_ms,
+                        w.leading_since_ms
+                    ),
+                    Some(w.leading_since_ms + 1_000)
+                );
+            }
+            // The crash that happened under the old leader is reported now.
+            let node = w.st.tasks[&new_task].node_id.clone();
+            w.now_ms += 100;
+            w.report(&node, &new_task, TaskState::Failed, 1);
+            w.round();
+            let u = w.status("web");
+            assert_eq!(
+                u.failed.contains_key(&1),
+                want_failed,
+                "new leader {new_leader}: {u:?}"
+            );
+            let want_state = if want_failed {
+                UpdateState::Paused
+            } else {
+                UpdateState::Updating
+            };
+            assert_eq!(u.state, want_state, "new leader {new_leader}: {u:?}");
+        }
+    }
+
+    #[test]
     fn update_deadlines_wake_the_orchestrator_when_a_monitor_period_ends() {
         use crate::core::update::next_deadline;
         let mut w = deployed(1);
@@ -1243,7 +1303,7 @@ mod tests {
         w.round();
         // In flight, not running yet: its timeout (default 5 min).
         assert_eq!(
-            next_deadline(w.st.service("web").unwrap(), w.now_ms),
+            next_deadline(w.st.service("web").unwrap(), w.now_ms, 0),
             Some(t0 + 300_000)
         );
         // Pulled, the old task stopped, the new one started, seen running.
@@ -1256,10 +1316,10 @@ mod tests {
             })
             .expect("the new task runs");
         assert_eq!(
-            next_deadline(w.st.service("web").unwrap(), w.now_ms),
+            next_deadline(w.st.service("web").unwrap(), w.now_ms, 0),
             Some(since + 1_000)
         );
         // Past every deadline: nothing to wake for.
-        assert_eq!(next_deadline(w.st.service("web").unwrap(), t0 + 400_000), None);
+        assert_eq!(next_deadline(w.st.service("web").unwrap(), t0 + 400_000, 0), None);
     }
 }

@@ -10,7 +10,10 @@
 //!   one is told to run. A pull that fails fails the slot while the old task keeps running.
 //! - start-first: a new task is created to run; once it runs the old one is stopped.
 //! - the slot is done once the new task has kept running for the monitor period; it fails if
-//!   the new task ends (or does not come up within the update timeout) first.
+//!   the new task ends (or does not come up within the update timeout) first. Both periods
+//!   count only from when this leader began to lead: a crash reported to a leader that died,
+//!   or queued on a worker while no leader was reachable, reaches the next leader late, and
+//!   the slot must still be watching for it then.
 //!
 //! Failed slots beyond `max_failure_permille` of the replicas trigger the failure action:
 //! pause, continue, or rollback (a failed rollback pauses; it never loops).
@@ -40,11 +43,12 @@ fn shutdown(t: &Task, reason: String) -> TaskChange {
 }
 
 /// What the update at `service.update` does this round. `by_slot`: the service's tasks per
-/// slot; `new_id` names new tasks.
+/// slot; `leading_since_ms`: when this leader began to lead; `new_id` names new tasks.
 pub fn step(
     service: &Service,
     by_slot: &BTreeMap<u32, Vec<&Task>>,
     now_ms: i64,
+    leading_since_ms: i64,
     new_id: &mut dyn FnMut() -> String,
 ) -> Step {
     let mut out = Step::default();
@@ -110,7 +114,8 @@ pub fn step(
             st.in_flight.remove(&slot);
             continue;
         }
-        let timed_out = now_ms.saturating_sub(rec.started_at_ms) >= cfg.timeout_ms as i64;
+        let timed_out =
+            now_ms.saturating_sub(rec.started_at_ms.max(leading_since_ms)) >= cfg.timeout_ms as i64;
         if n.desired_state == TaskState::Ready {
             if n.state == TaskState::Ready {
                 match (old, old_wanted) {
@@ -154,7 +159,9 @@ pub fn step(
             let entry = st.in_flight.get_mut(&slot).expect("iterating it");
             match rec.running_since_ms {
                 None => entry.running_since_ms = Some(now_ms),
-                Some(since) if now_ms.saturating_sub(since) >= cfg.monitor_ms as i64 => {
+                Some(since)
+                    if now_ms.saturating_sub(since.max(leading_since_ms)) >= cfg.monitor_ms as i64 =>
+                {
                     st.in_flight.remove(&slot);
                     if ours {
                         st.done.insert(slot);
@@ -318,8 +325,9 @@ pub fn step(
 
 /// The earliest wall-clock time (ms) after `now_ms` at which `service`'s update has something
 /// to do without any entry being applied first: a monitor period or a delay ends, a new task
-/// times out. The orchestrator runs a round then rather than at its next tick.
-pub fn next_deadline(service: &Service, now_ms: i64) -> Option<i64> {
+/// times out (periods count from `leading_since_ms` at the earliest, as in [`step`]). The
+/// orchestrator runs a round then rather than at its next tick.
+pub fn next_deadline(service: &Service, now_ms: i64, leading_since_ms: i64) -> Option<i64> {
     let u = service.update.as_ref().filter(|u| u.state.in_progress())?;
     let cfg = if u.state.is_rollback() {
         service.spec.rollback_config
@@ -330,8 +338,11 @@ pub fn next_deadline(service: &Service, now_ms: i64) -> Option<i64> {
         .in_flight
         .values()
         .map(|f| match f.running_since_ms {
-            Some(since) => since.saturating_add(cfg.monitor_ms as i64),
-            None => f.started_at_ms.saturating_add(cfg.timeout_ms as i64),
+            Some(since) => since.max(leading_since_ms).saturating_add(cfg.monitor_ms as i64),
+            None => f
+                .started_at_ms
+                .max(leading_since_ms)
+                .saturating_add(cfg.timeout_ms as i64),
         })
         .collect();
     at.push(u.next_slot_at_ms);

@@ -99,13 +99,14 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         let mut deadline = last_round + Duration::from_millis(ROUND_INTERVAL_MS);
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
+        let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
         let soonest = {
             let guard = m.state.read().unwrap();
             guard
                 .state
                 .services
                 .values()
-                .filter_map(|s| crate::core::update::next_deadline(s, now_ms))
+                .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
                 .min()
         };
         if let Some(at_ms) = soonest {
@@ -167,6 +168,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
                 &reconciler::Input {
                     state: st,
                     now_ms,
+                    leading_since_ms: wall_ms_of(now_ms, since),
                     liveness: &liveness,
                     duplicates: opts.duplicate_policy,
                 },
@@ -184,6 +186,11 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
             other => warn!(reply = ?other, "orchestration round not committed; retrying next round"),
         }
     }
+}
+
+/// `at` on the wall clock (ms), given that it is `now_ms` now.
+fn wall_ms_of(now_ms: i64, at: Instant) -> i64 {
+    now_ms.saturating_sub(i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
 }
 
 fn log_changes(changes: &[reconciler::TaskChange]) {
