@@ -107,16 +107,53 @@ EOF
     curl -sf -X PUT -H "Content-Type: application/vnd.oci.image.index.v1+json" --data-binary @index.json \
       "http://$host:$port/v2/busybox/manifests/armonly" >/dev/null
     rm -f manifest.json index.json
+    # The same image with its own HEALTHCHECK (Docker's image config field), one that passes
+    # and one that never does.
+    with_healthcheck "$host:$port" busybox test healthy '["CMD-SHELL", "test -x /bin/sh"]'
+    with_healthcheck "$host:$port" busybox test unhealthy '["CMD", "false"]'
   )
   echo "export WARREN_RIG_DIR=$dir"
   [ "${RIG_NO_CONTAINERD:-}" = 1 ] || echo "export WARREN_RIG_CONTAINERD_SOCKET=$dir/containerd/containerd.sock"
   echo "export WARREN_RIG_REGISTRY=$host:$port"
   echo "export WARREN_RIG_IMAGE=$image"
   echo "export WARREN_RIG_ARM_ONLY_IMAGE=$host:$port/busybox:armonly"
+  echo "export WARREN_RIG_HEALTHY_IMAGE=$host:$port/busybox:healthy"
+  echo "export WARREN_RIG_UNHEALTHY_IMAGE=$host:$port/busybox:unhealthy"
   echo "export WARREN_RIG_AUTH_REGISTRY=127.0.0.1:$auth_port"
   echo "export WARREN_RIG_AUTH_IMAGE=127.0.0.1:$auth_port/busybox:test"
   echo "export WARREN_RIG_AUTH_USER=warren"
   echo "export WARREN_RIG_AUTH_PASSWORD=s3cret"
+}
+
+# Pushes REGISTRY/REPO:TAG as REPO:NEW_TAG with HEALTHCHECK TEST (a JSON list), interval 1 s,
+# 2 retries, through the registry's API: umoci cannot set the field.
+with_healthcheck() {
+  python3 - "$@" <<'PY'
+import hashlib, json, sys, urllib.request
+registry, repo, tag, new_tag, test = sys.argv[1:]
+base = f"http://{registry}/v2/{repo}"
+oci = "application/vnd.oci.image.manifest.v1+json"
+def call(url, data=None, method="GET", ctype=None, accept=None, want=None):
+    req = urllib.request.Request(url, data=data, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    if accept:
+        req.add_header("Accept", accept)
+    with urllib.request.urlopen(req) as r:
+        return r.headers[want] if want else r.read()
+manifest = json.loads(call(f"{base}/manifests/{tag}", accept=oci))
+config = json.loads(call(f"{base}/blobs/{manifest['config']['digest']}"))
+config.setdefault("config", {})["Healthcheck"] = {
+    "Test": json.loads(test), "Interval": 1_000_000_000, "Timeout": 2_000_000_000, "Retries": 2}
+blob = json.dumps(config).encode()
+digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+upload = call(f"{base}/blobs/uploads/", b"", "POST", want="Location")
+upload = upload if upload.startswith("http") else f"http://{registry}{upload}"
+sep = "&" if "?" in upload else "?"
+call(f"{upload}{sep}digest={digest}", blob, "PUT", "application/octet-stream")
+manifest["config"]["digest"], manifest["config"]["size"] = digest, len(blob)
+call(f"{base}/manifests/{new_tag}", json.dumps(manifest).encode(), "PUT", manifest.get("mediaType", oci))
+PY
 }
 
 # A private containerd (its own root, state and socket).

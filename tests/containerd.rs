@@ -25,6 +25,9 @@ pub struct Rig {
     pub image: String,
     /// An index offering the image for linux/arm64 only.
     pub arm_only_image: String,
+    /// The image with a HEALTHCHECK of its own that passes, and one that never passes.
+    pub healthy_image: String,
+    pub unhealthy_image: String,
     /// A registry that wants a password, and the image there.
     pub auth_registry: String,
     pub auth_image: String,
@@ -46,6 +49,8 @@ impl Rig {
             registry: String::new(),
             image: String::new(),
             arm_only_image: String::new(),
+            healthy_image: String::new(),
+            unhealthy_image: String::new(),
             auth_registry: String::new(),
             auth_image: String::new(),
             auth_user: String::new(),
@@ -61,6 +66,8 @@ impl Rig {
                 "WARREN_RIG_REGISTRY" => rig.registry = v.to_string(),
                 "WARREN_RIG_IMAGE" => rig.image = v.to_string(),
                 "WARREN_RIG_ARM_ONLY_IMAGE" => rig.arm_only_image = v.to_string(),
+                "WARREN_RIG_HEALTHY_IMAGE" => rig.healthy_image = v.to_string(),
+                "WARREN_RIG_UNHEALTHY_IMAGE" => rig.unhealthy_image = v.to_string(),
                 "WARREN_RIG_AUTH_REGISTRY" => rig.auth_registry = v.to_string(),
                 "WARREN_RIG_AUTH_IMAGE" => rig.auth_image = v.to_string(),
                 "WARREN_RIG_AUTH_USER" => rig.auth_user = v.to_string(),
@@ -1128,6 +1135,9 @@ fn health_checks_with_real_containers() {
         )
     });
     assert_eq!(starting["id"], running["id"], "the same task became running");
+    assert_eq!(running["health"], "healthy", "{running}");
+    let table = ok(&api, &["service", "ps", "slow"]);
+    assert!(table.contains("running (healthy)"), "{table}");
     assert!(
         running["message"].as_str().unwrap().contains("healthy"),
         "{running}"
@@ -1170,6 +1180,7 @@ fn health_checks_with_real_containers() {
             w.log_text()
         )
     });
+    assert_eq!(failed["health"], "unhealthy", "{failed}");
     wait_until("sick replaced", WAIT, || {
         ps(&api, "sick").into_iter().find(|t| {
             t["id"] != failed["id"] && t["desired_state"] == "running" && t["slot"] == failed["slot"]
@@ -1208,6 +1219,66 @@ fn health_checks_with_real_containers() {
     assert_eq!(after.len(), before.len());
     let s = json_of(&api, &["service", "inspect", "slow"]);
     assert_eq!(s["update_status"]["state"], "rollback_completed", "{s}");
+
+    // The image's own HEALTHCHECK (no --health-cmd): one that passes makes the task healthy;
+    // an update to an image whose check never passes rolls back to the old image.
+    ok(
+        &api,
+        &[
+            "service",
+            "create",
+            "img",
+            "--image",
+            &rig.healthy_image,
+            "--stop-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 1; done",
+        ],
+    );
+    let t = ps(&api, "img")
+        .into_iter()
+        .find(|t| t["state"] == "running")
+        .expect("create waited for it to run");
+    assert!(t["message"].as_str().unwrap().contains("healthy"), "{t}");
+    let out = warren(
+        &api,
+        &[
+            "service",
+            "update",
+            "img",
+            "--image",
+            &rig.unhealthy_image,
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "1s",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an update to an image failing its own check exited 0: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("unhealthy"), "{}", stderr(&out));
+    let back = wait_until("img back on the healthy image", WAIT, || {
+        ps(&api, "img").into_iter().find(|t| {
+            t["state"] == "running"
+                && t["desired_state"] == "running"
+                && t["image"] == rig.healthy_image.as_str()
+        })
+    });
+    assert_eq!(back["spec_version"], 1, "{back}");
+    assert!(
+        ps(&api, "img")
+            .iter()
+            .any(|t| t["image"] == rig.unhealthy_image.as_str()
+                && t["error"].as_str().unwrap_or("").contains("unhealthy")),
+        "{:#?}",
+        ps(&api, "img")
+    );
 }
 
 /// #14: `kill -9` of the leader in the middle of a rolling update on real containers: the

@@ -139,6 +139,14 @@ fn task_state(s: i32) -> String {
     )
 }
 
+/// The health check's verdict; None: no check, or none reported yet.
+fn health(h: i32) -> Option<String> {
+    match pb::HealthState::try_from(h) {
+        Ok(pb::HealthState::Unspecified) => None,
+        other => Some(short(other.ok().map(|r| r.as_str_name()), "HEALTH_STATE_")),
+    }
+}
+
 pub fn task_json(t: &pb::Task) -> Value {
     json!({
         "id": t.id,
@@ -150,6 +158,7 @@ pub fn task_json(t: &pb::Task) -> Value {
         "node": t.node_id,
         "desired_state": task_state(t.desired_state),
         "state": task_state(t.state),
+        "health": health(t.health),
         "since": time(t.updated_at_ms),
         "message": t.message,
         "error": t.error,
@@ -204,7 +213,11 @@ pub fn tasks(out: Output, list: &[pb::Task]) -> anyhow::Result<()> {
                 task.node_id.clone()
             },
             task_state(task.desired_state),
-            task_state(task.state),
+            // Like `docker ps`: "running (healthy)".
+            match health(task.health) {
+                Some(h) => format!("{} ({h})", task_state(task.state)),
+                None => task_state(task.state),
+            },
             time(task.updated_at_ms),
             note,
         ]);

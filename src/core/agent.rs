@@ -165,16 +165,15 @@ pub enum Outcome {
 pub const DISCARD_STOP_TIMEOUT_MS: u64 = 10_000;
 
 fn observe(t: &mut LocalTask, seen: Observation, now_ms: i64) -> Option<TaskState> {
-    // Starting until its health check first passes (an unhealthy task keeps its state until
-    // it is stopped).
-    let healthy = check_of(t).is_none()
-        || t.health
-            .as_ref()
-            .is_some_and(|h| h.status != HealthStatus::Starting);
+    // With a check: none yet is starting.
+    let health = check_of(t).map(|_| t.health.as_ref().map_or(HealthStatus::Starting, |h| h.status));
     let (state, code) = match seen {
         Observation::Starting => (TaskState::Starting, 0),
         // Starting until its health check passes.
-        Observation::Running if !healthy => (TaskState::Starting, 0),
+        Observation::Running if health == Some(HealthStatus::Starting) => (TaskState::Starting, 0),
+        // An unhealthy task keeps its state and message (the probe's verdict) until it is
+        // stopped, whether it was healthy before or never was.
+        Observation::Running if health == Some(HealthStatus::Unhealthy) => return None,
         Observation::Running => (TaskState::Running, 0),
         Observation::Exited(0) => (TaskState::Complete, 0),
         Observation::Exited(c) | Observation::OomKilled(c) => (TaskState::Failed, c),
@@ -1023,6 +1022,41 @@ mod tests {
         );
         let r = a.report.unwrap();
         assert_eq!((r.state, r.exit_code), (S::Failed, 143));
+        assert!(
+            r.message.starts_with("unhealthy: 2 probes failed"),
+            "{}",
+            r.message
+        );
+        // Never healthy: the failures make it unhealthy while starting; it stays starting
+        // (it must not pass for running) and is stopped and reported failed as unhealthy.
+        let mut t = t1;
+        // (Failures before the first success count once an interval.)
+        for now in [11_000, 21_000] {
+            let p = tick(&t, now);
+            let [Job::Probe(probing)] = p.jobs.as_slice() else {
+                panic!("{:?}", p.jobs)
+            };
+            t = apply(&Job::Probe(probing.clone()), &Outcome::Probed(Probe::TimedOut))
+                .keep
+                .unwrap();
+        }
+        let p = tick(&t, 21_100);
+        assert_eq!(
+            p.tasks["a"].state,
+            S::Starting,
+            "an unhealthy task passed for running"
+        );
+        assert!(p.reports.is_empty(), "{:?}", p.reports);
+        let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
+            panic!("{:?}", p.jobs)
+        };
+        let r = apply(
+            &Job::StopUnhealthy(stopping.clone()),
+            &Outcome::Stopped(Some(143)),
+        )
+        .report
+        .unwrap();
+        assert_eq!(r.state, S::Failed);
         assert!(
             r.message.starts_with("unhealthy: 2 probes failed"),
             "{}",

@@ -1,6 +1,6 @@
 //! Model types of the replicated cluster state.
 
-pub use super::health::HealthCheck;
+pub use super::health::{HealthCheck, HealthStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -399,6 +399,8 @@ pub struct Task {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub version: u64,
+    /// Its health check's last reported verdict; None: no check, or none reported yet.
+    pub health: Option<HealthStatus>,
 }
 
 impl Task {

@@ -178,8 +178,9 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     for service in st.services.values() {
         let by_slot = slots.get(service.id.as_str()).unwrap_or(&empty);
         let replicas = service.spec.replicas as u32;
-        // Tasks to place: (slot, attempt, id, desired state) of new ones, then pending ones.
-        let mut new_tasks: Vec<(u32, u32, Option<String>, TaskState)> = Vec::new();
+        // Tasks to place: (slot, attempt, id, desired state, the task a stop-first update's
+        // new task replaces) of new ones, then pending ones.
+        let mut new_tasks: Vec<(u32, u32, Option<String>, TaskState, Option<String>)> = Vec::new();
         let mut pending: Vec<&Task> = Vec::new();
         // Slots a rolling update is replacing: two tasks there are the update's doing, and
         // an empty one is being filled by it.
@@ -248,31 +249,52 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Some(_) => {}
                 None => {
                     if let Some(attempt) = replacement(service, tasks.last().copied(), input.now_ms) {
-                        new_tasks.push((slot, attempt, None, TaskState::Running));
+                        new_tasks.push((slot, attempt, None, TaskState::Running, None));
                     }
                 }
             }
         }
         for slot in 1..=replicas {
             if !by_slot.contains_key(&slot) {
-                new_tasks.push((slot, 0, None, TaskState::Running));
+                new_tasks.push((slot, 0, None, TaskState::Running, None));
             }
         }
         let update = super::update::step(service, by_slot, input.now_ms, input.leading_since_ms, new_id);
         changes.extend(update.changes);
-        for (slot, id, desired) in update.create {
+        for (slot, id, desired, old) in update.create {
             let attempt = by_slot
                 .get(&slot)
                 .and_then(|ts| ts.last())
                 .map_or(0, |t| t.attempt);
-            new_tasks.push((slot, attempt, Some(id), desired));
+            let in_stead_of = (desired == TaskState::Ready).then_some(old);
+            new_tasks.push((slot, attempt, Some(id), desired, in_stead_of));
         }
         new_tasks.sort();
 
         let placed = scheduler.place(service, pending.len() + new_tasks.len());
         let (for_pending, for_new) = placed.split_at(pending.len());
+        // A stop-first update's new task may take the reservation of the task it replaces
+        // when no node has room: that one stops before the new one starts.
+        let mut in_stead_of = |place: &Result<String, String>, old_id: Option<&str>| {
+            let old = old_id.and_then(|id| st.tasks.get(id)).filter(|o| o.holds_node());
+            match (place, old) {
+                (Err(_), Some(o)) => {
+                    let reserved = service
+                        .spec_of(o.spec_version)
+                        .map(|s| s.resources.reservations)
+                        .unwrap_or_default();
+                    scheduler.place_in_stead_of(service, o, reserved).map(Ok)
+                }
+                _ => None,
+            }
+        };
         for (t, place) in pending.iter().zip(for_pending) {
-            match place {
+            let old_id = updating
+                .and_then(|f| f.get(&t.slot))
+                .filter(|f| f.new_task_id == t.id && t.desired_state == TaskState::Ready)
+                .map(|f| f.old_task_id.as_str());
+            let taken = in_stead_of(place, old_id);
+            match taken.as_ref().unwrap_or(place) {
                 Ok(node_id) => changes.push(TaskChange::Assign {
                     task_id: t.id.clone(),
                     node_id: node_id.clone(),
@@ -284,7 +306,9 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Err(_) => {}
             }
         }
-        for ((slot, attempt, id, desired), place) in new_tasks.into_iter().zip(for_new) {
+        for ((slot, attempt, id, desired, replaces), place) in new_tasks.into_iter().zip(for_new) {
+            let taken = in_stead_of(place, replaces.as_deref());
+            let place = taken.as_ref().unwrap_or(place);
             let (node_id, state, message) = match place {
                 Ok(node) => (node.clone(), TaskState::Assigned, String::new()),
                 Err(reason) => (String::new(), TaskState::Pending, reason.clone()),
@@ -305,6 +329,7 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 created_at_ms: input.now_ms,
                 updated_at_ms: input.now_ms,
                 version: 0,
+                health: None,
             }));
         }
 
@@ -514,6 +539,7 @@ mod tests {
             message: String::new(),
             exit_code,
             container_id: String::new(),
+            health: None,
         }
     }
 
@@ -1238,6 +1264,51 @@ mod tests {
         assert!(u.failed[&1].contains("within 3000 ms"), "{u:?}");
         w.work(&[], false);
         assert_eq!(w.running_versions("web"), vec![1]);
+    }
+
+    #[test]
+    fn stop_first_takes_the_old_tasks_reservation_on_a_full_cluster() {
+        // (order, whether the update completes) with every node's CPU reserved to the full
+        for (order, completes) in [(UpdateOrder::StopFirst, true), (UpdateOrder::StartFirst, false)] {
+            let mut w = World::new(&["a", "b"]);
+            w.service("web", 4, RestartPolicy::default());
+            w.settle();
+            w.work(&[], false);
+            w.settle();
+            // Version 2 reserves 2 CPUs a task: two fill a 4-CPU node.
+            w.update("web", |s| {
+                s.resources.reservations.cpu_millis = 2_000;
+                s.update_config.monitor_ms = 1_000;
+                s.update_config.timeout_ms = 5_000;
+                s.update_config.order = order;
+            });
+            w.drive("web", &[], false, &mut |_| {});
+            assert_eq!(w.running_versions("web"), vec![2; 4]);
+            // Version 3: no node has 2 CPUs free.
+            w.update("web", image_v2);
+            w.drive("web", &[], false, &mut |w| {
+                let over = w.st.nodes.keys().any(|n| {
+                    w.st.tasks
+                        .values()
+                        .filter(|t| t.node_id == *n && t.state == TaskState::Running)
+                        .count()
+                        > 2
+                });
+                assert!(!over, "more running on a node than its CPUs allow");
+            });
+            let u = w.status("web");
+            if completes {
+                assert_eq!(u.state, UpdateState::Completed, "{order:?}: {u:?}");
+                assert_eq!(w.running_versions("web"), vec![3; 4]);
+            } else {
+                assert_eq!(u.state, UpdateState::Paused, "{order:?}: {u:?}");
+                assert!(
+                    u.failed.values().any(|f| f.contains("did not reach running")),
+                    "{u:?}"
+                );
+                assert_eq!(w.running_versions("web"), vec![2; 4]);
+            }
+        }
     }
 
     #[test]

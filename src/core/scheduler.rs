@@ -57,9 +57,15 @@ impl<'a> Scheduler<'a> {
             let Ok(i) = loads.binary_search_by(|l| l.node.id.as_str().cmp(&task.node_id)) else {
                 continue;
             };
+            // What its own version reserves (an update may have changed the reservation).
             let reservation = services
                 .get(&task.service_id)
-                .map(|s| s.spec.resources.reservations)
+                .map(|s| {
+                    s.spec_of(task.spec_version)
+                        .unwrap_or(&s.spec)
+                        .resources
+                        .reservations
+                })
                 .unwrap_or_default();
             loads[i].take(&task.service_id, reservation);
         }
@@ -100,6 +106,36 @@ impl<'a> Scheduler<'a> {
             heap.push(Reverse((load.count_of(&service.id), load.total_tasks, i)));
         }
         out
+    }
+}
+
+impl Scheduler<'_> {
+    /// Places a stop-first update's new task that no node has room for on the node of
+    /// `old`, the task it replaces, counting `old`'s reservation (`old_reservation`) as free:
+    /// the old task stops before the new one starts. None if that node is not eligible, or
+    /// too small even so.
+    pub fn place_in_stead_of(
+        &mut self,
+        service: &Service,
+        old: &Task,
+        old_reservation: Resources,
+    ) -> Option<String> {
+        let constraints = constraint::parse_all(&service.spec.constraints).ok()?;
+        let need = service.spec.resources.reservations;
+        let i = self
+            .loads
+            .binary_search_by(|l| l.node.id.as_str().cmp(&old.node_id))
+            .ok()?;
+        let load = &mut self.loads[i];
+        // Only what the new task needs beyond the old one's reservation is taken: the rest
+        // of the old reservation stays held until the old task has stopped.
+        let extra = Resources {
+            cpu_millis: need.cpu_millis.saturating_sub(old_reservation.cpu_millis),
+            memory_bytes: need.memory_bytes.saturating_sub(old_reservation.memory_bytes),
+        };
+        load.eligible(&constraints, extra).ok()?;
+        load.take(&service.id, extra);
+        Some(load.node.id.clone())
     }
 }
 
@@ -230,6 +266,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             version: 0,
+            health: None,
         }
     }
 

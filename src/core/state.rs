@@ -116,6 +116,8 @@ pub struct TaskReport {
     pub message: String,
     pub exit_code: i32,
     pub container_id: String,
+    /// The health check's verdict when the task has one.
+    pub health: Option<HealthStatus>,
 }
 
 /// A change to the cluster state. Ids and times are chosen by the proposer.
@@ -905,6 +907,9 @@ impl ClusterState {
                             t.exit_code = r.exit_code;
                             if !r.container_id.is_empty() {
                                 t.container_id = r.container_id;
+                            }
+                            if r.health.is_some() {
+                                t.health = r.health;
                             }
                             t.updated_at_ms = now_ms;
                             t.version = index;

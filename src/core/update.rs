@@ -26,8 +26,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default, PartialEq)]
 pub struct Step {
     pub changes: Vec<TaskChange>,
-    /// New tasks to place at the service's current spec version: (slot, id, desired state).
-    pub create: Vec<(u32, String, TaskState)>,
+    /// New tasks to place at the service's current spec version: (slot, id, desired state,
+    /// the task it replaces).
+    pub create: Vec<(u32, String, TaskState, String)>,
 }
 
 /// Whether a task still occupies its node and may run (it has not ended and is not lost).
@@ -278,7 +279,7 @@ pub fn step(
                 UpdateOrder::StopFirst => TaskState::Ready,
                 UpdateOrder::StartFirst => TaskState::Running,
             };
-            out.create.push((slot, id.clone(), desired));
+            out.create.push((slot, id.clone(), desired, o.id.clone()));
             st.in_flight.insert(
                 slot,
                 SlotUpdate {

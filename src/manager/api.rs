@@ -1,7 +1,7 @@
 //! The public `warren.v1` API. Reads come from this manager's applied state (or, with
 //! `consistent`, after a read-index check on the leader); writes go through `Manager::write`.
 
-use super::convert::{service_to_pb, spec_from_pb, task_state_from_pb, task_to_pb};
+use super::convert::{health_from_pb, service_to_pb, spec_from_pb, task_state_from_pb, task_to_pb};
 use super::join::JOIN_DEADLINE_MS;
 use super::leader::{self, LeaderAnswer, LeaderOp};
 use super::{now_ms, ApiError, ApiResult, ManagerRef};
@@ -717,6 +717,7 @@ impl NodeService for Api {
                 message: c.message,
                 exit_code: c.exit_code,
                 container_id: c.container_id,
+                health: health_from_pb(c.health),
             });
         }
         // Bounded here, before anything is forwarded or logged (a 4 MB message once became

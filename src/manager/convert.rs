@@ -247,6 +247,27 @@ pub fn task_state_to_pb(s: model::TaskState) -> pb::TaskState {
     }
 }
 
+pub fn health_to_pb(h: Option<model::HealthStatus>) -> pb::HealthState {
+    use model::HealthStatus as H;
+    match h {
+        None => pb::HealthState::Unspecified,
+        Some(H::Starting) => pb::HealthState::Starting,
+        Some(H::Healthy) => pb::HealthState::Healthy,
+        Some(H::Unhealthy) => pb::HealthState::Unhealthy,
+    }
+}
+
+/// None for unspecified and for values this build does not know.
+pub fn health_from_pb(h: i32) -> Option<model::HealthStatus> {
+    use model::HealthStatus as H;
+    match pb::HealthState::try_from(h).ok()? {
+        pb::HealthState::Unspecified => None,
+        pb::HealthState::Starting => Some(H::Starting),
+        pb::HealthState::Healthy => Some(H::Healthy),
+        pb::HealthState::Unhealthy => Some(H::Unhealthy),
+    }
+}
+
 pub fn task_state_from_pb(s: i32) -> Option<model::TaskState> {
     use model::TaskState as T;
     Some(match pb::TaskState::try_from(s).ok()? {
@@ -296,6 +317,7 @@ pub fn task_to_pb(st: &core::ClusterState, t: &model::Task, with_spec: bool) -> 
             .and_then(|s| s.spec_of(t.spec_version))
             .map(|s| s.image.clone())
             .unwrap_or_default(),
+        health: health_to_pb(t.health) as i32,
     }
 }
 

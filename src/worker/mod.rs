@@ -18,7 +18,7 @@ use crate::client::{Client, ClientError};
 use crate::core::agent::{Assignment, Found, Input, Job, Observation, Outcome, Verdict};
 use crate::core::health::Probe;
 use crate::core::TaskState;
-use crate::manager::convert::{spec_from_pb, task_state_from_pb, task_state_to_pb};
+use crate::manager::convert::{health_to_pb, spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -631,6 +631,7 @@ fn report_of(t: &LocalTask) -> pb::TaskStatusReport {
         message: cut_message(&t.message),
         exit_code: t.exit_code,
         container_id: t.container_id.clone(),
+        health: health_to_pb(t.health.as_ref().map(|h| h.status)) as i32,
     }
 }
 
