@@ -75,7 +75,7 @@ fn update_seed_1795994607726620175_late_crash_report() {
     on_seed(1795994607726620175, || async {
         crate::workers::rolling_update_under_leader_faults(
             "regressions::update_seed_1795994607726620175_late_crash_report",
-            true,
+            crate::workers::NewVersion::Crashes,
         )
         .await;
     });
@@ -89,7 +89,7 @@ fn update_seed_1795992384398849959_restart_not_a_second_update() {
     on_seed(1795992384398849959, || async {
         crate::workers::rolling_update_under_leader_faults(
             "regressions::update_seed_1795992384398849959_restart_not_a_second_update",
-            true,
+            crate::workers::NewVersion::Crashes,
         )
         .await;
     });

@@ -486,12 +486,45 @@ async fn a_runtime_that_hangs_on_stop_holds_up_nothing_else() {
 
 /// The rolling update the update scenarios run: 10 replicas, parallelism 2, monitor 1 s;
 /// the new version crashes 300 ms after it starts if `crash`.
-fn update_spec(version: u32, crash: bool, start_first: bool, action: pb::FailureAction) -> pb::ServiceSpec {
+/// What the version an update rolls out does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NewVersion {
+    Works,
+    /// Exits with code 1 300 ms after it starts.
+    Crashes,
+    /// Runs, but its health check never passes (both versions have one; the old one passes
+    /// 200 ms after it starts).
+    Unhealthy,
+}
+
+fn update_spec(
+    version: u32,
+    new: NewVersion,
+    start_first: bool,
+    action: pb::FailureAction,
+) -> pb::ServiceSpec {
     let mut env: BTreeMap<String, String> = [("V".to_string(), version.to_string())].into();
-    if crash {
-        env.insert("WARREN_SIM_EXIT_AFTER_MS".into(), "300".into());
-        env.insert("WARREN_SIM_EXIT_CODE".into(), "1".into());
+    let is_new = version > 1;
+    match new {
+        NewVersion::Crashes if is_new => {
+            env.insert("WARREN_SIM_EXIT_AFTER_MS".into(), "300".into());
+            env.insert("WARREN_SIM_EXIT_CODE".into(), "1".into());
+        }
+        NewVersion::Unhealthy if is_new => {
+            env.insert("WARREN_SIM_UNHEALTHY".into(), "1".into());
+        }
+        NewVersion::Unhealthy => {
+            env.insert("WARREN_SIM_HEALTHY_AFTER_MS".into(), "200".into());
+        }
+        _ => {}
     }
+    let healthcheck = (new == NewVersion::Unhealthy).then(|| pb::HealthCheck {
+        cmd: vec!["check".into()],
+        interval_ms: 1_000,
+        timeout_ms: 1_000,
+        retries: 2,
+        start_period_ms: 0,
+    });
     let cfg = pb::UpdateConfig {
         parallelism: 2,
         delay_ms: 0,
@@ -511,6 +544,7 @@ fn update_spec(version: u32, crash: bool, start_first: bool, action: pb::Failure
         replicas: 10,
         env,
         update_config: Some(cfg),
+        healthcheck,
         rollback_config: Some(pb::UpdateConfig {
             failure_action: pb::FailureAction::Pause as i32,
             ..cfg
@@ -569,16 +603,17 @@ async fn update_status(via: &[u64]) -> Option<pb::UpdateStatus> {
 /// (start-first, a healthy version); the update ends (completed, or rolled back when the new
 /// version crashes) within a bound under the new leader; no slot got two tasks of the new
 /// version (none updated twice); then exactly the wanted version runs in every slot.
-pub(crate) async fn rolling_update_under_leader_faults(scenario: &str, crash: bool) -> Duration {
-    rolling_update_with(scenario, crash, true, rand_range(0, 2) == 1).await
+pub(crate) async fn rolling_update_under_leader_faults(scenario: &str, new: NewVersion) -> Duration {
+    rolling_update_with(scenario, new, true, rand_range(0, 2) == 1).await
 }
 
 /// The update scenario; returns the simulated time from the update call to its end.
-async fn rolling_update_with(scenario: &str, crash: bool, fault: bool, start_first: bool) -> Duration {
+async fn rolling_update_with(scenario: &str, new: NewVersion, fault: bool, start_first: bool) -> Duration {
+    let crash = new != NewVersion::Works;
     let c = cluster_with(scenario, &[]).await;
     c.on_client(create_spec(update_spec(
         1,
-        false,
+        new,
         start_first,
         pb::FailureAction::Rollback,
     )))
@@ -602,7 +637,7 @@ async fn rolling_update_with(scenario: &str, crash: bool, fault: bool, start_fir
         client_of_all(MANAGERS)
             .update_service(
                 "web",
-                update_spec(2, crash, start_first, pb::FailureAction::Rollback),
+                update_spec(2, new, start_first, pb::FailureAction::Rollback),
                 0,
                 false,
             )
@@ -724,7 +759,7 @@ fn bench_rolling_update() {
                 let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
                 rt.block_on(rolling_update_with(
                     "workers::bench_rolling_update",
-                    false,
+                    NewVersion::Works,
                     fault,
                     false,
                 ))
@@ -746,10 +781,27 @@ fn bench_rolling_update() {
 
 #[madsim::test]
 async fn rolling_update_survives_leader_faults() {
-    rolling_update_under_leader_faults("workers::rolling_update_survives_leader_faults", false).await;
+    rolling_update_under_leader_faults(
+        "workers::rolling_update_survives_leader_faults",
+        NewVersion::Works,
+    )
+    .await;
 }
 
 #[madsim::test]
 async fn failed_update_rolls_back_through_leader_faults() {
-    rolling_update_under_leader_faults("workers::failed_update_rolls_back_through_leader_faults", true).await;
+    rolling_update_under_leader_faults(
+        "workers::failed_update_rolls_back_through_leader_faults",
+        NewVersion::Crashes,
+    )
+    .await;
+}
+
+#[madsim::test]
+async fn unhealthy_update_rolls_back_through_leader_faults() {
+    rolling_update_under_leader_faults(
+        "workers::unhealthy_update_rolls_back_through_leader_faults",
+        NewVersion::Unhealthy,
+    )
+    .await;
 }
