@@ -103,6 +103,31 @@ pub struct Input<'a> {
     pub duplicates: DuplicatePolicy,
 }
 
+/// A task this round creates, in placement order.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct NewTask {
+    slot: u32,
+    attempt: u32,
+    /// Chosen by the update; None: named when created.
+    id: Option<String>,
+    desired: TaskState,
+    /// The task a stop-first update's new task replaces (it may take that one's reservation).
+    replaces: Option<String>,
+}
+
+impl NewTask {
+    /// A task that fills an empty slot.
+    fn fill(slot: u32, attempt: u32) -> NewTask {
+        NewTask {
+            slot,
+            attempt,
+            id: None,
+            desired: TaskState::Running,
+            replaces: None,
+        }
+    }
+}
+
 /// The changes for one round; `new_id` names new tasks.
 pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
     let st = input.state;
@@ -178,9 +203,8 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     for service in st.services.values() {
         let by_slot = slots.get(service.id.as_str()).unwrap_or(&empty);
         let replicas = service.spec.replicas as u32;
-        // Tasks to place: (slot, attempt, id, desired state, the task a stop-first update's
-        // new task replaces) of new ones, then pending ones.
-        let mut new_tasks: Vec<(u32, u32, Option<String>, TaskState, Option<String>)> = Vec::new();
+        // Tasks to place: new ones, then pending ones.
+        let mut new_tasks: Vec<NewTask> = Vec::new();
         let mut pending: Vec<&Task> = Vec::new();
         // Slots a rolling update is replacing: two tasks there are the update's doing, and
         // an empty one is being filled by it.
@@ -249,14 +273,14 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Some(_) => {}
                 None => {
                     if let Some(attempt) = replacement(service, tasks.last().copied(), input.now_ms) {
-                        new_tasks.push((slot, attempt, None, TaskState::Running, None));
+                        new_tasks.push(NewTask::fill(slot, attempt));
                     }
                 }
             }
         }
         for slot in 1..=replicas {
             if !by_slot.contains_key(&slot) {
-                new_tasks.push((slot, 0, None, TaskState::Running, None));
+                new_tasks.push(NewTask::fill(slot, 0));
             }
         }
         let update = super::update::step(service, by_slot, input.now_ms, input.leading_since_ms, new_id);
@@ -267,7 +291,13 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 .and_then(|ts| ts.last())
                 .map_or(0, |t| t.attempt);
             let in_stead_of = (desired == TaskState::Ready).then_some(old);
-            new_tasks.push((slot, attempt, Some(id), desired, in_stead_of));
+            new_tasks.push(NewTask {
+                slot,
+                attempt,
+                id: Some(id),
+                desired,
+                replaces: in_stead_of,
+            });
         }
         new_tasks.sort();
 
@@ -306,7 +336,17 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 Err(_) => {}
             }
         }
-        for ((slot, attempt, id, desired, replaces), place) in new_tasks.into_iter().zip(for_new) {
+        for (
+            NewTask {
+                slot,
+                attempt,
+                id,
+                desired,
+                replaces,
+            },
+            place,
+        ) in new_tasks.into_iter().zip(for_new)
+        {
             let taken = in_stead_of(place, replaces.as_deref());
             let place = taken.as_ref().unwrap_or(place);
             let (node_id, state, message) = match place {
