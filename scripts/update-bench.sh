@@ -5,41 +5,14 @@
 # waits until the update completed) against the lower bound the settings give:
 # ceil(10 / 2) batches x 1 s monitor = 5 s. Median of TRIALS (default 5). Needs root.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 TRIALS=${1:-5}
-./scripts/deps.sh >/dev/null
-cargo build --release -q --bin warren
-W=${WARREN_BIN:-$PWD/target/release/warren}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  ./scripts/rig.sh stop "$tmp/rig" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
-eval "$(./scripts/rig.sh start "$tmp/rig")"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now_ms() { date +%s%3N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
-API="127.0.0.1:$(port)"
-"$W" cluster init --node-id 1 --api-addr "$API" --bind-addr "127.0.0.1:$(port)" --data-dir "$tmp/m1" 2>"$tmp/m1.log" &
-pids+=($!)
-export WARREN_TLS_DIR=$tmp/m1/admin # the operator credential cluster init writes
-for _ in $(seq 1 200); do "$W" --manager "$API" cluster info >/dev/null 2>&1 && break; sleep 0.1; done
-TOKEN=$("$W" --manager "$API" cluster join-token worker -q)
-for w in ub1 ub2; do
-  "$W" --manager "$API" worker start --token "$TOKEN" --node-id "$w" --data-dir "$tmp/$w" \
-    --containerd-socket "$WARREN_RIG_CONTAINERD_SOCKET" --containerd-namespace "$w" \
-    --insecure-registry "$WARREN_RIG_REGISTRY" 2>"$tmp/$w.log" &
-  pids+=($!)
-done
-for _ in $(seq 1 200); do [ "$("$W" --manager "$API" node ls 2>/dev/null | grep -c ready)" -ge 2 ] && break; sleep 0.05; done
+# shellcheck source=scripts/bench-common.sh
+. "$(dirname "$0")/bench-common.sh"
+start_worker ub1
+start_worker ub2
 
 CMD='trap "exit 0" TERM; sleep 100000 & wait'
-"$W" --manager "$API" service create web --image "$WARREN_RIG_IMAGE" --replicas 10 --stop-timeout 2s \
+"$W" --manager "$API" service create web --image "$IMG" --replicas 10 --stop-timeout 2s \
   --update-parallelism 2 --update-monitor 1s -e V=0 -- sh -c "$CMD" >/dev/null 2>&1
 took=()
 own=()

@@ -73,6 +73,15 @@ pub struct Cluster {
     pub scenario: String,
 }
 
+/// Writes `line` to stderr in one write: `eprintln!` writes each formatted piece on its own,
+/// and in the parallel suite libtest's progress dots on stdout (the same file in CI) landed
+/// inside a replay line's seed once.
+fn say(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// At the end of every run: a digest of the events (the simulated time reached and the next
 /// draw of the seeded generator, which depends on every draw made), printed with the seed.
 /// The same seed must give the same digest alone (its printed replay line) as in the suite
@@ -82,7 +91,10 @@ impl Drop for Cluster {
         if self.scenario.contains("::") {
             let ns = madsim::time::TimeHandle::current().elapsed().as_nanos();
             let draw: u64 = madsim::rand::random();
-            eprintln!("digest {} seed {}: {ns} {draw:016x}", self.scenario, self.seed);
+            say(format!(
+                "digest {} seed {}: {ns} {draw:016x}",
+                self.scenario, self.seed
+            ));
         }
     }
 }
@@ -114,7 +126,7 @@ impl Cluster {
         let seed = handle.seed();
         if scenario.contains("::") {
             // A pinned regression seed replays with the same line (its test pins the seed).
-            eprintln!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact --include-ignored");
+            say(format!("scenario {scenario}, seed {seed}; replay: MADSIM_TEST_SEED={seed} cargo sim -- {scenario} --exact --include-ignored"));
         }
         let client_node = handle
             .create_node()
@@ -292,6 +304,16 @@ impl Cluster {
     pub fn kill_worker(&self, i: u64) {
         self.handle.kill(self.workers[&i].id());
         SimRuntime::for_host(&format!("worker-{i}")).wipe();
+    }
+
+    /// The worker agent dies (SIGKILL; its host and containers stay).
+    pub fn kill_worker_agent(&self, i: u64) {
+        self.handle.kill(self.workers[&i].id());
+    }
+
+    /// The killed worker agent starts again: it resumes from its data dir.
+    pub fn start_worker_agent(&self, i: u64) {
+        self.handle.restart(self.workers[&i].id());
     }
 
     /// The worker agent restarts (its host and containers stay): it resumes from its data dir.

@@ -604,11 +604,25 @@ async fn update_status(via: &[u64]) -> Option<pb::UpdateStatus> {
 /// version crashes) within a bound under the new leader; no slot got two tasks of the new
 /// version (none updated twice); then exactly the wanted version runs in every slot.
 pub(crate) async fn rolling_update_under_leader_faults(scenario: &str, new: NewVersion) -> Duration {
-    rolling_update_with(scenario, new, true, rand_range(0, 2) == 1).await
+    rolling_update_with(scenario, new, Fault::Leader, rand_range(0, 2) == 1).await
+}
+
+/// What goes wrong during an update, at a random moment in its first 4 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// The leader is killed (restarted 0.5-5 s later) or cut off (for 0.5-5 s).
+    Leader,
+    /// The leader's disk fills up: its manager stops (a full disk must not be served on);
+    /// 0.5-5 s later the disk is freed and the manager restarted.
+    LeaderDiskFull,
+    /// A worker's agent is killed with SIGKILL (its containers keep running; restarted
+    /// 0.5-3 s later, within the grace period) or the worker is cut off for 0.5-3 s.
+    Worker,
 }
 
 /// The update scenario; returns the simulated time from the update call to its end.
-async fn rolling_update_with(scenario: &str, new: NewVersion, fault: bool, start_first: bool) -> Duration {
+async fn rolling_update_with(scenario: &str, new: NewVersion, fault: Fault, start_first: bool) -> Duration {
     let crash = new != NewVersion::Works;
     let c = cluster_with(scenario, &[]).await;
     c.on_client(create_spec(update_spec(
@@ -646,18 +660,44 @@ async fn rolling_update_with(scenario: &str, new: NewVersion, fault: bool, start
     })
     .await;
     let cut = rand_range(0, 2) == 1;
-    if fault {
-        tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
-        if cut {
-            madsim::net::NetSim::current().clog_node(c.node_id(leader));
-        } else {
-            c.kill(leader);
+    // Drawn only when used: the other scenarios' seeds keep their schedules.
+    let worker = if fault == Fault::Worker {
+        rand_range(1, 6)
+    } else {
+        0
+    };
+    match fault {
+        Fault::None => {}
+        Fault::Leader | Fault::LeaderDiskFull => {
+            tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
+            let f = match fault {
+                Fault::LeaderDiskFull => crate::faults::Fault::Disk {
+                    node: leader,
+                    fault: warren::raft::disk::sim::DiskFault {
+                        fail_syncs: 0,
+                        full: true,
+                    },
+                },
+                _ if cut => crate::faults::Fault::Isolate(leader),
+                _ => crate::faults::Fault::Kill(leader),
+            };
+            c.inject(&f).await;
+            tokio::time::sleep(Duration::from_millis(rand_range(500, 5_000))).await;
+            c.heal(&f).await;
         }
-        tokio::time::sleep(Duration::from_millis(rand_range(500, 5_000))).await;
-        if cut {
-            madsim::net::NetSim::current().unclog_node(c.node_id(leader));
-        } else {
-            c.restart(leader);
+        Fault::Worker => {
+            tokio::time::sleep(Duration::from_millis(rand_range(0, 4_000))).await;
+            if cut {
+                c.isolate_worker(worker);
+            } else {
+                c.kill_worker_agent(worker);
+            }
+            tokio::time::sleep(Duration::from_millis(rand_range(500, 3_000))).await;
+            if cut {
+                c.heal_worker(worker);
+            } else {
+                c.start_worker_agent(worker);
+            }
         }
     }
     let end = c
@@ -730,11 +770,14 @@ async fn rolling_update_with(scenario: &str, new: NewVersion, fault: bool, start
         );
     }
     eprintln!(
-        "leader {leader} {} during the update (start-first {start_first}); {}; at most {worst} slots down; {took:?}",
+        "{} during the update (start-first {start_first}); {}; at most {worst} slots down; {took:?}",
         match (fault, cut) {
-            (false, _) => "left alone",
-            (true, true) => "cut off",
-            (true, false) => "killed",
+            (Fault::None, _) => "nothing failed".to_string(),
+            (Fault::Leader, true) => format!("leader {leader} cut off"),
+            (Fault::Leader, false) => format!("leader {leader} killed"),
+            (Fault::LeaderDiskFull, _) => format!("leader {leader}'s disk full"),
+            (Fault::Worker, true) => format!("worker {worker} cut off"),
+            (Fault::Worker, false) => format!("worker {worker}'s agent killed"),
         },
         end.message
     );
@@ -760,7 +803,7 @@ fn bench_rolling_update() {
                 rt.block_on(rolling_update_with(
                     "workers::bench_rolling_update",
                     NewVersion::Works,
-                    fault,
+                    if fault { Fault::Leader } else { Fault::None },
                     false,
                 ))
                 .as_secs_f64()
@@ -793,6 +836,33 @@ async fn failed_update_rolls_back_through_leader_faults() {
     rolling_update_under_leader_faults(
         "workers::failed_update_rolls_back_through_leader_faults",
         NewVersion::Crashes,
+    )
+    .await;
+}
+
+/// A worker's agent killed with SIGKILL (restarted from its data dir) or the worker cut off
+/// in the middle of a rolling update, a stop-first slot on it between stopping the old task
+/// and starting the new one, say: the update completes with the same bounds.
+#[madsim::test]
+async fn rolling_update_survives_worker_faults() {
+    rolling_update_with(
+        "workers::rolling_update_survives_worker_faults",
+        NewVersion::Works,
+        Fault::Worker,
+        rand_range(0, 2) == 1,
+    )
+    .await;
+}
+
+/// The leader's disk fills up in the middle of a rolling update: it stops, the update
+/// completes under the next leader with the same bounds.
+#[madsim::test]
+async fn rolling_update_survives_a_full_disk_on_the_leader() {
+    rolling_update_with(
+        "workers::rolling_update_survives_a_full_disk_on_the_leader",
+        NewVersion::Works,
+        Fault::LeaderDiskFull,
+        rand_range(0, 2) == 1,
     )
     .await;
 }

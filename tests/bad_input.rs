@@ -23,12 +23,11 @@ async fn create(c: &Client, spec: pb::ServiceSpec) -> Result<pb::Service, warren
     c.create_service(spec).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_api_refuses_what_the_cli_never_sends() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = ManagerProc::start(&tmp.path().join("m1"));
+/// A manager with service `web` of no replicas (the orchestrator has nothing to write, so
+/// the log moves only by requests), and an admin client.
+async fn manager_with_idle_web(dir: &std::path::Path) -> (ManagerProc, Client) {
+    let m = ManagerProc::start(&dir.join("m1"));
     let c = admin_client(std::slice::from_ref(&m.api));
-    // No replicas: the orchestrator has nothing to write, so the log moves only by requests.
     create(
         &c,
         pb::ServiceSpec {
@@ -38,8 +37,18 @@ async fn the_api_refuses_what_the_cli_never_sends() {
     )
     .await
     .unwrap();
+    (m, c)
+}
+
+fn applied(api: &str) -> u64 {
+    info(api).unwrap()["last_applied"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_what_the_cli_never_sends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, c) = manager_with_idle_web(tmp.path()).await;
     let before = services(&m.api);
-    let applied = |api: &str| info(api).unwrap()["last_applied"].as_u64().unwrap();
     let applied_before = applied(&m.api);
 
     let with = |f: &dyn Fn(&mut pb::ServiceSpec)| {
@@ -414,4 +423,210 @@ fn cli_errors_are_short_and_point_at_real_commands() {
         .unwrap();
     let err = String::from_utf8_lossy(&piped.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// #14's settings and calls as a raw client could send them: every out-of-range rollout or
+/// health check setting is refused with INVALID_ARGUMENT naming it before the Raft log;
+/// rollbacks to versions that do not exist are refused saying which exist; nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_and_rollbacks_refuse_what_the_cli_never_sends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, c) = manager_with_idle_web(tmp.path()).await;
+    let before = services(&m.api);
+    let applied_before = applied(&m.api);
+
+    let with = |f: &dyn Fn(&mut pb::ServiceSpec)| {
+        let mut s = pb::ServiceSpec {
+            replicas: 0,
+            ..spec("web")
+        };
+        f(&mut s);
+        s
+    };
+    let rollout = |f: &dyn Fn(&mut pb::UpdateConfig)| {
+        let mut u = pb::UpdateConfig {
+            parallelism: 1,
+            monitor_ms: 5_000,
+            timeout_ms: 300_000,
+            ..Default::default()
+        };
+        f(&mut u);
+        Some(u)
+    };
+    let check = |f: &dyn Fn(&mut pb::HealthCheck)| {
+        let mut h = pb::HealthCheck {
+            cmd: vec!["true".into()],
+            interval_ms: 30_000,
+            timeout_ms: 30_000,
+            retries: 3,
+            start_period_ms: 0,
+        };
+        f(&mut h);
+        Some(h)
+    };
+    let cases: Vec<(&str, pb::ServiceSpec, &str)> = vec![
+        (
+            "parallelism 2^32-1",
+            with(&|s| s.update_config = rollout(&|u| u.parallelism = u32::MAX)),
+            "update parallelism",
+        ),
+        (
+            "delay 2^63 ms",
+            with(&|s| s.update_config = rollout(&|u| u.delay_ms = 1 << 63)),
+            "update delay",
+        ),
+        (
+            "monitor u64::MAX",
+            with(&|s| s.update_config = rollout(&|u| u.monitor_ms = u64::MAX)),
+            "update monitor",
+        ),
+        (
+            "timeout 0",
+            with(&|s| s.update_config = rollout(&|u| u.timeout_ms = 0)),
+            "update timeout",
+        ),
+        (
+            "failure ratio 5",
+            with(&|s| s.update_config = rollout(&|u| u.max_failure_permille = 5_000)),
+            "update max failure ratio",
+        ),
+        (
+            "failure action 99",
+            with(&|s| s.update_config = rollout(&|u| u.failure_action = 99)),
+            "update failure action",
+        ),
+        (
+            "order -1",
+            with(&|s| s.update_config = rollout(&|u| u.order = -1)),
+            "update order",
+        ),
+        (
+            "rollback monitor 2^63",
+            with(&|s| s.rollback_config = rollout(&|u| u.monitor_ms = 1 << 63)),
+            "rollback monitor",
+        ),
+        (
+            "health cmd empty",
+            with(&|s| s.healthcheck = check(&|h| h.cmd = vec![])),
+            "health cmd",
+        ),
+        (
+            "health cmd NUL",
+            with(&|s| s.healthcheck = check(&|h| h.cmd = vec!["a\0b".into()])),
+            "health cmd",
+        ),
+        (
+            "health cmd 100,000 arguments",
+            with(&|s| s.healthcheck = check(&|h| h.cmd = vec!["x".into(); 100_000])),
+            "health cmd",
+        ),
+        (
+            "health interval 0",
+            with(&|s| s.healthcheck = check(&|h| h.interval_ms = 0)),
+            "health interval",
+        ),
+        (
+            "health timeout u64::MAX",
+            with(&|s| s.healthcheck = check(&|h| h.timeout_ms = u64::MAX)),
+            "health timeout",
+        ),
+        (
+            "health retries 0",
+            with(&|s| s.healthcheck = check(&|h| h.retries = 0)),
+            "health retries",
+        ),
+        (
+            "health retries 2^32-1",
+            with(&|s| s.healthcheck = check(&|h| h.retries = u32::MAX)),
+            "health retries",
+        ),
+        (
+            "health start period u64::MAX",
+            with(&|s| s.healthcheck = check(&|h| h.start_period_ms = u64::MAX)),
+            "health start period",
+        ),
+        (
+            "a check and --no-healthcheck",
+            with(&|s| {
+                s.healthcheck = check(&|_| {});
+                s.no_healthcheck = true;
+            }),
+            "healthcheck",
+        ),
+    ];
+    for (what, spec, field) in cases {
+        // At create and at update alike.
+        let e = create(
+            &c,
+            pb::ServiceSpec {
+                name: "bad".into(),
+                ..spec.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "create, {what}: {e}");
+        assert!(
+            e.to_string().contains(field),
+            "create, {what}: {e} does not name {field}"
+        );
+        let e = c.update_service("web", spec, 0, false).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "update, {what}: {e}");
+        assert!(
+            e.to_string().contains(field),
+            "update, {what}: {e} does not name {field}"
+        );
+        assert!(e.to_string().len() < 1_000, "{what}: the error echoes too much");
+    }
+    // An update without a spec.
+    let e = c
+        .call(|mut s| async move {
+            s.services
+                .update_service(pb::UpdateServiceRequest {
+                    service: "web".into(),
+                    spec: None,
+                    expected_version: 0,
+                    force: false,
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_eq!(
+        applied(&m.api),
+        applied_before,
+        "refused input reached the Raft log"
+    );
+
+    // Rollbacks: nothing to roll back to, a version never made, the current one, a service
+    // that does not exist.
+    let e = c.rollback_service("web", 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("no earlier version"), "{e}");
+    for v in [1, 2, 999, u64::MAX] {
+        let e = c.rollback_service("web", v).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "to version {v}: {e}");
+    }
+    assert_eq!(
+        c.rollback_service("nope", 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // A rename through an update.
+    let e = c
+        .update_service("web", with(&|s| s.name = "other".into()), 0, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("renamed"), "{e}");
+    assert_eq!(services(&m.api), before, "a refused request changed something");
+
+    // After a real update, a rollback names the versions it keeps when asked for another.
+    c.update_service("web", with(&|s| s.image = "busybox:2".into()), 0, false)
+        .await
+        .unwrap();
+    let e = c.rollback_service("web", 7).await.unwrap_err();
+    assert!(e.to_string().contains("keeps versions 1"), "{e}");
+    let s = c.rollback_service("web", 1).await.unwrap();
+    assert_eq!(s.spec.unwrap().image, "busybox");
 }

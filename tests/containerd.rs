@@ -889,6 +889,29 @@ fn versions(set: &BTreeSet<(u64, u64, String)>) -> Vec<u64> {
     set.iter().map(|t| t.1).collect()
 }
 
+/// `service update ARGS` with failure action rollback and a 1 s monitor, which must roll
+/// back: a non-zero exit saying so. Returns what it printed on stderr (the reason).
+fn update_rolled_back(api: &str, args: &[&str]) -> String {
+    let mut full = vec![
+        "service",
+        "update",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "1s",
+    ];
+    full.extend(args);
+    let out = warren(api, &full);
+    assert!(
+        !out.status.success(),
+        "an update that rolled back exited 0: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("rolled back"), "{err}");
+    err
+}
+
 /// #14 on real containers: a rolling update replaces tasks slot by slot and `service ps`
 /// keeps the old ones as history; an image that cannot be pulled pauses the update with the
 /// old containers untouched (pulled before stopped) and a non-zero exit; a task that fails
@@ -1011,28 +1034,10 @@ fn rolling_updates_with_real_containers() {
     assert_eq!(running_versions(&api, "web"), v2);
 
     // A new command that exits at once, with rollback on failure: rolled back, exit non-zero.
-    let out = warren(
+    update_rolled_back(
         &api,
-        &[
-            "service",
-            "update",
-            "web",
-            "--update-failure-action",
-            "rollback",
-            "--restart-condition",
-            "none",
-            "--",
-            "sh",
-            "-c",
-            "exit 3",
-        ],
+        &["web", "--restart-condition", "none", "--", "sh", "-c", "exit 3"],
     );
-    assert!(
-        !out.status.success(),
-        "a rolled-back update exited 0: {}",
-        stdout(&out)
-    );
-    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
     let back = wait_until("version 2 on every slot again", WAIT, || {
         let r = running_versions(&api, "web");
         (versions(&r) == vec![2; 4]).then_some(r)
@@ -1190,28 +1195,7 @@ fn health_checks_with_real_containers() {
     // An update whose tasks never pass their check: rolled back, non-zero exit, the old task
     // running again.
     let before = running_versions(&api, "slow");
-    let out = warren(
-        &api,
-        &[
-            "service",
-            "update",
-            "slow",
-            "--health-cmd",
-            "false",
-            "--health-retries",
-            "1",
-            "--update-failure-action",
-            "rollback",
-            "--update-monitor",
-            "1s",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "an update rolled back for health exited 0: {}",
-        stdout(&out)
-    );
-    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    update_rolled_back(&api, &["slow", "--health-cmd", "false", "--health-retries", "1"]);
     let after = wait_until("slow back on version 1, healthy", WAIT, || {
         let r = running_versions(&api, "slow");
         (versions(&r) == vec![1]).then_some(r)
@@ -1243,26 +1227,8 @@ fn health_checks_with_real_containers() {
         .find(|t| t["state"] == "running")
         .expect("create waited for it to run");
     assert!(t["message"].as_str().unwrap().contains("healthy"), "{t}");
-    let out = warren(
-        &api,
-        &[
-            "service",
-            "update",
-            "img",
-            "--image",
-            &rig.unhealthy_image,
-            "--update-failure-action",
-            "rollback",
-            "--update-monitor",
-            "1s",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "an update to an image failing its own check exited 0: {}",
-        stdout(&out)
-    );
-    assert!(stderr(&out).contains("unhealthy"), "{}", stderr(&out));
+    let why = update_rolled_back(&api, &["img", "--image", &rig.unhealthy_image]);
+    assert!(why.contains("unhealthy"), "{why}");
     let back = wait_until("img back on the healthy image", WAIT, || {
         ps(&api, "img").into_iter().find(|t| {
             t["state"] == "running"

@@ -990,78 +990,46 @@ mod tests {
         let p = tick(&healthy, 3_000);
         assert_eq!(p.tasks["a"].state, S::Running);
         assert!(p.jobs.is_empty() && p.reports.is_empty(), "{p:?}");
-        // Two failures in a row: unhealthy, then stopped and reported failed.
-        let mut t = healthy;
-        for now in [12_000, 22_000] {
-            let p = tick(&t, now);
-            let [Job::Probe(probing)] = p.jobs.as_slice() else {
+        // Two failures in a row: unhealthy, then stopped and reported failed. A task that was
+        // healthy stays running meanwhile; one that never was stays starting (it must not
+        // pass for running). Failures before the first success count once an interval.
+        for (from, probes, keeps) in [
+            (healthy, [12_000, 22_000], S::Running),
+            (t1, [11_000, 21_000], S::Starting),
+        ] {
+            let mut t = from;
+            for now in probes {
+                let p = tick(&t, now);
+                let [Job::Probe(probing)] = p.jobs.as_slice() else {
+                    panic!("{:?}", p.jobs)
+                };
+                t = apply(&Job::Probe(probing.clone()), &Outcome::Probed(Probe::TimedOut))
+                    .keep
+                    .unwrap();
+            }
+            assert!(
+                t.message.starts_with("unhealthy: 2 probes failed"),
+                "{}",
+                t.message
+            );
+            let p = tick(&t, probes[1] + 100);
+            assert_eq!(p.tasks["a"].state, keeps, "an unhealthy task changed state");
+            assert!(p.reports.is_empty(), "{:?}", p.reports);
+            let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
                 panic!("{:?}", p.jobs)
             };
-            t = apply(&Job::Probe(probing.clone()), &Outcome::Probed(Probe::TimedOut))
-                .keep
-                .unwrap();
+            let a = apply(
+                &Job::StopUnhealthy(stopping.clone()),
+                &Outcome::Stopped(Some(143)),
+            );
+            let r = a.report.unwrap();
+            assert_eq!((r.state, r.exit_code), (S::Failed, 143));
+            assert!(
+                r.message.starts_with("unhealthy: 2 probes failed"),
+                "{}",
+                r.message
+            );
         }
-        assert!(
-            t.message.starts_with("unhealthy: 2 probes failed"),
-            "{}",
-            t.message
-        );
-        let p = tick(&t, 22_100);
-        assert_eq!(
-            p.tasks["a"].state,
-            S::Running,
-            "an unhealthy task went back to starting"
-        );
-        assert!(p.reports.is_empty(), "{:?}", p.reports);
-        let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
-            panic!("{:?}", p.jobs)
-        };
-        let a = apply(
-            &Job::StopUnhealthy(stopping.clone()),
-            &Outcome::Stopped(Some(143)),
-        );
-        let r = a.report.unwrap();
-        assert_eq!((r.state, r.exit_code), (S::Failed, 143));
-        assert!(
-            r.message.starts_with("unhealthy: 2 probes failed"),
-            "{}",
-            r.message
-        );
-        // Never healthy: the failures make it unhealthy while starting; it stays starting
-        // (it must not pass for running) and is stopped and reported failed as unhealthy.
-        let mut t = t1;
-        // (Failures before the first success count once an interval.)
-        for now in [11_000, 21_000] {
-            let p = tick(&t, now);
-            let [Job::Probe(probing)] = p.jobs.as_slice() else {
-                panic!("{:?}", p.jobs)
-            };
-            t = apply(&Job::Probe(probing.clone()), &Outcome::Probed(Probe::TimedOut))
-                .keep
-                .unwrap();
-        }
-        let p = tick(&t, 21_100);
-        assert_eq!(
-            p.tasks["a"].state,
-            S::Starting,
-            "an unhealthy task passed for running"
-        );
-        assert!(p.reports.is_empty(), "{:?}", p.reports);
-        let [Job::StopUnhealthy(stopping)] = p.jobs.as_slice() else {
-            panic!("{:?}", p.jobs)
-        };
-        let r = apply(
-            &Job::StopUnhealthy(stopping.clone()),
-            &Outcome::Stopped(Some(143)),
-        )
-        .report
-        .unwrap();
-        assert_eq!(r.state, S::Failed);
-        assert!(
-            r.message.starts_with("unhealthy: 2 probes failed"),
-            "{}",
-            r.message
-        );
         // --no-healthcheck: running as soon as the container runs.
         let mut t = task("a", S::Starting);
         t.spec.no_healthcheck = true;
