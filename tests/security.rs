@@ -102,16 +102,21 @@ async fn every_wrong_credential_is_refused_and_changes_nothing() {
             "--name",
             "brief",
             "--ttl",
-            "1s",
+            "5s",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let brief = Credential::load(&short, "admin").unwrap();
-    // A connection opened while it is valid, and kept open.
+    // A connection opened while it is valid, and kept open (5 s: a 1 s credential expired
+    // before the first call on a busy CI machine).
     let open = client_with(&m.api, Transport::new(&brief).unwrap());
     assert!(list(&open).await.is_ok());
-    // Wait on the certificate's own clock (its validity is in whole seconds).
-    std::thread::sleep(Duration::from_millis(2_100));
+    // Until it has expired on the certificate's own clock: its validity is in whole seconds,
+    // and TLS takes the last second as still valid.
+    let not_after = brief.identity().unwrap().not_after;
+    wait_until("the credential to expire", Duration::from_secs(10), || {
+        (std::time::SystemTime::now() > not_after + Duration::from_millis(1_100)).then_some(())
+    });
     // The CLI says so before it connects...
     let out = warren_cmd(&m.api)
         .args([
