@@ -94,3 +94,17 @@ fn update_seed_1795992384398849959_restart_not_a_second_update() {
         .await;
     });
 }
+
+/// Found the consistent-views checker taking a lagging manager's view of a start-first
+/// update in flight (slot 1's version-2 task starting beside the version-1 one) for a slot
+/// run twice. The checker counts tasks meant to run per slot and version since.
+#[test]
+fn unhealthy_update_seed_1796002275575816078_lagging_start_first_view() {
+    on_seed(1796002275575816078, || async {
+        crate::workers::rolling_update_under_leader_faults(
+            "regressions::unhealthy_update_seed_1796002275575816078_lagging_start_first_view",
+            crate::workers::NewVersion::Unhealthy,
+        )
+        .await;
+    });
+}

@@ -55,7 +55,10 @@ pub fn consistent_views(views: &BTreeMap<u64, Vec<pb::Task>>) -> Result<(), Stri
     let mut named: BTreeMap<&str, (u64, &pb::Task)> = BTreeMap::new();
     for (&manager, tasks) in views {
         unique_ids(tasks).map_err(|e| format!("manager {manager}: {e}"))?;
-        let mut meant: BTreeMap<(&str, u32), &str> = BTreeMap::new();
+        // Per slot and spec version: two tasks of one slot at different versions, both meant
+        // to run, are a start-first update (or rollback) in flight, as a manager that has
+        // not applied its end yet shows it.
+        let mut meant: BTreeMap<(&str, u32, u64), &str> = BTreeMap::new();
         for t in tasks {
             // Meant to run and not over: a finished task keeps its desired state in the
             // history, and an orphaned one (its node down) stays meant to run until the node
@@ -71,7 +74,7 @@ pub fn consistent_views(views: &BTreeMap<u64, Vec<pb::Task>>) -> Result<(), Stri
             .iter()
             .any(|s| *s as i32 == t.state);
             if t.desired_state == pb::TaskState::Running as i32 && !over {
-                if let Some(other) = meant.insert((&t.service_name, t.slot), &t.id) {
+                if let Some(other) = meant.insert((&t.service_name, t.slot, t.spec_version), &t.id) {
                     return Err(format!(
                         "manager {manager}: {} slot {} has two tasks meant to run: {other} and {}",
                         t.service_name, t.slot, t.id
@@ -258,6 +261,10 @@ mod tests {
 
     #[test]
     fn consistent_views_accepts_lag_and_names_each_contradiction() {
+        let version = |mut t: pb::Task, v: u64| {
+            t.spec_version = v;
+            t
+        };
         let shut = |mut t: pb::Task| {
             t.desired_state = pb::TaskState::Shutdown as i32;
             t
@@ -279,6 +286,16 @@ mod tests {
             ),
             // Lagging: b not assigned yet, c not seen.
             (2, vec![task("a", 1, "w1"), task("b", 2, "")]),
+            // Lagging inside a start-first update: slot 1's version-2 task starts while the
+            // version-1 one still runs.
+            (
+                3,
+                vec![
+                    task("a", 1, "w1"),
+                    version(task("n", 1, "w2"), 2),
+                    task("b", 2, "w2"),
+                ],
+            ),
         ]
         .into();
         assert_eq!(consistent_views(&good), Ok(()));
@@ -290,6 +307,14 @@ mod tests {
             (
                 "two tasks meant to run",
                 [(2, vec![task("a", 1, "w1"), task("d", 1, "w2")])].into(),
+            ),
+            (
+                "two tasks meant to run",
+                [(
+                    2,
+                    vec![version(task("a", 1, "w1"), 2), version(task("d", 1, "w2"), 2)],
+                )]
+                .into(),
             ),
             (
                 "differs between managers",
