@@ -4,11 +4,19 @@
 
 use crate::chaos;
 use crate::faults::Profile;
+use futures::FutureExt;
 
 fn on_seed<F: std::future::Future<Output = ()> + 'static>(seed: u64, f: impl FnOnce() -> F) {
     let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     rt.block_on(f());
     warren::sim_hooks::reset();
+}
+
+/// The rolling-update scenario under leader faults on exactly `seed`.
+fn update_on_seed(seed: u64, scenario: &'static str, new: crate::workers::NewVersion) {
+    on_seed(seed, || {
+        crate::workers::rolling_update_under_leader_faults(scenario, new).map(|_| ())
+    });
 }
 
 /// Found a delete whose first attempt committed under a lost answer, retried, and answered
@@ -72,13 +80,11 @@ fn machine_faults_seed_1795971849086722276_join_on_a_full_disk() {
 /// leader began to lead at the earliest.
 #[test]
 fn update_seed_1795994607726620175_late_crash_report() {
-    on_seed(1795994607726620175, || async {
-        crate::workers::rolling_update_under_leader_faults(
-            "regressions::update_seed_1795994607726620175_late_crash_report",
-            crate::workers::NewVersion::Crashes,
-        )
-        .await;
-    });
+    update_on_seed(
+        1795994607726620175,
+        "regressions::update_seed_1795994607726620175_late_crash_report",
+        crate::workers::NewVersion::Crashes,
+    );
 }
 
 /// Found a crashed version-2 task restarted after the slot had passed its monitor period
@@ -86,13 +92,11 @@ fn update_seed_1795994607726620175_late_crash_report() {
 /// updated twice; the checker tells restarts (attempt + 1) from double updates since.
 #[test]
 fn update_seed_1795992384398849959_restart_not_a_second_update() {
-    on_seed(1795992384398849959, || async {
-        crate::workers::rolling_update_under_leader_faults(
-            "regressions::update_seed_1795992384398849959_restart_not_a_second_update",
-            crate::workers::NewVersion::Crashes,
-        )
-        .await;
-    });
+    update_on_seed(
+        1795992384398849959,
+        "regressions::update_seed_1795992384398849959_restart_not_a_second_update",
+        crate::workers::NewVersion::Crashes,
+    );
 }
 
 /// Found the consistent-views checker taking a lagging manager's view of a start-first
@@ -100,11 +104,9 @@ fn update_seed_1795992384398849959_restart_not_a_second_update() {
 /// run twice. The checker counts tasks meant to run per slot and version since.
 #[test]
 fn unhealthy_update_seed_1796002275575816078_lagging_start_first_view() {
-    on_seed(1796002275575816078, || async {
-        crate::workers::rolling_update_under_leader_faults(
-            "regressions::unhealthy_update_seed_1796002275575816078_lagging_start_first_view",
-            crate::workers::NewVersion::Unhealthy,
-        )
-        .await;
-    });
+    update_on_seed(
+        1796002275575816078,
+        "regressions::unhealthy_update_seed_1796002275575816078_lagging_start_first_view",
+        crate::workers::NewVersion::Unhealthy,
+    );
 }
