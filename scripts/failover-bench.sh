@@ -6,16 +6,24 @@
 #   3-member etcd (../shared/tools/etcd-failover) in the same run, and forwarded-write throughput.
 # Then one CLI command per new process (`cluster info`, 30 times): each is a new connection
 # and, with TLS, a new handshake.
-# Usage: scripts/failover-bench.sh [TRIALS]
-#   WARREN_BIN=... LOAD_BIN=... compare another build (say, one before TLS) in the same way;
-#   SKIP_ETCD=1 leaves out the etcd half.
+# Then the planned stop (issue #15): per trial, `examples/stop_probe` writes back to back
+# through the two other managers, sends SIGTERM to the leader (which hands leadership over
+# before it exits) and reports the time to the first write acknowledged after the signal
+# and the longest time without an acknowledgement; the leader is restarted after each.
+# etcd, stopped the same way (it transfers leadership on SIGTERM), by scripts/etcd-graceful.sh.
+# Usage: scripts/failover-bench.sh [TRIALS] [kill|term|both]   (default 20 both)
+#   WARREN_BIN=... LOAD_BIN=... PROBE_BIN=... compare another build in the same way;
+#   SKIP_ETCD=1 leaves out the etcd halves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-20}
+WHAT=${2:-both}
+case $WHAT in kill | term | both) ;; *) echo "usage: $0 [TRIALS] [kill|term|both]" >&2; exit 2 ;; esac
 ./scripts/deps.sh
-if [ -z "${WARREN_BIN:-}" ]; then cargo build --release -q --bin warren --example create_load; fi
+if [ -z "${WARREN_BIN:-}" ]; then cargo build --release -q --bin warren --example create_load --example stop_probe; fi
 W=${WARREN_BIN:-$PWD/target/release/warren}
 LOAD=${LOAD_BIN:-$PWD/target/release/examples/create_load}
+PROBE=${PROBE_BIN:-$PWD/target/release/examples/stop_probe}
 T=$(mktemp -d -t warren-failover.XXXXXX)
 declare -A PID API
 # `|| true`: under `set -e` the first `wait` (a killed process's status) would end the trap
@@ -50,6 +58,13 @@ all_agree() { # every manager answers, same leader, 3 voters, all reachable from
   echo "$l"
 }
 until all_agree >/dev/null; do sleep 0.1; done
+restart() { # $1 = the manager that stopped: start it again from its data dir, wait for agreement
+  $W manager start --data-dir $T/m$1 >>$T/m$1.log 2>&1 &
+  PID[$1]=$!
+  until all_agree >/dev/null; do sleep 0.1; done
+  sleep 1 # same settling pause as the etcd tool, so both start each trial alike
+}
+if [[ $WHAT != term ]]; then
 res=()
 for t in $(seq 1 "$TRIALS"); do
   leader=$(all_agree)
@@ -59,12 +74,29 @@ for t in $(seq 1 "$TRIALS"); do
   t1=$(now)
   d=$(python3 -c "print(f'{$t1-$t0:.3f}')"); res+=("$d")
   echo "trial $t: leader $leader killed, first acked create after ${d}s"
-  $W manager start --data-dir $T/m$leader >>$T/m$leader.log 2>&1 &
-  PID[$leader]=$!
-  until all_agree >/dev/null; do sleep 0.1; done
-  sleep 1 # same settling pause as the etcd tool, so both start each trial alike
+  restart "$leader"
 done
 python3 -c "import statistics as s; r=[float(x) for x in '${res[*]}'.split()]; print(f'warren failover kill->first acked create: median {s.median(r):.3f}s max {max(r):.3f}s over {len(r)} trials')"
+fi
+
+if [[ $WHAT != kill ]]; then
+  out=()
+  for t in $(seq 1 "$TRIALS"); do
+    leader=$(all_agree)
+    surv=(); for n in 1 2 3; do [[ $n != "$leader" ]] && surv+=("${API[$n]}"); done
+    r=$($PROBE "$(IFS=,; echo "${surv[*]}")" "${PID[$leader]}" 2>>$T/probe.log)
+    # A graceful stop exits 0; anything else is a failed trial.
+    wait "${PID[$leader]}" || { echo "manager $leader exited with $? after SIGTERM" >&2; exit 1; }
+    echo "trial $t: leader $leader stopped (SIGTERM): $r"
+    out+=("$r")
+    restart "$leader"
+  done
+  printf '%s\n' "${out[@]}" | python3 scripts/stop-summary.py "warren graceful stop (SIGTERM, handoff)"
+  if [[ ${SKIP_ETCD:-} != 1 ]] && command -v etcd >/dev/null; then
+    ./scripts/etcd-graceful.sh "$TRIALS" | tail -1
+  fi
+fi
+[[ $WHAT == term ]] && exit 0
 
 leader=$(all_agree); follower=$(( leader % 3 + 1 ))
 for clients in 1 16; do

@@ -107,10 +107,11 @@ pub enum Rpc {
     LeaderCall,
     Ping,
     NodeLogs,
+    Campaign,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 35] = [
+    pub const ALL: [Rpc; 36] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
@@ -146,6 +147,7 @@ impl Rpc {
         Rpc::LeaderCall,
         Rpc::Ping,
         Rpc::NodeLogs,
+        Rpc::Campaign,
     ];
 
     /// Who may call it.
@@ -157,7 +159,9 @@ impl Rpc {
             JoinCluster => Needs::SelfManager,
             RegisterNode | Heartbeat | WatchAssignments | LogSession => Needs::SelfWorker,
             RenewCertificate | ConfirmCertificate => Needs::AnyNode,
-            AppendEntries | Vote | InstallSnapshot | LeaderCall | Ping | NodeLogs => Needs::Manager,
+            AppendEntries | Vote | InstallSnapshot | LeaderCall | Ping | NodeLogs | Campaign => {
+                Needs::Manager
+            }
             GetClusterInfo
             | GenerateJoinToken
             | RemoveManager

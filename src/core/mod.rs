@@ -7,6 +7,7 @@ pub mod agent;
 pub mod authz;
 pub mod constraint;
 pub mod election;
+pub mod handoff;
 pub mod health;
 pub mod limits;
 pub mod membership;

@@ -98,6 +98,24 @@ fn from_raft_err<E: std::fmt::Display>(
 
 /// One attempt on this manager's own Raft.
 pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
+    // The leader taking itself out hands leadership over first; the removal then goes to
+    // the new leader like any forwarded call (`manager leave` on the leader).
+    if matches!(op, LeaderOp::RemoveManager { id, .. } if id == m.id) && not_leader(m).is_none() {
+        match super::handoff::hand_off(m).await {
+            Ok(_) => return not_leader(m).unwrap_or(LeaderReply::NotLeader(None)),
+            Err(e) => warn!(node = m.id, "removing the leader itself without a handoff: {e}"),
+        }
+    }
+    // A read index appends nothing; everything else waits while a handoff runs, so that the
+    // successor holds every entry before it is asked to campaign.
+    let _inside = match op {
+        LeaderOp::ReadIndex => None,
+        _ => Some(m.handoff.enter().await),
+    };
+    run_op(m, op).await
+}
+
+async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
     match op {
         LeaderOp::Write(cmd) if bugs::on(Bug::AckBeforeCommit) && not_leader(m).is_none() => {
             // Predict the answer on a copy of the state and reply before Raft commits.

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod credentials;
 mod election;
 pub mod error;
+pub mod handoff;
 mod join;
 pub mod leader;
 mod listener;
@@ -140,6 +141,8 @@ pub struct Manager {
     pub timing: crate::core::election::ElectionTiming,
     /// (term, when this manager was first seen leading it), for check-quorum.
     leader_since: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
+    /// Leader operations wait here while leadership is handed over (`handoff`).
+    pub handoff: handoff::Gate,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -402,6 +405,7 @@ pub async fn start(
             orchestrator: opts.timing.orchestrator.clone(),
             timing: opts.timing.election(),
             leader_since: Default::default(),
+            handoff: Default::default(),
             changes: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));
@@ -455,9 +459,13 @@ pub async fn start(
         let mut servers = futures::future::select(raft_server, api_server);
         let shutdown = std::pin::pin!(shutdown);
         let mut core_failed = false;
+        let mut planned = false;
         let mut result = tokio::select! {
             biased;
-            _ = shutdown => Ok(()),
+            _ = shutdown => {
+                planned = true;
+                Ok(())
+            }
             r = join => r,
             r = core_stopped => {
                 core_failed = true;
@@ -480,6 +488,11 @@ pub async fn start(
                 core_failed = true;
                 result = Err(why);
             }
+        }
+        // A planned stop (SIGTERM, Ctrl-C) of the leader hands leadership over first, while
+        // the servers still answer, so the cluster does not wait out an election timeout.
+        if planned {
+            handoff::before_stop(&manager).await;
         }
         info!("shutting down");
         // A core that stopped on its own (a disk error): the process exits at once with the
@@ -584,16 +597,7 @@ impl Manager {
             return None;
         }
         let now = tokio::time::Instant::now();
-        let since = {
-            let mut ls = self.leader_since.lock().unwrap();
-            match *ls {
-                Some((term, at)) if term == metrics.current_term => at,
-                _ => {
-                    *ls = Some((metrics.current_term, now));
-                    now
-                }
-            }
-        };
+        let since = self.leading_since(metrics);
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let leader_for_ms = now.duration_since(since).as_millis() as u64;
@@ -616,6 +620,20 @@ impl Manager {
             metrics.millis_since_quorum_ack.unwrap_or(leader_for_ms),
             if reachable.is_empty() { "none".to_string() } else { reachable.join(", ") }
         ))
+    }
+
+    /// When this manager was first seen leading the current term (now, if this is the first
+    /// look). Only meaningful while it leads.
+    pub fn leading_since(&self, metrics: &crate::raft::RaftMetrics) -> tokio::time::Instant {
+        let mut ls = self.leader_since.lock().unwrap();
+        match *ls {
+            Some((term, at)) if term == metrics.current_term => at,
+            _ => {
+                let now = tokio::time::Instant::now();
+                *ls = Some((metrics.current_term, now));
+                now
+            }
+        }
     }
 
     /// The Raft membership as this manager knows it: every member (voters and learners).

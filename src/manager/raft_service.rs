@@ -156,6 +156,24 @@ impl RaftService for RaftRpc {
         Ok(Response::new(Box::pin(out)))
     }
 
+    /// The leader hands over: campaign now (`manager::handoff`). Only a manager may ask,
+    /// and only as itself.
+    async fn campaign(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let who = self.allow(&req, Rpc::Campaign)?;
+        let ask: super::handoff::CampaignRequest = decode(req.get_ref()).map_err(bad_payload)?;
+        if let Caller::Manager { id, .. } = who {
+            if id != ask.from {
+                return Err(Status::permission_denied(format!(
+                    "this connection presents manager {id}'s certificate but the campaign request is from manager {}",
+                    ask.from
+                )));
+            }
+        }
+        Ok(Response::new(encode(
+            &super::handoff::campaign(&self.m, ask).await,
+        )))
+    }
+
     /// Answers with this manager's members, so a peer that missed a join learns of it.
     async fn ping(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.allow(&req, Rpc::Ping)?;
