@@ -38,12 +38,20 @@ async fn main() -> anyhow::Result<()> {
     let mut first_ack: Option<Duration> = None;
     let mut failed = 0u32;
     let prefix = format!("probe-{pid}-{}", warren::manager::new_id());
+    // STOP_PROBE_TRACE=1: each write acknowledged within 100 ms of the signal, on stderr.
+    let trace = std::env::var_os("STOP_PROBE_TRACE").is_some();
     for i in 0.. {
         let now = Instant::now();
         match stopped_at {
             None if now.duration_since(start) >= Duration::from_millis(WARMUP_MS) => {
                 // The clock starts before `kill` runs: its own start-up counts against us.
                 stopped_at = Some(Instant::now());
+                if trace {
+                    eprintln!(
+                        "signal at {:?}",
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?
+                    );
+                }
                 let status = std::process::Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
                     .status()?;
@@ -62,6 +70,23 @@ async fn main() -> anyhow::Result<()> {
         match client.create_service(spec).await {
             Ok(_) => {
                 let acked = Instant::now();
+                if let (Some(t0), true) = (stopped_at, trace) {
+                    let rel = |t: Instant| {
+                        t.duration_since(t0).as_secs_f64() * 1000.0 - if t < t0 { 0.0 } else { 0.0 }
+                    };
+                    if acked.duration_since(t0) < Duration::from_millis(100) {
+                        eprintln!(
+                            "write {i}: sent {:+.1} ms acked {:+.1} ms after the signal",
+                            rel(sent.max(t0))
+                                - if sent < t0 {
+                                    t0.duration_since(sent).as_secs_f64() * 1000.0
+                                } else {
+                                    0.0
+                                },
+                            rel(acked)
+                        );
+                    }
+                }
                 if let Some(t0) = stopped_at {
                     max_gap = max_gap.max(acked.duration_since(last_ack));
                     if first_ack.is_none() && sent >= t0 {

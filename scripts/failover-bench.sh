@@ -28,7 +28,7 @@ T=$(mktemp -d -t warren-failover.XXXXXX)
 declare -A PID API
 # `|| true`: under `set -e` the first `wait` (a killed process's status) would end the trap
 # before the other managers are killed.
-cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; if [[ -n ${KEEP_LOGS:-} ]]; then echo "logs kept in $T" >&2; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 trap "exit 130" INT TERM # a signal runs the EXIT trap too: no process is left behind
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
@@ -84,7 +84,7 @@ if [[ $WHAT != kill ]]; then
   for t in $(seq 1 "$TRIALS"); do
     leader=$(all_agree)
     surv=(); for n in 1 2 3; do [[ $n != "$leader" ]] && surv+=("${API[$n]}"); done
-    r=$($PROBE "$(IFS=,; echo "${surv[*]}")" "${PID[$leader]}" 2>>$T/probe.log)
+    r=$($PROBE "$(IFS=,; echo "${surv[*]}")" "${PID[$leader]}" 2>>$T/probe.log); [[ -n ${STOP_PROBE_TRACE:-} ]] && tail -4 $T/probe.log
     # A graceful stop exits 0; anything else is a failed trial.
     wait "${PID[$leader]}" || { echo "manager $leader exited with $? after SIGTERM" >&2; exit 1; }
     echo "trial $t: leader $leader stopped (SIGTERM): $r"

@@ -179,3 +179,91 @@ fn removing_a_manager_that_breaks_quorum_needs_force() {
         stderr(&out)
     );
 }
+
+/// SIGTERM on the leader hands leadership to a caught-up follower before the process exits:
+/// one election (the successor's, asked for), and the survivors take writes at once.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
+    let mut c = Cluster::form(3);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    let term = info(c.api(leader)).unwrap()["term"].as_u64().unwrap();
+    assert!(warren(
+        c.api(leader),
+        &["service", "create", "-d", "before", "--image", "busybox"]
+    )
+    .status
+    .success());
+
+    let old = &mut c.procs[leader as usize - 1];
+    old.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = old
+        .wait_exit(Duration::from_secs(20))
+        .expect("the leader to exit after SIGTERM");
+    assert!(st.success(), "exit status {st:?}; log:\n{}", old.log_text());
+    let log = old.log_text();
+    assert!(
+        log.contains("leadership handed over"),
+        "no handoff in the leader's log:\n{log}"
+    );
+
+    let new = wait_cluster(&c.apis_except(&[leader]), &[1, 2, 3], FORM);
+    assert_ne!(new, leader);
+    let new_log = c.procs[new as usize - 1].log_text();
+    assert!(
+        new_log.contains("campaigning: the leader hands over"),
+        "the successor did not campaign on request:\n{new_log}"
+    );
+    let i = info(c.api(new)).unwrap();
+    assert_eq!(
+        i["term"].as_u64().unwrap(),
+        term + 1,
+        "more than one election: {i}"
+    );
+    for s in c.others(leader) {
+        let name = format!("after-via-{s}");
+        let out = warren(
+            c.api(s),
+            &["service", "create", "-d", &name, "--image", "busybox"],
+        );
+        assert!(out.status.success(), "create through {s}: {}", stderr(&out));
+    }
+    assert_eq!(services(c.api(new)).len(), 3);
+}
+
+/// `manager leave` on the leader: leadership goes to another voter first, then the new leader
+/// takes the old one out of the membership.
+#[test]
+fn manager_leave_on_the_leader_hands_over_then_removes_it() {
+    let c = Cluster::form(3);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    let out = warren(c.api(leader), &["manager", "leave"]);
+    assert!(out.status.success(), "leave: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("manager {leader} removed; 2 managers remain")),
+        "{}",
+        stdout(&out)
+    );
+    let rest = c.others(leader);
+    let apis: Vec<&str> = rest.iter().map(|i| c.api(*i)).collect();
+    let new = wait_cluster(&apis, &rest, FORM);
+    assert_ne!(new, leader);
+    let log = c.procs[leader as usize - 1].log_text();
+    assert!(
+        log.contains("leadership handed over"),
+        "no handoff before the removal:\n{log}"
+    );
+    for api in &apis {
+        let out = warren(
+            api,
+            &[
+                "service",
+                "create",
+                "-d",
+                &format!("via-{api}"),
+                "--image",
+                "busybox",
+            ],
+        );
+        assert!(out.status.success(), "create through {api}: {}", stderr(&out));
+    }
+}

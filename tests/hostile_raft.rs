@@ -184,6 +184,38 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
         let e = raft.vote(encode(&req)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
     }
+    // Leadership handoff requests (`Campaign`): only the leader this manager follows may ask
+    // it to stand, only as itself, and only managers may call at all.
+    let campaign = |from: u64, term: u64| encode(&warren::manager::handoff::CampaignRequest { from, term });
+    let e = raft_client(&m.raft, &admin)
+        .await
+        .campaign(campaign(1, term))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "an operator asked: {e:?}");
+    let e = raft.campaign(campaign(1, term)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "manager 99 posing as 1: {e:?}");
+    assert!(e.message().contains("manager 99's certificate"), "{e:?}");
+    for (what, t) in [
+        ("current term", term),
+        ("stale term", term - 1),
+        ("future term", term + 5),
+    ] {
+        let answer = raft.campaign(campaign(99, t)).await.unwrap().into_inner();
+        let answer: warren::manager::handoff::CampaignAnswer =
+            warren::raft::network::decode(&answer).unwrap();
+        let why = answer.unwrap_err();
+        assert!(
+            why.contains("only the current leader hands over"),
+            "{what}: {why}"
+        );
+    }
+    let e = raft
+        .campaign(warren::proto::internal::RaftPayload { data: vec![0xff; 3] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
     // A trailing byte after a valid message is refused too.
     let mut p = encode(&append(Vote::new_committed(term, 1)));
     p.data.push(0);

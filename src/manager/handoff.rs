@@ -25,15 +25,29 @@ use tokio::time::Instant;
 /// most this long before it goes ahead without one.
 pub const HANDOFF_MAX_MS: u64 = 2_000;
 /// Polling period of every wait here (metrics waiters are avoided, see `manager::changes`).
-const POLL_MS: u64 = 2;
+const POLL_MS: u64 = 1;
+/// How long a stopping manager waits, after a handoff, for the operations it held to be
+/// answered.
+const DRAIN_MS: u64 = 200;
+/// How long a successor waits to be elected before it answers that it was not.
+const ELECTED_WITHIN_MS: u64 = 400;
 /// How long the successor may take to answer the campaign request.
-const ASK_TIMEOUT_MS: u64 = 500;
+const ASK_TIMEOUT_MS: u64 = ELECTED_WITHIN_MS + 200;
 
 /// The gate leader operations pass through, and the count of those inside it.
 #[derive(Default)]
 pub struct Gate {
     closed: AtomicBool,
     inside: AtomicUsize,
+    /// Operations held at the closed gate: after a handoff before a stop, the manager
+    /// answers them (with the new leader) before its servers go down.
+    held: AtomicUsize,
+    /// The last successor and the term it said it leads: held operations go there while
+    /// this manager has not yet heard from it as leader.
+    handed_to: std::sync::Mutex<Option<(NodeId, u64)>>,
+    /// Until when this manager is standing because a leader asked it to: operations that
+    /// arrive meanwhile wait for the outcome instead of backing off for want of a leader.
+    standing_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// One leader operation inside the gate; leaves it when dropped.
@@ -48,6 +62,7 @@ impl Drop for Inside<'_> {
 impl Gate {
     /// Enters the gate, waiting while a handoff runs (bounded by the handoff's own limit).
     pub async fn enter(&self) -> Inside<'_> {
+        let mut held = None;
         loop {
             if !self.closed.load(SeqCst) {
                 self.inside.fetch_add(1, SeqCst);
@@ -57,12 +72,60 @@ impl Gate {
                 }
                 self.inside.fetch_sub(1, SeqCst);
             }
+            held.get_or_insert_with(|| Held::new(&self.held));
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// While this manager stands at a leader's request: waits (bounded) until some manager
+    /// leads, so that an operation arriving meanwhile finds the new leader at once.
+    pub async fn await_requested_election(&self, raft: &crate::raft::Raft) {
+        loop {
+            let until = *self.standing_until.lock().unwrap();
+            match until {
+                Some(t) if Instant::now() < t && raft.metrics().borrow().current_leader.is_none() => {
+                    tokio::time::sleep(Duration::from_millis(POLL_MS)).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Waits (up to `limit`) until no operation is held at or running inside the gate.
+    async fn drained(&self, limit: Duration) {
+        let start = Instant::now();
+        while (self.held.load(SeqCst) > 0 || self.inside.load(SeqCst) > 0) && start.elapsed() < limit {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
     }
 
     fn close(&self) -> Option<Reopen<'_>> {
         (!self.closed.swap(true, SeqCst)).then_some(Reopen(self))
+    }
+
+    /// The manager this one handed leadership to, while this one knows no leader yet and
+    /// has not seen a term past the successor's.
+    pub fn successor(&self, current_leader: Option<NodeId>, current_term: u64) -> Option<NodeId> {
+        match *self.handed_to.lock().unwrap() {
+            Some((id, term)) if current_leader.is_none() && current_term <= term => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Counts one operation held at the gate while it lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Held<'a> {
+        count.fetch_add(1, SeqCst);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -105,8 +168,8 @@ pub struct CampaignRequest {
     pub term: u64,
 }
 
-/// The receiver's answer: `Err` says why it will not campaign.
-pub type CampaignAnswer = Result<(), String>;
+/// The receiver's answer: the term it now leads, or why it does not.
+pub type CampaignAnswer = Result<u64, String>;
 
 /// Hands leadership to another voter; returns the new leader's id.
 pub async fn hand_off(m: &Manager) -> Result<NodeId, HandoffError> {
@@ -169,9 +232,21 @@ pub async fn hand_off(m: &Manager) -> Result<NodeId, HandoffError> {
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     };
     tracing::info!(node = m.id, successor, term, "handing leadership over");
-    ask(m, successor, term)
-        .await
-        .map_err(|why| HandoffError::Ask { successor, why })?;
+    let asked = ask(m, successor, term).await;
+    if let Ok(leads) = asked {
+        // The successor answers once it leads: held operations can go to it now, before
+        // this manager hears from it as leader.
+        *m.handoff.handed_to.lock().unwrap() = Some((successor, leads));
+        tracing::info!(
+            node = m.id,
+            new_leader = successor,
+            term = leads,
+            took_ms = waited_ms(),
+            "leadership handed over"
+        );
+        return Ok(successor);
+    }
+    // No answer in time (or a refusal): leadership may still move; watch until the deadline.
     loop {
         let leader = m.raft.metrics().borrow().current_leader;
         match leader {
@@ -185,9 +260,12 @@ pub async fn hand_off(m: &Manager) -> Result<NodeId, HandoffError> {
                 return Ok(l);
             }
             _ if Instant::now() >= deadline => {
-                return Err(HandoffError::NoNewLeader {
-                    successor,
-                    waited_ms: waited_ms(),
+                return Err(match asked {
+                    Err(why) => HandoffError::Ask { successor, why },
+                    Ok(_) => HandoffError::NoNewLeader {
+                        successor,
+                        waited_ms: waited_ms(),
+                    },
                 })
             }
             _ => tokio::time::sleep(Duration::from_millis(POLL_MS)).await,
@@ -195,8 +273,9 @@ pub async fn hand_off(m: &Manager) -> Result<NodeId, HandoffError> {
     }
 }
 
-/// Sends the campaign request to `successor` over the shared channel to it.
-async fn ask(m: &Manager, successor: NodeId, term: u64) -> Result<(), String> {
+/// Sends the campaign request to `successor` over the shared channel to it; returns the
+/// term it leads.
+async fn ask(m: &Manager, successor: NodeId, term: u64) -> Result<u64, String> {
     let addr = m
         .members()
         .get(&successor)
@@ -241,18 +320,40 @@ pub async fn campaign(m: &Manager, req: CampaignRequest) -> CampaignAnswer {
         term = req.term,
         "campaigning: the leader hands over"
     );
+    let start = Instant::now();
+    *m.handoff.standing_until.lock().unwrap() = Some(start + Duration::from_millis(ELECTED_WITHIN_MS));
     m.raft
         .trigger()
         .elect()
         .await
-        .map_err(|e| format!("cannot campaign: {e}"))
+        .map_err(|e| format!("cannot campaign: {e}"))?;
+    // Answer once elected, so that the old leader can send what it held straight here.
+    loop {
+        let (leader, term) = {
+            let rx = m.raft.metrics();
+            let mm = rx.borrow();
+            (mm.current_leader, mm.current_term)
+        };
+        if leader == Some(m.id) {
+            return Ok(term);
+        }
+        if start.elapsed() >= Duration::from_millis(ELECTED_WITHIN_MS) {
+            return Err(format!(
+                "campaigned (term {term}) but was not elected within {ELECTED_WITHIN_MS} ms"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
 }
 
 /// Before a planned stop: hand leadership over if this manager leads and another voter
 /// can take it. Logs the outcome; the stop goes ahead either way.
 pub async fn before_stop(m: &Manager) {
     match hand_off(m).await {
-        Ok(_) | Err(HandoffError::NotLeader) => {}
+        // What was held during the handoff is answered (pointing at the new leader) before
+        // the servers go down, or callers would wait out a timeout to learn of it.
+        Ok(_) => m.handoff.drained(Duration::from_millis(DRAIN_MS)).await,
+        Err(HandoffError::NotLeader) => {}
         Err(HandoffError::NoSuccessor) => {
             tracing::info!(
                 node = m.id,

@@ -102,7 +102,7 @@ pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
     // the new leader like any forwarded call (`manager leave` on the leader).
     if matches!(op, LeaderOp::RemoveManager { id, .. } if id == m.id) && not_leader(m).is_none() {
         match super::handoff::hand_off(m).await {
-            Ok(_) => return not_leader(m).unwrap_or(LeaderReply::NotLeader(None)),
+            Ok(next) => return LeaderReply::NotLeader(m.members().get(&next).map(|n| (next, n.clone()))),
             Err(e) => warn!(node = m.id, "removing the leader itself without a handoff: {e}"),
         }
     }
@@ -112,6 +112,19 @@ pub async fn run_local(m: &Manager, op: LeaderOp) -> LeaderReply {
         LeaderOp::ReadIndex => None,
         _ => Some(m.handoff.enter().await),
     };
+    m.handoff.await_requested_election(&m.raft).await;
+    // Held while this manager handed over: to the successor, even before this manager has
+    // heard from it as leader.
+    let (leader, term) = {
+        let rx = m.raft.metrics();
+        let mm = rx.borrow();
+        (mm.current_leader, mm.current_term)
+    };
+    if let Some(next) = m.handoff.successor(leader, term) {
+        if let Some(node) = m.members().get(&next) {
+            return LeaderReply::NotLeader(Some((next, node.clone())));
+        }
+    }
     run_op(m, op).await
 }
 
@@ -384,14 +397,23 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
     let mut backoff = crate::retry::Backoff::new(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     let mut last_leader = String::from("none");
     let mut last_error = String::new();
+    // The leader a forwarded call was told about by the manager it went to (a leader that
+    // has just handed over names its successor, maybe this manager): tried next, without a
+    // backoff, once per round.
+    let mut told: Option<(NodeId, ManagerNode)> = None;
     loop {
         let left = deadline.saturating_sub(start.elapsed());
+        let hinted = told.take();
+        let was_told = hinted.is_some();
         // Bounded by the deadline: a leader that loses its quorum mid-write must not hold
         // the caller for ever (new writes are refused at once by check-quorum).
-        let local = tokio::time::timeout(left.max(Duration::from_millis(1)), run_local(m, op.clone()));
-        let local = local
-            .await
-            .unwrap_or_else(|_| LeaderReply::Failed(format!("no commit within {} ms", left.as_millis())));
+        let local = match hinted {
+            Some(leader) if leader.0 != m.id => LeaderReply::NotLeader(Some(leader)),
+            // Told that this manager leads now (it just took over): run it here.
+            _ => tokio::time::timeout(left.max(Duration::from_millis(1)), run_local(m, op.clone()))
+                .await
+                .unwrap_or_else(|_| LeaderReply::Failed(format!("no commit within {} ms", left.as_millis()))),
+        };
         // BUGGIFY: the leader's answer was lost; the retry must not apply the write twice.
         let local = match local {
             LeaderReply::Done(_) if crate::buggify!(30) => LeaderReply::Failed("buggify: answer lost".into()),
@@ -403,6 +425,11 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
                 let left = deadline.saturating_sub(start.elapsed());
                 let forwarded = async {
                     match forward(m, &node, &op, attempt_timeout(&op, left)).await {
+                        // The one we asked does not lead (any more) but knows who does.
+                        LeaderReply::NotLeader(Some(next)) if next.0 != id && !was_told => {
+                            told = Some(next);
+                            LeaderReply::NotLeader(None)
+                        }
                         // The one we asked lost leadership too: learn from the next round.
                         LeaderReply::NotLeader(_) => LeaderReply::NotLeader(None),
                         r => r,
@@ -443,6 +470,9 @@ pub async fn call(m: &Manager, op: LeaderOp, deadline: Duration) -> ApiResult<Le
             }
         }
         let waited = start.elapsed();
+        if told.is_some() && waited < deadline {
+            continue;
+        }
         if waited >= deadline {
             if last_leader == "none" {
                 last_leader = m.leader_description();
