@@ -40,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
     let prefix = format!("probe-{pid}-{}", warren::manager::new_id());
     // STOP_PROBE_TRACE=1: each write acknowledged within 100 ms of the signal, on stderr.
     let trace = std::env::var_os("STOP_PROBE_TRACE").is_some();
+    let mut written = 0;
     for i in 0.. {
+        written = i;
         let now = Instant::now();
         match stopped_at {
             None if now.duration_since(start) >= Duration::from_millis(WARMUP_MS) => {
@@ -100,6 +102,23 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("write {i} failed: {e}");
             }
         }
+    }
+    // Every trial starts from the same state: what this one created goes again (untimed),
+    // or each trial's writes would land on a bigger state than the last one's.
+    let client = std::sync::Arc::new(client);
+    let mut deletes = Vec::new();
+    for k in 0..16 {
+        let (client, prefix) = (client.clone(), prefix.clone());
+        deletes.push(tokio::spawn(async move {
+            let mut i = k;
+            while i < written {
+                let _ = client.delete_service(&format!("{prefix}-{i}")).await;
+                i += 16;
+            }
+        }));
+    }
+    for d in deletes {
+        d.await?;
     }
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
     println!(

@@ -71,6 +71,15 @@ pub struct Cluster {
     pub failures: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, String>>>,
     /// The test this run belongs to (`module::name`), for the replay and digest lines.
     pub scenario: String,
+    /// Per manager: how to ask for a planned stop (the simulated SIGTERM), and whether its
+    /// `manager::start` has returned since its last start.
+    pub stops: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, Stop>>>,
+}
+
+/// A manager's planned-stop channel (see `Cluster::stop_gracefully`).
+pub struct Stop {
+    ask: Option<tokio::sync::oneshot::Sender<()>>,
+    returned: bool,
 }
 
 /// Writes `line` to stderr in one write: `eprintln!` writes each formatted piece on its own,
@@ -144,6 +153,7 @@ impl Cluster {
             may_fail: Default::default(),
             failures: Default::default(),
             scenario: scenario.to_string(),
+            stops: Default::default(),
         };
         let mut args = vec!["warren".to_string(), "init".to_string()];
         args.extend(daemon_args(1));
@@ -167,6 +177,7 @@ impl Cluster {
 
     fn add_node(&mut self, i: u64, args: Vec<String>) {
         let (may_fail, failures) = (self.may_fail.clone(), self.failures.clone());
+        let stops = self.stops.clone();
         let node = self
             .handle
             .create_node()
@@ -175,19 +186,36 @@ impl Cluster {
             .init(move || {
                 let cli = Cli::parse_from(args.clone());
                 let (may_fail, failures) = (may_fail.clone(), failures.clone());
+                // Each (re)start gets a fresh stop channel (a oneshot: no waker goes through
+                // tokio's unseeded paths, unlike a watch channel's).
+                let (ask, asked) = tokio::sync::oneshot::channel::<()>();
+                stops.lock().unwrap().insert(
+                    i,
+                    Stop {
+                        ask: Some(ask),
+                        returned: false,
+                    },
+                );
+                let stops = stops.clone();
                 async move {
-                    let r = match cli.cmd {
-                        Daemon::Init(o) => {
-                            warren::manager::start(o, Mode::Init, std::future::pending()).await
+                    let asked = async move {
+                        if asked.await.is_err() {
+                            std::future::pending::<()>().await
                         }
+                    };
+                    let r = match cli.cmd {
+                        Daemon::Init(o) => warren::manager::start(o, Mode::Init, asked).await,
                         Daemon::Join(j) => {
                             let mode = Mode::Join {
                                 token: j.token,
                                 leaders: j.leader,
                             };
-                            warren::manager::start(j.manager, mode, std::future::pending()).await
+                            warren::manager::start(j.manager, mode, asked).await
                         }
                     };
+                    if let Some(s) = stops.lock().unwrap().get_mut(&i) {
+                        s.returned = true;
+                    }
                     if let Err(e) = r {
                         if may_fail.lock().unwrap().contains(&i) {
                             failures.lock().unwrap().insert(i, format!("{e:#}"));
@@ -333,6 +361,27 @@ impl Cluster {
 
     pub fn kill(&self, id: u64) {
         self.handle.kill(self.managers[&id].id());
+    }
+
+    /// A planned stop of manager `id` (the simulated SIGTERM): it hands leadership over if it
+    /// leads, then its `manager::start` returns. `stopped` says when it has.
+    pub fn stop_gracefully(&self, id: u64) {
+        if let Some(ask) = self.stops.lock().unwrap().get_mut(&id).and_then(|s| s.ask.take()) {
+            let _ = ask.send(());
+        }
+    }
+
+    pub fn stopped(&self, id: u64) -> bool {
+        self.stops.lock().unwrap().get(&id).is_some_and(|s| s.returned)
+    }
+
+    /// Cuts manager `id` off from every other node / heals it.
+    pub fn isolate(&self, id: u64) {
+        madsim::net::NetSim::current().clog_node(self.managers[&id].id());
+    }
+
+    pub fn heal(&self, id: u64) {
+        madsim::net::NetSim::current().unclog_node(self.managers[&id].id());
     }
 
     /// Kill then restart (restart alone leaves the old listener in place in madsim 0.2.34).
