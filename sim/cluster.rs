@@ -376,11 +376,11 @@ impl Cluster {
     }
 
     /// Cuts manager `id` off from every other node / heals it.
-    pub fn isolate(&self, id: u64) {
+    pub fn isolate_manager(&self, id: u64) {
         madsim::net::NetSim::current().clog_node(self.managers[&id].id());
     }
 
-    pub fn heal(&self, id: u64) {
+    pub fn heal_manager(&self, id: u64) {
         madsim::net::NetSim::current().unclog_node(self.managers[&id].id());
     }
 

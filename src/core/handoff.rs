@@ -18,15 +18,18 @@ pub struct VoterView {
     pub reachable: bool,
 }
 
-/// The voter to hand leadership to: a reachable one with the most of the leader's log, the
-/// lowest id among equals (so the choice is stable while nothing changes). `None` when no
-/// other voter is reachable: then there is nobody to hand to and the stop is a plain one.
+/// The voter to hand leadership to: one that answered the last probe before one that did
+/// not (the probe runs every 500 ms, so a manager that joined or restarted a moment ago may
+/// not have answered one yet, though replication reaches it), then the one with the most
+/// of the leader's log, then the lowest id (so the choice is stable while nothing changes).
+/// A voter that neither answered a probe nor confirmed any entry is never chosen. `None`
+/// when there is nobody to hand to: the stop is a plain one.
 pub fn successor(me: u64, voters: &BTreeMap<u64, VoterView>) -> Option<u64> {
     voters
         .iter()
-        .filter(|(id, v)| **id != me && v.reachable)
+        .filter(|(id, v)| **id != me && (v.reachable || v.matched.is_some()))
         // max_by_key keeps the last of equals: reverse the id to keep the lowest.
-        .max_by_key(|(id, v)| (v.matched, std::cmp::Reverse(**id)))
+        .max_by_key(|(id, v)| (v.reachable, v.matched, std::cmp::Reverse(**id)))
         .map(|(id, _)| *id)
 }
 
@@ -125,7 +128,7 @@ mod tests {
                 Some(2),
             ),
             (
-                "an unreachable voter is never chosen, however far it got",
+                "a reachable voter before an unreachable one, however far that one got",
                 vec![
                     (1, v(Some(9), true)),
                     (2, v(Some(9), false)),
@@ -134,8 +137,13 @@ mod tests {
                 Some(3),
             ),
             (
-                "nobody reachable",
+                "no probe answer yet, but replication reaches it (a manager that just joined)",
                 vec![(1, v(Some(9), true)), (2, v(Some(9), false)), (3, v(None, false))],
+                Some(2),
+            ),
+            (
+                "nobody answered and nobody confirmed anything",
+                vec![(1, v(Some(9), true)), (2, v(None, false)), (3, v(None, false))],
                 None,
             ),
             (

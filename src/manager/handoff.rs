@@ -144,7 +144,7 @@ pub enum HandoffError {
     NotLeader,
     #[error("another handoff is already running")]
     AlreadyRunning,
-    #[error("no other voter is reachable")]
+    #[error("no other voter is reachable or has confirmed any entry")]
     NoSuccessor,
     #[error("leader operations were still running after {waited_ms} ms")]
     Busy { waited_ms: u64 },
