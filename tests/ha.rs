@@ -252,14 +252,14 @@ fn manager_leave_on_the_leader_hands_over_then_removes_it() {
         log.contains("leadership handed over"),
         "no handoff before the removal:\n{log}"
     );
-    for api in &apis {
+    for (k, api) in apis.iter().enumerate() {
         let out = warren(
             api,
             &[
                 "service",
                 "create",
                 "-d",
-                &format!("via-{api}"),
+                &format!("via-{k}"),
                 "--image",
                 "busybox",
             ],

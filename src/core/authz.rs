@@ -350,7 +350,7 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 35] = [
+        let table: [(Rpc, &str); 36] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
@@ -387,6 +387,7 @@ mod tests {
             (LeaderCall,            "- + - - -"),
             (Ping,                  "- + - - -"),
             (NodeLogs,              "- + - - -"),
+            (Campaign,              "- + - - -"),
         ];
         assert_eq!(
             table.iter().map(|(r, _)| *r).collect::<Vec<_>>(),

@@ -1083,12 +1083,19 @@ impl ClusterService for Api {
         let certified = self.read(|st| st.pki.issued.contains_key(&holder));
         // A manager already out of the membership whose certificates are still live (an
         // earlier removal whose revocation failed) only needs the revocation.
+        // The voters after the removal, as the leader that made it says: this manager may be
+        // the one removed (`manager leave`), and then its own view stops at the removal.
+        let mut voters_after = None;
         if member || !certified {
             let op = LeaderOp::RemoveManager {
                 id: req.node_id,
                 force: req.force,
             };
-            leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+            let answer =
+                leader::call(&self.m, op, std::time::Duration::from_millis(leader::DEADLINE_MS)).await?;
+            if let leader::LeaderAnswer::Members { voters, .. } = answer {
+                voters_after = Some(voters);
+            }
         }
         // Out of the membership: now its certificates stop working (not before: a removal
         // refused for quorum must leave the manager able to talk).
@@ -1100,9 +1107,11 @@ impl ClusterService for Api {
             ))
             .into());
         }
-        ok(Ok(pb::RemoveManagerResponse {
-            managers: self.cluster_info().managers,
-        }))
+        let mut managers = self.cluster_info().managers;
+        if let Some(voters) = voters_after {
+            managers.retain(|m| voters.contains(&m.node_id));
+        }
+        ok(Ok(pb::RemoveManagerResponse { managers }))
     }
 }
 
