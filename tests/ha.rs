@@ -267,3 +267,22 @@ fn manager_leave_on_the_leader_hands_over_then_removes_it() {
         assert!(out.status.success(), "create through {api}: {}", stderr(&out));
     }
 }
+
+/// `manager remove ID` of the leader, asked through a follower: the leader hands over
+/// first, and the new leader removes it.
+#[test]
+fn removing_the_leader_through_a_follower_hands_over_first() {
+    let c = Cluster::form(3);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    let rest = c.others(leader);
+    let out = warren(c.api(rest[0]), &["manager", "remove", &leader.to_string()]);
+    assert!(out.status.success(), "remove: {}", stderr(&out));
+    let apis: Vec<&str> = rest.iter().map(|i| c.api(*i)).collect();
+    let new = wait_cluster(&apis, &rest, FORM);
+    assert_ne!(new, leader);
+    let log = c.procs[leader as usize - 1].log_text();
+    assert!(
+        log.contains("leadership handed over"),
+        "no handoff before the removal:\n{log}"
+    );
+}
