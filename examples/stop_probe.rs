@@ -73,18 +73,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(_) => {
                 let acked = Instant::now();
                 if let (Some(t0), true) = (stopped_at, trace) {
+                    // Milliseconds from the signal, negative before it.
                     let rel = |t: Instant| {
-                        t.duration_since(t0).as_secs_f64() * 1000.0 - if t < t0 { 0.0 } else { 0.0 }
+                        if t >= t0 {
+                            t.duration_since(t0).as_secs_f64() * 1000.0
+                        } else {
+                            -(t0.duration_since(t).as_secs_f64() * 1000.0)
+                        }
                     };
                     if acked.duration_since(t0) < Duration::from_millis(100) {
                         eprintln!(
                             "write {i}: sent {:+.1} ms acked {:+.1} ms after the signal",
-                            rel(sent.max(t0))
-                                - if sent < t0 {
-                                    t0.duration_since(sent).as_secs_f64() * 1000.0
-                                } else {
-                                    0.0
-                                },
+                            rel(sent),
                             rel(acked)
                         );
                     }

@@ -102,7 +102,9 @@ mod tests {
 
     #[test]
     fn successor_is_the_most_caught_up_reachable_voter() {
-        let cases: Vec<(&str, Vec<(u64, VoterView)>, Option<u64>)> = vec![
+        // (what, the voters as the leader sees them, the successor wanted)
+        type Case = (&'static str, Vec<(u64, VoterView)>, Option<u64>);
+        let cases: Vec<Case> = vec![
             ("alone", vec![(1, v(Some(9), true))], None),
             (
                 "the other voter",
