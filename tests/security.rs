@@ -525,6 +525,16 @@ fn ca_rotation_replaces_every_certificate_without_restarting_a_task() {
         .iter()
         .map(|w| WorkerProc::spawn(&all, Some(&wtoken), w, &tmp.path().join(w), &["--runtime", "sim"]))
         .collect();
+    // Both workers must be ready before the service exists, or all four tasks may land on
+    // the one that registered first.
+    wait_until("both workers ready", Duration::from_secs(60), || {
+        let ready = json_of(&all, &["node", "ls"])
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == 2).then_some(())
+    });
     create_service(&all, "web", 4);
     let before = wait_until(
         "4 tasks running on the two workers",
