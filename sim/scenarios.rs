@@ -307,6 +307,8 @@ async fn graceful_stop_of_the_leader_hands_over() {
             },
         )
         .await;
+        // The process exits once `start` has returned (its tasks stop with it).
+        c.kill(leader);
         let got = racing.await.unwrap();
         let survivors: Vec<u64> = followers.clone();
         if fault < 2 {

@@ -493,6 +493,11 @@ pub async fn start(
         // the servers still answer, so the cluster does not wait out an election timeout.
         if planned {
             handoff::before_stop(&manager).await;
+            // Under the simulator a planned stop ends here, like the process exiting: waking
+            // the stop channel's waiters and `Raft::shutdown` go through tokio's unseeded
+            // generator (see below), and the simulated cluster kills the node next.
+            #[cfg(madsim)]
+            return result;
         }
         info!("shutting down");
         // A core that stopped on its own (a disk error): the process exits at once with the
