@@ -232,6 +232,10 @@ pub async fn hand_off(m: &Manager) -> Result<NodeId, HandoffError> {
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     };
     tracing::info!(node = m.id, successor, term, "handing leadership over");
+    // Once it has voted for the successor this manager follows nobody until the successor's
+    // first heartbeat, and a leader's election timer was last reset long ago: without this,
+    // it would campaign at once against its own successor (the simulator found it).
+    m.election.touch();
     let asked = ask(m, successor, term).await;
     if let Ok(leads) = asked {
         // The successor answers once it leads: held operations can go to it now, before
