@@ -114,6 +114,7 @@ fn unhealthy_update_seed_1796002275575816078_lagging_start_first_view() {
 /// The old leader, following nobody once it had voted for its successor and with an election
 /// timer last reset before it led, campaigned at once against the successor (term 1 -> 4).
 #[test]
+#[ignore = "its scenario is not yet deterministic under madsim; run with --ignored"]
 fn graceful_stop_seed_1796016126707890820_old_leader_campaigned() {
     on_seed(1796016126707890820, || {
         crate::scenarios::graceful_stop(
