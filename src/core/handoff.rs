@@ -51,6 +51,21 @@ pub fn lease_left_ms(leading_for_ms: u64, lease_ms: u64) -> u64 {
     lease_ms.saturating_sub(leading_for_ms)
 }
 
+/// Where a manager that handed leadership to `handed_to` (successor, the term it said it
+/// leads) sends a held operation: to that successor while this manager has heard of no
+/// leader and of no term past the successor's; otherwise nowhere special (`None`), and the
+/// operation runs as usual.
+pub fn redirect_to(
+    handed_to: Option<(u64, u64)>,
+    current_leader: Option<u64>,
+    current_term: u64,
+) -> Option<u64> {
+    match handed_to {
+        Some((id, term)) if current_leader.is_none() && current_term <= term => Some(id),
+        _ => None,
+    }
+}
+
 /// Whether a campaign request from `from` is one to act on: it comes from the leader this
 /// manager follows, in the current term, and this manager is a voter (a learner cannot be
 /// elected).
@@ -173,6 +188,17 @@ mod tests {
         for (matched, last, want) in cases {
             assert_eq!(caught_up(matched, last), want, "{matched:?} {last:?}");
         }
+    }
+
+    #[test]
+    fn held_operations_go_to_the_successor_until_a_leader_is_known() {
+        assert_eq!(redirect_to(None, None, 5), None);
+        assert_eq!(redirect_to(Some((2, 5)), None, 5), Some(2));
+        assert_eq!(redirect_to(Some((2, 5)), None, 4), Some(2));
+        // The successor's heartbeat arrived: the usual path names it.
+        assert_eq!(redirect_to(Some((2, 5)), Some(2), 5), None);
+        // A later election: the old hint is stale.
+        assert_eq!(redirect_to(Some((2, 5)), None, 6), None);
     }
 
     #[test]

@@ -106,10 +106,7 @@ impl Gate {
     /// The manager this one handed leadership to, while this one knows no leader yet and
     /// has not seen a term past the successor's.
     pub fn successor(&self, current_leader: Option<NodeId>, current_term: u64) -> Option<NodeId> {
-        match *self.handed_to.lock().unwrap() {
-            Some((id, term)) if current_leader.is_none() && current_term <= term => Some(id),
-            _ => None,
-        }
+        decide::redirect_to(*self.handed_to.lock().unwrap(), current_leader, current_term)
     }
 }
 
