@@ -382,6 +382,27 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The bytes of a backup file (`manager::backup`), as the managers sent them; the caller
+    /// checks them before keeping them.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let mut stream = self
+            .call(|mut s| async move { s.cluster.backup(pb::BackupRequest {}).await })
+            .await?;
+        let mut out = Vec::new();
+        // A message past the limit is the stream's end as far as we care: the limit is the
+        // managers' too, so such a stream is not a backup.
+        let max = crate::core::limits::MAX_BACKUP_BYTES as usize + (1 << 20);
+        while let Some(chunk) = stream.message().await.map_err(ClientError::Status)? {
+            out.extend_from_slice(&chunk.data);
+            if out.len() > max {
+                return Err(ClientError::Status(Status::out_of_range(format!(
+                    "the backup stream passed {max} bytes, over the backup limit"
+                ))));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn ca_status(&self) -> Result<pb::CaStatus, ClientError> {
         self.call(|mut s| async move { s.cluster.get_ca_status(pb::GetCaStatusRequest {}).await })
             .await

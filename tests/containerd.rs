@@ -1349,3 +1349,101 @@ fn rolling_update_through_a_leader_kill() {
         (s["update_status"]["state"] == "completed" && s["spec_version"] == 2).then_some(())
     });
 }
+
+/// Backup of a cluster with 50 services running as real containers, the manager lost for
+/// good (killed, its data dir deleted), a new cluster restored from the backup at another
+/// address, and the worker restarted against it with a fresh token: it adopts every
+/// container; none is restarted (same containers, same processes).
+#[test]
+fn backup_and_restore_with_real_containers() {
+    const SERVICES: usize = 50;
+    let Some((tmp, rig, mut m, api, token)) = rig_and_manager() else {
+        return;
+    };
+    let ns = "restore";
+    let dir = tmp.path().join("rw1");
+    let mut w = worker(&rig, &api, Some(&token), "rw1", &dir, ns);
+    for i in 0..SERVICES {
+        ok(
+            &api,
+            &[
+                "service",
+                "create",
+                "-d",
+                &format!("r{i:02}"),
+                "--image",
+                &rig.image,
+                "--",
+                "sh",
+                "-c",
+                "trap 'exit 143' TERM; sleep 100000 & wait",
+            ],
+        );
+    }
+    let before = rig.wait_running(ns, SERVICES);
+    let file = tmp.path().join("backup.wbk");
+    let out = ok(&api, &["cluster", "backup", "--out", &file.display().to_string()]);
+    assert!(out.contains(&format!("{SERVICES} services")), "{out}");
+
+    // The manager is gone for good; the operator keeps the credential `cluster init` wrote.
+    m.kill9();
+    let admin = tmp.path().join("operator");
+    std::fs::create_dir(&admin).unwrap();
+    for f in std::fs::read_dir(m.data_dir.join("admin")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), admin.join(f.file_name())).unwrap();
+    }
+    std::fs::remove_dir_all(&m.data_dir).unwrap();
+
+    // A new cluster from the backup at another address.
+    let (api2, raft2) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    remember_admin_dir(&api2, admin);
+    let restored = tmp.path().join("restored");
+    let mut args = ManagerProc::init_args(&api2, &raft2, &restored);
+    args.extend(["--restore".to_string(), file.display().to_string()]);
+    let r = ManagerProc::spawn(&args, &api2, &raft2, &restored);
+    r.wait_ready();
+    assert_eq!(services(&api2).len(), SERVICES);
+
+    // The worker, pointed at the new manager with a fresh token, adopts what runs.
+    let fresh = ok(&api2, &["cluster", "join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+    w.kill9();
+    let w = worker(&rig, &api2, Some(&fresh), "rw1", &dir, ns);
+    wait_until("the worker to adopt its containers", WAIT, || {
+        w.log_text().contains("adopted").then_some(())
+    });
+    wait_until(
+        "every task reported running to the restored cluster",
+        WAIT,
+        || {
+            let running = json_of(&api2, &["node", "ls"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "rw1" && n["status"] == "ready");
+            (running
+                && (0..SERVICES).all(|i| {
+                    ps(&api2, &format!("r{i:02}"))
+                        .iter()
+                        .any(|t| t["state"] == "running")
+                }))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        rig.running(ns),
+        before,
+        "same containers, same processes: nothing restarted"
+    );
+    assert!(
+        !w.log_text().contains("task started"),
+        "the worker started a task after the restore:\n{}",
+        w.log_text()
+    );
+    drop(r);
+}

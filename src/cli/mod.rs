@@ -102,10 +102,37 @@ pub enum TokenRole {
     Manager,
 }
 
+/// Flags of `warren cluster init`.
+#[derive(Args, Clone, Debug)]
+pub struct InitOpts {
+    #[command(flatten)]
+    pub manager: ManagerOpts,
+    /// Start the new cluster from this backup (`warren cluster backup`): its services, tasks,
+    /// nodes, join tokens and CA. Needs a new --data-dir. The managers of the old cluster
+    /// are not members; join new ones with tokens.
+    #[arg(long)]
+    pub restore: Option<std::path::PathBuf>,
+    /// With --restore: how long workers have to re-attach (restart them with --manager set
+    /// to the new manager) before their tasks are rescheduled; 10s to 24h.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "restore")]
+    pub rejoin_grace: std::time::Duration,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
-    /// Start the first manager of a new cluster (or resume it from its data dir).
-    Init(ManagerOpts),
+    /// Start the first manager of a new cluster (or resume it from its data dir); with
+    /// --restore, a new cluster from a backup.
+    Init(InitOpts),
+    /// Write a consistent copy of the cluster state to FILE (mode 0600). It holds the CA's
+    /// private key: keep it as secret as the managers' data dirs.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Issue a join token and print the command that joins with it.
     JoinToken {
         #[arg(value_enum)]
@@ -410,6 +437,32 @@ async fn shutdown_signal() {
     std::future::pending::<()>().await
 }
 
+/// `cluster backup`: fetched through the leader, checked, written 0600 and fsynced.
+async fn backup(c: &Client, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if !force && std::fs::symlink_metadata(file).is_ok() {
+        anyhow::bail!(
+            "{} exists; choose another --out or pass --force to replace it (nothing was changed)",
+            file.display()
+        );
+    }
+    let bytes = c.backup().await?;
+    let b = manager::backup::decode(&bytes)
+        .context("the managers sent a backup that does not check out; nothing was written")?;
+    crate::raft::disk::write_private(file, &bytes)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    println!(
+        "backup written to {} ({} bytes): {}",
+        file.display(),
+        bytes.len(),
+        manager::backup::summary(&b)
+    );
+    eprintln!(
+        "warning: {} holds the cluster CA's private key: anyone with it can act as any node or operator of this cluster. Keep it as secret as the managers' data dirs.",
+        file.display()
+    );
+    Ok(())
+}
+
 /// Runs the parsed command; errors carry the message shown to the operator.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let tls_dir = cli.tls_dir.clone();
@@ -422,7 +475,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let out = cli.output;
     match cli.command {
-        Cmd::Cluster(ClusterCmd::Init(opts)) => manager::start(opts, Mode::Init, shutdown_signal()).await,
+        Cmd::Cluster(ClusterCmd::Init(opts)) => {
+            let mode = match opts.restore {
+                Some(backup) => Mode::Restore {
+                    backup,
+                    rejoin_grace_ms: i64::try_from(opts.rejoin_grace.as_millis()).unwrap_or(i64::MAX),
+                },
+                None => Mode::Init,
+            };
+            manager::start(opts.manager, mode, shutdown_signal()).await
+        }
+        Cmd::Cluster(ClusterCmd::Backup { out: file, force }) => backup(&client()?, &file, force).await,
         Cmd::LogWriter { .. } => anyhow::bail!("log-writer is run by containerd's shim, not from here"),
         Cmd::Cluster(ClusterCmd::JoinToken {
             role,

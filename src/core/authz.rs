@@ -79,6 +79,7 @@ pub enum Rpc {
     RotateCa,
     GetCaStatus,
     ConfirmCertificate,
+    Backup,
     // NodeService
     RegisterNode,
     Heartbeat,
@@ -111,7 +112,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 36] = [
+    pub const ALL: [Rpc; 37] = [
         Rpc::GetClusterInfo,
         Rpc::GenerateJoinToken,
         Rpc::JoinCluster,
@@ -123,6 +124,7 @@ impl Rpc {
         Rpc::RotateCa,
         Rpc::GetCaStatus,
         Rpc::ConfirmCertificate,
+        Rpc::Backup,
         Rpc::RegisterNode,
         Rpc::Heartbeat,
         Rpc::ListNodes,
@@ -168,6 +170,7 @@ impl Rpc {
             | IssueAdminCertificate
             | RotateCa
             | GetCaStatus
+            | Backup
             | ListNodes
             | GetNode
             | UpdateNode
@@ -350,7 +353,7 @@ mod tests {
     fn every_rpc_against_every_caller() {
         use Rpc::*;
         #[rustfmt::skip]
-        let table: [(Rpc, &str); 36] = [
+        let table: [(Rpc, &str); 37] = [
             //                       A M W O N
             (GetClusterInfo,        "+ - - - -"),
             (GenerateJoinToken,     "+ - - - -"),
@@ -363,6 +366,7 @@ mod tests {
             (RotateCa,              "+ - - - -"),
             (GetCaStatus,           "+ - - - -"),
             (ConfirmCertificate,    "- + + + -"),
+            (Backup,                "+ - - - -"),
             (RegisterNode,          "- - + - -"),
             (Heartbeat,             "- - + - -"),
             (ListNodes,             "+ - - - -"),

@@ -115,6 +115,9 @@ pub fn quote(text: &str) -> String {
     format!("{:?}... ({} bytes)", prefix(text, MAX_QUOTED_BYTES), text.len())
 }
 
+/// Largest backup (`cluster backup`, `cluster init --restore`): the encoded replicated state.
+pub const MAX_BACKUP_BYTES: u64 = 256 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod membership;
 pub mod model;
 pub mod reconciler;
 pub mod renewal;
+pub mod restore;
 pub mod scheduler;
 pub mod state;
 pub mod token;

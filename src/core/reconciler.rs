@@ -406,10 +406,18 @@ fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<
 
 /// A node's liveness as a leader sees it: `heard_ago_ms` since this leader last received its
 /// heartbeat (`None`: not since it became leader), `leading_for_ms` since it became leader.
-/// Every node gets a full grace period under each new leader.
-pub fn liveness(heard_ago_ms: Option<u64>, leading_for_ms: u64, grace_ms: u64) -> Liveness {
+/// Every node gets a full grace period under each new leader. `rejoin_left_ms`: what is left
+/// of a restored cluster's rejoin window (`core::restore`), during which a node this leader
+/// has not heard from yet is waited for.
+pub fn liveness(
+    heard_ago_ms: Option<u64>,
+    leading_for_ms: u64,
+    grace_ms: u64,
+    rejoin_left_ms: u64,
+) -> Liveness {
     match heard_ago_ms {
         Some(ago) if ago <= grace_ms => Liveness::Alive,
+        None if rejoin_left_ms > 0 => Liveness::Unknown,
         _ if leading_for_ms <= grace_ms => Liveness::Unknown,
         _ => Liveness::Silent,
     }
@@ -853,7 +861,22 @@ mod tests {
             ((Some(6_000), 4_000), Liveness::Unknown),
         ];
         for ((heard, leading), want) in cases {
-            assert_eq!(liveness(heard, leading, 5_000), want, "{heard:?} {leading}");
+            assert_eq!(liveness(heard, leading, 5_000, 0), want, "{heard:?} {leading}");
+        }
+        // A restored cluster's rejoin window: a node not heard from yet is waited for; one
+        // heard and then silent past its grace is down all the same.
+        let cases = [
+            ((None, 60_000, 1), Liveness::Unknown),
+            ((None, 60_000, 0), Liveness::Silent),
+            ((Some(5_001), 60_000, 30_000), Liveness::Silent),
+            ((Some(100), 60_000, 30_000), Liveness::Alive),
+        ];
+        for ((heard, leading, left), want) in cases {
+            assert_eq!(
+                liveness(heard, leading, 5_000, left),
+                want,
+                "{heard:?} {leading} {left}"
+            );
         }
     }
 

@@ -134,6 +134,13 @@ pub enum Command {
         fingerprint: u64,
         cmd: Box<Command>,
     },
+    /// First entry of a cluster restored from a backup (`cluster init --restore`): the
+    /// backed-up state becomes this cluster's (see `core::restore`). Refused on a cluster
+    /// that has an id already.
+    Restore {
+        state: Box<ClusterState>,
+        restored: super::restore::Restored,
+    },
     /// First entry of a new cluster: fixes its id.
     InitCluster {
         cluster_id: String,
@@ -293,7 +300,7 @@ pub struct CaRotation {
 }
 
 impl Pki {
-    fn revoke_holder(&mut self, holder: &str) -> usize {
+    pub(crate) fn revoke_holder(&mut self, holder: &str) -> usize {
         let serials = self.issued.remove(holder).unwrap_or_default();
         let n = serials.len();
         self.revoked.extend(serials);
@@ -393,6 +400,8 @@ pub struct ClusterState {
     /// Sum of `Remembered::cost` over `requests`.
     pub remembered_bytes: u64,
     pub pki: Pki,
+    /// Set when this cluster was started from a backup (`cluster init --restore`).
+    pub restored: Option<super::restore::Restored>,
 }
 
 impl Command {
@@ -483,6 +492,21 @@ impl ClusterState {
                     }
                 }
                 answer
+            }
+            Command::Restore { state, restored } => {
+                if !self.cluster_id.is_empty() {
+                    return Err(StateError::FailedPrecondition(format!(
+                        "cluster {} has state already; a backup is restored only into a new cluster",
+                        self.cluster_id
+                    )));
+                }
+                if state.cluster_id.is_empty() {
+                    return Err(StateError::invalid("backup", "it holds no cluster id"));
+                }
+                *self = super::restore::into_new_cluster(*state, restored);
+                Ok(Outcome::ClusterInitialized {
+                    cluster_id: self.cluster_id.clone(),
+                })
             }
             Command::InitCluster { cluster_id, .. } => {
                 if cluster_id.is_empty() {

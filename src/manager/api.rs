@@ -964,6 +964,52 @@ impl ClusterService for Api {
         ok(Ok(pb::ConfirmCertificateResponse {}))
     }
 
+    type BackupStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    /// The replicated state as a backup file, after a read index through the leader: it
+    /// holds everything acknowledged before the request.
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let who = self.allow(&req, Rpc::Backup, Target::None)?;
+        self.m.read_barrier().await?;
+        let backup = {
+            let g = self.m.state.read().unwrap();
+            super::backup::Backup {
+                cluster_id: g.state.cluster_id.clone(),
+                taken_at_ms: now_ms(),
+                taken_by: self.m.id,
+                index: g.last_applied.map_or(0, |l| l.index),
+                term: g.last_applied.map_or(0, |l| l.leader_id.term),
+                state: g.state.clone(),
+            }
+        };
+        if backup.cluster_id.is_empty() {
+            return Err(
+                ApiError::Unavailable("the cluster is still initialising; retry in a moment".into()).into(),
+            );
+        }
+        let bytes = super::backup::encode(&backup);
+        if bytes.len() as u64 > core::limits::MAX_BACKUP_BYTES {
+            return Err(ApiError::Internal(format!(
+                "the state encodes to {} bytes, over the backup limit of {} bytes",
+                bytes.len(),
+                core::limits::MAX_BACKUP_BYTES
+            ))
+            .into());
+        }
+        tracing::info!(
+            caller = %who.describe(),
+            index = backup.index,
+            bytes = bytes.len(),
+            "backup taken (it holds the CA key)"
+        );
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(super::backup::CHUNK_BYTES)
+            .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn get_ca_status(&self, req: Request<pb::GetCaStatusRequest>) -> Reply<pb::CaStatus> {
         self.allow(&req, Rpc::GetCaStatus, Target::None)?;
         ok(Ok(self.ca_status()))

@@ -28,6 +28,7 @@ pub fn admin_dir(data_dir: &Path) -> PathBuf {
 
 fn sign_new(
     ca: &Ca,
+    trust: &Trust,
     cluster_id: &str,
     role: CertRole,
     id: &str,
@@ -37,10 +38,18 @@ fn sign_new(
     let cert = ca.sign(&key.request()?, cluster_id, role, id, crate::clock::now(), ttl)?;
     Ok(Credential {
         cert_der: cert,
-        chain_der: Vec::new(),
+        chain_der: trust.chain_der.clone(),
         key_pkcs8: key.pkcs8_der().to_vec(),
-        ca_der: vec![ca.cert_der.clone()],
+        ca_der: trust.ca_der.clone(),
     })
+}
+
+/// What a new certificate is presented with and what its holder trusts.
+struct Trust {
+    /// The CAs to trust, the signing one first.
+    ca_der: Vec<Vec<u8>>,
+    /// The signing CA cross-signed by the old one, during a CA rotation.
+    chain_der: Vec<Vec<u8>>,
 }
 
 /// `cluster init`: the cluster CA, this manager's credential and the first operator
@@ -50,8 +59,7 @@ pub fn create_at_init(
     identity: &Identity,
     cert_ttl: Duration,
 ) -> anyhow::Result<Credential> {
-    let dir = tls_dir(data_dir);
-    if Credential::exists(&dir, "node") {
+    if Credential::exists(&tls_dir(data_dir), "node") {
         return load(data_dir);
     }
     let ttl_ms = cert_ttl.as_millis() as i64;
@@ -62,6 +70,47 @@ pub fn create_at_init(
         );
     }
     let ca = Ca::create(&identity.cluster_id, crate::clock::now())?;
+    let trust = Trust {
+        ca_der: vec![ca.cert_der.clone()],
+        chain_der: Vec::new(),
+    };
+    issue_first(data_dir, identity, &ca, &trust, ttl_ms)
+}
+
+/// `cluster init --restore`: this manager's credential and an operator credential, signed
+/// by the backed-up cluster's CA, so that its workers and operators keep theirs.
+pub fn create_at_restore(
+    data_dir: &Path,
+    identity: &Identity,
+    pki: &crate::core::state::Pki,
+) -> anyhow::Result<Credential> {
+    if Credential::exists(&tls_dir(data_dir), "node") {
+        return load(data_dir);
+    }
+    let ca = Ca::load(&pki.ca_cert_der, &pki.ca_key_pkcs8)
+        .context("the CA in the backup is unusable; use another backup")?;
+    let ttl_ms = if pki.cert_ttl_ms > 0 {
+        pki.cert_ttl_ms
+    } else {
+        DEFAULT_CERT_TTL.as_millis() as i64
+    };
+    let trust = Trust {
+        ca_der: pki.trusted(),
+        chain_der: pki.chain(),
+    };
+    issue_first(data_dir, identity, &ca, &trust, ttl_ms)
+}
+
+/// The CA key file (until the CA and the certificates below are in the replicated state),
+/// this manager's credential and the operator credential.
+fn issue_first(
+    data_dir: &Path,
+    identity: &Identity,
+    ca: &Ca,
+    trust: &Trust,
+    ttl_ms: i64,
+) -> anyhow::Result<Credential> {
+    let dir = tls_dir(data_dir);
     disk::create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     disk::write_private(
         &dir.join(INIT_CA_KEY),
@@ -71,7 +120,8 @@ pub fn create_at_init(
     disk::write_private(&dir.join(INIT_CERT_TTL), ttl_ms.to_string().as_bytes())
         .with_context(|| format!("cannot write {}", dir.join(INIT_CERT_TTL).display()))?;
     let admin = sign_new(
-        &ca,
+        ca,
+        trust,
         &identity.cluster_id,
         CertRole::Admin,
         "admin",
@@ -79,11 +129,12 @@ pub fn create_at_init(
     )?;
     admin.save(&admin_dir(data_dir), "admin")?;
     let own = sign_new(
-        &ca,
+        ca,
+        trust,
         &identity.cluster_id,
         CertRole::Manager,
         &identity.node_id.to_string(),
-        cert_ttl,
+        Duration::from_millis(ttl_ms as u64),
     )?;
     own.save(&dir, "node")?;
     tracing::info!(

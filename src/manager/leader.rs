@@ -527,6 +527,28 @@ pub async fn write(m: &Manager, cmd: Command, request: Option<RequestId>) -> Api
 /// Leader-only, on the first manager: records the cluster id, then the CA `cluster init`
 /// made and the certificates it signed, in the replicated state, once, right after
 /// bootstrap; then the CA key file goes.
+/// Snapshot, then purge the log up to it (bounded wait: without it the entry stays until
+/// the normal log compaction).
+async fn compact_after_restore(m: &ManagerRef) {
+    let applied = m.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    if m.raft.trigger().snapshot().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = m.changes.version();
+        let built = m.raft.metrics().borrow().snapshot.filter(|s| s.index >= applied);
+        if let Some(s) = built {
+            let _ = m.raft.trigger().purge_log(s.index).await;
+            return;
+        }
+        match tokio::time::timeout_at(deadline, m.changes.after(seen)).await {
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    }
+}
+
 pub async fn ensure_cluster_id(
     m: ManagerRef,
     data_dir: std::path::PathBuf,
@@ -537,6 +559,14 @@ pub async fn ensure_cluster_id(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot read the CA cluster init made");
+            None
+        }
+    };
+    // A restore (`cluster init --restore`) puts the backed-up state in first.
+    let restore = match super::backup::load_pending(&data_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the backup cluster init --restore left");
             None
         }
     };
@@ -563,9 +593,20 @@ pub async fn ensure_cluster_id(
             )
         };
         let cmd = match &pending {
-            _ if missing_id => Some(Command::InitCluster {
-                cluster_id: m.identity.cluster_id.clone(),
-                now_ms: super::now_ms(),
+            _ if missing_id => Some(match &restore {
+                Some(r) => Command::Restore {
+                    state: Box::new(r.backup.state.clone()),
+                    restored: crate::core::restore::Restored {
+                        at_ms: super::now_ms(),
+                        backup_taken_ms: r.backup.taken_at_ms,
+                        backup_index: r.backup.index,
+                        rejoin_grace_ms: r.rejoin_grace_ms,
+                    },
+                },
+                None => Command::InitCluster {
+                    cluster_id: m.identity.cluster_id.clone(),
+                    now_ms: super::now_ms(),
+                },
             }),
             Some(p) if missing_ca => Some(Command::InstallCa {
                 cert_der: p.cert_der.clone(),
@@ -590,10 +631,19 @@ pub async fn ensure_cluster_id(
                     tracing::warn!(error = %e, "cannot remove the CA key file cluster init left");
                 }
             }
+            if restore.is_some() && m.state.read().unwrap().state.restored.is_some() {
+                tracing::info!("restore complete: the backed-up state is this cluster's");
+                // The restore entry holds the whole state: a snapshot now, so that managers
+                // joining later get it as one (chunked) instead of one large log entry.
+                compact_after_restore(&m).await;
+                if let Err(e) = super::backup::pending_done(&data_dir) {
+                    tracing::warn!(error = %e, "cannot remove the copy of the backup in the data dir");
+                }
+            }
             return;
         };
         let key = match &cmd {
-            Command::InitCluster { .. } => Some("id".to_string()),
+            Command::InitCluster { .. } | Command::Restore { .. } => Some("id".to_string()),
             Command::InstallCa { .. } => Some("ca".to_string()),
             Command::RecordCertificate { serial_hex, .. } => Some(serial_hex.clone()),
             _ => None,

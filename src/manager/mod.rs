@@ -2,6 +2,7 @@
 //! API and the internal Raft RPCs. `start` is what both the binary and the simulator call.
 
 mod api;
+pub mod backup;
 pub mod changes;
 pub mod convert;
 pub mod credentials;
@@ -111,6 +112,8 @@ pub enum Mode {
     Join { token: String, leaders: Vec<String> },
     /// Only resume; a data dir without a manager is an error.
     Resume,
+    /// Bootstrap a new cluster from the backup file `backup` (`cluster init --restore`).
+    Restore { backup: PathBuf, rejoin_grace_ms: i64 },
 }
 
 /// What a data directory remembers about its manager.
@@ -261,6 +264,14 @@ pub async fn start(
             opts.data_dir.display()
         );
     }
+    // A backup is read and checked before anything is created: a bad one changes nothing.
+    let restore = match &mode {
+        Mode::Restore {
+            backup,
+            rejoin_grace_ms,
+        } => Some(read_restore(&opts.data_dir, backup, *rejoin_grace_ms)?),
+        _ => None,
+    };
     let db_path = check_data_dir(&opts.data_dir)?;
     let db_existed = crate::raft::disk::exists(&db_path);
     if crate::raft::disk::len(&db_path) == Some(0) {
@@ -323,8 +334,9 @@ pub async fn start(
             Identity {
                 node_id: opts.node_id,
                 // A joining manager learns the cluster id when the join succeeds.
-                cluster_id: match &mode {
-                    Mode::Init => new_id(),
+                cluster_id: match (&mode, &restore) {
+                    (Mode::Init, _) => new_id(),
+                    (_, Some(r)) => r.backup.cluster_id.clone(),
                     _ => String::new(),
                 },
                 api_addr: opts.api_addr.clone(),
@@ -338,6 +350,18 @@ pub async fn start(
     )?;
     let api_sock = socket_addr("--api-addr", &identity.api_addr)?;
     let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
+    // The backup goes in the data dir before the identity: a restore interrupted from here
+    // on is finished by the next start.
+    if let Some(r) = &restore {
+        if !was_stored {
+            backup::save_pending(&opts.data_dir, r).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    opts.data_dir.join(backup::PENDING_FILE).display()
+                )
+            })?;
+        }
+    }
     // A new bootstrap records its identity now; a join only once it has been accepted.
     if !was_stored && !identity.cluster_id.is_empty() {
         log_store
@@ -353,6 +377,10 @@ pub async fn start(
             }
             Mode::Init if !identity.cluster_id.is_empty() && !db_existed => {
                 credentials::create_at_init(&opts.data_dir, &identity, opts.cert_ttl)?
+            }
+            Mode::Restore { .. } if !db_existed => {
+                let r = restore.as_ref().expect("read above");
+                credentials::create_at_restore(&opts.data_dir, &identity, &r.backup.state.pki)?
             }
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => {
                 crate::security::enroll::enroll(
@@ -377,7 +405,7 @@ pub async fn start(
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => Some((token.clone(), leaders.clone())),
             _ => None,
         };
-        if matches!(mode, Mode::Init) && !raft.is_initialized().await.context("reading Raft state")? {
+        if matches!(mode, Mode::Init | Mode::Restore { .. }) && !raft.is_initialized().await.context("reading Raft state")? {
             let me = ManagerNode {
                 api_addr: identity.api_addr.clone(),
                 raft_addr: identity.raft_addr.clone(),
@@ -526,6 +554,49 @@ pub async fn start(
     }
     .instrument(span)
     .await
+}
+
+/// `cluster init --restore`: the backup, checked, for a data dir that holds no manager yet.
+fn read_restore(
+    data_dir: &Path,
+    file: &Path,
+    rejoin_grace_ms: i64,
+) -> anyhow::Result<backup::PendingRestore> {
+    use crate::core::restore::{MAX_REJOIN_GRACE_MS, MIN_REJOIN_GRACE_MS};
+    if !(MIN_REJOIN_GRACE_MS..=MAX_REJOIN_GRACE_MS).contains(&rejoin_grace_ms) {
+        bail!("--rejoin-grace {rejoin_grace_ms} ms is out of range: use 10s to 24h (nothing was changed)");
+    }
+    if crate::raft::disk::exists(&data_dir.join(DB_FILE)) {
+        bail!(
+            "data dir {} already holds a manager; restore into a new, empty --data-dir (to finish a restore that was interrupted, `warren manager start --data-dir {}`). Nothing was changed",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    #[cfg(not(madsim))]
+    let bytes = {
+        let len = std::fs::metadata(file)
+            .with_context(|| format!("cannot read the backup {}", file.display()))?
+            .len();
+        let max = crate::core::limits::MAX_BACKUP_BYTES + 64;
+        if len > max {
+            bail!(
+                "{} is {len} bytes, over the backup limit of {max} bytes; it is not a Warren backup (nothing was changed)",
+                file.display()
+            );
+        }
+        std::fs::read(file).with_context(|| format!("cannot read the backup {}", file.display()))?
+    };
+    #[cfg(madsim)]
+    let bytes = crate::raft::disk::read_durable(file)?
+        .ok_or_else(|| anyhow::anyhow!("no backup at {}", file.display()))?;
+    let backup = backup::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("cannot restore from {}: {e}. Nothing was changed", file.display()))?;
+    info!(file = %file.display(), "restoring: {}", backup::summary(&backup));
+    Ok(backup::PendingRestore {
+        rejoin_grace_ms,
+        backup,
+    })
 }
 
 /// Why this manager's Raft core stopped on its own, if it did.

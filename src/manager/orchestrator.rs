@@ -67,6 +67,7 @@ impl Heartbeats {
         nodes: impl Iterator<Item = &'a String>,
         leading_since: Instant,
         grace_ms: u64,
+        rejoin_left_ms: u64,
     ) -> BTreeMap<String, Liveness> {
         let now = Instant::now();
         let seen = self.last_seen.lock().unwrap();
@@ -79,7 +80,7 @@ impl Heartbeats {
                 let leading_for_ms = (now - leading_since).as_millis() as u64;
                 (
                     id.clone(),
-                    reconciler::liveness(heard_ago_ms, leading_for_ms, grace_ms),
+                    reconciler::liveness(heard_ago_ms, leading_for_ms, grace_ms, rejoin_left_ms),
                 )
             })
             .collect()
@@ -161,9 +162,12 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         let mut changes = {
             let guard = m.state.read().unwrap();
             let st = &guard.state;
-            let liveness = m
-                .heartbeats
-                .liveness(st.nodes.keys(), since, opts.node_grace_period_ms);
+            let liveness = m.heartbeats.liveness(
+                st.nodes.keys(),
+                since,
+                opts.node_grace_period_ms,
+                crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
+            );
             reconciler::reconcile(
                 &reconciler::Input {
                     state: st,

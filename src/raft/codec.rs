@@ -9,7 +9,8 @@ use serde::Serialize;
 /// Format byte of a sealed value (bump it when the layout changes).
 /// 0xA2: the state gained the cluster PKI (0xA1 data is refused with a clear error).
 /// 0xA3: CA rotation (the PKI's rotation, certificates recorded with their issuer).
-const SEALED_FORMAT: u8 = 0xA3;
+/// 0xA4: restore from a backup (`Command::Restore`, `ClusterState::restored`).
+pub const SEALED_FORMAT: u8 = 0xA4;
 const HEADER_BYTES: usize = 5;
 /// Largest value decoded (a snapshot of the whole state included).
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;

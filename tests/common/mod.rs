@@ -202,7 +202,7 @@ impl ManagerProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = warren(&self.api, &["cluster", "info", "-o", "json"]);
