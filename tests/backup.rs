@@ -27,14 +27,8 @@ fn sim_worker(manager: &str, token: &str, id: &str, data_dir: &Path) -> WorkerPr
 
 /// Every task of the cluster: id -> (service, state, node, container).
 fn tasks(api: &str) -> BTreeMap<String, (String, String, String, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let list = rt
-        .block_on(admin_client(&[api]).list_tasks("", false))
-        .expect("listing tasks");
-    list.into_iter()
+    all_tasks(api)
+        .into_iter()
         .map(|t| {
             let state = warren::proto::v1::TaskState::try_from(t.state)
                 .map(|s| s.as_str_name().to_string())
@@ -172,14 +166,7 @@ fn backup_then_restore_on_a_new_data_dir_and_workers_reattach() {
     let (api_addr, raft_addr) = (m.api.clone(), m.raft.clone());
     let mut m = m;
     m.kill9();
-    // (The operator keeps the credential `cluster init` wrote; the data dir goes.)
-    let admin = tmp.path().join("operator");
-    std::fs::create_dir(&admin).unwrap();
-    for f in std::fs::read_dir(m.data_dir.join("admin")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), admin.join(f.file_name())).unwrap();
-    }
-    remember_admin_dir(&api_addr, admin);
+    keep_admin_credential(&m.data_dir, &tmp.path().join("operator"), &[&api_addr]);
     std::fs::remove_dir_all(&m.data_dir).unwrap();
 
     // A new cluster from the backup, at the same addresses: the workers find it on their own.

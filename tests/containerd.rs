@@ -1387,20 +1387,14 @@ fn backup_and_restore_with_real_containers() {
 
     // The manager is gone for good; the operator keeps the credential `cluster init` wrote.
     m.kill9();
-    let admin = tmp.path().join("operator");
-    std::fs::create_dir(&admin).unwrap();
-    for f in std::fs::read_dir(m.data_dir.join("admin")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), admin.join(f.file_name())).unwrap();
-    }
-    std::fs::remove_dir_all(&m.data_dir).unwrap();
 
     // A new cluster from the backup at another address.
     let (api2, raft2) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    remember_admin_dir(&api2, admin);
+    keep_admin_credential(&m.data_dir, &tmp.path().join("operator"), &[&api2]);
+    std::fs::remove_dir_all(&m.data_dir).unwrap();
     let restored = tmp.path().join("restored");
     let mut args = ManagerProc::init_args(&api2, &raft2, &restored);
     args.extend(["--restore".to_string(), file.display().to_string()]);

@@ -287,3 +287,121 @@ fn handed_over_then_removed(c: &Cluster, leader: u64) {
         "no handoff before the removal:\n{log}"
     );
 }
+
+/// Quorum loss: two of three managers are gone for good (killed, data dirs deleted). The
+/// survivor, restarted with `--force-new-cluster`, is the only voter with every write the
+/// cluster acknowledged, takes writes, and a new manager joins it with a fresh token. The
+/// worker keeps its tasks running throughout and re-attaches. While a quorum is reachable,
+/// the flag is refused and changes nothing.
+#[test]
+fn force_new_cluster_recovers_from_the_loss_of_two_of_three_managers() {
+    let mut c = Cluster::form(3);
+    let all: Vec<String> = c.apis_except(&[]).iter().map(|s| s.to_string()).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let leader = wait_cluster(&all, &[1, 2, 3], FORM);
+    let others = c.others(leader);
+    let (survivor, other) = (others[0], others[1]);
+    let token = stdout(&warren(c.api(leader), &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let w = WorkerProc::spawn(
+        &c.all(),
+        Some(&token),
+        "w1",
+        &c._tmp.path().join("w1"),
+        &["--runtime", "sim", "--cpus", "4", "--memory", "4GiB"],
+    );
+    for i in 0..5 {
+        create_service(c.api(leader), &format!("early-{i}"), 1);
+    }
+    // Every service has one replica.
+    let running = |api: &str| {
+        let v = json_of(api, &["node", "ls"]);
+        let ready = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "w1" && n["status"] == "ready");
+        ready && running_tasks(api) == services(api).len()
+    };
+    wait_until("the early services running", FORM, || {
+        running(c.api(leader)).then_some(())
+    });
+    let started = || w.log_text().matches("task started").count();
+    assert_eq!(started(), 5);
+
+    // Refused while the others make a quorum with it: nothing changes.
+    let s_dir = c.procs[survivor as usize - 1].data_dir.clone();
+    c.procs[survivor as usize - 1].kill9();
+    let out = std::process::Command::new(bin())
+        .args(["manager", "start", "--force-new-cluster", "--data-dir"])
+        .arg(&s_dir)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "forced a new cluster with a quorum reachable"
+    );
+    assert!(stderr(&out).contains("a quorum"), "{}", stderr(&out));
+    c.procs[survivor as usize - 1] = c.procs[survivor as usize - 1].restart();
+    wait_cluster(&all, &[1, 2, 3], FORM);
+
+    // The majority the last writes need is the leader and the survivor (the other is
+    // stopped): the survivor holds every acknowledged write, some perhaps only as appended.
+    c.procs[other as usize - 1].signal(nix::sys::signal::Signal::SIGSTOP);
+    let leader_api = c.api(leader).to_string();
+    for i in 0..5 {
+        create_service(&leader_api, &format!("late-{i}"), 1);
+    }
+    // The loss: right after the last acknowledgement.
+    c.procs[leader as usize - 1].kill9();
+    c.procs[other as usize - 1].kill9();
+    let operator = c._tmp.path().join("operator");
+    keep_admin_credential(&c.procs[0].data_dir, &operator, &all);
+    for id in [leader, other] {
+        std::fs::remove_dir_all(&c.procs[id as usize - 1].data_dir).unwrap();
+    }
+    c.procs[survivor as usize - 1].kill9();
+
+    let s_api = c.api(survivor).to_string();
+    let args: Vec<String> = [
+        "manager",
+        "start",
+        "--force-new-cluster",
+        "--data-dir",
+        &s_dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let p = &c.procs[survivor as usize - 1];
+    let forced = ManagerProc::spawn(&args, &p.api, &p.raft, &p.data_dir);
+    c.procs[survivor as usize - 1] = forced;
+    let i =
+        wait_until_opt(FORM, || info(&s_api).filter(|i| i["leader_id"] == survivor)).unwrap_or_else(|| {
+            panic!(
+                "the survivor does not lead alone; its log:\n{}",
+                c.procs[survivor as usize - 1].log_text()
+            )
+        });
+    assert_eq!(voters(&i), vec![survivor]);
+    let names = services(&s_api);
+    for i in 0..5 {
+        for prefix in ["early", "late"] {
+            assert!(
+                names.contains_key(&format!("{prefix}-{i}")),
+                "acknowledged service {prefix}-{i} is missing after the recovery"
+            );
+        }
+    }
+    create_service(&s_api, "after-recovery", 1);
+    wait_until("every service running, the worker re-attached", FORM, || {
+        running(&s_api).then_some(())
+    });
+    assert_eq!(started(), 11, "the worker restarted tasks it already ran");
+
+    // A new manager joins the recovered cluster with a fresh token.
+    let token = manager_token(&s_api, &[]);
+    let j = ManagerProc::join(7, 7, &token, &s_api, &c._tmp.path().join("m7"));
+    wait_cluster(&[&s_api, &j.api], &[survivor, 7], FORM);
+}

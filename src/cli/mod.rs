@@ -521,7 +521,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cert_ttl: crate::security::pki::DEFAULT_CERT_TTL,
                 timing: s.timing,
             };
-            manager::start(opts, Mode::Resume, shutdown_signal()).await
+            let mode = if s.force_new_cluster {
+                Mode::ForceNewCluster {
+                    even_if_reachable: s.even_if_reachable,
+                }
+            } else {
+                Mode::Resume
+            };
+            manager::start(opts, mode, shutdown_signal()).await
         }
         Cmd::Manager(ManagerCmd::Leave { force }) => {
             let c = client()?;

@@ -8,6 +8,55 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Why `manager start --force-new-cluster` refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForceRefused {
+    #[error("managers {answering:?} answer, and with this one they make {live} of {voters} voters, a quorum: the cluster is not lost. Use it as it is (`warren manager start` without --force-new-cluster), or, if those managers are about to be wiped, pass --even-if-reachable (they would go on as a cluster of their own). Nothing was changed")]
+    QuorumReachable {
+        answering: Vec<u64>,
+        live: usize,
+        voters: usize,
+    },
+    #[error("manager {me} is not a voter of its cluster (voters {voters:?}), so its state may lag behind what was acknowledged; force a new cluster on a surviving voter, or pass --even-if-reachable to use this one anyway. Nothing was changed")]
+    NotAVoter { me: u64, voters: Vec<u64> },
+}
+
+/// May manager `me` make itself the only voter, given the voters of its last membership
+/// and which of them answer now? Only when the others cannot make a quorum with it (the
+/// cluster is lost), or when told to anyway.
+pub fn check_force_new_cluster(
+    voters: &BTreeSet<u64>,
+    reachable: &BTreeSet<u64>,
+    me: u64,
+    even_if_reachable: bool,
+) -> Result<(), ForceRefused> {
+    if even_if_reachable {
+        return Ok(());
+    }
+    if !voters.contains(&me) {
+        return Err(ForceRefused::NotAVoter {
+            me,
+            voters: voters.iter().copied().collect(),
+        });
+    }
+    let live = voters
+        .iter()
+        .filter(|v| **v == me || reachable.contains(v))
+        .count();
+    if live >= quorum(voters.len()) && voters.len() > 1 {
+        return Err(ForceRefused::QuorumReachable {
+            answering: voters
+                .iter()
+                .copied()
+                .filter(|v| *v != me && reachable.contains(v))
+                .collect(),
+            live,
+            voters: voters.len(),
+        });
+    }
+    Ok(())
+}
+
 /// May `remove` leave the voter set? Refused (unless `force`) when the voters left, counting
 /// only those that answer now, would not make a quorum of the new set, or when it is the
 /// last voter (never allowed: the cluster would have no manager).
@@ -221,5 +270,28 @@ mod tests {
         assert_eq!([1, 2, 3, 4, 5].map(quorum), [1, 2, 2, 3, 3]);
         assert!(even_voters_warning(4).is_some());
         assert!(even_voters_warning(3).is_none());
+    }
+    #[test]
+    fn force_new_cluster_only_when_the_quorum_is_lost() {
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        // (voters, reachable others, me, even_if_reachable) -> allowed
+        let cases: [(&[u64], &[u64], u64, bool, bool); 9] = [
+            (&[1, 2, 3], &[], 1, false, true),
+            (&[1, 2, 3], &[2], 1, false, false),
+            (&[1, 2, 3], &[2, 3], 1, false, false),
+            (&[1, 2, 3], &[2], 1, true, true),
+            (&[1, 2, 3, 4, 5], &[2], 1, false, true),
+            (&[1, 2, 3, 4, 5], &[2, 3], 1, false, false),
+            // Already alone: nothing to lose by rewriting.
+            (&[1], &[], 1, false, true),
+            (&[2, 3], &[], 1, false, false),
+            (&[2, 3], &[], 1, true, true),
+        ];
+        for (voters, reachable, me, even, want) in cases {
+            let got = check_force_new_cluster(&set(voters), &set(reachable), me, even);
+            assert_eq!(got.is_ok(), want, "{voters:?} {reachable:?} {me} {even}: {got:?}");
+        }
+        let e = check_force_new_cluster(&set(&[1, 2, 3]), &set(&[3]), 1, false).unwrap_err();
+        assert!(e.to_string().contains("managers [3] answer"), "{e}");
     }
 }

@@ -35,18 +35,29 @@ pub fn rejoin_left_ms(restored: Option<&Restored>, now_ms: i64) -> u64 {
 /// the new cluster's Raft group); workers, services, tasks, tokens and operator credentials
 /// stay as they were, so workers re-attach with what they hold.
 pub fn into_new_cluster(mut backup: ClusterState, restored: Restored) -> ClusterState {
-    let managers: Vec<String> = backup
+    revoke_managers_but(&mut backup, None);
+    backup.restored = Some(restored);
+    backup
+}
+
+/// `--force-new-cluster` on manager `me`: the other managers lose their certificates, so
+/// that one coming back with its old membership cannot take part.
+pub fn keep_only_manager(state: &mut ClusterState, me: u64) {
+    revoke_managers_but(state, Some(me));
+}
+
+fn revoke_managers_but(state: &mut ClusterState, keep: Option<u64>) {
+    let kept = keep.map(|id| super::state::holder("manager", &id.to_string()));
+    let managers: Vec<String> = state
         .pki
         .issued
         .keys()
-        .filter(|h| h.starts_with("manager/"))
+        .filter(|h| h.starts_with("manager/") && Some(*h) != kept.as_ref())
         .cloned()
         .collect();
     for holder in managers {
-        backup.pki.revoke_holder(&holder);
+        state.pki.revoke_holder(&holder);
     }
-    backup.restored = Some(restored);
-    backup
 }
 
 #[cfg(test)]
@@ -109,5 +120,20 @@ mod tests {
         );
         assert_eq!(new.restored, Some(info));
         assert_eq!(new.cluster_id, st.cluster_id);
+
+        let mut forced = st.clone();
+        keep_only_manager(&mut forced, 2);
+        assert_eq!(
+            forced.pki.issued.keys().cloned().collect::<Vec<_>>(),
+            vec![
+                "admin/ops".to_string(),
+                "manager/2".to_string(),
+                "worker/w1".to_string()
+            ]
+        );
+        assert_eq!(
+            forced.pki.revoked.keys().cloned().collect::<Vec<_>>(),
+            vec!["a1".to_string()]
+        );
     }
 }

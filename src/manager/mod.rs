@@ -17,6 +17,7 @@ pub mod marker;
 pub mod orchestrator;
 mod peers;
 mod raft_service;
+mod recovery;
 
 use crate::core::Command;
 use crate::raft::store::{self, SharedState};
@@ -99,6 +100,16 @@ pub struct JoinOpts {
 pub struct StartOpts {
     #[arg(long, default_value = "./warren-data")]
     pub data_dir: PathBuf,
+    /// Recovery from the loss of a majority of the managers: this manager becomes the only
+    /// voter of its cluster, with its state (every entry of its log). Refused while the
+    /// other managers still make a quorum with it. Join new managers with tokens after.
+    #[arg(long)]
+    pub force_new_cluster: bool,
+    /// With --force-new-cluster: go ahead even though other managers answer (they go on as
+    /// a cluster of their own: only when they are about to be wiped), or this manager is
+    /// not a voter.
+    #[arg(long, requires = "force_new_cluster")]
+    pub even_if_reachable: bool,
     #[command(flatten)]
     pub timing: TimingOpts,
 }
@@ -112,6 +123,8 @@ pub enum Mode {
     Join { token: String, leaders: Vec<String> },
     /// Only resume; a data dir without a manager is an error.
     Resume,
+    /// Resume, as the only voter of its cluster (`manager start --force-new-cluster`).
+    ForceNewCluster { even_if_reachable: bool },
     /// Bootstrap a new cluster from the backup file `backup` (`cluster init --restore`).
     Restore { backup: PathBuf, rejoin_grace_ms: i64 },
 }
@@ -258,7 +271,9 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(raft_config(&opts.timing)?);
-    if matches!(mode, Mode::Resume) && !crate::raft::disk::exists(&opts.data_dir.join(DB_FILE)) {
+    if matches!(mode, Mode::Resume | Mode::ForceNewCluster { .. })
+        && !crate::raft::disk::exists(&opts.data_dir.join(DB_FILE))
+    {
         bail!(
             "data dir {} holds no manager; start a new cluster with `warren cluster init` or join one with `warren manager join`",
             opts.data_dir.display()
@@ -302,7 +317,7 @@ pub async fn start(
         );
     }
     let identity = match (stored, &mode) {
-        (Some(id), Mode::Resume) => id,
+        (Some(id), Mode::Resume | Mode::ForceNewCluster { .. }) => id,
         (Some(id), _) => {
             if id.node_id != opts.node_id {
                 bail!(
@@ -323,7 +338,7 @@ pub async fn start(
             }
             id
         }
-        (None, Mode::Resume) => bail!(
+        (None, Mode::Resume | Mode::ForceNewCluster { .. }) => bail!(
             "data dir {} holds no manager; start a new cluster with `warren cluster init` or join one with `warren manager join`",
             opts.data_dir.display()
         ),
@@ -395,6 +410,9 @@ pub async fn start(
             _ => credentials::load(&opts.data_dir)?,
         };
         let transport = crate::security::Transport::new(&credential)?;
+        if let Mode::ForceNewCluster { even_if_reachable } = &mode {
+            recovery::force_new_cluster(&identity, &sm_store, &transport, *even_if_reachable).await?;
+        }
         let state = sm_store.shared();
         let network = Network::new(transport.clone());
         let outlogged = network.outlogged.clone();

@@ -548,6 +548,62 @@ impl StateMachineStore {
     }
 }
 
+/// `--force-new-cluster` (see `manager::recovery`): reading the whole log into the state,
+/// and making that state all this store holds.
+impl StateMachineStore {
+    /// The state as of the last entry of the log, committed or not: the snapshot with every
+    /// entry after it applied. (An entry a lost majority had committed may be known here only
+    /// as appended; keeping every entry keeps every acknowledged write.)
+    pub fn state_with_whole_log(&self) -> Result<StateMachineData, AnyError> {
+        let mut d = self.data.read().unwrap().clone();
+        let from = d.last_applied.map_or(0, |l| l.index + 1);
+        let tx = self.db.begin_read().map_err(any)?;
+        let logs = tx.open_table(LOGS).map_err(any)?;
+        for row in logs.range(from..).map_err(any)? {
+            let (k, v) = row.map_err(any)?;
+            let entry: Entry<TypeConfig> = codec::unseal(v.value())
+                .map_err(|e| corrupt(&self.path, format_args!("log entry {}", k.value()), e))?;
+            d.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                // A refused command changes nothing, here as on every manager.
+                EntryPayload::Normal(cmd) => drop(d.state.apply(entry.log_id.index, cmd)),
+                EntryPayload::Membership(m) => d.membership = StoredMembership::new(Some(entry.log_id), m),
+            }
+        }
+        Ok(d)
+    }
+
+    /// Makes `data` everything this store holds, in one transaction: saved as the snapshot,
+    /// the log emptied (purged up to it) and committed up to it.
+    pub fn replace_all(&self, data: StateMachineData) -> Result<(), AnyError> {
+        let Some(last) = data.last_applied else {
+            return Err(AnyError::error("there is no state to keep"));
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: data.membership.clone(),
+            snapshot_id: format!("forced-{}-{}", last.leader_id, last.index),
+        };
+        let bytes = codec::seal(&data);
+        let tx = self.db.begin_write().map_err(any)?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(any)?;
+            t.insert(KEY_SNAPSHOT_META, enc(&meta).as_slice()).map_err(any)?;
+            t.insert(KEY_SNAPSHOT_DATA, bytes.as_slice()).map_err(any)?;
+            let mut logs = tx.open_table(LOGS).map_err(any)?;
+            logs.retain(|_, _| false).map_err(any)?;
+            let mut m = tx.open_table(META).map_err(any)?;
+            m.insert(KEY_PURGED, enc(&last).as_slice()).map_err(any)?;
+            m.insert(KEY_COMMITTED, enc(&Some(last)).as_slice())
+                .map_err(any)?;
+        }
+        tx.commit().map_err(any)?;
+        *self.data.write().unwrap() = data;
+        Ok(())
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (bytes, last_applied, membership) = {

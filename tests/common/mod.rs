@@ -314,6 +314,37 @@ pub fn services(manager: &str) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
+/// Copies the operator credential `cluster init` wrote in `data_dir` to `to` (an operator
+/// keeps it when the manager's data dir is lost) and uses it for each of `apis`.
+pub fn keep_admin_credential(data_dir: &Path, to: &Path, apis: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(data_dir.join("admin")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    for api in apis {
+        remember_admin_dir(api, to.to_path_buf());
+    }
+}
+
+/// Every task of the cluster (all services), through an admin client.
+pub fn all_tasks(api: &str) -> Vec<warren::proto::v1::Task> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin_client(&[api]).list_tasks("", false))
+        .expect("listing tasks")
+}
+
+/// How many tasks of the cluster run.
+pub fn running_tasks(api: &str) -> usize {
+    all_tasks(api)
+        .iter()
+        .filter(|t| t.state == warren::proto::v1::TaskState::Running as i32)
+        .count()
+}
+
 /// `cluster info -o json` from `manager`, if it answers.
 pub fn info(manager: &str) -> Option<serde_json::Value> {
     let out = warren(manager, &["cluster", "info", "-o", "json"]);
