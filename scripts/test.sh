@@ -40,6 +40,18 @@ phase "build (production, every target, clippy's lints)"; lint_build cargo test 
 phase "unit and real-process tests"; cargo test -q
 phase "multi-host: 3 managers and 2 workers in network namespaces (cluster, failover, partition)"
 WARREN_BIN=$PWD/target/debug/warren ./scripts/multihost/run.sh --backend netns
+phase "rolling upgrade: this build to this code built again as another build (tests/upgrade.rs)"
+# The test binary first (built above, unchanged), then the second build of the CLI: only the
+# label differs (WARREN_BUILD_ID), so the state format is the same.
+upgrade_dir=$(mktemp -d)
+cp target/debug/warren "$upgrade_dir/from"
+upgrade_test=$(cargo test --test upgrade --no-run --message-format=json 2>/dev/null | python3 -c 'import json, sys
+print([m["executable"] for m in map(json.loads, sys.stdin)
+       if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "upgrade" and m.get("executable")][-1])')
+WARREN_BUILD_ID=upgrade-b cargo build -q --bin warren
+cp target/debug/warren "$upgrade_dir/to"
+WARREN_UPGRADE_FROM=$upgrade_dir/from WARREN_UPGRADE_TO=$upgrade_dir/to "$upgrade_test" --nocapture
+rm -rf "$upgrade_dir"
 phase "the sim suite refuses to run without the simulator cfg"
 if RUSTC_WORKSPACE_WRAPPER='' cargo test -q --features sim --test sim >/dev/null 2>&1; then
   echo "cargo test --features sim without --cfg madsim passed; it must fail" >&2; exit 1

@@ -233,6 +233,7 @@ async fn attack(transport: warren::security::Transport, rounds: u64) -> (u64, u6
                         .heartbeat(pb::HeartbeatRequest {
                             node_id: "worker-1".into(),
                             changes: vec![],
+                            ..Default::default()
                         })
                         .await
                 })

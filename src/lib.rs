@@ -12,6 +12,22 @@ pub mod proto {
     }
 }
 pub mod bugs;
+/// This build, as `warren version` and every node report it.
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    pub const COMMIT: &str = env!("WARREN_COMMIT");
+    /// A label given at build time (`WARREN_BUILD_ID=...`), if any.
+    pub const BUILD_ID: Option<&str> = option_env!("WARREN_BUILD_ID");
+
+    /// `0.1.0 (commit 1a2b3c4d5e6f, state format 0xa4)`: what nodes report to each other.
+    pub fn describe() -> String {
+        format!(
+            "{VERSION} (commit {COMMIT}{}, state format {:#04x})",
+            BUILD_ID.map(|b| format!(", build {b}")).unwrap_or_default(),
+            crate::raft::codec::SEALED_FORMAT
+        )
+    }
+}
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -50,10 +50,17 @@ async fn run() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Colours only for a person watching a terminal, not in a log file.
+        warren::cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line, with the span fields (node, service, task ids).
+        warren::cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     match warren::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

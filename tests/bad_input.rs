@@ -279,6 +279,7 @@ async fn the_api_refuses_what_the_cli_never_sends() {
                         .heartbeat(pb::HeartbeatRequest {
                             node_id: "n1".into(),
                             changes,
+                            ..Default::default()
                         })
                         .await
                 }
@@ -286,6 +287,26 @@ async fn the_api_refuses_what_the_cli_never_sends() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e}");
+    }
+    // A build description past 128 bytes, or with control characters, is refused too.
+    for version in ["v".repeat(129), "1.0\n2.0".to_string(), "\u{202e}1.0".to_string()] {
+        let e = w
+            .call(|mut s| {
+                let version = version.clone();
+                async move {
+                    s.nodes
+                        .heartbeat(pb::HeartbeatRequest {
+                            node_id: "n1".into(),
+                            version,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{version:?}: {e}");
+        assert!(e.to_string().contains("invalid version"), "{e}");
     }
     assert_eq!(
         applied(&m.api),

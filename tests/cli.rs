@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn service_lifecycle_survives_kill_9() {
@@ -343,4 +344,78 @@ fn sigterm_and_sigint_stop_the_manager_cleanly() {
         let m2 = ManagerProc::start_on(&dir, &m.api, &m.raft);
         assert!(services(&m2.api).contains_key("web"));
     }
+}
+
+/// `warren version` names this build and every node's as the cluster heard it; `--log-format
+/// json` makes every daemon log line a JSON object with the span's ids; `warren completion`
+/// prints a script for each shell.
+#[test]
+fn version_json_logs_and_completion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start_with(
+        &tmp.path().join("m1"),
+        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{}", free_port()),
+        &["--log-format", "json"],
+    );
+    let token = stdout(&warren(&m.api, &["cluster", "join-token", "worker", "-q"]))
+        .trim()
+        .to_string();
+    let _w = WorkerProc::spawn(
+        &m.api,
+        Some(&token),
+        "vw1",
+        &tmp.path().join("vw1"),
+        &["--runtime", "sim"],
+    );
+    let v = wait_until("the worker's version known", Duration::from_secs(30), || {
+        let v = json_of(&m.api, &["version"]);
+        (v["cluster"]["workers"][0]["version"].is_string()).then_some(v)
+    });
+    let client = v["client"].as_str().unwrap();
+    assert!(
+        client.contains("commit ") && client.contains("state format 0x"),
+        "{v}"
+    );
+    assert_eq!(v["cluster"]["managers"][0]["version"], client, "{v}");
+    assert_eq!(v["cluster"]["managers"][0]["leader"], true, "{v}");
+    assert_eq!(v["cluster"]["workers"][0]["id"], "vw1", "{v}");
+    assert_eq!(v["cluster"]["workers"][0]["version"], client, "{v}");
+    let table = stdout(&warren(&m.api, &["version"]));
+    assert!(
+        table.contains("manager 1 (leader)") && table.contains("worker vw1"),
+        "{table}"
+    );
+    // No manager: the build is printed all the same, the cluster's part is unknown.
+    let out = warren(&format!("127.0.0.1:{}", free_port()), &["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(client), "{}", stdout(&out));
+    assert!(stderr(&out).contains("versions are unknown"), "{}", stderr(&out));
+
+    let log = m.log_text();
+    let mut lines = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 3, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("\"node_id\":1")),
+        "no line carries the manager's span: {log}"
+    );
+
+    for (shell, want) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef warren"),
+        ("fish", "complete -c warren"),
+    ] {
+        let out = Command::new(bin()).args(["completion", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(stdout(&out).contains(want), "{shell}: {}", stdout(&out));
+        assert!(stdout(&out).contains("backup"), "{shell}: no subcommands");
+    }
+    let out = Command::new(bin()).args(["completion", "tcsh"]).output().unwrap();
+    assert!(!out.status.success());
 }

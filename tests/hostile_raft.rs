@@ -210,10 +210,18 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
             "{what}: {why}"
         );
     }
+    // Another format (a manager of another Warren version) is named as such; the right
+    // format byte with garbage behind it is undecodable.
     let e = raft
         .campaign(warren::proto::internal::RaftPayload { data: vec![0xff; 3] })
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("format 0xff"), "{e:?}");
+    let mut garbage = encode(&0u8);
+    garbage.data.truncate(1);
+    garbage.data.extend([0xff; 3]);
+    let e = raft.campaign(garbage).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // A trailing byte after a valid message is refused too.

@@ -37,6 +37,7 @@ async fn heartbeat(c: &Client, node: &str) -> Result<pb::HeartbeatResponse, warr
                 .heartbeat(pb::HeartbeatRequest {
                     node_id: node,
                     changes: vec![],
+                    ..Default::default()
                 })
                 .await
         }

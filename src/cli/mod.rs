@@ -35,8 +35,17 @@ pub struct Cli {
     /// Default: ~/.warren.
     #[arg(long, global = true, env = "WARREN_TLS_DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// Log format of the daemons (on stderr): text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,6 +71,13 @@ pub enum Cmd {
     /// Run a worker.
     #[command(subcommand)]
     Worker(WorkerCmd),
+    /// This build, and each manager's and worker's as the cluster last heard it.
+    Version,
+    /// A shell completion script: `warren completion bash > /etc/bash_completion.d/warren`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal: run by containerd's shim for each container, stdout and stderr on fds 3 and
     /// 4; writes them with times to FILE.
     #[command(hide = true)]
@@ -437,6 +453,26 @@ async fn shutdown_signal() {
     std::future::pending::<()>().await
 }
 
+/// Each manager's build (id, leader?, build; empty when unknown) and each node's.
+async fn versions(c: &Client) -> anyhow::Result<output::ClusterVersions> {
+    let info = c
+        .call(|mut s| async move {
+            s.cluster
+                .get_cluster_info(pb::GetClusterInfoRequest::default())
+                .await
+        })
+        .await?;
+    let nodes = c.list_nodes().await?;
+    Ok(output::ClusterVersions {
+        managers: info
+            .managers
+            .iter()
+            .map(|m| (m.node_id, m.node_id == info.leader_id, m.version.clone()))
+            .collect(),
+        workers: nodes.into_iter().map(|n| (n.id, n.agent_version)).collect(),
+    })
+}
+
 /// `cluster backup`: fetched through the leader, checked, written 0600 and fsynced.
 async fn backup(c: &Client, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if !force && std::fs::symlink_metadata(file).is_ok() {
@@ -486,6 +522,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             manager::start(opts.manager, mode, shutdown_signal()).await
         }
         Cmd::Cluster(ClusterCmd::Backup { out: file, force }) => backup(&client()?, &file, force).await,
+        Cmd::Version => {
+            // The cluster's part is best effort: the build is printed whatever happens.
+            let cluster = match client() {
+                Ok(c) => versions(&c).await,
+                Err(e) => Err(e),
+            };
+            output::versions(
+                out,
+                &crate::build::describe(),
+                cluster.as_ref().map_err(|e| format!("{e:#}")),
+            )
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::LogWriter { .. } => anyhow::bail!("log-writer is run by containerd's shim, not from here"),
         Cmd::Cluster(ClusterCmd::JoinToken {
             role,

@@ -342,6 +342,48 @@ pub fn join_token(out: Output, t: &pb::JoinToken) -> anyhow::Result<()> {
 }
 
 /// `2026-11-29T06:51:29.000000005Z` for nanoseconds since the Unix epoch.
+/// What `warren version` learned of the cluster.
+pub struct ClusterVersions {
+    /// (id, is the leader, build; empty when unknown).
+    pub managers: Vec<(u64, bool, String)>,
+    /// (node id, build; empty when unknown).
+    pub workers: Vec<(String, String)>,
+}
+
+/// `warren version`: this build, then every node's (unknown where the cluster has not heard
+/// it), or why the cluster's could not be read.
+pub fn versions(out: Output, client: &str, cluster: Result<&ClusterVersions, String>) -> anyhow::Result<()> {
+    let known = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    if out == Output::Json {
+        let cluster = match &cluster {
+            Ok(c) => json!({
+                "managers": c.managers.iter().map(|(id, leader, v)| json!({"id": id, "leader": leader, "version": known(v)})).collect::<Vec<_>>(),
+                "workers": c.workers.iter().map(|(id, v)| json!({"id": id, "version": known(v)})).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({ "error": e }),
+        };
+        return json(&json!({ "client": client, "cluster": cluster }));
+    }
+    println!("client      {client}");
+    match cluster {
+        Ok(c) => {
+            for (id, leader, v) in &c.managers {
+                let who = format!("manager {id}{}", if *leader { " (leader)" } else { "" });
+                println!("{who:<20}{}", known(v).unwrap_or_else(|| "unknown".into()));
+            }
+            for (id, v) in &c.workers {
+                println!(
+                    "{:<20}{}",
+                    format!("worker {id}"),
+                    known(v).unwrap_or_else(|| "unknown".into())
+                );
+            }
+        }
+        Err(e) => eprintln!("the cluster's versions are unknown: {e}"),
+    }
+    Ok(())
+}
+
 pub fn rfc3339_nanos(unix_nanos: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos.max(0) as u64);
     humantime::format_rfc3339_nanos(t).to_string()

@@ -45,6 +45,8 @@ pub const MAX_REPORT_MESSAGE_BYTES: usize = 1024;
 pub const MAX_CONTAINER_ID_BYTES: usize = 256;
 /// A node's address as a worker reports it (HOST:PORT or a host name).
 pub const MAX_NODE_ADDRESS_BYTES: usize = 256;
+/// A build description a node reports (`warren version`).
+pub const MAX_AGENT_VERSION_BYTES: usize = 128;
 /// Live (unexpired) join tokens per role; issue with --rotate to start over.
 pub const MAX_LIVE_TOKENS_PER_ROLE: usize = 100;
 /// Longest join token lifetime: a year.

@@ -275,7 +275,8 @@ mod tests {
     fn force_new_cluster_only_when_the_quorum_is_lost() {
         let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
         // (voters, reachable others, me, even_if_reachable) -> allowed
-        let cases: [(&[u64], &[u64], u64, bool, bool); 9] = [
+        type Case = (&'static [u64], &'static [u64], u64, bool, bool);
+        let cases: [Case; 9] = [
             (&[1, 2, 3], &[], 1, false, true),
             (&[1, 2, 3], &[2], 1, false, false),
             (&[1, 2, 3], &[2, 3], 1, false, false),

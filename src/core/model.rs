@@ -330,6 +330,8 @@ pub struct Node {
     pub last_heartbeat_ms: i64,
     pub created_at_ms: i64,
     pub version: u64,
+    /// The Warren build the node last reported (`warren version`); empty when unknown.
+    pub agent_version: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -235,6 +235,7 @@ mod tests {
             last_heartbeat_ms: 0,
             created_at_ms: 0,
             version: 0,
+            agent_version: String::new(),
         }
     }
 

@@ -196,6 +196,12 @@ pub enum Command {
         id: String,
         force: bool,
     },
+    /// The build a node reports in its heartbeats (`warren version`), recorded when it
+    /// changes.
+    SetNodeVersion {
+        id: String,
+        version: String,
+    },
     /// One round of the leader's orchestrator (`core::reconciler`). A change whose
     /// precondition no longer holds (the state moved on after the round read it) is skipped,
     /// so a stale round does no harm.
@@ -430,6 +436,7 @@ impl Command {
             )),
             Command::UpdateNode { labels: Some(l), .. } => validate::labels("node labels", l),
             Command::ReportTasks { reports, .. } => validate::task_reports(reports),
+            Command::SetNodeVersion { version, .. } => validate::agent_version(version),
             _ => Ok(()),
         }
     }
@@ -644,6 +651,7 @@ impl ClusterState {
                     last_heartbeat_ms: now_ms,
                     created_at_ms: now_ms,
                     version: index,
+                    agent_version: String::new(),
                 });
                 node.role = role;
                 node.address = address;
@@ -681,6 +689,15 @@ impl ClusterState {
                     node.labels = l;
                 }
                 node.version = index;
+                Ok(Outcome::Node(node.clone()))
+            }
+            Command::SetNodeVersion { id, version } => {
+                validate::agent_version(&version)?;
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StateError::not_found("node", &id))?;
+                node.agent_version = version;
                 Ok(Outcome::Node(node.clone()))
             }
             Command::RemoveNode { id, force } => {

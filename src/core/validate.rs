@@ -499,6 +499,24 @@ pub fn restart_and_resources(spec: &ServiceSpec) -> Result<(), StateError> {
     Ok(())
 }
 
+/// A build description as a node reports it: printable ASCII, at most 128 bytes.
+pub fn agent_version(v: &str) -> Result<(), StateError> {
+    use super::limits::MAX_AGENT_VERSION_BYTES;
+    if v.len() > MAX_AGENT_VERSION_BYTES {
+        return Err(StateError::invalid(
+            "version",
+            format!("{} bytes; at most {MAX_AGENT_VERSION_BYTES}", v.len()),
+        ));
+    }
+    if let Some(c) = v.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(StateError::invalid(
+            "version",
+            format!("contains the character {:?}; use printable ASCII", c),
+        ));
+    }
+    Ok(())
+}
+
 /// A node's address as its worker reports it: empty, HOST:PORT or a host name.
 pub fn node_address(address: &str) -> Result<(), StateError> {
     if address.is_empty()

@@ -405,6 +405,11 @@ impl Api {
                     } else {
                         matched.map(|m| last_log.saturating_sub(m.index))
                     },
+                    version: if *id == self.m.id {
+                        crate::build::describe()
+                    } else {
+                        self.m.peers.version(*id).unwrap_or_default()
+                    },
                 }
             })
             .collect();
@@ -667,6 +672,7 @@ fn role_to_pb(r: core::Role) -> pb::Role {
 
 fn node_to_pb(n: &core::Node) -> pb::Node {
     pb::Node {
+        agent_version: n.agent_version.clone(),
         id: n.id.clone(),
         role: role_to_pb(n.role) as i32,
         address: n.address.clone(),
@@ -723,9 +729,11 @@ impl NodeService for Api {
         // Bounded here, before anything is forwarded or logged (a 4 MB message once became
         // a 4 MB Raft entry per heartbeat).
         core::validate::task_reports(&reports).map_err(ApiError::State)?;
+        core::validate::agent_version(&req.version).map_err(ApiError::State)?;
         let op = LeaderOp::Heartbeat {
             node_id: req.node_id,
             reports,
+            version: req.version,
         };
         leader::call(
             &self.m,

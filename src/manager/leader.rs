@@ -54,6 +54,8 @@ pub enum LeaderOp {
     Heartbeat {
         node_id: String,
         reports: Vec<crate::core::state::TaskReport>,
+        /// The worker's build; recorded in its node when it changes.
+        version: String,
     },
 }
 
@@ -160,7 +162,11 @@ async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
         },
         LeaderOp::AddManager { id, node } => add_manager(m, id, node).await,
         LeaderOp::RemoveManager { id, force } => remove_manager(m, id, force).await,
-        LeaderOp::Heartbeat { node_id, reports } => heartbeat(m, node_id, reports).await,
+        LeaderOp::Heartbeat {
+            node_id,
+            reports,
+            version,
+        } => heartbeat(m, node_id, reports, version).await,
     }
 }
 
@@ -168,11 +174,12 @@ async fn heartbeat(
     m: &Manager,
     node_id: String,
     reports: Vec<crate::core::state::TaskReport>,
+    version: String,
 ) -> LeaderReply {
     if let Some(r) = not_leader(m) {
         return r;
     }
-    let reports = {
+    let (reports, new_version) = {
         let guard = m.state.read().unwrap();
         let st = &guard.state;
         if !st.nodes.contains_key(&node_id) {
@@ -184,10 +191,21 @@ async fn heartbeat(
                 ),
             });
         }
+        let new_version = !version.is_empty() && st.nodes[&node_id].agent_version != version;
         // Only changes are replicated: drop what the state already says.
-        st.changed_reports(&node_id, reports)
+        (st.changed_reports(&node_id, reports), new_version)
     };
     m.heartbeats.heard(&node_id);
+    if new_version {
+        // Once per node and build: a failure is retried with the next heartbeat.
+        let cmd = Command::SetNodeVersion {
+            id: node_id.clone(),
+            version,
+        };
+        if let Err(e) = m.raft.client_write(cmd).await {
+            return from_raft_err(e, "record the node's version");
+        }
+    }
     if reports.is_empty() {
         return LeaderReply::Done(LeaderAnswer::Ack);
     }
@@ -536,13 +554,14 @@ async fn compact_after_restore(m: &ManagerRef) {
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let seen = m.changes.version();
         let built = m.raft.metrics().borrow().snapshot.filter(|s| s.index >= applied);
         if let Some(s) = built {
             let _ = m.raft.trigger().purge_log(s.index).await;
             return;
         }
-        match tokio::time::timeout_at(deadline, m.changes.after(seen)).await {
+        match tokio::time::timeout(left, m.changes.after(seen)).await {
             Ok(Some(_)) => {}
             _ => return,
         }

@@ -34,7 +34,7 @@ pub fn check(data_dir: &Path, last_index: u64) -> anyhow::Result<()> {
         Some(marked) if marked > last_index => anyhow::bail!(
             "data dir {} holds log up to index {last_index}, but this manager knew index {marked} was committed: \
              its database was put back from an older copy. Starting it could lose acknowledged writes. \
-             Remove this manager (`warren manager remove ID`), move the data dir aside, and join it again with a new id (docs/operations.md, \"Backup\")",
+             Remove this manager (`warren manager remove ID`), move the data dir aside, and join it again with a new id (docs/operations.md, \"Backup and restore\")",
             data_dir.display()
         ),
         _ => Ok(()),

@@ -197,7 +197,7 @@ pub fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
                 if entries.iter().any(|e| e == marker::MARKER_FILE) {
                     bail!(
                         "data dir {} holds {} but no {DB_FILE}: this manager's database is gone. \
-                         Remove the manager (`warren manager remove ID`), move the data dir aside, and join it again with a new id (docs/operations.md, \"Backup\")",
+                         Remove the manager (`warren manager remove ID`), move the data dir aside, and join it again with a new id (docs/operations.md, \"Backup and restore\")",
                         dir.display(),
                         marker::MARKER_FILE
                     );

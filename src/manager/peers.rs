@@ -31,6 +31,16 @@ pub struct Peers {
     /// The members each peer listed in its last ping answer: a manager that missed a join
     /// (it was down) learns of the new member from the others before its own log says so.
     members_seen: Mutex<BTreeMap<NodeId, BTreeSet<NodeId>>>,
+    /// The build each peer reported in its last ping answer.
+    versions: Mutex<BTreeMap<NodeId, String>>,
+}
+
+/// A manager's answer to a ping: its members (a manager that missed a join learns of the
+/// new member from the others) and its build.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PingAnswer {
+    pub members: BTreeSet<NodeId>,
+    pub version: String,
 }
 
 impl Peers {
@@ -41,7 +51,13 @@ impl Peers {
             channels: Default::default(),
             warned: Default::default(),
             members_seen: Default::default(),
+            versions: Default::default(),
         }
+    }
+
+    /// The build `id` reported in its last ping answer.
+    pub fn version(&self, id: NodeId) -> Option<String> {
+        self.versions.lock().unwrap().get(&id).cloned()
     }
 
     /// Milliseconds since `id` last answered; `None` if never.
@@ -108,9 +124,9 @@ impl Peers {
         };
         let attempt = async {
             let answer = attempt.await?;
-            // A peer's answer lists its members (an older one sends nothing).
-            if let Ok(members) = decode::<BTreeSet<NodeId>>(answer.get_ref()) {
-                self.members_seen.lock().unwrap().insert(id, members);
+            if let Ok(a) = decode::<PingAnswer>(answer.get_ref()) {
+                self.members_seen.lock().unwrap().insert(id, a.members);
+                self.versions.lock().unwrap().insert(id, a.version);
             }
             Some(())
         };

@@ -17,7 +17,13 @@ struct RaftRpc {
 }
 
 fn bad_payload(e: crate::raft::codec::CodecError) -> Status {
-    Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+    match e {
+        crate::raft::codec::CodecError::PeerFormat { .. } => {
+            tracing::warn!(error = %e, "refused a message from a manager of another format");
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::invalid_argument(format!("undecodable Raft payload: {e}")),
+    }
 }
 
 impl RaftRpc {
@@ -174,11 +180,14 @@ impl RaftService for RaftRpc {
         )))
     }
 
-    /// Answers with this manager's members, so a peer that missed a join learns of it.
+    /// Answers with this manager's members, so a peer that missed a join learns of it, and
+    /// its build.
     async fn ping(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.allow(&req, Rpc::Ping)?;
-        let members: std::collections::BTreeSet<NodeId> = self.m.members().into_keys().collect();
-        Ok(Response::new(encode(&members)))
+        Ok(Response::new(encode(&super::peers::PingAnswer {
+            members: self.m.members().into_keys().collect(),
+            version: crate::build::describe(),
+        })))
     }
 }
 

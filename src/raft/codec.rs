@@ -25,6 +25,8 @@ pub enum CodecError {
     Truncated(usize),
     #[error("undecodable: {0}")]
     Decode(String),
+    #[error("the peer speaks format {found:#04x}, this manager reads {reads:#04x}: they run Warren versions with different formats; finish the upgrade (docs/operations.md, \"Upgrades\")")]
+    PeerFormat { found: u8, reads: u8 },
 }
 
 fn options() -> impl bincode::Options {

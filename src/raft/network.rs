@@ -26,15 +26,29 @@ pub const RECONNECT_MIN_MS: u64 = 10;
 /// ...to this, so a restarted peer is reached again within about half a second.
 pub const RECONNECT_MAX_MS: u64 = 500;
 
+/// A message between managers: the format byte (`codec::SEALED_FORMAT`: the layout of the
+/// state and of these messages), then the bincode of `v`. A manager refuses a message of
+/// another format by name instead of misreading it (a rolling upgrade across a format
+/// change is refused this way: docs/operations.md, "Upgrades").
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
-    RaftPayload {
-        data: super::codec::to_bytes(v),
-    }
+    let body = super::codec::to_bytes(v);
+    let mut data = Vec::with_capacity(body.len() + 1);
+    data.push(super::codec::SEALED_FORMAT);
+    data.extend_from_slice(&body);
+    RaftPayload { data }
 }
 
-/// Decodes a whole payload; trailing bytes or a truncated message are errors.
+/// Decodes a whole payload; another format, trailing bytes or a truncated message are errors.
 pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, super::codec::CodecError> {
-    super::codec::from_bytes(&p.data)
+    use super::codec::{CodecError, SEALED_FORMAT};
+    match p.data.split_first() {
+        None => Err(CodecError::Truncated(0)),
+        Some((&f, _)) if f != SEALED_FORMAT => Err(CodecError::PeerFormat {
+            found: f,
+            reads: SEALED_FORMAT,
+        }),
+        Some((_, body)) => super::codec::from_bytes(body),
+    }
 }
 
 /// Opens a channel to `addr` (host:port) with bounded connect and request times.

@@ -64,6 +64,28 @@ pub enum OpenError {
     },
     #[error("the database {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("the database {path} was written by a Warren whose state format is {found:#04x}; this binary reads format {reads:#04x}. Run a Warren version that reads it (the one that wrote it, or a later one); docs/operations.md, \"Upgrades\"")]
+    OtherFormat { path: String, found: u8, reads: u8 },
+}
+
+/// What `verify` found wrong.
+enum Unreadable {
+    Corrupt(String),
+    OtherFormat(u8),
+}
+
+impl From<String> for Unreadable {
+    fn from(s: String) -> Self {
+        Unreadable::Corrupt(s)
+    }
+}
+
+/// A stored value that failed to unseal, as `verify` reports it.
+fn unreadable(what: impl std::fmt::Display, e: CodecError) -> Unreadable {
+    match e {
+        CodecError::Format(f) => Unreadable::OtherFormat(f),
+        e => Unreadable::Corrupt(format!("{what}: {e}")),
+    }
 }
 
 /// The state machine as held in memory: what the managers serve reads from.
@@ -202,7 +224,14 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     // corruption of this file instead.
     crate::failstop::catch(|| verify(&db, &shown))
         .map_err(|p| corrupt_at(format!("the database engine failed reading it ({p})")))?
-        .map_err(corrupt_at)?;
+        .map_err(|e| match e {
+            Unreadable::Corrupt(reason) => corrupt_at(reason),
+            Unreadable::OtherFormat(found) => OpenError::OtherFormat {
+                path: shown.clone(),
+                found,
+                reads: codec::SEALED_FORMAT,
+            },
+        })?;
     let data = match read_snapshot(&db, &shown).map_err(|e| corrupt_at(e.to_string()))? {
         Some((meta, bytes)) => {
             let mut d: StateMachineData = codec::unseal(&bytes)
@@ -231,20 +260,21 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
 
 /// Reads every stored value once and checks its checksum and encoding, so a damaged
 /// database is refused at start with the place named, not found later as a wrong answer.
-fn verify(db: &Database, path: &str) -> Result<(), String> {
+fn verify(db: &Database, path: &str) -> Result<(), Unreadable> {
     let tx = db.begin_read().map_err(|e| e.to_string())?;
     let logs = tx.open_table(LOGS).map_err(|e| e.to_string())?;
     let mut count = 0u64;
     for row in logs.iter().map_err(|e| e.to_string())? {
         let (k, v) = row.map_err(|e| format!("reading the log: {e}"))?;
         let entry: Entry<TypeConfig> =
-            codec::unseal(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
+            codec::unseal(v.value()).map_err(|e| unreadable(format_args!("log entry {}", k.value()), e))?;
         if entry.log_id.index != k.value() {
             return Err(format!(
                 "log entry {} holds the entry of index {}",
                 k.value(),
                 entry.log_id.index
-            ));
+            )
+            .into());
         }
         count += 1;
     }
@@ -258,11 +288,12 @@ fn verify(db: &Database, path: &str) -> Result<(), String> {
             KEY_PURGED => codec::unseal::<LogId<NodeId>>(v.value()).map(drop),
             _ => codec::unseal_bytes(v.value()).map(drop),
         };
-        checked.map_err(|e| format!("Raft metadata {key:?}: {e}"))?;
+        checked.map_err(|e| unreadable(format_args!("Raft metadata {key:?}"), e))?;
     }
     drop(meta);
     if let Some((meta, data)) = read_snapshot(db, path).map_err(|e| e.to_string())? {
-        codec::unseal_bytes(&data).map_err(|e| format!("snapshot {}: {e}", meta.snapshot_id))?;
+        codec::unseal_bytes(&data)
+            .map_err(|e| unreadable(format_args!("snapshot {}", meta.snapshot_id), e))?;
     }
     tracing::debug!(path, entries = count, "database verified");
     Ok(())

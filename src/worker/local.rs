@@ -9,9 +9,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "worker.json";
+/// Layout version of `worker.json`, written into it. A file without one is format 1 (the
+/// layout before the field existed). A newer format is refused by name.
+pub const FORMAT: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LocalState {
+    /// Set on save (`FORMAT`).
+    #[serde(default)]
+    pub format: u32,
     pub node_id: String,
     pub cluster_id: String,
     pub tasks: BTreeMap<String, LocalTask>,
@@ -28,6 +34,20 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<LocalState>> {
     else {
         return Ok(None);
     };
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        format: u32,
+    }
+    if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
+        if v.format > FORMAT {
+            anyhow::bail!(
+                "{} has format {}; this worker reads up to format {FORMAT}: it was written by a newer Warren. Run that version (or a later one) on this worker",
+                p.display(),
+                v.format
+            );
+        }
+    }
     let st = serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "{} is corrupt; move it away to start this worker afresh (its running tasks will be rescheduled by the managers)",
@@ -39,6 +59,43 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<LocalState>> {
 
 pub fn save(data_dir: &Path, st: &LocalState) -> anyhow::Result<()> {
     let p = path(data_dir);
-    let bytes = serde_json::to_vec_pretty(st).expect("serializable");
+    let st = LocalState {
+        format: FORMAT,
+        ..st.clone()
+    };
+    let bytes = serde_json::to_vec_pretty(&st).expect("serializable");
     crate::raft::disk::write_durable(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_is_written_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = LocalState {
+            node_id: "w1".into(),
+            cluster_id: "c1".into(),
+            ..Default::default()
+        };
+        save(dir.path(), &st).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.format, FORMAT);
+        assert_eq!(back.node_id, "w1");
+        // Before the field existed: read as it is.
+        std::fs::write(
+            path(dir.path()),
+            r#"{"node_id":"w1","cluster_id":"c1","tasks":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().cluster_id, "c1");
+        std::fs::write(
+            path(dir.path()),
+            r#"{"format":99,"node_id":"w1","cluster_id":"c1","tasks":{},"new":1}"#,
+        )
+        .unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("format 99") && e.contains("newer Warren"), "{e}");
+    }
 }

@@ -271,6 +271,7 @@ pub async fn start(
             None => {
                 let cluster_id = register(&client, &opts, capacity).await?;
                 let st = LocalState {
+                    format: local::FORMAT,
                     node_id: opts.node_id.clone(),
                     cluster_id,
                     tasks: BTreeMap::new(),
@@ -520,6 +521,7 @@ async fn heartbeat_loop(
         let req = pb::HeartbeatRequest {
             node_id: node_id.clone(),
             changes: changes.clone(),
+            version: crate::build::describe(),
         };
         let beat = client.call(|mut s| {
             let mut r = tonic::Request::new(req.clone());

@@ -7,8 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `warren` binary every helper runs: this build's, unless `use_bin` chose another
+/// (the rolling upgrade test runs two builds).
 pub fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("warren")
+    BIN.lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| assert_cmd::cargo::cargo_bin("warren"))
+}
+
+static BIN: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Runs `path` as `warren` from now on (`None`: this build's).
+pub fn use_bin(path: Option<PathBuf>) {
+    *BIN.lock().unwrap() = path;
 }
 
 /// The operator credential of each manager a test started (by API address): the one
