@@ -4,7 +4,7 @@
 # umoci + skopeo + busybox-static to build the test image, htpasswd (apache2-utils) for a
 # registry with a password, curl and python3; ss (iproute2) to check which sockets listen and
 # to make the multi-host tests' network namespaces; shellcheck and python3-yaml to check the
-# test scripts and the Lima template.
+# test scripts and the Lima template; Prometheus's Python client (pip) to parse /metrics in tests.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
@@ -26,3 +26,6 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y -q "${need[@]}" || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need[@]}"; }
 fi
+# The metrics test parses /metrics with Prometheus's own parser, in whichever python3 is first
+# on PATH (a pyenv one does not see Debian's python3-* packages).
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client

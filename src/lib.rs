@@ -12,6 +12,16 @@ pub mod proto {
     }
 }
 pub mod bugs;
+
+/// Ends a background task when the scope that started it ends.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// This build, as `warren version` and every node report it.
 pub mod build {
     pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -33,6 +43,7 @@ pub mod client;
 pub mod clock;
 pub mod failstop;
 pub mod manager;
+pub mod metrics;
 #[cfg(feature = "sim")]
 pub mod sim_hooks;
 pub mod worker;

@@ -45,6 +45,7 @@ impl StreamSlot {
             )));
         }
         *n += 1;
+        crate::metrics::get().assignment_streams.inc();
         Ok(StreamSlot {
             streams: api.streams.clone(),
             node: node.to_string(),
@@ -54,6 +55,7 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        crate::metrics::get().assignment_streams.dec();
         let mut streams = self.streams.lock().unwrap();
         if let Some(n) = streams.get_mut(&self.node) {
             *n -= 1;

@@ -17,6 +17,8 @@ pub struct Changes {
     version: AtomicU64,
     closed: AtomicBool,
     notify: Notify,
+    /// When this manager last saw its snapshot change (built or installed); unknown before.
+    pub snapshot_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Changes {
@@ -59,8 +61,22 @@ impl Changes {
 /// channel closes.
 pub async fn follow(raft: crate::raft::Raft, changes: std::sync::Arc<Changes>) {
     let mut metrics = raft.metrics();
+    let mut leader = None;
+    let mut snapshot = metrics.borrow().snapshot.map(|s| s.index);
     while metrics.changed().await.is_ok() {
         changes.bump();
+        let (now_leader, now_snapshot) = {
+            let m = metrics.borrow();
+            (m.current_leader, m.snapshot.map(|s| s.index))
+        };
+        if now_leader.is_some() && now_leader != leader {
+            crate::metrics::get().leader_changes.inc();
+            leader = now_leader;
+        }
+        if now_snapshot != snapshot {
+            snapshot = now_snapshot;
+            *changes.snapshot_at.lock().unwrap() = Some(std::time::Instant::now());
+        }
     }
     changes.close();
 }

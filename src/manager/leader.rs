@@ -146,10 +146,17 @@ async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
         LeaderOp::Write(_) | LeaderOp::ReadIndex if m.quorum_lost(&m.raft.metrics().borrow()).is_some() => {
             not_leader(m).unwrap_or(LeaderReply::NotLeader(None))
         }
-        LeaderOp::Write(cmd) => match m.raft.client_write(cmd).await {
-            Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
-            Err(e) => from_raft_err(e, "write"),
-        },
+        LeaderOp::Write(cmd) => {
+            let started = std::time::Instant::now();
+            let res = m.raft.client_write(cmd).await;
+            crate::metrics::get()
+                .proposal_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match res {
+                Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
+                Err(e) => from_raft_err(e, "write"),
+            }
+        }
         // Only the read index: the manager serving the read waits until it has applied that
         // far (`Manager::read_barrier`). Not `ensure_linearizable`, whose wait adds a waiter on
         // the metrics channel behind an unbiased `select!` (see `manager::changes`).

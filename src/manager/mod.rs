@@ -14,6 +14,7 @@ pub mod leader;
 mod listener;
 pub mod logs;
 pub mod marker;
+mod observe;
 pub mod orchestrator;
 mod peers;
 mod raft_service;
@@ -57,6 +58,10 @@ pub struct TimingOpts {
     pub snapshot_logs: u64,
     #[command(flatten)]
     pub orchestrator: orchestrator::OrchestratorOpts,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain HTTP here, e.g.
+    /// 127.0.0.1:9100 (docs/operations.md, "Metrics and health").
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 /// Flags of `warren cluster init` (and of the managers the simulator starts).
@@ -364,6 +369,10 @@ pub async fn start(
         log_store.last_index().map_err(|e| anyhow::anyhow!("{e}"))?,
     )?;
     let api_sock = socket_addr("--api-addr", &identity.api_addr)?;
+    let metrics_sock = match &opts.timing.metrics_addr {
+        Some(a) => Some(socket_addr("--metrics-addr", a)?),
+        None => None,
+    };
     let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
     // The backup goes in the data dir before the identity: a restore interrupted from here
     // on is finished by the next start.
@@ -455,6 +464,10 @@ pub async fn start(
             changes: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));
+        let _metrics_task = match metrics_sock {
+            Some(addr) => Some(crate::AbortOnDrop(observe::serve(&manager, &log_store, &db_path, addr).await?)),
+            None => None,
+        };
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));

@@ -159,6 +159,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
             }
         };
         let now_ms = super::now_ms();
+        let round_started = std::time::Instant::now();
         let mut changes = {
             let guard = m.state.read().unwrap();
             let st = &guard.state;
@@ -184,7 +185,11 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         }
         changes.truncate(MAX_CHANGES_PER_ROUND);
         log_changes(&changes);
-        match leader::run_local(&m, LeaderOp::Write(Command::Orchestrate { changes, now_ms })).await {
+        let reply = leader::run_local(&m, LeaderOp::Write(Command::Orchestrate { changes, now_ms })).await;
+        crate::metrics::get()
+            .orchestrator_round_seconds
+            .observe(round_started.elapsed().as_secs_f64());
+        match reply {
             LeaderReply::Done(_) => {}
             LeaderReply::NotLeader(_) => leading = None,
             other => warn!(reply = ?other, "orchestration round not committed; retrying next round"),

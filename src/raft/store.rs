@@ -513,7 +513,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             tx.commit().map_err(any)
         };
+        let started = std::time::Instant::now();
         let mut res = write().map_err(std::io::Error::other);
+        crate::metrics::get()
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         if crate::bugs::on(crate::bugs::Bug::IgnoreFsyncError) {
             res = Ok(());
         }

@@ -11,6 +11,7 @@ pub mod contract;
 pub mod local;
 pub mod log_writer;
 pub mod logs;
+mod observe;
 pub mod runtime;
 pub mod sim_runtime;
 
@@ -20,6 +21,7 @@ use crate::core::health::Probe;
 use crate::core::TaskState;
 use crate::manager::convert::{health_to_pb, spec_from_pb, task_state_from_pb, task_state_to_pb};
 use crate::proto::v1 as pb;
+use crate::AbortOnDrop;
 use anyhow::{bail, Context};
 use clap::Args;
 use local::{LocalState, LocalTask};
@@ -97,6 +99,10 @@ pub struct WorkerOpts {
     /// With no heartbeat answered for this long, the worker restarts failed tasks itself.
     #[arg(long, default_value_t = 3_000)]
     pub autonomy_after_ms: u64,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain HTTP here, e.g.
+    /// 127.0.0.1:9101 (docs/operations.md, "Metrics and health").
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
 }
 
 pub fn parse_memory(s: &str) -> Result<u64, String> {
@@ -205,6 +211,13 @@ pub async fn start(
     let span = tracing::info_span!("worker", node = %opts.node_id);
     async move {
         crate::core::validate::node_id(&opts.node_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let metrics_sock: Option<std::net::SocketAddr> = match &opts.metrics_addr {
+            Some(a) => Some(a.parse().with_context(|| {
+                format!("--metrics-addr {a:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:9101")
+            })?),
+            None => None,
+        };
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime::Timed(runtime));
         #[cfg(not(madsim))]
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
@@ -281,6 +294,10 @@ pub async fn start(
             }
         };
         info!(cluster = %local.cluster_id, "worker started");
+        let _metrics = match metrics_sock {
+            Some(addr) => Some(observe::serve(addr, runtime.clone()).await?),
+            None => None,
+        };
 
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);
@@ -962,14 +979,5 @@ impl Agent {
             self.report(r);
         }
         self.publish(local);
-    }
-}
-
-/// Ends a background task when the scope that started it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

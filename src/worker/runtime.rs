@@ -89,3 +89,53 @@ pub trait ContainerRuntime: Send + Sync {
         None
     }
 }
+
+/// Times every operation of the runtime it wraps (`warren_worker_runtime_operation_seconds`,
+/// and `..._failures_total` for those that fail), for `--metrics-addr`.
+pub struct Timed(pub std::sync::Arc<dyn ContainerRuntime>);
+
+async fn timed<T>(
+    op: &str,
+    f: impl std::future::Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    let started = std::time::Instant::now();
+    let r = f.await;
+    crate::metrics::runtime_op(op, started.elapsed().as_secs_f64(), r.is_ok());
+    r
+}
+
+#[tonic::async_trait]
+impl ContainerRuntime for Timed {
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        timed("pull", self.0.pull(image)).await
+    }
+    async fn start(&self, task_id: &str, spec: &ServiceSpec) -> Result<String, RuntimeError> {
+        timed("start", self.0.start(task_id, spec)).await
+    }
+    async fn stop(&self, container_id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        timed("stop", self.0.stop(container_id, timeout)).await
+    }
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        timed("remove", self.0.remove(container_id)).await
+    }
+    async fn status(&self, container_id: &str) -> Result<ContainerStatus, RuntimeError> {
+        timed("status", self.0.status(container_id)).await
+    }
+    async fn list(&self) -> Result<Vec<Listed>, RuntimeError> {
+        timed("list", self.0.list()).await
+    }
+    async fn exec(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        timed("exec", self.0.exec(container_id, cmd, timeout)).await
+    }
+    fn image_healthcheck(&self, image: &str) -> Option<crate::core::HealthCheck> {
+        self.0.image_healthcheck(image)
+    }
+    fn logs_dir(&self) -> Option<std::path::PathBuf> {
+        self.0.logs_dir()
+    }
+}

@@ -169,6 +169,18 @@ impl ManagerProc {
 
     /// `warren manager join` for node `id` on 127.0.0.`host`, through `leaders`.
     pub fn join(id: u64, host: u8, token: &str, leaders: &str, data_dir: &Path) -> ManagerProc {
+        Self::join_with(id, host, token, leaders, data_dir, &[])
+    }
+
+    /// `join` with extra flags.
+    pub fn join_with(
+        id: u64,
+        host: u8,
+        token: &str,
+        leaders: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> ManagerProc {
         let api = format!("127.0.0.{host}:{}", free_port());
         let raft = format!("127.0.0.{host}:{}", free_port());
         let args: Vec<String> = [
@@ -188,6 +200,7 @@ impl ManagerProc {
             &data_dir.display().to_string(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         if let Some(d) = admin_dir_for(leaders) {
