@@ -30,6 +30,13 @@ pub mod build {
     pub const BUILD_ID: Option<&str> = option_env!("WARREN_BUILD_ID");
 
     /// `0.1.0 (commit 1a2b3c4d5e6f, state format 0xa4)`: what nodes report to each other.
+    /// Under the simulator a constant, so that a seed's run does not depend on the commit.
+    #[cfg(madsim)]
+    pub fn describe() -> String {
+        format!("{VERSION} (simulated)")
+    }
+
+    #[cfg(not(madsim))]
     pub fn describe() -> String {
         format!(
             "{VERSION} (commit {COMMIT}{}, state format {:#04x})",

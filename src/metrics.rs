@@ -146,9 +146,21 @@ pub fn gauges_by(
 /// What `/readyz` answers: ready, or why not.
 pub type Readiness = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Listens on `--metrics-addr`.
+/// The socket of `--metrics-addr` (nothing under the simulator, which serves no HTTP).
 #[cfg(not(madsim))]
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub type Listener = tokio::net::TcpListener;
+#[cfg(madsim)]
+pub type Listener = ();
+
+#[cfg(madsim)]
+pub async fn bind(_addr: std::net::SocketAddr) -> anyhow::Result<Listener> {
+    Ok(())
+}
+
+/// Listens on `--metrics-addr`, before the daemon creates anything: a port in use stops
+/// the start with nothing changed.
+#[cfg(not(madsim))]
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Listener> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -161,6 +161,10 @@ fn backup_then_restore_on_a_new_data_dir_and_workers_reattach() {
     assert!(e.contains("already holds a manager"), "{e}");
     let e = refused_restore(&file, &tmp.path().join("never"), &["--rejoin-grace", "1s"]);
     assert!(e.contains("--rejoin-grace"), "{e}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let e = refused_restore(&file, &tmp.path().join("never"), &["--metrics-addr", &busy]);
+    assert!(e.contains("cannot listen"), "{e}");
 
     // The manager is lost for good; the workers keep running what they have.
     let (api_addr, raft_addr) = (m.api.clone(), m.raft.clone());
@@ -171,9 +175,7 @@ fn backup_then_restore_on_a_new_data_dir_and_workers_reattach() {
 
     // A new cluster from the backup, at the same addresses: the workers find it on their own.
     let restored_dir = tmp.path().join("restored");
-    let mut args = ManagerProc::init_args(&api_addr, &raft_addr, &restored_dir);
-    args.extend(["--restore".to_string(), file.display().to_string()]);
-    let r = ManagerProc::spawn(&args, &api_addr, &raft_addr, &restored_dir);
+    let r = ManagerProc::restore(&file, &api_addr, &raft_addr, &restored_dir);
     // The old operator credential still works: the CA is the backup's.
     r.wait_ready();
     assert_eq!(info(&api_addr).unwrap()["cluster_id"], cluster_id);

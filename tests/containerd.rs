@@ -1396,9 +1396,7 @@ fn backup_and_restore_with_real_containers() {
     keep_admin_credential(&m.data_dir, &tmp.path().join("operator"), &[&api2]);
     std::fs::remove_dir_all(&m.data_dir).unwrap();
     let restored = tmp.path().join("restored");
-    let mut args = ManagerProc::init_args(&api2, &raft2, &restored);
-    args.extend(["--restore".to_string(), file.display().to_string()]);
-    let r = ManagerProc::spawn(&args, &api2, &raft2, &restored);
+    let r = ManagerProc::restore(&file, &api2, &raft2, &restored);
     r.wait_ready();
     assert_eq!(services(&api2).len(), SERVICES);
 

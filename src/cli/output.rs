@@ -291,6 +291,7 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
         return json(&json!({
             "cluster_id": i.cluster_id, "leader_id": i.leader_id, "leader_api_addr": i.leader_api_addr,
             "term": i.term, "commit_index": i.commit_index, "last_applied": i.last_applied,
+            "last_log_index": i.last_log_index,
             "answered_by": i.answered_by, "services": i.services, "nodes": i.nodes, "tasks": i.tasks,
             "snapshot_index": i.snapshot_index, "purged_index": i.purged_index,
             "leader_note": i.leader_note, "managers": managers,
@@ -307,6 +308,10 @@ pub fn cluster_info(out: Output, i: &pb::ClusterInfo) -> anyhow::Result<()> {
     }
     println!("Term:         {}", i.term);
     println!("Applied:      {}", i.last_applied);
+    println!(
+        "Last log:     {}",
+        i.last_log_index.map_or("none".to_string(), |l| l.to_string())
+    );
     println!("Services:     {}", i.services);
     println!("Answered by:  {}", i.answered_by);
     let mut t = table(&["ID", "API", "RAFT", "ROLE", "REACHABLE", "LAG"]);

@@ -433,6 +433,7 @@ impl Api {
             term: metrics.current_term,
             commit_index: metrics.last_applied.map_or(0, |l| l.index),
             last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            last_log_index: metrics.last_log_index,
             managers,
             answered_by: self.m.id,
             services,

@@ -143,6 +143,10 @@ pub fn load_pending(data_dir: &std::path::Path) -> anyhow::Result<Option<Pending
     }
 }
 
+pub fn pending_exists(data_dir: &std::path::Path) -> bool {
+    crate::raft::disk::exists(&data_dir.join(PENDING_FILE))
+}
+
 /// The restore entry is applied: the copy goes.
 pub fn pending_done(data_dir: &std::path::Path) -> std::io::Result<()> {
     crate::raft::disk::remove(&data_dir.join(PENDING_FILE))

@@ -284,13 +284,40 @@ pub async fn start(
             opts.data_dir.display()
         );
     }
+    // Every flag is checked, and the metrics port bound, before anything is created: a
+    // refused start changes nothing. (A resumed manager's addresses come from its data dir.)
+    if !matches!(mode, Mode::Resume | Mode::ForceNewCluster { .. }) {
+        if opts.node_id == 0 {
+            bail!("--node-id must be greater than 0");
+        }
+        socket_addr("--api-addr", &opts.api_addr)?;
+        socket_addr("--bind-addr", &opts.bind_addr)?;
+    }
+    let metrics_listener = match &opts.timing.metrics_addr {
+        Some(a) => Some(crate::metrics::bind(socket_addr("--metrics-addr", a)?).await?),
+        None => None,
+    };
     // A backup is read and checked before anything is created: a bad one changes nothing.
+    // Without --restore, a restore that was interrupted (its copy still in the data dir) is
+    // finished.
     let restore = match &mode {
         Mode::Restore {
             backup,
             rejoin_grace_ms,
-        } => Some(read_restore(&opts.data_dir, backup, *rejoin_grace_ms)?),
-        _ => None,
+        } => {
+            // A data dir in use is refused before its database is even opened; one whose
+            // restore was interrupted (the backup's copy is there) is finished.
+            if crate::raft::disk::exists(&opts.data_dir.join(DB_FILE))
+                && !backup::pending_exists(&opts.data_dir)
+            {
+                bail!(
+                    "data dir {} already holds a manager; restore into a new, empty --data-dir. Nothing was changed",
+                    opts.data_dir.display()
+                );
+            }
+            Some(read_restore(backup, *rejoin_grace_ms)?)
+        }
+        _ => backup::load_pending(&opts.data_dir)?,
     };
     let db_path = check_data_dir(&opts.data_dir)?;
     let db_existed = crate::raft::disk::exists(&db_path);
@@ -321,8 +348,14 @@ pub async fn start(
             opts.data_dir.display()
         );
     }
+    if matches!(mode, Mode::Restore { .. }) && stored.is_some() && !backup::pending_exists(&opts.data_dir) {
+        bail!(
+            "data dir {} already holds a manager; restore into a new, empty --data-dir. Nothing was changed",
+            opts.data_dir.display()
+        );
+    }
     let identity = match (stored, &mode) {
-        (Some(id), Mode::Resume | Mode::ForceNewCluster { .. }) => id,
+        (Some(id), Mode::Resume | Mode::ForceNewCluster { .. } | Mode::Restore { .. }) => id,
         (Some(id), _) => {
             if id.node_id != opts.node_id {
                 bail!(
@@ -369,10 +402,6 @@ pub async fn start(
         log_store.last_index().map_err(|e| anyhow::anyhow!("{e}"))?,
     )?;
     let api_sock = socket_addr("--api-addr", &identity.api_addr)?;
-    let metrics_sock = match &opts.timing.metrics_addr {
-        Some(a) => Some(socket_addr("--metrics-addr", a)?),
-        None => None,
-    };
     let raft_sock = socket_addr("--bind-addr", &identity.raft_addr)?;
     // The backup goes in the data dir before the identity: a restore interrupted from here
     // on is finished by the next start.
@@ -402,8 +431,8 @@ pub async fn start(
             Mode::Init if !identity.cluster_id.is_empty() && !db_existed => {
                 credentials::create_at_init(&opts.data_dir, &identity, opts.cert_ttl)?
             }
-            Mode::Restore { .. } if !db_existed => {
-                let r = restore.as_ref().expect("read above");
+            _ if restore.is_some() && !identity.cluster_id.is_empty() => {
+                let r = restore.as_ref().expect("checked");
                 credentials::create_at_restore(&opts.data_dir, &identity, &r.backup.state.pki)?
             }
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => {
@@ -432,7 +461,7 @@ pub async fn start(
             Mode::Join { token, leaders } if identity.cluster_id.is_empty() => Some((token.clone(), leaders.clone())),
             _ => None,
         };
-        if matches!(mode, Mode::Init | Mode::Restore { .. }) && !raft.is_initialized().await.context("reading Raft state")? {
+        if (matches!(mode, Mode::Init) || restore.is_some()) && !raft.is_initialized().await.context("reading Raft state")? {
             let me = ManagerNode {
                 api_addr: identity.api_addr.clone(),
                 raft_addr: identity.raft_addr.clone(),
@@ -464,10 +493,8 @@ pub async fn start(
             changes: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));
-        let _metrics_task = match metrics_sock {
-            Some(addr) => Some(crate::AbortOnDrop(observe::serve(&manager, &log_store, &db_path, addr).await?)),
-            None => None,
-        };
+        let _metrics_task = metrics_listener
+            .map(|l| crate::AbortOnDrop(observe::serve(&manager, &log_store, &db_path, l)));
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));
@@ -588,21 +615,10 @@ pub async fn start(
 }
 
 /// `cluster init --restore`: the backup, checked, for a data dir that holds no manager yet.
-fn read_restore(
-    data_dir: &Path,
-    file: &Path,
-    rejoin_grace_ms: i64,
-) -> anyhow::Result<backup::PendingRestore> {
+fn read_restore(file: &Path, rejoin_grace_ms: i64) -> anyhow::Result<backup::PendingRestore> {
     use crate::core::restore::{MAX_REJOIN_GRACE_MS, MIN_REJOIN_GRACE_MS};
     if !(MIN_REJOIN_GRACE_MS..=MAX_REJOIN_GRACE_MS).contains(&rejoin_grace_ms) {
         bail!("--rejoin-grace {rejoin_grace_ms} ms is out of range: use 10s to 24h (nothing was changed)");
-    }
-    if crate::raft::disk::exists(&data_dir.join(DB_FILE)) {
-        bail!(
-            "data dir {} already holds a manager; restore into a new, empty --data-dir (to finish a restore that was interrupted, `warren manager start --data-dir {}`). Nothing was changed",
-            data_dir.display(),
-            data_dir.display()
-        );
     }
     #[cfg(not(madsim))]
     let bytes = {

@@ -145,34 +145,29 @@ fn readiness(m: ManagerRef) -> crate::metrics::Readiness {
     })
 }
 
-/// Starts serving `--metrics-addr`: bound now, so that a port in use stops the start.
+/// Serves `--metrics-addr` on the socket bound at the start.
 #[cfg(not(madsim))]
-pub async fn serve(
+pub fn serve(
     m: &ManagerRef,
     log: &crate::raft::store::LogStore,
     db: &Path,
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = crate::metrics::bind(addr).await?;
+    listener: crate::metrics::Listener,
+) -> tokio::task::JoinHandle<()> {
     let registry = crate::metrics::manager_registry(StateMetrics {
         m: m.clone(),
         committed: log.committed_high(),
         db: db.to_path_buf(),
     });
-    Ok(tokio::spawn(crate::metrics::serve(
-        listener,
-        registry,
-        readiness(m.clone()),
-    )))
+    tokio::spawn(crate::metrics::serve(listener, registry, readiness(m.clone())))
 }
 
 /// The simulator has no HTTP endpoint: the flag is accepted and ignored.
 #[cfg(madsim)]
-pub async fn serve(
+pub fn serve(
     _m: &ManagerRef,
     _log: &crate::raft::store::LogStore,
     _db: &Path,
-    _addr: std::net::SocketAddr,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    Ok(tokio::spawn(async {}))
+    _listener: crate::metrics::Listener,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {})
 }

@@ -64,8 +64,16 @@ pub enum OpenError {
     },
     #[error("the database {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
-    #[error("the database {path} was written by a Warren whose state format is {found:#04x}; this binary reads format {reads:#04x}. Run a Warren version that reads it (the one that wrote it, or a later one); docs/operations.md, \"Upgrades\"")]
+    #[error("the database {path} was written by a Warren whose state format is {found:#04x}; this binary reads format {reads:#04x}{}; docs/operations.md, \"Upgrades\"", format_advice(*.found, *.reads))]
     OtherFormat { path: String, found: u8, reads: u8 },
+}
+
+fn format_advice(found: u8, reads: u8) -> &'static str {
+    if found > reads {
+        ": it was written by a newer Warren. Run that version or a later one on it"
+    } else {
+        ": it was written by an older Warren whose format this build does not read. Run the version that wrote it"
+    }
 }
 
 /// What `verify` found wrong.

@@ -211,10 +211,14 @@ pub async fn start(
     let span = tracing::info_span!("worker", node = %opts.node_id);
     async move {
         crate::core::validate::node_id(&opts.node_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let metrics_sock: Option<std::net::SocketAddr> = match &opts.metrics_addr {
-            Some(a) => Some(a.parse().with_context(|| {
-                format!("--metrics-addr {a:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:9101")
-            })?),
+        // Bound before anything is created or registered: a port in use changes nothing.
+        let metrics_listener = match &opts.metrics_addr {
+            Some(a) => {
+                let addr: std::net::SocketAddr = a.parse().with_context(|| {
+                    format!("--metrics-addr {a:?} is not HOST:PORT with a numeric IP, for example 127.0.0.1:9101")
+                })?;
+                Some(crate::metrics::bind(addr).await?)
+            }
             None => None,
         };
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime::Timed(runtime));
@@ -294,10 +298,7 @@ pub async fn start(
             }
         };
         info!(cluster = %local.cluster_id, "worker started");
-        let _metrics = match metrics_sock {
-            Some(addr) => Some(observe::serve(addr, runtime.clone()).await?),
-            None => None,
-        };
+        let _metrics = metrics_listener.map(|l| observe::serve(l, runtime.clone()));
 
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);

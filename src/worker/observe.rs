@@ -51,14 +51,13 @@ async fn probe_runtime(runtime: Arc<dyn ContainerRuntime>, probe: Probe) {
     }
 }
 
-/// Starts serving `--metrics-addr` (bound now: a port in use stops the start) and probing
-/// the runtime; both end when the returned guards are dropped.
+/// Serves `--metrics-addr` on the socket bound at the start, and probes the runtime; both
+/// end when the returned guards are dropped.
 #[cfg(not(madsim))]
-pub async fn serve(
-    addr: std::net::SocketAddr,
+pub fn serve(
+    listener: crate::metrics::Listener,
     runtime: Arc<dyn ContainerRuntime>,
-) -> anyhow::Result<[crate::AbortOnDrop; 2]> {
-    let listener = crate::metrics::bind(addr).await?;
+) -> [crate::AbortOnDrop; 2] {
     let probe: Probe = Arc::new(Mutex::new(Err(
         "the container runtime has not been probed yet".into()
     )));
@@ -66,14 +65,14 @@ pub async fn serve(
     let registry = crate::metrics::worker_registry(StateMetrics { probe: probe.clone() });
     let ready: crate::metrics::Readiness = Arc::new(move || probe.lock().unwrap().clone());
     let server = tokio::spawn(crate::metrics::serve(listener, registry, ready));
-    Ok([crate::AbortOnDrop(prober), crate::AbortOnDrop(server)])
+    [crate::AbortOnDrop(prober), crate::AbortOnDrop(server)]
 }
 
 /// The simulator has no HTTP endpoint: the flag is accepted and ignored.
 #[cfg(madsim)]
-pub async fn serve(
-    _addr: std::net::SocketAddr,
+pub fn serve(
+    _listener: crate::metrics::Listener,
     _runtime: Arc<dyn ContainerRuntime>,
-) -> anyhow::Result<[crate::AbortOnDrop; 0]> {
-    Ok([])
+) -> [crate::AbortOnDrop; 0] {
+    []
 }

@@ -167,6 +167,14 @@ impl ManagerProc {
         }
     }
 
+    /// `warren cluster init --restore BACKUP` at `api`/`raft` into `data_dir`, without
+    /// waiting; the caller has the operator credential remembered for `api`.
+    pub fn restore(backup: &Path, api: &str, raft: &str, data_dir: &Path) -> ManagerProc {
+        let mut args = Self::init_args(api, raft, data_dir);
+        args.extend(["--restore".to_string(), backup.display().to_string()]);
+        Self::spawn(&args, api, raft, data_dir)
+    }
+
     /// `warren manager join` for node `id` on 127.0.0.`host`, through `leaders`.
     pub fn join(id: u64, host: u8, token: &str, leaders: &str, data_dir: &Path) -> ManagerProc {
         Self::join_with(id, host, token, leaders, data_dir, &[])
