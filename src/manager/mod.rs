@@ -317,9 +317,13 @@ pub async fn start(
             }
             Some(read_restore(backup, *rejoin_grace_ms)?)
         }
-        _ => backup::load_pending(&opts.data_dir)?,
+        _ => None,
     };
     let db_path = check_data_dir(&opts.data_dir)?;
+    let restore = match restore {
+        Some(r) => Some(r),
+        None => backup::load_pending(&opts.data_dir)?,
+    };
     let db_existed = crate::raft::disk::exists(&db_path);
     if crate::raft::disk::len(&db_path) == Some(0) {
         bail!(
