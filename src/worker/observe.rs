@@ -10,7 +10,6 @@ use crate::metrics::gauge;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// How often, and how long at most, the runtime is asked to list its containers.
 pub const RUNTIME_PROBE_MS: u64 = 2_000;
@@ -36,7 +35,7 @@ impl Collector for StateMetrics {
 
 #[cfg(not(madsim))]
 async fn probe_runtime(runtime: Arc<dyn ContainerRuntime>, probe: Probe) {
-    let every = Duration::from_millis(RUNTIME_PROBE_MS);
+    let every = std::time::Duration::from_millis(RUNTIME_PROBE_MS);
     loop {
         let r = match tokio::time::timeout(every, runtime.list()).await {
             Ok(Ok(_)) => Ok(()),
