@@ -8,6 +8,29 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Is manager `me` ready (`/readyz`)? A member, knowing a leader with a quorum
+/// (`leader`; `quorum_lost` says why a leader it was is not one), that is itself or has
+/// answered a ping lately.
+pub fn manager_ready(
+    member: bool,
+    me: u64,
+    leader: Option<u64>,
+    leader_reachable: bool,
+    quorum_lost: Option<String>,
+) -> Result<(), String> {
+    if !member {
+        return Err("not a member of the cluster (joining, or removed)".into());
+    }
+    match leader {
+        None => Err(quorum_lost
+            .unwrap_or_else(|| "no leader known (an election is under way, or the quorum is lost)".into())),
+        Some(l) if l != me && !leader_reachable => {
+            Err(format!("the leader, manager {l}, has not answered a ping lately"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Why `manager start --force-new-cluster` refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ForceRefused {
@@ -294,5 +317,30 @@ mod tests {
         }
         let e = check_force_new_cluster(&set(&[1, 2, 3]), &set(&[3]), 1, false).unwrap_err();
         assert!(e.to_string().contains("managers [3] answer"), "{e}");
+    }
+
+    #[test]
+    fn readiness_of_a_manager() {
+        let lost = || Some("it leads without a quorum".to_string());
+        // (member, leader, leader reachable, quorum lost) -> ready, or the start of why not
+        type Case = (bool, Option<u64>, bool, Option<String>, Result<(), &'static str>);
+        let cases: [Case; 6] = [
+            (true, Some(1), false, None, Ok(())),
+            (true, Some(2), true, None, Ok(())),
+            (true, Some(2), false, None, Err("the leader, manager 2")),
+            (true, None, false, None, Err("no leader known")),
+            (true, None, false, lost(), Err("it leads without a quorum")),
+            (false, Some(1), true, None, Err("not a member")),
+        ];
+        for (member, leader, reachable, quorum, want) in cases {
+            let got = manager_ready(member, 1, leader, reachable, quorum);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "{member} {leader:?} {reachable}"),
+                Err(start) => assert!(
+                    got.as_ref().is_err_and(|e| e.starts_with(start)),
+                    "{member} {leader:?} {reachable}: {got:?}"
+                ),
+            }
+        }
     }
 }

@@ -130,18 +130,14 @@ impl Collector for StateMetrics {
 fn readiness(m: ManagerRef) -> crate::metrics::Readiness {
     Arc::new(move || {
         let metrics = m.raft.metrics().borrow().clone();
-        if metrics.membership_config.membership().get_node(&m.id).is_none() {
-            return Err("not a member of the cluster (joining, or removed)".into());
-        }
-        match known_leader(&m, &metrics) {
-            None => Err(m.quorum_lost(&metrics).unwrap_or_else(|| {
-                "no leader known (an election is under way, or the quorum is lost)".into()
-            })),
-            Some(l) if l != m.id && !m.peers.is_reachable(m.id, l) => {
-                Err(format!("the leader, manager {l}, has not answered a ping lately"))
-            }
-            Some(_) => Ok(()),
-        }
+        let leader = known_leader(&m, &metrics);
+        crate::core::membership::manager_ready(
+            metrics.membership_config.membership().get_node(&m.id).is_some(),
+            m.id,
+            leader,
+            leader.is_some_and(|l| m.peers.is_reachable(m.id, l)),
+            m.quorum_lost(&metrics),
+        )
     })
 }
 

@@ -106,6 +106,22 @@ pub struct StateMachineData {
 
 pub type SharedState = Arc<RwLock<StateMachineData>>;
 
+impl StateMachineData {
+    /// Applies one log entry: the one way the state machine moves, whether openraft drives
+    /// it or `--force-new-cluster` reads the whole log.
+    fn apply_entry(&mut self, entry: Entry<TypeConfig>) -> Result<Outcome, crate::core::StateError> {
+        self.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(Outcome::Internal),
+            EntryPayload::Normal(cmd) => self.state.apply(entry.log_id.index, cmd),
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(Outcome::Internal)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
@@ -606,13 +622,8 @@ impl StateMachineStore {
             let (k, v) = row.map_err(any)?;
             let entry: Entry<TypeConfig> = codec::unseal(v.value())
                 .map_err(|e| corrupt(&self.path, format_args!("log entry {}", k.value()), e))?;
-            d.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => {}
-                // A refused command changes nothing, here as on every manager.
-                EntryPayload::Normal(cmd) => drop(d.state.apply(entry.log_id.index, cmd)),
-                EntryPayload::Membership(m) => d.membership = StoredMembership::new(Some(entry.log_id), m),
-            }
+            // A refused command changes nothing, here as on every manager.
+            drop(d.apply_entry(entry));
         }
         Ok(d)
     }
@@ -689,16 +700,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut d = self.data.write().unwrap();
         let mut out = Vec::new();
         for entry in entries {
-            d.last_applied = Some(entry.log_id);
-            let res = match entry.payload {
-                EntryPayload::Blank => Ok(Outcome::Internal),
-                EntryPayload::Normal(cmd) => d.state.apply(entry.log_id.index, cmd),
-                EntryPayload::Membership(m) => {
-                    d.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Ok(Outcome::Internal)
-                }
-            };
-            out.push(WriteResult(res));
+            out.push(WriteResult(d.apply_entry(entry)));
         }
         Ok(out)
     }
