@@ -32,6 +32,7 @@ fn latency() -> Histogram {
 pub struct Metrics {
     pub leader_changes: Counter,
     pub proposal_seconds: Histogram,
+    pub batch_writes: Histogram,
     pub fsync_seconds: Histogram,
     pub orchestrator_round_seconds: Histogram,
     pub assignment_streams: Gauge,
@@ -42,6 +43,7 @@ pub struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     leader_changes: Counter::default(),
     proposal_seconds: latency(),
+    batch_writes: Histogram::new(exponential_buckets(2.0, 2.0, 9)),
     fsync_seconds: latency(),
     orchestrator_round_seconds: latency(),
     assignment_streams: Gauge::default(),
@@ -75,6 +77,11 @@ pub fn manager_registry(state: impl Collector) -> Registry {
         "raft_proposal_seconds",
         "Time from proposing a command on the leader to its being applied",
         m.proposal_seconds.clone(),
+    );
+    r.register(
+        "raft_batch_writes",
+        "Writes per batch entry, for proposals the leader grouped (group commit)",
+        m.batch_writes.clone(),
     );
     r.register(
         "raft_fsync_seconds",

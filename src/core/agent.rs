@@ -610,8 +610,22 @@ pub fn apply(job: &Job, outcome: &Outcome) -> Applied {
     }
 }
 
+/// How long without an answered heartbeat before the worker acts on its own (restarts
+/// failed tasks itself): the configured time, or two of the intervals the managers asked
+/// for, if longer (a large cluster asks for slower beats: `reconciler::heartbeat_interval_ms`).
+pub fn autonomy_after_ms(configured_ms: u64, interval_ms: u64) -> u64 {
+    configured_ms.max(interval_ms.saturating_mul(2))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn autonomy_waits_for_two_of_the_asked_intervals() {
+        assert_eq!(super::autonomy_after_ms(3_000, 0), 3_000);
+        assert_eq!(super::autonomy_after_ms(3_000, 1_000), 3_000);
+        assert_eq!(super::autonomy_after_ms(3_000, 5_000), 10_000);
+    }
+
     use super::*;
     use crate::core::{RestartCondition, RestartPolicy};
 

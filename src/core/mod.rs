@@ -4,6 +4,7 @@
 //! so every manager applies the same log to the same result.
 
 pub mod agent;
+pub mod assignments;
 pub mod authz;
 pub mod constraint;
 pub mod election;

@@ -18,7 +18,7 @@ use super::model::*;
 use super::scheduler::Scheduler;
 use super::state::ClusterState;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Task history kept per slot; older finished tasks are removed.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -128,6 +128,20 @@ impl NewTask {
     }
 }
 
+/// A round's cost is its walk over the whole state: the next round waits at least this
+/// many times as long as the last one took, so that rounds take at most about a fifth of a
+/// core however large the cluster grows (issue #16; 50,000 tasks took tens of ms a round).
+pub const ROUND_COST_FACTOR: u32 = 4;
+
+/// The least time between two rounds triggered by changes, given how long the last one
+/// took (ms): `min_gap_ms`, or more for a large cluster; never over `max_gap_ms` (the
+/// periodic round's interval).
+pub fn round_gap_ms(min_gap_ms: u64, last_round_ms: u64, max_gap_ms: u64) -> u64 {
+    min_gap_ms
+        .max(last_round_ms.saturating_mul(ROUND_COST_FACTOR as u64))
+        .min(max_gap_ms.max(min_gap_ms))
+}
+
 /// The changes for one round; `new_id` names new tasks.
 pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
     let st = input.state;
@@ -161,18 +175,20 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     };
 
     // Tasks whose node is gone stop holding their slot.
-    let mut orphaned: Vec<&str> = Vec::new();
+    // A set: looked up for every task (a node with thousands of tasks going down made a
+    // list quadratic).
+    let mut orphaned: BTreeSet<&str> = BTreeSet::new();
     for t in st.tasks.values() {
         let removed = !t.node_id.is_empty() && !nodes.contains_key(t.node_id.as_str());
         if removed && !t.state.is_terminal() {
             // Its node was removed from the cluster: it will never report again.
-            orphaned.push(&t.id);
+            orphaned.insert(&t.id);
             changes.push(TaskChange::Shutdown {
                 task_id: t.id.clone(),
                 reason: format!("node {} was removed", t.node_id),
             });
         } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) {
-            orphaned.push(&t.id);
+            orphaned.insert(&t.id);
             changes.push(TaskChange::Orphan {
                 task_id: t.id.clone(),
             });
@@ -409,6 +425,29 @@ fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<
 /// Every node gets a full grace period under each new leader. `rejoin_left_ms`: what is left
 /// of a restored cluster's rejoin window (`core::restore`), during which a node this leader
 /// has not heard from yet is waited for.
+/// Heartbeats per second the managers ask of all workers together, at most: past
+/// `MAX_HEARTBEATS_PER_S` workers, each beats less often (as Nomad does), so that the
+/// managers' work stays bounded as the cluster grows (issue #16: 5,000 workers beating each
+/// second took more than this machine's two cores).
+pub const MAX_HEARTBEATS_PER_S: u64 = 1_000;
+/// A node is taken for down after this many heartbeat intervals without one, if that is
+/// longer than the configured grace period.
+pub const GRACE_BEATS: u64 = 3;
+
+/// The heartbeat interval a cluster of `nodes` nodes asks for (ms).
+pub fn heartbeat_interval_ms(nodes: usize, base_ms: u64) -> u64 {
+    base_ms.max(
+        (nodes as u64)
+            .saturating_mul(1_000)
+            .div_ceil(MAX_HEARTBEATS_PER_S),
+    )
+}
+
+/// How long a node that was asked to beat every `interval_ms` may stay silent (ms).
+pub fn grace_ms(base_grace_ms: u64, interval_ms: u64) -> u64 {
+    base_grace_ms.max(interval_ms.saturating_mul(GRACE_BEATS))
+}
+
 pub fn liveness(
     heard_ago_ms: Option<u64>,
     leading_for_ms: u64,
@@ -425,6 +464,39 @@ pub fn liveness(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn heartbeats_slow_down_past_a_thousand_nodes_and_the_grace_follows() {
+        for (nodes, base, want_interval, want_grace) in [
+            (0, 1_000, 1_000, 5_000),
+            (1_000, 1_000, 1_000, 5_000),
+            (1_001, 1_000, 1_001, 5_000),
+            (2_000, 1_000, 2_000, 6_000),
+            (5_000, 1_000, 5_000, 15_000),
+            (5_000, 10_000, 10_000, 30_000), // a longer configured interval stays
+        ] {
+            let interval = heartbeat_interval_ms(nodes, base);
+            assert_eq!(interval, want_interval, "{nodes} nodes");
+            assert_eq!(grace_ms(5_000, interval), want_grace, "{nodes} nodes");
+        }
+    }
+
+    #[test]
+    fn the_gap_between_rounds_grows_with_their_cost() {
+        for (min, last, max, want) in [
+            (20, 0, 200, 20),    // a small cluster: the minimum
+            (20, 4, 200, 20),    // 16 ms of work: still the minimum
+            (20, 10, 200, 40),   // 10 ms a round: 40 ms between
+            (20, 100, 200, 200), // never longer than the periodic round
+            (20, 5, 10, 20),     // a maximum under the minimum: the minimum
+        ] {
+            assert_eq!(
+                round_gap_ms(min, last, max),
+                want,
+                "min {min} last {last} max {max}"
+            );
+        }
+    }
+
     use super::*;
     use crate::core::limits::SPEC_HISTORY;
     use crate::core::state::{Command, TaskReport};

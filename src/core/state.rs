@@ -98,6 +98,9 @@ impl Remembered {
                     applied: *applied,
                     skipped: *skipped,
                 },
+
+                // Not proposed: batches hold `Once` writes, never the other way round.
+                Outcome::Batch(_) => Remembered::Internal,
             },
         }
     }
@@ -264,6 +267,11 @@ pub enum Command {
         cross_cert_der: Vec<u8>,
         now_ms: i64,
     },
+    /// Group commit: writes proposed on the leader while earlier ones were in flight, in
+    /// one log entry (one fsync on each manager instead of one each). Each is applied as if
+    /// alone, in order; one refused changes nothing and does not stop the others. Last in
+    /// the enum: an entry without a batch encodes as it did in format 0xA4 (`raft::codec`).
+    Batch(Vec<Command>),
 }
 
 /// The key certificates are tracked under: `worker/edge-1`, `manager/3`, `admin/ops`.
@@ -388,6 +396,8 @@ pub enum Outcome {
         applied: u32,
         skipped: u32,
     },
+    /// The answers to a `Command::Batch`, in its order.
+    Batch(Vec<Result<Outcome, StateError>>),
 }
 
 /// The whole replicated state; also the snapshot format.
@@ -437,7 +447,17 @@ impl Command {
             Command::UpdateNode { labels: Some(l), .. } => validate::labels("node labels", l),
             Command::ReportTasks { reports, .. } => validate::task_reports(reports),
             Command::SetNodeVersion { version, .. } => validate::agent_version(version),
+            Command::Batch(cmds) => cmds.iter().try_for_each(Command::precheck_in_batch),
             _ => Ok(()),
+        }
+    }
+}
+
+impl Command {
+    fn precheck_in_batch(&self) -> Result<(), StateError> {
+        match self {
+            Command::Batch(_) => Err(StateError::invalid("batch", "a batch inside a batch")),
+            c => c.precheck(),
         }
     }
 }
@@ -487,7 +507,13 @@ impl ClusterState {
                 self.remembered_bytes += remembered.cost(&request_id);
                 self.requests
                     .insert(request_id.clone(), (fingerprint, remembered));
-                self.request_order.insert(index, request_id);
+                // Keys only order the requests, oldest first: the writes of one batch share
+                // its index, so each takes the next key free above the newest.
+                let key = self
+                    .request_order
+                    .last_key_value()
+                    .map_or(index, |(k, _)| index.max(k + 1));
+                self.request_order.insert(key, request_id);
                 while self.request_order.len() > MAX_REMEMBERED_REQUESTS
                     || self.remembered_bytes > MAX_REMEMBERED_BYTES as u64
                 {
@@ -500,6 +526,14 @@ impl ClusterState {
                 }
                 answer
             }
+            Command::Batch(cmds) => Ok(Outcome::Batch(
+                cmds.into_iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => Err(StateError::invalid("batch", "a batch inside a batch")),
+                        c => self.apply(index, c),
+                    })
+                    .collect(),
+            )),
             Command::Restore { state, restored } => {
                 if !self.cluster_id.is_empty() {
                     return Err(StateError::FailedPrecondition(format!(
@@ -1706,6 +1740,64 @@ mod tests {
         assert!(matches!(st.apply(5, del("r2")), Err(StateError::NotFound { .. })));
         // refusals are remembered too
         assert!(matches!(st.apply(6, del("r2")), Err(StateError::NotFound { .. })));
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_alone_and_remembers_each() {
+        let mut st = base();
+        let once = |rid: &str, cmd: Command| Command::Once {
+            request_id: rid.into(),
+            fingerprint: 7,
+            cmd: Box::new(cmd),
+        };
+        let create = |id: &str, name: &str| Command::CreateService {
+            id: id.into(),
+            spec: spec(name, 1),
+            now_ms: 0,
+        };
+        let batch = Command::Batch(vec![
+            once("b1", create("s2", "api")),
+            // refused: the name is taken; the writes around it still apply
+            once("b2", create("s3", "web")),
+            once(
+                "b3",
+                Command::DeleteService {
+                    service: "web".into(),
+                },
+            ),
+            Command::Batch(vec![]),
+        ]);
+        assert_eq!(
+            batch.precheck().unwrap_err().to_string(),
+            "invalid batch: a batch inside a batch"
+        );
+        let Ok(Outcome::Batch(answers)) = st.apply(9, batch) else {
+            panic!("a batch answers with one answer per write")
+        };
+        assert_eq!(answers.len(), 4);
+        assert!(matches!(&answers[0], Ok(Outcome::Service(s)) if s.id == "s2" && s.version == 9));
+        assert!(matches!(answers[1], Err(StateError::AlreadyExists { .. })));
+        assert_eq!(answers[2], Ok(Outcome::ServiceDeleted { id: "s1".into() }));
+        assert!(answers[3].is_err());
+        assert!(st.service("api").is_some() && st.service("web").is_none());
+        // each request of the batch is remembered under its own key, in order
+        assert_eq!(st.request_order.values().collect::<Vec<_>>(), ["b1", "b2", "b3"]);
+        assert_eq!(
+            st.answer_for("b3", 7),
+            Some(Ok(Outcome::ServiceDeleted { id: "s1".into() }))
+        );
+        // a later entry's request sorts after the batch's
+        st.apply(
+            10,
+            once(
+                "c1",
+                Command::DeleteService {
+                    service: "api".into(),
+                },
+            ),
+        )
+        .unwrap();
+        assert_eq!(st.request_order.values().last().map(String::as_str), Some("c1"));
     }
 
     #[test]

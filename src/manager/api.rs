@@ -745,7 +745,7 @@ impl NodeService for Api {
         )
         .await?;
         ok(Ok(pb::HeartbeatResponse {
-            next_heartbeat_ms: self.m.orchestrator.worker_heartbeat_ms,
+            next_heartbeat_ms: self.read(|st| self.m.heartbeat_interval_ms(st)),
             trust_fingerprint: self.read(|st| crate::security::pki::bundle_fingerprint(&st.pki.trusted())),
         }))
     }
@@ -1253,110 +1253,52 @@ impl TaskService for Api {
             .ok_or_else(|| not_found("task", &id)))
     }
 
-    /// The tasks assigned to a node, as a full set whenever it changes (this manager's
-    /// applied state), with a keep-alive event in between so the worker notices a dead stream.
+    /// The tasks assigned to a node: the full set (or, to a worker resuming, what changed
+    /// since its last event), then what changes, as it changes (`manager::assignments`),
+    /// with a keep-alive event in between so the worker notices a dead stream.
     async fn watch_assignments(
         &self,
         req: Request<pb::WatchAssignmentsRequest>,
     ) -> Reply<Self::WatchAssignmentsStream> {
         self.allow(&req, Rpc::WatchAssignments, Target::Node(&req.get_ref().node_id))?;
-        let node_id = req.into_inner().node_id;
-        if !self.read(|st| st.nodes.contains_key(&node_id)) {
+        let req = req.into_inner();
+        let node_id = req.node_id;
+        // A worker opens its stream right after its registration committed, maybe on a
+        // manager that has not applied it yet: look again after catching up before refusing.
+        if !self.read(|st| st.nodes.contains_key(&node_id))
+            && (self.m.read_barrier().await.is_err() || !self.read(|st| st.nodes.contains_key(&node_id)))
+        {
             return Err(not_found("node", &node_id).into());
         }
         let slot = StreamSlot::take(self, &node_id)?;
-        let m = self.m.clone();
-        let queued = std::collections::VecDeque::<pb::AssignmentEvent>::new();
-        let init = (
-            m,
-            node_id,
-            None::<Vec<(String, u64, u64)>>,
-            0u64,
-            (),
-            (queued, slot),
-        );
-        let stream = futures::stream::unfold(
-            init,
-            |(m, node, mut last, mut seq, unit, (mut queued, slot))| async move {
+        let mut stream = super::assignments::Stream::new(self.m.clone(), node_id, req.accepts_changes);
+        let first: std::collections::VecDeque<pb::AssignmentEvent> =
+            stream.open(req.resume_after_seq).await.into();
+        let events = futures::stream::unfold(
+            (stream, first, slot),
+            |(mut stream, mut queued, slot)| async move {
                 loop {
                     if let Some(ev) = queued.pop_front() {
-                        return Some((Ok(ev), (m, node, last, seq, unit, (queued, slot))));
+                        return Some((Ok(ev), (stream, queued, slot)));
                     }
-                    // Before reading the state, so a change after the read is waited out.
-                    let seen = m.changes.version();
-                    let (key, tasks) = {
-                        let guard = m.state.read().unwrap();
-                        let st = &guard.state;
-                        let mine: Vec<&core::Task> = st
-                            .tasks
-                            .values()
-                            .filter(|t| t.node_id == node && !t.state.is_terminal())
-                            .collect();
-                        let key: Vec<(String, u64, u64)> = mine
-                            .iter()
-                            .map(|t| {
-                                (
-                                    t.id.clone(),
-                                    t.version,
-                                    st.services.get(&t.service_id).map_or(0, |s| s.version),
-                                )
-                            })
-                            .collect();
-                        let changed = last.as_ref() != Some(&key);
-                        (
-                            key,
-                            changed.then(|| mine.iter().map(|t| task_to_pb(st, t, true)).collect::<Vec<_>>()),
-                        )
-                    };
-                    seq += 1;
-                    if let Some(tasks) = tasks {
-                        queued.extend(assignment_pages(seq, tasks));
-                        last = Some(key);
-                        continue;
+                    let next = stream
+                        .next(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS))
+                        .await;
+                    if next.is_empty() {
+                        let ev = pb::AssignmentEvent {
+                            seq: stream.seq(),
+                            heartbeat: true,
+                            indexed: true,
+                            ..Default::default()
+                        };
+                        return Some((Ok(ev), (stream, queued, slot)));
                     }
-                    tokio::select! {
-                        biased;
-                        r = m.changes.after(seen) => { r?; },
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS)) => {
-                            let ev = pb::AssignmentEvent { seq, heartbeat: true, ..Default::default() };
-                            return Some((Ok(ev), (m, node, last, seq, unit, (queued, slot))));
-                        }
-                    }
+                    queued.extend(next);
                 }
             },
         );
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(events)))
     }
-}
-
-/// A node's full set of tasks as events of at most about `MAX_PAGE_BYTES` each (all but the
-/// last marked `more`), so that no number of tasks outgrows what a worker accepts.
-fn assignment_pages(seq: u64, tasks: Vec<pb::Task>) -> Vec<pb::AssignmentEvent> {
-    use prost::Message;
-    let mut pages: Vec<Vec<pb::Task>> = vec![Vec::new()];
-    let mut bytes = 0usize;
-    for t in tasks {
-        let len = t.encoded_len();
-        let current = pages.last_mut().expect("never empty");
-        if !current.is_empty() && bytes + len > core::limits::MAX_PAGE_BYTES {
-            pages.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += len;
-        pages.last_mut().expect("never empty").push(t);
-    }
-    let n = pages.len();
-    pages
-        .into_iter()
-        .enumerate()
-        .map(|(i, tasks)| pb::AssignmentEvent {
-            seq,
-            full_set: true,
-            tasks,
-            more: i + 1 < n,
-            ..Default::default()
-        })
-        .collect()
 }
 
 /// Deadline for forwarding a worker heartbeat to the leader (a worker beats every second).

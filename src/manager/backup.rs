@@ -57,7 +57,8 @@ pub fn encode(b: &Backup) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FILE_VERSION.to_le_bytes());
-    out.push(codec::SEALED_FORMAT);
+    // The state's layout has not changed since the base format.
+    out.push(codec::BASE_FORMAT);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&sha2::Sha256::digest(&payload));
     out.extend_from_slice(&payload);
@@ -89,7 +90,7 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
             reads: FILE_VERSION,
         });
     }
-    if bytes[10] != codec::SEALED_FORMAT {
+    if !codec::readable(bytes[10]) {
         return Err(BackupError::StateFormat {
             found: bytes[10],
             reads: codec::SEALED_FORMAT,

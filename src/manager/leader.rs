@@ -148,12 +148,12 @@ async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
         }
         LeaderOp::Write(cmd) => {
             let started = std::time::Instant::now();
-            let res = m.raft.client_write(cmd).await;
+            let res = m.proposer.write(cmd).await;
             crate::metrics::get()
                 .proposal_seconds
                 .observe(started.elapsed().as_secs_f64());
             match res {
-                Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
+                Ok(written) => LeaderReply::Done(LeaderAnswer::Written(written)),
                 Err(e) => from_raft_err(e, "write"),
             }
         }
@@ -186,9 +186,10 @@ async fn heartbeat(
     if let Some(r) = not_leader(m) {
         return r;
     }
-    let (reports, new_version) = {
+    let (reports, new_version, interval_ms) = {
         let guard = m.state.read().unwrap();
         let st = &guard.state;
+        let interval_ms = m.heartbeat_interval_ms(st);
         if !st.nodes.contains_key(&node_id) {
             return LeaderReply::Refused(StateError::NotFound {
                 kind: "node".into(),
@@ -200,16 +201,16 @@ async fn heartbeat(
         }
         let new_version = !version.is_empty() && st.nodes[&node_id].agent_version != version;
         // Only changes are replicated: drop what the state already says.
-        (st.changed_reports(&node_id, reports), new_version)
+        (st.changed_reports(&node_id, reports), new_version, interval_ms)
     };
-    m.heartbeats.heard(&node_id);
+    m.heartbeats.heard(&node_id, interval_ms);
     if new_version {
         // Once per node and build: a failure is retried with the next heartbeat.
         let cmd = Command::SetNodeVersion {
             id: node_id.clone(),
             version,
         };
-        if let Err(e) = m.raft.client_write(cmd).await {
+        if let Err(e) = m.proposer.write(cmd).await {
             return from_raft_err(e, "record the node's version");
         }
     }
@@ -221,8 +222,8 @@ async fn heartbeat(
         reports,
         now_ms: super::now_ms(),
     };
-    match m.raft.client_write(cmd).await {
-        Ok(resp) => LeaderReply::Done(LeaderAnswer::Written(resp.data)),
+    match m.proposer.write(cmd).await {
+        Ok(written) => LeaderReply::Done(LeaderAnswer::Written(written)),
         Err(e) => from_raft_err(e, "report tasks"),
     }
 }

@@ -2,6 +2,7 @@
 //! API and the internal Raft RPCs. `start` is what both the binary and the simulator call.
 
 mod api;
+pub mod assignments;
 pub mod backup;
 pub mod changes;
 pub mod convert;
@@ -17,6 +18,7 @@ pub mod marker;
 mod observe;
 pub mod orchestrator;
 mod peers;
+pub mod proposer;
 mod raft_service;
 mod recovery;
 
@@ -164,6 +166,10 @@ pub struct Manager {
     leader_since: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
     /// Leader operations wait here while leadership is handed over (`handoff`).
     pub handoff: handoff::Gate,
+    /// Every write this manager proposes as leader goes through here (group commit).
+    pub proposer: proposer::Proposer,
+    /// Which tasks each worker runs, for the assignment streams.
+    pub assignments: assignments::Hub,
 }
 
 pub type ManagerRef = Arc<Manager>;
@@ -495,6 +501,8 @@ pub async fn start(
             leader_since: Default::default(),
             handoff: Default::default(),
             changes: Default::default(),
+            proposer: proposer::Proposer::start(raft.clone()),
+            assignments: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));
         let _metrics_task = metrics_listener
@@ -503,6 +511,7 @@ pub async fn start(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
+        let assignments_task = tokio::spawn(assignments::follow(manager.clone(), stop_rx.clone()));
         let marker_task = tokio::spawn(marker::run(
             opts.data_dir.clone(),
             log_store.committed_high(),
@@ -603,6 +612,7 @@ pub async fn start(
         changes_task.abort();
         trust_task.abort();
         probe_task.abort();
+        assignments_task.abort();
         election_task.abort();
         orchestrator_task.abort();
         if core_failed {
@@ -715,6 +725,12 @@ impl Manager {
         request: Option<leader::RequestId>,
     ) -> ApiResult<crate::core::Outcome> {
         leader::write(self, cmd, request).await
+    }
+
+    /// The heartbeat interval workers are asked for: the configured one, longer in a large
+    /// cluster (`reconciler::heartbeat_interval_ms`).
+    pub fn heartbeat_interval_ms(&self, st: &crate::core::ClusterState) -> u64 {
+        crate::core::reconciler::heartbeat_interval_ms(st.nodes.len(), self.orchestrator.worker_heartbeat_ms)
     }
 
     /// When this manager leads by openraft's account but a quorum of voters has not

@@ -49,16 +49,17 @@ impl Default for OrchestratorOpts {
 
 #[derive(Default)]
 pub struct Heartbeats {
-    last_seen: Mutex<BTreeMap<String, Instant>>,
+    /// When each node was last heard from, and the heartbeat interval it was asked for then.
+    last_seen: Mutex<BTreeMap<String, (Instant, u64)>>,
 }
 
 impl Heartbeats {
     /// A heartbeat of `node` reached this manager as leader.
-    pub fn heard(&self, node: &str) {
+    pub fn heard(&self, node: &str, interval_ms: u64) {
         self.last_seen
             .lock()
             .unwrap()
-            .insert(node.to_string(), Instant::now());
+            .insert(node.to_string(), (Instant::now(), interval_ms));
     }
 
     /// Each node's liveness as this leader sees it, having led since `leading_since`.
@@ -71,12 +72,15 @@ impl Heartbeats {
     ) -> BTreeMap<String, Liveness> {
         let now = Instant::now();
         let seen = self.last_seen.lock().unwrap();
+        let max_interval_ms = seen.values().map(|(_, i)| *i).max().unwrap_or(0);
         nodes
             .map(|id| {
-                let heard_ago_ms = seen
-                    .get(id)
-                    .filter(|t| **t >= leading_since)
-                    .map(|t| (now - *t).as_millis() as u64);
+                let heard = seen.get(id).filter(|(t, _)| *t >= leading_since);
+                let heard_ago_ms = heard.map(|(t, _)| (now - *t).as_millis() as u64);
+                // A node asked for slower beats (a large cluster) gets a longer grace; one
+                // not heard from yet, as long as the slowest asked of any.
+                let interval_ms = heard.map_or(max_interval_ms, |(_, i)| *i);
+                let grace_ms = reconciler::grace_ms(grace_ms, interval_ms);
                 let leading_for_ms = (now - leading_since).as_millis() as u64;
                 (
                     id.clone(),
@@ -93,6 +97,8 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
     let applied = || m.raft.metrics().borrow().last_applied.map(|l| l.index);
     let mut applied_seen = applied();
     let mut last_round = Instant::now();
+    // How long the last round's decision took (its walk over the state), in ms.
+    let mut last_cost_ms = 0u64;
     loop {
         // A round runs when an entry was applied (a task report, a new spec: a rolling update
         // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
@@ -126,7 +132,8 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
                 if v.is_some() && applied() == applied_seen {
                     continue;
                 }
-                tokio::time::sleep_until(last_round + Duration::from_millis(MIN_ROUND_GAP_MS)).await;
+                let gap_ms = reconciler::round_gap_ms(MIN_ROUND_GAP_MS, last_cost_ms, ROUND_INTERVAL_MS);
+                tokio::time::sleep_until(last_round + Duration::from_millis(gap_ms)).await;
             }
             _ = tokio::time::sleep_until(deadline) => {}
         }
@@ -160,6 +167,8 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         };
         let now_ms = super::now_ms();
         let round_started = std::time::Instant::now();
+        // The simulator's clock: under it the walk takes no time and the schedule stays seeded.
+        let decide_started = Instant::now();
         let mut changes = {
             let guard = m.state.read().unwrap();
             let st = &guard.state;
@@ -180,6 +189,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
                 &mut super::new_id,
             )
         };
+        last_cost_ms = decide_started.elapsed().as_millis() as u64;
         if changes.is_empty() {
             continue;
         }

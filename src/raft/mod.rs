@@ -52,5 +52,13 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The format a log entry is stored and sent as: the oldest that reads it (`codec`).
+pub fn entry_format(e: &openraft::Entry<TypeConfig>) -> u8 {
+    match e.payload {
+        openraft::EntryPayload::Normal(Command::Batch(_)) => codec::SEALED_FORMAT,
+        _ => codec::BASE_FORMAT,
+    }
+}
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, ManagerNode>;
 pub type NodeId = u64;

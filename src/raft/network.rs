@@ -31,19 +31,24 @@ pub const RECONNECT_MAX_MS: u64 = 500;
 /// another format by name instead of misreading it (a rolling upgrade across a format
 /// change is refused this way: docs/operations.md, "Upgrades").
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
+    encode_as(super::codec::BASE_FORMAT, v)
+}
+
+/// As `encode`, as format `format` (entries holding a batch need the newer one).
+fn encode_as<T: Serialize>(format: u8, v: &T) -> RaftPayload {
     let body = super::codec::to_bytes(v);
     let mut data = Vec::with_capacity(body.len() + 1);
-    data.push(super::codec::SEALED_FORMAT);
+    data.push(format);
     data.extend_from_slice(&body);
     RaftPayload { data }
 }
 
 /// Decodes a whole payload; another format, trailing bytes or a truncated message are errors.
 pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, super::codec::CodecError> {
-    use super::codec::{CodecError, SEALED_FORMAT};
+    use super::codec::{readable, CodecError, SEALED_FORMAT};
     match p.data.split_first() {
         None => Err(CodecError::Truncated(0)),
-        Some((&f, _)) if f != SEALED_FORMAT => Err(CodecError::PeerFormat {
+        Some((&f, _)) if !readable(f) => Err(CodecError::PeerFormat {
             found: f,
             reads: SEALED_FORMAT,
         }),
@@ -126,6 +131,7 @@ impl Connection {
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
+        format: u8,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, ManagerNode, RaftError<NodeId, E>>>
@@ -180,7 +186,7 @@ impl Connection {
             ))));
         }
         let client = self.client.as_mut().expect("connected above");
-        let mut request = tonic::Request::new(encode(req));
+        let mut request = tonic::Request::new(encode_as(format, req));
         request.set_timeout(ttl);
         let res = match method {
             Method::Append => client.append_entries(request).await,
@@ -233,7 +239,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
-        self.call(Method::Append, &rpc, &option).await
+        let format = rpc
+            .entries
+            .iter()
+            .map(super::entry_format)
+            .max()
+            .unwrap_or(super::codec::BASE_FORMAT);
+        self.call(Method::Append, format, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -244,7 +256,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, ManagerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Method::Snapshot, &rpc, &option).await
+        self.call(Method::Snapshot, super::codec::BASE_FORMAT, &rpc, &option)
+            .await
     }
 
     async fn vote(
@@ -252,7 +265,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
-        let resp: VoteResponse<NodeId> = self.call(Method::Vote, &rpc, &option).await?;
+        let resp: VoteResponse<NodeId> = self
+            .call(Method::Vote, super::codec::BASE_FORMAT, &rpc, &option)
+            .await?;
         if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
             *self.outlogged.lock().unwrap() = Some(tokio::time::Instant::now());
         }

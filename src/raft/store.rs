@@ -409,6 +409,22 @@ impl LogStore {
     }
 }
 
+/// Runs the blocking `f` (a write transaction and its fsync) off the async workers in the
+/// production build, so that the API and the Raft network go on while the disk works. The
+/// simulator runs it in place: its disk is in memory and its schedule must stay seeded.
+async fn off_async<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+    #[cfg(madsim)]
+    {
+        f()
+    }
+}
+
 /// Under the simulation suite, the time an fsync takes (the write itself stays synchronous, so
 /// the delay is taken before it, where there is an await point).
 async fn simulated_fsync_latency() {
@@ -527,21 +543,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One transaction, one fsync, for the whole batch; only then report it flushed.
         simulated_fsync_latency().await;
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let write = || -> Result<(), AnyError> {
-            let tx = self.db.begin_write().map_err(any)?;
-            {
-                let mut t = tx.open_table(LOGS).map_err(any)?;
-                for e in &entries {
-                    t.insert(e.log_id.index, enc(e).as_slice()).map_err(any)?;
+        let db = self.db.clone();
+        let (res, entries) = off_async(move || {
+            let write = || -> Result<(), AnyError> {
+                let tx = db.begin_write().map_err(any)?;
+                {
+                    let mut t = tx.open_table(LOGS).map_err(any)?;
+                    for e in &entries {
+                        let sealed = codec::seal_as(super::entry_format(e), e);
+                        t.insert(e.log_id.index, sealed.as_slice()).map_err(any)?;
+                    }
                 }
-            }
-            tx.commit().map_err(any)
-        };
-        let started = std::time::Instant::now();
-        let mut res = write().map_err(std::io::Error::other);
-        crate::metrics::get()
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+                tx.commit().map_err(any)
+            };
+            let started = std::time::Instant::now();
+            let res = write();
+            crate::metrics::get()
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            (res, entries)
+        })
+        .await;
+        let mut res = res.map_err(std::io::Error::other);
         if crate::bugs::on(crate::bugs::Bug::IgnoreFsyncError) {
             res = Ok(());
         }

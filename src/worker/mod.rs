@@ -193,11 +193,16 @@ struct Shared {
     /// Woken when a report is queued: it goes out at once instead of at the next beat (a
     /// rolling update waits on each task's reports, three per slot).
     report_queued: Arc<tokio::sync::Notify>,
+    /// The heartbeat interval the managers asked for (0: not told yet).
+    interval_ms: u64,
 }
 
 impl Shared {
     fn connected(&self, autonomy_after: Duration) -> bool {
-        self.last_ack.is_some_and(|t| t.elapsed() < autonomy_after)
+        let after_ms =
+            crate::core::agent::autonomy_after_ms(autonomy_after.as_millis() as u64, self.interval_ms);
+        self.last_ack
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(after_ms))
     }
 }
 
@@ -417,10 +422,15 @@ async fn watch_assignments(
 ) {
     let silence = Duration::from_millis(STREAM_SILENCE_MS);
     let mut last_refusal: Option<String> = None;
+    // What the managers assigned, as of `have.seq` (a log index when `indexed`: then a
+    // new stream resumes from it and gets only what changed since).
+    let mut have = crate::core::assignments::Have::<pb::Task>::default();
+    let mut indexed = false;
     loop {
         let req = pb::WatchAssignmentsRequest {
             node_id: node_id.clone(),
-            resume_after_seq: 0,
+            resume_after_seq: if indexed { have.seq } else { 0 },
+            accepts_changes: true,
         };
         let opened = tokio::time::timeout(
             silence,
@@ -452,8 +462,9 @@ async fn watch_assignments(
         };
         debug!("assignment stream open");
         last_refusal = None;
-        // A full set may come in several pages (`more`); it counts once complete.
+        // A full set or a change may come in several pages (`more`); it counts once complete.
         let mut partial: Vec<pb::Task> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
         loop {
             // BUGGIFY: the stream drops mid-set; the worker reconnects and gets a full set.
             if crate::buggify!(100) {
@@ -461,12 +472,36 @@ async fn watch_assignments(
                 break;
             }
             match tokio::time::timeout(silence, stream.message()).await {
+                Ok(Ok(Some(ev))) if ev.heartbeat => {}
                 Ok(Ok(Some(ev))) => {
-                    if ev.full_set {
-                        partial.extend(ev.tasks);
-                        if !ev.more {
-                            let _ = tx.send(Some(std::mem::take(&mut partial)));
-                        }
+                    partial.extend(ev.tasks);
+                    removed.extend(ev.removed_task_ids);
+                    if ev.more {
+                        continue;
+                    }
+                    let tasks = std::mem::take(&mut partial)
+                        .into_iter()
+                        .map(|t| (t.id.clone(), t));
+                    let applied = if ev.full_set {
+                        have.full_set(ev.seq, tasks);
+                        true
+                    } else {
+                        have.changes(ev.seq, tasks, &removed)
+                    };
+                    removed.clear();
+                    if applied {
+                        indexed = ev.indexed;
+                        let _ = tx.send(Some(have.tasks.values().cloned().collect()));
+                    } else {
+                        // A change this worker cannot place: start over with a full set.
+                        debug!(
+                            seq = ev.seq,
+                            held = have.seq,
+                            "assignment change out of order; reopening"
+                        );
+                        have = Default::default();
+                        indexed = false;
+                        break;
                     }
                 }
                 Ok(Err(status)) => {
@@ -569,6 +604,7 @@ async fn heartbeat_loop(
                 send_all = false;
                 if resp.next_heartbeat_ms > 0 {
                     interval_ms = resp.next_heartbeat_ms;
+                    sh.interval_ms = interval_ms;
                 }
             }
             Ok(Err(e)) => {

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Scale on one machine (issue #16; docs/benchmarks.md, "Scale"): 3 managers (release build)
+# on loopback and examples/nodesim running WORKERS real worker agents (simulated containers)
+# in one process.
+#   1. Registers WORKERS workers, then holds them for HOLD_S seconds at the default heartbeat
+#      interval, sampling every 10 s: nodes ready/down (none may be marked down), each
+#      process's RSS and CPU.
+#   2. Scales a service from 0 to REPLICAS and times until every task is reported running.
+#   3. Does it again with the leader killed (kill -9) when half are running: then checks that
+#      no slot holds two tasks and that no task was replaced (rescheduled).
+# Usage: scripts/scale-bench.sh [WORKERS] [HOLD_S] [REPLICAS]   (default 5000 600 50000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKERS=${1:-5000}
+HOLD_S=${2:-600}
+REPLICAS=${3:-50000}
+./scripts/deps.sh >/dev/null
+if [ -z "${WARREN_BIN:-}" ]; then cargo build --release -q --bin warren --example nodesim; fi
+W=${WARREN_BIN:-$PWD/target/release/warren}
+SIM=${NODESIM_BIN:-$PWD/target/release/examples/nodesim}
+T=$(mktemp -d -t warren-scale.XXXXXX)
+declare -A PID API MET
+cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; if [[ -n ${KEEP_LOGS:-} ]]; then echo "logs kept in $T" >&2; else rm -rf "$T"; fi; }
+trap cleanup EXIT
+trap "exit 130" INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
+now() { date +%s.%N; }
+since() { python3 -c "print(f'{$(now)-$1:.1f}')"; }
+# metric NAME_WITH_LABELS on manager n (empty if absent)
+# (a gauge with no series for this label reads 0; an unanswered scrape reads empty)
+metric() {
+  local body
+  body=$(curl -s --max-time 5 "http://${MET[$1]}/metrics") || return 0
+  awk -v k="$2" '$1==k {v=$2} END {print (v=="" ? 0 : v)}' <<<"$body" | cut -d. -f1
+}
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+HZ=$(getconf CLK_TCK)
+
+start_manager() { # n [join]
+  local n=$1
+  if [[ $n == 1 && -z ${2:-} ]]; then
+    $W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" --data-dir $T/m1 \
+      --metrics-addr ${MET[1]} >>$T/m1.log 2>&1 &
+  elif [[ ${2:-} == join ]]; then
+    $W manager join --token "$MTOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
+      --bind-addr "127.0.0.$n:$(port)" --data-dir $T/m$n --metrics-addr ${MET[$n]} >>$T/m$n.log 2>&1 &
+  else
+    $W manager start --data-dir $T/m$n --metrics-addr ${MET[$n]} >>$T/m$n.log 2>&1 &
+  fi
+  PID[m$n]=$!
+}
+for n in 1 2 3; do API[$n]="127.0.0.$n:$(port)"; MET[$n]="127.0.0.$n:$(port)"; done
+ALL="${API[1]},${API[2]},${API[3]}"
+start_manager 1
+export WARREN_TLS_DIR=$T/m1/admin
+until $W --manager ${API[1]} cluster info >/dev/null 2>&1; do sleep 0.1; done
+MTOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
+for n in 2 3; do start_manager $n join; done
+voters() { $W --manager $ALL cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
+for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.2; done
+leader() { voters | cut -d' ' -f1; }
+WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)
+echo "3 managers up (leader $(leader)); $(nproc) cores; starting $WORKERS workers"
+
+t0=$(now)
+$SIM --manager $ALL --token "$WTOKEN" --workers "$WORKERS" --data-dir $T/nodes --start-per-s "${START_PER_S:-200}" \
+  --report-s 30 >$T/nodesim.log 2>&1 &
+PID[sim]=$!
+ready() { metric "$(leader)" 'warren_nodes{status="ready"}'; }
+down() { metric "$(leader)" 'warren_nodes{status="down"}'; }
+deadline=$(( $(date +%s) + 600 ))
+until [[ $(ready) == "$WORKERS" ]]; do
+  [[ $(date +%s) -lt $deadline ]] || { echo "only $(ready) of $WORKERS workers ready after 600 s" >&2; tail -5 $T/nodesim.log >&2; exit 1; }
+  sleep 1
+done
+echo "all $WORKERS workers registered and ready after $(since "$t0") s"
+
+# 1. Hold.
+samples=0; max_down=0; cpu_sum=0; declare -A MAXRSS
+l=$(leader); lp=${PID[m$l]}; c0=$(cpu_ticks "$lp"); s0=$(now)
+declare -A C0; for p in m1 m2 m3 sim; do C0[$p]=$(cpu_ticks "${PID[$p]}"); done
+end=$(( $(date +%s) + HOLD_S ))
+while [[ $(date +%s) -lt $end ]]; do
+  sleep 10
+  d=$(down); r=$(ready); [[ -n $d && $d -gt $max_down ]] && max_down=$d
+  line="t=$(since "$s0")s ready=$r down=$d"
+  for p in m1 m2 m3 sim; do
+    m=$(rss_mb "${PID[$p]}"); line+=" rss_$p=${m}MB"
+    [[ $m != "?" && $m -gt ${MAXRSS[$p]:-0} ]] && MAXRSS[$p]=$m
+  done
+  echo "$line"
+done
+el=$(python3 -c "print($(now)-$s0)")
+cpu() { python3 -c "print(f'{100*($(cpu_ticks "${PID[$1]}")-${C0[$1]})/$HZ/$el:.0f}')"; }
+echo "hold: ${HOLD_S}s with $WORKERS workers: nodes marked down at most $max_down;" \
+  "CPU (% of one core): leader m$l $(cpu m$l), m1 $(cpu m1) m2 $(cpu m2) m3 $(cpu m3), nodesim $(cpu sim);" \
+  "max RSS MB: m1 ${MAXRSS[m1]} m2 ${MAXRSS[m2]} m3 ${MAXRSS[m3]} nodesim ${MAXRSS[sim]}"
+[[ $max_down == 0 ]] || echo "FAIL: $max_down nodes were marked down while they heartbeat"
+
+running() { metric "$(leader)" 'warren_tasks{state="running"}'; }
+scale_to() { # service replicas: time until `running` reaches the count
+  local t=$(now)
+  $W --manager $ALL service scale "$1=$2" >/dev/null
+  echo "$t"
+}
+# 2. Scale 0 -> REPLICAS.
+$W --manager $ALL service create -d big --image busybox --replicas 0 >/dev/null
+ts=$(scale_to big "$REPLICAS")
+until [[ $(running) == "$REPLICAS" ]]; do sleep 0.5; done
+echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]})"
+
+# 3. The same with the leader killed half way.
+$W --manager $ALL service scale big=0 >/dev/null
+until [[ $(running) == 0 ]]; do sleep 0.5; done
+$W --manager $ALL service create -d big2 --image busybox --replicas 0 >/dev/null
+ts=$(scale_to big2 "$REPLICAS")
+until [[ $(running) -ge $(( REPLICAS / 2 )) ]]; do sleep 0.2; done
+l=$(leader); kill -9 "${PID[m$l]}"; wait "${PID[m$l]}" 2>/dev/null || true
+echo "leader m$l killed at $(since "$ts") s with $(( REPLICAS / 2 ))+ running"
+until [[ -n $(leader) && $(leader) != "$l" && $(running) == "$REPLICAS" ]]; do sleep 0.5; done
+echo "scale 0 -> $REPLICAS with a leader kill: all running after $(since "$ts") s (new leader m$(leader))"
+start_manager "$l"
+$W --manager $ALL service ps big2 -o json >$T/big2.json
+python3 - "$T/big2.json" "$REPLICAS" <<'EOF'
+import json, sys, collections
+tasks = json.load(open(sys.argv[1])); want = int(sys.argv[2])
+live = [t for t in tasks if t["state"] not in ("complete", "failed", "shutdown", "rejected")]
+slots = collections.Counter(t["slot"] for t in live)
+twice = sum(1 for c in slots.values() if c > 1)
+replaced = sum(1 for t in tasks if t.get("attempt", 0) > 0)
+print(f"after the kill: {len(tasks)} tasks for {want} replicas, {len(live)} live, slots held twice {twice}, tasks replaced {replaced}")
+sys.exit(0 if len(tasks) == want and twice == 0 and replaced == 0 else 1)
+EOF

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Writes per second, Warren against etcd, side by side in one run (issue #16, item 1).
+#   3 Warren managers (release build) and a 3-member etcd (Debian's etcd-server, default
+#   settings), all on loopback. At each client count (1, 16, 64, 256) it runs, in turn,
+#   examples/create_load against Warren's leader (each create is one `service create`: a
+#   Raft write of the service, then the orchestrator's write of its task) and
+#   examples/etcd_load against etcd's leader (200-byte puts). Same client model: one
+#   connection per client, one request in flight each. Three trials per count, alternating;
+#   it prints every trial, the medians and Warren's median over etcd's.
+# Usage: scripts/write-bench.sh [TRIALS] [CLIENT_COUNTS]   (default: 3 "1 16 64 256")
+#   WRITES=N writes per trial (default 600 for 1 client, 3000 otherwise);
+#   WARREN_BIN=... LOAD_BIN=... measure another build the same way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TRIALS=${1:-3}
+COUNTS=${2:-1 16 64 256}
+./scripts/deps.sh >/dev/null
+command -v etcd >/dev/null || { echo "etcd not installed (apt-get install etcd-server etcd-client)" >&2; exit 2; }
+if [ -z "${WARREN_BIN:-}" ]; then cargo build --release -q --bin warren --example create_load --example etcd_load; fi
+W=${WARREN_BIN:-$PWD/target/release/warren}
+LOAD=${LOAD_BIN:-$PWD/target/release/examples/create_load}
+ELOAD=$PWD/target/release/examples/etcd_load
+[[ -x $ELOAD ]] || cargo build --release -q --example etcd_load
+T=$(mktemp -d -t warren-writes.XXXXXX)
+declare -A PID API CP PP
+cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; if [[ -n ${KEEP_LOGS:-} ]]; then echo "logs kept in $T" >&2; else rm -rf "$T"; fi; }
+trap cleanup EXIT
+trap "exit 130" INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
+
+# Warren: three managers, as scripts/failover-bench.sh starts them.
+for n in 1 2 3; do API[$n]="127.0.0.$n:$(port)"; done
+$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" --data-dir $T/m1 >>$T/m1.log 2>&1 &
+PID[w1]=$!
+export WARREN_TLS_DIR=$T/m1/admin
+until $W --manager ${API[1]} cluster info >/dev/null 2>&1; do sleep 0.05; done
+TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
+for n in 2 3; do
+  $W manager join --token "$TOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
+    --bind-addr "127.0.0.$n:$(port)" --data-dir $T/m$n >>$T/m$n.log 2>&1 &
+  PID[w$n]=$!
+done
+voters() { $W --manager ${API[1]} cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
+for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.1; done
+[[ $(voters) == *" 3" ]] || { echo "the three Warren managers did not form" >&2; exit 1; }
+WLEADER=${API[$(voters | cut -d' ' -f1)]}
+
+# etcd: three members, as ../shared/tools/etcd-failover starts them.
+for n in e1 e2 e3; do CP[$n]=$(port); PP[$n]=$(port); done
+cluster="e1=http://127.0.0.1:${PP[e1]},e2=http://127.0.0.1:${PP[e2]},e3=http://127.0.0.1:${PP[e3]}"
+for n in e1 e2 e3; do
+  etcd --name $n --data-dir $T/$n --listen-client-urls http://127.0.0.1:${CP[$n]} \
+    --advertise-client-urls http://127.0.0.1:${CP[$n]} --listen-peer-urls http://127.0.0.1:${PP[$n]} \
+    --initial-advertise-peer-urls http://127.0.0.1:${PP[$n]} --initial-cluster "$cluster" \
+    --initial-cluster-state new >>$T/$n.log 2>&1 &
+  PID[$n]=$!
+done
+export ETCDCTL_API=3
+ELEADER=""
+for _ in $(seq 1 100); do
+  for n in e1 e2 e3; do
+    if etcdctl --endpoints 127.0.0.1:${CP[$n]} endpoint status -w json 2>/dev/null | python3 -c 'import json,sys;d=json.load(sys.stdin)[0];sys.exit(0 if d["Status"]["leader"]==d["Status"]["header"]["member_id"] else 1)'; then ELEADER=127.0.0.1:${CP[$n]}; fi
+  done
+  [[ -n $ELEADER ]] && break; sleep 0.2
+done
+[[ -n $ELEADER ]] || { echo "etcd elected no leader" >&2; exit 1; }
+echo "warren leader $WLEADER, etcd leader $ELEADER; $(nproc) cores"
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+rows=()
+for c in $COUNTS; do
+  n=${WRITES:-$([[ $c == 1 ]] && echo 600 || echo 3000)}
+  wr=(); er=()
+  for t in $(seq 1 "$TRIALS"); do
+    wr+=("$($LOAD "$WLEADER" "$c" "$n" "c$c-t$t" | sed 's/.*creates_per_s=//')")
+    er+=("$($ELOAD "http://$ELEADER" "$c" "$n" "c$c-t$t" | sed 's/.*puts_per_s=//')")
+    echo "clients=$c trial $t: warren ${wr[-1]} creates/s, etcd ${er[-1]} puts/s"
+  done
+  wm=$(median "${wr[@]}"); em=$(median "${er[@]}")
+  rows+=("| $c | ${wr[*]} | $wm | ${er[*]} | $em | $(python3 -c "print(f'{$wm/$em:.2f}')") |")
+done
+echo
+echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,391 @@
+//! Which tasks each worker is assigned, kept up to date incrementally, and the changes a
+//! worker's assignment stream sends (issue #16: every stream used to scan every task of the
+//! cluster on every applied entry, and sent its node's full set on every change).
+//!
+//! - `Index::refresh` walks the state once per refresh (for every stream together) and
+//!   notes, per node, the log index at which its set last changed, and every task that left
+//!   a node (a bounded journal, for streams that resume after a reconnect).
+//! - `Index::since` answers what changed on a node after a sequence number the worker saw,
+//!   or `None` when that point is too old (then the stream sends the full set).
+//! - `Have` is the worker's side: full sets and changes applied to what it holds.
+//!
+//! The sequence number of an event is the log index of the state it reflects: the same on
+//! every manager, so a worker resumes from it on another manager after a failover.
+
+use super::{ClusterState, Task};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// What a worker is sent again when it changes: the task's version and its service's.
+pub type Key = (u64, u64);
+
+/// Tasks that left nodes, kept for resumes; older ones make a resume fall back to a full set.
+pub const MAX_JOURNAL: usize = 200_000;
+
+/// A task on a node (assigned and not finished), as a worker's assignments include it.
+pub fn on_node(t: &Task) -> bool {
+    !t.node_id.is_empty() && !t.state.is_terminal()
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// The log index of the state last read.
+    pub applied: u64,
+    /// The journal holds every task that left a node after this index.
+    journal_from: u64,
+    /// Every task on a node: its node and key.
+    tasks: BTreeMap<String, (String, Key)>,
+    /// Per node: its tasks, and the index at which the set (or a task in it) last changed.
+    nodes: HashMap<String, (BTreeMap<String, Key>, u64)>,
+    /// (index at which it was seen gone, node, task).
+    journal: VecDeque<(u64, String, String)>,
+}
+
+/// What changed on a node after some point: tasks to (re)send, tasks to drop.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Index {
+    /// Reads `state` at log index `applied`; returns the nodes whose assignments changed.
+    /// One walk over the tasks, merged with the previous one (no allocation for a task
+    /// that did not change).
+    pub fn refresh(&mut self, state: &ClusterState, applied: u64) -> BTreeSet<String> {
+        let first = self.applied == 0 && self.tasks.is_empty();
+        let svc: HashMap<&str, u64> = state
+            .services
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.version))
+            .collect();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut gone: Vec<String> = Vec::new();
+        {
+            let mut old = self.tasks.iter().peekable();
+            let mut now = state.tasks.values().filter(|t| on_node(t)).peekable();
+            let mut upserts: Vec<(&Task, Key)> = Vec::new();
+            loop {
+                match (old.peek(), now.peek()) {
+                    (None, None) => break,
+                    (Some((id, _)), Some(t)) if id.as_str() == t.id => {
+                        let (_, (node, key)) = old.next().expect("peeked");
+                        let t = now.next().expect("peeked");
+                        let k = (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
+                        if *key != k || *node != t.node_id {
+                            upserts.push((t, k));
+                        }
+                    }
+                    (Some((id, _)), Some(t)) if id.as_str() < t.id.as_str() => {
+                        gone.push(old.next().expect("peeked").0.clone());
+                    }
+                    (Some(_), None) => gone.push(old.next().expect("peeked").0.clone()),
+                    (_, Some(_)) => {
+                        let t = now.next().expect("peeked");
+                        let k = (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
+                        upserts.push((t, k));
+                    }
+                }
+            }
+            for (t, k) in upserts {
+                if let Some((node, _)) = self.tasks.get(&t.id) {
+                    if *node != t.node_id {
+                        let node = node.clone();
+                        self.leave(&node, &t.id, applied);
+                        touched.insert(node);
+                    }
+                }
+                self.tasks.insert(t.id.clone(), (t.node_id.clone(), k));
+                let entry = self.nodes.entry(t.node_id.clone()).or_default();
+                entry.0.insert(t.id.clone(), k);
+                entry.1 = applied;
+                touched.insert(t.node_id.clone());
+            }
+        }
+        for id in gone {
+            if let Some((node, _)) = self.tasks.remove(&id) {
+                self.leave(&node, &id, applied);
+                touched.insert(node);
+            }
+        }
+        if first {
+            // Nothing before the first read is known: resumes from before it get a full set.
+            self.journal_from = applied;
+        }
+        while self.journal.len() > MAX_JOURNAL {
+            if let Some((at, _, _)) = self.journal.pop_front() {
+                self.journal_from = self.journal_from.max(at);
+            }
+        }
+        self.applied = applied;
+        touched
+    }
+
+    fn leave(&mut self, node: &str, task: &str, applied: u64) {
+        if let Some(entry) = self.nodes.get_mut(node) {
+            entry.0.remove(task);
+            entry.1 = applied;
+            if entry.0.is_empty() {
+                // Keep the node's change index: a stream waiting on it must see the change.
+                entry.0 = BTreeMap::new();
+            }
+        }
+        self.journal
+            .push_back((applied, node.to_string(), task.to_string()));
+    }
+
+    /// The tasks on `node` now.
+    pub fn node(&self, node: &str) -> Option<&BTreeMap<String, Key>> {
+        self.nodes.get(node).map(|(t, _)| t)
+    }
+
+    /// The index at which `node`'s assignments last changed (0: never seen).
+    pub fn changed_at(&self, node: &str) -> u64 {
+        self.nodes.get(node).map_or(0, |(_, at)| *at)
+    }
+
+    /// What changed on `node` after index `seq`, or `None` if this index cannot tell (the
+    /// point is older than what it has followed, or newer than what it has read).
+    pub fn since(&self, node: &str, seq: u64) -> Option<Delta> {
+        if seq == 0 || seq < self.journal_from || seq > self.applied {
+            return None;
+        }
+        let changed = self
+            .node(node)
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter(|(_, (tv, sv))| *tv > seq || *sv > seq)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let here = self.node(node);
+        let removed: BTreeSet<String> = self
+            .journal
+            .iter()
+            .filter(|(at, n, t)| *at > seq && n == node && here.is_none_or(|h| !h.contains_key(t)))
+            .map(|(_, _, t)| t.clone())
+            .collect();
+        Some(Delta {
+            changed,
+            removed: removed.into_iter().collect(),
+        })
+    }
+}
+
+/// What a stream has sent a worker versus what the node holds now.
+pub fn diff(sent: &BTreeMap<String, Key>, now: &BTreeMap<String, Key>) -> Delta {
+    Delta {
+        changed: now
+            .iter()
+            .filter(|(id, k)| sent.get(*id) != Some(k))
+            .map(|(id, _)| id.clone())
+            .collect(),
+        removed: sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect(),
+    }
+}
+
+/// The worker's side: the tasks it was assigned, from full sets and changes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Have<T> {
+    pub tasks: BTreeMap<String, T>,
+    /// The sequence number of the last complete event (0: no full set yet).
+    pub seq: u64,
+}
+
+impl<T> Have<T> {
+    pub fn full_set(&mut self, seq: u64, tasks: impl IntoIterator<Item = (String, T)>) {
+        self.tasks = tasks.into_iter().collect();
+        self.seq = seq;
+    }
+
+    /// Applies changes; ignored before the first full set (nothing to apply them to) and
+    /// when older than what is held.
+    pub fn changes(
+        &mut self,
+        seq: u64,
+        changed: impl IntoIterator<Item = (String, T)>,
+        removed: &[String],
+    ) -> bool {
+        if self.seq == 0 || seq < self.seq {
+            return false;
+        }
+        for id in removed {
+            self.tasks.remove(id);
+        }
+        self.tasks.extend(changed);
+        self.seq = seq;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Service, ServiceSpec, TaskState};
+
+    fn task(id: &str, node: &str, version: u64, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s1".into(),
+            slot: 1,
+            node_id: node.into(),
+            desired_state: TaskState::Running,
+            state,
+            version,
+            attempt: 0,
+            spec_version: 1,
+            message: String::new(),
+            error: String::new(),
+            exit_code: 0,
+            container_id: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            health: None,
+        }
+    }
+
+    fn state(tasks: &[Task], svc_version: u64) -> ClusterState {
+        let mut st = ClusterState::default();
+        let mut s = Service::new(
+            "s1".into(),
+            ServiceSpec {
+                name: "web".into(),
+                image: "busybox".into(),
+                replicas: 1,
+                ..Default::default()
+            },
+            0,
+            svc_version,
+        );
+        s.version = svc_version;
+        st.services.insert("s1".into(), s);
+        for t in tasks {
+            st.tasks.insert(t.id.clone(), t.clone());
+        }
+        st
+    }
+
+    #[test]
+    fn refresh_notes_what_changed_and_since_answers_resumes() {
+        use TaskState::*;
+        let mut ix = Index::default();
+        let st = state(
+            &[
+                task("a", "n1", 5, Running),
+                task("b", "n1", 6, Running),
+                task("c", "n2", 7, Assigned),
+                task("p", "", 7, Pending),
+            ],
+            3,
+        );
+        assert_eq!(ix.refresh(&st, 10), BTreeSet::from(["n1".into(), "n2".into()]));
+        // the first read cannot answer for earlier points
+        assert_eq!(ix.since("n1", 9), None);
+        assert_eq!(ix.since("n1", 10), Some(Delta::default()));
+        // nothing changed: nothing touched
+        assert!(ix.refresh(&st, 11).is_empty());
+
+        // b moves to n2, c finishes, a new task d lands on n1, a is unchanged
+        let st = state(
+            &[
+                task("a", "n1", 5, Running),
+                task("b", "n2", 12, Assigned),
+                task("c", "n2", 12, Complete),
+                task("d", "n1", 12, Assigned),
+            ],
+            3,
+        );
+        assert_eq!(ix.refresh(&st, 12), BTreeSet::from(["n1".into(), "n2".into()]));
+        assert_eq!(ix.changed_at("n1"), 12);
+        assert_eq!(
+            ix.since("n1", 10),
+            Some(Delta {
+                changed: vec!["d".into()],
+                removed: vec!["b".into()]
+            })
+        );
+        assert_eq!(
+            ix.since("n2", 11),
+            Some(Delta {
+                changed: vec!["b".into()],
+                removed: vec!["c".into()]
+            })
+        );
+        assert_eq!(ix.since("n2", 12), Some(Delta::default()));
+        // a point ahead of this index: it cannot tell
+        assert_eq!(ix.since("n2", 13), None);
+
+        // a spec change of the service sends its tasks again; a deleted service's tasks go
+        let st2 = state(&[task("a", "n1", 5, Running), task("d", "n1", 12, Assigned)], 14);
+        ix.refresh(&st2, 14);
+        assert_eq!(
+            ix.since("n1", 12),
+            Some(Delta {
+                changed: vec!["a".into(), "d".into()],
+                removed: vec![]
+            })
+        );
+        let empty = state(&[], 14);
+        ix.refresh(&empty, 15);
+        assert_eq!(ix.node("n1").map(|t| t.len()), Some(0));
+        assert_eq!(
+            ix.since("n1", 14),
+            Some(Delta {
+                changed: vec![],
+                removed: vec!["a".into(), "d".into()]
+            })
+        );
+        // a task that left and came back is not reported removed
+        ix.refresh(&st2, 16);
+        assert_eq!(
+            ix.since("n1", 14),
+            Some(Delta {
+                changed: vec![],
+                removed: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn diff_and_have() {
+        let sent = BTreeMap::from([("a".to_string(), (1, 1)), ("b".to_string(), (2, 1))]);
+        let now = BTreeMap::from([
+            ("a".to_string(), (1, 1)),
+            ("b".to_string(), (3, 1)),
+            ("c".to_string(), (3, 1)),
+        ]);
+        assert_eq!(
+            diff(&sent, &now),
+            Delta {
+                changed: vec!["b".into(), "c".into()],
+                removed: vec![]
+            }
+        );
+        assert_eq!(
+            diff(&now, &sent),
+            Delta {
+                changed: vec!["b".into()],
+                removed: vec!["c".into()]
+            }
+        );
+
+        let mut have = Have::<u32>::default();
+        // changes before any full set are not applied
+        assert!(!have.changes(5, [("x".to_string(), 1)], &[]));
+        have.full_set(5, [("a".to_string(), 1), ("b".to_string(), 2)]);
+        assert!(have.changes(
+            7,
+            [("c".to_string(), 3), ("a".to_string(), 9)],
+            &["b".to_string()]
+        ));
+        assert_eq!(
+            have.tasks,
+            BTreeMap::from([("a".to_string(), 9), ("c".to_string(), 3)])
+        );
+        assert_eq!(have.seq, 7);
+        // older changes are not applied
+        assert!(!have.changes(6, [("z".to_string(), 0)], &[]));
+        assert_eq!(have.seq, 7);
+    }
+}

@@ -1,0 +1,122 @@
+//! Group commit on the leader. openraft 0.9 appends and fsyncs each proposal before it takes
+//! the next one, so concurrent writes queued one fsync (and one replication round) each.
+//! Here at most `IN_FLIGHT` proposals are open at once; writes that arrive meanwhile wait and
+//! go together as one `Command::Batch` entry: one fsync per manager for all of them.
+//! A write that arrives while nothing is open goes at once, alone (no added latency).
+
+use crate::core::{Command, Outcome, StateError};
+use crate::raft::{ManagerNode, NodeId, Raft, WriteResult};
+use openraft::error::{ClientWriteError, RaftError};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Proposals open at once: while one is replicated, the next one is appended (and
+/// fsynced) on the leader.
+pub const IN_FLIGHT: usize = 2;
+/// Most writes in one batch entry.
+pub const MAX_BATCH_COMMANDS: usize = 512;
+/// Most encoded bytes in one batch entry (a larger write goes alone); well under the 64 MiB
+/// peer message limit.
+pub const MAX_BATCH_BYTES: u64 = 4 << 20;
+
+pub type Answer = Result<WriteResult, RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>>;
+
+struct Pending {
+    cmd: Command,
+    bytes: u64,
+    reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the proposing task (it ends when the last `Proposer` clone is dropped).
+    pub fn start(raft: Raft) -> Proposer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Proposes `cmd` and waits for its answer, as `Raft::client_write` does.
+    pub async fn write(&self, cmd: Command) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let bytes = bincode::serialized_size(&cmd).unwrap_or(MAX_BATCH_BYTES);
+        if self.tx.send(Pending { cmd, bytes, reply }).is_err() {
+            return Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+        }
+        answer
+            .await
+            .unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let open = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut held: Option<Pending> = None;
+    loop {
+        let Ok(permit) = open.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].bytes;
+        while batch.len() < MAX_BATCH_COMMANDS {
+            match rx.try_recv() {
+                Ok(p) if bytes + p.bytes > MAX_BATCH_BYTES => {
+                    held = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        let p = batch.pop().expect("one write");
+        let _ = p.reply.send(raft.client_write(p.cmd).await.map(|r| r.data));
+        return;
+    }
+    let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let n = cmds.len();
+    crate::metrics::get().batch_writes.observe(n as f64);
+    match raft.client_write(Command::Batch(cmds)).await {
+        Ok(r) => {
+            let answers = match r.data.0 {
+                Ok(Outcome::Batch(a)) if a.len() == n => a,
+                other => {
+                    let why = format!("a batch of {n} writes was answered with {other:?}");
+                    vec![Err(StateError::FailedPrecondition(why)); n]
+                }
+            };
+            for (reply, a) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(WriteResult(a)));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
