@@ -138,6 +138,7 @@ async fn streams(api: &str, c: &Client, pid: u32) -> anyhow::Result<()> {
                 .watch_assignments(pb::WatchAssignmentsRequest {
                     node_id: node,
                     resume_after_seq: 0,
+                    ..Default::default()
                 })
                 .await;
             anyhow::Ok(r.ok().map(|r| r.into_inner()))

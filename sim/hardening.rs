@@ -244,6 +244,7 @@ async fn attack(transport: warren::security::Transport, rounds: u64) -> (u64, u6
                         .watch_assignments(pb::WatchAssignmentsRequest {
                             node_id: "worker-1".into(),
                             resume_after_seq: 0,
+                            ..Default::default()
                         })
                         .await
                 })
