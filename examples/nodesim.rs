@@ -7,8 +7,9 @@
 //!         --workers 5000 --data-dir /tmp/nodesim
 //!
 //! Workers start at `--start-per-s`; a restart with the same `--data-dir` resumes them
-//! (no token needed). Every `--report-s` seconds it prints how many agents run and how many
-//! have ended with an error. It runs until SIGINT/SIGTERM.
+//! (no token needed). An agent that ends with an error is started again after a second.
+//! Every `--report-s` seconds it prints how many agents run and how many times one ended
+//! with an error. It runs until SIGINT/SIGTERM.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ struct Opts {
     #[arg(long)]
     data_dir: PathBuf,
     /// Workers started per second.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     start_per_s: u64,
     /// CPUs each worker offers.
     #[arg(long, default_value_t = 16.0)]
@@ -76,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_secs(every)).await;
                 println!(
-                    "t={:.0}s agents_running={} agents_failed={}",
+                    "t={:.0}s agents_running={} agent_failures={}",
                     started.elapsed().as_secs_f64(),
                     running.load(Ordering::Relaxed),
                     failed.load(Ordering::Relaxed)
@@ -103,20 +104,33 @@ async fn main() -> anyhow::Result<()> {
             autonomy_after_ms: 3_000,
             metrics_addr: None,
         };
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let (running, failed) = (running.clone(), failed.clone());
         agents.push(tokio::spawn(async move {
             let id = wopts.node_id.clone();
-            let runtime = Arc::new(warren::worker::sim_runtime::SimRuntime::default());
-            running.fetch_add(1, Ordering::Relaxed);
-            let res = warren::worker::start(wopts, capacity, runtime, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-            running.fetch_sub(1, Ordering::Relaxed);
-            if let Err(e) = res {
-                failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("worker {id} ended: {e:#}");
+            // An agent that ends with an error starts again after a second, as a worker
+            // under systemd with Restart=on-failure would (its containers live in the
+            // process: a restart starts them again).
+            loop {
+                let runtime = Arc::new(warren::worker::sim_runtime::SimRuntime::default());
+                running.fetch_add(1, Ordering::Relaxed);
+                let mut stopped = stop.clone();
+                let res = warren::worker::start(wopts.clone(), capacity, runtime, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+                running.fetch_sub(1, Ordering::Relaxed);
+                match res {
+                    Ok(()) => return,
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("worker {id} ended: {e:#}; starting it again in 1 s");
+                    }
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }));
         tokio::time::sleep(gap).await;

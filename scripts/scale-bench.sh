@@ -65,7 +65,7 @@ WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)
 echo "3 managers up (leader $(leader)); $(nproc) cores; starting $WORKERS workers"
 
 t0=$(now)
-$SIM --manager $ALL --token "$WTOKEN" --workers "$WORKERS" --data-dir $T/nodes --start-per-s "${START_PER_S:-200}" \
+$SIM --manager $ALL --token "$WTOKEN" --workers "$WORKERS" --data-dir $T/nodes --start-per-s "${START_PER_S:-50}" \
   --report-s 30 >$T/nodesim.log 2>&1 &
 PID[sim]=$!
 ready() { metric "$(leader)" 'warren_nodes{status="ready"}'; }

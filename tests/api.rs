@@ -35,7 +35,7 @@ async fn status_codes_for_bad_input() {
         (spec(&"a".repeat(64), 1), Code::InvalidArgument),
         (spec("", 1), Code::InvalidArgument),
         (spec("api", -1), Code::InvalidArgument),
-        (spec("api", 10_001), Code::InvalidArgument),
+        (spec("api", 100_001), Code::InvalidArgument),
         (spec("web", 1), Code::AlreadyExists),
     ] {
         let name = spec.name.clone();

@@ -149,7 +149,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "--replicas",
                 "-1",
             ],
-            "between 0 and 10000",
+            "between 0 and 100000",
         ),
         (
             vec![
@@ -160,9 +160,9 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "--image",
                 "busybox",
                 "--replicas",
-                "10001",
+                "100001",
             ],
-            "between 0 and 10000",
+            "between 0 and 100000",
         ),
         (
             vec!["service", "create", "-d", "api", "--image", ""],
@@ -174,10 +174,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         ),
         (vec!["service", "inspect", "nope"], "\"nope\" not found"),
         (vec!["service", "scale", "nope=2"], "\"nope\" not found"),
-        (vec!["service", "scale", "web=-1"], "between 0 and 10000"),
+        (vec!["service", "scale", "web=-1"], "between 0 and 100000"),
         (
-            vec!["service", "scale", "web", "--replicas", "10001"],
-            "between 0 and 10000",
+            vec!["service", "scale", "web", "--replicas", "100001"],
+            "between 0 and 100000",
         ),
         (vec!["service", "scale", "web=x"], "not a number"),
         (vec!["service", "delete", "nope"], "\"nope\" not found"),

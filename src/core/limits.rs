@@ -1,8 +1,10 @@
 //! Every size, count and duration a caller controls, in one place. docs/operations.md
 //! ("Limits") lists them with the error each one gives; keep the two in step.
 
-/// Most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 10_000;
+/// Most replicas one service may ask for (10,000 before state format 0xA5: a command asking
+/// for more is stored and sent as 0xA5, which older managers refuse instead of applying
+/// differently).
+pub const MAX_REPLICAS: i64 = 100_000;
 /// An image reference, in bytes (Docker's own limit on a reference is 255 per name component).
 pub const MAX_IMAGE_BYTES: usize = 512;
 /// Environment variables of one service: count, key, value and all of them together.

@@ -454,6 +454,16 @@ impl Command {
 }
 
 impl Command {
+    /// The replica count this command asks for, if it asks for one.
+    pub fn replicas_asked(&self) -> Option<i64> {
+        match self {
+            Command::Once { cmd, .. } => cmd.replicas_asked(),
+            Command::CreateService { spec, .. } | Command::UpdateService { spec, .. } => Some(spec.replicas),
+            Command::ScaleService { replicas, .. } => Some(*replicas),
+            _ => None,
+        }
+    }
+
     fn precheck_in_batch(&self) -> Result<(), StateError> {
         match self {
             Command::Batch(_) => Err(StateError::invalid("batch", "a batch inside a batch")),

@@ -762,7 +762,7 @@ mod tests {
         );
         let err = replicas(-1).unwrap_err().to_string();
         assert!(
-            err.contains("replicas") && err.contains("between 0 and 10000"),
+            err.contains("replicas") && err.contains("between 0 and 100000"),
             "{err}"
         );
     }

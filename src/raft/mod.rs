@@ -53,12 +53,74 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// The format a log entry is stored and sent as: the oldest that reads it (`codec`).
+/// Most replicas an 0xA4 manager accepts: a command asking for more is refused there, so it
+/// must not reach one (it would apply differently).
+const BASE_FORMAT_MAX_REPLICAS: i64 = 10_000;
+
+/// The format a log entry is stored and sent as: the oldest that reads it, and applies it
+/// the same way (`codec`).
 pub fn entry_format(e: &openraft::Entry<TypeConfig>) -> u8 {
-    match e.payload {
+    match &e.payload {
         openraft::EntryPayload::Normal(Command::Batch(_)) => codec::SEALED_FORMAT,
+        openraft::EntryPayload::Normal(c)
+            if c.replicas_asked().is_some_and(|r| r > BASE_FORMAT_MAX_REPLICAS) =>
+        {
+            codec::SEALED_FORMAT
+        }
         _ => codec::BASE_FORMAT,
     }
 }
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, ManagerNode>;
 pub type NodeId = u64;
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use crate::core::ServiceSpec;
+
+    fn entry(cmd: Command) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
+            payload: openraft::EntryPayload::Normal(cmd),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_written_in_the_oldest_format_that_reads_it_the_same() {
+        let scale = |replicas| Command::ScaleService {
+            service: "web".into(),
+            replicas,
+            expected_version: 0,
+            now_ms: 0,
+        };
+        let once = |cmd| Command::Once {
+            request_id: "r".into(),
+            fingerprint: 0,
+            cmd: Box::new(cmd),
+        };
+        let create = |replicas| Command::CreateService {
+            id: "s".into(),
+            spec: ServiceSpec {
+                name: "web".into(),
+                image: "busybox".into(),
+                replicas,
+                ..Default::default()
+            },
+            now_ms: 0,
+        };
+        for (cmd, want) in [
+            (scale(10_000), codec::BASE_FORMAT),
+            (once(scale(10_001)), codec::SEALED_FORMAT),
+            (once(create(3)), codec::BASE_FORMAT),
+            (create(50_000), codec::SEALED_FORMAT),
+            (Command::Batch(vec![once(scale(1))]), codec::SEALED_FORMAT),
+        ] {
+            assert_eq!(entry_format(&entry(cmd.clone())), want, "{cmd:?}");
+        }
+        let blank = openraft::Entry::<TypeConfig> {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
+            payload: openraft::EntryPayload::Blank,
+        };
+        assert_eq!(entry_format(&blank), codec::BASE_FORMAT);
+    }
+}
