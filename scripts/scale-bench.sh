@@ -60,7 +60,12 @@ MTOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
 for n in 2 3; do start_manager $n join; done
 voters() { $W --manager $ALL cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
 for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.2; done
-leader() { voters | cut -d' ' -f1; }
+leader() { # the leader's id; waits for one (an election, or a manager too busy to answer)
+  local l=""
+  for _ in $(seq 1 300); do l=$(voters | cut -d' ' -f1) || true; [[ -n $l ]] && break; sleep 0.2; done
+  [[ -n $l ]] || { echo "no leader for 60 s" >&2; exit 1; }
+  echo "$l"
+}
 WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)
 echo "3 managers up (leader $(leader)); $(nproc) cores; starting $WORKERS workers"
 
@@ -100,14 +105,13 @@ echo "hold: ${HOLD_S}s with $WORKERS workers: nodes marked down at most $max_dow
 [[ $max_down == 0 ]] || echo "FAIL: $max_down nodes were marked down while they heartbeat"
 
 running() { metric "$(leader)" 'warren_tasks{state="running"}'; }
-scale_to() { # service replicas: time until `running` reaches the count
-  local t=$(now)
+scale_to() { # service replicas: sets ts, the time the scale was sent
+  ts=$(now)
   $W --manager $ALL service scale "$1=$2" >/dev/null
-  echo "$t"
 }
 # 2. Scale 0 -> REPLICAS.
 $W --manager $ALL service create -d big --image busybox --replicas 0 >/dev/null
-ts=$(scale_to big "$REPLICAS")
+scale_to big "$REPLICAS"
 until [[ $(running) == "$REPLICAS" ]]; do sleep 0.5; done
 echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]})"
 
@@ -115,7 +119,7 @@ echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_
 $W --manager $ALL service scale big=0 >/dev/null
 until [[ $(running) == 0 ]]; do sleep 0.5; done
 $W --manager $ALL service create -d big2 --image busybox --replicas 0 >/dev/null
-ts=$(scale_to big2 "$REPLICAS")
+scale_to big2 "$REPLICAS"
 until [[ $(running) -ge $(( REPLICAS / 2 )) ]]; do sleep 0.2; done
 l=$(leader); kill -9 "${PID[m$l]}"; wait "${PID[m$l]}" 2>/dev/null || true
 echo "leader m$l killed at $(since "$ts") s with $(( REPLICAS / 2 ))+ running"

@@ -147,8 +147,15 @@ async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
             not_leader(m).unwrap_or(LeaderReply::NotLeader(None))
         }
         LeaderOp::Write(cmd) => {
+            // A worker registering is alive: heard from now, not only at its first heartbeat
+            // (with thousands joining, a round could mark one down in between).
+            let registering = registering_worker(&cmd).map(String::from);
             let started = std::time::Instant::now();
             let res = m.proposer.write(cmd).await;
+            if let (Some(node), Ok(WriteResult(Ok(_)))) = (registering, &res) {
+                let interval_ms = m.heartbeat_interval_ms(&m.state.read().unwrap().state);
+                m.heartbeats.heard(&node, interval_ms);
+            }
             crate::metrics::get()
                 .proposal_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -174,6 +181,19 @@ async fn run_op(m: &Manager, op: LeaderOp) -> LeaderReply {
             reports,
             version,
         } => heartbeat(m, node_id, reports, version).await,
+    }
+}
+
+/// The node id, if `cmd` registers a worker.
+fn registering_worker(cmd: &Command) -> Option<&str> {
+    match cmd {
+        Command::Once { cmd, .. } => registering_worker(cmd),
+        Command::RegisterNode {
+            id,
+            role: crate::core::Role::Worker,
+            ..
+        } => Some(id),
+        _ => None,
     }
 }
 
