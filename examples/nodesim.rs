@@ -11,12 +11,17 @@
 //! Every `--report-s` seconds it prints how many agents run and how many times one ended
 //! with an error. It runs until SIGINT/SIGTERM.
 
+#[cfg(not(madsim))]
 use clap::Parser;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+#[cfg(not(madsim))]
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    sync::Arc,
+    time::Duration,
+};
 
+#[cfg(not(madsim))]
 #[derive(Parser)]
 struct Opts {
     /// Manager API addresses, comma-separated.

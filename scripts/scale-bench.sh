@@ -83,8 +83,8 @@ done
 echo "all $WORKERS workers registered and ready after $(since "$t0") s"
 
 # 1. Hold.
-samples=0; max_down=0; cpu_sum=0; declare -A MAXRSS
-l=$(leader); lp=${PID[m$l]}; c0=$(cpu_ticks "$lp"); s0=$(now)
+max_down=0; declare -A MAXRSS
+l=$(leader); s0=$(now)
 declare -A C0; for p in m1 m2 m3 sim; do C0[$p]=$(cpu_ticks "${PID[$p]}"); done
 end=$(( $(date +%s) + HOLD_S ))
 while [[ $(date +%s) -lt $end ]]; do

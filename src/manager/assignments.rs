@@ -77,6 +77,11 @@ pub async fn follow(m: super::ManagerRef, mut stop: tokio::sync::watch::Receiver
     }
 }
 
+/// Time left until `deadline` (the simulator's tokio has no `timeout_at`).
+fn left(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
 /// One worker's stream: what it was last sent, and the events to send next.
 pub struct Stream {
     m: super::ManagerRef,
@@ -115,7 +120,7 @@ impl Stream {
                 if hub.index.read().unwrap().applied >= resume_after {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, refreshed).await.is_err() {
+                if tokio::time::timeout(left(deadline), refreshed).await.is_err() {
                     break;
                 }
             }
@@ -177,7 +182,7 @@ impl Stream {
                 }
                 return self.events(delta, false);
             }
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            if tokio::time::timeout(left(deadline), woken).await.is_err() {
                 return vec![];
             }
         }
