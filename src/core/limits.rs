@@ -5,6 +5,8 @@
 /// for more is stored and sent as 0xA5, which older managers refuse instead of applying
 /// differently).
 pub const MAX_REPLICAS: i64 = 100_000;
+/// Most tasks a rolling update replaces at once (0 = all).
+pub const MAX_PARALLELISM: i64 = 10_000;
 /// An image reference, in bytes (Docker's own limit on a reference is 255 per name component).
 pub const MAX_IMAGE_BYTES: usize = 512;
 /// Environment variables of one service: count, key, value and all of them together.

@@ -1388,7 +1388,7 @@ mod tests {
             ("negative replicas", create("s2", "api", -1), |e| {
                 matches!(e, StateError::InvalidArgument { .. })
             }),
-            ("too many replicas", create("s2", "api", 10_001), |e| {
+            ("too many replicas", create("s2", "api", MAX_REPLICAS + 1), |e| {
                 matches!(e, StateError::InvalidArgument { .. })
             }),
             (
@@ -1488,7 +1488,7 @@ mod tests {
                 "update invalid",
                 Command::UpdateService {
                     service: "web".into(),
-                    spec: spec("web", 20_000),
+                    spec: spec("web", MAX_REPLICAS + 1),
                     expected_version: 0,
                     force: false,
                     now_ms: 1,

@@ -421,11 +421,13 @@ fn healthcheck(spec: &ServiceSpec) -> Result<(), StateError> {
 /// Rollout settings (`--update-*`, `--rollback-*`).
 pub fn update_config(what: &str, c: &UpdateConfig) -> Result<(), StateError> {
     let field = |name: &str| format!("{what} {name}");
-    if i64::from(c.parallelism) > MAX_REPLICAS {
+    // Still the 0xA4 limit: an update asking for more would apply differently on an 0xA4
+    // manager during a rolling upgrade (only the replica count moves entries to 0xA5).
+    if i64::from(c.parallelism) > MAX_PARALLELISM {
         return Err(StateError::invalid(
             &field("parallelism"),
             format!(
-                "{} is above the most replicas a service may have ({MAX_REPLICAS}); 0 means all at once",
+                "{} is above the most allowed ({MAX_PARALLELISM}); 0 means all at once",
                 c.parallelism
             ),
         ));
@@ -582,9 +584,9 @@ mod tests {
         for (n, ok) in [
             (0, true),
             (1, true),
-            (10_000, true),
+            (MAX_REPLICAS, true),
             (-1, false),
-            (10_001, false),
+            (MAX_REPLICAS + 1, false),
             (i64::MIN, false),
         ] {
             assert_eq!(replicas(n).is_ok(), ok, "replicas {n}");

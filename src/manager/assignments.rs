@@ -111,6 +111,10 @@ impl Stream {
     /// the full set.
     pub async fn open(&mut self, resume_after: u64) -> Vec<pb::AssignmentEvent> {
         let hub = &self.m.assignments;
+        // Never answer from an index older than the state the node was found in (a manager
+        // just started has not refreshed it yet: its sets would be empty, and a worker
+        // given an empty full set stops every container).
+        hub.refresh(&self.m);
         if self.changes && resume_after > 0 {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(RESUME_WAIT_MS);
             loop {
@@ -141,6 +145,7 @@ impl Stream {
     }
 
     fn next_full(&mut self) -> Vec<pb::AssignmentEvent> {
+        self.m.assignments.refresh(&self.m);
         let (now, seq) = {
             let index = self.m.assignments.index.read().unwrap();
             (index.node(&self.node).cloned().unwrap_or_default(), index.applied)

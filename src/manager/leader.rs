@@ -7,7 +7,7 @@ use super::{ApiError, ApiResult, Manager, ManagerRef};
 use crate::bugs::{self, Bug};
 use crate::core::{membership, Command, Outcome, StateError};
 use crate::proto::internal::raft_service_client::RaftServiceClient;
-use crate::raft::network::{decode, encode};
+use crate::raft::network::{decode, encode_as};
 use crate::raft::{ManagerNode, NodeId, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -407,7 +407,11 @@ async fn forward(m: &Manager, node: &ManagerNode, op: &LeaderOp, timeout: Durati
             Ok(ch) => ch,
             Err(e) => return LeaderReply::Failed(format!("connect {addr}: {e}")),
         };
-        let mut req = tonic::Request::new(encode(op));
+        let format = match op {
+            LeaderOp::Write(cmd) => crate::raft::command_format(cmd),
+            _ => crate::raft::codec::BASE_FORMAT,
+        };
+        let mut req = tonic::Request::new(encode_as(format, op));
         req.set_timeout(timeout);
         match RaftServiceClient::new(ch).leader_call(req).await {
             Ok(r) => decode(&r.into_inner())

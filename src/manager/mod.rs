@@ -255,6 +255,9 @@ fn raft_config(opts: &TimingOpts) -> anyhow::Result<openraft::Config> {
         max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
         // Elections are driven by `manager::election`, which redraws the timeout every round.
         enable_elect: false,
+        // At most this many entries per append: a group-commit entry is up to
+        // `proposer::MAX_BATCH_BYTES`, and an append must stay under the 64 MiB message limit.
+        max_payload_entries: 32,
         ..Default::default()
     };
     cfg.validate().context("invalid Raft timing flags")
@@ -489,7 +492,7 @@ pub async fn start(
             id: identity.node_id,
             transport,
             raft: raft.clone(),
-            state,
+            state: state.clone(),
             identity,
             peers: peers::Peers::new(manager_transport.clone()),
             election: election::ElectionTimer::new(outlogged),
@@ -501,7 +504,7 @@ pub async fn start(
             leader_since: Default::default(),
             handoff: Default::default(),
             changes: Default::default(),
-            proposer: proposer::Proposer::start(raft.clone()),
+            proposer: proposer::Proposer::start(raft.clone(), state.clone()),
             assignments: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));

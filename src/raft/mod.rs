@@ -61,12 +61,18 @@ const BASE_FORMAT_MAX_REPLICAS: i64 = 10_000;
 /// the same way (`codec`).
 pub fn entry_format(e: &openraft::Entry<TypeConfig>) -> u8 {
     match &e.payload {
-        openraft::EntryPayload::Normal(Command::Batch(_)) => codec::SEALED_FORMAT,
-        openraft::EntryPayload::Normal(c)
-            if c.replicas_asked().is_some_and(|r| r > BASE_FORMAT_MAX_REPLICAS) =>
-        {
-            codec::SEALED_FORMAT
-        }
+        openraft::EntryPayload::Normal(c) => command_format(c),
+        _ => codec::BASE_FORMAT,
+    }
+}
+
+/// The oldest format that reads `cmd` and applies it the same way: also what a write
+/// forwarded to the leader is sent as (an 0xA4 leader must refuse one it would apply
+/// differently from the 0xA5 managers, not propose it).
+pub fn command_format(cmd: &Command) -> u8 {
+    match cmd {
+        Command::Batch(_) => codec::SEALED_FORMAT,
+        c if c.replicas_asked().is_some_and(|r| r > BASE_FORMAT_MAX_REPLICAS) => codec::SEALED_FORMAT,
         _ => codec::BASE_FORMAT,
     }
 }

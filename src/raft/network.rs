@@ -35,7 +35,7 @@ pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
 }
 
 /// As `encode`, as format `format` (entries holding a batch need the newer one).
-fn encode_as<T: Serialize>(format: u8, v: &T) -> RaftPayload {
+pub fn encode_as<T: Serialize>(format: u8, v: &T) -> RaftPayload {
     let body = super::codec::to_bytes(v);
     let mut data = Vec::with_capacity(body.len() + 1);
     data.push(format);

@@ -409,6 +409,16 @@ impl LogStore {
     }
 }
 
+/// The format a snapshot is sealed as: 0xA5 once batches have moved the request keys past the
+/// log index (an 0xA4 build, keying by index, would collide with them).
+fn snapshot_format(d: &StateMachineData) -> u8 {
+    let applied = d.last_applied.map_or(0, |l| l.index);
+    match d.state.request_order.last_key_value() {
+        Some((k, _)) if *k > applied => codec::SEALED_FORMAT,
+        _ => codec::BASE_FORMAT,
+    }
+}
+
 /// Runs the blocking `f` (a write transaction and its fsync) off the async workers in the
 /// production build, so that the API and the Raft network go on while the disk works. The
 /// simulator runs it in place: its disk is in memory and its schedule must stay seeded.
@@ -662,7 +672,7 @@ impl StateMachineStore {
             last_membership: data.membership.clone(),
             snapshot_id: format!("forced-{}-{}", last.leader_id, last.index),
         };
-        let bytes = codec::seal(&data);
+        let bytes = codec::seal_as(snapshot_format(&data), &data);
         let tx = self.db.begin_write().map_err(any)?;
         {
             let mut t = tx.open_table(SNAPSHOT).map_err(any)?;
@@ -685,7 +695,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (bytes, last_applied, membership) = {
             let d = self.data.read().unwrap();
-            (codec::seal(&*d), d.last_applied, d.membership.clone())
+            (
+                codec::seal_as(snapshot_format(&d), &*d),
+                d.last_applied,
+                d.membership.clone(),
+            )
         };
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
