@@ -7,7 +7,6 @@
 use crate::core::{Command, Outcome, StateError};
 use crate::raft::{ManagerNode, NodeId, Raft, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
-use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -28,61 +27,6 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-/// What a write may not share a batch with. The writes of one entry share its index as their
-/// objects' version, so two writes to one service or node in one batch would give the first
-/// writer a version that also holds the second write, and its next `expected_version` would
-/// pass over that write unseen. So a batch holds either only the cluster's own bookkeeping
-/// (task reports, orchestration rounds, node builds: nobody writes against their versions),
-/// or only client writes, each to a different object.
-#[derive(Debug, PartialEq, Eq)]
-enum Shares {
-    Bookkeeping,
-    Objects(Vec<String>),
-}
-
-fn shares(cmd: &Command, state: &crate::raft::store::SharedState) -> Shares {
-    let service = |r: &str| {
-        let guard = state.read().unwrap();
-        let id = guard.state.service(r).map(|s| format!("service {}", s.id));
-        Shares::Objects(std::iter::once(format!("service {r}")).chain(id).collect())
-    };
-    match cmd {
-        Command::Once { cmd, .. } => shares(cmd, state),
-        Command::ReportTasks { .. } | Command::Orchestrate { .. } | Command::SetNodeVersion { .. } => {
-            Shares::Bookkeeping
-        }
-        Command::CreateService { id, spec, .. } => {
-            Shares::Objects(vec![format!("service {id}"), format!("service {}", spec.name)])
-        }
-        Command::UpdateService { service: r, .. }
-        | Command::ScaleService { service: r, .. }
-        | Command::RollbackService { service: r, .. }
-        | Command::DeleteService { service: r } => service(r),
-        Command::RegisterNode { id, .. }
-        | Command::UpdateNode { id, .. }
-        | Command::RemoveNode { id, .. } => Shares::Objects(vec![format!("node {id}")]),
-        // Anything else (tokens, certificates, the CA, the cluster id): one of a kind.
-        other => Shares::Objects(vec![format!("{:?}", std::mem::discriminant(other))]),
-    }
-}
-
-/// Whether a write sharing `s` may join a batch that so far shares `bookkeeping` (None:
-/// empty) and `objects`; if so, notes what it shares.
-fn admit(s: Shares, bookkeeping: &mut Option<bool>, objects: &mut BTreeSet<String>) -> bool {
-    match (s, *bookkeeping) {
-        (Shares::Bookkeeping, None | Some(true)) => {
-            *bookkeeping = Some(true);
-            true
-        }
-        (Shares::Objects(keys), None | Some(false)) if keys.iter().all(|k| !objects.contains(k)) => {
-            *bookkeeping = Some(false);
-            objects.extend(keys);
-            true
-        }
-        _ => false,
-    }
-}
-
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
@@ -90,9 +34,9 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the proposing task (it ends when the last `Proposer` clone is dropped).
-    pub fn start(raft: Raft, state: crate::raft::store::SharedState) -> Proposer {
+    pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, state, rx));
+        tokio::spawn(run(raft, rx));
         Proposer { tx }
     }
 
@@ -109,37 +53,35 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, state: crate::raft::store::SharedState, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let open = Arc::new(Semaphore::new(IN_FLIGHT));
-    // Writes that could not join the last batch, in arrival order: first in the next ones.
-    let mut held: VecDeque<Pending> = VecDeque::new();
+    let mut held: Option<Pending> = None;
     loop {
         let Ok(permit) = open.clone().acquire_owned().await else {
             return;
         };
-        if held.is_empty() {
-            match rx.recv().await {
-                Some(p) => held.push_back(p),
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
                 None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].bytes;
+        while batch.len() < MAX_BATCH_COMMANDS {
+            match rx.try_recv() {
+                Ok(p) if bytes + p.bytes > MAX_BATCH_BYTES => {
+                    held = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
             }
         }
-        while let Ok(p) = rx.try_recv() {
-            held.push_back(p);
-        }
-        let mut batch: Vec<Pending> = Vec::new();
-        let (mut bytes, mut bookkeeping, mut objects) = (0u64, None, BTreeSet::new());
-        let mut left = VecDeque::with_capacity(held.len());
-        for p in held.drain(..) {
-            let fits =
-                batch.is_empty() || (batch.len() < MAX_BATCH_COMMANDS && bytes + p.bytes <= MAX_BATCH_BYTES);
-            if fits && admit(shares(&p.cmd, &state), &mut bookkeeping, &mut objects) {
-                bytes += p.bytes;
-                batch.push(p);
-            } else {
-                left.push_back(p);
-            }
-        }
-        held = left;
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(&raft, batch).await;
@@ -176,36 +118,5 @@ async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_holds_bookkeeping_or_client_writes_to_different_objects() {
-        use Shares::*;
-        let objects = |keys: &[&str]| Objects(keys.iter().map(|k| k.to_string()).collect());
-        let mut book = None;
-        let mut seen = BTreeSet::new();
-        assert!(admit(
-            objects(&["service s1", "service web"]),
-            &mut book,
-            &mut seen
-        ));
-        assert!(admit(objects(&["service api"]), &mut book, &mut seen));
-        // the same service by name: not in this batch
-        assert!(!admit(
-            objects(&["service web", "service s1"]),
-            &mut book,
-            &mut seen
-        ));
-        // bookkeeping does not join client writes
-        assert!(!admit(Bookkeeping, &mut book, &mut seen));
-        let (mut book, mut seen) = (None, BTreeSet::new());
-        assert!(admit(Bookkeeping, &mut book, &mut seen));
-        assert!(admit(Bookkeeping, &mut book, &mut seen));
-        assert!(!admit(objects(&["node n1"]), &mut book, &mut seen));
     }
 }
