@@ -335,8 +335,12 @@ pub async fn wait(c: &Client, started: &pb::Service, rollback: bool) -> anyhow::
     let tty = std::io::stdout().is_terminal();
     let mut shown: Vec<String> = Vec::new();
     let mut printed = 0usize;
+    // The first read goes through the leader (read-your-writes): the manager answering may
+    // not have applied the write the command just made yet. Later polls read locally.
+    let mut consistent = true;
     loop {
-        let s = c.get_service(&name, false).await?;
+        let s = c.get_service(&name, consistent).await?;
+        consistent = false;
         let Some(u) = s.update_status.clone() else {
             anyhow::bail!("service {name} shows no rollout any more (was it deleted and created again?)");
         };
@@ -476,8 +480,11 @@ pub async fn wait_created(c: &Client, s: &pb::Service) -> anyhow::Result<()> {
     let replicas = usize::try_from(s.spec.as_ref().map_or(0, |x| x.replicas)).unwrap_or(0);
     let tty = std::io::stderr().is_terminal();
     let mut shown = String::new();
+    // As in `wait`: the first read sees the create, whichever manager answers.
+    let mut consistent = true;
     loop {
-        let tasks = c.list_tasks(&name, false).await?;
+        let tasks = c.list_tasks(&name, consistent).await?;
+        consistent = false;
         let state = |t: &pb::Task| pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
         if let Some(bad) = tasks
             .iter()
