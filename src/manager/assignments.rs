@@ -61,13 +61,13 @@ impl Hub {
 }
 
 /// Keeps the index current while the manager runs.
-pub async fn follow(m: super::ManagerRef, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn follow(m: super::ManagerRef, stop: super::changes::Stop) {
     let mut seen = m.changes.version();
     loop {
         m.assignments.refresh(&m);
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
             v = m.changes.after(seen) => match v {
                 Some(v) => seen = v,
                 None => return,

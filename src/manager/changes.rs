@@ -57,6 +57,60 @@ impl Changes {
     }
 }
 
+/// A manager's stop signal for its tasks, set once: by `Stopper::stop`, or when the
+/// `Stopper` is dropped (the manager's run ended some other way). Waiters wake in the order
+/// they came, for the reason above: a watch channel with its dozen waiters made the
+/// simulated schedule after a manager stopped depend on what had run before in the process.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(std::sync::Arc<StopState>);
+
+#[derive(Debug, Default)]
+pub struct StopState {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+/// The one side that sets a `Stop`.
+#[derive(Debug)]
+pub struct Stopper(Stop);
+
+impl Stop {
+    pub fn channel() -> (Stopper, Stop) {
+        let s = Stop::default();
+        (Stopper(s.clone()), s)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.set.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the stop is set (at once if it already is).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0 .0.set.store(true, Ordering::SeqCst);
+        self.0 .0.notify.notify_waiters();
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The one waiter on `raft`'s metrics channel: bumps `changes` at each change, until the
 /// channel closes.
 pub async fn follow(raft: crate::raft::Raft, changes: std::sync::Arc<Changes>) {
@@ -102,5 +156,33 @@ mod tests {
         assert_eq!(c.after(seen + 1).await, Some(seen + 2));
         c.close();
         assert_eq!(c.after(seen + 2).await, None);
+    }
+
+    #[tokio::test]
+    async fn stop_wakes_every_waiter_and_holds() {
+        let (stopper, stop) = Stop::channel();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = stop.clone();
+                tokio::spawn(async move { s.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(!stop.is_set());
+        stopper.stop();
+        for w in waiters {
+            w.await.unwrap();
+        }
+        // Set stays set: a later wait returns at once.
+        stop.wait().await;
+        assert!(stop.is_set());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stopper_stops() {
+        let (stopper, stop) = Stop::channel();
+        drop(stopper);
+        stop.wait().await;
+        assert!(stop.is_set());
     }
 }

@@ -211,7 +211,7 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Credential> {
 pub async fn follow_trust(
     m: super::ManagerRef,
     tx: tokio::sync::watch::Sender<crate::security::renew::TrustView>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: super::changes::Stop,
 ) {
     loop {
         let seen = m.changes.version();
@@ -227,7 +227,7 @@ pub async fn follow_trust(
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
             r = m.changes.after(seen) => if r.is_none() { return },
         }
     }

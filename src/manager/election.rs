@@ -36,7 +36,7 @@ impl ElectionTimer {
 }
 
 /// The election timer of one manager, until `stop`.
-pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(m: ManagerRef, timing: ElectionTiming, stop: super::changes::Stop) {
     loop {
         let draw = madsim::rand::random::<u64>();
         let (round, round_failed, rank) = loop {
@@ -58,7 +58,7 @@ pub async fn run(m: ManagerRef, timing: ElectionTiming, mut stop: tokio::sync::w
             }
             tokio::select! {
                 biased;
-                _ = stop.changed() => return,
+                _ = stop.wait() => return,
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         };

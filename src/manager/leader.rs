@@ -600,11 +600,7 @@ async fn compact_after_restore(m: &ManagerRef) {
     }
 }
 
-pub async fn ensure_cluster_id(
-    m: ManagerRef,
-    data_dir: std::path::PathBuf,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn ensure_cluster_id(m: ManagerRef, data_dir: std::path::PathBuf, stop: super::changes::Stop) {
     let metrics = m.raft.metrics();
     let pending = match super::credentials::pending_ca(&data_dir) {
         Ok(p) => p,
@@ -712,7 +708,7 @@ pub async fn ensure_cluster_id(
         // cannot spin this loop.
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
             r = m.changes.after(seen) => if r.is_none() { return },
         }
     }

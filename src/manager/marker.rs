@@ -42,7 +42,7 @@ pub fn check(data_dir: &Path, last_index: u64) -> anyhow::Result<()> {
 }
 
 /// Records `high` whenever it grows, until `stop`; once more at the end.
-pub async fn run(data_dir: PathBuf, high: Arc<AtomicU64>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(data_dir: PathBuf, high: Arc<AtomicU64>, stop: super::changes::Stop) {
     let mut written = read(&data_dir).ok().flatten().unwrap_or(0);
     loop {
         let now = high.load(Ordering::Relaxed);
@@ -52,12 +52,12 @@ pub async fn run(data_dir: PathBuf, high: Arc<AtomicU64>, mut stop: tokio::sync:
                 Err(e) => tracing::warn!(error = %e, "cannot record the committed index"),
             }
         }
-        if *stop.borrow() {
+        if stop.is_set() {
             return;
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => {}
+            _ = stop.wait() => {}
             _ = tokio::time::sleep(Duration::from_millis(FLUSH_INTERVAL_MS)) => {}
         }
     }

@@ -511,7 +511,7 @@ pub async fn start(
         let _metrics_task = metrics_listener
             .map(|l| crate::AbortOnDrop(observe::serve(&manager, &log_store, &db_path, l)));
 
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = changes::Stop::channel();
         let cluster_id_task = tokio::spawn(leader::ensure_cluster_id(manager.clone(), opts.data_dir.clone(), stop_rx.clone()));
         let probe_task = tokio::spawn(peers::probe_loop(manager.clone(), stop_rx.clone()));
         let assignments_task = tokio::spawn(assignments::follow(manager.clone(), stop_rx.clone()));
@@ -595,20 +595,21 @@ pub async fn start(
         // the servers still answer, so the cluster does not wait out an election timeout.
         if planned {
             handoff::before_stop(&manager).await;
-            // Under the simulator a planned stop ends here, like the process exiting: waking
-            // the stop channel's waiters and `Raft::shutdown` go through tokio's unseeded
-            // generator (see below), and the simulated cluster kills the node next.
+            // Under the simulator a planned stop ends here, like the process exiting:
+            // `Raft::shutdown` goes through tokio's unseeded generator (see below), and the
+            // simulated cluster kills the node next. Dropping `stop_tx` wakes the tasks.
             #[cfg(madsim)]
             return result;
         }
         info!("shutting down");
         // A core that stopped on its own (a disk error): the process exits at once with the
         // reason, as after a panic; no graceful stop of the servers, no last marker write
-        // (the disk just failed), no `Raft::shutdown` (nothing left to stop). Waking the stop
-        // channel's many waiters, and openraft's ticker cancel, go through tokio's unseeded
-        // generator: the simulator's determinism check failed on them after a disk fault.
+        // (the disk just failed), no `Raft::shutdown` (nothing left to stop). openraft's
+        // ticker cancel goes through tokio's unseeded generator (a watch channel): the
+        // simulator's determinism check failed on it after a disk fault. (The tasks' stop
+        // is a `changes::Stop`, which wakes them in order, for the same reason.)
         if !core_failed {
-            let _ = stop_tx.send(true);
+            stop_tx.stop();
         }
         cluster_id_task.abort();
         renew_task.abort();
@@ -705,12 +706,8 @@ async fn watch_core(raft: Raft) -> anyhow::Error {
 /// How often a manager checks that its Raft core still runs.
 const CORE_CHECK_INTERVAL_MS: u64 = 100;
 
-async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+async fn wait_stop(stop: changes::Stop) {
+    stop.wait().await
 }
 
 impl Manager {

@@ -91,7 +91,7 @@ impl Heartbeats {
     }
 }
 
-pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::Stop) {
     let mut leading: Option<(u64, Instant)> = None;
     let mut seen = m.changes.version();
     let applied = || m.raft.metrics().borrow().last_applied.map(|l| l.index);
@@ -122,7 +122,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, mut stop: tokio::sync::w
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
             v = m.changes.after(seen) => {
                 match v {
                     Some(v) => seen = v,

@@ -171,7 +171,7 @@ impl Peers {
 }
 
 /// Probes every other member each interval until `stop`.
-pub async fn probe_loop(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn probe_loop(m: ManagerRef, stop: super::changes::Stop) {
     loop {
         let members: Vec<(NodeId, String)> = {
             let metrics = m.raft.metrics().borrow().clone();
@@ -186,7 +186,7 @@ pub async fn probe_loop(m: ManagerRef, mut stop: tokio::sync::watch::Receiver<bo
         m.peers.reachable_now(m.id, &members).await;
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
             _ = tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)) => {}
         }
     }
