@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod assignments;
 pub mod authz;
+pub mod batch;
 pub mod constraint;
 pub mod election;
 pub mod handoff;

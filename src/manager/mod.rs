@@ -492,7 +492,7 @@ pub async fn start(
             id: identity.node_id,
             transport,
             raft: raft.clone(),
-            state,
+            state: state.clone(),
             identity,
             peers: peers::Peers::new(manager_transport.clone()),
             election: election::ElectionTimer::new(outlogged),
@@ -504,7 +504,7 @@ pub async fn start(
             leader_since: Default::default(),
             handoff: Default::default(),
             changes: Default::default(),
-            proposer: proposer::Proposer::start(raft.clone()),
+            proposer: proposer::Proposer::start(raft.clone(), state.clone()),
             assignments: Default::default(),
         });
         let changes_task = tokio::spawn(changes::follow(raft.clone(), manager.changes.clone()));

@@ -4,9 +4,11 @@
 //! go together as one `Command::Batch` entry: one fsync per manager for all of them.
 //! A write that arrives while nothing is open goes at once, alone (no added latency).
 
+use crate::core::batch::{shares, Admission};
 use crate::core::{Command, Outcome, StateError};
 use crate::raft::{ManagerNode, NodeId, Raft, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -34,9 +36,9 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the proposing task (it ends when the last `Proposer` clone is dropped).
-    pub fn start(raft: Raft) -> Proposer {
+    pub fn start(raft: Raft, state: crate::raft::store::SharedState) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, state, rx));
         Proposer { tx }
     }
 
@@ -53,35 +55,41 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, state: crate::raft::store::SharedState, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let open = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut held: Option<Pending> = None;
+    // Writes that could not join the last entry (`core::batch`), in arrival order: first in
+    // the next ones, so none waits behind later writes.
+    let mut held: VecDeque<Pending> = VecDeque::new();
     loop {
         let Ok(permit) = open.clone().acquire_owned().await else {
             return;
         };
-        let first = match held.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
+        if held.is_empty() {
+            match rx.recv().await {
+                Some(p) => held.push_back(p),
                 None => return,
-            },
-        };
-        let mut batch = vec![first];
-        let mut bytes = batch[0].bytes;
-        while batch.len() < MAX_BATCH_COMMANDS {
-            match rx.try_recv() {
-                Ok(p) if bytes + p.bytes > MAX_BATCH_BYTES => {
-                    held = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    bytes += p.bytes;
-                    batch.push(p);
-                }
-                Err(_) => break,
             }
         }
+        while let Ok(p) = rx.try_recv() {
+            held.push_back(p);
+        }
+        let mut batch: Vec<Pending> = Vec::new();
+        let (mut bytes, mut entry) = (0u64, Admission::default());
+        let mut left = VecDeque::with_capacity(held.len());
+        {
+            let guard = state.read().unwrap();
+            for p in held.drain(..) {
+                let fits = batch.is_empty()
+                    || (batch.len() < MAX_BATCH_COMMANDS && bytes + p.bytes <= MAX_BATCH_BYTES);
+                if fits && entry.admit(shares(&p.cmd, &guard.state)) {
+                    bytes += p.bytes;
+                    batch.push(p);
+                } else {
+                    left.push_back(p);
+                }
+            }
+        }
+        held = left;
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(&raft, batch).await;
