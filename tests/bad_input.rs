@@ -651,3 +651,155 @@ async fn updates_and_rollbacks_refuse_what_the_cli_never_sends() {
     let s = c.rollback_service("web", 1).await.unwrap();
     assert_eq!(s.spec.unwrap().image, "busybox");
 }
+
+/// The first complete event of a new assignment stream of node `n1` (its pages joined).
+async fn first_event(
+    w: &Client,
+    resume_after_seq: u64,
+    history: &str,
+    accepts_changes: bool,
+) -> Result<pb::AssignmentEvent, warren::client::ClientError> {
+    let req = pb::WatchAssignmentsRequest {
+        node_id: "n1".into(),
+        resume_after_seq,
+        accepts_changes,
+        resume_after_history: history.into(),
+    };
+    let mut stream = w
+        .call(|mut s| {
+            let req = req.clone();
+            async move { s.tasks.watch_assignments(req).await }
+        })
+        .await?;
+    let mut whole = pb::AssignmentEvent::default();
+    loop {
+        let ev = stream.message().await.unwrap().expect("an event");
+        if ev.heartbeat {
+            continue;
+        }
+        whole.tasks.extend(ev.tasks);
+        whole.removed_task_ids.extend(ev.removed_task_ids);
+        if !ev.more {
+            whole.seq = ev.seq;
+            whole.full_set = ev.full_set;
+            whole.indexed = ev.indexed;
+            whole.history = ev.history;
+            return Ok(whole);
+        }
+    }
+}
+
+/// The first event of new streams (changes accepted), polled until `done` holds (20 s).
+async fn event_when(
+    w: &Client,
+    resume_after_seq: u64,
+    history: &str,
+    done: impl Fn(&pb::AssignmentEvent) -> bool,
+) -> pb::AssignmentEvent {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ev = first_event(w, resume_after_seq, history, true).await.unwrap();
+        if done(&ev) {
+            return ev;
+        }
+        assert!(std::time::Instant::now() < deadline, "never came; last: {ev:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A worker resuming its assignment stream gets only what changed, and only when its resume
+/// point is of this manager's history; a point from elsewhere (another term at that index,
+/// garbage, the future) gets the full set, an oversized one is refused, and a worker cannot
+/// open another node's stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_stream_resumes_only_from_its_own_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = ManagerProc::start(&tmp.path().join("m1"));
+    let c = admin_client(std::slice::from_ref(&m.api));
+    let w = worker_client(&m.api, "n1", &tmp.path().join("n1-tls")).await;
+    w.call(|mut s| async move {
+        s.nodes
+            .register_node(pb::RegisterNodeRequest {
+                node_id: "n1".into(),
+                address: "10.0.0.1:4000".into(),
+                ..Default::default()
+            })
+            .await
+    })
+    .await
+    .unwrap();
+    create(
+        &c,
+        pb::ServiceSpec {
+            replicas: 2,
+            ..spec("web")
+        },
+    )
+    .await
+    .unwrap();
+    let full = event_when(&w, 0, "", |ev| ev.tasks.len() == 2).await;
+    assert!(full.full_set && full.indexed, "{full:?}");
+    let (seq, history) = (full.seq, full.history.clone());
+    let (cluster_term, term) = history.rsplit_once('.').expect("incarnation.term");
+    let term: u64 = term.parse().expect("a term");
+
+    // The same point and history: nothing changed since.
+    let ev = first_event(&w, seq, &history, true).await.unwrap();
+    assert!(
+        !ev.full_set && ev.tasks.is_empty() && ev.removed_task_ids.is_empty(),
+        "{ev:?}"
+    );
+
+    // Points this manager cannot vouch for: the full set.
+    for (what, at, h) in [
+        (
+            "another term at that index",
+            seq,
+            format!("{cluster_term}.{}", term + 1),
+        ),
+        ("another cluster", seq, format!("other.0.{term}")),
+        ("garbage", seq, "\u{202e}x".to_string()),
+        ("no history", seq, String::new()),
+        ("the future", u64::MAX, history.clone()),
+    ] {
+        let ev = first_event(&w, at, &h, true).await.unwrap();
+        assert!(ev.full_set && ev.tasks.len() == 2, "{what}: {ev:?}");
+    }
+    // A worker that does not apply changes gets full sets whatever it says.
+    let ev = first_event(&w, seq, &history, false).await.unwrap();
+    assert!(ev.full_set && ev.tasks.len() == 2, "{ev:?}");
+
+    // Oversized: refused, naming the field.
+    let e = first_event(&w, seq, &"h".repeat(300), true).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("resume_after_history"), "{e}");
+
+    // After a scale-up, the resume gets changes, not a full set: the new task, and the two
+    // others again (their service's spec, which each task carries, changed).
+    c.scale_service("web", 3).await.unwrap();
+    let ev = event_when(&w, seq, &history, |ev| ev.tasks.len() == 3).await;
+    assert!(
+        !ev.full_set && ev.tasks.len() == 3 && ev.removed_task_ids.is_empty(),
+        "{ev:?}"
+    );
+    let new: Vec<_> = ev
+        .tasks
+        .iter()
+        .filter(|t| full.tasks.iter().all(|f| f.id != t.id))
+        .collect();
+    assert_eq!(new.len(), 1, "{ev:?}");
+
+    // Another node's stream, with n1's certificate: refused.
+    let e = w
+        .call(|mut s| async move {
+            s.tasks
+                .watch_assignments(pb::WatchAssignmentsRequest {
+                    node_id: "n2".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+}

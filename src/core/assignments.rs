@@ -10,7 +10,13 @@
 //! - `Have` is the worker's side: full sets and changes applied to what it holds.
 //!
 //! The sequence number of an event is the log index of the state it reflects: the same on
-//! every manager, so a worker resumes from it on another manager after a failover.
+//! every manager, so a worker resumes from it on another manager after a failover. An index
+//! alone does not name a history, though: after `--force-new-cluster` on a lagging survivor,
+//! or in a cluster restored from a backup, the same index holds another entry. So an event
+//! also carries `Index::history_at` of its sequence number (the cluster's incarnation and the
+//! Raft term of that entry), and a resume is answered with changes only when the manager's
+//! own history at that point is the same one (Raft's log matching: same index and term, same
+//! log up to there).
 
 use super::{ClusterState, Task};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -20,6 +26,10 @@ pub type Key = (u64, u64);
 
 /// Tasks that left nodes, kept for resumes; older ones make a resume fall back to a full set.
 pub const MAX_JOURNAL: usize = 200_000;
+/// Term runs kept (one per leader change this manager saw); older points get a full set.
+pub const MAX_TERM_RUNS: usize = 1_024;
+/// Longest `resume_after_history` a worker may send (a manager's own are about 60 bytes).
+pub const MAX_HISTORY_BYTES: usize = 256;
 
 /// A task on a node (assigned and not finished), as a worker's assignments include it.
 pub fn on_node(t: &Task) -> bool {
@@ -38,6 +48,12 @@ pub struct Index {
     nodes: HashMap<String, (BTreeMap<String, Key>, u64)>,
     /// (index at which it was seen gone, node, task).
     journal: VecDeque<(u64, String, String)>,
+    /// Runs of refreshes that read entries of one term: (term, first index, last index).
+    /// An index inside a run is of that term; one between two runs (around a leader
+    /// change) is not known.
+    terms: VecDeque<(u64, u64, u64)>,
+    /// The cluster's id and the restore it began with, if any.
+    incarnation: String,
 }
 
 /// What changed on a node after some point: tasks to (re)send, tasks to drop.
@@ -51,8 +67,9 @@ impl Index {
     /// Reads `state` at log index `applied`; returns the nodes whose assignments changed.
     /// One walk over the tasks, merged with the previous one (no allocation for a task
     /// that did not change).
-    pub fn refresh(&mut self, state: &ClusterState, applied: u64) -> BTreeSet<String> {
+    pub fn refresh(&mut self, state: &ClusterState, applied: u64, term: u64) -> BTreeSet<String> {
         let first = self.applied == 0 && self.tasks.is_empty();
+        self.note_term(state, applied, term);
         let svc: HashMap<&str, u64> = state
             .services
             .iter()
@@ -120,6 +137,35 @@ impl Index {
         touched
     }
 
+    fn note_term(&mut self, state: &ClusterState, applied: u64, term: u64) {
+        let incarnation = format!(
+            "{}.{}",
+            state.cluster_id,
+            state.restored.as_ref().map_or(0, |r| r.at_ms)
+        );
+        if incarnation != self.incarnation {
+            // Another history altogether: nothing read before answers for it.
+            self.incarnation = incarnation;
+            self.terms.clear();
+        }
+        match self.terms.back_mut() {
+            Some((t, _, last)) if *t == term && applied >= *last => *last = applied,
+            _ => self.terms.push_back((term, applied, applied)),
+        }
+        while self.terms.len() > MAX_TERM_RUNS {
+            self.terms.pop_front();
+        }
+    }
+
+    /// The history an event at `seq` belongs to, if this index can tell: `seq` read by a
+    /// refresh of this index, or between two refreshes that read the same term.
+    pub fn history_at(&self, seq: u64) -> Option<String> {
+        self.terms
+            .iter()
+            .find(|(_, first, last)| (*first..=*last).contains(&seq))
+            .map(|(term, _, _)| format!("{}.{term}", self.incarnation))
+    }
+
     fn leave(&mut self, node: &str, task: &str, applied: u64) {
         if let Some(entry) = self.nodes.get_mut(node) {
             entry.0.remove(task);
@@ -145,8 +191,11 @@ impl Index {
 
     /// What changed on `node` after index `seq`, or `None` if this index cannot tell (the
     /// point is older than what it has followed, or newer than what it has read).
-    pub fn since(&self, node: &str, seq: u64) -> Option<Delta> {
+    pub fn since(&self, node: &str, seq: u64, history: &str) -> Option<Delta> {
         if seq == 0 || seq < self.journal_from || seq > self.applied {
+            return None;
+        }
+        if self.history_at(seq).as_deref() != Some(history) {
             return None;
         }
         let changed = self
@@ -224,6 +273,9 @@ mod tests {
     use super::*;
     use crate::core::{Service, ServiceSpec, TaskState};
 
+    /// The history of the test states (no cluster id, not restored) in term 1.
+    const H: &str = ".0.1";
+
     fn task(id: &str, node: &str, version: u64, state: TaskState) -> Task {
         Task {
             id: id.into(),
@@ -279,12 +331,12 @@ mod tests {
             ],
             3,
         );
-        assert_eq!(ix.refresh(&st, 10), BTreeSet::from(["n1".into(), "n2".into()]));
+        assert_eq!(ix.refresh(&st, 10, 1), BTreeSet::from(["n1".into(), "n2".into()]));
         // the first read cannot answer for earlier points
-        assert_eq!(ix.since("n1", 9), None);
-        assert_eq!(ix.since("n1", 10), Some(Delta::default()));
+        assert_eq!(ix.since("n1", 9, H), None);
+        assert_eq!(ix.since("n1", 10, H), Some(Delta::default()));
         // nothing changed: nothing touched
-        assert!(ix.refresh(&st, 11).is_empty());
+        assert!(ix.refresh(&st, 11, 1).is_empty());
 
         // b moves to n2, c finishes, a new task d lands on n1, a is unchanged
         let st = state(
@@ -296,55 +348,116 @@ mod tests {
             ],
             3,
         );
-        assert_eq!(ix.refresh(&st, 12), BTreeSet::from(["n1".into(), "n2".into()]));
+        assert_eq!(ix.refresh(&st, 12, 1), BTreeSet::from(["n1".into(), "n2".into()]));
         assert_eq!(ix.changed_at("n1"), 12);
         assert_eq!(
-            ix.since("n1", 10),
+            ix.since("n1", 10, H),
             Some(Delta {
                 changed: vec!["d".into()],
                 removed: vec!["b".into()]
             })
         );
         assert_eq!(
-            ix.since("n2", 11),
+            ix.since("n2", 11, H),
             Some(Delta {
                 changed: vec!["b".into()],
                 removed: vec!["c".into()]
             })
         );
-        assert_eq!(ix.since("n2", 12), Some(Delta::default()));
+        assert_eq!(ix.since("n2", 12, H), Some(Delta::default()));
         // a point ahead of this index: it cannot tell
-        assert_eq!(ix.since("n2", 13), None);
+        assert_eq!(ix.since("n2", 13, H), None);
 
         // a spec change of the service sends its tasks again; a deleted service's tasks go
         let st2 = state(&[task("a", "n1", 5, Running), task("d", "n1", 12, Assigned)], 14);
-        ix.refresh(&st2, 14);
+        ix.refresh(&st2, 14, 1);
         assert_eq!(
-            ix.since("n1", 12),
+            ix.since("n1", 12, H),
             Some(Delta {
                 changed: vec!["a".into(), "d".into()],
                 removed: vec![]
             })
         );
         let empty = state(&[], 14);
-        ix.refresh(&empty, 15);
+        ix.refresh(&empty, 15, 1);
         assert_eq!(ix.node("n1").map(|t| t.len()), Some(0));
         assert_eq!(
-            ix.since("n1", 14),
+            ix.since("n1", 14, H),
             Some(Delta {
                 changed: vec![],
                 removed: vec!["a".into(), "d".into()]
             })
         );
         // a task that left and came back is not reported removed
-        ix.refresh(&st2, 16);
+        ix.refresh(&st2, 16, 1);
         assert_eq!(
-            ix.since("n1", 14),
+            ix.since("n1", 14, H),
             Some(Delta {
                 changed: vec![],
                 removed: vec![]
             })
         );
+    }
+
+    /// A resume point names its history (incarnation and term); each row: what this index
+    /// read (index, term, restored at), then the points asked, with the history the worker
+    /// holds for them and whether the index answers with changes.
+    #[test]
+    fn a_resume_is_answered_only_in_the_same_history() {
+        type Read = (u64, u64, i64);
+        let table: Vec<(&str, Vec<Read>, Vec<(u64, &str, bool)>)> = vec![
+            (
+                "one term: every point read or between",
+                vec![(10, 2, 0), (15, 2, 0)],
+                vec![(10, "c.0.2", true), (12, "c.0.2", true), (15, "c.0.2", true)],
+            ),
+            (
+                "a point of another term (a survivor forced to a new cluster wrote it again)",
+                vec![(10, 2, 0), (15, 2, 0)],
+                vec![(12, "c.0.1", false), (12, "c.0.3", false)],
+            ),
+            (
+                "between two terms: not known",
+                vec![(10, 2, 0), (15, 3, 0), (20, 3, 0)],
+                vec![
+                    (10, "c.0.2", true),
+                    (12, "c.0.2", false),
+                    (12, "c.0.3", false),
+                    (17, "c.0.3", true),
+                ],
+            ),
+            (
+                "a restored cluster counts from 1 again: its points are another history",
+                vec![(10, 1, 0), (20, 1, 0), (30, 1, 777)],
+                vec![(15, "c.0.1", false), (30, "c.0.1", false), (30, "c.777.1", true)],
+            ),
+            (
+                "garbage",
+                vec![(10, 2, 0)],
+                vec![(10, "", false), (10, "x", false)],
+            ),
+        ];
+        for (name, reads, asks) in table {
+            let mut ix = Index::default();
+            for (applied, term, restored_at) in reads {
+                let mut st = state(&[task("a", "n1", 5, TaskState::Running)], 3);
+                st.cluster_id = "c".into();
+                if restored_at > 0 {
+                    st.restored = Some(crate::core::restore::Restored {
+                        at_ms: restored_at,
+                        ..Default::default()
+                    });
+                }
+                ix.refresh(&st, applied, term);
+            }
+            for (seq, history, answered) in asks {
+                assert_eq!(
+                    ix.since("n1", seq, history).is_some(),
+                    answered,
+                    "{name}: {seq} {history}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1262,6 +1262,17 @@ impl TaskService for Api {
     ) -> Reply<Self::WatchAssignmentsStream> {
         self.allow(&req, Rpc::WatchAssignments, Target::Node(&req.get_ref().node_id))?;
         let req = req.into_inner();
+        if req.resume_after_history.len() > crate::core::assignments::MAX_HISTORY_BYTES {
+            return Err(ApiError::State(StateError::invalid(
+                "resume_after_history",
+                format!(
+                    "{} bytes, at most {}: send back the `history` of an event as it came, or nothing for a full set",
+                    req.resume_after_history.len(),
+                    crate::core::assignments::MAX_HISTORY_BYTES
+                ),
+            ))
+            .into());
+        }
         let node_id = req.node_id;
         // A worker opens its stream right after its registration committed, maybe on a
         // manager that has not applied it yet: look again after catching up before refusing.
@@ -1272,14 +1283,25 @@ impl TaskService for Api {
         }
         let slot = StreamSlot::take(self, &node_id)?;
         let mut stream = super::assignments::Stream::new(self.m.clone(), node_id, req.accepts_changes);
-        let first: std::collections::VecDeque<pb::AssignmentEvent> =
-            stream.open(req.resume_after_seq).await.into();
+        let first: std::collections::VecDeque<pb::AssignmentEvent> = stream
+            .open(req.resume_after_seq, &req.resume_after_history)
+            .await
+            .into();
         let events = futures::stream::unfold(
-            (stream, first, slot),
+            (stream, first, Some(slot)),
             |(mut stream, mut queued, slot)| async move {
+                // Ended: the slot was given back with the last answer.
+                let slot = slot?;
                 loop {
                     if let Some(ev) = queued.pop_front() {
-                        return Some((Ok(ev), (stream, queued, slot)));
+                        return Some((Ok(ev), (stream, queued, Some(slot))));
+                    }
+                    if stream.raft_stopped() {
+                        // Nothing will change here any more: the worker should move on now,
+                        // not after its silence timeout (keep-alives would hide the stop).
+                        drop(slot);
+                        let why = "this manager's Raft core has stopped; use another manager";
+                        return Some((Err(Status::unavailable(why)), (stream, queued, None)));
                     }
                     let next = stream
                         .next(std::time::Duration::from_millis(ASSIGNMENT_KEEPALIVE_MS))
@@ -1291,7 +1313,7 @@ impl TaskService for Api {
                             indexed: true,
                             ..Default::default()
                         };
-                        return Some((Ok(ev), (stream, queued, slot)));
+                        return Some((Ok(ev), (stream, queued, Some(slot))));
                     }
                     queued.extend(next);
                 }

@@ -42,12 +42,12 @@ impl Hub {
     pub fn refresh(&self, m: &Manager) {
         let touched = {
             let guard = m.state.read().unwrap();
-            let applied = guard.last_applied.map_or(0, |l| l.index);
+            let (applied, term) = guard.last_applied.map_or((0, 0), |l| (l.index, l.leader_id.term));
             let mut index = self.index.write().unwrap();
             if applied == index.applied {
                 return;
             }
-            index.refresh(&guard.state, applied)
+            index.refresh(&guard.state, applied, term)
         };
         let wake = self.wake.lock().unwrap();
         for node in touched {
@@ -89,8 +89,9 @@ pub struct Stream {
     /// The worker applies changes (it said so); otherwise every event is a full set.
     changes: bool,
     sent: Option<BTreeMap<String, Key>>,
-    /// The index at which `sent` was read.
+    /// The index at which `sent` was read, and its history (`Index::history_at`).
     seq: u64,
+    history: String,
     wake: Arc<Notify>,
 }
 
@@ -103,13 +104,14 @@ impl Stream {
             changes,
             sent: None,
             seq: 0,
+            history: String::new(),
             wake,
         }
     }
 
     /// The first events: what changed after `resume_after` if this manager can tell, else
     /// the full set.
-    pub async fn open(&mut self, resume_after: u64) -> Vec<pb::AssignmentEvent> {
+    pub async fn open(&mut self, resume_after: u64, history: &str) -> Vec<pb::AssignmentEvent> {
         let hub = &self.m.assignments;
         // Never answer from an index older than the state the node was found in (a manager
         // just started has not refreshed it yet: its sets would be empty, and a worker
@@ -130,14 +132,15 @@ impl Stream {
             }
             let found = {
                 let index = hub.index.read().unwrap();
-                index.since(&self.node, resume_after).map(|d| {
+                index.since(&self.node, resume_after, history).map(|d| {
                     let now = index.node(&self.node).cloned().unwrap_or_default();
-                    (d, now, index.applied)
+                    (d, now, index.applied, index.history_at(index.applied))
                 })
             };
-            if let Some((delta, now, seq)) = found {
+            if let Some((delta, now, seq, history)) = found {
                 self.sent = Some(now);
                 self.seq = seq;
+                self.history = history.unwrap_or_default();
                 return self.events(delta, false);
             }
         }
@@ -146,9 +149,13 @@ impl Stream {
 
     fn next_full(&mut self) -> Vec<pb::AssignmentEvent> {
         self.m.assignments.refresh(&self.m);
-        let (now, seq) = {
+        let (now, seq, history) = {
             let index = self.m.assignments.index.read().unwrap();
-            (index.node(&self.node).cloned().unwrap_or_default(), index.applied)
+            (
+                index.node(&self.node).cloned().unwrap_or_default(),
+                index.applied,
+                index.history_at(index.applied),
+            )
         };
         let delta = Delta {
             changed: now.keys().cloned().collect(),
@@ -156,6 +163,7 @@ impl Stream {
         };
         self.sent = Some(now);
         self.seq = seq;
+        self.history = history.unwrap_or_default();
         self.events(delta, true)
     }
 
@@ -172,16 +180,17 @@ impl Stream {
                 let index = self.m.assignments.index.read().unwrap();
                 (index.changed_at(&self.node) > self.seq).then(|| {
                     let now = index.node(&self.node).cloned().unwrap_or_default();
-                    (now, index.applied)
+                    (now, index.applied, index.history_at(index.applied))
                 })
             };
-            if let Some((now, seq)) = found {
+            if let Some((now, seq, history)) = found {
                 if !self.changes {
                     return self.next_full();
                 }
                 let delta = crate::core::assignments::diff(self.sent.as_ref().expect("opened"), &now);
                 self.sent = Some(now);
                 self.seq = seq;
+                self.history = history.unwrap_or_default();
                 if delta.changed.is_empty() && delta.removed.is_empty() {
                     continue;
                 }
@@ -195,6 +204,11 @@ impl Stream {
 
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// This manager's Raft core has ended: its streams would never change again.
+    pub fn raft_stopped(&self) -> bool {
+        self.m.changes.is_closed()
     }
 
     /// The tasks of `delta` as events of about `MAX_PAGE_BYTES` each (all but the last
@@ -237,6 +251,7 @@ impl Stream {
                 full_set,
                 tasks,
                 indexed: true,
+                history: self.history.clone(),
                 ..Default::default()
             })
             .collect();
@@ -250,6 +265,7 @@ impl Stream {
                 full_set,
                 removed_task_ids: ids,
                 indexed: true,
+                history: self.history.clone(),
                 ..Default::default()
             });
         }

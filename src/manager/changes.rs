@@ -46,6 +46,11 @@ impl Changes {
         }
     }
 
+    /// The Raft core has ended: no change will come.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     fn bump(&self) {
         self.version.fetch_add(1, Ordering::SeqCst);
         self.notify.notify_waiters();

@@ -426,11 +426,14 @@ async fn watch_assignments(
     // new stream resumes from it and gets only what changed since).
     let mut have = crate::core::assignments::Have::<pb::Task>::default();
     let mut indexed = false;
+    // The history `have.seq` belongs to, sent back with it (`core::assignments`).
+    let mut history = String::new();
     loop {
         let req = pb::WatchAssignmentsRequest {
             node_id: node_id.clone(),
             resume_after_seq: if indexed { have.seq } else { 0 },
             accepts_changes: true,
+            resume_after_history: if indexed { history.clone() } else { String::new() },
         };
         let opened = tokio::time::timeout(
             silence,
@@ -490,7 +493,8 @@ async fn watch_assignments(
                     };
                     removed.clear();
                     if applied {
-                        indexed = ev.indexed;
+                        indexed = ev.indexed && !ev.history.is_empty();
+                        history = ev.history;
                         let _ = tx.send(Some(have.tasks.values().cloned().collect()));
                     } else {
                         // A change this worker cannot place: start over with a full set.
