@@ -142,6 +142,47 @@ pub fn round_gap_ms(min_gap_ms: u64, last_round_ms: u64, max_gap_ms: u64) -> u64
         .min(max_gap_ms.max(min_gap_ms))
 }
 
+/// Clusters this large or larger hold rescheduling when most of their nodes fall silent at
+/// once; smaller ones move the tasks of every node that goes down, as Swarm does.
+pub const MASS_SILENCE_MIN_NODES: usize = 10;
+
+/// More than half of the nodes of a cluster of at least `MASS_SILENCE_MIN_NODES` down at
+/// once is taken for a problem on the managers' side (a leader too loaded to read the
+/// heartbeats, a partition around the managers), as Kubernetes' node lifecycle controller
+/// takes a full zone disruption: the nodes are shown down, but their tasks keep their slots
+/// until no more than half are down. Moving everything onto the few still heard from would
+/// overload them and restart most of the cluster's containers (issue #16: an overloaded
+/// leader marked 4,000 of 5,000 nodes down and orphaned their tasks).
+pub fn mass_silence(nodes: usize, down: usize) -> bool {
+    nodes >= MASS_SILENCE_MIN_NODES && down * 2 > nodes
+}
+
+/// A node's status after this round, given what its liveness says.
+fn status_after(status: NodeStatus, liveness: Liveness) -> NodeStatus {
+    match (status, liveness) {
+        (NodeStatus::Ready | NodeStatus::Unknown, Liveness::Silent) => NodeStatus::Down,
+        (NodeStatus::Down | NodeStatus::Unknown, Liveness::Alive) => NodeStatus::Ready,
+        (s, _) => s,
+    }
+}
+
+/// How many nodes are down after this round, of how many, when that is a mass silence
+/// (`mass_silence`): the round holds the tasks of down nodes where they are.
+pub fn held_by_mass_silence(
+    state: &ClusterState,
+    liveness: &BTreeMap<String, Liveness>,
+) -> Option<(usize, usize)> {
+    let down = state
+        .nodes
+        .iter()
+        .filter(|(id, n)| {
+            status_after(n.status, liveness.get(*id).copied().unwrap_or(Liveness::Unknown))
+                == NodeStatus::Down
+        })
+        .count();
+    mass_silence(state.nodes.len(), down).then_some((down, state.nodes.len()))
+}
+
 /// The changes for one round; `new_id` names new tasks.
 pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
     let st = input.state;
@@ -151,22 +192,22 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
     for (id, node) in &st.nodes {
         let mut node = node.clone();
-        match (
+        let after = status_after(
             node.status,
             input.liveness.get(id).copied().unwrap_or(Liveness::Unknown),
-        ) {
-            (NodeStatus::Ready | NodeStatus::Unknown, Liveness::Silent) => {
-                node.status = NodeStatus::Down;
-                changes.push(TaskChange::NodeDown { node_id: id.clone() });
+        );
+        if after != node.status {
+            match after {
+                NodeStatus::Down => changes.push(TaskChange::NodeDown { node_id: id.clone() }),
+                NodeStatus::Ready => changes.push(TaskChange::NodeReady { node_id: id.clone() }),
+                NodeStatus::Unknown => {}
             }
-            (NodeStatus::Down | NodeStatus::Unknown, Liveness::Alive) => {
-                node.status = NodeStatus::Ready;
-                changes.push(TaskChange::NodeReady { node_id: id.clone() });
-            }
-            _ => {}
+            node.status = after;
         }
         nodes.insert(id.as_str(), node);
     }
+    let down = nodes.values().filter(|n| n.status == NodeStatus::Down).count();
+    let hold = mass_silence(nodes.len(), down);
     let node_gone = |id: &str| nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down);
     let drained = |id: &str| {
         nodes
@@ -187,7 +228,7 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
                 task_id: t.id.clone(),
                 reason: format!("node {} was removed", t.node_id),
             });
-        } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) {
+        } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) && !hold {
             orphaned.insert(&t.id);
             changes.push(TaskChange::Orphan {
                 task_id: t.id.clone(),
@@ -809,6 +850,72 @@ mod tests {
             TaskState::Shutdown,
             "keep-replacement stops the original"
         );
+    }
+
+    /// Each row: nodes, how many fall silent at once, whether their tasks move. The silent
+    /// nodes are shown down in every row.
+    #[test]
+    fn a_mass_silence_holds_tasks_in_their_slots() {
+        for (nodes, silent, moved) in [
+            (10, 5, true),  // half: not more than half
+            (10, 6, false), // more than half of 10
+            (12, 7, false),
+            (3, 2, true), // a small cluster moves tasks as Swarm does
+            (9, 8, true),
+        ] {
+            let names: Vec<String> = (0..nodes).map(|i| format!("n{i:02}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut w = World::new(&refs);
+            w.service("web", nodes as i64, RestartPolicy::default());
+            w.settle();
+            w.run_all();
+            let before: BTreeSet<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+            for (i, n) in names.iter().enumerate() {
+                let l = if i < silent {
+                    Liveness::Silent
+                } else {
+                    Liveness::Alive
+                };
+                w.liveness.insert(n.clone(), l);
+            }
+            assert_eq!(
+                held_by_mass_silence(&w.st, &w.liveness).is_some(),
+                !moved,
+                "{nodes} nodes, {silent} silent"
+            );
+            w.settle();
+            for n in &names[..silent] {
+                assert_eq!(w.st.nodes[n].status, NodeStatus::Down, "{nodes}/{silent}: {n}");
+            }
+            let after: BTreeSet<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+            let orphans =
+                w.st.tasks
+                    .values()
+                    .filter(|t| t.state == TaskState::Orphaned)
+                    .count();
+            if moved {
+                assert!(orphans > 0, "{nodes}/{silent}: nothing moved");
+                assert!(w
+                    .active("web")
+                    .iter()
+                    .all(|t| !names[..silent].contains(&t.node_id)));
+            } else {
+                assert_eq!(orphans, 0, "{nodes}/{silent}");
+                assert_eq!(before, after, "{nodes}/{silent}: tasks moved in a mass silence");
+            }
+            assert_eq!(w.slots("web").len(), nodes, "{nodes}/{silent}");
+
+            // Heard from again: ready, and nothing was restarted.
+            if !moved {
+                for n in &names {
+                    w.liveness.insert(n.clone(), Liveness::Alive);
+                }
+                w.settle();
+                assert!(names.iter().all(|n| w.st.nodes[n].status == NodeStatus::Ready));
+                let back: BTreeSet<String> = w.active("web").iter().map(|t| t.id.clone()).collect();
+                assert_eq!(before, back);
+            }
+        }
     }
 
     #[test]

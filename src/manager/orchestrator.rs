@@ -99,6 +99,8 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
     let mut last_round = Instant::now();
     // How long the last round's decision took (its walk over the state), in ms.
     let mut last_cost_ms = 0u64;
+    // A mass silence holds rescheduling (`reconciler::mass_silence`); logged as it starts and ends.
+    let mut holding = false;
     loop {
         // A round runs when an entry was applied (a task report, a new spec: a rolling update
         // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
@@ -169,7 +171,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         let round_started = std::time::Instant::now();
         // The simulator's clock: under it the walk takes no time and the schedule stays seeded.
         let decide_started = Instant::now();
-        let mut changes = {
+        let (mut changes, held) = {
             let guard = m.state.read().unwrap();
             let st = &guard.state;
             let liveness = m.heartbeats.liveness(
@@ -178,7 +180,8 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                 opts.node_grace_period_ms,
                 crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
             );
-            reconciler::reconcile(
+            let held = reconciler::held_by_mass_silence(st, &liveness);
+            let changes = reconciler::reconcile(
                 &reconciler::Input {
                     state: st,
                     now_ms,
@@ -187,9 +190,21 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                     duplicates: opts.duplicate_policy,
                 },
                 &mut super::new_id,
-            )
+            );
+            (changes, held)
         };
         last_cost_ms = decide_started.elapsed().as_millis() as u64;
+        match (held, holding) {
+            (Some((down, nodes)), false) => warn!(
+                down,
+                nodes,
+                "more than half of the nodes are down at once: taken for a problem on the managers' side \
+                 (an overloaded leader, a partition); their tasks keep their slots until no more than half are down"
+            ),
+            (None, true) => info!("no more than half of the nodes are down: tasks of down nodes move again"),
+            _ => {}
+        }
+        holding = held.is_some();
         if changes.is_empty() {
             continue;
         }
