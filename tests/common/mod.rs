@@ -32,13 +32,14 @@ pub fn remember_admin_dir(api: &str, dir: PathBuf) {
 }
 
 /// The operator credential for `manager` (a comma-separated list: the first address a
-/// manager was started on), or the newest one known (for addresses where none runs).
+/// manager was started on), or the newest one still on disk (for addresses where none runs:
+/// tests run in parallel, and another test's data dir may be gone already).
 pub fn admin_dir_for(manager: &str) -> Option<PathBuf> {
     let dirs = ADMIN_DIRS.lock().unwrap();
     manager
         .split(',')
         .find_map(|m| dirs.iter().rev().find(|(a, _)| a == m))
-        .or(dirs.last())
+        .or_else(|| dirs.iter().rev().find(|(_, d)| d.join("admin.crt").exists()))
         .map(|(_, d)| d.clone())
 }
 
