@@ -405,7 +405,8 @@ mod tests {
     #[test]
     fn a_resume_is_answered_only_in_the_same_history() {
         type Read = (u64, u64, i64);
-        let table: Vec<(&str, Vec<Read>, Vec<(u64, &str, bool)>)> = vec![
+        type Ask<'a> = (u64, &'a str, bool);
+        let table: Vec<(&str, Vec<Read>, Vec<Ask>)> = vec![
             (
                 "one term: every point read or between",
                 vec![(10, 2, 0), (15, 2, 0)],
