@@ -714,7 +714,18 @@ async fn event_when(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_assignment_stream_resumes_only_from_its_own_history() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = ManagerProc::start(&tmp.path().join("m1"));
+    // n1 registers but never beats: a long grace keeps it ready (and its tasks in place)
+    // however slow the machine.
+    let (api, raft) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let m = ManagerProc::start_with(
+        &tmp.path().join("m1"),
+        &api,
+        &raft,
+        &["--node-grace-period-ms", "600000"],
+    );
     let c = admin_client(std::slice::from_ref(&m.api));
     let w = worker_client(&m.api, "n1", &tmp.path().join("n1-tls")).await;
     w.call(|mut s| async move {

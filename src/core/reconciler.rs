@@ -88,9 +88,17 @@ pub enum Liveness {
     Alive,
     /// Not heard from for longer than the grace period.
     Silent,
+    /// Silent for more than `GONE_AFTER_GRACES` grace periods: down for long, not part of a
+    /// mass silence now (`mass_silence`).
+    Gone,
     /// Not heard from yet, but still inside the grace period this leader gave it.
     Unknown,
 }
+
+/// A node silent this many grace periods (default 60 s; 5,000 workers: 3 min) no longer
+/// counts toward a mass silence: a hold lasts at most about that long, and nodes that died
+/// long ago and were never removed do not keep holding the tasks of new failures.
+pub const GONE_AFTER_GRACES: u64 = 12;
 
 pub struct Input<'a> {
     pub state: &'a ClusterState,
@@ -146,8 +154,9 @@ pub fn round_gap_ms(min_gap_ms: u64, last_round_ms: u64, max_gap_ms: u64) -> u64
 /// once; smaller ones move the tasks of every node that goes down, as Swarm does.
 pub const MASS_SILENCE_MIN_NODES: usize = 10;
 
-/// More than half of the nodes of a cluster of at least `MASS_SILENCE_MIN_NODES` down at
-/// once is taken for a problem on the managers' side (a leader too loaded to read the
+/// More than half of the `nodes` that count (`silence_count`: not gone for long, not down
+/// already with no news), in a cluster of at least `MASS_SILENCE_MIN_NODES`, down at once is
+/// taken for a problem on the managers' side (a leader too loaded to read the
 /// heartbeats, a partition around the managers), as Kubernetes' node lifecycle controller
 /// takes a full zone disruption: the nodes are shown down, but their tasks keep their slots
 /// until no more than half are down. Moving everything onto the few still heard from would
@@ -160,27 +169,44 @@ pub fn mass_silence(nodes: usize, down: usize) -> bool {
 /// A node's status after this round, given what its liveness says.
 fn status_after(status: NodeStatus, liveness: Liveness) -> NodeStatus {
     match (status, liveness) {
-        (NodeStatus::Ready | NodeStatus::Unknown, Liveness::Silent) => NodeStatus::Down,
+        (NodeStatus::Ready | NodeStatus::Unknown, Liveness::Silent | Liveness::Gone) => NodeStatus::Down,
         (NodeStatus::Down | NodeStatus::Unknown, Liveness::Alive) => NodeStatus::Ready,
         (s, _) => s,
     }
 }
 
-/// How many nodes are down after this round, of how many, when that is a mass silence
-/// (`mass_silence`): the round holds the tasks of down nodes where they are.
+/// How many nodes count toward a mass silence, and how many of them are down after this
+/// round: nodes heard from, nodes silent (but not gone), and nodes not heard from yet under
+/// this leader that were not down already (a down node this leader has no news of yet, or
+/// one gone for long, tells nothing about now).
+fn silence_count<'a>(
+    nodes: impl Iterator<Item = (&'a String, NodeStatus)>,
+    liveness: &BTreeMap<String, Liveness>,
+) -> (usize, usize) {
+    let (mut down, mut counted) = (0, 0);
+    for (id, status) in nodes {
+        let l = liveness.get(id).copied().unwrap_or(Liveness::Unknown);
+        let counts = match l {
+            Liveness::Alive | Liveness::Silent => true,
+            Liveness::Gone => false,
+            Liveness::Unknown => status != NodeStatus::Down,
+        };
+        if counts {
+            counted += 1;
+            down += usize::from(status_after(status, l) == NodeStatus::Down);
+        }
+    }
+    (down, counted)
+}
+
+/// How many nodes are down after this round, of how many counted, when that is a mass
+/// silence (`mass_silence`): the round holds the tasks of down nodes where they are.
 pub fn held_by_mass_silence(
     state: &ClusterState,
     liveness: &BTreeMap<String, Liveness>,
 ) -> Option<(usize, usize)> {
-    let down = state
-        .nodes
-        .iter()
-        .filter(|(id, n)| {
-            status_after(n.status, liveness.get(*id).copied().unwrap_or(Liveness::Unknown))
-                == NodeStatus::Down
-        })
-        .count();
-    mass_silence(state.nodes.len(), down).then_some((down, state.nodes.len()))
+    let (down, counted) = silence_count(state.nodes.iter().map(|(id, n)| (id, n.status)), liveness);
+    mass_silence(counted, down).then_some((down, counted))
 }
 
 /// The changes for one round; `new_id` names new tasks.
@@ -206,8 +232,7 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
         }
         nodes.insert(id.as_str(), node);
     }
-    let down = nodes.values().filter(|n| n.status == NodeStatus::Down).count();
-    let hold = mass_silence(nodes.len(), down);
+    let hold = held_by_mass_silence(st, input.liveness).is_some();
     let node_gone = |id: &str| nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down);
     let drained = |id: &str| {
         nodes
@@ -495,10 +520,14 @@ pub fn liveness(
     grace_ms: u64,
     rejoin_left_ms: u64,
 ) -> Liveness {
+    let gone_ms = grace_ms.saturating_mul(GONE_AFTER_GRACES);
     match heard_ago_ms {
         Some(ago) if ago <= grace_ms => Liveness::Alive,
         None if rejoin_left_ms > 0 => Liveness::Unknown,
         _ if leading_for_ms <= grace_ms => Liveness::Unknown,
+        // Silent for as long as this leader can tell (it does not know of earlier silence).
+        Some(ago) if ago.min(leading_for_ms) > gone_ms => Liveness::Gone,
+        None if leading_for_ms > gone_ms => Liveness::Gone,
         _ => Liveness::Silent,
     }
 }
@@ -918,6 +947,46 @@ mod tests {
         }
     }
 
+    /// Nodes down for long (gone) do not count: with five dead nodes never removed, two more
+    /// failures in a cluster of 12 still move their tasks.
+    #[test]
+    fn long_gone_nodes_do_not_hold_the_tasks_of_new_failures() {
+        let names: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut w = World::new(&refs);
+        w.service("web", 12, RestartPolicy::default());
+        w.settle();
+        w.run_all();
+        let set = |w: &mut World, range: std::ops::Range<usize>, l: Liveness| {
+            for n in &names[range] {
+                w.liveness.insert(n.clone(), l);
+            }
+        };
+        set(&mut w, 0..12, Liveness::Alive);
+        set(&mut w, 0..5, Liveness::Silent);
+        w.settle();
+        w.run_all();
+        set(&mut w, 0..5, Liveness::Gone);
+        set(&mut w, 5..7, Liveness::Silent);
+        assert_eq!(held_by_mass_silence(&w.st, &w.liveness), None);
+        w.settle();
+        assert!(w.active("web").iter().all(|t| !names[..7].contains(&t.node_id)));
+        assert_eq!(w.slots("web").len(), 12);
+        // Gone nodes are down, not ready.
+        assert!(names[..7]
+            .iter()
+            .all(|n| w.st.nodes[n].status == NodeStatus::Down));
+
+        // A down node this leader has no news of yet (a leader change) does not count either.
+        let mut fresh = BTreeMap::new();
+        for n in &names[7..] {
+            fresh.insert(n.clone(), Liveness::Silent);
+        }
+        // 5 silent of the 5 counted (the 7 down ones unknown): more than half, but a
+        // cluster's count of 5 is under MASS_SILENCE_MIN_NODES.
+        assert_eq!(held_by_mass_silence(&w.st, &fresh), None);
+    }
+
     #[test]
     fn duplicate_policy_keep_original() {
         let mut w = World::new(&["a", "b"]);
@@ -1038,6 +1107,10 @@ mod tests {
             ((None, 5_000), Liveness::Unknown),
             ((None, 5_001), Liveness::Silent),
             ((Some(6_000), 4_000), Liveness::Unknown),
+            // silent 12 grace periods: gone (out of the mass-silence count)
+            ((Some(60_000), 120_000), Liveness::Silent),
+            ((Some(60_001), 120_000), Liveness::Gone),
+            ((None, 60_001), Liveness::Gone),
         ];
         for ((heard, leading), want) in cases {
             assert_eq!(liveness(heard, leading, 5_000, 0), want, "{heard:?} {leading}");

@@ -508,6 +508,12 @@ async fn watch_assignments(
                         break;
                     }
                 }
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    // The manager gave up the stream (its Raft core stopped): another one.
+                    debug!(error = %status.message(), "assignment stream ended by the manager; moving to another manager");
+                    client.rotate();
+                    break;
+                }
                 Ok(Err(status)) => {
                     // Not a broken link but an answer this worker cannot take (too large,
                     // undecodable): say so loudly, it will not fix itself.
