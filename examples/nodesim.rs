@@ -49,6 +49,10 @@ struct Opts {
     memory_gib: u64,
     #[arg(long, default_value_t = 10)]
     report_s: u64,
+    /// Each agent's `--check-interval-ms`: 5,000 agents checking every 200 ms took most of
+    /// a core on this 2-core machine, beside the managers they load.
+    #[arg(long, default_value_t = 2_000)]
+    check_interval_ms: u64,
 }
 
 #[cfg(madsim)]
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             insecure_registries: vec![],
             autonomy_after_ms: 3_000,
             metrics_addr: None,
+            check_interval_ms: opts.check_interval_ms,
         };
         let stop = stop_rx.clone();
         let (running, failed) = (running.clone(), failed.clone());

@@ -34,8 +34,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
-/// How often the agent checks its containers and assignments.
+/// How often the agent checks its containers and assignments, by default
+/// (`--check-interval-ms`).
 pub const TICK_MS: u64 = 200;
+/// The range `--check-interval-ms` takes.
+pub const CHECK_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=10_000;
 /// An assignment stream silent for this long is considered dead (managers send a
 /// keep-alive every 2 s).
 pub const STREAM_SILENCE_MS: u64 = 5_000;
@@ -99,6 +102,11 @@ pub struct WorkerOpts {
     /// With no heartbeat answered for this long, the worker restarts failed tasks itself.
     #[arg(long, default_value_t = 3_000)]
     pub autonomy_after_ms: u64,
+    /// How often the worker checks its containers against its assignments (50-10000): a
+    /// container that exits is seen at most this late. New assignments and finished jobs
+    /// are acted on at once whatever it is. A longer one saves CPU on a small device.
+    #[arg(long, default_value_t = TICK_MS, value_parser = clap::value_parser!(u64).range(*CHECK_INTERVAL_MS.start()..=*CHECK_INTERVAL_MS.end()))]
+    pub check_interval_ms: u64,
     /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain HTTP here, e.g.
     /// 127.0.0.1:9101 (docs/operations.md, "Metrics and health").
     #[arg(long)]
@@ -355,7 +363,7 @@ pub async fn start(
                     }
                 }
                 _ = assign_rx.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(TICK_MS)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(opts.check_interval_ms)) => {}
             }
         }
         info!("worker stopping; its containers keep running");
