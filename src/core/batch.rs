@@ -33,8 +33,17 @@ pub fn shares(cmd: &Command, state: &ClusterState) -> Shares {
         Command::CreateService { id, spec, .. } => {
             Shares::Objects(vec![format!("service {id}"), format!("service {}", spec.name)])
         }
-        Command::UpdateService { service: r, .. }
-        | Command::ScaleService { service: r, .. }
+        // A rename also takes the new name: a write by that name in the same entry would
+        // otherwise reach the renamed service at the version of the rename.
+        Command::UpdateService { service: r, spec, .. } => {
+            let mut keys = match service(r) {
+                Shares::Objects(keys) => keys,
+                Shares::Bookkeeping => unreachable!("a service write is an object write"),
+            };
+            keys.push(format!("service {}", spec.name));
+            Shares::Objects(keys)
+        }
+        Command::ScaleService { service: r, .. }
         | Command::RollbackService { service: r, .. }
         | Command::DeleteService { service: r } => service(r),
         Command::RegisterNode { id, .. }
@@ -55,7 +64,7 @@ pub struct Admission {
 
 impl Admission {
     /// Whether a write sharing `s` may join the entry; if so, notes what it shares.
-    pub fn admit(&mut self, s: Shares) -> bool {
+    pub fn admit(&mut self, s: &Shares) -> bool {
         match (s, self.bookkeeping) {
             (Shares::Bookkeeping, None | Some(true)) => {
                 self.bookkeeping = Some(true);
@@ -63,7 +72,7 @@ impl Admission {
             }
             (Shares::Objects(keys), None | Some(false)) if keys.iter().all(|k| !self.objects.contains(k)) => {
                 self.bookkeeping = Some(false);
-                self.objects.extend(keys);
+                self.objects.extend(keys.iter().cloned());
                 true
             }
             _ => false,
@@ -110,6 +119,21 @@ mod tests {
         Command::ReportTasks {
             node_id: "w1".into(),
             reports: vec![],
+            now_ms: 1_000,
+        }
+    }
+
+    fn rename(service: &str, to: &str) -> Command {
+        Command::UpdateService {
+            service: service.into(),
+            spec: ServiceSpec {
+                name: to.into(),
+                image: "busybox:latest".into(),
+                replicas: 1,
+                ..Default::default()
+            },
+            expected_version: 0,
+            force: false,
             now_ms: 1_000,
         }
     }
@@ -164,6 +188,11 @@ mod tests {
                 vec![true, true, false],
             ),
             (
+                "a rename then a write by the new name",
+                vec![rename("web", "api"), scale("api")],
+                vec![true, false],
+            ),
+            (
                 "a node and a service of that name",
                 vec![node("web"), scale("web")],
                 vec![true, true],
@@ -171,7 +200,7 @@ mod tests {
         ];
         for (name, writes, want) in table {
             let mut entry = Admission::default();
-            let got: Vec<bool> = writes.iter().map(|w| entry.admit(shares(w, &state))).collect();
+            let got: Vec<bool> = writes.iter().map(|w| entry.admit(&shares(w, &state))).collect();
             assert_eq!(got, want, "{name}");
         }
     }

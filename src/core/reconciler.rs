@@ -211,6 +211,12 @@ pub fn held_by_mass_silence(
 
 /// The changes for one round; `new_id` names new tasks.
 pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskChange> {
+    round(input, new_id).0
+}
+
+/// The changes for one round, and whether a mass silence holds the tasks of down nodes
+/// (`held_by_mass_silence`: how many are down, of how many counted).
+pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChange>, Option<(usize, usize)>) {
     let st = input.state;
     let mut changes = Vec::new();
 
@@ -232,7 +238,8 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
         }
         nodes.insert(id.as_str(), node);
     }
-    let hold = held_by_mass_silence(st, input.liveness).is_some();
+    let held = held_by_mass_silence(st, input.liveness);
+    let hold = held.is_some();
     let node_gone = |id: &str| nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down);
     let drained = |id: &str| {
         nodes
@@ -466,7 +473,7 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
             }
         }
     }
-    changes
+    (changes, held)
 }
 
 /// Whether a slot whose newest task is `latest` (none active) gets a new task now, and its

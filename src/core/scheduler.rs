@@ -39,7 +39,7 @@ impl<'a> Scheduler<'a> {
     pub fn new(
         nodes: impl IntoIterator<Item = &'a Node>,
         tasks: impl IntoIterator<Item = &'a Task>,
-        services: &BTreeMap<String, Service>,
+        services: &super::state::Map<String, Service>,
     ) -> Self {
         let mut loads: Vec<Load> = nodes
             .into_iter()
@@ -433,7 +433,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let mut services = BTreeMap::new();
+            let mut services = crate::core::state::Map::new();
             services.insert(
                 "web".to_string(),
                 service("web", case.service.spec.resources.reservations.cpu_millis, &[]),
@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn same_input_same_placements() {
         let nodes: Vec<Node> = (0..20).map(|i| worker(&format!("n{i:02}"), 8, &[])).collect();
-        let services = BTreeMap::new();
+        let services = crate::core::state::Map::new();
         let a = Scheduler::new(&nodes, &[], &services).place(&service("web", 100, &[]), 50);
         let b = Scheduler::new(nodes.iter().rev(), &[], &services).place(&service("web", 100, &[]), 50);
         assert_eq!(a, b);

@@ -62,6 +62,11 @@ impl StateError {
 
 pub use super::limits::cut;
 
+/// An ordered map that shares its structure between clones: a clone costs O(1) and a change
+/// to a shared map copies only the path it touches. Serialized as a `BTreeMap` is, so the
+/// state format does not change.
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// What a retried request needs to get its first answer back: the kind of outcome and the
 /// ids it names, never a whole spec (a table of whole results held gigabytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,19 +405,20 @@ pub enum Outcome {
     Batch(Vec<Result<Outcome, StateError>>),
 }
 
-/// The whole replicated state; also the snapshot format.
+/// The whole replicated state; also the snapshot format. Cloning it is cheap (`Map`): readers
+/// clone it under the lock and walk the copy, so a long walk never holds up `apply`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_id: String,
-    pub services: BTreeMap<String, Service>,
+    pub services: Map<String, Service>,
     /// Service name -> id.
-    pub service_names: BTreeMap<String, String>,
-    pub nodes: BTreeMap<String, Node>,
-    pub tasks: BTreeMap<String, Task>,
+    pub service_names: Map<String, String>,
+    pub nodes: Map<String, Node>,
+    pub tasks: Map<String, Task>,
     pub join_tokens: Vec<JoinTokenRecord>,
     /// Answers to recent `Command::Once` requests, by request id, and the order to forget them.
-    pub requests: BTreeMap<String, (u64, Remembered)>,
-    pub request_order: BTreeMap<u64, String>,
+    pub requests: Map<String, (u64, Remembered)>,
+    pub request_order: Map<u64, String>,
     /// Sum of `Remembered::cost` over `requests`.
     pub remembered_bytes: u64,
     pub pki: Pki,
@@ -521,15 +527,16 @@ impl ClusterState {
                 // its index, so each takes the next key free above the newest.
                 let key = self
                     .request_order
-                    .last_key_value()
+                    .get_max()
                     .map_or(index, |(k, _)| index.max(k + 1));
                 self.request_order.insert(key, request_id);
                 while self.request_order.len() > MAX_REMEMBERED_REQUESTS
                     || self.remembered_bytes > MAX_REMEMBERED_BYTES as u64
                 {
-                    let Some((_, oldest)) = self.request_order.pop_first() else {
+                    let Some(&(first, _)) = self.request_order.get_min() else {
                         break;
                     };
+                    let oldest = self.request_order.remove(&first).expect("the first key is present");
                     if let Some((_, r)) = self.requests.remove(&oldest) {
                         self.remembered_bytes = self.remembered_bytes.saturating_sub(r.cost(&oldest));
                     }
@@ -668,7 +675,15 @@ impl ClusterState {
                 let id = self.service_id(&service)?;
                 let removed = self.services.remove(&id).expect("id resolved above");
                 self.service_names.remove(&removed.spec.name);
-                self.tasks.retain(|_, t| t.service_id != id);
+                let gone: Vec<String> = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.service_id == id)
+                    .map(|t| t.id.clone())
+                    .collect();
+                for task_id in gone {
+                    self.tasks.remove(&task_id);
+                }
                 Ok(Outcome::ServiceDeleted { id })
             }
             Command::RegisterNode {
@@ -1302,7 +1317,7 @@ fn rollback(s: &mut Service, target: u64, now_ms: i64, message: String) {
 }
 
 /// Keeps the newest `SPEC_HISTORY` earlier versions, and any that a task of `s` still runs.
-fn prune_history(s: &mut Service, tasks: &BTreeMap<String, Task>) {
+fn prune_history(s: &mut Service, tasks: &Map<String, Task>) {
     let live: BTreeSet<u64> = tasks
         .values()
         .filter(|t| t.service_id == s.id && !t.state.is_terminal())

@@ -372,7 +372,7 @@ impl Api {
     }
 
     fn read<T>(&self, f: impl FnOnce(&core::ClusterState) -> T) -> T {
-        f(&self.m.state.read().unwrap().state)
+        f(&crate::raft::store::view(&self.m.state).state)
     }
 
     fn cluster_info(&self) -> pb::ClusterInfo {

@@ -41,13 +41,13 @@ impl Hub {
     /// Reads the applied state again if it moved; wakes the streams of the nodes touched.
     pub fn refresh(&self, m: &Manager) {
         let touched = {
-            let guard = m.state.read().unwrap();
-            let (applied, term) = guard.last_applied.map_or((0, 0), |l| (l.index, l.leader_id.term));
+            let view = crate::raft::store::view(&m.state);
+            let (applied, term) = view.last_applied.map_or((0, 0), |l| (l.index, l.leader_id.term));
             let mut index = self.index.write().unwrap();
             if applied == index.applied {
                 return;
             }
-            index.refresh(&guard.state, applied, term)
+            index.refresh(&view.state, applied, term)
         };
         let wake = self.wake.lock().unwrap();
         for node in touched {

@@ -106,7 +106,7 @@ impl Collector for StateMetrics {
             )?;
         }
         let (nodes, tasks) = {
-            let st = &self.m.state.read().unwrap().state;
+            let st = &crate::raft::store::view(&self.m.state).state;
             let mut nodes: BTreeMap<String, f64> = ["ready", "down", "unknown"]
                 .iter()
                 .map(|s| (s.to_string(), 0.0))

@@ -109,15 +109,16 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
         let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
-        let soonest = {
-            let guard = m.state.read().unwrap();
-            guard
-                .state
-                .services
-                .values()
-                .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
-                .min()
-        };
+        let soonest = m
+            .state
+            .read()
+            .unwrap()
+            .state
+            .services
+            .clone()
+            .values()
+            .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
+            .min();
         if let Some(at_ms) = soonest {
             let wait_ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
             deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms.max(MIN_ROUND_GAP_MS)));
@@ -172,16 +173,14 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // The simulator's clock: under it the walk takes no time and the schedule stays seeded.
         let decide_started = Instant::now();
         let (mut changes, held) = {
-            let guard = m.state.read().unwrap();
-            let st = &guard.state;
+            let st = &crate::raft::store::view(&m.state).state;
             let liveness = m.heartbeats.liveness(
                 st.nodes.keys(),
                 since,
                 opts.node_grace_period_ms,
                 crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
             );
-            let held = reconciler::held_by_mass_silence(st, &liveness);
-            let changes = reconciler::reconcile(
+            reconciler::round(
                 &reconciler::Input {
                     state: st,
                     now_ms,
@@ -190,8 +189,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                     duplicates: opts.duplicate_policy,
                 },
                 &mut super::new_id,
-            );
-            (changes, held)
+            )
         };
         last_cost_ms = decide_started.elapsed().as_millis() as u64;
         match (held, holding) {

@@ -4,7 +4,7 @@
 //! go together as one `Command::Batch` entry: one fsync per manager for all of them.
 //! A write that arrives while nothing is open goes at once, alone (no added latency).
 
-use crate::core::batch::{shares, Admission};
+use crate::core::batch::{shares, Admission, Shares};
 use crate::core::{Command, Outcome, StateError};
 use crate::raft::{ManagerNode, NodeId, Raft, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
@@ -27,6 +27,13 @@ struct Pending {
     cmd: Command,
     bytes: u64,
     reply: oneshot::Sender<Answer>,
+}
+
+/// A write waiting for an entry, with what it may not share one with (`core::batch`), worked
+/// out once as it arrives.
+struct Held {
+    write: Pending,
+    shares: Shares,
 }
 
 #[derive(Clone)]
@@ -59,34 +66,40 @@ async fn run(raft: Raft, state: crate::raft::store::SharedState, mut rx: mpsc::U
     let open = Arc::new(Semaphore::new(IN_FLIGHT));
     // Writes that could not join the last entry (`core::batch`), in arrival order: first in
     // the next ones, so none waits behind later writes.
-    let mut held: VecDeque<Pending> = VecDeque::new();
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let arrived = |write: Pending| {
+        let shares = shares(&write.cmd, &state.read().unwrap().state);
+        Held { write, shares }
+    };
     loop {
         let Ok(permit) = open.clone().acquire_owned().await else {
             return;
         };
         if held.is_empty() {
             match rx.recv().await {
-                Some(p) => held.push_back(p),
+                Some(p) => held.push_back(arrived(p)),
                 None => return,
             }
         }
         while let Ok(p) = rx.try_recv() {
-            held.push_back(p);
+            held.push_back(arrived(p));
         }
         let mut batch: Vec<Pending> = Vec::new();
         let (mut bytes, mut entry) = (0u64, Admission::default());
         let mut left = VecDeque::with_capacity(held.len());
-        {
-            let guard = state.read().unwrap();
-            for p in held.drain(..) {
-                let fits = batch.is_empty()
-                    || (batch.len() < MAX_BATCH_COMMANDS && bytes + p.bytes <= MAX_BATCH_BYTES);
-                if fits && entry.admit(shares(&p.cmd, &guard.state)) {
-                    bytes += p.bytes;
-                    batch.push(p);
-                } else {
-                    left.push_back(p);
-                }
+        while let Some(h) = held.pop_front() {
+            if batch.len() == MAX_BATCH_COMMANDS || bytes >= MAX_BATCH_BYTES {
+                // Full: the rest wait, in their order, without being looked at again.
+                left.push_back(h);
+                left.append(&mut held);
+                break;
+            }
+            let fits = batch.is_empty() || bytes + h.write.bytes <= MAX_BATCH_BYTES;
+            if fits && entry.admit(&h.shares) {
+                bytes += h.write.bytes;
+                batch.push(h.write);
+            } else {
+                left.push_back(h);
             }
         }
         held = left;

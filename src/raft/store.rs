@@ -106,6 +106,13 @@ pub struct StateMachineData {
 
 pub type SharedState = Arc<RwLock<StateMachineData>>;
 
+/// A copy of the state machine as it is now. Cheap (`core::state::Map`): walk the copy, not
+/// the state under its lock, so that `apply` (and every reader queued behind it) never waits
+/// on a walk.
+pub fn view(state: &SharedState) -> StateMachineData {
+    state.read().unwrap().clone()
+}
+
 impl StateMachineData {
     /// Applies one log entry: the one way the state machine moves, whether openraft drives
     /// it or `--force-new-cluster` reads the whole log.
@@ -413,7 +420,7 @@ impl LogStore {
 /// log index (an 0xA4 build, keying by index, would collide with them).
 fn snapshot_format(d: &StateMachineData) -> u8 {
     let applied = d.last_applied.map_or(0, |l| l.index);
-    match d.state.request_order.last_key_value() {
+    match d.state.request_order.get_max() {
         Some((k, _)) if *k > applied => codec::SEALED_FORMAT,
         _ => codec::BASE_FORMAT,
     }
@@ -693,14 +700,9 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let (bytes, last_applied, membership) = {
-            let d = self.data.read().unwrap();
-            (
-                codec::seal_as(snapshot_format(&d), &*d),
-                d.last_applied,
-                d.membership.clone(),
-            )
-        };
+        let d = view(&self.data);
+        let (last_applied, membership) = (d.last_applied, d.membership.clone());
+        let bytes = off_async(move || codec::seal_as(snapshot_format(&d), &d)).await;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
             None => "empty".to_string(),
