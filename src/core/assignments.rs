@@ -2,9 +2,11 @@
 //! worker's assignment stream sends (issue #16: every stream used to scan every task of the
 //! cluster on every applied entry, and sent its node's full set on every change).
 //!
-//! - `Index::refresh` walks the state once per refresh (for every stream together) and
-//!   notes, per node, the log index at which its set last changed, and every task that left
-//!   a node (a bounded journal, for streams that resume after a reconnect).
+//! - `Index::refresh` reads the state once per refresh (for every stream together), looking
+//!   only at the tasks that differ from its last read (`Map::diff` skips what the two share;
+//!   a service at a new version makes it walk every task), and notes, per node, the log
+//!   index at which its set last changed, and every task that left a node (a bounded
+//!   journal, for streams that resume after a reconnect).
 //! - `Index::since` answers what changed on a node after a sequence number the worker saw,
 //!   or `None` when that point is too old (then the stream sends the full set).
 //! - `Have` is the worker's side: full sets and changes applied to what it holds.
@@ -18,7 +20,9 @@
 //! own history at that point is the same one (Raft's log matching: same index and term, same
 //! log up to there).
 
-use super::{ClusterState, Task};
+use super::state::Map;
+use super::{ClusterState, Service, Task};
+use imbl::ordmap::DiffItem;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// What a worker is sent again when it changes: the task's version and its service's.
@@ -54,6 +58,10 @@ pub struct Index {
     terms: VecDeque<(u64, u64, u64)>,
     /// The cluster's id and the restore it began with, if any.
     incarnation: String,
+    /// The tasks and services last read (shared with that state, not copied): the next
+    /// refresh looks only at what differs from them.
+    read_tasks: Map<String, Task>,
+    read_services: Map<String, Service>,
 }
 
 /// What changed on a node after some point: tasks to (re)send, tasks to drop.
@@ -68,6 +76,17 @@ impl Index {
     /// One walk over the tasks, merged with the previous one (no allocation for a task
     /// that did not change).
     pub fn refresh(&mut self, state: &ClusterState, applied: u64, term: u64) -> BTreeSet<String> {
+        self.refresh_walking(state, applied, term, false)
+    }
+
+    /// `refresh`, walking every task if `walk_all` (the tests compare both ways).
+    fn refresh_walking(
+        &mut self,
+        state: &ClusterState,
+        applied: u64,
+        term: u64,
+        walk_all: bool,
+    ) -> BTreeSet<String> {
         let first = self.applied == 0 && self.tasks.is_empty();
         self.note_term(state, applied, term);
         let svc: HashMap<&str, u64> = state
@@ -75,9 +94,32 @@ impl Index {
             .iter()
             .map(|(id, s)| (id.as_str(), s.version))
             .collect();
+        let key = |t: &Task| (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut gone: Vec<String> = Vec::new();
-        {
+        // A service at a new version changes the key of each of its tasks: then every task is
+        // looked at. Otherwise only the tasks that differ from the last read (issue #16: a
+        // walk over 50,000 tasks on every manager at every refresh took most of a core).
+        let rekeyed = self.read_services.diff(&state.services).any(|d| match d {
+            DiffItem::Update { old, new } => old.1.version != new.1.version,
+            DiffItem::Add(..) | DiffItem::Remove(..) => true,
+        });
+        if !first && !rekeyed && !walk_all {
+            let mut upserts: Vec<(&Task, Key)> = Vec::new();
+            for d in self.read_tasks.diff(&state.tasks) {
+                let id = match d {
+                    DiffItem::Add(id, _) | DiffItem::Remove(id, _) => id,
+                    DiffItem::Update { new, .. } => new.0,
+                };
+                match (self.tasks.get(id), state.tasks.get(id).filter(|t| on_node(t))) {
+                    (Some((node, k)), Some(t)) if *node == t.node_id && *k == key(t) => {}
+                    (_, Some(t)) => upserts.push((t, key(t))),
+                    (Some(_), None) => gone.push(id.clone()),
+                    (None, None) => {}
+                }
+            }
+            self.upsert(upserts, applied, &mut touched);
+        } else {
             let mut old = self.tasks.iter().peekable();
             let mut now = state.tasks.values().filter(|t| on_node(t)).peekable();
             let mut upserts: Vec<(&Task, Key)> = Vec::new();
@@ -85,10 +127,10 @@ impl Index {
                 match (old.peek(), now.peek()) {
                     (None, None) => break,
                     (Some((id, _)), Some(t)) if id.as_str() == t.id => {
-                        let (_, (node, key)) = old.next().expect("peeked");
+                        let (_, (node, old_key)) = old.next().expect("peeked");
                         let t = now.next().expect("peeked");
-                        let k = (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
-                        if *key != k || *node != t.node_id {
+                        let k = key(t);
+                        if *old_key != k || *node != t.node_id {
                             upserts.push((t, k));
                         }
                     }
@@ -98,26 +140,14 @@ impl Index {
                     (Some(_), None) => gone.push(old.next().expect("peeked").0.clone()),
                     (_, Some(_)) => {
                         let t = now.next().expect("peeked");
-                        let k = (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
-                        upserts.push((t, k));
+                        upserts.push((t, key(t)));
                     }
                 }
             }
-            for (t, k) in upserts {
-                if let Some((node, _)) = self.tasks.get(&t.id) {
-                    if *node != t.node_id {
-                        let node = node.clone();
-                        self.leave(&node, &t.id, applied);
-                        touched.insert(node);
-                    }
-                }
-                self.tasks.insert(t.id.clone(), (t.node_id.clone(), k));
-                let entry = self.nodes.entry(t.node_id.clone()).or_default();
-                entry.0.insert(t.id.clone(), k);
-                entry.1 = applied;
-                touched.insert(t.node_id.clone());
-            }
+            self.upsert(upserts, applied, &mut touched);
         }
+        self.read_tasks = state.tasks.clone();
+        self.read_services = state.services.clone();
         for id in gone {
             if let Some((node, _)) = self.tasks.remove(&id) {
                 self.leave(&node, &id, applied);
@@ -135,6 +165,24 @@ impl Index {
         }
         self.applied = applied;
         touched
+    }
+
+    /// Tasks now on a node (new, moved or at a new key), in id order.
+    fn upsert(&mut self, upserts: Vec<(&Task, Key)>, applied: u64, touched: &mut BTreeSet<String>) {
+        for (t, k) in upserts {
+            if let Some((node, _)) = self.tasks.get(&t.id) {
+                if *node != t.node_id {
+                    let node = node.clone();
+                    self.leave(&node, &t.id, applied);
+                    touched.insert(node);
+                }
+            }
+            self.tasks.insert(t.id.clone(), (t.node_id.clone(), k));
+            let entry = self.nodes.entry(t.node_id.clone()).or_default();
+            entry.0.insert(t.id.clone(), k);
+            entry.1 = applied;
+            touched.insert(t.node_id.clone());
+        }
     }
 
     fn note_term(&mut self, state: &ClusterState, applied: u64, term: u64) {
@@ -402,6 +450,57 @@ mod tests {
     /// A resume point names its history (incarnation and term); each row: what this index
     /// read (index, term, restored at), then the points asked, with the history the worker
     /// holds for them and whether the index answers with changes.
+    /// Refreshing from what differs since the last read gives the same index, and touches
+    /// the same nodes, as walking every task; over a long run of random changes to one
+    /// state that shares its structure with the last read.
+    #[test]
+    fn a_refresh_from_the_difference_is_the_same_as_a_full_walk() {
+        use TaskState::*;
+        let mut st = state(&[], 1);
+        let (mut quick, mut full) = (Index::default(), Index::default());
+        // A fixed linear congruential sequence: the same run every time.
+        let mut x: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for applied in 1..=400u64 {
+            for _ in 0..next(6) {
+                let id = format!("t{:02}", next(40));
+                let node = ["", "n1", "n2", "n3"][next(4) as usize];
+                match next(6) {
+                    0 => {
+                        st.tasks.remove(&id);
+                    }
+                    1 => {
+                        let s = st.services.get_mut("s1").expect("s1");
+                        s.version += 1;
+                    }
+                    2 => {
+                        if let Some(t) = st.tasks.get_mut(&id) {
+                            t.state = Complete;
+                        }
+                    }
+                    _ => {
+                        let version = applied;
+                        st.tasks.insert(id.clone(), task(&id, node, version, Running));
+                    }
+                }
+            }
+            let term = 1 + applied / 100;
+            let a = quick.refresh(&st, applied, term);
+            let b = full.refresh_walking(&st, applied, term, true);
+            assert_eq!(a, b, "touched at {applied}");
+            assert_eq!(quick, full, "index at {applied}");
+        }
+        assert!(
+            quick.journal.len() > 10 && quick.tasks.len() > 5,
+            "the run moved tasks around"
+        );
+    }
+
     #[test]
     fn a_resume_is_answered_only_in_the_same_history() {
         type Read = (u64, u64, i64);

@@ -536,7 +536,10 @@ impl ClusterState {
                     let Some(&(first, _)) = self.request_order.get_min() else {
                         break;
                     };
-                    let oldest = self.request_order.remove(&first).expect("the first key is present");
+                    let oldest = self
+                        .request_order
+                        .remove(&first)
+                        .expect("the first key is present");
                     if let Some((_, r)) = self.requests.remove(&oldest) {
                         self.remembered_bytes = self.remembered_bytes.saturating_sub(r.cost(&oldest));
                     }
