@@ -701,19 +701,24 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let d = view(&self.data);
-        let (last_applied, membership) = (d.last_applied, d.membership.clone());
-        let bytes = off_async(move || codec::seal_as(snapshot_format(&d), &d)).await;
-        let snapshot_id = match last_applied {
+        let snapshot_id = match d.last_applied {
             Some(l) => format!("{}-{}", l.leader_id, l.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
+            last_log_id: d.last_applied,
+            last_membership: d.membership.clone(),
             snapshot_id,
         };
-        self.save_snapshot(&meta, &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        // Sealing tens of MB and writing them out takes long: off the async workers, which
+        // keep the Raft heartbeats going meanwhile.
+        let (store, saved) = (self.clone(), meta.clone());
+        let bytes = off_async(move || {
+            let bytes = codec::seal_as(snapshot_format(&d), &d);
+            store.save_snapshot(&saved, &bytes).map(|()| bytes)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -759,16 +764,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), SErr> {
         let bytes = snapshot.into_inner();
         // The snapshot travels sealed: a leader's bytes damaged on the way are refused.
-        let mut new: StateMachineData = codec::unseal(&bytes).map_err(|e| {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                AnyError::error(format!("snapshot {} received: {e}", meta.snapshot_id)),
-            )
-        })?;
-        new.last_applied = meta.last_log_id;
-        new.membership = meta.last_membership.clone();
-        self.save_snapshot(meta, &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        // Unsealing and saving tens of MB: off the async workers.
+        let (store, saved) = (self.clone(), meta.clone());
+        let new = off_async(move || -> Result<StateMachineData, SErr> {
+            let mut new: StateMachineData = codec::unseal(&bytes).map_err(|e| {
+                StorageIOError::read_snapshot(
+                    Some(saved.signature()),
+                    AnyError::error(format!("snapshot {} received: {e}", saved.snapshot_id)),
+                )
+            })?;
+            new.last_applied = saved.last_log_id;
+            new.membership = saved.last_membership.clone();
+            store
+                .save_snapshot(&saved, &bytes)
+                .map_err(|e| StorageIOError::write_snapshot(Some(saved.signature()), e))?;
+            Ok(new)
+        })
+        .await?;
         *self.data.write().unwrap() = new;
         Ok(())
     }
