@@ -105,6 +105,24 @@ echo "hold: ${HOLD_S}s with $WORKERS workers: nodes marked down at most $max_dow
 [[ $max_down == 0 ]] || echo "FAIL: $max_down nodes were marked down while they heartbeat"
 
 running() { metric "$(leader)" 'warren_tasks{state="running"}'; }
+# until_running N [at-least]: polls until N tasks run (or at least N), printing progress every
+# 10 s (running, down nodes, leader, its term); fails after SCALE_DEADLINE_S (default 900).
+until_running() {
+  local want=$1 cmp=${2:-} t next=10 r; t=$(now)
+  while :; do
+    r=$(running)
+    if [[ $cmp == at-least ]]; then [[ -n $r && $r -ge $want ]] && return 0; else [[ $r == "$want" ]] && return 0; fi
+    if python3 -c "import sys; sys.exit(0 if $(now)-$t >= ${SCALE_DEADLINE_S:-900} else 1)"; then
+      echo "FAIL: $r of $want running after ${SCALE_DEADLINE_S:-900} s" >&2; exit 1
+    fi
+    if python3 -c "import sys; sys.exit(0 if $(now)-$t >= $next else 1)"; then
+      local l; l=$(leader)
+      echo "  t=$(since "$t")s running=$r down=$(down) leader=m$l term=$(metric "$l" warren_raft_term)"
+      next=$((next + 10))
+    fi
+    sleep 0.5
+  done
+}
 scale_to() { # service replicas: sets ts, the time the scale was sent
   ts=$(now)
   $W --manager $ALL service scale "$1=$2" >/dev/null
@@ -112,15 +130,15 @@ scale_to() { # service replicas: sets ts, the time the scale was sent
 # 2. Scale 0 -> REPLICAS.
 $W --manager $ALL service create -d big --image busybox --replicas 0 >/dev/null
 scale_to big "$REPLICAS"
-until [[ $(running) == "$REPLICAS" ]]; do sleep 0.5; done
+until_running "$REPLICAS"
 echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]})"
 
 # 3. The same with the leader killed half way.
 $W --manager $ALL service scale big=0 >/dev/null
-until [[ $(running) == 0 ]]; do sleep 0.5; done
+until_running 0
 $W --manager $ALL service create -d big2 --image busybox --replicas 0 >/dev/null
 scale_to big2 "$REPLICAS"
-until [[ $(running) -ge $(( REPLICAS / 2 )) ]]; do sleep 0.2; done
+until_running $(( REPLICAS / 2 )) at-least
 l=$(leader); kill -9 "${PID[m$l]}"; wait "${PID[m$l]}" 2>/dev/null || true
 echo "leader m$l killed at $(since "$ts") s with $(( REPLICAS / 2 ))+ running"
 until [[ -n $(leader) && $(leader) != "$l" && $(running) == "$REPLICAS" ]]; do sleep 0.5; done

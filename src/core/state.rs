@@ -291,9 +291,10 @@ pub struct Pki {
     /// Replicated so that any leader can sign; it never leaves the managers.
     pub ca_key_pkcs8: Vec<u8>,
     /// Holder -> serial (hex) -> expiry, for the certificates not yet expired.
-    pub issued: BTreeMap<String, BTreeMap<String, i64>>,
+    /// (`Map`s: one entry per node, and the state is cloned by every reader.)
+    pub issued: Map<String, BTreeMap<String, i64>>,
     /// Revoked serial -> its expiry (after which it is dropped: it no longer verifies).
-    pub revoked: BTreeMap<String, i64>,
+    pub revoked: Map<String, i64>,
     /// Lifetime of node certificates (`cluster init --cert-ttl`); renewed at half of it.
     pub cert_ttl_ms: i64,
     /// A CA rotation under way.
@@ -322,7 +323,9 @@ impl Pki {
     pub(crate) fn revoke_holder(&mut self, holder: &str) -> usize {
         let serials = self.issued.remove(holder).unwrap_or_default();
         let n = serials.len();
-        self.revoked.extend(serials);
+        for (serial, exp) in serials {
+            self.revoked.insert(serial, exp);
+        }
         if let Some(r) = &mut self.rotation {
             r.pending.remove(holder);
         }
@@ -353,23 +356,49 @@ impl Pki {
             return;
         }
         let old = self.rotation.take().expect("checked").old_serials;
-        for serials in self.issued.values_mut() {
-            let gone: Vec<String> = serials.keys().filter(|s| old.contains(*s)).cloned().collect();
-            for s in gone {
-                if let Some(exp) = serials.remove(&s) {
-                    self.revoked.insert(s, exp);
+        self.drop_issued(|serial, _| old.contains(serial), true);
+    }
+
+    /// Drops the issued serials `gone` picks (revoking them if `revoke`), and holders left
+    /// with none. Only holders with such a serial are written (a shared `Map` copies what is
+    /// written).
+    fn drop_issued(&mut self, gone: impl Fn(&str, i64) -> bool, revoke: bool) {
+        let holders: Vec<String> = self
+            .issued
+            .iter()
+            .filter(|(_, serials)| serials.iter().any(|(s, exp)| gone(s, *exp)))
+            .map(|(h, _)| h.clone())
+            .collect();
+        for holder in holders {
+            let Some(serials) = self.issued.get_mut(&holder) else { continue };
+            let dropped: Vec<(String, i64)> = serials
+                .iter()
+                .filter(|(s, exp)| gone(s, **exp))
+                .map(|(s, exp)| (s.clone(), *exp))
+                .collect();
+            for (serial, exp) in dropped {
+                serials.remove(&serial);
+                if revoke {
+                    self.revoked.insert(serial, exp);
                 }
             }
+            if serials.is_empty() {
+                self.issued.remove(&holder);
+            }
         }
-        self.issued.retain(|_, serials| !serials.is_empty());
     }
 
     fn prune(&mut self, now_ms: i64) {
-        self.revoked.retain(|_, exp| *exp > now_ms);
-        for serials in self.issued.values_mut() {
-            serials.retain(|_, exp| *exp > now_ms);
+        let expired: Vec<String> = self
+            .revoked
+            .iter()
+            .filter(|(_, exp)| **exp <= now_ms)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for serial in expired {
+            self.revoked.remove(&serial);
         }
-        self.issued.retain(|_, serials| !serials.is_empty());
+        self.drop_issued(|_, exp| exp <= now_ms, false);
         if let Some(r) = &mut self.rotation {
             let live: BTreeSet<&String> = self.issued.values().flat_map(|s| s.keys()).collect();
             r.old_serials.retain(|s| live.contains(s));
