@@ -62,8 +62,8 @@ voters() { $W --manager $ALL cluster info -o json 2>/dev/null | field 'd["leader
 for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.2; done
 leader() { # the leader's id; waits for one (an election, or a manager too busy to answer)
   local l=""
-  for _ in $(seq 1 300); do l=$(voters | cut -d' ' -f1) || true; [[ -n $l ]] && break; sleep 0.2; done
-  [[ -n $l ]] || { echo "no leader for 60 s" >&2; exit 1; }
+  for _ in $(seq 1 300); do l=$(voters | cut -d' ' -f1) || true; [[ $l =~ ^[0-9]+$ ]] && break; sleep 0.2; done
+  [[ $l =~ ^[0-9]+$ ]] || { echo "no leader for 60 s" >&2; exit 1; }
   echo "$l"
 }
 WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)

@@ -51,6 +51,7 @@ pub mod clock;
 pub mod failstop;
 pub mod manager;
 pub mod metrics;
+pub mod offload;
 #[cfg(feature = "sim")]
 pub mod sim_hooks;
 pub mod worker;

@@ -370,7 +370,9 @@ impl Pki {
             .map(|(h, _)| h.clone())
             .collect();
         for holder in holders {
-            let Some(serials) = self.issued.get_mut(&holder) else { continue };
+            let Some(serials) = self.issued.get_mut(&holder) else {
+                continue;
+            };
             let dropped: Vec<(String, i64)> = serials
                 .iter()
                 .filter(|(s, exp)| gone(s, **exp))

@@ -172,25 +172,28 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         let round_started = std::time::Instant::now();
         // The simulator's clock: under it the walk takes no time and the schedule stays seeded.
         let decide_started = Instant::now();
-        let (mut changes, held) = {
-            let st = &crate::raft::store::view(&m.state).state;
-            let liveness = m.heartbeats.liveness(
-                st.nodes.keys(),
-                since,
-                opts.node_grace_period_ms,
-                crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
-            );
+        let st = crate::raft::store::view(&m.state).state;
+        let liveness = m.heartbeats.liveness(
+            st.nodes.keys(),
+            since,
+            opts.node_grace_period_ms,
+            crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
+        );
+        let (leading_since_ms, duplicates) = (wall_ms_of(now_ms, since), opts.duplicate_policy);
+        // Tens to hundreds of ms at 50,000 tasks: not on an async worker.
+        let (mut changes, held) = crate::offload::off_async(move || {
             reconciler::round(
                 &reconciler::Input {
-                    state: st,
+                    state: &st,
                     now_ms,
-                    leading_since_ms: wall_ms_of(now_ms, since),
+                    leading_since_ms,
                     liveness: &liveness,
-                    duplicates: opts.duplicate_policy,
+                    duplicates,
                 },
                 &mut super::new_id,
             )
-        };
+        })
+        .await;
         last_cost_ms = decide_started.elapsed().as_millis() as u64;
         match (held, holding) {
             (Some((down, nodes)), false) => warn!(

@@ -11,6 +11,7 @@
 use super::codec::{self, CodecError};
 use super::{ManagerNode, NodeId, TypeConfig, WriteResult};
 use crate::core::{ClusterState, Outcome};
+use crate::offload::off_async;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
@@ -423,22 +424,6 @@ fn snapshot_format(d: &StateMachineData) -> u8 {
     match d.state.request_order.get_max() {
         Some((k, _)) if *k > applied => codec::SEALED_FORMAT,
         _ => codec::BASE_FORMAT,
-    }
-}
-
-/// Runs the blocking `f` (a write transaction and its fsync) off the async workers in the
-/// production build, so that the API and the Raft network go on while the disk works. The
-/// simulator runs it in place: its disk is in memory and its schedule must stay seeded.
-async fn off_async<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    #[cfg(not(madsim))]
-    {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
-    #[cfg(madsim)]
-    {
-        f()
     }
 }
 

@@ -346,7 +346,12 @@ pub async fn start(
                 last_sweep = Instant::now();
             }
             if agent.saved != local {
-                if let Err(e) = local::save(&opts.data_dir, &local) {
+                // Off the async workers: one fsync per task state change would stall the
+                // heartbeats and the assignment stream (examples/nodesim: 5,000 agents on two
+                // threads left their sockets unread for seconds, and the managers marked
+                // them down).
+                let (dir, saving) = (opts.data_dir.clone(), local.clone());
+                if let Err(e) = crate::offload::off_async(move || local::save(&dir, &saving)).await {
                     error!(error = %format!("{e:#}"), "cannot save local state");
                 } else {
                     agent.saved = local.clone();
