@@ -18,7 +18,8 @@ use super::model::*;
 use super::scheduler::Scheduler;
 use super::state::ClusterState;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Task history kept per slot; older finished tasks are removed.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -138,7 +139,10 @@ impl NewTask {
 
 /// A round's cost is its walk over the whole state: the next round waits at least this
 /// many times as long as the last one took, so that rounds take at most about a fifth of a
-/// core however large the cluster grows (issue #16; 50,000 tasks took tens of ms a round).
+/// core while a round costs up to a quarter of the periodic interval (50 ms). Past that the
+/// gap stays at the interval and rounds take more (issue #16: an idle round over 50,000
+/// tasks on 5,000 nodes takes about 40 ms alone, `examples/sched_bench`, and several times
+/// that on a loaded machine).
 pub const ROUND_COST_FACTOR: u32 = 4;
 
 /// The least time between two rounds triggered by changes, given how long the last one
@@ -220,29 +224,36 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
     let st = input.state;
     let mut changes = Vec::new();
 
-    // Nodes as they will be after this round's status changes.
-    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    // Nodes as they will be after this round's status changes (copied only if changed).
+    let mut nodes: BTreeMap<&str, Cow<'_, Node>> = BTreeMap::new();
     for (id, node) in &st.nodes {
-        let mut node = node.clone();
         let after = status_after(
             node.status,
             input.liveness.get(id).copied().unwrap_or(Liveness::Unknown),
         );
-        if after != node.status {
+        let node = if after != node.status {
             match after {
                 NodeStatus::Down => changes.push(TaskChange::NodeDown { node_id: id.clone() }),
                 NodeStatus::Ready => changes.push(TaskChange::NodeReady { node_id: id.clone() }),
                 NodeStatus::Unknown => {}
             }
-            node.status = after;
-        }
+            Cow::Owned(Node {
+                status: after,
+                ..node.clone()
+            })
+        } else {
+            Cow::Borrowed(node)
+        };
         nodes.insert(id.as_str(), node);
     }
+    // Looked up for every task: hashed (a tree of 5,000 node ids cost a dozen string
+    // comparisons a lookup). Only looked up, never iterated: the order stays the tree's.
+    let by_id: HashMap<&str, &Node> = nodes.iter().map(|(id, n)| (*id, n.as_ref())).collect();
     let held = held_by_mass_silence(st, input.liveness);
     let hold = held.is_some();
-    let node_gone = |id: &str| nodes.get(id).is_none_or(|n| n.status == NodeStatus::Down);
+    let node_gone = |id: &str| by_id.get(id).is_none_or(|n| n.status == NodeStatus::Down);
     let drained = |id: &str| {
-        nodes
+        by_id
             .get(id)
             .is_some_and(|n| n.availability == Availability::Drain)
     };
@@ -250,9 +261,9 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
     // Tasks whose node is gone stop holding their slot.
     // A set: looked up for every task (a node with thousands of tasks going down made a
     // list quadratic).
-    let mut orphaned: BTreeSet<&str> = BTreeSet::new();
+    let mut orphaned: HashSet<&str> = HashSet::new();
     for t in st.tasks.values() {
-        let removed = !t.node_id.is_empty() && !nodes.contains_key(t.node_id.as_str());
+        let removed = !t.node_id.is_empty() && !by_id.contains_key(t.node_id.as_str());
         if removed && !t.state.is_terminal() {
             // Its node was removed from the cluster: it will never report again.
             orphaned.insert(&t.id);
@@ -282,9 +293,8 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
         tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
     }
 
-    let node_refs: Vec<Node> = nodes.values().cloned().collect();
     let mut scheduler = Scheduler::new(
-        &node_refs,
+        nodes.values().map(|n| n.as_ref()),
         st.tasks.values().filter(|t| !orphaned.contains(&t.id.as_str())),
         &st.services,
     );
@@ -577,6 +587,7 @@ mod tests {
     use super::*;
     use crate::core::limits::SPEC_HISTORY;
     use crate::core::state::{Command, TaskReport};
+    use std::collections::BTreeSet;
 
     struct World {
         st: ClusterState,

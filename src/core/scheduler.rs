@@ -9,7 +9,7 @@
 use super::constraint::{self, Constraint};
 use super::model::*;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 struct Load<'a> {
     node: &'a Node,
@@ -53,20 +53,31 @@ impl<'a> Scheduler<'a> {
             })
             .collect();
         loads.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+        // Looked up once per task (50,000 in a large cluster): hashed, not searched.
+        let index: HashMap<&str, usize> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.node.id.as_str(), i))
+            .collect();
+        let mut reserved: HashMap<(&str, u64), Resources> = HashMap::new();
         for task in tasks.into_iter().filter(|t| t.holds_node()) {
-            let Ok(i) = loads.binary_search_by(|l| l.node.id.as_str().cmp(&task.node_id)) else {
+            let Some(&i) = index.get(task.node_id.as_str()) else {
                 continue;
             };
             // What its own version reserves (an update may have changed the reservation).
-            let reservation = services
-                .get(&task.service_id)
-                .map(|s| {
-                    s.spec_of(task.spec_version)
-                        .unwrap_or(&s.spec)
-                        .resources
-                        .reservations
-                })
-                .unwrap_or_default();
+            let reservation = *reserved
+                .entry((task.service_id.as_str(), task.spec_version))
+                .or_insert_with(|| {
+                    services
+                        .get(&task.service_id)
+                        .map(|s| {
+                            s.spec_of(task.spec_version)
+                                .unwrap_or(&s.spec)
+                                .resources
+                                .reservations
+                        })
+                        .unwrap_or_default()
+                });
             loads[i].take(&task.service_id, reservation);
         }
         Scheduler { loads }
@@ -150,7 +161,13 @@ impl Load<'_> {
         self.free_cpu_millis = self.free_cpu_millis.saturating_sub(need.cpu_millis);
         self.free_memory_bytes = self.free_memory_bytes.saturating_sub(need.memory_bytes);
         self.total_tasks += 1;
-        *self.per_service.entry(service_id.to_string()).or_default() += 1;
+        // No new key (an allocation) for each task: only for a service new on this node.
+        match self.per_service.get_mut(service_id) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_service.insert(service_id.to_string(), 1);
+            }
+        }
     }
 
     fn fits(&self, need: Resources) -> Result<(), Skip> {
