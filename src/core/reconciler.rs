@@ -137,17 +137,20 @@ impl NewTask {
     }
 }
 
-/// A round's cost is its walk over the whole state: the next round waits at least this
-/// many times as long as the last one took, so that rounds take at most about a fifth of a
-/// core while a round costs up to a quarter of the periodic interval (50 ms). Past that the
-/// gap stays at the interval and rounds take more (issue #16: an idle round over 50,000
-/// tasks on 5,000 nodes takes about 40 ms alone, `examples/sched_bench`, and several times
-/// that on a loaded machine).
+/// A round's cost is its walk over the whole state: the next round (periodic or woken by a
+/// change) waits at least this many times as long as the last one took, so that rounds take
+/// at most about a fifth of a core however large the cluster grows, until the gap reaches
+/// `MAX_ROUND_GAP_MS` (issue #16: an idle round over 50,000 tasks on 5,000 nodes takes about
+/// 40 ms alone, `examples/sched_bench`, and several times that on a loaded machine; capped at
+/// the 200 ms periodic interval, rounds took most of the leader's core).
 pub const ROUND_COST_FACTOR: u32 = 4;
 
-/// The least time between two rounds triggered by changes, given how long the last one
-/// took (ms): `min_gap_ms`, or more for a large cluster; never over `max_gap_ms` (the
-/// periodic round's interval).
+/// Longest gap `round_gap_ms` gives (ms): node liveness and update timers are seen at most
+/// this late on top of their own periods, in a cluster whose rounds take 500 ms.
+pub const MAX_ROUND_GAP_MS: u64 = 2_000;
+
+/// The least time between two rounds, given how long the last one took (ms): `min_gap_ms`,
+/// or more for a large cluster; never over `max_gap_ms`.
 pub fn round_gap_ms(min_gap_ms: u64, last_round_ms: u64, max_gap_ms: u64) -> u64 {
     min_gap_ms
         .max(last_round_ms.saturating_mul(ROUND_COST_FACTOR as u64))
@@ -573,7 +576,8 @@ mod tests {
             (20, 0, 200, 20),    // a small cluster: the minimum
             (20, 4, 200, 20),    // 16 ms of work: still the minimum
             (20, 10, 200, 40),   // 10 ms a round: 40 ms between
-            (20, 100, 200, 200), // never longer than the periodic round
+            (20, 100, 2_000, 400), // 100 ms a round: 400 ms between
+            (20, 900, 2_000, 2_000), // never longer than the maximum
             (20, 5, 10, 20),     // a maximum under the minimum: the minimum
         ] {
             assert_eq!(

@@ -105,7 +105,9 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // A round runs when an entry was applied (a task report, a new spec: a rolling update
         // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
         // regardless (node liveness, restart delays, update timers).
-        let mut deadline = last_round + Duration::from_millis(ROUND_INTERVAL_MS);
+        // A costly round (a large cluster) spaces out the periodic ones too.
+        let gap_ms = reconciler::round_gap_ms(MIN_ROUND_GAP_MS, last_cost_ms, reconciler::MAX_ROUND_GAP_MS);
+        let mut deadline = last_round + Duration::from_millis(ROUND_INTERVAL_MS.max(gap_ms));
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
         let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
@@ -135,7 +137,6 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                 if v.is_some() && applied() == applied_seen {
                     continue;
                 }
-                let gap_ms = reconciler::round_gap_ms(MIN_ROUND_GAP_MS, last_cost_ms, ROUND_INTERVAL_MS);
                 tokio::time::sleep_until(last_round + Duration::from_millis(gap_ms)).await;
             }
             _ = tokio::time::sleep_until(deadline) => {}
