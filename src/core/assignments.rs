@@ -21,7 +21,7 @@
 //! log up to there).
 
 use super::state::Map;
-use super::{ClusterState, Service, Task};
+use super::{ClusterState, Task};
 use imbl::ordmap::DiffItem;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -58,10 +58,12 @@ pub struct Index {
     terms: VecDeque<(u64, u64, u64)>,
     /// The cluster's id and the restore it began with, if any.
     incarnation: String,
-    /// The tasks and services last read (shared with that state, not copied): the next
-    /// refresh looks only at what differs from them.
+    /// The tasks last read (shared with that state, not copied): the next refresh looks
+    /// only at what differs from them.
     read_tasks: Map<String, Task>,
-    read_services: Map<String, Service>,
+    /// Each service's version as last read. (Not the services themselves: a map shared with
+    /// the state makes each write to it copy the services along its path.)
+    read_service_versions: BTreeMap<String, u64>,
 }
 
 /// What changed on a node after some point: tasks to (re)send, tasks to drop.
@@ -100,10 +102,7 @@ impl Index {
         // A service at a new version changes the key of each of its tasks: then every task is
         // looked at. Otherwise only the tasks that differ from the last read (issue #16: a
         // walk over 50,000 tasks on every manager at every refresh took most of a core).
-        let rekeyed = self.read_services.diff(&state.services).any(|d| match d {
-            DiffItem::Update { old, new } => old.1.version != new.1.version,
-            DiffItem::Add(..) | DiffItem::Remove(..) => true,
-        });
+        let rekeyed = self.note_service_versions(state);
         if !first && !rekeyed && !walk_all {
             let mut upserts: Vec<(&Task, Key)> = Vec::new();
             for d in self.read_tasks.diff(&state.tasks) {
@@ -147,7 +146,6 @@ impl Index {
             self.upsert(upserts, applied, &mut touched);
         }
         self.read_tasks = state.tasks.clone();
-        self.read_services = state.services.clone();
         for id in gone {
             if let Some((node, _)) = self.tasks.remove(&id) {
                 self.leave(&node, &id, applied);
@@ -165,6 +163,34 @@ impl Index {
         }
         self.applied = applied;
         touched
+    }
+
+    /// Notes each service's version; whether one read before is at another version now.
+    /// Only that changes its tasks' keys: a new service's tasks are new and a removed one's
+    /// removed, which the task diff shows. One ordered walk of both, no lookups.
+    fn note_service_versions(&mut self, state: &ClusterState) -> bool {
+        let (mut changed, mut rekeyed) = (Vec::new(), false);
+        let mut gone = Vec::new();
+        let mut read = self.read_service_versions.iter().peekable();
+        for (id, s) in state.services.iter() {
+            while let Some((old, _)) = read.next_if(|(old, _)| old.as_str() < id.as_str()) {
+                gone.push(old.clone());
+            }
+            match read.next_if(|(old, _)| *old == id) {
+                Some((_, v)) if *v == s.version => {}
+                Some(_) => {
+                    rekeyed = true;
+                    changed.push((id.clone(), s.version));
+                }
+                None => changed.push((id.clone(), s.version)),
+            }
+        }
+        gone.extend(read.map(|(old, _)| old.clone()));
+        for id in gone {
+            self.read_service_versions.remove(&id);
+        }
+        self.read_service_versions.extend(changed);
+        rekeyed
     }
 
     /// Tasks now on a node (new, moved or at a new key), in id order.

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod constraint;
 pub mod election;
 pub mod handoff;
+pub mod hash;
 pub mod health;
 pub mod limits;
 pub mod membership;

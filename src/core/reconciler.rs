@@ -14,12 +14,13 @@
 //! starts every node in a fresh grace period (`Liveness::Unknown`), so a leader change alone
 //! never reschedules anything.
 
+use super::hash::{FastMap, FastSet};
 use super::model::*;
 use super::scheduler::Scheduler;
 use super::state::ClusterState;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// Task history kept per slot; older finished tasks are removed.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -251,7 +252,7 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
     }
     // Looked up for every task: hashed (a tree of 5,000 node ids cost a dozen string
     // comparisons a lookup). Only looked up, never iterated: the order stays the tree's.
-    let by_id: HashMap<&str, &Node> = nodes.iter().map(|(id, n)| (*id, n.as_ref())).collect();
+    let by_id: FastMap<&str, &Node> = nodes.iter().map(|(id, n)| (*id, n.as_ref())).collect();
     let held = held_by_mass_silence(st, input.liveness);
     let hold = held.is_some();
     let node_gone = |id: &str| by_id.get(id).is_none_or(|n| n.status == NodeStatus::Down);
@@ -264,7 +265,7 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
     // Tasks whose node is gone stop holding their slot.
     // A set: looked up for every task (a node with thousands of tasks going down made a
     // list quadratic).
-    let mut orphaned: HashSet<&str> = HashSet::new();
+    let mut orphaned: FastSet<&str> = FastSet::default();
     for t in st.tasks.values() {
         let removed = !t.node_id.is_empty() && !by_id.contains_key(t.node_id.as_str());
         if removed && !t.state.is_terminal() {
@@ -296,9 +297,11 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
         tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
     }
 
+    // Most rounds orphan nothing: then no task's id is hashed.
+    let is_orphaned = |id: &str| !orphaned.is_empty() && orphaned.contains(id);
     let mut scheduler = Scheduler::new(
         nodes.values().map(|n| n.as_ref()),
-        st.tasks.values().filter(|t| !orphaned.contains(&t.id.as_str())),
+        st.tasks.values().filter(|t| !is_orphaned(&t.id)),
         &st.services,
     );
     let empty = BTreeMap::new();
@@ -318,7 +321,7 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
         let in_update = |slot: u32| updating.is_some_and(|f| f.contains_key(&slot));
 
         for (&slot, tasks) in by_slot {
-            let is_active = |t: &&&Task| t.is_active() && !orphaned.contains(&t.id.as_str());
+            let is_active = |t: &&&Task| t.is_active() && !is_orphaned(&t.id);
             let prepared = |t: &&&Task| t.desired_state == TaskState::Ready && !t.state.is_terminal();
             if slot > replicas {
                 for t in tasks.iter().filter(|t| is_active(t) || prepared(t)) {
@@ -573,12 +576,12 @@ mod tests {
     #[test]
     fn the_gap_between_rounds_grows_with_their_cost() {
         for (min, last, max, want) in [
-            (20, 0, 200, 20),    // a small cluster: the minimum
-            (20, 4, 200, 20),    // 16 ms of work: still the minimum
-            (20, 10, 200, 40),   // 10 ms a round: 40 ms between
-            (20, 100, 2_000, 400), // 100 ms a round: 400 ms between
+            (20, 0, 200, 20),        // a small cluster: the minimum
+            (20, 4, 200, 20),        // 16 ms of work: still the minimum
+            (20, 10, 200, 40),       // 10 ms a round: 40 ms between
+            (20, 100, 2_000, 400),   // 100 ms a round: 400 ms between
             (20, 900, 2_000, 2_000), // never longer than the maximum
-            (20, 5, 10, 20),     // a maximum under the minimum: the minimum
+            (20, 5, 10, 20),         // a maximum under the minimum: the minimum
         ] {
             assert_eq!(
                 round_gap_ms(min, last, max),

@@ -7,9 +7,10 @@
 //! satisfies every constraint and has the reserved resources free.
 
 use super::constraint::{self, Constraint};
+use super::hash::FastMap;
 use super::model::*;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 struct Load<'a> {
     node: &'a Node,
@@ -54,12 +55,12 @@ impl<'a> Scheduler<'a> {
             .collect();
         loads.sort_by(|a, b| a.node.id.cmp(&b.node.id));
         // Looked up once per task (50,000 in a large cluster): hashed, not searched.
-        let index: HashMap<&str, usize> = loads
+        let index: FastMap<&str, usize> = loads
             .iter()
             .enumerate()
             .map(|(i, l)| (l.node.id.as_str(), i))
             .collect();
-        let mut reserved: HashMap<(&str, u64), Resources> = HashMap::new();
+        let mut reserved: FastMap<(&str, u64), Resources> = FastMap::default();
         for task in tasks.into_iter().filter(|t| t.holds_node()) {
             let Some(&i) = index.get(task.node_id.as_str()) else {
                 continue;
