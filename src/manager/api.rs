@@ -371,7 +371,14 @@ impl Api {
         self.m.read_barrier().await
     }
 
+    /// A short look at the state, under its read lock.
     fn read<T>(&self, f: impl FnOnce(&core::ClusterState) -> T) -> T {
+        f(&self.m.state.read().unwrap().state)
+    }
+
+    /// A walk over the state (a listing, a count of every task): on a copy, with the lock
+    /// released, so that `apply` never waits on it (`raft::store::view`).
+    fn walk<T>(&self, f: impl FnOnce(&core::ClusterState) -> T) -> T {
         f(&crate::raft::store::view(&self.m.state).state)
     }
 
@@ -418,7 +425,7 @@ impl Api {
         let leader_api_addr = leader
             .and_then(|l| membership.get_node(&l).map(|n| n.api_addr.clone()))
             .unwrap_or_default();
-        let (cluster_id, services, nodes, tasks) = self.read(|st| {
+        let (cluster_id, services, nodes, tasks) = self.walk(|st| {
             (
                 st.cluster_id.clone(),
                 st.services.len() as u32,
@@ -580,7 +587,7 @@ impl ServiceService for Api {
         let req = req.into_inner();
         let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
-        let (services, next_page_token) = self.read(|st| {
+        let (services, next_page_token) = self.walk(|st| {
             let by_name = st
                 .service_names
                 .range((from.clone(), std::ops::Bound::Unbounded))
@@ -755,7 +762,7 @@ impl NodeService for Api {
         let req = req.into_inner();
         let from = after(&req.page_token)?;
         self.read_barrier(req.consistent).await?;
-        let (nodes, next_page_token) = self.read(|st| {
+        let (nodes, next_page_token) = self.walk(|st| {
             let nodes = st
                 .nodes
                 .range((from.clone(), std::ops::Bound::Unbounded))
@@ -1230,7 +1237,7 @@ impl TaskService for Api {
                     .ok_or_else(|| Status::from(not_found("service", &req.service)))?,
             )
         };
-        let (tasks, next_page_token) = self.read(|st| {
+        let (tasks, next_page_token) = self.walk(|st| {
             let tasks = st
                 .tasks
                 .range((from.clone(), std::ops::Bound::Unbounded))
