@@ -1856,7 +1856,10 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(st.request_order.values().last().map(String::as_str), Some("c1"));
+        assert_eq!(
+            st.request_order.values().next_back().map(String::as_str),
+            Some("c1")
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::path::Path;
 pub const DB_CACHE_BYTES: usize = 32 << 20;
 
 /// Opens (or creates) the manager's database at `path`.
-
 #[cfg(not(madsim))]
 pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     redb::Database::builder()

@@ -751,21 +751,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The snapshot travels sealed: a leader's bytes damaged on the way are refused.
         // Unsealing and saving tens of MB: off the async workers.
         let (store, saved) = (self.clone(), meta.clone());
-        let new = off_async(move || -> Result<StateMachineData, SErr> {
+        let new = off_async(move || -> Result<StateMachineData, Box<SErr>> {
             let mut new: StateMachineData = codec::unseal(&bytes).map_err(|e| {
-                StorageIOError::read_snapshot(
-                    Some(saved.signature()),
-                    AnyError::error(format!("snapshot {} received: {e}", saved.snapshot_id)),
+                Box::new(
+                    StorageIOError::read_snapshot(
+                        Some(saved.signature()),
+                        AnyError::error(format!("snapshot {} received: {e}", saved.snapshot_id)),
+                    )
+                    .into(),
                 )
             })?;
             new.last_applied = saved.last_log_id;
             new.membership = saved.last_membership.clone();
             store
                 .save_snapshot(&saved, &bytes)
-                .map_err(|e| StorageIOError::write_snapshot(Some(saved.signature()), e))?;
+                .map_err(|e| Box::new(StorageIOError::write_snapshot(Some(saved.signature()), e).into()))?;
             Ok(new)
         })
-        .await?;
+        .await
+        .map_err(|e| *e)?;
         *self.data.write().unwrap() = new;
         Ok(())
     }
