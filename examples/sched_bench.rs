@@ -92,21 +92,22 @@ fn main() {
         // A whole reconcile round from nothing: decide and build the 10,000 new tasks.
         let liveness: BTreeMap<String, Liveness> =
             st.nodes.keys().map(|k| (k.clone(), Liveness::Alive)).collect();
-        let mut n = 0u64;
-        let start = Instant::now();
-        let changes = reconciler::reconcile(
-            &reconciler::Input {
-                state: &st,
+        let round = |state: &ClusterState, new_id: &mut dyn FnMut() -> String| {
+            let input = reconciler::Input {
+                state,
                 now_ms: 0,
                 leading_since_ms: 0,
                 liveness: &liveness,
                 duplicates: Default::default(),
-            },
-            &mut || {
-                n += 1;
-                format!("t{n:08}")
-            },
-        );
+            };
+            reconciler::reconcile(&input, new_id)
+        };
+        let mut n = 0u64;
+        let start = Instant::now();
+        let changes = round(&st, &mut || {
+            n += 1;
+            format!("t{n:08}")
+        });
         let secs2 = start.elapsed().as_secs_f64();
         assert_eq!(changes.len(), total);
         round_rates.push(total as f64 / secs2);
@@ -118,16 +119,7 @@ fn main() {
             .apply(1_000_000, Command::Orchestrate { changes, now_ms: 0 })
             .expect("the round's changes apply");
         let start = Instant::now();
-        let idle = reconciler::reconcile(
-            &reconciler::Input {
-                state: &placed_st,
-                now_ms: 0,
-                leading_since_ms: 0,
-                liveness: &liveness,
-                duplicates: Default::default(),
-            },
-            &mut || unreachable!("nothing to create"),
-        );
+        let idle = round(&placed_st, &mut || unreachable!("nothing to create"));
         let idle_ms = start.elapsed().as_secs_f64() * 1e3;
         assert!(
             idle.is_empty(),

@@ -21,9 +21,10 @@ pub enum Shares {
 /// What `cmd` writes, with names resolved in `state` (the state the entry will follow, or
 /// one a little older: a service renamed meanwhile keeps its id, and the id is a key too).
 pub fn shares(cmd: &Command, state: &ClusterState) -> Shares {
-    let service = |r: &str| {
+    // A service by the name or id the write uses, and by its id.
+    let service = |r: &str| -> Vec<String> {
         let id = state.service(r).map(|s| format!("service {}", s.id));
-        Shares::Objects(std::iter::once(format!("service {r}")).chain(id).collect())
+        std::iter::once(format!("service {r}")).chain(id).collect()
     };
     match cmd {
         Command::Once { cmd, .. } => shares(cmd, state),
@@ -35,17 +36,15 @@ pub fn shares(cmd: &Command, state: &ClusterState) -> Shares {
         }
         // A rename also takes the new name: a write by that name in the same entry would
         // otherwise reach the renamed service at the version of the rename.
-        Command::UpdateService { service: r, spec, .. } => {
-            let mut keys = match service(r) {
-                Shares::Objects(keys) => keys,
-                Shares::Bookkeeping => unreachable!("a service write is an object write"),
-            };
-            keys.push(format!("service {}", spec.name));
-            Shares::Objects(keys)
-        }
+        Command::UpdateService { service: r, spec, .. } => Shares::Objects(
+            service(r)
+                .into_iter()
+                .chain([format!("service {}", spec.name)])
+                .collect(),
+        ),
         Command::ScaleService { service: r, .. }
         | Command::RollbackService { service: r, .. }
-        | Command::DeleteService { service: r } => service(r),
+        | Command::DeleteService { service: r } => Shares::Objects(service(r)),
         Command::RegisterNode { id, .. }
         | Command::UpdateNode { id, .. }
         | Command::RemoveNode { id, .. } => Shares::Objects(vec![format!("node {id}")]),

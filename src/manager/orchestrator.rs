@@ -111,13 +111,9 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
         let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
-        let soonest = m
-            .state
-            .read()
-            .unwrap()
-            .state
-            .services
-            .clone()
+        // A copy (O(1)), so the walk runs with the lock released.
+        let services = m.state.read().unwrap().state.services.clone();
+        let soonest = services
             .values()
             .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
             .min();
