@@ -2,6 +2,9 @@
 //! 50,000 tasks over 5,000 nodes (10 services of 5,000 replicas, with CPU reservations and a
 //! label constraint on half of them), as in issue #16's scale target.
 //!
+//! idle_round_ms: a round over everything with nothing to do; one_report_round_ms: the
+//! leader's round (`round_from`) after one task reported; quiet_round_ms: after nothing.
+//!
 //!     cargo run --release --example sched_bench [TRIALS]
 
 use std::collections::BTreeMap;
@@ -73,6 +76,8 @@ fn main() {
     let mut place_rates = Vec::new();
     let mut round_rates = Vec::new();
     let mut idle_round_ms = Vec::new();
+    let mut report_round_ms = Vec::new();
+    let mut quiet_round_ms = Vec::new();
     for t in 0..trials {
         // Scheduler alone: place every task.
         let start = Instant::now();
@@ -127,16 +132,62 @@ fn main() {
             idle.first()
         );
         idle_round_ms.push(idle_ms);
+
+        // What the leader runs: a round that looks only at what changed since the last
+        // (`round_from`), after one task of one service (5,000 replicas) reports.
+        let input = |state| reconciler::Input {
+            state,
+            now_ms: 0,
+            leading_since_ms: 0,
+            liveness: &liveness,
+            duplicates: Default::default(),
+        };
+        let mut memory = reconciler::Memory::default();
+        let mut none = || unreachable!("nothing to create");
+        reconciler::round_from(&input(&placed_st), &mut memory, &mut none);
+        let mut reported = placed_st.clone();
+        let task = reported.tasks.values().next().expect("tasks").clone();
+        reported
+            .apply(
+                1_000_001,
+                Command::ReportTasks {
+                    node_id: task.node_id.clone(),
+                    reports: vec![warren::core::state::TaskReport {
+                        task_id: task.id.clone(),
+                        state: TaskState::Running,
+                        message: String::new(),
+                        exit_code: 0,
+                        container_id: String::new(),
+                        health: None,
+                    }],
+                    now_ms: 0,
+                },
+            )
+            .expect("the report applies");
+        let start = Instant::now();
+        let (after_report, _) = reconciler::round_from(&input(&reported), &mut memory, &mut none);
+        let report_ms = start.elapsed().as_secs_f64() * 1e3;
+        assert!(after_report.is_empty() && memory.looked() == (1, false));
+        let start = Instant::now();
+        reconciler::round_from(&input(&reported), &mut memory, &mut none);
+        let quiet_ms = start.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(memory.looked(), (0, false));
+        report_round_ms.push(report_ms);
+        quiet_round_ms.push(quiet_ms);
         println!(
-            "trial {t}: placements_per_s={:.0} reconcile_tasks_per_s={:.0} idle_round_ms={idle_ms:.1}",
+            "trial {t}: placements_per_s={:.0} reconcile_tasks_per_s={:.0} idle_round_ms={idle_ms:.1} \
+             one_report_round_ms={report_ms:.1} quiet_round_ms={quiet_ms:.1}",
             total as f64 / secs,
             total as f64 / secs2
         );
     }
     println!(
-        "MEDIAN tasks={total} nodes={NODES} placements_per_s={:.0} reconcile_tasks_per_s={:.0} idle_round_ms={:.1}",
+        "MEDIAN tasks={total} nodes={NODES} placements_per_s={:.0} reconcile_tasks_per_s={:.0} idle_round_ms={:.1} \
+         one_report_round_ms={:.1} quiet_round_ms={:.1}",
         median(place_rates),
         median(round_rates),
-        median(idle_round_ms)
+        median(idle_round_ms),
+        median(report_round_ms),
+        median(quiet_round_ms)
     );
 }

@@ -18,9 +18,12 @@ use super::hash::{FastMap, FastSet};
 use super::model::*;
 use super::scheduler::Scheduler;
 use super::state::ClusterState;
+use super::state::Map;
+use imbl::ordmap::DiffItem;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 /// Task history kept per slot; older finished tasks are removed.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -222,9 +225,155 @@ pub fn reconcile(input: &Input, new_id: &mut dyn FnMut() -> String) -> Vec<TaskC
     round(input, new_id).0
 }
 
-/// The changes for one round, and whether a mass silence holds the tasks of down nodes
-/// (`held_by_mass_silence`: how many are down, of how many counted).
+/// The changes for one round over every service, and whether a mass silence holds the tasks
+/// of down nodes (`held_by_mass_silence`: how many are down, of how many counted).
 pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChange>, Option<(usize, usize)>) {
+    round_from(input, &mut Memory::default(), new_id)
+}
+
+/// What a round keeps for the next one, so that the next looks only at the services whose
+/// inputs changed (issue #16: the leader walked all 50,000 tasks of the cluster every round,
+/// most of its CPU under load). A service is looked at again when it, or one of its tasks,
+/// differs from what the last round read; when the last look at it changed something (the
+/// change may not have committed) or depended on the clock (an update in progress, a restart
+/// delay); and, if some of its tasks found no node, when the nodes' load may have moved.
+/// Everything is looked at when a node changes or goes down or up, when a mass-silence hold
+/// starts or ends, and on the first round (`Memory::default()`: a new leader starts with one).
+/// `round_from` then answers exactly as `round` does (a test compares them over random runs).
+#[derive(Clone, Default)]
+pub struct Memory {
+    /// The maps the last round read (O(1) copies); None: the next round looks at everything.
+    seen: Option<Seen>,
+    /// Service id -> the ids of its tasks, as of `seen`.
+    tasks_of: BTreeMap<String, BTreeSet<String>>,
+    /// Services to look at again next round whatever changes.
+    unsettled: BTreeSet<String>,
+    /// Services with tasks no node had room for at their last look.
+    waiting: BTreeSet<String>,
+    held: bool,
+    /// How many services the last round looked at, and whether it looked at every one.
+    looked: (usize, bool),
+}
+
+impl Memory {
+    /// How many services the last round looked at, and whether that was all of them.
+    pub fn looked(&self) -> (usize, bool) {
+        self.looked
+    }
+}
+
+#[derive(Clone)]
+struct Seen {
+    services: Map<String, Service>,
+    tasks: Map<String, Task>,
+    nodes: Map<String, Node>,
+}
+
+/// Which services a round looks at.
+enum Scope {
+    All,
+    Changed {
+        services: BTreeSet<String>,
+        /// Whether a node's free room may differ from the last round's (a task that holds or
+        /// held one changed, a node joined, a spec changed): services waiting for room are
+        /// looked at too.
+        room_moved: bool,
+    },
+}
+
+impl Memory {
+    /// The services this round looks at in `st`, the task index brought up to date.
+    fn scope(&mut self, st: &ClusterState, statuses_changed: bool, hold: bool) -> Scope {
+        let Some(seen) = self.seen.take() else {
+            return Scope::All;
+        };
+        if statuses_changed || hold != self.held {
+            return Scope::All;
+        }
+        let mut room_moved = false;
+        for d in seen.nodes.diff(&st.nodes) {
+            match d {
+                DiffItem::Add(..) => room_moved = true,
+                // Drained, relabelled, removed: their tasks' services, and any placement.
+                DiffItem::Update { .. } | DiffItem::Remove(..) => return Scope::All,
+            }
+        }
+        let mut services = std::mem::take(&mut self.unsettled);
+        for d in seen.services.diff(&st.services) {
+            match d {
+                DiffItem::Add(id, _) => {
+                    services.insert(id.clone());
+                }
+                DiffItem::Update { new: (id, _), .. } => {
+                    services.insert(id.clone());
+                    room_moved = true;
+                }
+                DiffItem::Remove(id, _) => {
+                    self.waiting.remove(id);
+                    self.tasks_of.remove(id);
+                }
+            }
+        }
+        for d in seen.tasks.diff(&st.tasks) {
+            let (old, new) = match d {
+                DiffItem::Add(_, t) => (None, Some(t)),
+                DiffItem::Remove(_, t) => (Some(t), None),
+                DiffItem::Update { old, new } => (Some(old.1), Some(new.1)),
+            };
+            if let Some(t) = old {
+                room_moved |= t.holds_node();
+                if let Some(ids) = self.tasks_of.get_mut(&t.service_id) {
+                    ids.remove(&t.id);
+                }
+            }
+            if let Some(t) = new {
+                room_moved |= t.holds_node();
+                self.tasks_of
+                    .entry(t.service_id.clone())
+                    .or_default()
+                    .insert(t.id.clone());
+                services.insert(t.service_id.clone());
+            }
+            if let Some(t) = old {
+                services.insert(t.service_id.clone());
+            }
+        }
+        Scope::Changed { services, room_moved }
+    }
+
+    /// Remembers what a look at `service` found.
+    fn record(&mut self, service: &str, look: Look) {
+        if look.changed || look.timed {
+            self.unsettled.insert(service.to_string());
+        }
+        if look.waiting {
+            self.waiting.insert(service.to_string());
+        } else {
+            self.waiting.remove(service);
+        }
+    }
+}
+
+/// What a look at one service found.
+#[derive(Clone, Copy, Default)]
+struct Look {
+    /// It changed something.
+    changed: bool,
+    /// Its answer may change with the clock alone (an update in progress, a restart delay).
+    timed: bool,
+    /// Some of its tasks found no node.
+    waiting: bool,
+    /// It placed a task: the nodes' free room moved within this round.
+    placed: bool,
+}
+
+/// The changes for one round, looking only at what changed since the round `memory` kept
+/// (see `Memory`); `memory` is then this round's.
+pub fn round_from(
+    input: &Input,
+    memory: &mut Memory,
+    new_id: &mut dyn FnMut() -> String,
+) -> (Vec<TaskChange>, Option<(usize, usize)>) {
     let st = input.state;
     let mut changes = Vec::new();
 
@@ -250,263 +399,450 @@ pub fn round(input: &Input, new_id: &mut dyn FnMut() -> String) -> (Vec<TaskChan
         };
         nodes.insert(id.as_str(), node);
     }
+    let statuses_changed = !changes.is_empty();
     // Looked up for every task: hashed (a tree of 5,000 node ids cost a dozen string
     // comparisons a lookup). Only looked up, never iterated: the order stays the tree's.
     let by_id: FastMap<&str, &Node> = nodes.iter().map(|(id, n)| (*id, n.as_ref())).collect();
     let held = held_by_mass_silence(st, input.liveness);
     let hold = held.is_some();
+    let scope = memory.scope(st, statuses_changed, hold);
     let node_gone = |id: &str| by_id.get(id).is_none_or(|n| n.status == NodeStatus::Down);
-    let drained = |id: &str| {
-        by_id
-            .get(id)
-            .is_some_and(|n| n.availability == Availability::Drain)
-    };
 
-    // Tasks whose node is gone stop holding their slot.
+    // The tasks looked at, by service and slot, oldest first.
+    let mut slots: Slots = BTreeMap::new();
+    let (todo, room_moved): (BTreeSet<&str>, bool) = match &scope {
+        Scope::All => {
+            memory.tasks_of.clear();
+            for t in st.tasks.values() {
+                group(t, &mut slots);
+                memory
+                    .tasks_of
+                    .entry(t.service_id.clone())
+                    .or_default()
+                    .insert(t.id.clone());
+            }
+            memory.unsettled.clear();
+            memory.waiting.clear();
+            (st.services.keys().map(String::as_str).collect(), true)
+        }
+        Scope::Changed { services, room_moved } => {
+            for id in services {
+                for t in memory.tasks_of.get(id).into_iter().flatten() {
+                    if let Some(t) = st.tasks.get(t) {
+                        group(t, &mut slots);
+                    }
+                }
+            }
+            (services.iter().map(String::as_str).collect(), *room_moved)
+        }
+    };
+    let slots: Slots = slots.into_iter().map(|(id, s)| (id, oldest_first(s))).collect();
+
+    // Tasks whose node is gone stop holding their slot; in task id order, as a walk of
+    // every task finds them.
     // A set: looked up for every task (a node with thousands of tasks going down made a
     // list quadratic).
     let mut orphaned: FastSet<&str> = FastSet::default();
-    for t in st.tasks.values() {
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
+    let mut check = |t: &'_ Task| {
         let removed = !t.node_id.is_empty() && !by_id.contains_key(t.node_id.as_str());
         if removed && !t.state.is_terminal() {
             // Its node was removed from the cluster: it will never report again.
-            orphaned.insert(&t.id);
             changes.push(TaskChange::Shutdown {
                 task_id: t.id.clone(),
                 reason: format!("node {} was removed", t.node_id),
             });
+            true
         } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) && !hold {
-            orphaned.insert(&t.id);
             changes.push(TaskChange::Orphan {
                 task_id: t.id.clone(),
             });
+            true
+        } else {
+            false
         }
-    }
-
-    // Tasks by service and slot, oldest first.
-    let mut slots: BTreeMap<&str, BTreeMap<u32, Vec<&Task>>> = BTreeMap::new();
-    for t in st.tasks.values() {
-        slots
-            .entry(&t.service_id)
-            .or_default()
-            .entry(t.slot)
-            .or_default()
-            .push(t);
-    }
-    for tasks in slots.values_mut().flat_map(|s| s.values_mut()) {
-        tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
+    };
+    let looked_at: Vec<&Task> = match scope {
+        Scope::All => st.tasks.values().collect(),
+        Scope::Changed { .. } => {
+            let mut ts: Vec<&Task> = slots
+                .values()
+                .flat_map(|s| s.values().flatten())
+                .copied()
+                .collect();
+            ts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            ts
+        }
+    };
+    for t in looked_at {
+        if check(t) {
+            orphaned.insert(&t.id);
+            touched.insert(&t.service_id);
+        }
     }
 
     // Most rounds orphan nothing: then no task's id is hashed.
     let is_orphaned = |id: &str| !orphaned.is_empty() && orphaned.contains(id);
-    let mut scheduler = Scheduler::new(
-        nodes.values().map(|n| n.as_ref()),
-        st.tasks.values().filter(|t| !is_orphaned(&t.id)),
-        &st.services,
-    );
+    // Built when a task is first placed: a walk of every task.
+    let mut scheduler: Option<Scheduler> = None;
+    let mut ctx = Ctx {
+        input,
+        by_id: &by_id,
+        is_orphaned: &is_orphaned,
+        new_id,
+    };
     let empty = BTreeMap::new();
-    for service in st.services.values() {
-        let by_slot = slots.get(service.id.as_str()).unwrap_or(&empty);
-        let replicas = service.spec.replicas as u32;
-        // Tasks to place: new ones, then pending ones.
-        let mut new_tasks: Vec<NewTask> = Vec::new();
-        let mut pending: Vec<&Task> = Vec::new();
-        // Slots a rolling update is replacing: two tasks there are the update's doing, and
-        // an empty one is being filled by it.
-        let updating = service
-            .update
-            .as_ref()
-            .filter(|u| u.state.in_progress())
-            .map(|u| &u.in_flight);
-        let in_update = |slot: u32| updating.is_some_and(|f| f.contains_key(&slot));
+    let mut room_moved = room_moved;
+    let mut next: Option<String> = None;
+    memory.looked = (0, matches!(scope, Scope::All));
+    loop {
+        // The next service in id order: one that changed, or, once room may have moved, one
+        // that waits for room.
+        let from = next.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let changed = todo.range::<&str, _>((from, Bound::Unbounded)).next().copied();
+        let waiting = room_moved
+            .then(|| memory.waiting.range::<str, _>((from, Bound::Unbounded)).next())
+            .flatten()
+            .map(String::as_str);
+        let Some(id) = [changed, waiting].into_iter().flatten().min().map(str::to_string) else {
+            break;
+        };
+        let Some(service) = st.services.get(&id) else {
+            memory.unsettled.remove(&id);
+            memory.waiting.remove(&id);
+            next = Some(id);
+            continue;
+        };
+        // A service looked at only because it waits for room: its tasks, grouped now.
+        let waiting_only;
+        let by_slot = match slots.get(id.as_str()) {
+            Some(s) => s,
+            None if !todo.contains(id.as_str()) => {
+                let mut one = Slots::new();
+                for t in memory.tasks_of.get(&id).into_iter().flatten() {
+                    if let Some(t) = st.tasks.get(t) {
+                        group(t, &mut one);
+                    }
+                }
+                waiting_only = one.remove(id.as_str()).map(oldest_first).unwrap_or_default();
+                &waiting_only
+            }
+            None => &empty,
+        };
+        let before = changes.len();
+        memory.looked.0 += 1;
+        let mut look = look_at(&mut ctx, service, by_slot, &nodes, &mut scheduler, &mut changes);
+        look.changed |= changes.len() > before || touched.contains(id.as_str());
+        room_moved |= look.placed;
+        memory.record(&id, look);
+        next = Some(id);
+    }
+    memory.seen = Some(Seen {
+        services: st.services.clone(),
+        tasks: st.tasks.clone(),
+        nodes: st.nodes.clone(),
+    });
+    memory.held = hold;
+    (changes, held)
+}
 
-        for (&slot, tasks) in by_slot {
-            let is_active = |t: &&&Task| t.is_active() && !is_orphaned(&t.id);
-            let prepared = |t: &&&Task| t.desired_state == TaskState::Ready && !t.state.is_terminal();
-            if slot > replicas {
-                for t in tasks.iter().filter(|t| is_active(t) || prepared(t)) {
-                    changes.push(TaskChange::Shutdown {
-                        task_id: t.id.clone(),
-                        reason: "scaled down".into(),
-                    });
-                }
-                continue;
+type Slots<'t> = BTreeMap<&'t str, BTreeMap<u32, Vec<&'t Task>>>;
+
+/// Each slot's tasks, oldest first.
+fn oldest_first(mut by_slot: BTreeMap<u32, Vec<&Task>>) -> BTreeMap<u32, Vec<&Task>> {
+    for tasks in by_slot.values_mut() {
+        tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
+    }
+    by_slot
+}
+
+fn group<'t>(t: &'t Task, slots: &mut Slots<'t>) {
+    slots
+        .entry(&t.service_id)
+        .or_default()
+        .entry(t.slot)
+        .or_default()
+        .push(t);
+}
+
+/// What every look at a service in one round shares.
+struct Ctx<'r, 'a> {
+    input: &'r Input<'a>,
+    by_id: &'r FastMap<&'r str, &'r Node>,
+    is_orphaned: &'r dyn Fn(&str) -> bool,
+    new_id: &'r mut dyn FnMut() -> String,
+}
+
+/// One service's changes this round, given its tasks by slot.
+fn look_at<'a>(
+    ctx: &mut Ctx<'_, 'a>,
+    service: &'a Service,
+    by_slot: &BTreeMap<u32, Vec<&'a Task>>,
+    nodes: &'a BTreeMap<&str, Cow<'a, Node>>,
+    scheduler: &mut Option<Scheduler<'a>>,
+    changes: &mut Vec<TaskChange>,
+) -> Look {
+    let input = ctx.input;
+    let is_orphaned = ctx.is_orphaned;
+    let drained = |id: &str| {
+        ctx.by_id
+            .get(id)
+            .is_some_and(|n| n.availability == Availability::Drain)
+    };
+    let mut look = Look::default();
+    let replicas = service.spec.replicas as u32;
+    // Tasks to place: new ones, then pending ones.
+    let mut new_tasks: Vec<NewTask> = Vec::new();
+    let mut pending: Vec<&Task> = Vec::new();
+    // Slots a rolling update is replacing: two tasks there are the update's doing, and
+    // an empty one is being filled by it.
+    let updating = service
+        .update
+        .as_ref()
+        .filter(|u| u.state.in_progress())
+        .map(|u| &u.in_flight);
+    look.timed = updating.is_some();
+    let in_update = |slot: u32| updating.is_some_and(|f| f.contains_key(&slot));
+
+    for (&slot, tasks) in by_slot {
+        let is_active = |t: &&&Task| t.is_active() && !is_orphaned(&t.id);
+        let prepared = |t: &&&Task| t.desired_state == TaskState::Ready && !t.state.is_terminal();
+        if slot > replicas {
+            for t in tasks.iter().filter(|t| is_active(t) || prepared(t)) {
+                changes.push(TaskChange::Shutdown {
+                    task_id: t.id.clone(),
+                    reason: "scaled down".into(),
+                });
             }
-            let mut active: Vec<&Task> = Vec::new();
-            for t in tasks.iter().filter(is_active) {
-                if !t.node_id.is_empty() && drained(&t.node_id) {
-                    changes.push(TaskChange::Shutdown {
-                        task_id: t.id.clone(),
-                        reason: format!("node {} drained", t.node_id),
-                    });
-                } else {
-                    active.push(t);
-                }
+            continue;
+        }
+        let mut active: Vec<&Task> = Vec::new();
+        for t in tasks.iter().filter(is_active) {
+            if !t.node_id.is_empty() && drained(&t.node_id) {
+                changes.push(TaskChange::Shutdown {
+                    task_id: t.id.clone(),
+                    reason: format!("node {} drained", t.node_id),
+                });
+            } else {
+                active.push(t);
             }
-            if let Some(t) = tasks
-                .iter()
-                .find(|t| prepared(t) && t.node_id.is_empty() && t.state == TaskState::Pending)
-            {
+        }
+        if let Some(t) = tasks
+            .iter()
+            .find(|t| prepared(t) && t.node_id.is_empty() && t.state == TaskState::Pending)
+        {
+            pending.push(t);
+        }
+        if in_update(slot) || tasks.iter().any(|t| prepared(&t)) {
+            if let Some(t) = active.iter().find(|t| t.node_id.is_empty()) {
                 pending.push(t);
             }
-            if in_update(slot) || tasks.iter().any(|t| prepared(&t)) {
-                if let Some(t) = active.iter().find(|t| t.node_id.is_empty()) {
-                    pending.push(t);
-                }
-                continue;
-            }
-            if active.len() > 1 {
-                let keep = match input.duplicates {
-                    DuplicatePolicy::KeepReplacement => active.len() - 1,
-                    DuplicatePolicy::KeepOriginal => 0,
-                };
-                for (i, t) in active.iter().enumerate() {
-                    if i != keep {
-                        changes.push(TaskChange::Shutdown {
-                            task_id: t.id.clone(),
-                            reason: format!(
-                                "slot {slot} ran twice after a partition; keeping {}",
-                                active[keep].id
-                            ),
-                        });
-                    }
-                }
-                active = vec![active[keep]];
-            }
-            match active.first() {
-                Some(t) if t.node_id.is_empty() => pending.push(t),
-                Some(_) => {}
-                None => {
-                    if let Some(attempt) = replacement(service, tasks.last().copied(), input.now_ms) {
-                        new_tasks.push(NewTask::fill(slot, attempt));
-                    }
-                }
-            }
+            continue;
         }
-        for slot in 1..=replicas {
-            if !by_slot.contains_key(&slot) {
-                new_tasks.push(NewTask::fill(slot, 0));
+        if active.len() > 1 {
+            let keep = match input.duplicates {
+                DuplicatePolicy::KeepReplacement => active.len() - 1,
+                DuplicatePolicy::KeepOriginal => 0,
+            };
+            for (i, t) in active.iter().enumerate() {
+                if i != keep {
+                    changes.push(TaskChange::Shutdown {
+                        task_id: t.id.clone(),
+                        reason: format!(
+                            "slot {slot} ran twice after a partition; keeping {}",
+                            active[keep].id
+                        ),
+                    });
+                }
             }
+            active = vec![active[keep]];
         }
-        let update = super::update::step(service, by_slot, input.now_ms, input.leading_since_ms, new_id);
-        changes.extend(update.changes);
-        for (slot, id, desired, old) in update.create {
-            let attempt = by_slot
-                .get(&slot)
-                .and_then(|ts| ts.last())
-                .map_or(0, |t| t.attempt);
-            let in_stead_of = (desired == TaskState::Ready).then_some(old);
-            new_tasks.push(NewTask {
-                slot,
-                attempt,
-                id: Some(id),
-                desired,
-                replaces: in_stead_of,
+        match active.first() {
+            Some(t) if t.node_id.is_empty() => pending.push(t),
+            Some(_) => {}
+            None => match replacement(service, tasks.last().copied(), input.now_ms) {
+                Refill::Now(attempt) => new_tasks.push(NewTask::fill(slot, attempt)),
+                Refill::Later => look.timed = true,
+                Refill::Never => {}
+            },
+        }
+    }
+    for slot in 1..=replicas {
+        if !by_slot.contains_key(&slot) {
+            new_tasks.push(NewTask::fill(slot, 0));
+        }
+    }
+    let update = super::update::step(service, by_slot, input.now_ms, input.leading_since_ms, ctx.new_id);
+    changes.extend(update.changes);
+    for (slot, id, desired, old) in update.create {
+        let attempt = by_slot
+            .get(&slot)
+            .and_then(|ts| ts.last())
+            .map_or(0, |t| t.attempt);
+        let in_stead_of = (desired == TaskState::Ready).then_some(old);
+        new_tasks.push(NewTask {
+            slot,
+            attempt,
+            id: Some(id),
+            desired,
+            replaces: in_stead_of,
+        });
+    }
+    new_tasks.sort();
+    let count = pending.len() + new_tasks.len();
+    if count > 0 {
+        place(
+            ctx, service, updating, pending, new_tasks, nodes, scheduler, changes, &mut look,
+        );
+    }
+
+    // History: keep the newest finished tasks of each slot.
+    for tasks in by_slot.values() {
+        let finished: Vec<&&Task> = tasks.iter().filter(|t| t.state.is_terminal()).collect();
+        let excess = finished.len().saturating_sub(HISTORY_PER_SLOT);
+        for t in &finished[..excess] {
+            changes.push(TaskChange::Remove {
+                task_id: t.id.clone(),
             });
         }
-        new_tasks.sort();
+    }
+    look
+}
 
-        let placed = scheduler.place(service, pending.len() + new_tasks.len());
-        let (for_pending, for_new) = placed.split_at(pending.len());
-        // A stop-first update's new task may take the reservation of the task it replaces
-        // when no node has room: that one stops before the new one starts.
-        let mut in_stead_of = |place: &Result<String, String>, old_id: Option<&str>| {
-            let old = old_id.and_then(|id| st.tasks.get(id)).filter(|o| o.holds_node());
-            match (place, old) {
-                (Err(_), Some(o)) => {
-                    let reserved = service
-                        .spec_of(o.spec_version)
-                        .map(|s| s.resources.reservations)
-                        .unwrap_or_default();
-                    scheduler.place_in_stead_of(service, o, reserved).map(Ok)
-                }
-                _ => None,
+/// Places a service's pending and new tasks; the new ones are created.
+#[allow(clippy::too_many_arguments)]
+fn place<'a>(
+    ctx: &mut Ctx<'_, 'a>,
+    service: &'a Service,
+    updating: Option<&BTreeMap<u32, SlotUpdate>>,
+    pending: Vec<&Task>,
+    new_tasks: Vec<NewTask>,
+    nodes: &'a BTreeMap<&str, Cow<'a, Node>>,
+    scheduler: &mut Option<Scheduler<'a>>,
+    changes: &mut Vec<TaskChange>,
+    look: &mut Look,
+) {
+    let input = ctx.input;
+    let st = input.state;
+    let is_orphaned = ctx.is_orphaned;
+    let count = pending.len() + new_tasks.len();
+    let scheduler = scheduler.get_or_insert_with(|| {
+        Scheduler::new(
+            nodes.values().map(|n| n.as_ref()),
+            st.tasks.values().filter(|t| !is_orphaned(&t.id)),
+            &st.services,
+        )
+    });
+    let placed = scheduler.place(service, count);
+    let (for_pending, for_new) = placed.split_at(pending.len());
+    // A stop-first update's new task may take the reservation of the task it replaces
+    // when no node has room: that one stops before the new one starts.
+    let mut in_stead_of = |place: &Result<String, String>, old_id: Option<&str>| {
+        let old = old_id.and_then(|id| st.tasks.get(id)).filter(|o| o.holds_node());
+        match (place, old) {
+            (Err(_), Some(o)) => {
+                let reserved = service
+                    .spec_of(o.spec_version)
+                    .map(|s| s.resources.reservations)
+                    .unwrap_or_default();
+                scheduler.place_in_stead_of(service, o, reserved).map(Ok)
             }
-        };
-        for (t, place) in pending.iter().zip(for_pending) {
-            let old_id = updating
-                .and_then(|f| f.get(&t.slot))
-                .filter(|f| f.new_task_id == t.id && t.desired_state == TaskState::Ready)
-                .map(|f| f.old_task_id.as_str());
-            let taken = in_stead_of(place, old_id);
-            match taken.as_ref().unwrap_or(place) {
-                Ok(node_id) => changes.push(TaskChange::Assign {
+            _ => None,
+        }
+    };
+    for (t, place) in pending.iter().zip(for_pending) {
+        let old_id = updating
+            .and_then(|f| f.get(&t.slot))
+            .filter(|f| f.new_task_id == t.id && t.desired_state == TaskState::Ready)
+            .map(|f| f.old_task_id.as_str());
+        let taken = in_stead_of(place, old_id);
+        match taken.as_ref().unwrap_or(place) {
+            Ok(node_id) => {
+                look.placed = true;
+                changes.push(TaskChange::Assign {
                     task_id: t.id.clone(),
                     node_id: node_id.clone(),
-                }),
-                Err(reason) if *reason != t.message => changes.push(TaskChange::Pend {
-                    task_id: t.id.clone(),
-                    reason: reason.clone(),
-                }),
-                Err(_) => {}
+                })
             }
-        }
-        for (
-            NewTask {
-                slot,
-                attempt,
-                id,
-                desired,
-                replaces,
-            },
-            place,
-        ) in new_tasks.into_iter().zip(for_new)
-        {
-            let taken = in_stead_of(place, replaces.as_deref());
-            let place = taken.as_ref().unwrap_or(place);
-            let (node_id, state, message) = match place {
-                Ok(node) => (node.clone(), TaskState::Assigned, String::new()),
-                Err(reason) => (String::new(), TaskState::Pending, reason.clone()),
-            };
-            changes.push(TaskChange::Create(Task {
-                id: id.unwrap_or_else(&mut *new_id),
-                service_id: service.id.clone(),
-                slot,
-                attempt,
-                spec_version: service.spec_version,
-                node_id,
-                desired_state: desired,
-                state,
-                message,
-                error: String::new(),
-                exit_code: 0,
-                container_id: String::new(),
-                created_at_ms: input.now_ms,
-                updated_at_ms: input.now_ms,
-                version: 0,
-                health: None,
-            }));
-        }
-
-        // History: keep the newest finished tasks of each slot.
-        for tasks in by_slot.values() {
-            let finished: Vec<&&Task> = tasks.iter().filter(|t| t.state.is_terminal()).collect();
-            let excess = finished.len().saturating_sub(HISTORY_PER_SLOT);
-            for t in &finished[..excess] {
-                changes.push(TaskChange::Remove {
-                    task_id: t.id.clone(),
-                });
+            Err(reason) => {
+                look.waiting = true;
+                if *reason != t.message {
+                    changes.push(TaskChange::Pend {
+                        task_id: t.id.clone(),
+                        reason: reason.clone(),
+                    })
+                }
             }
         }
     }
-    (changes, held)
+    for (
+        NewTask {
+            slot,
+            attempt,
+            id,
+            desired,
+            replaces,
+        },
+        place,
+    ) in new_tasks.into_iter().zip(for_new)
+    {
+        let taken = in_stead_of(place, replaces.as_deref());
+        let place = taken.as_ref().unwrap_or(place);
+        let (node_id, state, message) = match place {
+            Ok(node) => (node.clone(), TaskState::Assigned, String::new()),
+            Err(reason) => (String::new(), TaskState::Pending, reason.clone()),
+        };
+        look.placed |= place.is_ok();
+        look.waiting |= place.is_err();
+        changes.push(TaskChange::Create(Task {
+            id: id.unwrap_or_else(&mut *ctx.new_id),
+            service_id: service.id.clone(),
+            slot,
+            attempt,
+            spec_version: service.spec_version,
+            node_id,
+            desired_state: desired,
+            state,
+            message,
+            error: String::new(),
+            exit_code: 0,
+            container_id: String::new(),
+            created_at_ms: input.now_ms,
+            updated_at_ms: input.now_ms,
+            version: 0,
+            health: None,
+        }));
+    }
+}
+
+/// Whether a slot whose newest task (none active) gets a new task.
+enum Refill {
+    /// Now, with this attempt number.
+    Now(u32),
+    /// Once its restart delay has passed.
+    Later,
+    Never,
 }
 
 /// Whether a slot whose newest task is `latest` (none active) gets a new task now, and its
 /// attempt number.
-fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Option<u32> {
-    let Some(t) = latest else { return Some(0) };
+fn replacement(service: &Service, latest: Option<&Task>, now_ms: i64) -> Refill {
+    let Some(t) = latest else { return Refill::Now(0) };
     // Still running but moved (node down or drained), or stopped by the orchestrator or
     // the node: not the task's fault, so no restart policy and no attempt counted.
     if !t.state.is_terminal() || t.state == TaskState::Shutdown || t.desired_state != TaskState::Running {
-        return Some(t.attempt);
+        return Refill::Now(t.attempt);
     }
     let failed = matches!(t.state, TaskState::Failed | TaskState::Rejected);
-    let decision = service
+    match service
         .spec
         .restart_policy
-        .decide(failed, t.attempt, t.updated_at_ms, now_ms);
-    (decision == Restart::Now).then_some(t.attempt + 1)
+        .decide(failed, t.attempt, t.updated_at_ms, now_ms)
+    {
+        Restart::Now => Refill::Now(t.attempt + 1),
+        Restart::Later => Refill::Later,
+        Restart::No => Refill::Never,
+    }
 }
 
 /// A node's liveness as a leader sees it: `heard_ago_ms` since this leader last received its
@@ -637,6 +973,12 @@ mod tests {
         fn apply(&mut self, cmd: Command) {
             self.index += 1;
             self.st.apply(self.index, cmd).unwrap();
+        }
+
+        /// Applies `cmd` if the state takes it (a random run asks for what may be refused).
+        fn attempt(&mut self, cmd: Command) {
+            self.index += 1;
+            let _ = self.st.apply(self.index, cmd);
         }
 
         fn service(&mut self, name: &str, replicas: i64, policy: RestartPolicy) {
@@ -1732,5 +2074,206 @@ mod tests {
         );
         // Past every deadline: nothing to wake for.
         assert_eq!(next_deadline(w.st.service("web").unwrap(), t0 + 400_000, 0), None);
+    }
+
+    /// An update of a service scaled to 0 (or a scale to 0 during an update) once made the
+    /// round panic (a range from slot 1 to slot 0), which stopped the orchestrator.
+    #[test]
+    fn an_update_of_a_service_at_zero_replicas_finishes() {
+        let mut w = deployed(2);
+        w.update("web", image_v2);
+        w.apply(Command::ScaleService {
+            service: "web".into(),
+            replicas: 0,
+            expected_version: 0,
+            now_ms: w.now_ms,
+        });
+        w.settle();
+        w.run_all();
+        w.settle();
+        assert!(w.active("web").is_empty());
+        w.update("web", |s| s.image = "busybox:3".into());
+        w.settle();
+        assert!(w.active("web").is_empty());
+    }
+
+    /// A round that looks only at what changed since the last (`round_from`, what the leader
+    /// runs) answers exactly as a round over everything, over long random runs: services
+    /// created, scaled, updated and deleted; tasks reported running, failed, finished; nodes
+    /// joining, falling silent, coming back, drained; clocks moving; rounds whose entry is
+    /// lost or cut short.
+    #[test]
+    fn a_round_from_what_changed_is_the_same_as_a_round_over_everything() {
+        let mut x: u64 = 0x0c4e57;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        // Services looked at by the quick rounds, and by rounds over everything.
+        let (mut looked, mut all) = (0usize, 0usize);
+        for run in 0..20 {
+            let mut w = World::new(&["n1", "n2", "n3", "n4"]);
+            let mut memory = Memory::default();
+            let mut nodes = 4;
+            for step in 0..250 {
+                for _ in 0..next(4) {
+                    let service = format!("s{}", next(6));
+                    let node = format!("n{}", 1 + next(nodes));
+                    match next(14) {
+                        0 | 1 if w.st.service(&service).is_none() => {
+                            let spec = ServiceSpec {
+                                name: service.clone(),
+                                image: "busybox".into(),
+                                replicas: next(5) as i64,
+                                restart_policy: policy(
+                                    [
+                                        RestartCondition::Any,
+                                        RestartCondition::OnFailure,
+                                        RestartCondition::None,
+                                    ][next(3) as usize],
+                                    [0, 2][next(2) as usize],
+                                    [0, 700, 3_000][next(3) as usize],
+                                ),
+                                resources: ResourceRequirements {
+                                    reservations: Resources {
+                                        cpu_millis: [0, 1_500, 2_500, 5_000][next(4) as usize],
+                                        memory_bytes: 0,
+                                    },
+                                    ..Default::default()
+                                },
+                                ..Default::default()
+                            };
+                            w.attempt(Command::CreateService {
+                                id: service,
+                                spec,
+                                now_ms: w.now_ms,
+                            });
+                        }
+                        2 if w.st.service(&service).is_some() => {
+                            let replicas = next(6) as i64;
+                            w.attempt(Command::ScaleService {
+                                service,
+                                replicas,
+                                expected_version: 0,
+                                now_ms: w.now_ms,
+                            });
+                        }
+                        3 if w.st.service(&service).is_some() => {
+                            let image = format!("busybox:{}", next(3));
+                            let order = [UpdateOrder::StopFirst, UpdateOrder::StartFirst][next(2) as usize];
+                            w.update(&service, |s| {
+                                s.image = image;
+                                s.update_config.order = order;
+                            });
+                        }
+                        4 if w.st.service(&service).is_some() && next(3) == 0 => {
+                            w.attempt(Command::DeleteService { service });
+                        }
+                        5..=7 => {
+                            // A worker reports one of its tasks.
+                            let mine: Vec<String> =
+                                w.st.tasks
+                                    .values()
+                                    .filter(|t| t.node_id == node && !t.state.is_terminal())
+                                    .map(|t| t.id.clone())
+                                    .collect();
+                            if !mine.is_empty() {
+                                let task = mine[next(mine.len() as u64) as usize].clone();
+                                let state = [
+                                    TaskState::Running,
+                                    TaskState::Running,
+                                    TaskState::Failed,
+                                    TaskState::Complete,
+                                    TaskState::Shutdown,
+                                ][next(5) as usize];
+                                w.attempt(Command::ReportTasks {
+                                    node_id: node,
+                                    reports: vec![report(&task, state, 1)],
+                                    now_ms: w.now_ms,
+                                });
+                            }
+                        }
+                        8 if next(2) == 0 => {
+                            let l = [
+                                Liveness::Alive,
+                                Liveness::Silent,
+                                Liveness::Gone,
+                                Liveness::Unknown,
+                            ][next(4) as usize];
+                            w.liveness.insert(node, l);
+                        }
+                        9 => {
+                            nodes += 1;
+                            let id = format!("n{nodes}");
+                            w.attempt(Command::RegisterNode {
+                                id: id.clone(),
+                                role: Role::Worker,
+                                address: String::new(),
+                                labels: BTreeMap::new(),
+                                capacity: Resources {
+                                    cpu_millis: 4000,
+                                    memory_bytes: 1 << 32,
+                                },
+                                now_ms: w.now_ms,
+                            });
+                            w.liveness.insert(id, Liveness::Alive);
+                        }
+                        10 if next(4) == 0 => {
+                            let availability = [Availability::Drain, Availability::Active][next(2) as usize];
+                            w.attempt(Command::UpdateNode {
+                                id: node,
+                                availability: Some(availability),
+                                labels: None,
+                                expected_version: 0,
+                            });
+                        }
+                        11 if next(10) == 0 => {
+                            w.attempt(Command::RemoveNode {
+                                id: node,
+                                force: true,
+                            });
+                        }
+                        _ => w.now_ms += [0, 100, 400, 1_500][next(4) as usize],
+                    }
+                }
+                let input_now = w.now_ms;
+                let mut a = w.next_id;
+                let mut b = w.next_id;
+                let input = Input {
+                    state: &w.st,
+                    now_ms: input_now,
+                    leading_since_ms: w.leading_since_ms,
+                    liveness: &w.liveness,
+                    duplicates: w.duplicates,
+                };
+                let full = round(&input, &mut || {
+                    a += 1;
+                    format!("t{a:03}")
+                });
+                let quick = round_from(&input, &mut memory, &mut || {
+                    b += 1;
+                    format!("t{b:03}")
+                });
+                assert_eq!(quick, full, "run {run} step {step}");
+                looked += memory.looked().0;
+                all += w.st.services.len();
+                w.next_id = a;
+                // Most rounds commit; some are lost with their leader's entry, some cut short.
+                let mut changes = full.0;
+                match next(10) {
+                    0 => continue,
+                    1 => changes.truncate(changes.len() / 2),
+                    _ => {}
+                }
+                w.apply(Command::Orchestrate {
+                    changes,
+                    now_ms: w.now_ms,
+                });
+            }
+        }
+        // The quick rounds did look at less.
+        assert!(looked * 10 < all * 6, "looked at {looked} services of {all}");
     }
 }

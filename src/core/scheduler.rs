@@ -54,6 +54,10 @@ impl<'a> Scheduler<'a> {
             })
             .collect();
         loads.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+        if loads.is_empty() {
+            // No worker: nothing to count the tasks against.
+            return Scheduler { loads };
+        }
         // Looked up once per task (50,000 in a large cluster): hashed, not searched.
         let index: FastMap<&str, usize> = loads
             .iter()

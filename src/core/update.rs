@@ -244,7 +244,8 @@ pub fn step(
             cfg.parallelism as usize
         };
         let mut outdated = 0;
-        for (&slot, ts) in by_slot.range(1..=replicas) {
+        // Not `1..=replicas`: a range from 1 to 0 (an update of a service scaled to 0) panics.
+        for (&slot, ts) in by_slot.range(1..).take_while(|(s, _)| **s <= replicas) {
             if st.in_flight.contains_key(&slot) || st.failed.contains_key(&slot) {
                 continue;
             }

@@ -101,6 +101,9 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
     let mut last_cost_ms = 0u64;
     // A mass silence holds rescheduling (`reconciler::mass_silence`); logged as it starts and ends.
     let mut holding = false;
+    // What the last round read and found, so that a round looks only at what changed; a new
+    // leader starts with none (its first round looks at everything).
+    let mut memory = reconciler::Memory::default();
     loop {
         // A round runs when an entry was applied (a task report, a new spec: a rolling update
         // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
@@ -145,6 +148,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         };
         if !is_leader {
             leading = None;
+            memory = reconciler::Memory::default();
             continue;
         }
         let since = match leading {
@@ -162,6 +166,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                 );
                 let now = Instant::now();
                 leading = Some((term, now));
+                memory = reconciler::Memory::default();
                 now
             }
         };
@@ -177,9 +182,11 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
             crate::core::restore::rejoin_left_ms(st.restored.as_ref(), now_ms),
         );
         let (leading_since_ms, duplicates) = (wall_ms_of(now_ms, since), opts.duplicate_policy);
-        // Tens to hundreds of ms at 50,000 tasks: not on an async worker.
-        let (mut changes, held) = crate::offload::off_async(move || {
-            reconciler::round(
+        // Up to hundreds of ms at 50,000 tasks when it looks at everything: not on an async
+        // worker.
+        let mut kept = std::mem::take(&mut memory);
+        let (mut changes, held, kept) = crate::offload::off_async(move || {
+            let (changes, held) = reconciler::round_from(
                 &reconciler::Input {
                     state: &st,
                     now_ms,
@@ -187,10 +194,13 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
                     liveness: &liveness,
                     duplicates,
                 },
+                &mut kept,
                 &mut super::new_id,
-            )
+            );
+            (changes, held, kept)
         })
         .await;
+        memory = kept;
         last_cost_ms = decide_started.elapsed().as_millis() as u64;
         match (held, holding) {
             (Some((down, nodes)), false) => warn!(
