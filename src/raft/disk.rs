@@ -15,6 +15,58 @@ pub fn open_database(path: &Path) -> Result<redb::Database, redb::DatabaseError>
         .create(path)
 }
 
+/// Opens (or creates) the Raft log's write-ahead file at `path` (`raft::wal`).
+#[cfg(not(madsim))]
+pub fn open_wal(path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if !existed {
+        // The new file's name must survive a crash too.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(Box::new(WalFile(file)))
+}
+
+#[cfg(madsim)]
+pub fn open_wal(path: &Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+    Ok(Box::new(sim::SimBackend::open(path)))
+}
+
+/// A plain file: written in place, fdatasync'd on `sync_data`.
+#[cfg(not(madsim))]
+#[derive(Debug)]
+struct WalFile(std::fs::File);
+
+#[cfg(not(madsim))]
+impl redb::StorageBackend for WalFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+}
+
 /// True when a database file exists at `path`.
 #[cfg(not(madsim))]
 pub fn exists(path: &Path) -> bool {

@@ -7,6 +7,7 @@ pub mod network;
 #[cfg(madsim)]
 pub mod runtime;
 pub mod store;
+pub mod wal;
 
 use crate::core::{Command, Outcome, StateError};
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@
 //!   policy decides when to build one, after which it purges the log up to it.
 
 use super::codec::{self, CodecError};
+use super::wal::{Record, Wal};
 use super::{ManagerNode, NodeId, TypeConfig, WriteResult};
 use crate::core::{ClusterState, Outcome};
 use crate::offload::off_async;
@@ -65,6 +66,8 @@ pub enum OpenError {
     },
     #[error("the database {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("the Raft log's write-ahead file {path} cannot be used: {reason}. It belongs with the database beside it; do not move or edit either (docs/operations.md, \"Data directory\")")]
+    Wal { path: String, reason: String },
     #[error("the database {path} was written by a Warren whose state format is {found:#04x}; this binary reads format {reads:#04x}{}; docs/operations.md, \"Upgrades\"", format_advice(*.found, *.reads))]
     OtherFormat { path: String, found: u8, reads: u8 },
 }
@@ -138,6 +141,8 @@ pub struct LogStore {
     committed_high: Arc<std::sync::atomic::AtomicU64>,
     /// The newest entries, decoded, shared by every reader of this store.
     tail: Arc<std::sync::Mutex<Tail>>,
+    /// Where an append is made durable (`raft::wal`); the database takes it without an fsync.
+    wal: Arc<std::sync::Mutex<Wal>>,
 }
 
 /// How many of the newest log entries are kept decoded in memory.
@@ -226,6 +231,7 @@ pub struct StateMachineStore {
 /// Opens the database at `path` (creating it when absent) and loads the last snapshot.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let shown = path.display().to_string();
+    let fresh = !super::disk::exists(path);
     let db = crate::failstop::catch(|| super::disk::open_database(path))
         .map_err(|p| OpenError::Corrupt {
             path: shown.clone(),
@@ -252,6 +258,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         path: shown.clone(),
         reason,
     };
+    let wal = replay_wal(&db, &path.with_extension("wal"), fresh)?;
     // redb itself may panic on a damaged page ("entered unreachable code"): report it as
     // corruption of this file instead.
     crate::failstop::catch(|| verify(&db, &shown))
@@ -281,6 +288,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             path: path.clone(),
             committed_high: Default::default(),
             tail: Default::default(),
+            wal: Arc::new(std::sync::Mutex::new(wal)),
         },
         StateMachineStore {
             db,
@@ -288,6 +296,57 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             data: Arc::new(RwLock::new(data)),
         },
     ))
+}
+
+/// Opens the write-ahead file at `wal_path` and replays its records into the database, in
+/// order, in one durable commit; then empties it. A file with records beside a database
+/// that did not exist (`fresh`) belongs to another database: refused.
+fn replay_wal(db: &Database, wal_path: &Path, fresh: bool) -> Result<Wal, OpenError> {
+    let shown = wal_path.display().to_string();
+    let refuse = |reason: String| OpenError::Wal {
+        path: shown.clone(),
+        reason,
+    };
+    let file = super::disk::open_wal(wal_path).map_err(|e| refuse(e.to_string()))?;
+    let (mut wal, records) = Wal::open(file).map_err(|e| refuse(e.to_string()))?;
+    if records.is_empty() {
+        return Ok(wal);
+    }
+    if fresh {
+        return Err(refuse(format!(
+            "it holds {} records but the database beside it was just created",
+            records.len()
+        )));
+    }
+    let replay = || -> Result<(), redb::Error> {
+        let tx = db.begin_write()?;
+        {
+            // Unreadable: left to `verify`, which names it; nothing is skipped meanwhile.
+            let purged: Option<LogId<NodeId>> = tx
+                .open_table(META)?
+                .get(KEY_PURGED)?
+                .and_then(|v| codec::unseal(v.value()).ok());
+            let above = purged.map_or(0, |p| p.index + 1);
+            let mut logs = tx.open_table(LOGS)?;
+            for r in &records {
+                match r {
+                    Record::Append(entries) => {
+                        for (index, sealed) in entries.iter().filter(|(i, _)| *i >= above) {
+                            logs.insert(*index, sealed.as_slice())?;
+                        }
+                    }
+                    Record::Truncate(from) => {
+                        logs.retain_in(*from.., |_, _| false)?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    };
+    replay().map_err(|e| refuse(format!("replaying it into the database: {e}")))?;
+    wal.reset().map_err(|e| refuse(e.to_string()))?;
+    Ok(wal)
 }
 
 /// Reads every stored value once and checks its checksum and encoding, so a damaged
@@ -436,6 +495,19 @@ async fn simulated_fsync_latency() {
     }
 }
 
+/// Makes `record` (already in the database, not durably) durable in the write-ahead file;
+/// past `wal::RESET_BYTES`, commits the database durably and empties the file.
+fn log_durably(db: &Database, wal: &std::sync::Mutex<Wal>, record: &Record) -> Result<(), AnyError> {
+    let mut wal = wal.lock().expect("wal lock");
+    wal.append(record).map_err(|e| AnyError::new(&e))?;
+    if wal.len() >= super::wal::RESET_BYTES {
+        // An empty transaction with redb's default durability makes the earlier ones durable.
+        db.begin_write().map_err(any)?.commit().map_err(any)?;
+        wal.reset().map_err(|e| AnyError::new(&e))?;
+    }
+    Ok(())
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -542,24 +614,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // One transaction, one fsync, for the whole batch; only then report it flushed.
+        // The whole batch: one write and one fdatasync of the write-ahead file, and one
+        // database transaction without an fsync (`raft::wal`); only then report it flushed.
         simulated_fsync_latency().await;
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let db = self.db.clone();
+        let (db, wal) = (self.db.clone(), self.wal.clone());
         let (res, entries) = off_async(move || {
-            let write = || -> Result<(), AnyError> {
-                let tx = db.begin_write().map_err(any)?;
+            let started = std::time::Instant::now();
+            let sealed: Vec<(u64, Vec<u8>)> = entries
+                .iter()
+                .map(|e| (e.log_id.index, codec::seal_as(super::entry_format(e), e)))
+                .collect();
+            let insert = || -> Result<(), AnyError> {
+                let mut tx = db.begin_write().map_err(any)?;
+                tx.set_durability(redb::Durability::None).map_err(any)?;
                 {
                     let mut t = tx.open_table(LOGS).map_err(any)?;
-                    for e in &entries {
-                        let sealed = codec::seal_as(super::entry_format(e), e);
-                        t.insert(e.log_id.index, sealed.as_slice()).map_err(any)?;
+                    for (index, bytes) in &sealed {
+                        t.insert(*index, bytes.as_slice()).map_err(any)?;
                     }
                 }
                 tx.commit().map_err(any)
             };
-            let started = std::time::Instant::now();
-            let res = write();
+            let res = insert().and_then(|()| log_durably(&db, &wal, &Record::Append(sealed)));
             crate::metrics::get()
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -587,12 +664,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         self.tail.lock().expect("log tail lock").truncate(log_id.index);
         let write = || -> Result<(), AnyError> {
-            let tx = self.db.begin_write().map_err(any)?;
+            let mut tx = self.db.begin_write().map_err(any)?;
+            tx.set_durability(redb::Durability::None).map_err(any)?;
             tx.open_table(LOGS)
                 .map_err(any)?
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(any)?;
-            tx.commit().map_err(any)
+            tx.commit().map_err(any)?;
+            log_durably(&self.db, &self.wal, &Record::Truncate(log_id.index))
         };
         write().map_err(|e| StorageIOError::write_logs(e).into())
     }
@@ -609,7 +688,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(any)?
                 .retain_in(..=log_id.index, |_, _| false)
                 .map_err(any)?;
-            tx.commit().map_err(any)
+            // Durable: it makes every earlier append durable in the database too.
+            tx.commit().map_err(any)?;
+            self.wal
+                .lock()
+                .expect("wal lock")
+                .reset()
+                .map_err(|e| AnyError::new(&e))
         };
         write().map_err(|e| StorageIOError::write_logs(e).into())
     }
@@ -840,6 +925,61 @@ mod tests {
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(lid(2)));
         assert_eq!(sm.shared().read().unwrap().state.cluster_id, "c");
+    }
+
+    /// Appends reach the database without an fsync; the write-ahead file brings back what a
+    /// crash took from it. The database is put back to a copy taken before the appends (what
+    /// a crash leaves of commits never made durable), and reopening finds every entry, with
+    /// a truncation replayed in its order; a write-ahead file beside a new database is refused.
+    #[tokio::test]
+    async fn the_write_ahead_file_brings_back_appends_a_crash_took() {
+        use openraft::storage::RaftLogStorageExt;
+        use openraft::CommittedLeaderId;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.redb");
+        let lid = |term, i| LogId::new(CommittedLeaderId::new(term, 1), i);
+        let blank = |term, i| Entry::<TypeConfig> {
+            log_id: lid(term, i),
+            payload: EntryPayload::Blank,
+        };
+        let before = {
+            let (log, _sm) = open(&path).unwrap();
+            drop(log);
+            std::fs::read(&path).unwrap()
+        };
+        {
+            let (mut log, _sm) = open(&path).unwrap();
+            log.blocking_append((1..=6).map(|i| blank(1, i))).await.unwrap();
+            log.truncate(lid(1, 5)).await.unwrap();
+            log.blocking_append([blank(2, 5)]).await.unwrap();
+            assert!(!log.wal.lock().unwrap().is_empty());
+        }
+        std::fs::write(&path, &before).unwrap();
+        let (mut log, sm) = open(&path).unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(lid(2, 5)));
+        let terms: Vec<(u64, u64)> = log
+            .try_get_log_entries(1..10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect();
+        assert_eq!(terms, vec![(1, 1), (1, 2), (1, 3), (1, 4), (2, 5)]);
+        assert!(log.wal.lock().unwrap().is_empty(), "replayed and emptied");
+        drop((log, sm));
+
+        // The same file beside a database that is not there any more.
+        let wal = path.with_extension("wal");
+        {
+            let (mut log, _sm) = open(&path).unwrap();
+            log.blocking_append([blank(2, 6)]).await.unwrap();
+        }
+        std::fs::remove_file(&path).unwrap();
+        let refused = open(&path).err().expect("refused").to_string();
+        assert!(
+            refused.contains(&wal.display().to_string()) && refused.contains("just created"),
+            "{refused}"
+        );
     }
 
     /// The decoded tail always holds a contiguous run of the newest entries, or answers
