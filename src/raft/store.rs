@@ -975,7 +975,7 @@ mod tests {
             log.blocking_append([blank(2, 6)]).await.unwrap();
         }
         std::fs::remove_file(&path).unwrap();
-        let refused = open(&path).err().expect("refused").to_string();
+        let refused = open(&path).expect_err("refused").to_string();
         assert!(
             refused.contains(&wal.display().to_string()) && refused.contains("just created"),
             "{refused}"
