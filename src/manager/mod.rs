@@ -626,6 +626,9 @@ pub async fn start(
         let _ = raft.shutdown().await;
         // The marker task records the last committed index once more, then ends.
         let _ = tokio::time::timeout(Duration::from_secs(2), marker_task).await;
+        if let Err(e) = log_store.checkpoint() {
+            tracing::warn!(error = %e, "could not fold the write-ahead file into the database at stop; it is replayed at the next start");
+        }
         result
     }
     .instrument(span)
