@@ -134,8 +134,15 @@ async fn a_flipped_byte_on_disk_is_refused_at_restart() {
     tokio::time::sleep(Duration::from_millis(madsim::rand::random::<u64>() % 300)).await;
     c.kill(leader);
     let mut acked = writing.await.unwrap();
-    let db = std::path::PathBuf::from(format!("/sim/manager-{leader}/warren.redb"));
-    let flipped = warren::raft::disk::sim::corrupt(&db, b"svc-0", b"svc-9");
+    // In the database, and in the log's write-ahead file (which holds what the database
+    // had not made durable yet).
+    let flipped: usize = ["warren.redb", "warren.wal"]
+        .iter()
+        .map(|f| {
+            let path = std::path::PathBuf::from(format!("/sim/manager-{leader}/{f}"));
+            warren::raft::disk::sim::corrupt(&path, b"svc-0", b"svc-9")
+        })
+        .sum();
     c.may_fail.lock().unwrap().insert(leader);
     c.restart(leader);
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();

@@ -28,12 +28,18 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// 0.1 ms to about 3 s: a write-ahead file's fdatasync takes about 0.13 ms here.
+fn fast_latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
 /// Counters and histograms the code records into.
 pub struct Metrics {
     pub leader_changes: Counter,
     pub proposal_seconds: Histogram,
     pub batch_writes: Histogram,
     pub fsync_seconds: Histogram,
+    pub snapshot_build_seconds: Histogram,
     pub orchestrator_round_seconds: Histogram,
     pub assignment_streams: Gauge,
     pub runtime_op_seconds: Histograms,
@@ -44,7 +50,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     leader_changes: Counter::default(),
     proposal_seconds: latency(),
     batch_writes: Histogram::new(exponential_buckets(2.0, 2.0, 9)),
-    fsync_seconds: latency(),
+    fsync_seconds: fast_latency(),
+    snapshot_build_seconds: latency(),
     orchestrator_round_seconds: latency(),
     assignment_streams: Gauge::default(),
     runtime_op_seconds: Family::new_with_constructor(latency),
@@ -85,8 +92,13 @@ pub fn manager_registry(state: impl Collector) -> Registry {
     );
     r.register(
         "raft_fsync_seconds",
-        "Time to append log entries durably (the write transaction's commit, fsync included)",
+        "Time to append log entries durably (the write-ahead file's write and fdatasync, and the database transaction without an fsync)",
         m.fsync_seconds.clone(),
+    );
+    r.register(
+        "raft_snapshot_build_seconds",
+        "Time to build a snapshot of the whole state and save it (sealing and the durable commit)",
+        m.snapshot_build_seconds.clone(),
     );
     r.register(
         "orchestrator_round_seconds",

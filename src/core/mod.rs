@@ -7,6 +7,7 @@ pub mod agent;
 pub mod assignments;
 pub mod authz;
 pub mod batch;
+pub mod compaction;
 pub mod constraint;
 pub mod election;
 pub mod handoff;

@@ -438,47 +438,42 @@ pub fn round_from(
     };
     let slots: Slots = slots.into_iter().map(|(id, s)| (id, oldest_first(s))).collect();
 
-    // Tasks whose node is gone stop holding their slot; in task id order, as a walk of
-    // every task finds them.
+    // Tasks whose node is gone stop holding their slot.
     // A set: looked up for every task (a node with thousands of tasks going down made a
     // list quadratic).
     let mut orphaned: FastSet<&str> = FastSet::default();
     let mut touched: BTreeSet<&str> = BTreeSet::new();
-    let mut check = |t: &'_ Task| {
+    let check = |t: &'_ Task| {
         let removed = !t.node_id.is_empty() && !by_id.contains_key(t.node_id.as_str());
         if removed && !t.state.is_terminal() {
             // Its node was removed from the cluster: it will never report again.
-            changes.push(TaskChange::Shutdown {
+            Some(TaskChange::Shutdown {
                 task_id: t.id.clone(),
                 reason: format!("node {} was removed", t.node_id),
-            });
-            true
+            })
         } else if t.holds_node() && t.desired_state == TaskState::Running && node_gone(&t.node_id) && !hold {
-            changes.push(TaskChange::Orphan {
+            Some(TaskChange::Orphan {
                 task_id: t.id.clone(),
-            });
-            true
+            })
         } else {
-            false
+            None
         }
     };
-    let looked_at: Vec<&Task> = match scope {
-        Scope::All => st.tasks.values().collect(),
-        Scope::Changed { .. } => {
-            let mut ts: Vec<&Task> = slots
-                .values()
-                .flat_map(|s| s.values().flatten())
-                .copied()
-                .collect();
-            ts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-            ts
-        }
+    // Found in task id order, as a walk of every task finds them (only the few found are
+    // sorted, not every task looked at).
+    let mut found: Vec<(&Task, TaskChange)> = match scope {
+        Scope::All => st.tasks.values().filter_map(|t| Some((t, check(t)?))).collect(),
+        Scope::Changed { .. } => slots
+            .values()
+            .flat_map(|s| s.values().flatten())
+            .filter_map(|t| Some((*t, check(t)?)))
+            .collect(),
     };
-    for t in looked_at {
-        if check(t) {
-            orphaned.insert(&t.id);
-            touched.insert(&t.service_id);
-        }
+    found.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    for (t, change) in found {
+        orphaned.insert(&t.id);
+        touched.insert(&t.service_id);
+        changes.push(change);
     }
 
     // Most rounds orphan nothing: then no task's id is hashed.

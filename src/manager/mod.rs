@@ -5,6 +5,7 @@ mod api;
 pub mod assignments;
 pub mod backup;
 pub mod changes;
+pub mod compaction;
 pub mod convert;
 pub mod credentials;
 mod election;
@@ -55,8 +56,10 @@ pub struct TimingOpts {
     pub election_timeout_min_ms: u64,
     #[arg(long, default_value_t = 700)]
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and compact the log) after this many applied entries.
-    #[arg(long, default_value_t = 5000)]
+    /// Build a snapshot (and compact the log) after this many applied entries at the least;
+    /// then once the log since the last snapshot is half that snapshot's size, or after 20
+    /// times this many entries (`core::compaction`).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     pub snapshot_logs: u64,
     #[command(flatten)]
     pub orchestrator: orchestrator::OrchestratorOpts,
@@ -251,7 +254,8 @@ fn raft_config(opts: &TimingOpts) -> anyhow::Result<openraft::Config> {
         heartbeat_interval: opts.heartbeat_interval_ms,
         election_timeout_min: lease_ms - 1,
         election_timeout_max: lease_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
+        // `manager::compaction` triggers each snapshot, by the log's size against the state's.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
         // Elections are driven by `manager::election`, which redraws the timeout every round.
         enable_elect: false,
@@ -521,6 +525,12 @@ pub async fn start(
             stop_rx.clone(),
         ));
         let election_task = tokio::spawn(election::run(manager.clone(), opts.timing.election(), stop_rx.clone()));
+        let compaction_task = tokio::spawn(compaction::run(
+            raft.clone(),
+            log_store.growth(),
+            opts.timing.snapshot_logs,
+            stop_rx.clone(),
+        ));
         let orchestrator_task = tokio::spawn(orchestrator::run(
             manager.clone(),
             opts.timing.orchestrator.clone(),
@@ -618,6 +628,7 @@ pub async fn start(
         probe_task.abort();
         assignments_task.abort();
         election_task.abort();
+        compaction_task.abort();
         orchestrator_task.abort();
         if core_failed {
             marker_task.abort();

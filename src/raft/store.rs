@@ -66,7 +66,7 @@ pub enum OpenError {
     },
     #[error("the database {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
-    #[error("the Raft log's write-ahead file {path} cannot be used: {reason}. It belongs with the database beside it; do not move or edit either (docs/operations.md, \"Data directory\")")]
+    #[error("the Raft log's write-ahead file {path} cannot be used: {reason}. It belongs with the database beside it; do not move or edit either (docs/operations.md, \"Data directory errors\")")]
     Wal { path: String, reason: String },
     #[error("the database {path} was written by a Warren whose state format is {found:#04x}; this binary reads format {reads:#04x}{}; docs/operations.md, \"Upgrades\"", format_advice(*.found, *.reads))]
     OtherFormat { path: String, found: u8, reads: u8 },
@@ -133,6 +133,40 @@ impl StateMachineData {
     }
 }
 
+/// How much log was appended since the last snapshot, and that snapshot's size: what
+/// `core::compaction::snapshot_due` decides on. Shared by a manager's two stores.
+#[derive(Debug, Default)]
+pub struct Growth {
+    appended_bytes: std::sync::atomic::AtomicU64,
+    appended_at_snapshot: std::sync::atomic::AtomicU64,
+    snapshot_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Growth {
+    fn appended(&self, bytes: u64) {
+        self.appended_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot_saved(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.appended_at_snapshot
+            .store(self.appended_bytes.load(Relaxed), Relaxed);
+        self.snapshot_bytes.store(bytes, Relaxed);
+    }
+
+    /// Log bytes appended since the last snapshot this manager saved (or since it started),
+    /// and that snapshot's size in bytes (0: none).
+    pub fn since_snapshot(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let since = self
+            .appended_bytes
+            .load(Relaxed)
+            .saturating_sub(self.appended_at_snapshot.load(Relaxed));
+        (since, self.snapshot_bytes.load(Relaxed))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
@@ -143,6 +177,7 @@ pub struct LogStore {
     tail: Arc<std::sync::Mutex<Tail>>,
     /// Where an append is made durable (`raft::wal`); the database takes it without an fsync.
     wal: Arc<std::sync::Mutex<Wal>>,
+    growth: Arc<Growth>,
 }
 
 /// How many of the newest log entries are kept decoded in memory.
@@ -226,6 +261,7 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     path: Arc<str>,
     data: SharedState,
+    growth: Arc<Growth>,
 }
 
 /// Opens the database at `path` (creating it when absent) and loads the last snapshot.
@@ -271,8 +307,10 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
                 reads: codec::SEALED_FORMAT,
             },
         })?;
+    let growth = Arc::new(Growth::default());
     let data = match read_snapshot(&db, &shown).map_err(|e| corrupt_at(e.to_string()))? {
         Some((meta, bytes)) => {
+            growth.snapshot_saved(bytes.len() as u64);
             let mut d: StateMachineData = codec::unseal(&bytes)
                 .map_err(|e| corrupt_at(format!("snapshot {}: {e}", meta.snapshot_id)))?;
             d.last_applied = meta.last_log_id;
@@ -289,11 +327,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             committed_high: Default::default(),
             tail: Default::default(),
             wal: Arc::new(std::sync::Mutex::new(wal)),
+            growth: growth.clone(),
         },
         StateMachineStore {
             db,
             path,
             data: Arc::new(RwLock::new(data)),
+            growth,
         },
     ))
 }
@@ -496,6 +536,11 @@ async fn simulated_fsync_latency() {
 }
 
 impl LogStore {
+    /// How much log was appended since the last snapshot (`Growth`).
+    pub fn growth(&self) -> Arc<Growth> {
+        self.growth.clone()
+    }
+
     /// At a planned stop, once the Raft core has ended: what the write-ahead file holds is
     /// made durable in the database and the file emptied, so a stopped data dir keeps its
     /// log in one place.
@@ -632,7 +677,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // database transaction without an fsync (`raft::wal`); only then report it flushed.
         simulated_fsync_latency().await;
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let (db, wal) = (self.db.clone(), self.wal.clone());
+        let (db, wal, growth) = (self.db.clone(), self.wal.clone(), self.growth.clone());
         let (res, entries) = off_async(move || {
             let started = std::time::Instant::now();
             let sealed: Vec<(u64, Vec<u8>)> = entries
@@ -650,6 +695,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
                 tx.commit().map_err(any)
             };
+            growth.appended(sealed.iter().map(|(_, b)| b.len() as u64).sum());
             let res = insert().and_then(|()| log_durably(&db, &wal, &Record::Append(sealed)));
             crate::metrics::get()
                 .fsync_seconds
@@ -727,7 +773,9 @@ impl StateMachineStore {
             t.insert(KEY_SNAPSHOT_META, enc(meta).as_slice()).map_err(any)?;
             t.insert(KEY_SNAPSHOT_DATA, data).map_err(any)?; // sealed by the builder
         }
-        tx.commit().map_err(any)
+        tx.commit().map_err(any)?;
+        self.growth.snapshot_saved(data.len() as u64);
+        Ok(())
     }
 }
 
@@ -797,12 +845,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // Sealing tens of MB and writing them out takes long: off the async workers, which
         // keep the Raft heartbeats going meanwhile.
         let (store, saved) = (self.clone(), meta.clone());
+        let started = std::time::Instant::now();
         let bytes = off_async(move || {
             let bytes = codec::seal_as(snapshot_format(&d), &d);
             store.save_snapshot(&saved, &bytes).map(|()| bytes)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        let seconds = started.elapsed().as_secs_f64();
+        crate::metrics::get().snapshot_build_seconds.observe(seconds);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            ms = (seconds * 1e3) as u64,
+            "snapshot built and saved"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

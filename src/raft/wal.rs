@@ -34,7 +34,7 @@ pub enum Record {
 pub enum WalError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("record at byte {offset} is damaged ({why}) and data follows it")]
+    #[error("record at byte {offset} is corrupt: {why}")]
     Corrupt { offset: u64, why: String },
 }
 
@@ -45,9 +45,9 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Reads every record of `file`. A damaged record followed only by zeros or by nothing
-    /// is a write cut short by a crash (never reported durable): it is cut off. A damaged
-    /// record with data after it is refused.
+    /// Reads every record of `file`. A last record cut short, or zeros where a record should
+    /// be, is a write a crash interrupted (never reported durable): it is cut off. Any other
+    /// damage is refused.
     pub fn open(file: Box<dyn StorageBackend>) -> Result<(Wal, Vec<Record>), WalError> {
         let len = file.len()?;
         let mut bytes = vec![0u8; len as usize];
@@ -133,10 +133,8 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Record>, u64), WalError> {
         }
         let body = &bytes[at + HEADER..end];
         if crc32fast::hash(body) != crc {
-            // The last record, written in part: cut off. Anything after it: damage.
-            if end == bytes.len() {
-                break;
-            }
+            // Whole but wrong, even as the last record: it may have been reported durable,
+            // so it is refused, not dropped (unless only zeros are left: a page never written).
             damaged("its checksum does not match".into())?;
             break;
         }
@@ -167,8 +165,8 @@ mod tests {
         ]
     }
 
-    /// What a crash can leave is read up to the last whole record; damage with data after
-    /// it is refused, never skipped.
+    /// What a crash can leave (a last record cut short, zeros) is read up to the last whole
+    /// record; any other damage is refused, never skipped.
     #[test]
     fn a_cut_tail_is_dropped_and_damage_inside_is_refused() {
         let whole = encoded(&two());
@@ -193,9 +191,10 @@ mod tests {
                 parse(&bad)
             );
         }
-        // A flipped byte in the last record: it reads as cut short.
+        // A flipped byte in the last record, whole: refused too (it may have been
+        // acknowledged).
         let mut last = whole.clone();
         *last.last_mut().unwrap() ^= 1;
-        assert_eq!(parse(&last).unwrap().1, first_len as u64);
+        assert!(matches!(parse(&last), Err(WalError::Corrupt { .. })));
     }
 }
