@@ -91,12 +91,14 @@ impl Index {
     ) -> BTreeSet<String> {
         let first = self.applied == 0 && self.tasks.is_empty();
         self.note_term(state, applied, term);
-        let svc: HashMap<&str, u64> = state
-            .services
-            .iter()
-            .map(|(id, s)| (id.as_str(), s.version))
-            .collect();
-        let key = |t: &Task| (t.version, svc.get(t.service_id.as_str()).copied().unwrap_or(0));
+        // Looked up per task looked at (not a map of every service built per refresh: that
+        // took a quarter of a leader's CPU under a stream of creates, issue #16).
+        let key = |t: &Task| {
+            (
+                t.version,
+                state.services.get(&t.service_id).map_or(0, |s| s.version),
+            )
+        };
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut gone: Vec<String> = Vec::new();
         // A service at a new version changes the key of each of its tasks: then every task is
@@ -167,30 +169,11 @@ impl Index {
 
     /// Notes each service's version; whether one read before is at another version now.
     /// Only that changes its tasks' keys: a new service's tasks are new and a removed one's
-    /// removed, which the task diff shows. One ordered walk of both, no lookups.
+    /// removed, which the task diff shows.
     fn note_service_versions(&mut self, state: &ClusterState) -> bool {
-        let (mut changed, mut rekeyed) = (Vec::new(), false);
-        let mut gone = Vec::new();
-        let mut read = self.read_service_versions.iter().peekable();
-        for (id, s) in state.services.iter() {
-            while let Some((old, _)) = read.next_if(|(old, _)| old.as_str() < id.as_str()) {
-                gone.push(old.clone());
-            }
-            match read.next_if(|(old, _)| *old == id) {
-                Some((_, v)) if *v == s.version => {}
-                Some(_) => {
-                    rekeyed = true;
-                    changed.push((id.clone(), s.version));
-                }
-                None => changed.push((id.clone(), s.version)),
-            }
-        }
-        gone.extend(read.map(|(old, _)| old.clone()));
-        for id in gone {
-            self.read_service_versions.remove(&id);
-        }
-        self.read_service_versions.extend(changed);
-        rekeyed
+        !super::state::note_service_versions(&mut self.read_service_versions, &state.services)
+            .changed
+            .is_empty()
     }
 
     /// Tasks now on a node (new, moved or at a new key), in id order.

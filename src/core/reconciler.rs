@@ -246,6 +246,8 @@ pub struct Memory {
     seen: Option<Seen>,
     /// Service id -> the ids of its tasks, as of `seen`.
     tasks_of: BTreeMap<String, BTreeSet<String>>,
+    /// Each service's version as of `seen`.
+    service_versions: BTreeMap<String, u64>,
     /// Services to look at again next round whatever changes.
     unsettled: BTreeSet<String>,
     /// Services with tasks no node had room for at their last look.
@@ -262,9 +264,11 @@ impl Memory {
     }
 }
 
+/// The maps the last round read: shared with the state, not copied. (Not the services: each
+/// write to a map shared with a reader copies the values along its path, and services are
+/// large; their versions are kept instead, `service_versions`.)
 #[derive(Clone)]
 struct Seen {
-    services: Map<String, Service>,
     tasks: Map<String, Task>,
     nodes: Map<String, Node>,
 }
@@ -299,20 +303,12 @@ impl Memory {
             }
         }
         let mut services = std::mem::take(&mut self.unsettled);
-        for d in seen.services.diff(&st.services) {
-            match d {
-                DiffItem::Add(id, _) => {
-                    services.insert(id.clone());
-                }
-                DiffItem::Update { new: (id, _), .. } => {
-                    services.insert(id.clone());
-                    room_moved = true;
-                }
-                DiffItem::Remove(id, _) => {
-                    self.waiting.remove(id);
-                    self.tasks_of.remove(id);
-                }
-            }
+        let versions = super::state::note_service_versions(&mut self.service_versions, &st.services);
+        room_moved |= !versions.changed.is_empty();
+        services.extend(versions.added.into_iter().chain(versions.changed));
+        for id in versions.removed {
+            self.waiting.remove(&id);
+            self.tasks_of.remove(&id);
         }
         for d in seen.tasks.diff(&st.tasks) {
             let (old, new) = match d {
@@ -423,6 +419,11 @@ pub fn round_from(
             }
             memory.unsettled.clear();
             memory.waiting.clear();
+            memory.service_versions = st
+                .services
+                .iter()
+                .map(|(id, s)| (id.clone(), s.version))
+                .collect();
             (st.services.keys().map(String::as_str).collect(), true)
         }
         Scope::Changed { services, room_moved } => {
@@ -533,7 +534,6 @@ pub fn round_from(
         next = Some(id);
     }
     memory.seen = Some(Seen {
-        services: st.services.clone(),
         tasks: st.tasks.clone(),
         nodes: st.nodes.clone(),
     });

@@ -457,6 +457,43 @@ pub struct ClusterState {
     pub restored: Option<super::restore::Restored>,
 }
 
+/// Services added, at another version, and removed since `read` (each service's version as
+/// last read), which is brought up to date. One ordered walk of both maps: a reader that kept
+/// a copy of the services map instead would make every write to it copy the services along
+/// its path (tens of deep copies per write).
+pub fn note_service_versions(
+    read: &mut BTreeMap<String, u64>,
+    services: &Map<String, Service>,
+) -> ServiceChanges {
+    let mut out = ServiceChanges::default();
+    let mut walk = read.iter().peekable();
+    for (id, s) in services.iter() {
+        while let Some((old, _)) = walk.next_if(|(old, _)| old.as_str() < id.as_str()) {
+            out.removed.push(old.clone());
+        }
+        match walk.next_if(|(old, _)| *old == id) {
+            Some((_, v)) if *v == s.version => {}
+            Some(_) => out.changed.push(id.clone()),
+            None => out.added.push(id.clone()),
+        }
+    }
+    out.removed.extend(walk.map(|(old, _)| old.clone()));
+    for id in &out.removed {
+        read.remove(id);
+    }
+    for id in out.added.iter().chain(&out.changed) {
+        read.insert(id.clone(), services.get(id).map_or(0, |s| s.version));
+    }
+    out
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ServiceChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 impl Command {
     /// The checks of `apply` that do not depend on the state, for the proposing manager to
     /// run before the command enters the Raft log: input that can only be refused must not
