@@ -31,6 +31,7 @@ since() { python3 -c "print(f'{$(now)-$1:.1f}')"; }
 # (a gauge with no series for this label reads 0; an unanswered scrape reads empty)
 metric() {
   local body
+  [[ -n ${MET[$1]:-} ]] || { echo 0; return 0; }
   body=$(curl -s --max-time 5 "http://${MET[$1]}/metrics") || return 0
   awk -v k="$2" '$1==k {v=$2} END {print (v=="" ? 0 : v)}' <<<"$body" | cut -d. -f1
 }
@@ -141,7 +142,13 @@ scale_to big2 "$REPLICAS"
 until_running $(( REPLICAS / 2 )) at-least
 l=$(leader); kill -9 "${PID[m$l]}"; wait "${PID[m$l]}" 2>/dev/null || true
 echo "leader m$l killed at $(since "$ts") s with $(( REPLICAS / 2 ))+ running"
-until [[ -n $(leader) && $(leader) != "$l" && $(running) == "$REPLICAS" ]]; do sleep 0.5; done
+until [[ -n $(leader) && $(leader) != "$l" && $(running) == "$REPLICAS" ]]; do
+  if python3 -c "import sys; sys.exit(0 if $(since "$ts") > ${SCALE_DEADLINE_S:-900} else 1)"; then
+    echo "scale 0 -> $REPLICAS with a leader kill: not all running after ${SCALE_DEADLINE_S:-900} s ($(running) running)" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
 echo "scale 0 -> $REPLICAS with a leader kill: all running after $(since "$ts") s (new leader m$(leader))"
 start_manager "$l"
 $W --manager $ALL service ps big2 -o json >$T/big2.json
