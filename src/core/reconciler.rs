@@ -949,20 +949,25 @@ mod tests {
                 leading_since_ms: 0,
             };
             for id in workers {
-                w.apply(Command::RegisterNode {
-                    id: id.to_string(),
-                    role: Role::Worker,
-                    address: String::new(),
-                    labels: BTreeMap::new(),
-                    capacity: Resources {
-                        cpu_millis: 4000,
-                        memory_bytes: 1 << 32,
-                    },
-                    now_ms: 0,
-                });
-                w.liveness.insert(id.to_string(), Liveness::Alive);
+                w.register(id);
             }
             w
+        }
+
+        /// A worker joins (4 CPUs, 4 GiB), heard from.
+        fn register(&mut self, id: &str) {
+            self.apply(Command::RegisterNode {
+                id: id.to_string(),
+                role: Role::Worker,
+                address: String::new(),
+                labels: BTreeMap::new(),
+                capacity: Resources {
+                    cpu_millis: 4000,
+                    memory_bytes: 1 << 32,
+                },
+                now_ms: self.now_ms,
+            });
+            self.liveness.insert(id.to_string(), Liveness::Alive);
         }
 
         fn apply(&mut self, cmd: Command) {
@@ -2201,19 +2206,7 @@ mod tests {
                         }
                         9 => {
                             nodes += 1;
-                            let id = format!("n{nodes}");
-                            w.attempt(Command::RegisterNode {
-                                id: id.clone(),
-                                role: Role::Worker,
-                                address: String::new(),
-                                labels: BTreeMap::new(),
-                                capacity: Resources {
-                                    cpu_millis: 4000,
-                                    memory_bytes: 1 << 32,
-                                },
-                                now_ms: w.now_ms,
-                            });
-                            w.liveness.insert(id, Liveness::Alive);
+                            w.register(&format!("n{nodes}"));
                         }
                         10 if next(4) == 0 => {
                             let availability = [Availability::Drain, Availability::Active][next(2) as usize];

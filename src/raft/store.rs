@@ -267,7 +267,15 @@ pub struct StateMachineStore {
 /// Opens the database at `path` (creating it when absent) and loads the last snapshot.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let shown = path.display().to_string();
-    let fresh = !super::disk::exists(path);
+    let wal_path = path.with_extension("wal");
+    // A write-ahead file with records but no database: it belongs to a database that is
+    // gone. Refused before a new, empty database is made beside it.
+    if !super::disk::exists(path) && super::disk::len(&wal_path).unwrap_or(0) > 0 {
+        return Err(OpenError::Wal {
+            path: wal_path.display().to_string(),
+            reason: format!("it holds records but there is no database {shown} beside it"),
+        });
+    }
     let db = crate::failstop::catch(|| super::disk::open_database(path))
         .map_err(|p| OpenError::Corrupt {
             path: shown.clone(),
@@ -294,7 +302,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         path: shown.clone(),
         reason,
     };
-    let wal = replay_wal(&db, &path.with_extension("wal"), fresh)?;
+    let wal = replay_wal(&db, &wal_path)?;
     // redb itself may panic on a damaged page ("entered unreachable code"): report it as
     // corruption of this file instead.
     crate::failstop::catch(|| verify(&db, &shown))
@@ -339,9 +347,8 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
 }
 
 /// Opens the write-ahead file at `wal_path` and replays its records into the database, in
-/// order, in one durable commit; then empties it. A file with records beside a database
-/// that did not exist (`fresh`) belongs to another database: refused.
-fn replay_wal(db: &Database, wal_path: &Path, fresh: bool) -> Result<Wal, OpenError> {
+/// order, in one durable commit; then empties it.
+fn replay_wal(db: &Database, wal_path: &Path) -> Result<Wal, OpenError> {
     let shown = wal_path.display().to_string();
     let refuse = |reason: String| OpenError::Wal {
         path: shown.clone(),
@@ -351,12 +358,6 @@ fn replay_wal(db: &Database, wal_path: &Path, fresh: bool) -> Result<Wal, OpenEr
     let (mut wal, records) = Wal::open(file).map_err(|e| refuse(e.to_string()))?;
     if records.is_empty() {
         return Ok(wal);
-    }
-    if fresh {
-        return Err(refuse(format!(
-            "it holds {} records but the database beside it was just created",
-            records.len()
-        )));
     }
     let replay = || -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
@@ -1048,9 +1049,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let refused = open(&path).expect_err("refused").to_string();
         assert!(
-            refused.contains(&wal.display().to_string()) && refused.contains("just created"),
+            refused.contains(&wal.display().to_string()) && refused.contains("no database"),
             "{refused}"
         );
+        assert!(!path.exists(), "a refused open made a new database");
     }
 
     /// The decoded tail always holds a contiguous run of the newest entries, or answers
