@@ -428,11 +428,7 @@ pub fn round_from(
         }
         Scope::Changed { services, room_moved } => {
             for id in services {
-                for t in memory.tasks_of.get(id).into_iter().flatten() {
-                    if let Some(t) = st.tasks.get(t) {
-                        group(t, &mut slots);
-                    }
-                }
+                group_service(&memory.tasks_of, st, id, &mut slots);
             }
             (services.iter().map(String::as_str).collect(), *room_moved)
         }
@@ -515,11 +511,7 @@ pub fn round_from(
             Some(s) => s,
             None if !todo.contains(id.as_str()) => {
                 let mut one = Slots::new();
-                for t in memory.tasks_of.get(&id).into_iter().flatten() {
-                    if let Some(t) = st.tasks.get(t) {
-                        group(t, &mut one);
-                    }
-                }
+                group_service(&memory.tasks_of, st, &id, &mut one);
                 waiting_only = one.remove(id.as_str()).map(oldest_first).unwrap_or_default();
                 &waiting_only
             }
@@ -549,6 +541,20 @@ fn oldest_first(mut by_slot: BTreeMap<u32, Vec<&Task>>) -> BTreeMap<u32, Vec<&Ta
         tasks.sort_by(|a, b| (a.created_at_ms, a.attempt, &a.id).cmp(&(b.created_at_ms, b.attempt, &b.id)));
     }
     by_slot
+}
+
+/// Groups the tasks of service `id` (by `tasks_of`, the index of its task ids) into `slots`.
+fn group_service<'t>(
+    tasks_of: &BTreeMap<String, BTreeSet<String>>,
+    st: &'t ClusterState,
+    id: &str,
+    slots: &mut Slots<'t>,
+) {
+    for t in tasks_of.get(id).into_iter().flatten() {
+        if let Some(t) = st.tasks.get(t) {
+            group(t, slots);
+        }
+    }
 }
 
 fn group<'t>(t: &'t Task, slots: &mut Slots<'t>) {

@@ -114,12 +114,15 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
         let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
-        // A copy (O(1)), so the walk runs with the lock released.
-        let services = m.state.read().unwrap().state.services.clone();
-        let soonest = services
-            .values()
-            .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
-            .min();
+        // A copy (O(1)), so the walk runs with the lock released; dropped right after it (a
+        // copy kept through the wait would make each write to the services copy their path).
+        let soonest = {
+            let services = m.state.read().unwrap().state.services.clone();
+            services
+                .values()
+                .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
+                .min()
+        };
         if let Some(at_ms) = soonest {
             let wait_ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
             deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms.max(MIN_ROUND_GAP_MS)));
