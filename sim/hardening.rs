@@ -1,6 +1,7 @@
 //! Hostile and broken inputs with faults around them: a join that cannot complete while the
-//! leader dies, Raft messages from outside the membership during a failover, and a flipped
-//! byte on a manager's disk. Each asserts what the fix guarantees, on every seed.
+//! leader dies, Raft messages from outside the membership during a failover, a flipped byte
+//! on a manager's disk, and a leader whose open writes a snapshot replaced. Each asserts what
+//! the fix guarantees, on every seed.
 
 use crate::cluster::*;
 use crate::scenarios::{create_all, service_names};
@@ -204,6 +205,107 @@ async fn a_flipped_byte_on_disk_is_refused_at_restart() {
         .await;
     }
     eprintln!("{flipped} copies changed; restart refused: {refused}");
+}
+
+/// A leader cut off from the others with writes in flight, whose log a newer leader's
+/// snapshot then replaces: openraft 0.9 never answers those writes (it answers only entries
+/// it applies or truncates). When that manager leads again it must take writes. It once did
+/// not: its two open proposals waited for ever and held every later write behind them (found
+/// by `chaos_machine_faults`, seed 1796074645904076237).
+#[madsim::test]
+async fn a_leader_whose_open_writes_a_snapshot_replaced_writes_when_it_leads_again() {
+    let flags = vec!["--snapshot-logs=10".to_string()];
+    let c = Cluster::start_with(
+        3,
+        "hardening::a_leader_whose_open_writes_a_snapshot_replaced_writes_when_it_leads_again",
+        flags,
+    )
+    .await;
+    let all = [1, 2, 3];
+    // Manager 1: the lowest id campaigns first (`manager::election`), which makes the later
+    // "until manager 1 leads" loops short.
+    let old = 1;
+    lead_with(&c, old).await;
+    let others: Vec<u64> = all.iter().copied().filter(|&i| i != old).collect();
+    let before = c.on_client(cluster_info(old)).await.expect("manager 1 answers");
+    let net = madsim::net::NetSim::current();
+    for &o in &others {
+        net.clog_link(c.node_id(old), c.node_id(o));
+        net.clog_link(c.node_id(o), c.node_id(old));
+    }
+    // Writes to the cut-off leader (the client still reaches it): appended there, never
+    // committed; their callers give up.
+    let mut lost = Vec::new();
+    for i in 0..4 {
+        lost.push(c.client_node.spawn(async move {
+            create_service(&client_of(old), &format!("lost-{i}"), 1, Duration::from_secs(3)).await
+        }));
+    }
+    let appended = c
+        .on_client(wait_for(
+            "the cut-off leader to append the writes",
+            Duration::from_secs(5),
+            move || async move {
+                let info = cluster_info(old).await?;
+                (info.last_log_index? > before.commit_index && info.commit_index < info.last_log_index?)
+                    .then_some(info.last_log_index?)
+            },
+        ))
+        .await;
+    // The others elect a leader and write until it has purged its log past those entries:
+    // manager 1 can then only catch up through a snapshot.
+    let new = c
+        .on_client(agreed_leader(others.clone(), Duration::from_secs(20)))
+        .await;
+    let mut round = 0;
+    while c.on_client(cluster_info(new)).await.map_or(0, |i| i.purged_index) <= appended {
+        round += 1;
+        assert!(round <= 20, "the new leader never purged past index {appended}");
+        let names = (0..10).map(|i| format!("svc-{round:02}-{i}")).collect();
+        c.on_client(create_all(others.clone(), names)).await;
+    }
+    for l in lost {
+        let _ = l.await;
+    }
+    for &o in &others {
+        net.unclog_link(c.node_id(old), c.node_id(o));
+        net.unclog_link(c.node_id(o), c.node_id(old));
+    }
+    c.on_client(wait_for(
+        "manager 1 to install a snapshot past its lost entries",
+        Duration::from_secs(20),
+        move || async move {
+            let info = cluster_info(old).await?;
+            (info.snapshot_index > appended).then_some(())
+        },
+    ))
+    .await;
+    lead_with(&c, old).await;
+    let wrote = c
+        .on_client(async move { create_service(&client_of(old), "after", 1, Duration::from_secs(10)).await })
+        .await;
+    assert!(
+        matches!(wrote, Some(Ok(_))),
+        "manager 1 leads again but took no write: {wrote:?}"
+    );
+}
+
+/// Kills whichever manager leads until `want` does, restarting each once the others have
+/// elected (a leader restarted at once resumes its own term: openraft keeps its vote); bounded.
+async fn lead_with(c: &Cluster, want: u64) {
+    for _ in 0..10 {
+        let leader = c
+            .on_client(agreed_leader(vec![1, 2, 3], Duration::from_secs(20)))
+            .await;
+        if leader == want {
+            return;
+        }
+        c.kill(leader);
+        let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+        c.on_client(agreed_leader(rest, Duration::from_secs(20))).await;
+        c.restart(leader);
+    }
+    panic!("manager {want} never became the leader");
 }
 
 fn ok<T>(r: Result<T, warren::client::ClientError>) -> Result<(), warren::client::ClientError> {

@@ -122,3 +122,18 @@ fn graceful_stop_seed_1796016126707890820_old_leader_campaigned() {
         )
     });
 }
+
+/// Found a manager that led again after a newer leader's snapshot had replaced the entries of
+/// two writes it had proposed while cut off: openraft 0.9 never answered them, they held both
+/// proposal slots, and no write went through that manager again (liveness). Fixed by giving
+/// up a proposal once its term has ended, or after the callers' deadline
+/// (`hardening::a_leader_whose_open_writes_a_snapshot_replaced_writes_when_it_leads_again`).
+#[test]
+fn machine_faults_seed_1796074645904076237_unanswered_proposals() {
+    on_seed(1796074645904076237, || {
+        chaos::run_mixed(
+            Profile::Lan,
+            "regressions::machine_faults_seed_1796074645904076237_unanswered_proposals",
+        )
+    });
+}

@@ -86,12 +86,9 @@ pub enum LeaderReply {
     Failed(String),
 }
 
-fn from_raft_err<E: std::fmt::Display>(
-    e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>,
-    what: E,
-) -> LeaderReply {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+fn from_raft_err<E: std::fmt::Display>(e: impl Into<super::proposer::ProposeError>, what: E) -> LeaderReply {
+    match e.into() {
+        super::proposer::ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             LeaderReply::NotLeader(f.leader_id.zip(f.leader_node))
         }
         e => LeaderReply::Failed(format!("{what}: {e}")),

@@ -10,6 +10,7 @@ use crate::raft::{ManagerNode, NodeId, Raft, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals open at once: while one is replicated, the next one is appended (and
@@ -21,7 +22,34 @@ pub const MAX_BATCH_COMMANDS: usize = 512;
 /// `max_payload_entries`) stay under the 64 MiB peer message limit.
 pub const MAX_BATCH_BYTES: u64 = 1 << 20;
 
-pub type Answer = Result<WriteResult, RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>>;
+/// Longest a proposal waits for Raft's answer: as long as any caller waits for a write
+/// (`leader::DEADLINE_MS`). A proposal holds one of the `IN_FLIGHT` slots while it waits, and
+/// openraft 0.9 never answers one whose entry was replaced by a snapshot from a newer leader
+/// (it answers only entries it applies or truncates): unbounded, two such proposals would
+/// stop every later write on this manager, even after it leads again.
+pub const ANSWER_WAIT_MS: u64 = super::leader::DEADLINE_MS;
+/// How often a waiting proposal looks whether the term it was proposed in has ended.
+const TERM_CHECK_MS: u64 = 100;
+
+pub type RaftWriteError = RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>;
+pub type Answer = Result<WriteResult, ProposeError>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error(transparent)]
+    Raft(#[from] RaftWriteError),
+    /// Raft has not answered, and may never: the outcome is unknown (a retry with the same
+    /// request id is applied at most once).
+    #[error(
+        "Raft gave no answer within {waited_ms} ms (term {proposed_in} then, {now} now); \
+         the write may or may not have been applied"
+    )]
+    NoAnswer {
+        waited_ms: u64,
+        proposed_in: u64,
+        now: u64,
+    },
+}
 
 struct Pending {
     cmd: Command,
@@ -54,11 +82,11 @@ impl Proposer {
         let (reply, answer) = oneshot::channel();
         let bytes = bincode::serialized_size(&cmd).unwrap_or(MAX_BATCH_BYTES);
         if self.tx.send(Pending { cmd, bytes, reply }).is_err() {
-            return Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+            return Err(RaftError::Fatal(openraft::error::Fatal::Stopped).into());
         }
         answer
             .await
-            .unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+            .unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped).into()))
     }
 }
 
@@ -111,19 +139,48 @@ async fn run(raft: Raft, state: crate::raft::store::SharedState, mut rx: mpsc::U
     }
 }
 
+/// `Raft::client_write`, given up once the term it was proposed in has ended without an
+/// answer, or after `ANSWER_WAIT_MS`.
+async fn answer_of(raft: &Raft, cmd: Command) -> Result<WriteResult, ProposeError> {
+    let proposed_in = raft.metrics().borrow().current_term;
+    let started = tokio::time::Instant::now();
+    let write = raft.client_write(cmd);
+    tokio::pin!(write);
+    loop {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(TERM_CHECK_MS), &mut write).await {
+            return r.map(|r| r.data).map_err(ProposeError::from);
+        }
+        let now = raft.metrics().borrow().current_term;
+        let waited_ms = started.elapsed().as_millis() as u64;
+        if now != proposed_in || waited_ms >= ANSWER_WAIT_MS {
+            tracing::warn!(
+                proposed_in,
+                now,
+                waited_ms,
+                "a proposal got no answer from Raft; given up"
+            );
+            return Err(ProposeError::NoAnswer {
+                waited_ms,
+                proposed_in,
+                now,
+            });
+        }
+    }
+}
+
 async fn propose(raft: &Raft, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         let p = batch.pop().expect("one write");
-        let _ = p.reply.send(raft.client_write(p.cmd).await.map(|r| r.data));
+        let _ = p.reply.send(answer_of(raft, p.cmd).await);
         return;
     }
     let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let n = cmds.len();
     crate::metrics::get().batch_writes.observe(n as f64);
-    match raft.client_write(Command::Batch(cmds)).await {
+    match answer_of(raft, Command::Batch(cmds)).await {
         Ok(r) => {
-            let answers = match r.data.0 {
+            let answers = match r.0 {
                 Ok(Outcome::Batch(a)) if a.len() == n => a,
                 other => {
                     let why = format!("a batch of {n} writes was answered with {other:?}");
