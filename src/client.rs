@@ -57,10 +57,12 @@ pub struct Client {
     endpoints: Vec<(String, Endpoint)>,
     /// mutual TLS with this process's credential (`security`).
     transport: crate::security::Transport,
-    /// One open channel per endpoint, reused across calls; dropped on a connection error.
-    /// Each with the transport generation it was opened at (an older one is replaced: it
-    /// presents a renewed-away certificate).
-    channels: Mutex<Vec<Option<(u64, Channel)>>>,
+    /// The one open channel, reused across calls: to which endpoint, and the transport
+    /// generation it was opened at (an older one is replaced: it presents a renewed-away
+    /// certificate). Opening one to another manager closes it (once the calls and streams
+    /// on it end): a worker holds one connection, so that the managers left after one is
+    /// lost have room for all of them (`limits::MAX_API_CONNECTIONS`).
+    open: Mutex<Option<(usize, u64, Channel)>>,
     current: AtomicUsize,
     /// Pick the first manager to answer rather than the first listed (off once a caller
     /// chose where to start with `start_at`).
@@ -141,7 +143,7 @@ impl Client {
             return Err(ClientError::NoManagers);
         }
         Ok(Client {
-            channels: Mutex::new(vec![None; endpoints.len()]),
+            open: Mutex::new(None),
             endpoints,
             transport,
             current: AtomicUsize::new(0),
@@ -160,8 +162,13 @@ impl Client {
     pub fn rotate(&self) {
         let n = self.endpoints.len();
         let i = self.current.load(Ordering::Relaxed);
-        self.channels.lock().unwrap()[i] = None;
+        self.forget(i);
         self.current.store((i + 1) % n, Ordering::Relaxed);
+    }
+
+    /// The endpoint calls go to first (the last one that answered).
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
     }
 
     /// Runs `f` against the current manager; on a connection failure (or `Unavailable` from
@@ -221,17 +228,25 @@ impl Client {
             .join(", ")
     }
 
-    /// The open channel to endpoint `i`, if it was opened with the current credential.
+    /// The open channel, if it goes to endpoint `i` and was opened with the current credential.
     fn cached(&self, i: usize) -> Option<Channel> {
         let generation = self.transport.generation();
-        match &self.channels.lock().unwrap()[i] {
-            Some((g, ch)) if *g == generation => Some(ch.clone()),
+        match &*self.open.lock().unwrap() {
+            Some((at, g, ch)) if *at == i && *g == generation => Some(ch.clone()),
             _ => None,
         }
     }
 
     fn keep(&self, i: usize, ch: Channel) {
-        self.channels.lock().unwrap()[i] = Some((self.transport.generation(), ch));
+        *self.open.lock().unwrap() = Some((i, self.transport.generation(), ch));
+    }
+
+    /// Drops the open channel if it goes to endpoint `i`.
+    fn forget(&self, i: usize) {
+        let mut open = self.open.lock().unwrap();
+        if open.as_ref().is_some_and(|(at, _, _)| *at == i) {
+            *open = None;
+        }
     }
 
     /// Talks first to whichever manager answers first, when the current one has no open
@@ -326,7 +341,7 @@ impl Client {
                 // The manager's TLS refused our certificate (another cluster's, expired,
                 // revoked by a CA rotation): no other manager will take it either.
                 Err(s) if tls_alert(&s).is_some() => {
-                    self.channels.lock().unwrap()[i] = None;
+                    self.forget(i);
                     return Err(ClientError::CredentialRefused {
                         address: addr.clone(),
                         reason: tls_alert(&s).unwrap_or_default(),
@@ -341,7 +356,7 @@ impl Client {
                     ) =>
                 {
                     // Reconnect next time: the manager may have restarted elsewhere.
-                    self.channels.lock().unwrap()[i] = None;
+                    self.forget(i);
                     if k + 1 == n {
                         return Err(ClientError::Status(s));
                     }

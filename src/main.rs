@@ -61,6 +61,19 @@ async fn run() -> ExitCode {
         // One JSON object per line, with the span fields (node, service, task ids).
         warren::cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
     }
+    if daemon {
+        match warren::manager::listener::raise_open_file_limit() {
+            Ok((before, after)) if after > before => {
+                tracing::info!(
+                    before,
+                    after,
+                    "raised the soft limit on open files to the hard limit"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not raise the soft limit on open files"),
+        }
+    }
     match warren::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -107,6 +107,25 @@ mod refused {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Go programs (etcd,
+/// Nomad) do at start: distributions leave the soft limit at 1,024, which would cap a
+/// manager at 256 connections (`connection_cap`). Returns (before, after).
+#[cfg(not(madsim))]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, soft.max(hard)))
+}
+
+/// The simulator has no file descriptors.
+#[cfg(madsim)]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    Ok((0, 0))
+}
+
 /// Open connections one server takes: `MAX_API_CONNECTIONS`, or a quarter of the process's
 /// file descriptor limit if that is lower (two servers, the Raft peers, the database and
 /// new connections need the rest).

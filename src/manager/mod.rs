@@ -13,7 +13,7 @@ pub mod error;
 pub mod handoff;
 mod join;
 pub mod leader;
-mod listener;
+pub mod listener;
 pub mod logs;
 pub mod marker;
 mod observe;
