@@ -57,12 +57,12 @@ pub struct Client {
     endpoints: Vec<(String, Endpoint)>,
     /// mutual TLS with this process's credential (`security`).
     transport: crate::security::Transport,
-    /// The one open channel, reused across calls: to which endpoint, and the transport
-    /// generation it was opened at (an older one is replaced: it presents a renewed-away
-    /// certificate). Opening one to another manager closes it (once the calls and streams
-    /// on it end): a worker holds one connection, so that the managers left after one is
-    /// lost have room for all of them (`limits::MAX_API_CONNECTIONS`).
-    open: Mutex<Option<(usize, u64, Channel)>>,
+    /// One open channel per endpoint, reused across calls (it reconnects by itself), so a
+    /// process holds at most one connection to each manager; dropped when a manager's TLS
+    /// refuses the credential.
+    /// Each with the transport generation it was opened at (an older one is replaced: it
+    /// presents a renewed-away certificate).
+    channels: Mutex<Vec<Option<(u64, Channel)>>>,
     current: AtomicUsize,
     /// Pick the first manager to answer rather than the first listed (off once a caller
     /// chose where to start with `start_at`).
@@ -143,7 +143,7 @@ impl Client {
             return Err(ClientError::NoManagers);
         }
         Ok(Client {
-            open: Mutex::new(None),
+            channels: Mutex::new(vec![None; endpoints.len()]),
             endpoints,
             transport,
             current: AtomicUsize::new(0),
@@ -158,17 +158,14 @@ impl Client {
         self.race_first.store(false, Ordering::Relaxed);
     }
 
-    /// Moves to the next manager and drops the current one's channel (it stopped answering).
+    /// Moves to the next manager. The current one's channel is kept: a channel reconnects by
+    /// itself when its connection breaks, and a new one beside a stream still open on the old
+    /// (the assignment stream) would be a second connection to that manager. Opening new ones
+    /// at every failover once took a manager past its connection cap with 5,000 workers.
     pub fn rotate(&self) {
         let n = self.endpoints.len();
         let i = self.current.load(Ordering::Relaxed);
-        self.forget(i);
         self.current.store((i + 1) % n, Ordering::Relaxed);
-    }
-
-    /// The endpoint calls go to first (the last one that answered).
-    pub fn current(&self) -> usize {
-        self.current.load(Ordering::Relaxed)
     }
 
     /// Runs `f` against the current manager; on a connection failure (or `Unavailable` from
@@ -228,25 +225,17 @@ impl Client {
             .join(", ")
     }
 
-    /// The open channel, if it goes to endpoint `i` and was opened with the current credential.
+    /// The open channel to endpoint `i`, if it was opened with the current credential.
     fn cached(&self, i: usize) -> Option<Channel> {
         let generation = self.transport.generation();
-        match &*self.open.lock().unwrap() {
-            Some((at, g, ch)) if *at == i && *g == generation => Some(ch.clone()),
+        match &self.channels.lock().unwrap()[i] {
+            Some((g, ch)) if *g == generation => Some(ch.clone()),
             _ => None,
         }
     }
 
     fn keep(&self, i: usize, ch: Channel) {
-        *self.open.lock().unwrap() = Some((i, self.transport.generation(), ch));
-    }
-
-    /// Drops the open channel if it goes to endpoint `i`.
-    fn forget(&self, i: usize) {
-        let mut open = self.open.lock().unwrap();
-        if open.as_ref().is_some_and(|(at, _, _)| *at == i) {
-            *open = None;
-        }
+        self.channels.lock().unwrap()[i] = Some((self.transport.generation(), ch));
     }
 
     /// Talks first to whichever manager answers first, when the current one has no open
@@ -341,7 +330,7 @@ impl Client {
                 // The manager's TLS refused our certificate (another cluster's, expired,
                 // revoked by a CA rotation): no other manager will take it either.
                 Err(s) if tls_alert(&s).is_some() => {
-                    self.forget(i);
+                    self.channels.lock().unwrap()[i] = None;
                     return Err(ClientError::CredentialRefused {
                         address: addr.clone(),
                         reason: tls_alert(&s).unwrap_or_default(),
@@ -355,8 +344,7 @@ impl Client {
                         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded
                     ) =>
                 {
-                    // Reconnect next time: the manager may have restarted elsewhere.
-                    self.forget(i);
+                    // The channel is kept (see `rotate`).
                     if k + 1 == n {
                         return Err(ClientError::Status(s));
                     }

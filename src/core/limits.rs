@@ -79,9 +79,9 @@ pub const MAX_QUOTED_BYTES: usize = 128;
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Open assignment streams per worker node (a worker needs one; reconnects overlap briefly).
 pub const MAX_STREAMS_PER_NODE: usize = 4;
-/// Open API connections per manager; more are closed at once. Room for 5,000 workers (one
-/// connection each, `client::Client`) on one manager, with 3,000 to spare for operators and
-/// peers, after the other managers are lost.
+/// Open API connections per manager; more are closed at once. Room for 5,000 workers (each
+/// holds at most one connection to each manager, `client::Client`) on one manager after the
+/// others are lost, with 3,000 to spare for operators and peers.
 pub const MAX_API_CONNECTIONS: usize = 8192;
 /// A new connection must complete its HTTP/2 preface within this long.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;

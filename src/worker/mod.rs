@@ -478,9 +478,6 @@ async fn watch_assignments(
         };
         debug!("assignment stream open");
         last_refusal = None;
-        // The manager the stream is on: when the heartbeats move to another one, the stream
-        // follows (resuming where it was), so the worker holds one connection.
-        let on = client.current();
         // A full set or a change may come in several pages (`more`); it counts once complete.
         let mut partial: Vec<pb::Task> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
@@ -488,10 +485,6 @@ async fn watch_assignments(
             // BUGGIFY: the stream drops mid-set; the worker reconnects and gets a full set.
             if crate::buggify!(100) {
                 debug!("buggify: dropping the assignment stream");
-                break;
-            }
-            if client.current() != on {
-                debug!("the heartbeats moved to another manager; the assignment stream follows");
                 break;
             }
             match tokio::time::timeout(silence, stream.message()).await {
