@@ -469,7 +469,8 @@ pub async fn start(
             recovery::force_new_cluster(&identity, &sm_store, &transport, *even_if_reachable).await?;
         }
         let state = sm_store.shared();
-        let network = Network::new(transport.clone());
+        let network = Network::new(transport.clone(), log_store.durable());
+        log_store.set_own_id(identity.node_id);
         let outlogged = network.outlogged.clone();
         let raft = Raft::new(identity.node_id, config, network, log_store.clone(), sm_store)
             .await

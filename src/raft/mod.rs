@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod disk;
+pub mod durable;
 pub mod network;
 #[cfg(madsim)]
 pub mod runtime;

@@ -79,13 +79,20 @@ pub type Outlogged = std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant
 pub struct Network {
     pub outlogged: Outlogged,
     transport: crate::security::Transport,
+    /// How far this manager's log is on disk: followers hear of no commit past it
+    /// (`raft::durable`).
+    durable: std::sync::Arc<super::durable::Durable>,
 }
 
 impl Network {
-    pub fn new(transport: crate::security::Transport) -> Network {
+    pub fn new(
+        transport: crate::security::Transport,
+        durable: std::sync::Arc<super::durable::Durable>,
+    ) -> Network {
         Network {
             outlogged: Default::default(),
             transport,
+            durable,
         }
     }
 }
@@ -102,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             retry: None,
             outlogged: self.outlogged.clone(),
             transport: self.transport.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -118,6 +126,7 @@ pub struct Connection {
     retry: Option<(crate::retry::Backoff, tokio::time::Instant)>,
     outlogged: Outlogged,
     transport: crate::security::Transport,
+    durable: std::sync::Arc<super::durable::Durable>,
 }
 
 #[derive(Clone, Copy)]
@@ -236,9 +245,10 @@ impl Connection {
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ManagerNode, RaftError<NodeId>>> {
+        rpc.leader_commit = self.durable.clamp(rpc.leader_commit);
         let format = rpc
             .entries
             .iter()

@@ -40,7 +40,9 @@ pub enum WalError {
 
 #[derive(Debug)]
 pub struct Wal {
-    file: Box<dyn StorageBackend>,
+    /// Shared with a sync running behind the leader's appends (`raft::durable`): a write
+    /// and an fdatasync of one file may run at once.
+    file: std::sync::Arc<dyn StorageBackend>,
     len: u64,
 }
 
@@ -55,9 +57,17 @@ impl Wal {
         let (records, good) = parse(&bytes)?;
         if good < len {
             file.set_len(good)?;
-            file.sync_data()?;
         }
-        Ok((Wal { file, len: good }, records))
+        // What a killed process wrote may still be only in the page cache: on disk before
+        // anything read from it is relied on.
+        file.sync_data()?;
+        Ok((
+            Wal {
+                file: file.into(),
+                len: good,
+            },
+            records,
+        ))
     }
 
     /// Appends `record` and waits until it is on disk.
@@ -67,6 +77,18 @@ impl Wal {
         self.file.sync_data()?;
         self.len += out.len() as u64;
         Ok(())
+    }
+
+    /// Appends `record` without waiting for the disk: `file().sync_data()` makes it durable.
+    pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        let out = encode(record)?;
+        self.file.write(self.len, &out)?;
+        self.len += out.len() as u64;
+        Ok(())
+    }
+
+    pub fn file(&self) -> std::sync::Arc<dyn StorageBackend> {
+        self.file.clone()
     }
 
     /// Empties the file: call only once the database holds every record durably.
