@@ -760,9 +760,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if crate::bugs::on(crate::bugs::Bug::ForgetVoteOnRestart) {
             return Ok(None);
         }
-        let vote: Option<Vote<NodeId>> = self
+        let mut vote: Option<Vote<NodeId>> = self
             .meta_get(KEY_VOTE)
             .map_err(StorageIOError::<NodeId>::read_vote)?;
+        // openraft resumes a leader's own term at once when it restarts with its committed
+        // vote. This leader may have sent followers entries that never reached its own disk
+        // (`raft::durable`): leading that term again, it would write other entries under the
+        // same ids. Read back as not committed, the vote makes it win a new term first.
+        if let (Some(v), Some(me)) = (vote.as_mut(), self.own_id.get()) {
+            if v.committed && v.leader_id.voted_for == Some(*me) {
+                v.committed = false;
+            }
+        }
         *self.vote.lock().expect("vote lock") = vote;
         Ok(vote)
     }
