@@ -184,7 +184,11 @@ pub struct LogStore {
     /// This manager's id, and the vote it last saved: whether an append is its own as leader.
     own_id: Arc<std::sync::OnceLock<NodeId>>,
     vote: Arc<std::sync::Mutex<Option<Vote<NodeId>>>>,
+    /// The committed id openraft gave last, and the one saved (clamped to `durable`).
+    commit: Arc<std::sync::Mutex<Committed>>,
 }
+
+type Committed = (Option<LogId<NodeId>>, Option<LogId<NodeId>>);
 
 /// How many of the newest log entries are kept decoded in memory.
 pub const TAIL_ENTRIES: usize = 1024;
@@ -350,6 +354,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             durable: durable.clone(),
             own_id: Default::default(),
             vote: Default::default(),
+            commit: Default::default(),
         },
         StateMachineStore {
             db,
@@ -578,10 +583,11 @@ impl LogStore {
     /// log in one place.
     pub fn checkpoint(&self) -> Result<(), AnyError> {
         let mut wal = self.wal.lock().expect("wal lock");
-        if wal.is_empty() {
-            return Ok(());
+        if !wal.is_empty() {
+            commit_and_reset(&self.db, &mut wal, &self.durable)?;
         }
-        commit_and_reset(&self.db, &mut wal, &self.durable)
+        drop(wal);
+        self.record_committed(None)
     }
 
     /// How far the log is on disk (`raft::durable`), for the Raft network's commit clamp.
@@ -611,7 +617,12 @@ impl LogStore {
         let Some(mut target) = self.durable.start_sync() else {
             return;
         };
-        let (db, wal, durable) = (self.db.clone(), self.wal.clone(), self.durable.clone());
+        let (db, wal, durable, store) = (
+            self.db.clone(),
+            self.wal.clone(),
+            self.durable.clone(),
+            self.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 simulated_fsync_latency().await;
@@ -641,12 +652,46 @@ impl LogStore {
                     }
                     Ok(()) => Ok(()),
                 };
-                match durable.synced(target, res) {
+                let next = durable.synced(target, res);
+                if let Err(e) = store.record_committed(None) {
+                    tracing::warn!(error = %e, "cannot save the committed index");
+                }
+                match next {
                     Some(next) => target = next,
                     None => break,
                 }
             }
         });
+    }
+
+    /// Saves the committed id openraft gave last (`wanted`, when it gives a new one), clamped
+    /// to what is durable here; the sync behind the leader's appends calls it again as it
+    /// moves, so that a restart re-applies all that was committed before it.
+    fn record_committed(&self, wanted: Option<Option<LogId<NodeId>>>) -> Result<(), AnyError> {
+        let mut commit = self.commit.lock().expect("commit lock");
+        if let Some(w) = wanted {
+            commit.0 = w;
+        }
+        let committed = self.durable.clamp(commit.0);
+        if committed == commit.1 {
+            return Ok(());
+        }
+        if let Some(c) = committed {
+            self.committed_high
+                .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Not made durable on its own: losing it in a crash only means re-learning it from the
+        // leader (openraft allows that), and the next append's fsync persists it anyway.
+        // One fsync per write instead of two.
+        let mut tx = self.db.begin_write().map_err(any)?;
+        tx.set_durability(redb::Durability::None).map_err(any)?;
+        tx.open_table(META)
+            .map_err(any)?
+            .insert(KEY_COMMITTED, enc(&committed).as_slice())
+            .map_err(any)?;
+        tx.commit().map_err(any)?;
+        commit.1 = committed;
+        Ok(())
     }
 
     /// An error once a sync behind the leader's appends has failed.
@@ -780,24 +825,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The leader may count itself before its own sync is done: what is saved (and
         // marked as committed on disk) stays within what this manager holds durably.
         self.check_synced().map_err(StorageIOError::write)?;
-        let committed = self.durable.clamp(committed);
-        if let Some(c) = committed {
-            self.committed_high
-                .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
-        }
-        // Not made durable on its own: losing it in a crash only means re-learning it from the
-        // leader (openraft allows that), and the next append's fsync persists it anyway.
-        // One fsync per write instead of two.
-        let write = || -> Result<(), AnyError> {
-            let mut tx = self.db.begin_write().map_err(any)?;
-            tx.set_durability(redb::Durability::None).map_err(any)?;
-            tx.open_table(META)
-                .map_err(any)?
-                .insert(KEY_COMMITTED, enc(&committed).as_slice())
-                .map_err(any)?;
-            tx.commit().map_err(any)
-        };
-        write().map_err(|e| StorageIOError::write(e).into())
+        self.record_committed(Some(committed))
+            .map_err(|e| StorageIOError::write(e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
