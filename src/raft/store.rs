@@ -370,14 +370,14 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
 fn stored_last_log_id(db: &Database, path: &str) -> Result<Option<LogId<NodeId>>, AnyError> {
     let tx = db.begin_read().map_err(any)?;
     if let Some((k, v)) = tx.open_table(LOGS).map_err(any)?.last().map_err(any)? {
-        let e: Entry<TypeConfig> =
-            codec::unseal(v.value()).map_err(|e| corrupt(path, format_args!("log entry {}", k.value()), e))?;
+        let e: Entry<TypeConfig> = codec::unseal(v.value())
+            .map_err(|e| corrupt(path, format_args!("log entry {}", k.value()), e))?;
         return Ok(Some(e.log_id));
     }
     match tx.open_table(META).map_err(any)?.get(KEY_PURGED).map_err(any)? {
-        Some(v) => Ok(Some(
-            codec::unseal(v.value()).map_err(|e| corrupt(path, format_args!("Raft metadata {KEY_PURGED:?}"), e))?,
-        )),
+        Some(v) => Ok(Some(codec::unseal(v.value()).map_err(|e| {
+            corrupt(path, format_args!("Raft metadata {KEY_PURGED:?}"), e)
+        })?)),
         None => Ok(None),
     }
 }
@@ -845,8 +845,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The leader's own appends (not a membership change) are reported flushed once
         // written, and synced behind (`raft::durable`).
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let behind =
-            self.leads() && !entries.iter().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        let behind = self.leads()
+            && !entries
+                .iter()
+                .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
         if !behind {
             simulated_fsync_latency().await;
         }
@@ -920,7 +922,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(any)?;
             tx.commit().map_err(any)?;
-            log_durably(&self.db, &self.wal, &self.durable, (&Record::Truncate(log_id.index), None), false)?;
+            log_durably(
+                &self.db,
+                &self.wal,
+                &self.durable,
+                (&Record::Truncate(log_id.index), None),
+                false,
+            )?;
             self.durable.cut_to(stored_last_log_id(&self.db, &self.path)?);
             Ok(())
         };
