@@ -137,3 +137,18 @@ fn machine_faults_seed_1796074645904076237_unanswered_proposals() {
         )
     });
 }
+
+/// Found while the leader's appends were first synced behind it (`raft::durable`): a leader's
+/// fdatasync failed (EIO), it restarted without the entries it had already sent, and openraft
+/// resumed its committed vote, so it led its old term again and wrote other entries under the
+/// same ids; the managers never converged. Fixed by reading a leader's own committed vote
+/// back as not committed (`raft::store`, `read_vote`): a restarted leader wins a new term.
+#[test]
+fn machine_faults_seed_1796091235810384873_leader_resumed_its_term() {
+    on_seed(1796091235810384873, || {
+        chaos::run_mixed(
+            Profile::Lan,
+            "regressions::machine_faults_seed_1796091235810384873_leader_resumed_its_term",
+        )
+    });
+}
