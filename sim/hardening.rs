@@ -291,7 +291,8 @@ async fn a_leader_whose_open_writes_a_snapshot_replaced_writes_when_it_leads_aga
 }
 
 /// Kills whichever manager leads until `want` does, restarting each once the others have
-/// elected (a leader restarted at once resumes its own term: openraft keeps its vote); bounded.
+/// elected (a leader restarted at once would campaign with the others' election timers still
+/// running, and may win again); bounded.
 async fn lead_with(c: &Cluster, want: u64) {
     for _ in 0..10 {
         let leader = c
