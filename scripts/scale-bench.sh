@@ -9,6 +9,7 @@
 #   3. Does it again with the leader killed (kill -9) when half are running: then checks that
 #      no slot holds two tasks and that no task was replaced (rescheduled).
 # Usage: scripts/scale-bench.sh [WORKERS] [HOLD_S] [REPLICAS]   (default 5000 600 50000)
+# KEEP_LOGS=1 keeps the logs; NODESIM_LOG sets the load generator's RUST_LOG (default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${1:-5000}
@@ -71,7 +72,7 @@ WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)
 echo "3 managers up (leader $(leader)); $(nproc) cores; starting $WORKERS workers"
 
 t0=$(now)
-$SIM --manager $ALL --token "$WTOKEN" --workers "$WORKERS" --data-dir $T/nodes --start-per-s "${START_PER_S:-50}" \
+RUST_LOG=${NODESIM_LOG:-warn} $SIM --manager $ALL --token "$WTOKEN" --workers "$WORKERS" --data-dir $T/nodes --start-per-s "${START_PER_S:-50}" \
   --report-s 30 >$T/nodesim.log 2>&1 &
 PID[sim]=$!
 ready() { metric "$(leader)" 'warren_nodes{status="ready"}'; }

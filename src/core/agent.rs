@@ -617,8 +617,39 @@ pub fn autonomy_after_ms(configured_ms: u64, interval_ms: u64) -> u64 {
     configured_ms.max(interval_ms.saturating_mul(2))
 }
 
+/// The shortest a worker waits for a heartbeat's answer (ms).
+pub const MIN_HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
+/// After a failed heartbeat the next goes after a jittered backoff from this (ms) up to the
+/// interval, not after a whole interval.
+pub const HEARTBEAT_RETRY_MIN_MS: u64 = 250;
+
+/// How long a worker waits for a heartbeat's answer: `MIN_HEARTBEAT_TIMEOUT_MS`, or the
+/// interval the managers asked for if longer. The answer waits for the commit of the reports
+/// the beat carries, which takes seconds on a loaded leader; a beat given up on too early
+/// costs the worker a retry, and a few in a row its grace period (issue #16: 5,000 workers).
+pub fn heartbeat_timeout_ms(interval_ms: u64) -> u64 {
+    MIN_HEARTBEAT_TIMEOUT_MS.max(interval_ms)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_heartbeat_waits_for_its_answer_as_long_as_the_asked_interval() {
+        for (interval_ms, want_ms) in [
+            (0, 3_000),
+            (1_000, 3_000),
+            (3_000, 3_000),
+            (5_000, 5_000),
+            (20_000, 20_000),
+        ] {
+            assert_eq!(
+                super::heartbeat_timeout_ms(interval_ms),
+                want_ms,
+                "interval {interval_ms}"
+            );
+        }
+    }
+
     #[test]
     fn autonomy_waits_for_two_of_the_asked_intervals() {
         assert_eq!(super::autonomy_after_ms(3_000, 0), 3_000);

@@ -719,6 +719,7 @@ impl NodeService for Api {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
         self.allow(&req, Rpc::Heartbeat, Target::Node(&req.get_ref().node_id))?;
         let req = req.into_inner();
+        tracing::trace!(target: "warren::heartbeat", node = %req.node_id, "heartbeat received");
         let mut reports = Vec::with_capacity(req.changes.len());
         for c in req.changes {
             let state = task_state_from_pb(c.state).ok_or_else(|| {

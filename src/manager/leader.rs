@@ -221,6 +221,7 @@ async fn heartbeat(
         (st.changed_reports(&node_id, reports), new_version, interval_ms)
     };
     m.heartbeats.heard(&node_id, interval_ms);
+    tracing::trace!(target: "warren::heartbeat", node = %node_id, "heartbeat heard by the leader");
     if new_version {
         // Once per node and build: a failure is retried with the next heartbeat.
         let cmd = Command::SetNodeVersion {

@@ -42,7 +42,6 @@ pub const CHECK_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=10_000;
 /// An assignment stream silent for this long is considered dead (managers send a
 /// keep-alive every 2 s).
 pub const STREAM_SILENCE_MS: u64 = 5_000;
-const HEARTBEAT_TIMEOUT_MS: u64 = 3_000;
 /// How often the agent removes containers no task of its own holds.
 const SWEEP_MS: u64 = 60_000;
 const REGISTER_DEADLINE_MS: u64 = 10_000;
@@ -527,6 +526,13 @@ async fn watch_assignments(
                     client.rotate();
                     break;
                 }
+                // A status made here from a transport error (it has a source; one the manager
+                // sent has none): the connection broke, as when a manager is killed.
+                Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                    debug!(error = %status.message(), "assignment stream broke; moving to another manager");
+                    client.rotate();
+                    break;
+                }
                 Ok(Err(status)) => {
                     // Not a broken link but an answer this worker cannot take (too large,
                     // undecodable): say so loudly, it will not fix itself.
@@ -583,6 +589,10 @@ async fn heartbeat_loop(
 ) {
     let mut interval_ms = 1_000;
     let mut send_all = true;
+    // Set while beats fail: the next one goes after a jittered backoff up to the interval
+    // (a lost beat must not cost a third of the grace period; a manager down for long is
+    // not hammered either).
+    let mut retry: Option<crate::retry::Backoff> = None;
     let report_queued = shared.lock().unwrap().report_queued.clone();
     loop {
         // At most MAX_REPORTS_PER_HEARTBEAT a beat (the managers refuse more); the rest go
@@ -599,13 +609,17 @@ async fn heartbeat_loop(
             changes: changes.clone(),
             version: crate::build::describe(),
         };
+        let timeout = Duration::from_millis(crate::core::agent::heartbeat_timeout_ms(interval_ms));
+        let sent_at = Instant::now();
+        tracing::trace!(target: "warren::heartbeat", reports = changes.len(), "heartbeat sent");
         let beat = client.call(|mut s| {
             let mut r = tonic::Request::new(req.clone());
-            r.set_timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS));
+            r.set_timeout(timeout);
             async move { s.nodes.heartbeat(r).await }
         });
-        match tokio::time::timeout(Duration::from_millis(HEARTBEAT_TIMEOUT_MS), beat).await {
+        match tokio::time::timeout(timeout, beat).await {
             Ok(Ok(resp)) => {
+                tracing::trace!(target: "warren::heartbeat", took_ms = sent_at.elapsed().as_millis() as u64, "heartbeat answered");
                 trust.heard(&client, &resp.trust_fingerprint).await;
                 let mut sh = shared.lock().unwrap();
                 if sh
@@ -625,6 +639,7 @@ async fn heartbeat_loop(
                     sh.pending.entry(r.task_id.clone()).or_insert(r);
                 }
                 send_all = false;
+                retry = None;
                 if resp.next_heartbeat_ms > 0 {
                     interval_ms = resp.next_heartbeat_ms;
                     sh.interval_ms = interval_ms;
@@ -643,18 +658,31 @@ async fn heartbeat_loop(
                 send_all = true;
             }
             Err(_) => {
+                debug!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "heartbeat not answered in time"
+                );
                 shared.lock().unwrap().first_beat_done = true;
                 client.rotate();
                 send_all = true;
             }
         }
-        // A failed beat waits out the interval; otherwise a queued report goes out early,
-        // after a moment for the reports of the same tick to gather.
+        // A failed beat is retried after a backoff; otherwise the next waits out the interval,
+        // unless a queued report goes out early, after a moment for the reports of the same
+        // tick to gather.
+        let wait = match send_all {
+            true => retry
+                .get_or_insert_with(|| {
+                    crate::retry::Backoff::new(crate::core::agent::HEARTBEAT_RETRY_MIN_MS, interval_ms)
+                })
+                .next_delay(),
+            false => Duration::from_millis(interval_ms),
+        };
         tokio::select! {
             // Biased: tokio's random branch order draws from a generator the simulator
             // cannot seed.
             biased;
-            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = report_queued.notified(), if !send_all => {
                 tokio::time::sleep(Duration::from_millis(REPORT_GATHER_MS)).await;
             }
@@ -907,8 +935,12 @@ impl Agent {
                     info!("a manager answers again: the managers decide again");
                 }
             } else {
+                let after_ms = crate::core::agent::autonomy_after_ms(
+                    self.autonomy_after.as_millis() as u64,
+                    self.shared.lock().unwrap().interval_ms,
+                );
                 warn!(
-                    after_ms = self.autonomy_after.as_millis() as u64,
+                    after_ms,
                     "no manager answers: running on its own (tasks keep running; exits are restarted here per their restart policy)"
                 );
             }
