@@ -125,15 +125,18 @@ until_running() {
     sleep 0.5
   done
 }
-scale_to() { # service replicas: sets ts, the time the scale was sent
+scale_to() { # service replicas: sets ts, the time the scale was sent, and each process's CPU ticks then
   ts=$(now)
+  for p in m1 m2 m3 sim; do C0[$p]=$(cpu_ticks "${PID[$p]}"); done
   $W --manager $ALL service scale "$1=$2" >/dev/null
 }
 # 2. Scale 0 -> REPLICAS.
 $W --manager $ALL service create -d big --image busybox --replicas 0 >/dev/null
 scale_to big "$REPLICAS"
 until_running "$REPLICAS"
-echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]})"
+el=$(python3 -c "print($(now)-$ts)")
+echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]});" \
+  "CPU over the scale (% of one core): m1 $(cpu m1) m2 $(cpu m2) m3 $(cpu m3) nodesim $(cpu sim)"
 
 # 3. The same with the leader killed half way.
 $W --manager $ALL service scale big=0 >/dev/null

@@ -57,14 +57,15 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<LocalState>> {
     Ok(Some(st))
 }
 
-pub fn save(data_dir: &Path, st: &LocalState) -> anyhow::Result<()> {
+/// Saves `st` (durably, in this build's format) and hands it back unchanged, so that the
+/// caller keeps it as what is saved without another copy.
+pub fn save(data_dir: &Path, mut st: LocalState) -> anyhow::Result<LocalState> {
     let p = path(data_dir);
-    let st = LocalState {
-        format: FORMAT,
-        ..st.clone()
-    };
+    let format = std::mem::replace(&mut st.format, FORMAT);
     let bytes = serde_json::to_vec_pretty(&st).expect("serializable");
-    crate::raft::disk::write_durable(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))
+    st.format = format;
+    crate::raft::disk::write_durable(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(st)
 }
 
 #[cfg(all(test, not(madsim)))]
@@ -79,7 +80,7 @@ mod tests {
             cluster_id: "c1".into(),
             ..Default::default()
         };
-        save(dir.path(), &st).unwrap();
+        save(dir.path(), st).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.format, FORMAT);
         assert_eq!(back.node_id, "w1");

@@ -186,6 +186,9 @@ pub async fn open_runtime(opts: &WorkerOpts) -> anyhow::Result<Arc<dyn Container
     }
 }
 
+/// The tasks the managers assign to this node (`None`: not heard yet).
+type Assigned = Option<Arc<Vec<pb::Task>>>;
+
 /// State shared between the agent loop and the heartbeat loop.
 #[derive(Default)]
 struct Shared {
@@ -305,15 +308,14 @@ pub async fn start(
                     cluster_id,
                     tasks: BTreeMap::new(),
                 };
-                local::save(&opts.data_dir, &st)?;
-                st
+                local::save(&opts.data_dir, st)?
             }
         };
         info!(cluster = %local.cluster_id, "worker started");
         let _metrics = metrics_listener.map(|l| observe::serve(l, runtime.clone()));
 
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Option<Vec<pb::Task>>>(None);
+        let (assign_tx, mut assign_rx) = tokio::sync::watch::channel::<Assigned>(None);
         let watcher = tokio::spawn(watch_assignments(client.clone(), opts.node_id.clone(), assign_tx).in_current_span());
         let beater = tokio::spawn(heartbeat_loop(client.clone(), opts.node_id.clone(), shared.clone(), trust).in_current_span());
         let log_session = runtime
@@ -338,8 +340,10 @@ pub async fn start(
         let mut last_sweep = Instant::now();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            // Shared, not copied: the loop runs at every job's end and check (5,000 agents in
+            // examples/nodesim spent a third of their samples copying and freeing).
             let desired = assign_rx.borrow_and_update().clone();
-            agent.tick(&mut local, desired.as_deref()).await;
+            agent.tick(&mut local, desired.as_deref().map(Vec::as_slice)).await;
             if last_sweep.elapsed() >= Duration::from_millis(SWEEP_MS) {
                 agent.sweep(&local, false).await;
                 last_sweep = Instant::now();
@@ -350,10 +354,9 @@ pub async fn start(
                 // threads left their sockets unread for seconds, and the managers marked
                 // them down).
                 let (dir, saving) = (opts.data_dir.clone(), local.clone());
-                if let Err(e) = crate::offload::off_async(move || local::save(&dir, &saving)).await {
-                    error!(error = %format!("{e:#}"), "cannot save local state");
-                } else {
-                    agent.saved = local.clone();
+                match crate::offload::off_async(move || local::save(&dir, saving)).await {
+                    Ok(saved) => agent.saved = saved,
+                    Err(e) => error!(error = %format!("{e:#}"), "cannot save local state"),
                 }
             }
             tokio::select! {
@@ -427,11 +430,7 @@ async fn register(
 }
 
 /// Keeps one assignment stream open, moving to the next manager when it breaks.
-async fn watch_assignments(
-    client: Arc<Client>,
-    node_id: String,
-    tx: tokio::sync::watch::Sender<Option<Vec<pb::Task>>>,
-) {
+async fn watch_assignments(client: Arc<Client>, node_id: String, tx: tokio::sync::watch::Sender<Assigned>) {
     let silence = Duration::from_millis(STREAM_SILENCE_MS);
     let mut last_refusal: Option<String> = None;
     // What the managers assigned, as of `have.seq` (a log index when `indexed`: then a
@@ -507,7 +506,7 @@ async fn watch_assignments(
                     if applied {
                         indexed = ev.indexed && !ev.history.is_empty();
                         history = ev.history;
-                        let _ = tx.send(Some(have.tasks.values().cloned().collect()));
+                        let _ = tx.send(Some(Arc::new(have.tasks.values().cloned().collect())));
                     } else {
                         // A change this worker cannot place: start over with a full set.
                         debug!(
