@@ -605,10 +605,16 @@ impl LogStore {
     /// leader's vote before any append under it, on the leader and on its followers.
     fn leads(&self) -> bool {
         let vote = self.vote.lock().expect("vote lock");
-        match (vote.as_ref(), self.own_id.get()) {
-            (Some(v), Some(me)) => v.committed && v.leader_id.voted_for == Some(*me),
-            _ => false,
-        }
+        vote.as_ref().is_some_and(|v| self.own_leader_vote(v))
+    }
+
+    /// `vote` is this manager's own as a leader (committed, for itself).
+    fn own_leader_vote(&self, vote: &Vote<NodeId>) -> bool {
+        vote.committed
+            && self
+                .own_id
+                .get()
+                .is_some_and(|me| vote.leader_id.voted_for == Some(*me))
     }
 
     /// A leader's append: written now and reported flushed; one sync runs behind it (and
@@ -812,10 +818,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // vote. This leader may have sent followers entries that never reached its own disk
         // (`raft::durable`): leading that term again, it would write other entries under the
         // same ids. Read back as not committed, the vote makes it win a new term first.
-        if let (Some(v), Some(me)) = (vote.as_mut(), self.own_id.get()) {
-            if v.committed && v.leader_id.voted_for == Some(*me) {
-                v.committed = false;
-            }
+        if let Some(v) = vote.as_mut().filter(|v| self.own_leader_vote(v)) {
+            v.committed = false;
         }
         *self.vote.lock().expect("vote lock") = vote;
         Ok(vote)

@@ -72,11 +72,8 @@ impl Wal {
 
     /// Appends `record` and waits until it is on disk.
     pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
-        let out = encode(record)?;
-        self.file.write(self.len, &out)?;
-        self.file.sync_data()?;
-        self.len += out.len() as u64;
-        Ok(())
+        self.write(record)?;
+        self.file.sync_data()
     }
 
     /// Appends `record` without waiting for the disk: `file().sync_data()` makes it durable.
