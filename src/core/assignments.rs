@@ -63,7 +63,7 @@ pub struct Index {
     read_tasks: Map<String, Task>,
     /// Each service's version as last read. (Not the services themselves: a map shared with
     /// the state makes each write to it copy the services along its path.)
-    read_service_versions: BTreeMap<String, u64>,
+    read_service_versions: super::state::ServiceVersions,
 }
 
 /// What changed on a node after some point: tasks to (re)send, tasks to drop.
@@ -171,9 +171,7 @@ impl Index {
     /// Only that changes its tasks' keys: a new service's tasks are new and a removed one's
     /// removed, which the task diff shows.
     fn note_service_versions(&mut self, state: &ClusterState) -> bool {
-        !super::state::note_service_versions(&mut self.read_service_versions, &state.services)
-            .changed
-            .is_empty()
+        !self.read_service_versions.note(state).changed.is_empty()
     }
 
     /// Tasks now on a node (new, moved or at a new key), in id order.
@@ -486,6 +484,7 @@ mod tests {
                     1 => {
                         let s = st.services.get_mut("s1").expect("s1");
                         s.version += 1;
+                        st.service_feed.touched_by_hand("s1");
                     }
                     2 => {
                         if let Some(t) = st.tasks.get_mut(&id) {

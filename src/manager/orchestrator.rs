@@ -104,6 +104,7 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
     // What the last round read and found, so that a round looks only at what changed; a new
     // leader starts with none (its first round looks at everything).
     let mut memory = reconciler::Memory::default();
+    let mut deadlines = reconciler::Deadlines::default();
     loop {
         // A round runs when an entry was applied (a task report, a new spec: a rolling update
         // advances on each), at most every MIN_ROUND_GAP_MS, and every ROUND_INTERVAL_MS
@@ -114,14 +115,16 @@ pub async fn run(m: ManagerRef, opts: OrchestratorOpts, stop: super::changes::St
         // A rolling update's monitor period or delay ending sooner: a round right then.
         let now_ms = super::now_ms();
         let leading_since_ms = leading.map_or(now_ms, |(_, since)| wall_ms_of(now_ms, since));
-        // A copy (O(1)), so the walk runs with the lock released; dropped right after it (a
-        // copy kept through the wait would make each write to the services copy their path).
-        let soonest = {
-            let services = m.state.read().unwrap().state.services.clone();
-            services
-                .values()
-                .filter_map(|s| crate::core::update::next_deadline(s, now_ms, leading_since_ms))
-                .min()
+        // Only a leader acts on deadlines. A copy (O(1)) of the state, so the lookups run with
+        // the lock released; dropped right after them (a copy kept through the wait would make
+        // each write to the services copy their path).
+        let soonest = match leading {
+            Some(_) => deadlines.soonest(
+                &crate::raft::store::view(&m.state).state,
+                now_ms,
+                leading_since_ms,
+            ),
+            None => None,
         };
         if let Some(at_ms) = soonest {
             let wait_ms = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0);
