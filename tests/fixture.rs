@@ -40,6 +40,30 @@ fn every_fixture_opens_with_this_build() {
             .unwrap()
             .unwrap_or_else(|| panic!("{name}: no identity"));
         assert_eq!(id.node_id, 1, "{name}");
+        let format = fixture
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("format-"))
+            .and_then(|f| u8::from_str_radix(f, 16).ok())
+            .unwrap_or_else(|| panic!("{name}: a fixture's directory is named format-XX (hex)"));
+        if format >= 0xA5 {
+            // From 0xA5 on a log entry can hold several writes: the fixture must hold one.
+            let entries = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(openraft::RaftLogReader::try_get_log_entries(&mut log.clone(), 0..u64::MAX))
+                .unwrap_or_else(|e| panic!("{name}: the log does not read: {e}"));
+            let batches = entries
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        &e.payload,
+                        openraft::EntryPayload::Normal(warren::core::Command::Batch(b)) if b.len() > 1
+                    )
+                })
+                .count();
+            assert!(batches > 0, "{name}: no batch among {} entries", entries.len());
+        }
         let data = sm
             .state_with_whole_log()
             .unwrap_or_else(|e| panic!("{name}: the log does not read: {e}"));
