@@ -1,7 +1,8 @@
 #![cfg(not(madsim))]
 //! Damaged data directories, with real processes: an emptied database, flipped bytes in a
 //! stored entry, overwritten blocks. Each must be refused at start with a message naming the
-//! data dir, never served as data and never turned into a new cluster.
+//! data dir, never served as data and never turned into a new cluster; and a kill -9 amid
+//! writes, with the write-ahead file then torn or flipped.
 
 mod common;
 
@@ -211,4 +212,138 @@ fn a_deleted_database_is_refused() {
         &["database is gone", "manager remove"],
     );
     assert!(!db.exists(), "a refused start created a database");
+}
+
+/// Where the whole records of a write-ahead file end (each: length, CRC-32 of the length,
+/// CRC-32 of the body, body), and where its first record's body lies.
+fn wal_records(bytes: &[u8]) -> (usize, std::ops::Range<usize>) {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let mut at = 0;
+    let mut first = 0..0;
+    while at + 12 <= bytes.len() && crc32fast::hash(&bytes[at..at + 4]) == u32_at(at + 4) {
+        let end = at + 12 + u32_at(at) as usize;
+        if end > bytes.len() {
+            break;
+        }
+        if first.is_empty() {
+            first = at + 12..end;
+        }
+        at = end;
+    }
+    (at, first)
+}
+
+/// A copy of the data dir `from` at `to` (files only, one level of subdirectories).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A create is acknowledged once its entry is in the write-ahead file (`warren.wal`), before
+/// the database holds it durably. A manager killed with -9 amid a stream of creates keeps every
+/// create it acknowledged. The same data dir with the last record torn (as a kill during its
+/// write leaves it) starts and keeps them too; with a flipped byte inside a whole record it is
+/// refused, naming the file, and the file is left as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_creates_survive_kill_9_through_the_write_ahead_file() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let mut m = ManagerProc::start(&dir);
+    let client = Arc::new(admin_client(&[&m.api]));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, acked) = (client.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("w{w}-{i}");
+                let spec = warren::proto::v1::ServiceSpec {
+                    name: name.clone(),
+                    image: "busybox".into(),
+                    replicas: 0,
+                    ..Default::default()
+                };
+                if client.create_service(spec).await.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().push(name);
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(std::time::Instant::now() < deadline, "300 creates took over 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Writes are still in flight: the kill lands among them.
+    m.kill9();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let wal = dir.join("warren.wal");
+    let bytes = std::fs::read(&wal).unwrap();
+    let (whole, first) = wal_records(&bytes);
+    assert!(
+        whole > 0 && !first.is_empty(),
+        "the kill left no record in {}: this test would not test it",
+        wal.display()
+    );
+
+    // A torn last record: the first half of a whole one, right after the whole ones.
+    let torn = tmp.path().join("torn");
+    copy_dir(&dir, &torn);
+    let mut cut = bytes[..whole].to_vec();
+    cut.extend_from_slice(&bytes[first.start - 12..first.start + first.len() / 2]);
+    std::fs::write(torn.join("warren.wal"), &cut).unwrap();
+    // A flipped byte inside the first record's body.
+    let flipped = tmp.path().join("flipped");
+    copy_dir(&dir, &flipped);
+    let mut bad = bytes.clone();
+    bad[first.start + first.len() / 2] ^= 0xFF;
+    std::fs::write(flipped.join("warren.wal"), &bad).unwrap();
+
+    let check = |m: &mut ManagerProc, what: &str| {
+        m.wait_ready();
+        let have = services(&m.api);
+        let lost: Vec<&String> = acked.iter().filter(|n| !have.contains_key(*n)).collect();
+        assert!(
+            lost.is_empty(),
+            "{what}: {} of {} acknowledged creates lost: {lost:?}",
+            lost.len(),
+            acked.len()
+        );
+        m.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            m.wait_exit(Duration::from_secs(20)).is_some(),
+            "{what}: did not stop"
+        );
+    };
+    let mut again = m.restart();
+    check(&mut again, "restarted after kill -9");
+    let mut from_torn = ManagerProc::spawn(&start_args(&torn), &m.api, &m.raft, &torn);
+    check(&mut from_torn, "with a torn last record");
+
+    let shown = flipped.join("warren.wal").display().to_string();
+    expect_refusal(
+        &start_args(&flipped),
+        &m.api,
+        &m.raft,
+        &flipped,
+        &[&shown, "corrupt"],
+    );
+    assert_eq!(
+        std::fs::read(flipped.join("warren.wal")).unwrap(),
+        bad,
+        "a refused start changed the write-ahead file"
+    );
 }
