@@ -81,6 +81,75 @@ fn silent_connections_do_not_starve_the_api() {
     assert!(child.try_wait().unwrap().is_none(), "the manager died:\n{text}");
 }
 
+/// One worker's certificate used for as many connections as the manager takes (a stolen
+/// credential, or a large cluster's workers after a manager loss): the part of the cap kept
+/// for operators and managers stays free, so `warren` commands still get in at once, and the
+/// worker's connections past the rest of the cap are closed after their TLS handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_holding_every_connection_leaves_room_for_operators() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m1");
+    let api = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let log = tmp.path().join("m1.log");
+    remember_admin_dir(&api, dir.join("admin"));
+    // 256 files: a cap of 64 connections, 8 of them kept (`limits::reserved_connections`).
+    let mut child = unsafe {
+        Command::new(bin())
+            .args(ManagerProc::init_args(&api, &raft, &dir))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
+                    .map_err(std::io::Error::from)
+            })
+            .spawn()
+            .unwrap()
+    };
+    let _kill = scopeguard(child.id());
+    wait_until("the manager to answer", Duration::from_secs(20), || {
+        info(&api).filter(|i| i["leader_id"] == 1).map(|_| ())
+    });
+    let cred = enrolled(&api, warren::core::Role::Worker, "greedy", &tmp.path().join("w")).await;
+    let (cap, kept) = (64, 8);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..cap + 8 {
+        let c =
+            warren::client::Client::new(&[&api], warren::security::Transport::new(&cred).unwrap()).unwrap();
+        // Answered (allowed or not) means the connection is open; else it was closed.
+        match tokio::time::timeout(Duration::from_secs(10), c.ca_status()).await {
+            Ok(Ok(_)) => held.push(c),
+            Ok(Err(e)) if e.code() == tonic::Code::PermissionDenied => held.push(c),
+            _ => refused += 1,
+        }
+    }
+    assert_eq!(
+        held.len(),
+        cap - kept,
+        "the worker held {} connections, {refused} refused",
+        held.len()
+    );
+    // The operator gets in while the worker's connections stay open.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = warren(&api, &["cluster", "info"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the rest are kept for operators and managers"),
+        "no worker connection was refused from the kept part:\n{text}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the manager died:\n{text}");
+    drop(held);
+}
+
 /// Kills the process `pid` when dropped.
 fn scopeguard(pid: u32) -> impl Drop {
     struct K(u32);

@@ -51,7 +51,10 @@ fn every_fixture_opens_with_this_build() {
             let entries = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()
-                .block_on(openraft::RaftLogReader::try_get_log_entries(&mut log.clone(), 0..u64::MAX))
+                .block_on(openraft::RaftLogReader::try_get_log_entries(
+                    &mut log.clone(),
+                    0..u64::MAX,
+                ))
                 .unwrap_or_else(|e| panic!("{name}: the log does not read: {e}"));
             let batches = entries
                 .iter()

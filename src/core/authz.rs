@@ -252,6 +252,14 @@ pub enum Denied {
 }
 
 /// May `caller` call `rpc` about `target` at `now_ms`, given which serial numbers are revoked?
+/// May a connection that only the reserved part of a server's connection cap had room for
+/// stay open (`limits::reserved_connections`)? Operators and managers: what an outage needs
+/// to get through. Its requests are authorized one by one as any others (a revoked
+/// certificate is refused there).
+pub fn may_hold_reserved_connection(caller: &Caller) -> bool {
+    matches!(caller, Caller::Admin { .. } | Caller::Manager { .. })
+}
+
 pub fn authorize(
     caller: &Caller,
     rpc: Rpc,
@@ -345,6 +353,18 @@ mod tests {
         revoked: impl Fn(&str) -> bool,
     ) -> Result<(), Denied> {
         authorize(caller, rpc, target, NOW_MS, revoked)
+    }
+
+    #[test]
+    fn only_operators_and_managers_hold_reserved_connections() {
+        for (caller, may) in [
+            (admin(), true),
+            (manager(), true),
+            (worker("w1"), false),
+            (Caller::Anonymous, false),
+        ] {
+            assert_eq!(may_hold_reserved_connection(&caller), may, "{caller:?}");
+        }
     }
 
     /// Every RPC against every kind of caller: A admin, M manager, W worker for its own

@@ -83,6 +83,16 @@ pub const MAX_STREAMS_PER_NODE: usize = 4;
 /// holds at most one connection to each manager, `client::Client`) on one manager after the
 /// others are lost, with 3,000 to spare for operators and peers.
 pub const MAX_API_CONNECTIONS: usize = 8192;
+/// Of a server's connection cap, the part kept for operators and managers
+/// (`authz::may_hold_reserved_connection`): an eighth, at least 4, at most this many. When
+/// workers (a large cluster after a manager loss, or one worker's stolen certificate) hold
+/// every other connection, `warren` commands and the other managers still get in.
+pub const MAX_RESERVED_CONNECTIONS: usize = 256;
+
+/// How many of `cap` connections are kept for operators and managers.
+pub fn reserved_connections(cap: usize) -> usize {
+    (cap / 8).clamp(4, MAX_RESERVED_CONNECTIONS).min(cap / 2)
+}
 /// A new connection must complete its HTTP/2 preface within this long.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
@@ -130,6 +140,13 @@ pub const MAX_BACKUP_BYTES: u64 = 60 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_connections_are_an_eighth_of_the_cap_within_bounds() {
+        for (cap, reserved) in [(16, 4), (64, 8), (1024, 128), (8192, 256), (6, 3), (0, 0)] {
+            assert_eq!(reserved_connections(cap), reserved, "cap {cap}");
+        }
+    }
 
     #[test]
     fn quote_cuts_long_input() {

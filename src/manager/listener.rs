@@ -42,22 +42,39 @@ pub async fn serve(
     transport: &crate::security::Transport,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let cap = connection_cap();
+    let reserved = crate::core::limits::reserved_connections(cap);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap - reserved));
+    // Taken only when `slots` are all in use, and kept only by operators and managers.
+    let kept = std::sync::Arc::new(tokio::sync::Semaphore::new(reserved));
     let acceptor = tokio_rustls::TlsAcceptor::from(transport.tls().server_config());
     // Handshakes run beside each other, so one slow client holds up nobody else.
     let (tx, rx) = tokio::sync::mpsc::channel::<guarded::Conn>(64);
     let accept_loop = tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((io, peer)) => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((io, peer)) => match slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map(|p| (p, false))
+                    .or_else(|_| kept.clone().try_acquire_owned().map(|p| (p, true)))
+                {
+                    Ok((permit, from_reserve)) => {
                         let _ = io.set_nodelay(true);
                         let (acceptor, tx) = (acceptor.clone(), tx.clone());
                         tokio::spawn(async move {
                             let deadline = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
                             match tokio::time::timeout(deadline, acceptor.accept(io)).await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send(guarded::Guarded::new(tls, permit, peer, deadline)).await;
+                                    let conn = guarded::Guarded::new(tls, permit, peer, deadline);
+                                    if from_reserve && !conn.may_hold_reserved() {
+                                        refused::note(
+                                            peer,
+                                            "too many open connections; the rest are kept for operators and managers",
+                                        );
+                                        return;
+                                    }
+                                    let _ = tx.send(conn).await;
                                 }
                                 Ok(Err(e)) => refused::note(peer, &e.to_string()),
                                 Err(_) => refused::note(peer, "TLS handshake timed out"),
@@ -65,7 +82,7 @@ pub async fn serve(
                         });
                     }
                     Err(_) => {
-                        tracing::warn!(%peer, limit = connection_cap(), "connection refused: too many open connections");
+                        tracing::warn!(%peer, limit = cap, reserved, "connection refused: too many open connections");
                     }
                 },
                 Err(e) => {
@@ -187,6 +204,21 @@ mod guarded {
                 handshake: Some(Box::pin(tokio::time::sleep(deadline))),
                 read: 0,
             }
+        }
+    }
+
+    impl Conn {
+        /// Whether its client may take one of the connections kept for operators and
+        /// managers (`core::authz::may_hold_reserved_connection`).
+        pub fn may_hold_reserved(&self) -> bool {
+            let caller = self
+                .peer
+                .client_cert
+                .as_ref()
+                .map_or(crate::core::authz::Caller::Anonymous, |c| {
+                    crate::security::caller_from_cert(c)
+                });
+            crate::core::authz::may_hold_reserved_connection(&caller)
         }
     }
 
