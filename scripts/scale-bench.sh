@@ -36,6 +36,17 @@ metric() {
   body=$(curl -s --max-time 5 "http://${MET[$1]}/metrics") || return 0
   awk -v k="$2" '$1==k {v=$2} END {print (v=="" ? 0 : v)}' <<<"$body" | cut -d. -f1
 }
+# histogram NAME on manager n: its count and the bucket bounds (ms) under which half, 99% and
+# all of it fell
+hist() {
+  curl -s --max-time 5 "http://${MET[$1]}/metrics" | python3 -c '
+import sys
+name = sys.argv[1]
+b = [(float(l.split("le=\"")[1].split("\"")[0]), float(l.split()[-1])) for l in sys.stdin if l.startswith(name + "_bucket")]
+n = b[-1][1] if b else 0
+at = lambda q: next((f"{le*1000:g}" for le, c in b if c >= q * n), "?")
+print(f"{n:.0f}, p50 <= {at(0.5)} ms, p99 <= {at(0.99)} ms, all <= {at(1)} ms" if n else "none")' "$2"
+}
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 HZ=$(getconf CLK_TCK)
@@ -137,6 +148,9 @@ until_running "$REPLICAS"
 el=$(python3 -c "print($(now)-$ts)")
 echo "scale 0 -> $REPLICAS: all running after $(since "$ts") s; RSS MB m1 $(rss_mb ${PID[m1]}) m2 $(rss_mb ${PID[m2]}) m3 $(rss_mb ${PID[m3]});" \
   "CPU over the scale (% of one core): m1 $(cpu m1) m2 $(cpu m2) m3 $(cpu m3) nodesim $(cpu sim)"
+l=$(leader)
+echo "leader m$l since it started: its own appends (in place, synced behind) $(hist "$l" warren_raft_leader_append_seconds);" \
+  "snapshots built $(hist "$l" warren_raft_snapshot_build_seconds)"
 
 # 3. The same with the leader killed half way.
 $W --manager $ALL service scale big=0 >/dev/null

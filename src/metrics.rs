@@ -39,6 +39,7 @@ pub struct Metrics {
     pub proposal_seconds: Histogram,
     pub batch_writes: Histogram,
     pub fsync_seconds: Histogram,
+    pub leader_append_seconds: Histogram,
     pub snapshot_build_seconds: Histogram,
     pub orchestrator_round_seconds: Histogram,
     pub assignment_streams: Gauge,
@@ -51,6 +52,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     proposal_seconds: latency(),
     batch_writes: Histogram::new(exponential_buckets(2.0, 2.0, 9)),
     fsync_seconds: fast_latency(),
+    leader_append_seconds: fast_latency(),
     snapshot_build_seconds: latency(),
     orchestrator_round_seconds: latency(),
     assignment_streams: Gauge::default(),
@@ -94,6 +96,11 @@ pub fn manager_registry(state: impl Collector) -> Registry {
         "raft_fsync_seconds",
         "Time to append log entries durably (the write-ahead file's write and fdatasync, and the database transaction without an fsync)",
         m.fsync_seconds.clone(),
+    );
+    r.register(
+        "raft_leader_append_seconds",
+        "Time of the leader's own appends, made in place on an async worker and synced behind (the write-ahead file's write and the database transaction; it can wait on a snapshot's durable commit)",
+        m.leader_append_seconds.clone(),
     );
     r.register(
         "raft_snapshot_build_seconds",

@@ -885,11 +885,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let res = failed
                 .and_then(|()| insert())
                 .and_then(|()| log_durably(&db, &wal, &durable, (&Record::Append(sealed), last), behind));
-            if !behind {
-                crate::metrics::get()
-                    .fsync_seconds
-                    .observe(started.elapsed().as_secs_f64());
-            }
+            let m = crate::metrics::get();
+            let took = if behind {
+                &m.leader_append_seconds
+            } else {
+                &m.fsync_seconds
+            };
+            took.observe(started.elapsed().as_secs_f64());
             (res, entries)
         };
         // Without its fdatasync an append is a short write and an in-memory transaction:
