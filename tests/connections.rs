@@ -12,15 +12,17 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn silent_connections_do_not_starve_the_api() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m1");
+/// `cluster init` in `tmp` with a limit of 256 open files (a cap of 64 connections), once it
+/// answers: its API address, log, process, and a guard that kills it.
+fn manager_with_256_files(
+    tmp: &std::path::Path,
+) -> (String, std::path::PathBuf, std::process::Child, impl Drop) {
+    let dir = tmp.join("m1");
     let api = format!("127.0.0.1:{}", free_port());
     let raft = format!("127.0.0.1:{}", free_port());
-    let log = tmp.path().join("m1.log");
+    let log = tmp.join("m1.log");
     remember_admin_dir(&api, dir.join("admin"));
-    let mut child = unsafe {
+    let child = unsafe {
         Command::new(bin())
             .args(ManagerProc::init_args(&api, &raft, &dir))
             .stdout(Stdio::null())
@@ -32,10 +34,17 @@ fn silent_connections_do_not_starve_the_api() {
             .spawn()
             .unwrap()
     };
-    let _kill = scopeguard(child.id());
+    let kill = scopeguard(child.id());
     wait_until("the manager to answer", Duration::from_secs(20), || {
         info(&api).filter(|i| i["leader_id"] == 1).map(|_| ())
     });
+    (api, log, child, kill)
+}
+
+#[test]
+fn silent_connections_do_not_starve_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (api, log, mut child, _kill) = manager_with_256_files(tmp.path());
     // 300 connections that never send a byte: more than the manager has descriptors for.
     let mut silent: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(&api).ok()).collect();
     assert!(silent.len() >= 250, "only {} connections opened", silent.len());
@@ -88,28 +97,8 @@ fn silent_connections_do_not_starve_the_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_holding_every_connection_leaves_room_for_operators() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m1");
-    let api = format!("127.0.0.1:{}", free_port());
-    let raft = format!("127.0.0.1:{}", free_port());
-    let log = tmp.path().join("m1.log");
-    remember_admin_dir(&api, dir.join("admin"));
     // 256 files: a cap of 64 connections, 8 of them kept (`limits::reserved_connections`).
-    let mut child = unsafe {
-        Command::new(bin())
-            .args(ManagerProc::init_args(&api, &raft, &dir))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .pre_exec(|| {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
-                    .map_err(std::io::Error::from)
-            })
-            .spawn()
-            .unwrap()
-    };
-    let _kill = scopeguard(child.id());
-    wait_until("the manager to answer", Duration::from_secs(20), || {
-        info(&api).filter(|i| i["leader_id"] == 1).map(|_| ())
-    });
+    let (api, log, mut child, _kill) = manager_with_256_files(tmp.path());
     let cred = enrolled(&api, warren::core::Role::Worker, "greedy", &tmp.path().join("w")).await;
     let (cap, kept) = (64, 8);
     let mut held = Vec::new();
