@@ -126,6 +126,7 @@ fn metrics_and_health_follow_the_cluster() {
             && value(lm, "warren_tasks{state=running}") == Some(2.0)
             && value(lm, "warren_nodes{status=ready}") == Some(1.0)
             && value(lm, "warren_raft_proposal_seconds_count").is_some_and(|c| c > 0.0)
+            && value(lm, "warren_raft_leader_append_seconds_count").is_some_and(|c| c > 0.0)
             && value(lm, "warren_orchestrator_round_seconds_count").is_some_and(|c| c > 0.0)
             && ms.iter().all(|m| {
                 value(m, "warren_raft_applied_index").is_some_and(|a| a > 0.0)
