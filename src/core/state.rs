@@ -489,6 +489,9 @@ impl PartialEq for ServiceFeed {
 
 impl Eq for ServiceFeed {}
 
+/// A reader's place in a feed: which feed, and the position after the last id it read.
+type FeedPlace = (std::sync::Arc<()>, u64);
+
 impl ServiceFeed {
     fn touched(&mut self, id: &str) {
         self.ids.push_back(id.into());
@@ -510,7 +513,7 @@ impl ServiceFeed {
 
     /// The ids touched since `at` (a reader's place in this feed), or `None` if `at` is in
     /// another feed or no longer held.
-    fn since(&self, at: &Option<(std::sync::Arc<()>, u64)>) -> Option<impl Iterator<Item = &str>> {
+    fn since(&self, at: &Option<FeedPlace>) -> Option<impl Iterator<Item = &str>> {
         let (lineage, pos) = at.as_ref()?;
         if !std::sync::Arc::ptr_eq(lineage, &self.lineage) || *pos < self.first || *pos > self.end() {
             return None;
@@ -518,8 +521,8 @@ impl ServiceFeed {
         Some(self.ids.iter().skip((*pos - self.first) as usize).map(|id| &**id))
     }
 
-    fn place(&self) -> Option<(std::sync::Arc<()>, u64)> {
-        Some((self.lineage.clone(), self.end()))
+    fn place(&self) -> FeedPlace {
+        (self.lineage.clone(), self.end())
     }
 }
 
@@ -527,7 +530,7 @@ impl ServiceFeed {
 #[derive(Debug, Default, Clone)]
 pub struct ServiceVersions {
     read: BTreeMap<String, u64>,
-    at: Option<(std::sync::Arc<()>, u64)>,
+    at: Option<FeedPlace>,
 }
 
 /// Two readers are equal when they read the same versions, wherever they are in a feed.
@@ -566,7 +569,7 @@ impl ServiceVersions {
                 out
             }
         };
-        self.at = st.service_feed.place();
+        self.at = Some(st.service_feed.place());
         out
     }
 
@@ -577,7 +580,7 @@ impl ServiceVersions {
             .iter()
             .map(|(id, s)| (id.clone(), s.version))
             .collect();
-        self.at = st.service_feed.place();
+        self.at = Some(st.service_feed.place());
     }
 
     fn note_ids(&mut self, ids: BTreeSet<&str>, services: &Map<String, Service>) -> ServiceChanges {
