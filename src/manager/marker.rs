@@ -47,7 +47,11 @@ pub async fn run(data_dir: PathBuf, high: Arc<AtomicU64>, stop: super::changes::
     loop {
         let now = high.load(Ordering::Relaxed);
         if now > written {
-            match crate::raft::disk::write_durable(&path(&data_dir), &crate::raft::codec::seal(&now)) {
+            // Two fsyncs (the file and its directory): on the blocking pool, not on an async
+            // worker that the API and the Raft network share.
+            let p = path(&data_dir);
+            let bytes = crate::raft::codec::seal(&now);
+            match crate::offload::off_async(move || crate::raft::disk::write_durable(&p, &bytes)).await {
                 Ok(()) => written = now,
                 Err(e) => tracing::warn!(error = %e, "cannot record the committed index"),
             }
