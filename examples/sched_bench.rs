@@ -81,7 +81,11 @@ fn main() {
     for t in 0..trials {
         // Scheduler alone: place every task.
         let start = Instant::now();
-        let mut s = Scheduler::new(st.nodes.values(), st.tasks.values(), &st.services);
+        let mut s = Scheduler::new(
+            st.nodes.values(),
+            st.tasks.values().map(|t| t.as_ref()),
+            &st.services,
+        );
         let mut placed = 0;
         for svc in st.services.values() {
             placed += s

@@ -20,7 +20,7 @@
 //! own history at that point is the same one (Raft's log matching: same index and term, same
 //! log up to there).
 
-use super::state::Map;
+use super::state::Tasks;
 use super::{ClusterState, Task};
 use imbl::ordmap::DiffItem;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -60,7 +60,7 @@ pub struct Index {
     incarnation: String,
     /// The tasks last read (shared with that state, not copied): the next refresh looks
     /// only at what differs from them.
-    read_tasks: Map<String, Task>,
+    read_tasks: Tasks,
     /// Each service's version as last read. (Not the services themselves: a map shared with
     /// the state makes each write to it copy the services along its path.)
     read_service_versions: super::state::ServiceVersions,
@@ -368,7 +368,7 @@ mod tests {
         s.version = svc_version;
         st.services.insert("s1".into(), s);
         for t in tasks {
-            st.tasks.insert(t.id.clone(), t.clone());
+            st.tasks.insert(t.id.clone(), t.clone().into());
         }
         st
     }
@@ -488,12 +488,13 @@ mod tests {
                     }
                     2 => {
                         if let Some(t) = st.tasks.get_mut(&id) {
-                            t.state = Complete;
+                            std::sync::Arc::make_mut(t).state = Complete;
                         }
                     }
                     _ => {
                         let version = applied;
-                        st.tasks.insert(id.clone(), task(&id, node, version, Running));
+                        st.tasks
+                            .insert(id.clone(), task(&id, node, version, Running).into());
                     }
                 }
             }

@@ -18,7 +18,7 @@ use super::hash::{FastMap, FastSet};
 use super::model::*;
 use super::scheduler::Scheduler;
 use super::state::ClusterState;
-use super::state::Map;
+use super::state::{Map, Tasks};
 use imbl::ordmap::DiffItem;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -306,7 +306,7 @@ impl Deadlines {
 /// large; their versions are kept instead, `service_versions`.)
 #[derive(Clone)]
 struct Seen {
-    tasks: Map<String, Task>,
+    tasks: Tasks,
     nodes: Map<String, Node>,
 }
 
@@ -492,7 +492,11 @@ pub fn round_from(
     // Found in task id order, as a walk of every task finds them (only the few found are
     // sorted, not every task looked at).
     let mut found: Vec<(&Task, TaskChange)> = match scope {
-        Scope::All => st.tasks.values().filter_map(|t| Some((t, check(t)?))).collect(),
+        Scope::All => st
+            .tasks
+            .values()
+            .filter_map(|t| Some((t.as_ref(), check(t)?)))
+            .collect(),
         Scope::Changed { .. } => slots
             .values()
             .flat_map(|s| s.values().flatten())
@@ -763,7 +767,10 @@ fn place<'a>(
     let scheduler = scheduler.get_or_insert_with(|| {
         Scheduler::new(
             nodes.values().map(|n| n.as_ref()),
-            st.tasks.values().filter(|t| !is_orphaned(&t.id)),
+            st.tasks
+                .values()
+                .map(|t| t.as_ref())
+                .filter(|t| !is_orphaned(&t.id)),
             &st.services,
         )
     });
@@ -1119,6 +1126,7 @@ mod tests {
                 .tasks
                 .values()
                 .filter(|t| t.service_id == service && t.is_active())
+                .map(|t| t.as_ref())
                 .collect()
         }
 
@@ -1462,6 +1470,7 @@ mod tests {
             w.st.tasks
                 .values()
                 .filter(|t| t.state == TaskState::Pending)
+                .map(|t| t.as_ref())
                 .collect();
         assert_eq!(pending.len(), 2);
         assert!(
@@ -1808,7 +1817,7 @@ mod tests {
             w.st.tasks
                 .values()
                 .filter(|t| t.spec_version == 2)
-                .cloned()
+                .map(|t| t.as_ref().clone())
                 .collect();
         assert_eq!(new.len(), 1);
         assert_eq!(new[0].desired_state, TaskState::Ready);

@@ -67,6 +67,9 @@ pub use super::limits::cut;
 /// state format does not change.
 pub type Map<K, V> = imbl::OrdMap<K, V>;
 
+/// Task id -> task (see `ClusterState::tasks`).
+pub type Tasks = Map<String, std::sync::Arc<Task>>;
+
 /// What a retried request needs to get its first answer back: the kind of outcome and the
 /// ids it names, never a whole spec (a table of whole results held gigabytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,7 +448,10 @@ pub struct ClusterState {
     /// Service name -> id.
     pub service_names: Map<String, String>,
     pub nodes: Map<String, Node>,
-    pub tasks: Map<String, Task>,
+    /// Behind an `Arc`: a write copies the tree node it touches, and so each task beside it;
+    /// shared, that copy is a count each, and a diff of two states skips unchanged tasks by
+    /// address (`Arc`'s `Eq`). Serialized as the task itself: the format does not change.
+    pub tasks: Tasks,
     pub join_tokens: Vec<JoinTokenRecord>,
     /// Answers to recent `Command::Once` requests, by request id, and the order to forget them.
     pub requests: Map<String, (u64, Remembered)>,
@@ -1221,6 +1227,7 @@ impl ClusterState {
                 for r in reports {
                     match self.tasks.get_mut(&r.task_id) {
                         Some(t) if t.node_id == node_id && !t.state.is_terminal() && reportable(r.state) => {
+                            let t = std::sync::Arc::make_mut(t);
                             t.state = r.state;
                             if r.state == TaskState::Failed || r.state == TaskState::Rejected {
                                 t.error = r.message;
@@ -1290,12 +1297,16 @@ impl ClusterState {
     fn apply_change(&mut self, index: u64, change: TaskChange, now_ms: i64) -> bool {
         let tasks = &mut self.tasks;
         let nodes = &self.nodes;
+        // On a copy, put in only when changed: a task left as it was keeps its address, which
+        // a diff of two states compares first.
         let mut task_update = |id: &str, f: &mut dyn FnMut(&mut Task) -> bool| match tasks.get_mut(id) {
             Some(t) => {
-                let changed = f(t);
+                let mut copy = Task::clone(t);
+                let changed = f(&mut copy);
                 if changed {
-                    t.updated_at_ms = now_ms;
-                    t.version = index;
+                    copy.updated_at_ms = now_ms;
+                    copy.version = index;
+                    *t = std::sync::Arc::new(copy);
                 }
                 changed
             }
@@ -1313,7 +1324,7 @@ impl ClusterState {
                     return false;
                 }
                 task.version = index;
-                tasks.insert(task.id.clone(), task);
+                tasks.insert(task.id.clone(), task.into());
                 true
             }
             TaskChange::Assign { task_id, node_id } => {
@@ -1542,7 +1553,7 @@ fn rollback(s: &mut Service, target: u64, now_ms: i64, message: String) {
 }
 
 /// Keeps the newest `SPEC_HISTORY` earlier versions, and any that a task of `s` still runs.
-fn prune_history(s: &mut Service, tasks: &Map<String, Task>) {
+fn prune_history(s: &mut Service, tasks: &Tasks) {
     let live: BTreeSet<u64> = tasks
         .values()
         .filter(|t| t.service_id == s.id && !t.state.is_terminal())

@@ -495,6 +495,7 @@ impl ServiceService for Api {
                     .tasks
                     .values()
                     .filter(|t| t.service_id == svc.id && !t.node_id.is_empty())
+                    .map(|t| t.as_ref())
                     .collect();
                 if !req.task_id.is_empty() {
                     if req.task_id.len() < 6 {
