@@ -227,8 +227,54 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
     // A trailing byte after a valid message is refused too.
     let mut p = encode(&append(Vote::new_committed(term, 1)));
     p.data.push(0);
-    let e = raft.append_entries(p).await.unwrap_err();
+    let e = raft.append_entries(p.clone()).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The same on the AppendEntries stream: an operator cannot open one, and the first
+    // refused message ends it, so the message behind it is never taken.
+    let e = raft_client(&m.raft, &admin)
+        .await
+        .append_stream(futures::stream::iter(vec![encode(&append(Vote::new_committed(
+            term, 1,
+        )))]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "an operator opened a stream: {e:?}"
+    );
+    for (what, first, code) in [
+        (
+            "non-member, huge term",
+            encode(&append(Vote::new_committed(u64::MAX, 99))),
+            Code::PermissionDenied,
+        ),
+        (
+            "member id, huge term",
+            encode(&append(Vote::new_committed(u64::MAX, 1))),
+            Code::PermissionDenied,
+        ),
+        (
+            "another format",
+            warren::proto::internal::RaftPayload { data: vec![0xff; 3] },
+            Code::FailedPrecondition,
+        ),
+        ("trailing byte", p, Code::InvalidArgument),
+    ] {
+        let behind = encode(&append(Vote::new_committed(term + 1, 99)));
+        let mut answers = raft
+            .append_stream(futures::stream::iter(vec![first, behind]))
+            .await
+            .unwrap()
+            .into_inner();
+        let e = answers.message().await.unwrap_err();
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert!(
+            !matches!(answers.message().await, Ok(Some(_))),
+            "{what}: the stream went on after a refusal"
+        );
+    }
 
     let i = info(&m.api).unwrap();
     assert_eq!(i["term"].as_u64().unwrap(), term, "the term moved: {i}");

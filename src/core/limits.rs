@@ -95,6 +95,11 @@ pub fn reserved_connections(cap: usize) -> usize {
 }
 /// A new connection must complete its HTTP/2 preface within this long.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Requests and streams open at once on one connection (HTTP/2 `MAX_CONCURRENT_STREAMS`);
+/// a client past it waits for one to end. tonic sets no bound of its own. A follower forwards
+/// its clients' writes to the leader on one connection, so this is also how many of them
+/// are in flight at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// `service logs`: tasks one request may cover (else name one with --task), lines and bytes
 /// a tail may return per task, and the longest line (longer ones are split).

@@ -22,6 +22,7 @@ pub fn builder() -> Server {
         .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
         .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
         .tcp_keepalive(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(crate::core::limits::MAX_STREAMS_PER_CONNECTION)
 }
 
 #[cfg(madsim)]

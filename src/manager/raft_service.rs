@@ -64,6 +64,11 @@ impl RaftRpc {
     }
 }
 
+/// An AppendEntries stream that carries no message for this long ends (its leader is gone
+/// without a reset: a cut link); a live leader sends a heartbeat at least every
+/// `heartbeat_interval_ms`.
+pub const APPEND_STREAM_IDLE_MS: u64 = 60_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Message {
     Append,
@@ -72,10 +77,33 @@ enum Message {
 }
 
 impl RaftRpc {
+    /// One AppendEntries message from `who`, unary or on a stream.
+    async fn append(&self, who: &Caller, payload: &RaftPayload) -> Result<RaftPayload, Status> {
+        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+            decode(payload).map_err(bad_payload)?;
+        Self::sender_is(who, &rpc.vote)?;
+        self.admit(Message::Append, &rpc.vote)?;
+        let res = self.m.raft.append_entries(rpc).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.m.election.touch();
+        }
+        Ok(encode(&res))
+    }
+
     /// Only managers speak here (`core::authz`).
     fn allow<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
         let st = self.m.state.read().unwrap();
         crate::security::check(req, rpc, Target::None, |serial| {
+            st.state.pki.revoked.contains_key(serial)
+        })
+        .map_err(|e| crate::manager::ApiError::Denied(e).into())
+    }
+
+    /// `allow` again for a caller already known (each message on a stream: its certificate
+    /// may have been revoked since the stream opened).
+    fn still_allowed(&self, who: &Caller, rpc: Rpc) -> Result<(), Status> {
+        let st = self.m.state.read().unwrap();
+        crate::security::check_caller(who, rpc, Target::None, |serial| {
             st.state.pki.revoked.contains_key(serial)
         })
         .map_err(|e| crate::manager::ApiError::Denied(e).into())
@@ -100,15 +128,42 @@ impl RaftRpc {
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let who = self.allow(&req, Rpc::AppendEntries)?;
-        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
-            decode(req.get_ref()).map_err(bad_payload)?;
-        Self::sender_is(&who, &rpc.vote)?;
-        self.admit(Message::Append, &rpc.vote)?;
-        let res = self.m.raft.append_entries(rpc).await;
-        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.m.election.touch();
-        }
-        Ok(Response::new(encode(&res)))
+        self.append(&who, req.get_ref()).await.map(Response::new)
+    }
+
+    type AppendStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    /// AppendEntries messages on one stream, answered in order. Each message is checked as a
+    /// unary call is (the certificate against the revocations, the sender, its admission); the
+    /// first refusal ends the stream with its status.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let who = self.allow(&req, Rpc::AppendEntries)?;
+        let incoming = req.into_inner();
+        let this = RaftRpc { m: self.m.clone() };
+        let out = futures::stream::unfold(Some((this, who, incoming)), |open| async move {
+            let (this, who, mut incoming) = open?;
+            // A leader sends at least a heartbeat per interval; a stream this quiet lost
+            // its leader without a reset (a cut link), so its task ends.
+            let idle = std::time::Duration::from_millis(APPEND_STREAM_IDLE_MS);
+            let msg = match tokio::time::timeout(idle, incoming.message()).await {
+                Ok(Ok(Some(msg))) => msg,
+                // The leader closed the stream, went away, or fell silent.
+                _ => return None,
+            };
+            let answer = match this.still_allowed(&who, Rpc::AppendEntries) {
+                Ok(()) => this.append(&who, &msg).await,
+                Err(status) => Err(status),
+            };
+            match answer {
+                Ok(p) => Some((Ok(p), Some((this, who, incoming)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -105,6 +105,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             client: None,
+            stream: None,
+            unary_only: false,
             generation: 0,
             retry: None,
             outlogged: self.outlogged.clone(),
@@ -118,6 +120,11 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    /// The AppendEntries stream on `client`, opened at the first append.
+    stream: Option<AppendStream>,
+    /// The peer answered `AppendStream` with Unimplemented (an older build): appends go as
+    /// unary calls until the next reconnect.
+    unary_only: bool,
     /// The transport generation `client` was opened at (a renewal replaces it).
     generation: u64,
     /// After a failed connect: the backoff and when the next attempt may be made. openraft
@@ -127,6 +134,63 @@ pub struct Connection {
     outlogged: Outlogged,
     transport: crate::security::Transport,
     durable: std::sync::Arc<super::durable::Durable>,
+}
+
+/// AppendEntries on one long-lived stream to a peer (`AppendStream`): a message goes into
+/// `tx`, its answer comes back on `rx`. openraft sends one message at a time to each peer,
+/// so answers pair with messages in order.
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<RaftPayload>,
+    /// Never locked, only reached through `get_mut`: the Mutex makes the connection `Sync`, as
+    /// openraft requires, where madsim's `Streaming` is not.
+    rx: std::sync::Mutex<tonic::Streaming<RaftPayload>>,
+}
+
+impl AppendStream {
+    /// Opens the stream with `first` already queued, so the request's headers and its first
+    /// message travel together and the first answer costs one round trip, as a unary call
+    /// does. Waiting for the answer's headers before sending would cost two, and over a slow
+    /// link two round trips can exceed openraft's per-message timeout every time: each
+    /// timeout drops the stream, and the next message would open it again.
+    async fn open(
+        client: &mut RaftServiceClient<Channel>,
+        first: RaftPayload,
+    ) -> Result<(AppendStream, RaftPayload), tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(first).expect("a new channel of one has room");
+        let outgoing = futures::stream::unfold(
+            rx,
+            |mut rx: tokio::sync::mpsc::Receiver<RaftPayload>| async move { rx.recv().await.map(|m| (m, rx)) },
+        );
+        let rx = client
+            .append_stream(tonic::Request::new(outgoing))
+            .await?
+            .into_inner();
+        let mut stream = AppendStream {
+            tx,
+            rx: std::sync::Mutex::new(rx),
+        };
+        let answer = stream.answer().await?;
+        Ok((stream, answer))
+    }
+
+    async fn exchange(&mut self, payload: RaftPayload) -> Result<RaftPayload, tonic::Status> {
+        self.tx
+            .send(payload)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the AppendEntries stream is closed"))?;
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> Result<RaftPayload, tonic::Status> {
+        let rx = self
+            .rx
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rx.message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the peer ended the AppendEntries stream"))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -152,7 +216,7 @@ impl Connection {
         let ttl = option.hard_ttl();
         let generation = self.transport.generation();
         if self.generation != generation {
-            self.client = None;
+            self.disconnect();
         }
         if self.client.is_none() {
             // Reported as a network error, not `Unreachable`: openraft's backoff for
@@ -189,24 +253,30 @@ impl Connection {
             tokio::time::sleep(ttl.mul_f64(madsim::rand::random::<f64>())).await;
         }
         if crate::buggify!(200) {
-            self.client = None;
+            self.disconnect();
             return Err(RPCError::Network(NetworkError::new(&AnyError::error(
                 "buggify: connection lost",
             ))));
         }
-        let client = self.client.as_mut().expect("connected above");
-        let mut request = tonic::Request::new(encode_as(format, req));
-        request.set_timeout(ttl);
+        let payload = encode_as(format, req);
         let res = match method {
-            Method::Append => client.append_entries(request).await,
-            Method::Vote => client.vote(request).await,
-            Method::Snapshot => client.install_snapshot(request).await,
+            Method::Append => self.append(payload, ttl).await,
+            Method::Vote | Method::Snapshot => {
+                let client = self.client.as_mut().expect("connected above");
+                let mut request = tonic::Request::new(payload);
+                request.set_timeout(ttl);
+                match method {
+                    Method::Vote => client.vote(request).await,
+                    _ => client.install_snapshot(request).await,
+                }
+                .map(tonic::Response::into_inner)
+            }
         };
         let payload = match res {
-            Ok(r) => r.into_inner(),
+            Ok(p) => p,
             Err(status) => {
                 // Reconnect on the next call: the peer may have restarted.
-                self.client = None;
+                self.disconnect();
                 return Err(RPCError::Network(NetworkError::new(&status)));
             }
         };
@@ -220,7 +290,7 @@ impl Connection {
             // failed after a manager fenced itself on a disk error). Reported as a network
             // error instead, with reconnects paced as for a dead peer.
             Err(RaftError::Fatal(f)) => {
-                self.client = None;
+                self.disconnect();
                 self.wait_before_next_connect();
                 Err(RPCError::Network(NetworkError::new(&f)))
             }
@@ -229,6 +299,73 @@ impl Connection {
                 e,
             ))),
         }
+    }
+
+    /// An AppendEntries message: on the stream to the peer, or as a unary call to a peer
+    /// without `AppendStream`.
+    async fn append(&mut self, payload: RaftPayload, ttl: Duration) -> Result<RaftPayload, tonic::Status> {
+        // A stream over a cut link can hang without an error: each answer has the call's time.
+        match tokio::time::timeout(ttl, self.append_within(payload, ttl)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "no AppendEntries answer in time",
+            )),
+        }
+    }
+
+    async fn append_within(
+        &mut self,
+        payload: RaftPayload,
+        ttl: Duration,
+    ) -> Result<RaftPayload, tonic::Status> {
+        let client = self.client.as_mut().expect("connected before");
+        // Out of `self` while the message is in flight: if this future is dropped (a timeout,
+        // ours or openraft's) between the send and the answer, the stream goes with it, so a
+        // later message can never be paired with this message's answer.
+        if let Some(mut stream) = self.stream.take() {
+            let answer = stream.exchange(payload).await?;
+            self.stream = Some(stream);
+            return Ok(answer);
+        }
+        if !self.unary_only {
+            // Kept for a unary call if the peer has no streams; a stream opens rarely.
+            let retry = payload.clone();
+            match AppendStream::open(client, payload).await {
+                Ok((stream, answer)) => {
+                    self.stream = Some(stream);
+                    return Ok(answer);
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        target_node = self.target,
+                        "peer has no AppendStream (an older build): appends go as unary calls"
+                    );
+                    self.unary_only = true;
+                    return self.unary_append(retry, ttl).await;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        self.unary_append(payload, ttl).await
+    }
+
+    async fn unary_append(
+        &mut self,
+        payload: RaftPayload,
+        ttl: Duration,
+    ) -> Result<RaftPayload, tonic::Status> {
+        let client = self.client.as_mut().expect("connected before");
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(ttl);
+        Ok(client.append_entries(request).await?.into_inner())
+    }
+
+    /// Drops the connection and its stream; the next call connects again (and tries the
+    /// stream again: the peer may have been upgraded).
+    fn disconnect(&mut self) {
+        self.client = None;
+        self.stream = None;
+        self.unary_only = false;
     }
 
     /// After a failure: the next connect waits a jittered, growing delay.
