@@ -92,15 +92,13 @@ impl RaftRpc {
 
     /// Only managers speak here (`core::authz`).
     fn allow<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
-        let st = self.m.state.read().unwrap();
-        crate::security::check(req, rpc, Target::None, |serial| {
-            st.state.pki.revoked.contains_key(serial)
-        })
-        .map_err(|e| crate::manager::ApiError::Denied(e).into())
+        let who = crate::security::caller(req);
+        self.still_allowed(&who, rpc)?;
+        Ok(who)
     }
 
-    /// `allow` again for a caller already known (each message on a stream: its certificate
-    /// may have been revoked since the stream opened).
+    /// The check for a caller already known: at a request, and at each message on a stream
+    /// (its certificate may have been revoked since the stream opened).
     fn still_allowed(&self, who: &Caller, rpc: Rpc) -> Result<(), Status> {
         let st = self.m.state.read().unwrap();
         crate::security::check_caller(who, rpc, Target::None, |serial| {
