@@ -290,3 +290,84 @@ async fn raft_messages_from_outside_or_with_absurd_terms_are_refused() {
     create_ok(&m2.api, "after-restart");
     assert_eq!(services(&m2.api).len(), 3);
 }
+
+/// A manager's certificate revoked while its AppendEntries stream is open: the stream was
+/// admitted when it opened, and the next message on it is refused as revoked (checked per
+/// message, not once per stream); the stream then ends and the cluster keeps taking writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_revoked_while_its_stream_is_open_is_refused_at_its_next_message() {
+    let c = Cluster::form(3);
+    let leader = wait_cluster(&c.apis_except(&[]), &[1, 2, 3], FORM);
+    let (follower, removed) = match leader {
+        1 => (2, 3),
+        2 => (1, 3),
+        _ => (1, 2),
+    };
+    let cred = warren::security::store::Credential::load(
+        &c.procs[removed as usize - 1].data_dir.join("tls"),
+        "node",
+    )
+    .unwrap();
+    let target = c.procs[follower as usize - 1].raft.clone();
+    // A heartbeat from `removed` under a term below the follower's: admitted and answered
+    // (with the follower's higher vote), changing nothing.
+    let heartbeat = || {
+        encode(&AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(0, removed),
+            prev_log_id: None::<LogId<u64>>,
+            entries: vec![],
+            leader_commit: None,
+        })
+    };
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(heartbeat()).unwrap();
+    let mut answers = raft_client(&target, &cred)
+        .await
+        .append_stream(rx)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(answers.message().await, Ok(Some(_))),
+        "manager {removed}'s first message was not answered"
+    );
+
+    let out = warren(c.api(leader), &["manager", "remove", &removed.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The follower has applied the revocation once a new call with the certificate is
+    // refused as revoked (before that, it may be refused as a non-member).
+    let deadline = Instant::now() + FORM;
+    loop {
+        let e = raft_client(&target, &cred)
+            .await
+            .append_entries(heartbeat())
+            .await
+            .err();
+        if let Some(e) = e.filter(|e| e.message().contains("revoked")) {
+            assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "manager {follower} never refused manager {removed}'s certificate as revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tx.unbounded_send(heartbeat()).unwrap();
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    // The server may already have dropped its end (then this send fails): either way,
+    // nothing more is answered.
+    let _ = tx.unbounded_send(heartbeat());
+    assert!(
+        !matches!(answers.message().await, Ok(Some(_))),
+        "the stream went on after the revocation"
+    );
+    let live = c.apis_except(&[removed]);
+    let mut want = vec![leader, follower];
+    want.sort();
+    let leader = wait_cluster(&live, &want, FORM);
+    create_ok(c.api(leader), "after-revocation");
+}
