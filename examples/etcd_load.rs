@@ -4,6 +4,9 @@
 //! format.
 //!
 //!     cargo run --release --example etcd_load -- ENDPOINT CLIENTS COUNT KEY_PREFIX
+//!
+//! With `ETCD_TLS_DIR` set (an `https://` endpoint), each connection is mutual TLS with
+//! `ca.pem`, `client.pem` and `client-key.pem` from that directory, as every Warren call is.
 
 #[cfg(not(madsim))]
 #[tokio::main]
@@ -16,9 +19,25 @@ async fn main() -> anyhow::Result<()> {
     let clients: usize = clients.parse()?;
     let count: usize = count.parse()?;
     let value = vec![b'v'; 200];
+    let options = match std::env::var_os("ETCD_TLS_DIR") {
+        None => None,
+        Some(dir) => {
+            use anyhow::Context;
+            let dir = std::path::PathBuf::from(dir);
+            let read =
+                |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {f} in ETCD_TLS_DIR"));
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")?))
+                .identity(etcd_client::Identity::from_pem(
+                    read("client.pem")?,
+                    read("client-key.pem")?,
+                ));
+            Some(etcd_client::ConnectOptions::new().with_tls(tls))
+        }
+    };
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
-        conns.push(etcd_client::Client::connect([endpoint.as_str()], None).await?);
+        conns.push(etcd_client::Client::connect([endpoint.as_str()], options.clone()).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -8,6 +8,8 @@
 #   connection per client, one request in flight each. Three trials per count, alternating;
 #   it prints every trial, the medians and Warren's median over etcd's.
 # Usage: scripts/write-bench.sh [TRIALS] [CLIENT_COUNTS]   (default: 3 "1 16 64 256")
+#   ETCD_TLS=1 adds a second 3-member etcd with mutual TLS on its client and peer links (as
+#   Warren's are), measured in the same trials: a like-for-like anchor beside the default one;
 #   WRITES=N writes per trial (default 600 for 1 client, 3000 otherwise);
 #   WARREN_BIN=... LOAD_BIN=... measure another build the same way.
 set -euo pipefail
@@ -46,41 +48,91 @@ for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.1; done
 [[ $(voters) == *" 3" ]] || { echo "the three Warren managers did not form" >&2; exit 1; }
 WLEADER=${API[$(voters | cut -d' ' -f1)]}
 
-# etcd: three members, as ../shared/tools/etcd-failover starts them.
-for n in e1 e2 e3; do CP[$n]=$(port); PP[$n]=$(port); done
-cluster="e1=http://127.0.0.1:${PP[e1]},e2=http://127.0.0.1:${PP[e2]},e3=http://127.0.0.1:${PP[e3]}"
-for n in e1 e2 e3; do
-  etcd --name $n --data-dir $T/$n --listen-client-urls http://127.0.0.1:${CP[$n]} \
-    --advertise-client-urls http://127.0.0.1:${CP[$n]} --listen-peer-urls http://127.0.0.1:${PP[$n]} \
-    --initial-advertise-peer-urls http://127.0.0.1:${PP[$n]} --initial-cluster "$cluster" \
-    --initial-cluster-state new >>$T/$n.log 2>&1 &
-  PID[$n]=$!
-done
-export ETCDCTL_API=3
-ELEADER=""
-for _ in $(seq 1 100); do
-  for n in e1 e2 e3; do
-    if etcdctl --endpoints 127.0.0.1:${CP[$n]} endpoint status -w json 2>/dev/null | python3 -c 'import json,sys;d=json.load(sys.stdin)[0];sys.exit(0 if d["Status"]["leader"]==d["Status"]["header"]["member_id"] else 1)'; then ELEADER=127.0.0.1:${CP[$n]}; fi
+# etcd: three members, as ../shared/tools/etcd-failover starts them; with TLS=1 (the
+# ETCD_TLS=1 anchor) mutual TLS on client and peer links, as Warren's are. Sets ELEADER.
+start_etcd() { # NAME-PREFIX TLS
+  local p=$1 tls=$2 s=http flags=() n cluster
+  if [[ $tls == 1 ]]; then
+    s=https
+    flags=(--cert-file "$T/tls/server.pem" --key-file "$T/tls/server-key.pem" --trusted-ca-file "$T/tls/ca.pem"
+      --client-cert-auth --peer-cert-file "$T/tls/server.pem" --peer-key-file "$T/tls/server-key.pem"
+      --peer-trusted-ca-file "$T/tls/ca.pem" --peer-client-cert-auth)
+  fi
+  for n in ${p}1 ${p}2 ${p}3; do CP[$n]=$(port); PP[$n]=$(port); done
+  cluster="${p}1=$s://127.0.0.1:${PP[${p}1]},${p}2=$s://127.0.0.1:${PP[${p}2]},${p}3=$s://127.0.0.1:${PP[${p}3]}"
+  for n in ${p}1 ${p}2 ${p}3; do
+    etcd --name $n --data-dir $T/$n --listen-client-urls $s://127.0.0.1:${CP[$n]} \
+      --advertise-client-urls $s://127.0.0.1:${CP[$n]} --listen-peer-urls $s://127.0.0.1:${PP[$n]} \
+      --initial-advertise-peer-urls $s://127.0.0.1:${PP[$n]} --initial-cluster "$cluster" \
+      --initial-cluster-state new "${flags[@]}" >>$T/$n.log 2>&1 &
+    PID[$n]=$!
   done
-  [[ -n $ELEADER ]] && break; sleep 0.2
-done
-[[ -n $ELEADER ]] || { echo "etcd elected no leader" >&2; exit 1; }
-echo "warren leader $WLEADER, etcd leader $ELEADER; $(nproc) cores"
+  local ctl=(etcdctl)
+  [[ $tls == 1 ]] && ctl+=(--cacert "$T/tls/ca.pem" --cert "$T/tls/client.pem" --key "$T/tls/client-key.pem")
+  ELEADER=""
+  for _ in $(seq 1 100); do
+    for n in ${p}1 ${p}2 ${p}3; do
+      if "${ctl[@]}" --endpoints $s://127.0.0.1:${CP[$n]} endpoint status -w json 2>/dev/null | python3 -c 'import json,sys;d=json.load(sys.stdin)[0];sys.exit(0 if d["Status"]["leader"]==d["Status"]["header"]["member_id"] else 1)'; then ELEADER=$s://127.0.0.1:${CP[$n]}; fi
+    done
+    [[ -n $ELEADER ]] && break; sleep 0.2
+  done
+  [[ -n $ELEADER ]] || { echo "etcd ($p) elected no leader" >&2; exit 1; }
+}
+# One CA, one certificate for every member (server and peer), one for the load client;
+# ECDSA P-256 like Warren's.
+make_etcd_certs() {
+  mkdir -p $T/tls && cd $T/tls
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+    -keyout ca-key.pem -out ca.pem 2>/dev/null
+  for who in server client; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=$who \
+      -keyout $who-key.pem -out $who.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >$who.ext
+    openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 \
+      -extfile $who.ext -out $who.pem 2>/dev/null
+  done
+  cd - >/dev/null
+}
+export ETCDCTL_API=3
+start_etcd e 0
+EPLAIN=$ELEADER
+ETLS=""
+if [[ ${ETCD_TLS:-} == 1 ]]; then
+  make_etcd_certs
+  start_etcd t 1
+  ETLS=$ELEADER
+fi
+echo "warren leader $WLEADER, etcd leader $EPLAIN${ETLS:+, etcd (TLS) leader $ETLS}; $(nproc) cores"
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 rows=()
 for c in $COUNTS; do
   n=${WRITES:-$([[ $c == 1 ]] && echo 600 || echo 3000)}
-  wr=(); er=()
+  wr=(); er=(); tr=()
   for t in $(seq 1 "$TRIALS"); do
     wr+=("$($LOAD "$WLEADER" "$c" "$n" "c$c-t$t" | sed 's/.*creates_per_s=//')")
-    er+=("$($ELOAD "http://$ELEADER" "$c" "$n" "c$c-t$t" | sed 's/.*puts_per_s=//')")
-    echo "clients=$c trial $t: warren ${wr[-1]} creates/s, etcd ${er[-1]} puts/s"
+    er+=("$($ELOAD "$EPLAIN" "$c" "$n" "c$c-t$t" | sed 's/.*puts_per_s=//')")
+    line="clients=$c trial $t: warren ${wr[-1]} creates/s, etcd ${er[-1]} puts/s"
+    if [[ -n $ETLS ]]; then
+      tr+=("$(ETCD_TLS_DIR=$T/tls $ELOAD "$ETLS" "$c" "$n" "c$c-t$t" | sed 's/.*puts_per_s=//')")
+      line+=", etcd (TLS) ${tr[-1]} puts/s"
+    fi
+    echo "$line"
   done
   wm=$(median "${wr[@]}"); em=$(median "${er[@]}")
-  rows+=("| $c | ${wr[*]} | $wm | ${er[*]} | $em | $(python3 -c "print(f'{$wm/$em:.2f}')") |")
+  row="| $c | ${wr[*]} | $wm | ${er[*]} | $em | $(python3 -c "print(f'{$wm/$em:.2f}')") |"
+  if [[ -n $ETLS ]]; then
+    tm=$(median "${tr[@]}")
+    row+=" ${tr[*]} | $tm | $(python3 -c "print(f'{$wm/$tm:.2f}')") |"
+  fi
+  rows+=("$row")
 done
 echo
-echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd |"
-echo "|---|---|---|---|---|---|"
+if [[ -n $ETLS ]]; then
+  echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd | etcd (TLS) puts/s | median | warren/etcd (TLS) |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd |"
+  echo "|---|---|---|---|---|---|"
+fi
 printf '%s\n' "${rows[@]}"
