@@ -127,12 +127,10 @@ for c in $COUNTS; do
   fi
   rows+=("$row")
 done
+header="| clients | warren creates/s | median | etcd puts/s | median | warren/etcd |"
+rule="|---|---|---|---|---|---|"
+if [[ -n $ETLS ]]; then header+=" etcd (TLS) puts/s | median | warren/etcd (TLS) |"; rule+="---|---|---|"; fi
 echo
-if [[ -n $ETLS ]]; then
-  echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd | etcd (TLS) puts/s | median | warren/etcd (TLS) |"
-  echo "|---|---|---|---|---|---|---|---|---|"
-else
-  echo "| clients | warren creates/s | median | etcd puts/s | median | warren/etcd |"
-  echo "|---|---|---|---|---|---|"
-fi
+echo "$header"
+echo "$rule"
 printf '%s\n' "${rows[@]}"
