@@ -214,19 +214,23 @@ fn a_deleted_database_is_refused() {
     assert!(!db.exists(), "a refused start created a database");
 }
 
-/// Where the whole records of a write-ahead file end (each: length, CRC-32 of the length,
-/// CRC-32 of the body, body), and where its first record's body lies.
+/// Where the whole records of a write-ahead file end (each: length, its top bit set when an
+/// end mark follows, CRC-32 of the length,
+/// CRC-32 of the body, body, the mark), and where its first record's body lies.
 fn wal_records(bytes: &[u8]) -> (usize, std::ops::Range<usize>) {
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
     let mut at = 0;
     let mut first = 0..0;
     while at + 12 <= bytes.len() && crc32fast::hash(&bytes[at..at + 4]) == u32_at(at + 4) {
-        let end = at + 12 + u32_at(at) as usize;
+        // The top bit of the length: an end mark follows the body.
+        let (len, marked) = (u32_at(at) & !(1 << 31), u32_at(at) >> 31);
+        let body_end = at + 12 + len as usize;
+        let end = body_end + marked as usize;
         if end > bytes.len() {
             break;
         }
         if first.is_empty() {
-            first = at + 12..end;
+            first = at + 12..body_end;
         }
         at = end;
     }
@@ -250,7 +254,8 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A create is acknowledged once its entry is in the write-ahead file (`warren.wal`), before
 /// the database holds it durably. A manager killed with -9 amid a stream of creates keeps every
 /// create it acknowledged. The same data dir with the last record torn (as a kill during its
-/// write leaves it) starts and keeps them too; with a flipped byte inside a whole record it is
+/// write leaves it: cut short, or sectors of zeros inside the space the file keeps ahead)
+/// starts and keeps them too; with a flipped byte inside a whole record it is
 /// refused, naming the file, and the file is left as it was.
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_creates_survive_kill_9_through_the_write_ahead_file() {
@@ -305,6 +310,25 @@ async fn acknowledged_creates_survive_kill_9_through_the_write_ahead_file() {
     let mut cut = bytes[..whole].to_vec();
     cut.extend_from_slice(&bytes[first.start - 12..first.start + first.len() / 2]);
     std::fs::write(torn.join("warren.wal"), &cut).unwrap();
+    // A record torn inside the zeros the file keeps ahead of its records (as a power cut
+    // during its write leaves it): its header and first sectors written, then zeros. Made up
+    // here, 2,000 bytes long, so that it spans sectors wherever the records end.
+    let ahead = tmp.path().join("torn-ahead");
+    copy_dir(&dir, &ahead);
+    assert!(
+        bytes[whole..].iter().all(|b| *b == 0) && bytes.len() > whole + 4096,
+        "no zeros kept ahead of the records in {}",
+        wal.display()
+    );
+    let mut in_zeros = bytes.clone();
+    let len = (2_000u32 | 1 << 31).to_le_bytes();
+    let mut header = len.to_vec();
+    header.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    header.extend_from_slice(&[0x5A; 4]);
+    in_zeros[whole..whole + 12].copy_from_slice(&header);
+    let written_to = (whole + 12).div_ceil(512) * 512 + 512;
+    in_zeros[whole + 12..written_to].fill(0x77);
+    std::fs::write(ahead.join("warren.wal"), &in_zeros).unwrap();
     // A flipped byte inside the first record's body.
     let flipped = tmp.path().join("flipped");
     copy_dir(&dir, &flipped);
@@ -332,6 +356,8 @@ async fn acknowledged_creates_survive_kill_9_through_the_write_ahead_file() {
     check(&mut again, "restarted after kill -9");
     let mut from_torn = ManagerProc::spawn(&start_args(&torn), &m.api, &m.raft, &torn);
     check(&mut from_torn, "with a torn last record");
+    let mut from_ahead = ManagerProc::spawn(&start_args(&ahead), &m.api, &m.raft, &ahead);
+    check(&mut from_ahead, "with a last record torn inside the zeros ahead");
 
     let shown = flipped.join("warren.wal").display().to_string();
     expect_refusal(

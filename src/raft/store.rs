@@ -282,7 +282,14 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let wal_path = path.with_extension("wal");
     // A write-ahead file with records but no database: it belongs to a database that is
     // gone. Refused before a new, empty database is made beside it.
-    if !super::disk::exists(path) && super::disk::len(&wal_path).unwrap_or(0) > 0 {
+    // (The file is kept longer than its records, as zeros: any other byte is a record.)
+    let wal_holds_records = || {
+        super::disk::read_durable(&wal_path)
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.iter().any(|x| *x != 0))
+    };
+    if !super::disk::exists(path) && wal_holds_records() {
         return Err(OpenError::Wal {
             path: wal_path.display().to_string(),
             reason: format!("it holds records but there is no database {shown} beside it"),

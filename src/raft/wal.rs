@@ -9,8 +9,17 @@
 //! At open, the records are replayed into the database in order: an append puts its entries,
 //! a truncation deletes from its index on. Replaying over a database that already holds some
 //! or all of their effect gives the same log, so a crash at any point between the file and
-//! the database is safe. Record: length (u32, little-endian), CRC-32 of the length, CRC-32 of
-//! the body, body. A record is written by one write call: only the last can be cut short.
+//! the database is safe. Record: length (u32, little-endian; its top bit set on a record that
+//! ends in `END_MARK`), CRC-32 of the length, CRC-32 of the body, body, `END_MARK`. A record
+//! is written by one write call: only the last can be cut short.
+//!
+//! The file is kept `AHEAD_BYTES` longer than its records, as zeros (a sparse hole): an
+//! append then changes no file size, and its fdatasync writes no metadata. On ext4 a size
+//! change makes every fdatasync a journal commit, and the three managers of one machine queue
+//! for that one journal: 0.32 ms per fdatasync of a growing file against 0.25 ms within the
+//! space kept ahead, three writers at once on this machine (etcd keeps its WAL segments
+//! allocated ahead for the same reason). A crash can then leave the last record cut short
+//! *inside* the file: the sectors the disk wrote, then zeros (`torn`).
 
 use redb::StorageBackend;
 use serde::{Deserialize, Serialize};
@@ -21,6 +30,15 @@ pub const RESET_BYTES: u64 = 4 << 20;
 /// openraft's `max_payload_entries` and the entry size limit.
 const MAX_RECORD_BYTES: u32 = 256 << 20;
 const HEADER: usize = 12;
+/// The file is kept this much longer than its records (zeros, not allocated on disk).
+pub const AHEAD_BYTES: u64 = 1 << 20;
+/// A record's last byte (with `MARKED` set in its length): never zero, so a record whose
+/// last sector was never written (zeros) cannot pass for a whole one.
+const END_MARK: u8 = 0xA5;
+const MARKED: u32 = 1 << 31;
+/// The unit a disk writes whole: a write cut short by a crash leaves some sectors as they
+/// were, the rest new.
+const SECTOR: usize = 512;
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
@@ -43,7 +61,9 @@ pub struct Wal {
     /// Shared with a sync running behind the leader's appends (`raft::durable`): a write
     /// and an fdatasync of one file may run at once.
     file: std::sync::Arc<dyn StorageBackend>,
+    /// Where the records end; the file is `allocated` long, zeros after `len`.
     len: u64,
+    allocated: u64,
 }
 
 impl Wal {
@@ -55,9 +75,12 @@ impl Wal {
         let mut bytes = vec![0u8; len as usize];
         file.read(0, &mut bytes)?;
         let (records, good) = parse(&bytes)?;
-        if good < len {
+        if bytes[good as usize..].iter().any(|b| *b != 0) {
+            // A cut record: gone, so that the space after the records is zeros again.
             file.set_len(good)?;
         }
+        let allocated = len.max(good + AHEAD_BYTES);
+        file.set_len(allocated)?;
         // What a killed process wrote may still be only in the page cache: on disk before
         // anything read from it is relied on.
         file.sync_data()?;
@@ -65,6 +88,7 @@ impl Wal {
             Wal {
                 file: file.into(),
                 len: good,
+                allocated,
             },
             records,
         ))
@@ -79,6 +103,11 @@ impl Wal {
     /// Appends `record` without waiting for the disk: `file().sync_data()` makes it durable.
     pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
         let out = encode(record)?;
+        let end = self.len + out.len() as u64;
+        if end > self.allocated {
+            self.file.set_len(end + AHEAD_BYTES)?;
+            self.allocated = end + AHEAD_BYTES;
+        }
         self.file.write(self.len, &out)?;
         self.len += out.len() as u64;
         Ok(())
@@ -90,9 +119,12 @@ impl Wal {
 
     /// Empties the file: call only once the database holds every record durably.
     pub fn reset(&mut self) -> std::io::Result<()> {
+        // Cut to nothing first: the space kept ahead must read as zeros again.
         self.file.set_len(0)?;
+        self.file.set_len(AHEAD_BYTES)?;
         self.file.sync_data()?;
         self.len = 0;
+        self.allocated = AHEAD_BYTES;
         Ok(())
     }
 
@@ -107,12 +139,13 @@ impl Wal {
 
 fn encode(record: &Record) -> std::io::Result<Vec<u8>> {
     let body = bincode::serialize(record).map_err(std::io::Error::other)?;
-    let len = (body.len() as u32).to_le_bytes();
-    let mut out = Vec::with_capacity(HEADER + body.len());
+    let len = (body.len() as u32 | MARKED).to_le_bytes();
+    let mut out = Vec::with_capacity(HEADER + body.len() + 1);
     out.extend_from_slice(&len);
     out.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out.extend_from_slice(&body);
+    out.push(END_MARK);
     Ok(out)
 }
 
@@ -125,8 +158,11 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Record>, u64), WalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let damaged = |why: String| {
-            if bytes[at..].iter().all(|b| *b == 0) {
+        // `end`: where the record ends, as far as its header tells; `None` for a record
+        // without an end mark (an earlier version's, in a file grown by each append: a
+        // crash cut those short, within no zeros).
+        let damaged = |why: String, end: Option<usize>| {
+            if bytes[at..].iter().all(|b| *b == 0) || end.is_some_and(|end| torn(bytes, at, end)) {
                 Ok(())
             } else {
                 Err(WalError::Corrupt {
@@ -139,34 +175,51 @@ fn parse(bytes: &[u8]) -> Result<(Vec<Record>, u64), WalError> {
             // Cut short by a crash within the header.
             break;
         }
-        let len = u32_at(bytes, at);
+        let raw = u32_at(bytes, at);
+        let (len, marked) = (raw & !MARKED, raw & MARKED != 0);
         if crc32fast::hash(&bytes[at..at + 4]) != u32_at(bytes, at + 4) || len > MAX_RECORD_BYTES {
-            damaged("its length is damaged".into())?;
+            damaged("its length is damaged".into(), Some(at + HEADER))?;
             break;
         }
         let crc = u32_at(bytes, at + 8);
-        let end = at + HEADER + len as usize;
+        let body_end = at + HEADER + len as usize;
+        let end = body_end + usize::from(marked);
         if end > bytes.len() {
             // Cut short by a crash.
             break;
         }
-        let body = &bytes[at + HEADER..end];
+        let body = &bytes[at + HEADER..body_end];
+        if marked && bytes[body_end] != END_MARK {
+            damaged("its end mark is missing".into(), Some(end))?;
+            break;
+        }
         if crc32fast::hash(body) != crc {
             // Whole but wrong, even as the last record: it may have been reported durable,
-            // so it is refused, not dropped (unless only zeros are left: a page never written).
-            damaged("its checksum does not match".into())?;
+            // so it is refused, not dropped (unless it is a write cut short: `torn`).
+            damaged("its checksum does not match".into(), marked.then_some(end))?;
             break;
         }
         match bincode::deserialize::<Record>(body) {
             Ok(r) => records.push(r),
             Err(e) => {
-                damaged(format!("undecodable: {e}"))?;
+                damaged(format!("undecodable: {e}"), marked.then_some(end))?;
                 break;
             }
         }
         at = end;
     }
     Ok((records, at as u64))
+}
+
+/// Whether the damaged record at `at`, which ends at `end` as far as its header tells (or
+/// after its header, when that is unreadable), is a write a crash cut short within the
+/// space kept ahead: nothing was written after it, and the sector holding its last byte
+/// (its end mark, never zero; or the header's last byte) is still zeros. A whole record
+/// damaged later keeps its end mark, and is refused.
+fn torn(bytes: &[u8], at: usize, end: usize) -> bool {
+    let end = end.min(bytes.len());
+    let last_sector = ((end.saturating_sub(1)) / SECTOR * SECTOR).max(at);
+    end > at && bytes[last_sector..].iter().all(|b| *b == 0)
 }
 
 #[cfg(test)]
@@ -215,5 +268,135 @@ mod tests {
         let mut last = whole.clone();
         *last.last_mut().unwrap() ^= 1;
         assert!(matches!(parse(&last), Err(WalError::Corrupt { .. })));
+    }
+
+    /// A last record of several sectors, in the zeros kept ahead of the records.
+    fn long_last() -> (Vec<Record>, Vec<u8>, usize) {
+        let records = vec![
+            Record::Append(vec![(1, b"one".to_vec())]),
+            Record::Append(vec![(2, vec![7u8; 1500]), (3, vec![0u8; 40])]),
+        ];
+        let first_len = encoded(&records[..1]).len();
+        let mut file = encoded(&records);
+        file.resize(file.len() + 3 * SECTOR, 0);
+        (records, file, first_len)
+    }
+
+    /// A crash inside the space kept ahead leaves the last record's first sectors and zeros
+    /// for the rest: dropped, at every sector it can stop at. A whole last record with any
+    /// byte damaged keeps its end mark: refused, even with the zeros after it.
+    #[test]
+    fn a_record_torn_within_the_zeros_ahead_is_dropped_and_a_damaged_whole_one_refused() {
+        let (records, file, first_len) = long_last();
+        let whole_len = encoded(&records).len();
+        assert_eq!(parse(&file).unwrap(), (records, whole_len as u64));
+        for stop in (0..whole_len).filter(|b| b % SECTOR == 0 && *b > first_len) {
+            let mut torn = file.clone();
+            torn[stop..].fill(0);
+            let (got, good) = parse(&torn).unwrap();
+            assert_eq!((got.len(), good), (1, first_len as u64), "written up to {stop}");
+        }
+        for i in first_len..whole_len {
+            for flip in [0x01u8, 0xFF] {
+                let mut bad = file.clone();
+                bad[i] ^= flip;
+                assert!(
+                    matches!(parse(&bad), Err(WalError::Corrupt { .. })),
+                    "flip {flip:#x} at {i}: {:?}",
+                    parse(&bad).map(|(r, g)| (r.len(), g))
+                );
+            }
+        }
+        // Its last sector written and an earlier one not: not a tear in order; refused.
+        let mut gap = file.clone();
+        gap[first_len + SECTOR..first_len + 2 * SECTOR].fill(0);
+        assert!(matches!(parse(&gap), Err(WalError::Corrupt { .. })));
+    }
+
+    /// An earlier version's records (no end mark, in a file grown by each append) are read
+    /// as before: a cut last one is dropped, a damaged whole last one refused.
+    #[test]
+    fn records_without_an_end_mark_are_read_as_before() {
+        let unmarked = |r: &Record| {
+            let body = bincode::serialize(r).unwrap();
+            let len = (body.len() as u32).to_le_bytes();
+            let mut out = len.to_vec();
+            out.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+            out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            out.extend_from_slice(&body);
+            out
+        };
+        let old: Vec<u8> = two().iter().flat_map(unmarked).collect();
+        let first_len = unmarked(&two()[0]).len();
+        assert_eq!(parse(&old).unwrap(), (two(), old.len() as u64));
+        assert_eq!(parse(&old[..old.len() - 1]).unwrap().1, first_len as u64);
+        let mut bad = old.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(matches!(parse(&bad), Err(WalError::Corrupt { .. })));
+    }
+
+    /// The file stays `AHEAD_BYTES` past its records, so appends do not change its size;
+    /// a reopen reads the records back, and a reset leaves zeros only.
+    #[test]
+    fn the_file_is_kept_longer_than_its_records() {
+        let file = std::sync::Arc::new(redb::backends::InMemoryBackend::new());
+        let (mut wal, none) = Wal::open(Box::new(Shared(file.clone()))).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(file.len().unwrap(), AHEAD_BYTES);
+        for r in two() {
+            wal.append(&r).unwrap();
+        }
+        assert_eq!(
+            file.len().unwrap(),
+            AHEAD_BYTES,
+            "an append changed the file's size"
+        );
+        // A record larger than the space left: the file grows past it, by the same margin.
+        let big = Record::Append(vec![(3, vec![1u8; AHEAD_BYTES as usize])]);
+        wal.append(&big).unwrap();
+        assert_eq!(file.len().unwrap(), wal.len() + AHEAD_BYTES);
+        let (wal2, back) = Wal::open(Box::new(Shared(file.clone()))).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(wal2.len(), wal.len());
+        wal.reset().unwrap();
+        let (_, after) = Wal::open(Box::new(Shared(file.clone()))).unwrap();
+        assert!(after.is_empty());
+        assert_eq!(file.len().unwrap(), AHEAD_BYTES);
+    }
+
+    /// A torn last record is cut off at open, so the space ahead is zeros again.
+    #[test]
+    fn open_cuts_a_torn_record_off() {
+        let (_, mut bytes, first_len) = long_last();
+        bytes[first_len + SECTOR..].fill(0);
+        let file = std::sync::Arc::new(redb::backends::InMemoryBackend::new());
+        file.set_len(bytes.len() as u64).unwrap();
+        file.write(0, &bytes).unwrap();
+        let (wal, records) = Wal::open(Box::new(Shared(file.clone()))).unwrap();
+        assert_eq!((records.len(), wal.len()), (1, first_len as u64));
+        let mut now = vec![0u8; file.len().unwrap() as usize];
+        file.read(0, &mut now).unwrap();
+        assert!(now[first_len..].iter().all(|b| *b == 0));
+    }
+
+    #[derive(Debug)]
+    struct Shared(std::sync::Arc<redb::backends::InMemoryBackend>);
+
+    impl StorageBackend for Shared {
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.0.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.0.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.write(offset, data)
+        }
     }
 }
