@@ -11,7 +11,10 @@
 #   ETCD_TLS=1 adds a second 3-member etcd with mutual TLS on its client and peer links (as
 #   Warren's are), measured in the same trials: a like-for-like anchor beside the default one;
 #   WRITES=N writes per trial (default 600 for 1 client, 3000 otherwise);
-#   WARREN_BIN=... LOAD_BIN=... measure another build the same way.
+#   WARREN_BIN=... LOAD_BIN=... measure another build the same way;
+#   METRICS=1 also prints, after each Warren trial, where its writes' time went, as means
+#   over the trial of the managers' histograms (--metrics-addr): the leader's proposal
+#   (proposed to applied), its own append, its sync behind, and each follower's append.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-3}
@@ -32,15 +35,22 @@ port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pri
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
 
 # Warren: three managers, as scripts/failover-bench.sh starts them.
-for n in 1 2 3; do API[$n]="127.0.0.$n:$(port)"; done
-$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" --data-dir $T/m1 >>$T/m1.log 2>&1 &
+declare -A MFLAG
+for n in 1 2 3; do
+  API[$n]="127.0.0.$n:$(port)"
+  MFLAG[$n]=""
+  [[ -n ${METRICS:-} ]] && MFLAG[$n]="--metrics-addr 127.0.0.1:$(port)"
+done
+# shellcheck disable=SC2086 # MFLAG: a flag and its value, or nothing
+$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" ${MFLAG[1]} --data-dir $T/m1 >>$T/m1.log 2>&1 &
 PID[w1]=$!
 export WARREN_TLS_DIR=$T/m1/admin
 until $W --manager ${API[1]} cluster info >/dev/null 2>&1; do sleep 0.05; done
 TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
 for n in 2 3; do
+  # shellcheck disable=SC2086
   $W manager join --token "$TOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
-    --bind-addr "127.0.0.$n:$(port)" --data-dir $T/m$n >>$T/m$n.log 2>&1 &
+    --bind-addr "127.0.0.$n:$(port)" ${MFLAG[$n]} --data-dir $T/m$n >>$T/m$n.log 2>&1 &
   PID[w$n]=$!
 done
 voters() { $W --manager ${API[1]} cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
@@ -104,13 +114,33 @@ if [[ ${ETCD_TLS:-} == 1 ]]; then
 fi
 echo "warren leader $WLEADER, etcd leader $EPLAIN${ETLS:+, etcd (TLS) leader $ETLS}; $(nproc) cores"
 
+# METRICS=1: every manager's histograms now, as JSON, into $T/scrape-$1-N.
+scrape() { for n in 1 2 3; do curl -sf "http://${MFLAG[$n]#--metrics-addr }/metrics" | python3 scripts/parse-metrics.py >"$T/scrape-$1-$n.json"; done; }
+breakdown() { # means between scrapes $1 and $2, in ms
+  python3 - "$T" "$1" "$2" "$(voters | cut -d' ' -f1)" <<'PY'
+import json, sys
+t, a, b, leader = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def mean(n, h):
+    x, y = (json.load(open(f"{t}/scrape-{s}-{n}.json")) for s in (a, b))
+    c = y.get(h + "_count", 0) - x.get(h + "_count", 0)
+    return "n/a" if not c else f"{(y[h + '_sum'] - x.get(h + '_sum', 0)) / c * 1e3:.3f}"
+parts = [f"proposal {mean(leader, 'warren_raft_proposal_seconds')}",
+         f"leader append {mean(leader, 'warren_raft_leader_append_seconds')}",
+         f"leader sync behind {mean(leader, 'warren_raft_fsync_seconds')}"]
+parts += [f"follower {n} append {mean(n, 'warren_raft_fsync_seconds')}" for n in (1, 2, 3) if n != leader]
+print("  means (ms): " + ", ".join(parts))
+PY
+}
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 rows=()
 for c in $COUNTS; do
   n=${WRITES:-$([[ $c == 1 ]] && echo 600 || echo 3000)}
   wr=(); er=(); tr=()
   for t in $(seq 1 "$TRIALS"); do
+    [[ -n ${METRICS:-} ]] && scrape before
     wr+=("$($LOAD "$WLEADER" "$c" "$n" "c$c-t$t" | sed 's/.*creates_per_s=//')")
+    bd=""
+    [[ -n ${METRICS:-} ]] && scrape after && bd=$(breakdown before after)
     er+=("$($ELOAD "$EPLAIN" "$c" "$n" "c$c-t$t" | sed 's/.*puts_per_s=//')")
     line="clients=$c trial $t: warren ${wr[-1]} creates/s, etcd ${er[-1]} puts/s"
     if [[ -n $ETLS ]]; then
@@ -118,6 +148,7 @@ for c in $COUNTS; do
       line+=", etcd (TLS) ${tr[-1]} puts/s"
     fi
     echo "$line"
+    [[ -z $bd ]] || echo "$bd"
   done
   wm=$(median "${wr[@]}"); em=$(median "${er[@]}")
   row="| $c | ${wr[*]} | $wm | ${er[*]} | $em | $(python3 -c "print(f'{$wm/$em:.2f}')") |"
