@@ -14,7 +14,8 @@
 #   WARREN_BIN=... LOAD_BIN=... measure another build the same way;
 #   METRICS=1 also prints, after each Warren trial, where its writes' time went, as means
 #   over the trial of the managers' histograms (--metrics-addr): the leader's proposal
-#   (proposed to applied), its own append, its sync behind, and each follower's append.
+#   (proposed to applied), its own append, its sync behind, its AppendEntries round trips,
+#   and each follower's handling of them and durable append.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-3}
@@ -115,7 +116,7 @@ fi
 echo "warren leader $WLEADER, etcd leader $EPLAIN${ETLS:+, etcd (TLS) leader $ETLS}; $(nproc) cores"
 
 # METRICS=1: every manager's histograms now, as JSON, into $T/scrape-$1-N.
-scrape() { for n in 1 2 3; do curl -sf "http://${MFLAG[$n]#--metrics-addr }/metrics" | python3 scripts/parse-metrics.py >"$T/scrape-$1-$n.json"; done; }
+scrape() { local k; for k in 1 2 3; do curl -sf "http://${MFLAG[$k]#--metrics-addr }/metrics" | python3 scripts/parse-metrics.py >"$T/scrape-$1-$k.json"; done; }
 breakdown() { # means between scrapes $1 and $2, in ms
   python3 - "$T" "$1" "$2" "$(voters | cut -d' ' -f1)" <<'PY'
 import json, sys
@@ -127,7 +128,9 @@ def mean(n, h):
 parts = [f"proposal {mean(leader, 'warren_raft_proposal_seconds')}",
          f"leader append {mean(leader, 'warren_raft_leader_append_seconds')}",
          f"leader sync behind {mean(leader, 'warren_raft_fsync_seconds')}"]
-parts += [f"follower {n} append {mean(n, 'warren_raft_fsync_seconds')}" for n in (1, 2, 3) if n != leader]
+parts += [f"AppendEntries sent to answered {mean(leader, 'warren_raft_append_rpc_seconds')}"]
+parts += [f"follower {n}: handled {mean(n, 'warren_raft_append_handled_seconds')}, append {mean(n, 'warren_raft_fsync_seconds')}"
+          for n in (1, 2, 3) if n != leader]
 print("  means (ms): " + ", ".join(parts))
 PY
 }

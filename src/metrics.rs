@@ -40,6 +40,8 @@ pub struct Metrics {
     pub batch_writes: Histogram,
     pub fsync_seconds: Histogram,
     pub leader_append_seconds: Histogram,
+    pub append_rpc_seconds: Histogram,
+    pub append_handled_seconds: Histogram,
     pub snapshot_build_seconds: Histogram,
     pub orchestrator_round_seconds: Histogram,
     pub assignment_streams: Gauge,
@@ -53,6 +55,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     batch_writes: Histogram::new(exponential_buckets(2.0, 2.0, 9)),
     fsync_seconds: fast_latency(),
     leader_append_seconds: fast_latency(),
+    append_rpc_seconds: fast_latency(),
+    append_handled_seconds: fast_latency(),
     snapshot_build_seconds: latency(),
     orchestrator_round_seconds: latency(),
     assignment_streams: Gauge::default(),
@@ -101,6 +105,16 @@ pub fn manager_registry(state: impl Collector) -> Registry {
         "raft_leader_append_seconds",
         "Time of the leader's own appends, made in place on an async worker and synced behind (the write-ahead file's write and the database transaction; it can wait on a snapshot's durable commit)",
         m.leader_append_seconds.clone(),
+    );
+    r.register(
+        "raft_append_rpc_seconds",
+        "On the leader: an AppendEntries message carrying entries, from sending it to a follower to its answer",
+        m.append_rpc_seconds.clone(),
+    );
+    r.register(
+        "raft_append_handled_seconds",
+        "On a follower: an AppendEntries message carrying entries, from handing it to Raft to its answer (the durable append included)",
+        m.append_handled_seconds.clone(),
     );
     r.register(
         "raft_snapshot_build_seconds",

@@ -83,7 +83,13 @@ impl RaftRpc {
             decode(payload).map_err(bad_payload)?;
         Self::sender_is(who, &rpc.vote)?;
         self.admit(Message::Append, &rpc.vote)?;
+        let (carries, handed) = (!rpc.entries.is_empty(), std::time::Instant::now());
         let res = self.m.raft.append_entries(rpc).await;
+        if carries {
+            crate::metrics::get()
+                .append_handled_seconds
+                .observe(handed.elapsed().as_secs_f64());
+        }
         if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
             self.m.election.touch();
         }

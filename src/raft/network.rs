@@ -392,7 +392,14 @@ impl RaftNetwork<TypeConfig> for Connection {
             .map(super::entry_format)
             .max()
             .unwrap_or(super::codec::BASE_FORMAT);
-        self.call(Method::Append, format, &rpc, &option).await
+        let (carries, sent) = (!rpc.entries.is_empty(), std::time::Instant::now());
+        let answer = self.call(Method::Append, format, &rpc, &option).await;
+        if carries && answer.is_ok() {
+            crate::metrics::get()
+                .append_rpc_seconds
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        answer
     }
 
     async fn install_snapshot(
