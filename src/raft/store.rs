@@ -1286,7 +1286,11 @@ mod tests {
         // The saved commit never passes what is durable; apply waits for it. It reaches the
         // database with the next transaction: the next append's.
         log.save_committed(Some(lid2(6))).await.unwrap();
-        assert_eq!(log.read_committed().await.unwrap(), None, "not a transaction of its own");
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            None,
+            "not a transaction of its own"
+        );
         log.blocking_append([Entry {
             log_id: lid2(7),
             payload: EntryPayload::Blank,
