@@ -14,9 +14,9 @@
 //! is written by one write call: only the last can be cut short.
 //!
 //! The file is kept `AHEAD_BYTES` longer than its records, as zeros (a sparse hole): an
-//! append then changes no file size, and its fdatasync writes no metadata. On ext4 a size
-//! change makes every fdatasync a journal commit, and the three managers of one machine queue
-//! for that one journal: 0.32 ms per fdatasync of a growing file against 0.25 ms within the
+//! append then changes no file size (a block of the hole is allocated as it is first written,
+//! once per 4 KiB, not once per append). On ext4 a size change makes every fdatasync a
+//! journal commit, and the three managers of one machine queue for that one journal: 0.32 ms per fdatasync of a growing file against 0.25 ms within the
 //! space kept ahead, three writers at once on this machine (etcd keeps its WAL segments
 //! allocated ahead for the same reason). A crash can then leave the last record cut short
 //! *inside* the file: the sectors the disk wrote, then zeros (`torn`).
@@ -40,7 +40,7 @@ const MARKED: u32 = 1 << 31;
 /// were, the rest new.
 const SECTOR: usize = 512;
 
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// Log entries as the database stores them: (index, sealed entry).
     Append(Vec<(u64, Vec<u8>)>),
@@ -311,6 +311,51 @@ mod tests {
         let mut gap = file.clone();
         gap[first_len + SECTOR..first_len + 2 * SECTOR].fill(0);
         assert!(matches!(parse(&gap), Err(WalError::Corrupt { .. })));
+    }
+
+    /// Wherever the sector boundaries fall in a last record (its end mark the last byte of a
+    /// sector, the first, its header cut across two): cut at any of them, it is dropped; with
+    /// its end mark or the byte before it damaged, refused; with its end mark's sector still
+    /// zeros but a whole record written after it, refused (not the last write).
+    #[test]
+    fn sector_boundaries_anywhere_in_the_last_record() {
+        for shift in 0..SECTOR {
+            let records = vec![
+                Record::Append(vec![(1, vec![9u8; shift])]),
+                Record::Append(vec![(2, vec![7u8; 900])]),
+            ];
+            let first_len = encoded(&records[..1]).len();
+            let whole = encoded(&records);
+            let mut file = whole.clone();
+            file.resize(whole.len() + 2 * SECTOR, 0);
+            assert_eq!(parse(&file).unwrap().0.len(), 2, "shift {shift}");
+            for stop in (first_len + 1..whole.len()).filter(|b| b % SECTOR == 0) {
+                let mut torn = file.clone();
+                torn[stop..].fill(0);
+                assert_eq!(
+                    parse(&torn).unwrap(),
+                    (records[..1].to_vec(), first_len as u64),
+                    "shift {shift}, written up to {stop}"
+                );
+            }
+            for at in [whole.len() - 1, whole.len() - 2] {
+                let mut bad = file.clone();
+                bad[at] ^= 0x01;
+                assert!(
+                    matches!(parse(&bad), Err(WalError::Corrupt { .. })),
+                    "shift {shift}, flip at {at}"
+                );
+            }
+            let mark_sector = ((whole.len() - 1) / SECTOR * SECTOR).max(first_len);
+            let mut gap = whole.clone();
+            gap[mark_sector..].fill(0);
+            gap.extend(encoded(&records[1..]));
+            gap.resize(gap.len() + SECTOR, 0);
+            assert!(
+                matches!(parse(&gap), Err(WalError::Corrupt { .. })),
+                "shift {shift}: a zeroed end mark with a record after it"
+            );
+        }
     }
 
     /// An earlier version's records (no end mark, in a file grown by each append) are read
