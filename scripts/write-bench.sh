@@ -36,28 +36,28 @@ port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pri
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(*[$1])" 2>/dev/null; }
 
 # Warren: three managers, as scripts/failover-bench.sh starts them.
-declare -A MFLAG
+declare -A MADDR # METRICS=1: each manager's --metrics-addr
 for n in 1 2 3; do
   API[$n]="127.0.0.$n:$(port)"
-  MFLAG[$n]=""
-  [[ -n ${METRICS:-} ]] && MFLAG[$n]="--metrics-addr 127.0.0.1:$(port)"
+  MADDR[$n]=""
+  [[ -n ${METRICS:-} ]] && MADDR[$n]="127.0.0.1:$(port)"
 done
-# shellcheck disable=SC2086 # MFLAG: a flag and its value, or nothing
-$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" ${MFLAG[1]} --data-dir $T/m1 >>$T/m1.log 2>&1 &
+$W cluster init --node-id 1 --api-addr ${API[1]} --bind-addr "127.0.0.1:$(port)" ${MADDR[1]:+--metrics-addr "${MADDR[1]}"} \
+  --data-dir $T/m1 >>$T/m1.log 2>&1 &
 PID[w1]=$!
 export WARREN_TLS_DIR=$T/m1/admin
 until $W --manager ${API[1]} cluster info >/dev/null 2>&1; do sleep 0.05; done
 TOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
 for n in 2 3; do
-  # shellcheck disable=SC2086
   $W manager join --token "$TOKEN" --leader ${API[1]} --node-id $n --api-addr ${API[$n]} \
-    --bind-addr "127.0.0.$n:$(port)" ${MFLAG[$n]} --data-dir $T/m$n >>$T/m$n.log 2>&1 &
+    --bind-addr "127.0.0.$n:$(port)" ${MADDR[$n]:+--metrics-addr "${MADDR[$n]}"} --data-dir $T/m$n >>$T/m$n.log 2>&1 &
   PID[w$n]=$!
 done
 voters() { $W --manager ${API[1]} cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
 for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.1; done
 [[ $(voters) == *" 3" ]] || { echo "the three Warren managers did not form" >&2; exit 1; }
-WLEADER=${API[$(voters | cut -d' ' -f1)]}
+WLEADER_ID=$(voters | cut -d' ' -f1)
+WLEADER=${API[$WLEADER_ID]}
 
 # etcd: three members, as ../shared/tools/etcd-failover starts them; with TLS=1 (the
 # ETCD_TLS=1 anchor) mutual TLS on client and peer links, as Warren's are. Sets ELEADER.
@@ -116,9 +116,9 @@ fi
 echo "warren leader $WLEADER, etcd leader $EPLAIN${ETLS:+, etcd (TLS) leader $ETLS}; $(nproc) cores"
 
 # METRICS=1: every manager's histograms now, as JSON, into $T/scrape-$1-N.
-scrape() { local k; for k in 1 2 3; do curl -sf "http://${MFLAG[$k]#--metrics-addr }/metrics" | python3 scripts/parse-metrics.py >"$T/scrape-$1-$k.json"; done; }
+scrape() { local k; for k in 1 2 3; do curl -sf "http://${MADDR[$k]}/metrics" | python3 scripts/parse-metrics.py >"$T/scrape-$1-$k.json"; done; }
 breakdown() { # means between scrapes $1 and $2, in ms
-  python3 - "$T" "$1" "$2" "$(voters | cut -d' ' -f1)" <<'PY'
+  python3 - "$T" "$1" "$2" "$WLEADER_ID" <<'PY'
 import json, sys
 t, a, b, leader = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 def mean(n, h):
