@@ -26,6 +26,12 @@ async fn main() -> anyhow::Result<()> {
         client.ca_status().await?;
         conns.push(Arc::new(client));
     }
+    // A probe's knob (docs/benchmarks.md): 0 replicas makes a create one Raft write, with no
+    // task for the orchestrator to write after it.
+    let replicas: i64 = std::env::var("CREATE_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, client) in conns.into_iter().enumerate() {
@@ -36,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
                 let spec = pb::ServiceSpec {
                     name: format!("{prefix}-{i}"),
                     image: "busybox:latest".into(),
-                    replicas: 1,
+                    replicas,
                     ..Default::default()
                 };
                 client.create_service(spec).await?;

@@ -379,6 +379,8 @@ fn logs(rig: &Rig, tmp: &Path) {
     });
     assert!(out.lines().all(|l| l.contains("@logs-1 | tick ")), "{out}");
     let task = ps(c.api(2), "ticker")[0]["id"].as_str().unwrap().to_string();
+    // What `service ps` shows of it (the random part, after the id's time digits).
+    let shown = warren::core::limits::short_id(&task).to_string();
     // A complete answer ends at once (no waiting on the worker), with no warning.
     let t0 = Instant::now();
     let whole = warren(c.api(2), &["service", "logs", "ticker", "--tail", "2"]);
@@ -394,12 +396,12 @@ fn logs(rig: &Rig, tmp: &Path) {
     );
     let one = ok(
         c.api(2),
-        &["service", "logs", "ticker", "--tail", "3", "--task", &task[..8]],
+        &["service", "logs", "ticker", "--tail", "3", "--task", &shown[..8]],
     );
     assert_eq!(one.lines().count(), 3, "{one}");
-    assert!(one.lines().all(|l| l.contains(&task[..12])), "{one}");
+    assert!(one.lines().all(|l| l.contains(&shown)), "{one}");
     // stderr is kept too (its order against stdout is not: they are two pipes).
-    let all = ok(c.api(2), &["service", "logs", "ticker", "--task", &task[..8]]);
+    let all = ok(c.api(2), &["service", "logs", "ticker", "--task", &shown[..8]]);
     assert!(all.lines().any(|l| l.ends_with("| started")), "{all}");
     // --timestamps: each line's own time, as it was written (the ticker writes every 0.2 s).
     let stamped = ok(
@@ -411,7 +413,7 @@ fn logs(rig: &Rig, tmp: &Path) {
             "--tail",
             "4",
             "--task",
-            &task[..8],
+            &shown[..8],
             "--timestamps",
         ],
     );

@@ -249,7 +249,7 @@ pub enum ServiceCmd {
         /// Last lines per task: a number or `all` (at most 10,000).
         #[arg(long, default_value = "all", value_parser = parse_tail)]
         tail: i64,
-        /// Only this task (an id or a prefix of at least 6 characters, as `service ps` shows).
+        /// Only this task: its id, or at least 6 characters of what `service ps` shows, or of its id.
         #[arg(long = "task")]
         task_id: Option<String>,
         /// Start each line with the time it was written (RFC 3339, UTC, nanoseconds).
@@ -787,7 +787,7 @@ async fn service(c: Client, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> 
                     Ok(Some(l)) if !l.notice.is_empty() => eprintln!("warning: {}", l.notice),
                     Ok(Some(l)) => {
                         let mut o = stdout.lock();
-                        let id = crate::core::limits::prefix(&l.task_id, 12);
+                        let id = crate::core::limits::short_id(&l.task_id);
                         if timestamps {
                             match l.time_unix_nanos {
                                 Some(ns) => write!(o, "{} ", output::rfc3339_nanos(ns))?,

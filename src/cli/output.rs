@@ -200,7 +200,7 @@ pub fn tasks(out: Output, list: &[pb::Task]) -> anyhow::Result<()> {
             task.error.clone()
         };
         t.add_row(vec![
-            task.id.chars().take(12).collect(),
+            crate::core::limits::short_id(&task.id).to_string(),
             name,
             if task.image.is_empty() {
                 format!("(version {} no longer kept)", task.spec_version)

@@ -305,8 +305,11 @@ fn slot_lines(s: &pb::Service, u: &pb::UpdateStatus) -> Vec<String> {
                 format!("failed: {}", f.reason)
             } else if let Some(f) = u.in_flight.iter().find(|f| f.slot == slot) {
                 match f.running_since_ms {
-                    Some(_) => format!("running task {}, monitoring", short_id(&f.new_task_id)),
-                    None => format!("starting task {}", short_id(&f.new_task_id)),
+                    Some(_) => format!(
+                        "running task {}, monitoring",
+                        crate::core::limits::short_id(&f.new_task_id)
+                    ),
+                    None => format!("starting task {}", crate::core::limits::short_id(&f.new_task_id)),
                 }
             } else if in_progress(u) {
                 "waiting".to_string()
@@ -316,10 +319,6 @@ fn slot_lines(s: &pb::Service, u: &pb::UpdateStatus) -> Vec<String> {
             format!("  slot {slot:>3}: {what}")
         })
         .collect()
-}
-
-fn short_id(id: &str) -> &str {
-    crate::core::limits::prefix(id, 12)
 }
 
 /// Polls the service until the rollout that `started` began has ended, showing progress

@@ -120,6 +120,33 @@ pub fn prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// How many characters of a task id the CLI shows (`service ps`, `service logs`).
+pub const SHORT_ID_CHARS: usize = 12;
+/// The fewest characters `service logs --task` takes to find a task by.
+pub const MIN_TASK_ID_PREFIX: usize = 6;
+
+/// The part of an id the CLI shows: for an id made by `manager::new_id` (25 hex digits, the
+/// creation time's 11 first, so ids made close together share them), the first
+/// `SHORT_ID_CHARS` of its random part; for any other id, its first `SHORT_ID_CHARS`.
+pub fn short_id(id: &str) -> &str {
+    match random_part(id) {
+        Some(r) => prefix(r, SHORT_ID_CHARS),
+        None => prefix(id, SHORT_ID_CHARS),
+    }
+}
+
+/// Whether `given` names the task `id`: a prefix of the whole id, or of its random part
+/// (what `short_id` shows begins it). The caller asks for `MIN_TASK_ID_PREFIX` characters.
+pub fn names_task(id: &str, given: &str) -> bool {
+    id.starts_with(given) || random_part(id).is_some_and(|r| r.starts_with(given))
+}
+
+/// The random part of an id made by `manager::new_id`; None for any other id.
+fn random_part(id: &str) -> Option<&str> {
+    const TIME_DIGITS: usize = 11;
+    (id.len() == 25 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| &id[TIME_DIGITS..])
+}
+
 /// `text` cut to `MAX_QUOTED_BYTES` for an error that names it, with its length when cut (a
 /// 20,000-character name must not come back whole: the reply would outgrow what a client
 /// accepts).
@@ -160,5 +187,28 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < MAX_QUOTED_BYTES + 40, "{q}");
         assert!(q.ends_with("(2000 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn short_ids_show_the_random_part_and_name_tasks_by_either_prefix() {
+        // (id, shown, a given prefix, names it)
+        let new = "0019ad6e1f2a3b4c5d6e7f809"; // time 0019ad6e1f2, then random
+        let cases = [
+            (new, "a3b4c5d6e7f8", "a3b4c5", true),
+            (new, "a3b4c5d6e7f8", "a3b4c5d6e7f809", true),
+            (new, "a3b4c5d6e7f8", "0019ad6e1f2a", true),
+            (new, "a3b4c5d6e7f8", "0019ad", true),
+            (new, "a3b4c5d6e7f8", "b4c5d6", false),
+            (new, "a3b4c5d6e7f8", "a3b4c5d6e7f8090", false),
+            // Not made by new_id: shown and found by its beginning only.
+            ("t1", "t1", "t1", true),
+            ("web-1-task-abcdef", "web-1-task-a", "task-a", false),
+            ("web-1-task-abcdef", "web-1-task-a", "web-1-", true),
+            ("0019ad6e1f2a3b4c5d6e7f80g", "0019ad6e1f2a", "a3b4c5", false),
+        ];
+        for (id, shown, given, names) in cases {
+            assert_eq!(short_id(id), shown, "{id}");
+            assert_eq!(names_task(id, given), names, "{id} {given}");
+        }
     }
 }

@@ -498,15 +498,16 @@ impl ServiceService for Api {
                     .map(|t| t.as_ref())
                     .collect();
                 if !req.task_id.is_empty() {
-                    if req.task_id.len() < 6 {
+                    if req.task_id.len() < core::limits::MIN_TASK_ID_PREFIX {
                         return Err(ApiError::State(StateError::InvalidArgument {
                             field: "task_id".into(),
-                            reason:
-                                "give at least 6 characters of the task id (`warren service ps` shows 12)"
-                                    .into(),
+                            reason: format!(
+                                "give at least {} characters of the task id as `warren service ps` shows it",
+                                core::limits::MIN_TASK_ID_PREFIX
+                            ),
                         }));
                     }
-                    tasks.retain(|t| t.id.starts_with(&req.task_id));
+                    tasks.retain(|t| core::limits::names_task(&t.id, &req.task_id));
                     match tasks.len() {
                         0 => return Err(not_found("task", &req.task_id)),
                         1 => {}
