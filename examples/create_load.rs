@@ -4,6 +4,8 @@
 //! as `examples/etcd_load` does for etcd.
 //!
 //!     cargo run --release --example create_load -- 127.0.0.1:8080 CLIENTS COUNT PREFIX
+//!
+//! `CREATE_REPLICAS=N` sets the replicas of each service (default 1).
 
 use std::sync::Arc;
 use std::time::Instant;

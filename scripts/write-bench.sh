@@ -12,6 +12,8 @@
 #   Warren's are), measured in the same trials: a like-for-like anchor beside the default one;
 #   WRITES=N writes per trial (default 600 for 1 client, 3000 otherwise);
 #   WARREN_BIN=... LOAD_BIN=... measure another build the same way;
+#   CREATE_REPLICAS=0 (read by create_load) creates services with no replicas: one Raft
+#   write per create, no task after it (a probe; the comparison with etcd is the default, 1);
 #   METRICS=1 also prints, after each Warren trial, where its writes' time went, as means
 #   over the trial of the managers' histograms (--metrics-addr): the leader's proposal
 #   (proposed to applied), its own append, its sync behind, its AppendEntries round trips,
