@@ -141,10 +141,26 @@ pub fn names_task(id: &str, given: &str) -> bool {
     id.starts_with(given) || random_part(id).is_some_and(|r| r.starts_with(given))
 }
 
-/// The random part of an id made by `manager::new_id`; None for any other id.
+/// Hex digits of an id made by `id_from`: the time's, then the random part's.
+const ID_TIME_DIGITS: usize = 11;
+const ID_RANDOM_DIGITS: usize = 14;
+
+/// An id made at `now_ms` from `random` bits: 25 lowercase hex digits, the milliseconds (11
+/// digits, 44 bits: until the year 2527) then 56 random bits. Ids made later sort later, so
+/// the state's maps (ordered by id) take new services, tasks and request ids at their right
+/// edge: a write copies the one tree node readers share there, not one anywhere in the tree
+/// per write, and a diff of two states walks only that edge (issue #16). A clock that steps
+/// back costs only that locality; ids stay unique by their random part.
+pub fn id_from(now_ms: i64, random: u128) -> String {
+    let ms = now_ms.max(0) as u64 & ((1 << (4 * ID_TIME_DIGITS)) - 1);
+    let random = (random >> (128 - 4 * ID_RANDOM_DIGITS)) as u64;
+    format!("{ms:0t$x}{random:0r$x}", t = ID_TIME_DIGITS, r = ID_RANDOM_DIGITS)
+}
+
+/// The random part of an id made by `id_from`; None for any other id.
 fn random_part(id: &str) -> Option<&str> {
-    const TIME_DIGITS: usize = 11;
-    (id.len() == 25 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| &id[TIME_DIGITS..])
+    (id.len() == ID_TIME_DIGITS + ID_RANDOM_DIGITS && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| &id[ID_TIME_DIGITS..])
 }
 
 /// `text` cut to `MAX_QUOTED_BYTES` for an error that names it, with its length when cut (a
@@ -187,6 +203,20 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < MAX_QUOTED_BYTES + 40, "{q}");
         assert!(q.ends_with("(2000 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn ids_sort_by_time_and_show_their_random_part() {
+        let now_ms = 1_764_700_000_000; // 2025-12-02
+        let random = 0xa3b4_c5d6_e7f8_09ab_cdef_0123_4567_89ab_u128;
+        let id = id_from(now_ms, random);
+        assert_eq!(id, "19ae0510f00a3b4c5d6e7f809");
+        assert_eq!(short_id(&id), "a3b4c5d6e7f8");
+        assert!(names_task(&id, "a3b4c5") && names_task(&id, "19ae0510f00a3b"));
+        // Later sorts after, whatever the random bits; the time never spills into them.
+        assert!(id_from(now_ms + 1, 0) > id_from(now_ms, u128::MAX));
+        assert_eq!(id_from(-5, 0), "0".repeat(25));
+        assert_eq!(id_from(i64::MAX, u128::MAX), "f".repeat(25));
     }
 
     #[test]

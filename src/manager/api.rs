@@ -515,7 +515,7 @@ impl ServiceService for Api {
                             return Err(ApiError::State(StateError::InvalidArgument {
                                 field: "task_id".into(),
                                 reason: format!(
-                                    "{} matches {n} tasks; give more of it",
+                                    "{} matches {n} tasks; give more of it, or the id as `warren service ps` shows it (ids begin with the time they were made)",
                                     core::limits::quote(&req.task_id)
                                 ),
                             }))
