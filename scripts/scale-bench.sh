@@ -32,7 +32,10 @@ since() { python3 -c "print(f'{$(now)-$1:.1f}')"; }
 # (a gauge with no series for this label reads 0; an unanswered scrape reads empty)
 metric() {
   local body
-  [[ -n ${MET[$1]:-} ]] || { echo 0; return 0; }
+  # No such manager (leader 0: none known) or no answer prints nothing, never 0: a 0 read
+  # from nowhere once ended the wait for a scale-down while 45,000 tasks still ran. A line
+  # missing from an answer is 0: the task gauges leave out the states no task is in.
+  [[ -n ${MET[$1]:-} ]] || return 0
   body=$(curl -s --max-time 5 "http://${MET[$1]}/metrics") || return 0
   awk -v k="$2" '$1==k {v=$2} END {print (v=="" ? 0 : v)}' <<<"$body" | cut -d. -f1
 }
@@ -73,10 +76,11 @@ MTOKEN=$($W --manager ${API[1]} cluster join-token manager -q)
 for n in 2 3; do start_manager $n join; done
 voters() { $W --manager $ALL cluster info -o json 2>/dev/null | field 'd["leader_id"], sum(m["voter"] and m["reachable"] for m in d["managers"])'; }
 for _ in $(seq 1 300); do [[ $(voters) == *" 3" ]] && break; sleep 0.2; done
-leader() { # the leader's id; waits for one (an election, or a manager too busy to answer)
+leader() { # the leader's id; waits for one (an election, or a manager too busy to answer;
+  # cluster info says 0 while it knows no leader)
   local l=""
-  for _ in $(seq 1 300); do l=$(voters | cut -d' ' -f1) || true; [[ $l =~ ^[0-9]+$ ]] && break; sleep 0.2; done
-  [[ $l =~ ^[0-9]+$ ]] || { echo "no leader for 60 s" >&2; exit 1; }
+  for _ in $(seq 1 300); do l=$(voters | cut -d' ' -f1) || true; [[ $l =~ ^[1-9][0-9]*$ ]] && break; sleep 0.2; done
+  [[ $l =~ ^[1-9][0-9]*$ ]] || { echo "no leader for 60 s" >&2; exit 1; }
   echo "$l"
 }
 WTOKEN=$($W --manager ${API[1]} cluster join-token worker -q)
@@ -103,7 +107,7 @@ end=$(( $(date +%s) + HOLD_S ))
 while [[ $(date +%s) -lt $end ]]; do
   sleep 10
   d=$(down); r=$(ready); [[ -n $d && $d -gt $max_down ]] && max_down=$d
-  line="t=$(since "$s0")s ready=$r down=$d"
+  line="t=$(since "$s0")s ready=${r:-unknown} down=${d:-unknown}"
   for p in m1 m2 m3 sim; do
     m=$(rss_mb "${PID[$p]}"); line+=" rss_$p=${m}MB"
     [[ $m != "?" && $m -gt ${MAXRSS[$p]:-0} ]] && MAXRSS[$p]=$m
@@ -130,7 +134,8 @@ until_running() {
     fi
     if python3 -c "import sys; sys.exit(0 if $(now)-$t >= $next else 1)"; then
       local l; l=$(leader)
-      echo "  t=$(since "$t")s running=$r down=$(down) leader=m$l term=$(metric "$l" warren_raft_term)"
+      local d term; d=$(down); term=$(metric "$l" warren_raft_term)
+      echo "  t=$(since "$t")s running=${r:-unknown} down=${d:-unknown} leader=m$l term=${term:-unknown}"
       next=$((next + 10))
     fi
     sleep 0.5
@@ -162,7 +167,8 @@ l=$(leader); kill -9 "${PID[m$l]}"; wait "${PID[m$l]}" 2>/dev/null || true
 echo "leader m$l killed at $(since "$ts") s with $(( REPLICAS / 2 ))+ running"
 until [[ -n $(leader) && $(leader) != "$l" && $(running) == "$REPLICAS" ]]; do
   if python3 -c "import sys; sys.exit(0 if $(since "$ts") > ${SCALE_DEADLINE_S:-900} else 1)"; then
-    echo "scale 0 -> $REPLICAS with a leader kill: not all running after ${SCALE_DEADLINE_S:-900} s ($(running) running)" >&2
+    r=$(running)
+    echo "scale 0 -> $REPLICAS with a leader kill: not all running after ${SCALE_DEADLINE_S:-900} s (${r:-unknown} running)" >&2
     exit 1
   fi
   sleep 0.5
