@@ -4,6 +4,7 @@
 
 use super::{key_values, RestartCondition};
 use crate::client::Client;
+use crate::core::limits::short_id;
 use crate::proto::v1 as pb;
 use clap::{Args, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -305,11 +306,8 @@ fn slot_lines(s: &pb::Service, u: &pb::UpdateStatus) -> Vec<String> {
                 format!("failed: {}", f.reason)
             } else if let Some(f) = u.in_flight.iter().find(|f| f.slot == slot) {
                 match f.running_since_ms {
-                    Some(_) => format!(
-                        "running task {}, monitoring",
-                        crate::core::limits::short_id(&f.new_task_id)
-                    ),
-                    None => format!("starting task {}", crate::core::limits::short_id(&f.new_task_id)),
+                    Some(_) => format!("running task {}, monitoring", short_id(&f.new_task_id)),
+                    None => format!("starting task {}", short_id(&f.new_task_id)),
                 }
             } else if in_progress(u) {
                 "waiting".to_string()

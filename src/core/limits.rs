@@ -125,7 +125,7 @@ pub const SHORT_ID_CHARS: usize = 12;
 /// The fewest characters `service logs --task` takes to find a task by.
 pub const MIN_TASK_ID_PREFIX: usize = 6;
 
-/// The part of an id the CLI shows: for an id made by `manager::new_id` (25 hex digits, the
+/// The part of an id the CLI shows: for an id made by `id_from` (25 hex digits, the
 /// creation time's 11 first, so ids made close together share them), the first
 /// `SHORT_ID_CHARS` of its random part; for any other id, its first `SHORT_ID_CHARS`.
 pub fn short_id(id: &str) -> &str {

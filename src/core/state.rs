@@ -697,6 +697,34 @@ impl Command {
     }
 }
 
+/// The one task of `tasks` that `given` names (`limits::names_task`: a prefix of at least
+/// `limits::MIN_TASK_ID_PREFIX` characters of its id or of what the CLI shows of it); refused
+/// when it is shorter, names none, or names more than one.
+pub fn task_named<'a>(tasks: Vec<&'a Task>, given: &str) -> Result<&'a Task, StateError> {
+    let min = super::limits::MIN_TASK_ID_PREFIX;
+    if given.len() < min {
+        return Err(StateError::invalid(
+            "task_id",
+            format!("give at least {min} characters of the task id as `warren service ps` shows it"),
+        ));
+    }
+    let mut named = tasks
+        .into_iter()
+        .filter(|t| super::limits::names_task(&t.id, given));
+    match (named.next(), named.count()) {
+        (None, _) => Err(StateError::not_found("task", given)),
+        (Some(t), 0) => Ok(t),
+        (Some(_), more) => Err(StateError::invalid(
+            "task_id",
+            format!(
+                "{} matches {} tasks; give more of it, or the id as `warren service ps` shows it (ids begin with the time they were made)",
+                super::limits::quote(given),
+                more + 1
+            ),
+        )),
+    }
+}
+
 impl ClusterState {
     /// Looks a service up by id, then by name.
     pub fn service(&self, id_or_name: &str) -> Option<&Service> {
@@ -1578,6 +1606,55 @@ fn reportable(state: TaskState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_is_named_by_six_characters_of_its_id_or_of_what_the_cli_shows() {
+        let ids = [
+            "19ae0510f00a3b4c5d6e7f809",
+            "19ae0510f00a3b4c5ffffffff",
+            "19ae0510f01c0ffee0000000a",
+        ];
+        let tasks: Vec<Task> = ids
+            .iter()
+            .map(|id| Task {
+                id: id.to_string(),
+                service_id: "s1".into(),
+                slot: 1,
+                attempt: 0,
+                spec_version: 1,
+                node_id: "n1".into(),
+                desired_state: TaskState::Running,
+                state: TaskState::Running,
+                message: String::new(),
+                error: String::new(),
+                exit_code: 0,
+                container_id: String::new(),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                version: 1,
+                health: None,
+            })
+            .collect();
+        // (given, the id found, or the start of the error)
+        let cases = [
+            ("c0ffee", Ok(ids[2])),
+            ("a3b4c5d6", Ok(ids[0])),
+            ("19ae0510f01", Ok(ids[2])),
+            (ids[1], Ok(ids[1])),
+            ("a3b4c5", Err("invalid task_id: \"a3b4c5\" matches 2 tasks")),
+            ("19ae05", Err("invalid task_id: \"19ae05\" matches 3 tasks")),
+            ("c0ffe", Err("invalid task_id: give at least 6")),
+            ("abcdef", Err("task \"abcdef\" not found")),
+        ];
+        for (given, want) in cases {
+            let got = task_named(tasks.iter().collect(), given);
+            match (got, want) {
+                (Ok(t), Ok(id)) => assert_eq!(t.id, id, "{given}"),
+                (Err(e), Err(start)) => assert!(e.to_string().starts_with(start), "{given}: {e}"),
+                (got, want) => panic!("{given}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
 
     fn spec(name: &str, replicas: i64) -> ServiceSpec {
         ServiceSpec {

@@ -498,29 +498,7 @@ impl ServiceService for Api {
                     .map(|t| t.as_ref())
                     .collect();
                 if !req.task_id.is_empty() {
-                    if req.task_id.len() < core::limits::MIN_TASK_ID_PREFIX {
-                        return Err(ApiError::State(StateError::InvalidArgument {
-                            field: "task_id".into(),
-                            reason: format!(
-                                "give at least {} characters of the task id as `warren service ps` shows it",
-                                core::limits::MIN_TASK_ID_PREFIX
-                            ),
-                        }));
-                    }
-                    tasks.retain(|t| core::limits::names_task(&t.id, &req.task_id));
-                    match tasks.len() {
-                        0 => return Err(not_found("task", &req.task_id)),
-                        1 => {}
-                        n => {
-                            return Err(ApiError::State(StateError::InvalidArgument {
-                                field: "task_id".into(),
-                                reason: format!(
-                                    "{} matches {n} tasks; give more of it, or the id as `warren service ps` shows it (ids begin with the time they were made)",
-                                    core::limits::quote(&req.task_id)
-                                ),
-                            }))
-                        }
-                    }
+                    tasks = vec![core::state::task_named(tasks, &req.task_id).map_err(ApiError::State)?];
                 }
                 if tasks.len() > core::limits::MAX_LOG_TASKS {
                     return Err(ApiError::State(StateError::FailedPrecondition(format!(

@@ -18,8 +18,9 @@
 //! once per 4 KiB, not once per append). On ext4 a size change makes every fdatasync a
 //! journal commit, and the three managers of one machine queue for that one journal: 0.32 ms
 //! per fdatasync of a growing file against 0.25 ms within the space kept ahead, three writers
-//! at once on this machine (etcd keeps its WAL segments allocated ahead for the same reason). A crash can then leave the last record cut short
-//! *inside* the file: the sectors the disk wrote, then zeros (`torn`).
+//! at once on this machine (etcd keeps its WAL segments allocated ahead for the same reason).
+//! A crash can then leave the last record cut short *inside* the file: the sectors the disk
+//! wrote, then zeros (`torn`).
 
 use redb::StorageBackend;
 use serde::{Deserialize, Serialize};
