@@ -1619,20 +1619,8 @@ mod tests {
             .map(|id| Task {
                 id: id.to_string(),
                 service_id: "s1".into(),
-                slot: 1,
-                attempt: 0,
-                spec_version: 1,
                 node_id: "n1".into(),
-                desired_state: TaskState::Running,
-                state: TaskState::Running,
-                message: String::new(),
-                error: String::new(),
-                exit_code: 0,
-                container_id: String::new(),
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                version: 1,
-                health: None,
+                ..Default::default()
             })
             .collect();
         // (given, the id found, or the start of the error)
